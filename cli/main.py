@@ -1,0 +1,95 @@
+"""The ``vitok`` command: a click group whose subcommands live in their own modules and load lazily."""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+# name -> "module:attribute"; each module holds one click command or group (thin: parse, call the library, print).
+COMMANDS: dict[str, str] = {
+    "demo": "vitok.cli.demo:demo",
+    "encode": "vitok.cli.codec_cmds:encode",
+    "decode": "vitok.cli.codec_cmds:decode",
+    "info": "vitok.cli.codec_cmds:info",
+    "compare": "vitok.cli.compare:compare",
+    "models": "vitok.cli.models:models",
+    "rd": "vitok.cli.rd:rd",
+    "bench": "vitok.cli.bench:bench",
+    "train": "vitok.cli.train:train",
+    "latents": "vitok.cli.latents:latents",
+    "gen": "vitok.cli.gen:gen",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when it runs, so ``vitok --help`` stays fast."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name, target in COMMANDS.items() if _available(target))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None or not _available(target):
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+def _available(target: str) -> bool:
+    return importlib.util.find_spec(target.split(":")[0]) is not None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vitok")
+    except PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", "-V", prog_name="vitok")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """vitok: visual tokenizers and codecs. Encode and decode video, inspect .vtok files, measure rate-distortion."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors print one line ``error: ...`` and exit non-zero, no traceback."""
+    from vitok.data.errors import VitokError
+
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("VITOK_DEBUG") == "1"
+    try:
+        cli.main(args=args, prog_name="vitok", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        if debug:
+            raise
+        e.show()
+        sys.exit(e.exit_code)
+    except VitokError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        if debug:
+            raise
+        click.echo(f"error: {e.strerror or e}: {e.filename}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
