@@ -24,13 +24,17 @@ COMMANDS: dict[str, str] = {
 
 
 class LazyGroup(click.Group):
-    """Imports a subcommand's module only when it runs, so ``vitok --help`` stays fast."""
+    """A group whose subcommands are imported only when they run, so ``vitok --help`` stays fast."""
+
+    def __init__(self, *args, lazy_commands: dict[str, str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = lazy_commands
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(name for name, target in COMMANDS.items() if _available(target))
+        return sorted(name for name, target in self.lazy_commands.items() if _available(target))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        target = COMMANDS.get(name)
+        target = self.lazy_commands.get(name)
         if target is None or not _available(target):
             return None
         module, attr = target.split(":")
@@ -50,7 +54,7 @@ def _version() -> str:
         return "0+unknown"
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(_version(), "--version", "-V", prog_name="vitok")
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
 @click.pass_context
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("VITOK_DEBUG") == "1"
     try:
-        cli.main(args=args, prog_name="vitok", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="vitok", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         sys.exit(130)
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {e.strerror or e}: {e.filename}", err=True)
         sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

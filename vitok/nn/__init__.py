@@ -1,0 +1,1 @@
+"""Plain building blocks: attention, SwiGLU, 3D rotary positions, tubelet patchify, transformer blocks."""

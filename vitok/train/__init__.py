@@ -1,0 +1,27 @@
+"""Training of vitok tokenizers: configs, losses, the trainer, held-out evaluation and the throughput bench.
+
+Imports are lazy so that ``python -m vitok.train.evaluate`` and ``vitok --help`` stay light."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "train": "vitok.train.trainer",
+    "Trainer": "vitok.train.trainer",
+    "TrainingDiverged": "vitok.train.trainer",
+    "latent_stats": "vitok.train.trainer",
+    "load_config": "vitok.train.config",
+    "list_configs": "vitok.train.config",
+    "evaluate_model": "vitok.train.evaluate",
+    "save_grid": "vitok.train.evaluate",
+    "TokenizerLoss": "vitok.train.losses",
+    "bench_train": "vitok.train.bench",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vitok.train' has no attribute {name!r}")

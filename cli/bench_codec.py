@@ -1,0 +1,40 @@
+"""``vitok bench codec``: encode/decode fps and peak memory of codecs on one clip, x264 medium as reference."""
+from __future__ import annotations
+
+import click
+
+from vitok.cli.common import emit, json_option, quiet_option
+
+
+@click.command("codec")
+@click.option("--codec", "codecs", multiple=True, help="Codec to time (repeatable); default: every bundled vitok "
+                                                       "model. x264 medium is always timed as the reference line.")
+@click.option("--clip", default="carphone", show_default=True,
+              help="Video file, folder, or sample name / eval segment id (the first clip found is used).")
+@click.option("--frames", type=click.IntRange(min=1), default=33, show_default=True, help="Frames to code.")
+@click.option("--op", "ops", multiple=True, metavar="CODEC:K=V[,K=V]", help="Knobs for a codec (one per codec).")
+@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True, help="Timed rounds (best kept).")
+@quiet_option
+@json_option
+def bench_codec(codecs, clip, frames, ops, repeat, quiet, as_json) -> None:
+    """Encode and decode frames per second and peak memory for each codec on the same clip, in one run."""
+    from vitok.cli.rd import parse_ops
+    from vitok.evaluation.bench import bench_codecs
+    from vitok.evaluation.clips import load_clip
+    from vitok.evaluation.report import format_table, op_label
+
+    name, video, fps = load_clip(clip, frames)
+    if not codecs:
+        from vitok.codecs.neural import bundled_codec_names
+
+        codecs = bundled_codec_names()
+    parsed = {name: points[0] for name, points in parse_ops(ops).items()}
+    rows = bench_codecs(list(codecs), video, fps, parsed, repeat=repeat, progress=not quiet)
+    for r in rows:
+        r["label"] = f"{r['codec']} {op_label(r['op'])}" + (" (reference)" if r["reference"] else "")
+    t, h, w = video.shape[:3]
+    text = f"{name}: {t} frames {w}x{h}\n" + format_table(rows, [
+        ("label", "codec", ""), ("encode_fps", "enc fps", ".1f"), ("decode_fps", "dec fps", ".1f"),
+        ("encode_peak_mb", "enc MiB", ".0f"), ("decode_peak_mb", "dec MiB", ".0f"), ("bytes", "bytes", "d"),
+        ("bpp", "bpp", ".3f"), ("psnr", "PSNR", ".2f")])
+    emit({"clip": name, "rows": rows}, as_json, text)

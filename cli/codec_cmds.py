@@ -1,0 +1,171 @@
+"""``vitok encode``, ``vitok decode``, ``vitok info``: video files <-> ``.vtok``, and what a file holds."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from vitok.cli.common import (check_output, device_option, emit, json_option, overwrite_option, progress,
+                              quiet_option, resolve_device, set_threads, threads_option)
+from vitok.codecs.models import DEFAULT_MODEL
+from vitok.data.errors import VitokError
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    m = re.fullmatch(r"(\d+)[xX](\d+)", value.strip())
+    if not m or int(m[1]) < 1 or int(m[2]) < 1:
+        raise click.BadParameter(f"expected WxH like 256x256, got {value!r}")
+    return int(m[1]), int(m[2])
+
+
+def _check_input(path: str) -> None:
+    from vitok.codecs.files import is_frames_source
+
+    if not is_frames_source(path) and not Path(path).exists():
+        raise VitokError(f"input not found: {path}")
+
+
+@click.command()
+@click.argument("input")
+@click.option("-o", "--output", required=True, help="Output .vtok file.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Bundled model name or model directory.")
+@click.option("--step", type=float, default=None, help="Quantization step (in latent std units; larger = smaller).")
+@click.option("--tokens", type=click.IntRange(min=1), default=None, help="1D models: tokens per chunk unit.")
+@click.option("--bytes", "target_bytes", type=click.IntRange(min=1), default=None,
+              help="Target file size in bytes (rate control picks tokens/step per chunk).")
+@click.option("--psnr", type=float, default=None, help="Target PSNR (dB) per chunk: the cheapest setting reaching it.")
+@click.option("--frames", "num_frames", type=click.IntRange(min=1), default=None, help="Encode at most N frames.")
+@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First frame to encode.")
+@click.option("--size", callback=_size, default=None, help="Resize frames to WxH first.")
+@overwrite_option
+@quiet_option
+@json_option
+@device_option
+@threads_option
+def encode(input, output, model, step, tokens, target_bytes, psnr, num_frames, start, size, overwrite, quiet,
+           as_json, device, threads) -> None:
+    """Encode INPUT (a video file, or a folder / glob of PNG/JPG frames) to a .vtok file."""
+    from vitok.codecs.files import encode_file
+    from vitok.codecs.neural import VitokCodec
+
+    if sum(v is not None for v in (tokens, target_bytes, psnr)) > 1:
+        raise click.UsageError("give at most one of --tokens, --bytes, --psnr")
+    _check_input(input)
+    out = check_output(output, overwrite)
+    set_threads(threads)
+    codec = VitokCodec(model, device=resolve_device(device)).load()  # model errors before any video is read
+    with progress(desc="encode", quiet=quiet, unit="frame", total=_total(input, start, num_frames)) as bar:
+        stats = encode_file(codec, input, out, start=start, num_frames=num_frames, size=size, on_chunk=bar.update,
+                            step=step, tokens=tokens, bytes=target_bytes, psnr=psnr)
+    result = {"output": str(out), "model": codec.model_ref, **stats.to_dict()}
+    tok = "" if stats.tokens[0] is None else f", tokens/chunk {_runs(stats.tokens)}"
+    text = (f"{out}: {stats.frames} frames {stats.width}x{stats.height} @ {float(stats.fps):.4g} fps -> "
+            f"{stats.file_bytes} bytes ({stats.bpp:.4f} bpp, {stats.kbps:.1f} kbps), {stats.chunks} chunks{tok}; "
+            f"entropy-coded {stats.entropy_bytes} bytes (model estimate {stats.estimated_bytes:.0f})")
+    emit(result, as_json, text)
+
+
+def _total(path: str, start: int, num_frames: int | None) -> int | None:
+    """Frames the encode will see, for the progress bar (None when the file does not say)."""
+    from vitok.codecs.files import is_frames_source
+    from vitok.data.io import probe_video
+
+    n = None if is_frames_source(path) else probe_video(path).num_frames
+    n = None if n is None else max(n - start, 0)
+    return num_frames if n is None else min(n, num_frames or n)
+
+
+def _runs(values: list) -> str:
+    """[16, 16, 4] -> '16x2 4' (compact per-chunk lists)."""
+    parts, i = [], 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        parts.append(f"{values[i]}x{j - i + 1}" if j > i else f"{values[i]}")
+        i = j + 1
+    return " ".join(parts)
+
+
+@click.command()
+@click.argument("input")
+@click.option("-o", "--output", required=True, help="Output: .mp4/.mkv video, .npy array, or a folder for PNGs.")
+@click.option("--model", default=None, help="Model directory or bundled name (default: the one the file names).")
+@click.option("--codec", "video_codec", type=click.Choice(["ffv1", "h264"]), default=None,
+              help="Video codec for .mp4/.mkv output (default: ffv1 lossless for .mkv, h264 for .mp4).")
+@click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="CRF for h264 output.")
+@overwrite_option
+@quiet_option
+@json_option
+@device_option
+@threads_option
+def decode(input, output, model, video_codec, crf, overwrite, quiet, as_json, device, threads) -> None:
+    """Decode a .vtok file to a video, a folder of PNGs or a .npy array."""
+    from vitok.codecs.container import VtokReader
+    from vitok.codecs.files import decode_file
+    from vitok.codecs.neural import VitokCodec, model_for_stream
+
+    if not Path(input).is_file():
+        raise VitokError(f"input not found: {input}")
+    out = check_output(output, overwrite)
+    set_threads(threads)
+    dev = resolve_device(device)
+    with VtokReader(input) as r:
+        total = r.header.frames
+    codec = VitokCodec(model, device=dev) if model else model_for_stream(input, device=dev)
+    if video_codec is None:
+        video_codec = "ffv1" if out.suffix.lower() == ".mkv" else "h264"
+    with progress(desc="decode", quiet=quiet, unit="frame", total=total) as bar:
+        result = decode_file(codec, input, out, video_codec=video_codec, crf=crf, on_chunk=bar.update)
+    result["model"] = codec.model_ref
+    emit(result, as_json, f"{out}: {result['frames']} frames {result['width']}x{result['height']} @ "
+                          f"{result['fps']} fps (model {codec.model_ref})")
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(4)
+
+
+@click.command()
+@click.argument("file")
+@json_option
+def info(file, as_json) -> None:
+    """Show what FILE holds: a .vtok's header and chunks, or a video's stream properties."""
+    from vitok.codecs.container import MAGIC
+
+    path = Path(file)
+    if not path.exists():
+        raise VitokError(f"input not found: {file}")
+    if path.suffix.lower() == ".vtok" or (path.is_file() and _head(path) == MAGIC):
+        from vitok.codecs.files import describe_vtok
+
+        d = describe_vtok(path)
+        meta = d["meta"]
+        lines = [f"{file}: vitok stream v{d['format_version']}, {d['file_bytes']} bytes",
+                 f"  model {meta.get('model')} ({meta.get('kind')}, weights {meta.get('weights')}), "
+                 f"tables {meta.get('tables')}, step {meta.get('step')}",
+                 f"  {d['frames']} frames {d['width']}x{d['height']} @ {d['fps']} fps, {d['chunks']} chunks of "
+                 f"{d['chunk_frames']} frames",
+                 f"  {d['bpp']:.4f} bpp, {d['kbps']:.1f} kbps, payload {d['payload_bytes']} bytes",
+                 "  chunk  frames  bytes  tokens  step"]
+        lines += [f"  {c['index']:>5}  {c['frames']:>6}  {c['bytes']:>5}  {c['tokens'] or 'all':>6}  {c['step']:g}"
+                  for c in d["chunk_list"]]
+        emit(d, as_json, "\n".join(lines))
+        return
+    from vitok.data.io import probe_video
+
+    v = probe_video(path)
+    d = {"file": str(path), "width": v.width, "height": v.height, "fps": str(v.fps), "frames": v.num_frames,
+         "duration": v.duration, "codec": v.codec, "pix_fmt": v.pix_fmt, "rotation": v.rotation,
+         "is_image": v.is_image, "file_bytes": path.stat().st_size}
+    if v.duration:
+        d["kbps"] = round(8 * d["file_bytes"] / v.duration / 1000, 3)
+    text = (f"{file}: {'image' if v.is_image else 'video'} {v.codec} {v.pix_fmt} {v.width}x{v.height} @ "
+            f"{float(v.fps):.4g} fps, {v.num_frames} frames, "
+            f"{'?' if v.duration is None else f'{v.duration:.2f}'} s, {d['file_bytes']} bytes"
+            + (f", {d['kbps']:.1f} kbps" if "kbps" in d else "") + (f", rotation {v.rotation}" if v.rotation else ""))
+    emit(d, as_json, text)

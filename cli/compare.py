@@ -1,0 +1,39 @@
+"""``vitok compare INPUT``: one clip through vitok and classical codecs at matched PSNR, a table and a PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vitok.cli.common import check_output, emit, json_option, overwrite_option
+
+
+@click.command()
+@click.argument("input")
+@click.option("--model", default=None, help="vitok model name or directory (default: the first bundled model).")
+@click.option("--codec", "codecs", multiple=True, default=("h264",), show_default=True,
+              help="Classical codec(s) to match in PSNR by bisection over CRF (repeatable).")
+@click.option("--frames", type=click.IntRange(min=1), default=17, show_default=True, help="Frames to code.")
+@click.option("-o", "--output", default=None, help="Side-by-side PNG (default: <input>_compare.png).")
+@overwrite_option
+@json_option
+def compare(input, model, codecs, frames, output, overwrite, as_json) -> None:
+    """Encode INPUT (file or sample name) with vitok, then each codec at the CRF that matches vitok's PSNR."""
+    from vitok.evaluation.clips import load_clip
+    from vitok.evaluation.compare import compare_codecs
+    from vitok.evaluation.plots import plot_side_by_side
+    from vitok.evaluation.report import format_table, op_label
+
+    name, video, fps = load_clip(input, frames)
+    out = check_output(output or f"{Path(name).name.replace(':', '_')}_compare.png", overwrite)
+    rows, shown = compare_codecs(video, fps, model=model, codecs=codecs)
+    for r in rows:
+        r["label"] = f"{r['codec']} {op_label(r['op'])}"
+    labels = {r["codec"]: f"{r['codec']}\n{r['bytes']} B, {r['psnr']:.2f} dB" for r in rows}
+    plot_side_by_side([(labels.get(k, k), v) for k, v in shown.items()], out,
+                      title=f"{name}: middle frame at matched PSNR")
+    t, h, w = video.shape[:3]
+    text = f"{name}: {t} frames {w}x{h} @ {float(fps):.3g} fps\n" + format_table(rows, [
+        ("label", "codec", ""), ("bytes", "bytes", "d"), ("bpp", "bpp", ".4f"), ("psnr", "PSNR", ".2f"),
+        ("ssim", "SSIM", ".4f"), ("encode_s", "enc s", ".3f"), ("decode_s", "dec s", ".3f")])
+    emit({"clip": name, "rows": rows, "image": str(out)}, as_json, text + f"\nwrote {out}")

@@ -1,0 +1,85 @@
+"""``vitok gen``: train the tiny rectified-flow generator on latent shards, sample it through the tokenizer."""
+from __future__ import annotations
+
+import click
+
+from vitok.cli.common import check_output, device_option, emit, json_option, overwrite_option, quiet_option, \
+    resolve_device, set_threads, threads_option
+
+
+@click.group()
+def gen() -> None:
+    """Generator-readiness check: a tiny DiT rectified-flow model trained on extracted latents."""
+
+
+@gen.command()
+@click.argument("shards_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", default="generator", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for model.safetensors, config.json and log.jsonl.")
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--width", type=click.IntRange(min=8), default=64, show_default=True)
+@click.option("--depth", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--cond", type=click.Choice(["none", "clip"]), default="none", show_default=True,
+              help="Condition on nothing or on the clip's index in the set.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
+@device_option
+@threads_option
+@overwrite_option
+@quiet_option
+@json_option
+def train(shards_dir: str, out_dir: str, steps: int, batch_size: int, lr: float, width: int, depth: int, heads: int,
+          cond: str, seed: int, log_every: int, device: str, threads: int | None, overwrite: bool, quiet: bool,
+          as_json: bool) -> None:
+    """Train on SHARDS_DIR (normalized with the manifest's per-channel mean/std); the loss goes to log.jsonl."""
+    from pathlib import Path
+
+    from vitok.evaluation.generation import CONFIG_NAME, train_generator
+
+    set_threads(threads)
+    check_output(Path(out_dir) / CONFIG_NAME, overwrite)
+
+    def on_log(entry: dict) -> None:
+        if not quiet:
+            click.echo(f"step {entry['step']:5d}  loss {entry['loss']:.4f}", err=True)
+
+    s = train_generator(shards_dir, out_dir, steps=steps, batch_size=batch_size, lr=lr, width=width, depth=depth,
+                        heads=heads, cond=cond, seed=seed, log_every=log_every, device=resolve_device(device),
+                        on_log=on_log)
+    emit(s, as_json, f"trained {s['params']:,}-parameter generator on {s['clips']} clips for {s['steps']} steps "
+                     f"({s['seconds']:.1f}s): loss {s['first_loss']:.4f} -> {s['final_loss']:.4f}; saved to {s['out']}")
+
+
+@gen.command()
+@click.option("--gen", "gen_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder written by `gen train`.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Video file (e.g. out.mp4).")
+@click.option("--num", type=click.IntRange(min=1), default=4, show_default=True, help="Samples, tiled in one video.")
+@click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="Euler steps.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fps", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--model", default=None, help="Tokenizer to decode with [default: the one named in the manifest].")
+@device_option
+@threads_option
+@overwrite_option
+@json_option
+def sample(gen_dir: str, output: str, num: int, steps: int, seed: int, fps: int, model: str | None, device: str,
+           threads: int | None, overwrite: bool, as_json: bool) -> None:
+    """Sample latents, decode them through the frozen tokenizer, write the samples tiled into one video."""
+    from fractions import Fraction
+
+    from vitok.data.convert import tensor_to_frames
+    from vitok.data.io import write_video
+    from vitok.evaluation.generation import sample_videos, tile_videos
+
+    set_threads(threads)
+    check_output(output, overwrite)
+    videos = sample_videos(gen_dir, num=num, steps=steps, seed=seed, model=model, device=resolve_device(device))
+    frames = tensor_to_frames(tile_videos(videos))
+    write_video(output, frames, Fraction(fps))
+    t, h, w = frames.shape[:3]
+    emit({"output": output, "num": num, "frames": t, "height": h, "width": w, "steps": steps}, as_json,
+         f"wrote {num} samples ({t} frames, {h}x{w} mosaic) to {output}")

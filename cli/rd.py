@@ -1,0 +1,148 @@
+"""``vitok rd``: rate-distortion sweeps, tables and plots; ``vitok rd plot DIR`` redraws from stored records.
+
+``vitok rd CLIPS... --codec h264 --codec vitok:NAME -o results/`` runs the sweep (resuming from
+``results/records.jsonl``), writes records, plots, BD-rate and summary tables, and prints the tables.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vitok.cli.common import json_option, overwrite_option, quiet_option
+from vitok.data.errors import VitokError
+
+METRIC_CHOICE = click.Choice(["psnr", "psnr_y", "ssim", "ms_ssim", "lpips"])
+
+
+def parse_value(text: str):
+    """Knob values from the command line: int, float, true/false, else the string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_ops(specs: tuple[str, ...]) -> dict[str, list[dict]]:
+    """``CODEC:k=v[,k=v]`` (repeatable) -> ``{codec: [knob dict, ...]}``, one operating point per spec."""
+    out: dict[str, list[dict]] = {}
+    for spec in specs:
+        codec, sep, knobs = spec.rpartition(":")
+        if not sep or not codec:
+            raise click.BadParameter(f"{spec!r}: expected CODEC:key=value[,key=value]", param_hint="--op")
+        op = {}
+        for item in filter(None, knobs.split(",")):
+            k, eq, v = item.partition("=")
+            if not eq or not k:
+                raise click.BadParameter(f"{spec!r}: {item!r} is not key=value", param_hint="--op")
+            op[k.strip()] = parse_value(v.strip())
+        out.setdefault(codec, []).append(op)
+    return out
+
+
+class _DefaultRunGroup(click.Group):
+    """A group whose default subcommand is ``run``: ``vitok rd CLIPS...`` means ``vitok rd run CLIPS...``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultRunGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def rd() -> None:
+    """Rate-distortion evaluation.
+
+    \b
+    vitok rd CLIPS... [--codec C]... -o DIR   sweep, write tables and plots (same as `vitok rd run`)
+    vitok rd plot DIR                         redraw plots and tables from DIR/records.json
+    """
+
+
+def _default_codecs() -> list[str]:
+    from vitok.codecs import list_codecs
+
+    return ["h264"] + [n for n in list_codecs() if n.startswith("vitok:")]
+
+
+def _report(records, out: Path, metrics, x, anchor, method, as_json, extra=None) -> None:
+    from vitok.cli.common import emit
+    from vitok.evaluation.report import write_report
+
+    rep = write_report(records, out, anchor=anchor, metrics=list(metrics), x=x, method=method)
+    text = rep["text"] or f"(no {anchor} records: no BD-rate table)"
+    emit({"bd": rep["bd"], "summary": rep["summary"], "files": rep["files"], **(extra or {})}, as_json,
+         text + f"\nwrote {len(rep['files'])} files to {out}")
+
+
+def _plot_options(f):
+    f = click.option("--method", type=click.Choice(["akima", "pchip", "cubic"]), default="akima", show_default=True,
+                     help="BD interpolation.")(f)
+    f = click.option("--anchor", default="h264", show_default=True, help="Codec the BD-rates are measured against.")(f)
+    f = click.option("--x", "x", type=click.Choice(["bpp", "kbps", "bytes"]), default="bpp", show_default=True,
+                     help="Rate axis of the plots.")(f)
+    f = click.option("--metric", "metrics", type=METRIC_CHOICE, multiple=True, default=("psnr",),
+                     show_default=True, help="Quality metric(s) for plots and BD tables (repeatable).")(f)
+    return f
+
+
+@rd.command("run")
+@click.argument("clips", nargs=-1)
+@click.option("--codec", "codecs", multiple=True,
+              help="Codec to sweep (repeatable): h264, h265, av1, vp9, vitok:NAME. Default: h264 and every bundled "
+                   "vitok model.")
+@click.option("--op", "ops", multiple=True, metavar="CODEC:K=V[,K=V]",
+              help="An operating point (repeatable); replaces that codec's default list, e.g. h264:crf=28.")
+@_plot_options
+@click.option("-o", "--output", "output", type=click.Path(file_okay=False), default="rd-results", show_default=True,
+              help="Results folder (also the cache: a rerun resumes).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Parallel processes.")
+@click.option("--frames", "max_frames", type=click.IntRange(min=1), default=None,
+              help="Use at most this many frames of each file clip.")
+@click.option("--fresh", is_flag=True, help="Ignore and replace cached records in the results folder.")
+@click.option("--rate-control/--no-rate-control", "rate_control", default=True, show_default=True,
+              help="For 1D vitok models swept without --op, also run PSNR-target rate control (token study).")
+@overwrite_option
+@quiet_option
+@json_option
+def run(clips, codecs, ops, metrics, x, anchor, method, output, workers, max_frames, fresh, rate_control, overwrite,
+        quiet, as_json) -> None:
+    """Sweep CLIPS (video files, folders, `eval` or eval segment ids) with each codec and report.
+
+    Writes records.csv/.json, plots/ (RD curves per clip and mean, PNG+SVG; side-by-side frames; token budget),
+    bdrate.json, summary.json and report.txt into the output folder, and prints the BD-rate table.
+    """
+    from vitok.evaluation.rd import CACHE_FILE, rate_control_ops, rd_sweep
+
+    out = Path(output)
+    if out.exists() and any(out.iterdir()) and not (out / CACHE_FILE).exists() and not overwrite:
+        raise VitokError(f"output folder {out} is not empty and holds no RD cache (use -y to write into it)")
+    if fresh and (out / CACHE_FILE).exists():
+        (out / CACHE_FILE).unlink()
+    codec_list = list(codecs) or _default_codecs()
+    op_map = parse_ops(ops)
+    kw = dict(workers=workers, cache_dir=out, progress=not quiet, max_frames=max_frames)
+    records = rd_sweep(list(clips), codec_list, op_map or None, **kw)
+    rc = {c: rate_control_ops(records, c) for c in codec_list if rate_control and c not in op_map}
+    rc = {c: v for c, v in rc.items() if v}
+    if rc:  # second pass: rate control at qualities the fixed-token points reached
+        records += rd_sweep(list(clips), list(rc), rc, **kw)
+    _report(records, out, metrics, x, anchor, method, as_json)
+
+
+@rd.command("plot")
+@click.argument("results", type=click.Path(exists=True))
+@_plot_options
+@json_option
+def plot(results, metrics, x, anchor, method, as_json) -> None:
+    """Redraw plots and tables from stored records (a results folder or its records.json)."""
+    from vitok.evaluation.report import load_records
+
+    path = Path(results)
+    records = load_records(path)
+    _report(records, path if path.is_dir() else path.parent, metrics, x, anchor, method, as_json)

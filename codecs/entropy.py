@@ -1,0 +1,410 @@
+"""Quantization and entropy coding of latents: CompressAI's EntropyBottleneck, frozen into integer tables.
+
+A latent ``z`` (tokens ``(N, C)``) is quantized per channel to integers ``q = round((z - mean_c) / (std_c * step))``.
+For each step of an operating set a factorized ``EntropyBottleneck`` is fitted once (calibration) to the
+uniform-noise-relaxed values; its medians are rounded to integers, ``update()`` builds 16-bit CDFs, and only those
+integer tables are kept (``entropy.safetensors`` beside the model). Symbols ``q - median_c`` are coded with
+CompressAI's rANS coder using only the stored tables, so decoding never recomputes anything from floats
+(CompressAI #279/#309: float-derived CDFs desynchronise across machines).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from vitok.codecs.errors import BitstreamError, CodecError
+
+
+def _load_ans():
+    """CompressAI's rANS extension. ``import compressai`` pulls in its datasets, zoo and torch_geometric (seconds);
+    the coder alone is one compiled module, so load just that when possible (calibration imports the rest)."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    if "compressai.ans" not in sys.modules:
+        try:
+            spec = importlib.util.find_spec("compressai")
+            folder = Path(spec.origin).parent
+            path = next(p for p in folder.iterdir() if p.name.startswith("ans.") and p.suffix in (".so", ".pyd"))
+            loader = importlib.machinery.ExtensionFileLoader("compressai.ans", str(path))
+            mod_spec = importlib.util.spec_from_file_location("compressai.ans", path, loader=loader)
+            module = importlib.util.module_from_spec(mod_spec)
+            loader.exec_module(module)
+            sys.modules["compressai.ans"] = module
+        except (ImportError, StopIteration, AttributeError, TypeError, OSError):
+            _import_compressai()
+    return sys.modules["compressai.ans"]
+
+
+def _import_compressai():
+    with warnings.catch_warnings():  # compressai's import touches torch.jit.script, which warns on new torch
+        warnings.simplefilter("ignore", FutureWarning)
+        import compressai.ans  # noqa: F401
+        from compressai.entropy_models import EntropyBottleneck
+    return EntropyBottleneck
+
+
+_ans = _load_ans()
+RansEncoder, RansDecoder = _ans.RansEncoder, _ans.RansDecoder
+
+STEPS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+DEFAULT_STEP = 0.5
+PRECISION = 16  # CompressAI's rANS probability precision (bits)
+ESCAPE_RANGE = 120  # beyond a table's range by more than this, values clamp: every symbol stays under 32 bits
+MIN_SYMBOLS = 32  # CompressAI's encoder buffer holds one 32-bit word per symbol: short streams are padded
+MAX_TABLE_HALF = 4096  # cap on a table's half-width (bins)
+FILENAME = "entropy.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class StepTable:
+    """Integer rANS tables for one quantization step: per channel CDF, its length, offset and integer median."""
+
+    step: float
+    cdf: np.ndarray  # int32 (C, L)
+    cdf_length: np.ndarray  # int32 (C,)
+    offset: np.ndarray  # int32 (C,)
+    median: np.ndarray  # int32 (C,)
+    _lists: tuple | None = field(default=None, repr=False)
+
+    def coder_args(self) -> tuple[list[list[int]], list[int], list[int]]:
+        """The tables as the Python lists CompressAI's coder takes (built once)."""
+        if self._lists is None:
+            self._lists = (self.cdf.tolist(), self.cdf_length.tolist(), self.offset.tolist())
+        return self._lists
+
+    def value_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per channel the smallest and largest integer ``q`` that can be coded (in-table values plus escapes)."""
+        lo = self.median + self.offset - ESCAPE_RANGE
+        hi = self.median + self.offset + (self.cdf_length - 2) + ESCAPE_RANGE
+        return lo.astype(np.int64), hi.astype(np.int64)
+
+    def bit_costs(self) -> np.ndarray:
+        """Bits per in-table value ``(C, L-2)`` and the escape cost in column ``L-2`` (without its raw bits)."""
+        c = self.cdf.astype(np.float64)
+        freq = np.diff(c, axis=1)
+        width = self.cdf_length - 1
+        mask = np.arange(freq.shape[1])[None, :] < width[:, None]
+        return np.where(mask, PRECISION - np.log2(np.maximum(freq, 1)), np.inf)
+
+
+class EntropyTables:
+    """The frozen entropy model of one tokenizer: per-channel quantization scale and one ``StepTable`` per step."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, tables: list[StepTable], meta: dict[str, Any] | None = None):
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+        self.tables = tables
+        self.meta = dict(meta or {})
+        self._validate()
+        self.table_id = self._digest()
+
+    @property
+    def channels(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def steps(self) -> list[float]:
+        return [t.step for t in self.tables]
+
+    def table_index(self, step: float) -> int:
+        """The table calibrated for the step nearest to ``step`` (in log scale); coding stays exact for any step."""
+        if not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
+            raise CodecError(f"quantization step must be a positive number, got {step!r}")
+        return int(np.argmin([abs(math.log(step / s)) for s in self.steps]))
+
+    # quantization -----------------------------------------------------------------------------------------
+    def quantize(self, z: torch.Tensor | np.ndarray, step: float, index: int | None = None) -> np.ndarray:
+        """Latent tokens ``(N, C)`` -> int32 ``(N, C)``, clamped to what the step's table can code."""
+        table = self.tables[self.table_index(step) if index is None else index]
+        z = z.detach().cpu().double().numpy() if isinstance(z, torch.Tensor) else np.asarray(z, np.float64)
+        if z.ndim != 2 or z.shape[1] != self.channels:
+            raise CodecError(f"latents must be (N, {self.channels}), got {z.shape}")
+        y = (z - self.mean.astype(np.float64)) / (self.std.astype(np.float64) * step)
+        lo, hi = table.value_range()
+        return np.clip(np.rint(np.nan_to_num(y)), lo, hi).astype(np.int32)
+
+    def dequantize(self, q: np.ndarray, step: float) -> torch.Tensor:
+        """int ``(N, C)`` -> float32 latents ``(N, C)``."""
+        q = torch.from_numpy(np.asarray(q, np.float32))
+        return q * (torch.from_numpy(self.std) * float(step)) + torch.from_numpy(self.mean)
+
+    # entropy coding ---------------------------------------------------------------------------------------
+    def encode(self, q: np.ndarray, index: int) -> bytes:
+        """rANS-code int32 ``(N, C)`` with table ``index``; decodable knowing only ``N`` and the tables."""
+        table = self.tables[index]
+        q = np.asarray(q)
+        lo, hi = table.value_range()
+        if q.ndim != 2 or q.shape[1] != self.channels or (q < lo).any() or (q > hi).any():
+            raise CodecError("symbols out of the coder's range: quantize with the same tables")
+        sym, idx = self._symbols(q, table)
+        cdfs, lengths, offsets = table.coder_args()
+        return RansEncoder().encode_with_indexes(sym.tolist(), idx.tolist(), cdfs, lengths, offsets)
+
+    def decode(self, data: bytes, n: int, index: int) -> np.ndarray:
+        """Inverse of ``encode``: ``n`` tokens -> int32 ``(n, C)``; corrupt data gives a BitstreamError."""
+        table = self.tables[index]
+        count = max(n * self.channels, MIN_SYMBOLS)
+        idx = np.tile(np.arange(self.channels, dtype=np.int32), -(-count // self.channels))[:count]
+        cdfs, lengths, offsets = table.coder_args()
+        # The coder does not bounds-check its reads: zero padding keeps a corrupt stream inside the buffer.
+        padded = bytes(data) + bytes(8 * count + 4096)
+        sym = np.asarray(RansDecoder().decode_with_indexes(padded, idx.tolist(), cdfs, lengths, offsets), np.int64)
+        q = sym[: n * self.channels].reshape(n, self.channels) + table.median[None, :]
+        lo, hi = table.value_range()
+        if (q < lo).any() or (q > hi).any() or (sym[n * self.channels:] != 0).any():
+            raise BitstreamError("entropy-coded data decodes to out-of-range values (corrupt stream)")
+        return q.astype(np.int32)
+
+    def estimate_bits(self, q: np.ndarray, index: int) -> float:
+        """Ideal code length in bits of ``q`` under the table's probabilities (the entropy model's likelihoods)."""
+        table = self.tables[index]
+        v = np.asarray(q, np.int64) - table.median[None, :] - table.offset[None, :]
+        width = (table.cdf_length - 2)[None, :]
+        costs = table.bit_costs()
+        inside = (v >= 0) & (v < width)
+        ch = np.broadcast_to(np.arange(self.channels)[None, :], v.shape)
+        bits = costs[ch, np.where(inside, v, width)].sum()
+        raw = np.where(v < 0, -2 * v - 1, 2 * (v - width))[~inside]
+        nib = np.ceil(np.log2(raw + 1) / 4).astype(np.int64) if raw.size else raw
+        return float(bits + 4 * (nib + nib // 15 + 1).sum())
+
+    def _symbols(self, q: np.ndarray, table: StepTable) -> tuple[np.ndarray, np.ndarray]:
+        sym = (q.astype(np.int64) - table.median[None, :]).reshape(-1)
+        idx = np.tile(np.arange(self.channels, dtype=np.int64), q.shape[0])
+        if sym.size < MIN_SYMBOLS:
+            pad = MIN_SYMBOLS - sym.size
+            sym = np.concatenate([sym, np.zeros(pad, np.int64)])
+            idx = np.tile(np.arange(self.channels, dtype=np.int64), -(-MIN_SYMBOLS // self.channels))[:MIN_SYMBOLS]
+        return sym, idx
+
+    # storage ----------------------------------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"mean": torch.from_numpy(self.mean.copy()), "std": torch.from_numpy(self.std.copy())}
+        for i, t in enumerate(self.tables):
+            for key in ("cdf", "cdf_length", "offset", "median"):
+                out[f"step{i}.{key}"] = torch.from_numpy(np.ascontiguousarray(getattr(t, key), np.int32))
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``entropy.safetensors`` (int32 tables, float32 scale, JSON metadata) atomically."""
+        from safetensors.torch import save_file
+
+        from vitok.data.atomic import atomic_path
+
+        path = Path(path)
+        path = path / FILENAME if path.is_dir() else path
+        meta = {**self.meta, "format": FORMAT_VERSION, "steps": self.steps, "precision": PRECISION,
+                "table_id": self.table_id}
+        with atomic_path(path) as tmp:
+            save_file(self.tensors(), str(tmp), metadata={"vitok_entropy": json.dumps(meta)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EntropyTables":
+        """Read tables written by ``save``; a malformed file is a CodecError naming it."""
+        from safetensors import SafetensorError
+        from safetensors.torch import safe_open
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {})["vitok_entropy"])
+                t = {k: f.get_tensor(k).numpy() for k in f.keys()}
+            if meta.get("format") != FORMAT_VERSION or meta.get("precision") != PRECISION:
+                raise ValueError(f"unsupported format {meta.get('format')} / precision {meta.get('precision')}")
+            tables = [StepTable(float(s), *(t[f"step{i}.{k}"].astype(np.int32)
+                                            for k in ("cdf", "cdf_length", "offset", "median")))
+                      for i, s in enumerate(meta["steps"])]
+            meta = {k: v for k, v in meta.items() if k not in ("format", "steps", "precision", "table_id")}
+            return cls(t["mean"], t["std"], tables, meta)
+        except (OSError, SafetensorError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
+            raise CodecError(f"cannot read entropy tables {path}: {e}") from None
+
+    def _validate(self) -> None:
+        """Reject tables the C++ coder would index out of bounds with (it checks nothing itself)."""
+        c = self.channels
+        if self.mean.shape != (c,) or self.std.shape != (c,) or not (self.std > 0).all() or not self.tables:
+            raise ValueError("entropy tables: bad mean/std or no step tables")
+        for t in self.tables:
+            if t.cdf.ndim != 2 or t.cdf.shape[0] != c or any(a.shape != (c,) for a in (t.cdf_length, t.offset,
+                                                                                        t.median)):
+                raise ValueError(f"entropy tables: bad shapes for step {t.step}")
+            if not (math.isfinite(t.step) and t.step > 0) or (t.offset > 0).any():
+                raise ValueError(f"entropy tables: bad step/offset for step {t.step}")
+            for ch in range(c):
+                n = int(t.cdf_length[ch])
+                row = t.cdf[ch, :n].astype(np.int64)
+                if not (3 <= n <= t.cdf.shape[1]) or row[0] != 0 or row[-1] != 1 << PRECISION or \
+                        (np.diff(row) <= 0).any():
+                    raise ValueError(f"entropy tables: invalid CDF for step {t.step} channel {ch}")
+
+    def _digest(self) -> str:
+        h = hashlib.sha256(json.dumps({"steps": self.steps, "precision": PRECISION}).encode())
+        for k, v in self.tensors().items():
+            h.update(k.encode())
+            h.update(v.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+# calibration ----------------------------------------------------------------------------------------------
+def fit_tables(z: torch.Tensor, steps: Iterable[float] = STEPS, *, mean: np.ndarray | None = None,
+               std: np.ndarray | None = None, iters: int = 300, batch: int = 4096, seed: int = 0,
+               meta: dict[str, Any] | None = None) -> EntropyTables:
+    """Fit one EntropyBottleneck per step to latent tokens ``z`` ``(M, C)`` and freeze it into integer tables.
+
+    ``mean``/``std`` default to the tokens' own per-channel statistics. All steps train together as one
+    bottleneck with ``C x steps`` independent channels.
+    """
+    z = torch.as_tensor(z, dtype=torch.float32).reshape(-1, z.shape[-1])
+    steps = [float(np.float32(s)) for s in steps]
+    if z.shape[0] < 2 or not steps:
+        raise CodecError("calibration needs at least 2 latent tokens and one step")
+    mean = z.mean(0).numpy() if mean is None else np.asarray(mean, np.float32)
+    std = z.std(0).clamp_min(1e-6).numpy() if std is None else np.asarray(std, np.float32)
+    g = torch.Generator().manual_seed(seed)
+    c = z.shape[1]
+    y = (z - torch.from_numpy(mean)) / torch.from_numpy(std)
+    ys = torch.cat([y / s for s in steps], dim=1).T.contiguous()  # (S*C, M)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        eb = _train_bottleneck(ys, iters, batch, g)
+        bits_float = _likelihood_bits(eb, ys)
+    tables = []
+    cdf, length, offset, med = (eb._quantized_cdf.numpy(), eb._cdf_length.numpy(), eb._offset.numpy(),
+                                eb.quantiles[:, 0, 1].detach().numpy())
+    for i, s in enumerate(steps):
+        sl = slice(i * c, (i + 1) * c)
+        width = int(length[sl].max())
+        tables.append(StepTable(s, cdf[sl, :width].astype(np.int32), length[sl].astype(np.int32),
+                                offset[sl].astype(np.int32), med[sl].round().astype(np.int32)))
+    out = EntropyTables(mean, std, tables, meta)
+    report = {}
+    for i, s in enumerate(steps):  # bits per symbol on the calibration data: float model vs tables vs real rANS
+        q = out.quantize(z, s, index=i)
+        real = 8 * len(out.encode(q, i)) / q.size
+        report[str(s)] = {"float_bits": round(float(bits_float[i * c:(i + 1) * c].sum() / q.size), 4),
+                          "table_bits": round(out.estimate_bits(q, i) / q.size, 4), "real_bits": round(real, 4)}
+    out.meta["calibration"] = {"tokens": int(z.shape[0]), "bits_per_symbol": report}
+    return out
+
+
+def _train_bottleneck(ys: torch.Tensor, iters: int, batch: int, g: torch.Generator):
+    EntropyBottleneck = _import_compressai()
+    n_ch, m = ys.shape
+    scale = float(ys.abs().quantile(0.999).clamp_min(1.0)) if m * n_ch <= 1 << 24 else float(ys.abs().max())
+    eb = EntropyBottleneck(n_ch, init_scale=max(scale, 1.0))
+    _init_scales(eb, ys)
+    params = [p for n, p in eb.named_parameters() if not n.endswith("quantiles")]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iters, 1))
+    eb.train()
+    for _ in range(iters):
+        cols = torch.randint(0, m, (min(batch, m),), generator=g)
+        _, lik = eb(ys[:, cols].T.unsqueeze(-1))  # (B, C, 1)
+        loss = -torch.log2(lik).sum() / lik.shape[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    eb.eval()
+    with torch.no_grad():
+        eb._update_quantiles()
+        q = eb.quantiles.data
+        med = q[:, 0, 1].round()
+        q[:, 0, 0] = torch.maximum(q[:, 0, 0], med - MAX_TABLE_HALF).clamp(max=med)
+        q[:, 0, 2] = torch.minimum(q[:, 0, 2], med + MAX_TABLE_HALF).clamp(min=med)
+        q[:, 0, 1] = med
+        eb.update(force=True)
+    return eb
+
+
+def _init_scales(eb, ys: torch.Tensor) -> None:
+    """Start each channel's density at that channel's spread (CompressAI uses one ``init_scale`` for all)."""
+    spread = (ys.std(dim=1) * 3 + 1.0).double()  # (C,)
+    k = len(eb.filters) + 1
+    dims = (1,) + eb.filters + (1,)
+    with torch.no_grad():
+        for i, m in enumerate(eb.matrices):
+            per = spread ** (1.0 / k)
+            init = torch.log(torch.expm1(1.0 / per / dims[i + 1])).float()
+            m.data.copy_(init[:, None, None].expand_as(m))
+        eb.quantiles.data = torch.stack([-spread, torch.zeros_like(spread), spread], -1)[:, None, :].float()
+
+
+@torch.no_grad()
+def _likelihood_bits(eb, ys: torch.Tensor) -> np.ndarray:
+    """Per channel total bits of ``round(ys)`` under the float model (what #236 calls the likelihood rate)."""
+    med = eb.quantiles[:, 0, 1:2]
+    q = torch.round(ys - med) + med
+    lik, _, _ = eb._likelihood(q.unsqueeze(1))
+    return (-torch.log2(lik.clamp_min(1e-9))).sum(-1)[:, 0].numpy()
+
+
+def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = STEPS, iters: int = 300,
+                      num_tokens: int | None = None, seed: int = 0) -> EntropyTables:
+    """Encode calibration clips with ``tok`` and fit tables; the quantizer scale is the model's latent statistics.
+
+    ``clips``: uint8 ``(T,H,W,3)`` arrays or float ``(B,3,T,H,W)`` tensors in [-1, 1].
+    """
+    from vitok.data.convert import frames_to_tensor
+
+    zs = []
+    with torch.no_grad():
+        for clip in clips:
+            x = frames_to_tensor(clip) if isinstance(clip, np.ndarray) else clip
+            lat = tok.encode(x.to(_device(tok)), num_tokens=num_tokens)
+            z = lat.z.float().cpu()  # the posterior mean: what the codec quantizes
+            zs.append(z[lat.mask.cpu()] if lat.mask is not None else z.reshape(-1, z.shape[-1]))
+    if not zs:
+        raise CodecError("calibration needs at least one clip")
+    z = torch.cat(zs)
+    cfg = tok.config
+    mean = getattr(cfg, "latent_mean", None)
+    std = getattr(cfg, "latent_std", None)
+    meta = {"model": cfg.name, "weights_hash": tok.weights_hash}
+    return fit_tables(z, steps, mean=None if mean is None else np.asarray(mean, np.float32),
+                      std=None if std is None else np.asarray(std, np.float32), iters=iters, seed=seed, meta=meta)
+
+
+def _device(tok: Any) -> torch.device:
+    try:
+        return next(tok.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def write_entropy_tables(model_dir: str | Path, tables: EntropyTables) -> Path:
+    """Store tables beside a saved model (``<model_dir>/entropy.safetensors``), atomically."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CodecError(f"model directory not found: {model_dir}")
+    return tables.save(model_dir / FILENAME)
+
+
+def load_entropy_tables(model: str | Path) -> EntropyTables:
+    """Tables of a model: a model dir, a bundled model name, or an ``entropy.safetensors`` path."""
+    path = Path(model)
+    if path.is_file():
+        return EntropyTables.load(path)
+    if path.is_dir():
+        if not (path / FILENAME).is_file():
+            raise CodecError(f"model {model} has no entropy tables ({FILENAME}); calibrate them first")
+        return EntropyTables.load(path / FILENAME)
+    from vitok.codecs.models import bundled_dir
+
+    d = bundled_dir(str(model))
+    if d is None or not (d / FILENAME).is_file():
+        raise CodecError(f"no entropy tables for model {model!r}: not a model directory or bundled model with "
+                         f"{FILENAME}")
+    return EntropyTables.load(d / FILENAME)

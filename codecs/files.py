@@ -1,0 +1,122 @@
+"""File-level encode / decode / inspect for ``.vtok``: streams chunk by chunk and writes atomically.
+
+These are what ``vitok encode|decode|info`` call: memory stays flat however long the video, because frames are
+read, coded and written one chunk at a time (a byte budget keeps only the candidate payloads of every chunk).
+"""
+from __future__ import annotations
+
+import glob
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from vitok.codecs.container import VERSION, VtokReader
+from vitok.codecs.errors import BitstreamError, CodecError
+from vitok.codecs.neural import EncodeStats, VitokCodec, parse_chunk
+
+DECODE_FORMATS = (".mp4", ".mkv", ".npy", "<folder of PNGs>")
+
+
+def is_frames_source(path: str | os.PathLike) -> bool:
+    """A folder or a glob pattern of image frames (rather than one video file)."""
+    s = str(path)
+    return os.path.isdir(s) or (glob.has_magic(s) and not os.path.exists(s))
+
+
+def encode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: str | os.PathLike, *,
+                start: int = 0, num_frames: int | None = None, size: tuple[int, int] | None = None,
+                fps: Fraction | None = None, on_chunk: Callable[[int], None] | None = None,
+                **knobs: Any) -> EncodeStats:
+    """Encode a video file (or a folder/glob of frames) to ``output_path`` (.vtok), atomically and streaming."""
+    from vitok.data.atomic import atomic_path
+    from vitok.data.io import iter_video, probe_video, read_frames_dir
+
+    if is_frames_source(input_path):
+        frames = read_frames_dir(input_path, size=size)
+        frames = frames[start:start + num_frames if num_frames is not None else None]
+        if frames.shape[0] == 0:
+            raise CodecError(f"{input_path}: no frames in the requested range (start={start})")
+        chunks: Any = [frames]
+        fps = fps or Fraction(25)
+    else:
+        info = probe_video(input_path)
+        fps = fps or info.fps
+        chunks = iter_video(input_path, chunk_frames=codec.tok.clip_frames, start=start, num_frames=num_frames,
+                            size=size)
+    if fps is None or fps <= 0:
+        fps = Fraction(25)
+    with atomic_path(output_path) as tmp, open(tmp, "wb") as f:
+        return codec.encode_stream(chunks, Fraction(fps), f, on_chunk=on_chunk, **knobs)
+
+
+def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: str | os.PathLike, *,
+                video_codec: str = "ffv1", crf: int = 18,
+                on_chunk: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Decode a ``.vtok`` to ``.mp4``/``.mkv`` (``video_codec`` ffv1 lossless or h264 at ``crf``), ``.npy`` or a
+    folder of PNGs (any other path); streaming and atomic."""
+    from vitok.data.atomic import atomic_dir, atomic_path
+    from vitok.data.io import write_video
+
+    out = Path(output_path)
+    reader = VtokReader(input_path)
+    h = reader.header
+
+    def frames() -> Iterator[np.ndarray]:
+        for chunk in codec.iter_decode(input_path, reader=reader):
+            if on_chunk:
+                on_chunk(chunk.shape[0])
+            yield chunk
+
+    try:
+        suffix = out.suffix.lower()
+        if suffix in (".mp4", ".mkv", ".webm", ".mov"):
+            if video_codec == "ffv1" and suffix != ".mkv":
+                raise CodecError(f"{out}: lossless ffv1 needs a .mkv output (or use --codec h264)")
+            write_video(out, frames(), h.fps, codec=video_codec, crf=crf)
+        elif suffix == ".npy":
+            with atomic_path(out) as tmp:
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(h.frames, h.height, h.width, 3))
+                i = 0
+                for chunk in frames():
+                    arr[i:i + chunk.shape[0]] = chunk
+                    i += chunk.shape[0]
+                arr.flush()
+                del arr
+        elif suffix == "":
+            from PIL import Image
+
+            with atomic_dir(out) as tmp:
+                i = 0
+                for chunk in frames():
+                    for frame in chunk:
+                        Image.fromarray(frame).save(tmp / f"frame_{i:06d}.png")
+                        i += 1
+        else:
+            raise CodecError(f"{out}: unknown output type {suffix!r}; use .mp4, .mkv, .npy or a folder name")
+    finally:
+        reader.close()
+    return {"output": str(out), "frames": h.frames, "width": h.width, "height": h.height, "fps": str(h.fps)}
+
+
+def describe_vtok(path: str | os.PathLike) -> dict[str, Any]:
+    """Header, per-chunk tokens/steps/bytes and rates of a ``.vtok``, without loading the model (all checked)."""
+    with VtokReader(path) as r:
+        h = r.header
+        chunks = []
+        for info, payload in r.chunks():
+            try:
+                table, step, tokens, data = parse_chunk(payload)
+            except BitstreamError as e:
+                raise BitstreamError(f"{r.name}: chunk {info.index}: {e}") from None
+            chunks.append({"index": info.index, "frames": info.frames, "bytes": info.nbytes,
+                           "tokens": tokens or None, "step": round(step, 6), "table": table})
+        size = r.file_bytes
+    pixels = h.frames * h.width * h.height
+    seconds = h.frames / float(h.fps)
+    return {"file": str(path), "format_version": VERSION, "file_bytes": size, "width": h.width, "height": h.height,
+            "frames": h.frames, "fps": str(h.fps), "chunk_frames": h.chunk_frames, "chunks": len(chunks),
+            "payload_bytes": sum(c["bytes"] for c in chunks), "bpp": round(8 * size / pixels, 5),
+            "kbps": round(8 * size / seconds / 1000, 3), "meta": h.meta, "chunk_list": chunks}

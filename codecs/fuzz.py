@@ -1,0 +1,266 @@
+"""Fuzz the ``.vtok`` reader and decoder with mutated real streams: ``python -m vitok.codecs.fuzz --seconds N``.
+
+Streams come from a tiny 1D model coding a real sample clip. Mutations: bit flips, truncation, insertion,
+deletion, trailing bytes, chunk duplication, header field edits and payload edits (with and without a
+recomputed CRC, so that checks behind the CRC are reached too). Every mutant must either decode or raise
+``BitstreamError``: any other exception, a decode slower than a time limit, or a Python allocation peak over a
+cap is a failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import struct
+import sys
+import time
+import tracemalloc
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from vitok.codecs.container import _CHUNK, _FIXED, VtokReader
+from vitok.codecs.errors import BitstreamError
+
+MAX_SECONDS = 10.0  # per mutant
+MAX_ALLOC = 64 << 20  # bytes of Python-tracked allocation per mutant (numpy included)
+
+
+class FuzzFailure(AssertionError):
+    """A mutant did something other than decode or raise BitstreamError."""
+
+
+@dataclass
+class Layout:
+    """Where the header and chunks of a valid stream sit (for targeted edits)."""
+
+    header_end: int  # offset of the header CRC
+    chunks: list[tuple[int, int]] = field(default_factory=list)  # (offset of chunk framing, payload length)
+
+
+def layout(data: bytes) -> Layout:
+    with VtokReader(data) as r:
+        out = Layout(_FIXED.size + _FIXED.unpack_from(data)[-1])
+        out.chunks = [(info.offset, info.nbytes) for info, _ in r.chunks()]
+    return out
+
+
+def _fix_header_crc(buf: bytearray, end: int) -> None:
+    if end + 4 <= len(buf):
+        buf[end:end + 4] = struct.pack("<I", zlib.crc32(bytes(buf[:end])))
+
+
+def _fix_chunk_crc(buf: bytearray, off: int) -> None:
+    length = struct.unpack_from("<I", buf, off)[0]
+    start = off + _CHUNK.size
+    if start + length <= len(buf):
+        crc = zlib.crc32(bytes(buf[start:start + length]), zlib.crc32(bytes(buf[off:off + 8])))
+        buf[off + 8:off + 12] = struct.pack("<I", crc)
+
+
+def _rand_u32(rng: random.Random) -> int:
+    return rng.choice([0, 1, 2, 7, 8, 9, 255, 256, 65535, 1 << 16, 1 << 24, 1 << 28, (1 << 31) - 1, (1 << 32) - 1,
+                       rng.getrandbits(32), rng.getrandbits(8)])
+
+
+def m_bitflip(d: bytes, lay: Layout, rng: random.Random) -> bytes:
+    b = bytearray(d)
+    for _ in range(rng.randint(1, 8)):
+        i = rng.randrange(len(b))
+        b[i] ^= 1 << rng.randrange(8)
+    return bytes(b)
+
+
+def m_truncate(d: bytes, lay: Layout, rng: random.Random) -> bytes:
+    return d[:rng.randrange(len(d))]
+
+
+def m_insert(d: bytes, lay: Layout, rng: random.Random) -> bytes:
+    i = rng.randrange(len(d) + 1)
+    return d[:i] + rng.randbytes(rng.randint(1, 64)) + d[i:]
+
+
+def m_delete(d: bytes, lay: Layout, rng: random.Random) -> bytes:
+    i = rng.randrange(len(d))
+    return d[:i] + d[i + rng.randint(1, 64):]
+
+
+def m_trailing(d: bytes, lay: Layout, rng: random.Random) -> bytes:
+    return d + rng.randbytes(rng.randint(1, 32))
+
+
+def m_dup_chunk(d: bytes, lay: Layout, rng: random.Random) -> bytes:
+    off, n = rng.choice(lay.chunks)
+    piece = d[off:off + _CHUNK.size + n]
+    return d[:off] + piece + d[off:]
+
+
+def m_header_field(d: bytes, lay: Layout, rng: random.Random) -> bytes:
+    """Overwrite one fixed header field with an extreme value, usually recomputing the header CRC."""
+    b = bytearray(d)
+    off = rng.choice([4, 6, 8, 12, 16, 20, 24, 28, 32, 36])
+    if off in (4, 6):
+        struct.pack_into("<H", b, off, rng.choice([0, 2, 255, 65535, rng.getrandbits(16)]))
+    else:
+        struct.pack_into("<I", b, off, _rand_u32(rng))
+    if rng.random() < 0.85:
+        _fix_header_crc(b, lay.header_end)
+    return bytes(b)
+
+
+def m_meta(d: bytes, lay: Layout, rng: random.Random) -> bytes:
+    """Replace the JSON metadata (other model, weights, tables, junk) and recompute the header CRC."""
+    meta_len = _FIXED.unpack_from(d)[-1]
+    old = d[_FIXED.size:_FIXED.size + meta_len]
+    try:
+        meta = json.loads(old)
+        key = rng.choice(list(meta) + ["extra"])
+        meta[key] = rng.choice([None, 0, -1, "x", "other-model", [1, 2], {"a": 1}, 1e300, "0" * 16])
+        new = json.dumps(meta).encode()
+    except ValueError:
+        new = old
+    if rng.random() < 0.2:
+        new = rng.randbytes(rng.randint(0, 40))
+    b = bytearray(d[:_FIXED.size] + new + d[_FIXED.size + meta_len:])
+    struct.pack_into("<I", b, 36, len(new))
+    _fix_header_crc(b, _FIXED.size + len(new))
+    return bytes(b)
+
+
+def m_chunk_field(d: bytes, lay: Layout, rng: random.Random) -> bytes:
+    """Edit a chunk's length or frame count, usually recomputing its CRC."""
+    b = bytearray(d)
+    off, _ = rng.choice(lay.chunks)
+    struct.pack_into("<I", b, off + rng.choice([0, 4]), _rand_u32(rng))
+    if rng.random() < 0.8:
+        _fix_chunk_crc(b, off)
+    return bytes(b)
+
+
+def m_payload(d: bytes, lay: Layout, rng: random.Random) -> bytes:
+    """Corrupt bytes inside one chunk payload (its header or rANS data) and recompute the CRC."""
+    b = bytearray(d)
+    off, n = rng.choice(lay.chunks)
+    start = off + _CHUNK.size
+    if n:
+        for _ in range(rng.randint(1, 6)):
+            i = start + (rng.randrange(min(n, 7)) if rng.random() < 0.4 else rng.randrange(n))
+            b[i] = rng.getrandbits(8)
+    _fix_chunk_crc(b, off)
+    return bytes(b)
+
+
+MUTATORS: list[Callable[[bytes, Layout, random.Random], bytes]] = [
+    m_bitflip, m_truncate, m_insert, m_delete, m_trailing, m_dup_chunk, m_header_field, m_meta, m_chunk_field,
+    m_payload, m_payload]
+
+
+def mutate(data: bytes, rng: random.Random, lay: Layout | None = None) -> tuple[str, bytes]:
+    lay = lay or layout(data)
+    mut = rng.choice(MUTATORS)
+    return mut.__name__, mut(data, lay, rng)
+
+
+def check(data: bytes, codec=None, *, max_seconds: float = MAX_SECONDS, max_alloc: int = MAX_ALLOC,
+          trace: bool = True) -> str:
+    """Parse (and with ``codec`` decode) one stream: "ok" or "rejected" (BitstreamError); else FuzzFailure."""
+    t0 = time.perf_counter()
+    started = trace and not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    if trace:
+        tracemalloc.reset_peak()
+    try:
+        if codec is None:
+            with VtokReader(data) as r:
+                for _ in r.chunks():
+                    pass
+        else:
+            frames, _ = codec.decode(data)
+            if frames.dtype != np.uint8 or frames.ndim != 4:
+                raise FuzzFailure(f"decoded frames have shape {frames.shape} / {frames.dtype}")
+        outcome = "ok"
+    except BitstreamError as e:
+        if "\n" in str(e):
+            raise FuzzFailure(f"multi-line error message: {e!r}") from None
+        outcome = "rejected"
+    except FuzzFailure:
+        raise
+    except Exception as e:  # noqa: BLE001  (the point: anything else is a bug)
+        raise FuzzFailure(f"{type(e).__name__}: {e}") from e
+    finally:
+        peak = tracemalloc.get_traced_memory()[1] if trace else 0
+        if started:
+            tracemalloc.stop()
+    elapsed = time.perf_counter() - t0
+    if elapsed > max_seconds:
+        raise FuzzFailure(f"took {elapsed:.1f} s (limit {max_seconds} s)")
+    if peak > max_alloc:
+        raise FuzzFailure(f"allocated {peak / 2**20:.1f} MiB (limit {max_alloc / 2**20:.0f} MiB)")
+    return outcome
+
+
+def make_corpus(seed: int = 0):
+    """A tiny calibrated 1D model and a few real streams of a sample clip (1 and 3 chunks, full and few tokens)."""
+    import torch
+
+    import vitok
+    from vitok.codecs.entropy import calibrate_entropy
+    from vitok.codecs.neural import VitokCodec
+    from vitok.data.io import read_video
+    from vitok.data.samples import sample_path
+
+    torch.manual_seed(seed)
+    tok = vitok.create_model("vit1d-tiny").freeze()
+    frames, info = read_video(sample_path("carphone"), num_frames=20)
+    frames = np.ascontiguousarray(frames[:, 40:88, 48:112])
+    tables = calibrate_entropy(tok, [frames[:8], frames[8:16]], steps=(0.5, 2.0), iters=40, seed=seed)
+    codec = VitokCodec(tok, tables)
+    corpus = [codec.encode(frames[:5], info.fps), codec.encode(frames, info.fps, tokens=4),
+              codec.encode(frames, info.fps, step=2.0)]
+    return codec, corpus
+
+
+def run(seconds: float, seed: int = 0, decode: bool = True, log: Callable[[str], None] = print) -> dict[str, int]:
+    """Mutate and check streams for ``seconds``; raise FuzzFailure (with the mutant saved) on the first failure."""
+    codec, corpus = make_corpus(seed)
+    layouts = [layout(d) for d in corpus]
+    rng = random.Random(seed)
+    counts: dict[str, int] = {"ok": 0, "rejected": 0}
+    per_mutator: dict[str, int] = {}
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        i = rng.randrange(len(corpus))
+        name, mutant = mutate(corpus[i], rng, layouts[i])
+        try:
+            outcome = check(mutant, codec if decode else None)
+        except FuzzFailure as e:
+            path = f"vtok-fuzz-failure-{seed}.vtok"
+            with open(path, "wb") as f:
+                f.write(mutant)
+            raise FuzzFailure(f"{name}: {e} (mutant saved to {path})") from e
+        counts[outcome] += 1
+        per_mutator[name] = per_mutator.get(name, 0) + 1
+    log(f"fuzz: {sum(counts.values())} mutants in {seconds:g} s: {counts['ok']} decoded, "
+        f"{counts['rejected']} rejected with BitstreamError; per mutation: {per_mutator}")
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vitok.codecs.fuzz", description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=60.0, help="how long to fuzz (default 60)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parse-only", action="store_true", help="only parse (no model decode)")
+    args = p.parse_args(argv)
+    try:
+        run(args.seconds, args.seed, decode=not args.parse_only)
+    except FuzzFailure as e:
+        print(f"fuzz: FAILURE: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

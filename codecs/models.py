@@ -1,0 +1,29 @@
+"""Where models come from for the codecs: bundled names (``vitok/pretrained/<name>/``) or model directories."""
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+#: the bundled model ``vitok encode`` uses when no ``--model`` is given
+DEFAULT_MODEL = "vitok-1d"
+
+
+def pretrained_root() -> Path:
+    return Path(str(importlib.resources.files("vitok") / "pretrained"))
+
+
+def bundled_dir(name: str) -> Path | None:
+    """The folder of a bundled model, or None if ``name`` is not one."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    d = pretrained_root() / name
+    return d if (d / "config.json").is_file() else None
+
+
+def bundled_names() -> list[str]:
+    """Bundled models that carry entropy tables (usable as ``vitok:<name>`` codecs)."""
+    root = pretrained_root()
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if (d / "config.json").is_file()
+                  and (d / "entropy.safetensors").is_file())

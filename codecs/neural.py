@@ -1,0 +1,413 @@
+"""``vitok:<model>`` codecs: tokenizer encode -> quantize -> rANS per chunk -> ``.vtok``, and back.
+
+Each chunk of ``tok.clip_frames`` frames is tokenized on its own, so chunks decode independently. Knobs: ``step``
+(quantization step in units of each channel's latent std; the main rate knob) and, for 1D models, ``tokens``
+(tokens kept per unit). Rate control (``tokens=``, ``bytes=``, ``psnr=``) picks the token count per chunk (grid
+models: the step per chunk). Files are written and read chunk by chunk, so memory stays flat for long videos.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
+
+import numpy as np
+
+from vitok.codecs.base import Codec, check_frames
+from vitok.codecs.container import VtokHeader, VtokReader, VtokWriter
+from vitok.codecs.entropy import DEFAULT_STEP, FILENAME as ENTROPY_FILE, EntropyTables, load_entropy_tables
+from vitok.codecs.errors import BitstreamError, CodecError
+from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names
+from vitok.codecs.ratecontrol import Candidate, allocate_bytes, pick_psnr, token_grid
+
+__all__ = ["VitokCodec", "DEFAULT_MODEL", "EncodeStats", "ChunkCode", "parse_chunk", "bundled_codec_names"]
+
+WEIGHTS_ID_CHARS = 16  # the header names the weights by the first 64 bits of their sha256
+_CHUNK_HEAD = struct.Struct("<BfH")  # table index, quantization step (float32), tokens per unit (0 = all, grid)
+
+
+def bundled_codec_names() -> list[str]:
+    """``vitok:<name>`` for every bundled model that ships entropy tables."""
+    return [f"vitok:{n}" for n in bundled_names()]
+
+
+def model_dir(model: str) -> Path:
+    """The folder of a model given by bundled name or path; CodecError when it is neither or has no tables."""
+    path = Path(model)
+    d = path if path.is_dir() else bundled_dir(model)
+    if d is None:
+        known = ", ".join(bundled_names()) or "none installed"
+        raise CodecError(f"unknown vitok model {model!r}: not a model directory or a bundled model ({known})")
+    if not (d / "config.json").is_file():
+        raise CodecError(f"{d}: not a model directory (no config.json)")
+    if not (d / ENTROPY_FILE).is_file():
+        raise CodecError(f"model {model} has no entropy tables ({ENTROPY_FILE}); calibrate them first")
+    return d
+
+
+@dataclass
+class ChunkCode:
+    """One coded chunk: its payload and the integers it carries (``q``: (tokens, C) int32)."""
+
+    payload: bytes
+    q: np.ndarray
+    tokens: int | None
+    step: float
+    table: int
+    frames: int
+    estimated_bits: float
+
+
+@dataclass
+class EncodeStats:
+    """What an encode produced; ``file_bytes`` is the rate RD uses, the rest explains it."""
+
+    frames: int = 0
+    width: int = 0
+    height: int = 0
+    fps: Fraction = Fraction(0)
+    chunks: int = 0
+    file_bytes: int = 0
+    payload_bytes: int = 0  # chunk payloads (chunk headers + rANS data)
+    entropy_bytes: int = 0  # rANS data alone
+    estimated_bytes: float = 0.0  # from the entropy model's likelihoods (ideal code length)
+    tokens: list[int | None] = field(default_factory=list)
+    steps: list[float] = field(default_factory=list)
+    chunk_bytes: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def bpp(self) -> float:
+        return 8 * self.file_bytes / max(self.frames * self.width * self.height, 1)
+
+    @property
+    def kbps(self) -> float:
+        seconds = self.frames / float(self.fps) if self.fps else 0.0
+        return 8 * self.file_bytes / seconds / 1000 if seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"frames": self.frames, "width": self.width, "height": self.height, "fps": str(self.fps),
+                "chunks": self.chunks, "file_bytes": self.file_bytes, "payload_bytes": self.payload_bytes,
+                "entropy_bytes": self.entropy_bytes, "estimated_bytes": round(self.estimated_bytes, 1),
+                "bpp": round(self.bpp, 5), "kbps": round(self.kbps, 3), "tokens_per_chunk": self.tokens,
+                "steps": self.steps, "chunk_bytes": self.chunk_bytes, "seconds": round(self.seconds, 3)}
+
+
+def parse_chunk(payload: bytes) -> tuple[int, float, int, bytes]:
+    """Split a chunk payload into (table index, step, tokens per unit (0 = all), rANS bytes)."""
+    if len(payload) < _CHUNK_HEAD.size:
+        raise BitstreamError(f"chunk payload of {len(payload)} bytes is shorter than its {_CHUNK_HEAD.size}-byte "
+                             "header")
+    table, step, tokens = _CHUNK_HEAD.unpack_from(payload)
+    if not (math.isfinite(step) and step > 0):
+        raise BitstreamError(f"bad quantization step {step} in chunk header")
+    return table, step, tokens, payload[_CHUNK_HEAD.size:]
+
+
+class VitokCodec(Codec):
+    """A tokenizer + its entropy tables as a codec. ``model``: bundled name, model dir, or a ``Tokenizer``."""
+
+    suffix = ".vtok"
+
+    def __init__(self, model: Any = DEFAULT_MODEL, tables: EntropyTables | None = None, device: str = "cpu") -> None:
+        self.device = device
+        if isinstance(model, (str, os.PathLike)):
+            self.model_ref, self._tok = str(model), None
+            model_dir(self.model_ref)  # unknown models and missing tables fail here, before any work
+        else:
+            self.model_ref, self._tok = model.config.name, model
+            if tables is None:
+                raise CodecError("VitokCodec(tokenizer) needs its EntropyTables (see calibrate_entropy)")
+        self._tables = tables
+        self.name = f"vitok:{self.model_ref}"
+
+    # model and tables load on first use, so listing codecs stays cheap
+    @property
+    def tok(self):
+        if self._tok is None:
+            import vitok
+
+            self._tok = vitok.load(self.model_ref, device=self.device)
+        return self._tok
+
+    @property
+    def tables(self) -> EntropyTables:
+        if self._tables is None:
+            self._tables = load_entropy_tables(self.model_ref)
+            if self._tables.channels != self.tok.latent_channels:
+                raise CodecError(f"{self.model_ref}: entropy tables have {self._tables.channels} channels, the "
+                                 f"model {self.tok.latent_channels}")
+        return self._tables
+
+    def load(self) -> "VitokCodec":
+        """Load the model and its tables now (errors surface before any video is read)."""
+        _ = self.tables
+        return self
+
+    @property
+    def is_1d(self) -> bool:
+        return self.tok.max_tokens is not None
+
+    def operating_points(self) -> list[dict[str, Any]]:
+        """Grid models: every calibrated step; 1D models also every power-of-two token count at the default step."""
+        points: list[dict[str, Any]] = [{"step": s} for s in self.tables.steps]
+        if self.is_1d:
+            points += [{"tokens": k, "step": DEFAULT_STEP} for k in reversed(token_grid(self.tok.max_tokens))]
+        return points
+
+    # ---- one chunk ------------------------------------------------------------------------------------------
+    def encode_chunk(self, frames: np.ndarray, *, step: float = DEFAULT_STEP, tokens: int | None = None) -> ChunkCode:
+        """Tokenize, quantize and entropy-code one chunk (at most ``clip_frames`` frames)."""
+        from vitok.data.convert import frames_to_tensor
+
+        tok, tables = self.tok, self.tables
+        step = float(np.float32(step))
+        index = tables.table_index(step)
+        tokens = self._check_tokens(tokens)
+        lat = tok.encode(frames_to_tensor(frames, device=tok.device), num_tokens=tokens)
+        z = lat.z[0].float()
+        if lat.mask is not None:
+            z = z[lat.mask[0]]
+        q = tables.quantize(z, step, index)
+        data = tables.encode(q, index)
+        tokens = tokens or tok.max_tokens  # 1D: the count actually kept; grid: None (0 in the chunk header)
+        payload = _CHUNK_HEAD.pack(index, step, tokens or 0) + data
+        return ChunkCode(payload, q, tokens, step, index, frames.shape[0], tables.estimate_bits(q, index))
+
+    def decode_symbols(self, payload: bytes, frames: int, height: int, width: int) -> tuple[np.ndarray, int | None,
+                                                                                             float]:
+        """Entropy-decode one chunk payload to its integers ``(tokens, C)``, its token count and step."""
+        index, step, tokens, data = parse_chunk(payload)
+        if index >= len(self.tables.tables):
+            raise BitstreamError(f"chunk uses entropy table {index}, the model has {len(self.tables.tables)}")
+        k = self.tok.max_tokens
+        if (k is None) != (tokens == 0) or (k is not None and tokens > k):
+            raise BitstreamError(f"chunk says {tokens} tokens per unit, the model takes "
+                                 f"{'none (grid model)' if k is None else f'1..{k}'}")
+        count = self.coded_tokens(frames, height, width, tokens or None)
+        return self.tables.decode(data, count, index), (tokens or None), step
+
+    def coded_tokens(self, frames: int, height: int, width: int, tokens: int | None) -> int:
+        """Tokens a chunk of this geometry codes: all of them, or ``tokens`` per unit for 1D models."""
+        n, _ = self.tok.latent_shape(frames, height, width)
+        k = self.tok.max_tokens
+        return n if k is None or tokens is None else n // k * tokens
+
+    def reconstruct(self, q: np.ndarray, tokens: int | None, step: float, frames: int, height: int,
+                    width: int) -> np.ndarray:
+        """Integers -> latents -> uint8 frames ``(frames, height, width, 3)``."""
+        from vitok.data.convert import tensor_to_frames
+
+        tok = self.tok
+        z = self.tables.dequantize(q, step).to(tok.device, tok.dtype)[None]
+        lat = tok.make_latents(z, frames, height, width, num_tokens=tokens)
+        return tensor_to_frames(tok.decode(lat)[0])
+
+    def decode_chunk(self, payload: bytes, frames: int, height: int, width: int) -> np.ndarray:
+        q, tokens, step = self.decode_symbols(payload, frames, height, width)
+        return self.reconstruct(q, tokens, step, frames, height, width)
+
+    def _check_tokens(self, tokens: int | None) -> int | None:
+        k = self.tok.max_tokens
+        if tokens is None:
+            return None
+        if k is None:
+            raise CodecError(f"{self.model_ref} is a grid model: --tokens is only for 1D models")
+        if not (isinstance(tokens, (int, np.integer)) and 1 <= tokens <= k):
+            raise CodecError(f"tokens must be an integer in 1..{k} for {self.model_ref}, got {tokens!r}")
+        return int(tokens)
+
+    # ---- rate control ---------------------------------------------------------------------------------------
+    def _candidates(self, step: float | None) -> list[tuple[int | None, float]]:
+        """(tokens, step) settings rate control chooses from, cheapest first."""
+        if self.is_1d:
+            s = DEFAULT_STEP if step is None else step
+            return [(k, s) for k in token_grid(self.tok.max_tokens)]
+        if step is not None:
+            raise CodecError("--bytes/--psnr on a grid model choose the step per chunk: do not also give --step")
+        return [(None, s) for s in sorted(self.tables.steps, reverse=True)]
+
+    def _evaluate(self, frames: np.ndarray, tokens: int | None, step: float) -> tuple[Candidate, ChunkCode]:
+        code = self.encode_chunk(frames, step=step, tokens=tokens)
+        h, w = frames.shape[1:3]
+        rec = self.reconstruct(code.q, code.tokens, code.step, frames.shape[0], h, w)
+        sse = float(((rec.astype(np.float64) - frames) ** 2).sum())
+        return Candidate(tokens, code.step, code.payload, sse, frames.size), code
+
+    def _code_chunks(self, chunks: Iterable[np.ndarray], step: float | None, tokens: int | None,
+                     target_bytes: int | None, psnr: float | None, overhead: Callable[[int], int]
+                     ) -> Iterator[ChunkCode]:
+        if sum(x is not None for x in (tokens, target_bytes, psnr)) > 1:
+            raise CodecError("give at most one of tokens, bytes, psnr")
+        if psnr is None and target_bytes is None:
+            for chunk in chunks:
+                yield self.encode_chunk(chunk, step=DEFAULT_STEP if step is None else step, tokens=tokens)
+            return
+        grid = self._candidates(step)
+        if psnr is not None:
+            for chunk in chunks:
+                codes: dict[int, ChunkCode] = {}
+
+                def evaluate(i: int, chunk=chunk, codes=codes) -> Candidate:
+                    cand, codes[i] = self._evaluate(chunk, *grid[i])
+                    return cand
+
+                chosen = pick_psnr(len(grid), evaluate, psnr)
+                yield next(c for c in codes.values() if c.payload is chosen.payload)
+            return
+        options, codes_all = [], []  # byte budget: all chunks' candidates first (payloads only), then allocate
+        for chunk in chunks:
+            pairs = [self._evaluate(chunk, *g) for g in grid]
+            options.append([p[0] for p in pairs])
+            codes_all.append([p[1] for p in pairs])
+        pick = allocate_bytes(options, target_bytes - overhead(len(options)))
+        for codes, i in zip(codes_all, pick):
+            yield codes[i]
+
+    # ---- whole clips ----------------------------------------------------------------------------------------
+    def header_meta(self, step: float) -> dict[str, Any]:
+        tok = self.tok
+        return {"codec": "vitok", "model": tok.config.name, "weights": tok.weights_hash[:WEIGHTS_ID_CHARS],
+                "kind": tok.config.kind,
+                "channels": tok.latent_channels, "tables": self.tables.table_id, "step": float(np.float32(step))}
+
+    def encode_stream(self, chunks: Iterable[np.ndarray], fps: Fraction, out: BinaryIO, *,
+                      step: float | None = None, tokens: int | None = None, bytes: int | None = None,
+                      psnr: float | None = None, on_chunk: Callable[[int], None] | None = None) -> EncodeStats:
+        """Encode frames arriving in arrays of any length into ``out`` (a seekable binary file), chunk by chunk."""
+        t0 = time.perf_counter()
+        if step is not None:
+            self.tables.table_index(step)
+        if bytes is not None and (not isinstance(bytes, (int, np.integer)) or bytes <= 0):
+            raise CodecError(f"bytes must be a positive integer, got {bytes!r}")
+        if psnr is not None and not (isinstance(psnr, (int, float)) and math.isfinite(psnr)):
+            raise CodecError(f"psnr must be a number, got {psnr!r}")
+        self._check_tokens(tokens)
+        it = _rechunk(chunks, self.tok.clip_frames)
+        first = next(it, None)
+        if first is None:
+            raise BitstreamError("empty input video: no frames to encode")
+        h, w = first.shape[1:3]
+        header = VtokHeader(w, h, fps, self.tok.clip_frames, meta=self.header_meta(DEFAULT_STEP if step is None
+                                                                                    else step))
+        header.check()
+        head_len = len(header.pack())
+        writer = VtokWriter(out, header)
+        stats = EncodeStats(width=w, height=h, fps=fps)
+
+        def frames_checked() -> Iterator[np.ndarray]:
+            yield first
+            for chunk in it:
+                if chunk.shape[1:3] != (h, w):
+                    raise CodecError(f"frame size changed mid-video: {chunk.shape[2]}x{chunk.shape[1]} after {w}x{h}")
+                yield chunk
+
+        for code in self._code_chunks(frames_checked(), step, tokens, bytes, psnr, lambda n: head_len + 12 * n):
+            writer.write_chunk(code.payload, code.frames)
+            stats.tokens.append(code.tokens)
+            stats.steps.append(code.step)
+            stats.chunk_bytes.append(len(code.payload))
+            stats.entropy_bytes += len(code.payload) - _CHUNK_HEAD.size
+            stats.estimated_bytes += code.estimated_bits / 8
+            if on_chunk:
+                on_chunk(code.frames)
+        hdr = writer.close()
+        stats.frames, stats.chunks, stats.payload_bytes = hdr.frames, hdr.num_chunks, writer.payload_bytes
+        stats.file_bytes = out.tell()
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def encode(self, frames: np.ndarray, fps: Fraction, **knobs: Any) -> bytes:
+        data, _ = self.encode_with_stats(frames, fps, **knobs)
+        return data
+
+    def encode_with_stats(self, frames: np.ndarray, fps: Fraction, **knobs: Any) -> tuple[bytes, EncodeStats]:
+        """``encode`` that also returns the byte accounting (estimate vs real)."""
+        frames, fps = check_frames(frames, fps)
+        buf = io.BytesIO()
+        stats = self.encode_stream([frames], fps, buf, **knobs)
+        return buf.getvalue(), stats
+
+    def iter_decode(self, source: str | os.PathLike | bytes,
+                    reader: VtokReader | None = None) -> Iterator[np.ndarray]:
+        """Decoded frames chunk by chunk (``(t,H,W,3)`` uint8) after checking the stream matches this model."""
+        with (reader or VtokReader(source)) as r:
+            self.check_header(r.header)
+            h = r.header
+            for info, payload in r.chunks():
+                try:
+                    yield self.decode_chunk(payload, info.frames, h.height, h.width)
+                except BitstreamError as e:
+                    raise BitstreamError(f"{r.name}: chunk {info.index}: {e}") from None
+
+    def check_header(self, header: VtokHeader) -> None:
+        """Refuse streams from another model (name or weights differ) or other entropy tables."""
+        meta = header.meta
+        if meta.get("codec") != "vitok":
+            raise BitstreamError(f"not a vitok stream (codec {meta.get('codec')!r})")
+        tok = self.tok
+        theirs = (meta.get("model"), str(meta.get("weights", "")))
+        ours = (tok.config.name, tok.weights_hash[:WEIGHTS_ID_CHARS])
+        if theirs != ours:
+            raise BitstreamError(f"model mismatch: the stream was encoded with {theirs[0]!r} (weights {theirs[1]}), "
+                                 f"the decoder has {ours[0]!r} (weights {ours[1]})")
+        if meta.get("tables") != self.tables.table_id:
+            raise BitstreamError(f"entropy table mismatch: the stream used tables {meta.get('tables')!r}, the model "
+                                 f"has {self.tables.table_id!r}")
+
+    def decode(self, data: bytes) -> tuple[np.ndarray, Fraction]:
+        with VtokReader(data) as r:
+            fps = r.header.fps
+            frames = list(self.iter_decode(data, reader=r))
+        return np.concatenate(frames), fps
+
+    def tokens_per_chunk(self, data: bytes) -> list[int]:
+        """Tokens coded in each chunk (all units and tiles), read from the chunk headers."""
+        out = []
+        with VtokReader(data) as r:
+            h = r.header
+            for info, payload in r.chunks():
+                _, _, tokens, _ = parse_chunk(payload)
+                out.append(self.coded_tokens(info.frames, h.height, h.width, tokens or None))
+        return out
+
+    def stream_bytes(self, data: bytes) -> int:
+        """Bytes of the chunk payloads (what the entropy coder produced plus 7-byte chunk headers)."""
+        with VtokReader(data) as r:
+            return sum(info.nbytes for info, _ in r.chunks())
+
+
+def model_for_stream(source: str | os.PathLike, device: str = "cpu") -> VitokCodec:
+    """The codec for the model a ``.vtok`` names (a bundled model); others need an explicit model."""
+    with VtokReader(source) as r:
+        name = r.header.meta.get("model")
+    if not isinstance(name, str) or bundled_dir(name) is None:
+        raise BitstreamError(f"{source}: encoded with model {name!r}, which is not bundled here; pass --model "
+                             "<model dir>")
+    return VitokCodec(name, device=device)
+
+
+def _rechunk(arrays: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Re-slice a stream of frame arrays into chunks of exactly ``size`` frames (the last may be shorter)."""
+    buf: list[np.ndarray] = []
+    have = 0
+    for a in arrays:
+        if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
+            raise CodecError(f"frames must be uint8 (T,H,W,3), got {getattr(a, 'dtype', type(a))} "
+                             f"{getattr(a, 'shape', '')}")
+        while a.shape[0]:
+            take = min(size - have, a.shape[0])
+            buf.append(a[:take])
+            have += take
+            a = a[take:]
+            if have == size:
+                yield buf[0] if len(buf) == 1 else np.concatenate(buf)
+                buf, have = [], 0
+    if have:
+        yield buf[0] if len(buf) == 1 else np.concatenate(buf)

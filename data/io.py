@@ -1,0 +1,392 @@
+"""Video file I/O through PyAV: probe, read (whole or streamed in chunks), write (atomic), frame folders.
+
+Reading always gives uint8 RGB ``(T,H,W,3)`` in display orientation:
+- grayscale, alpha (dropped), 10/12-bit and full-range sources are converted to 8-bit RGB by FFmpeg's swscale;
+- rotation metadata (the display matrix that PyAV exposes as ``frame.rotation``) is applied, like ffmpeg's
+  autorotate, so ``VideoInfo.width/height`` and crops refer to the rotated picture;
+- variable frame rate files give every decoded frame once, in presentation order (no resampling);
+  ``VideoInfo.fps`` is the stream's average rate and ``frame_times`` gives the real timestamps;
+- still images (png/jpg/...) read as a 1-frame video (``is_image=True``, nominal fps from the demuxer).
+Options apply in this order: ``start``/``stride``/``num_frames`` pick frames, ``crop`` cuts a region of the
+source, ``size=(W,H)`` resizes it (bilinear with antialiasing, deterministic). ``crop="center"`` needs ``size``
+and takes the largest centred region with the aspect ratio of ``size``.
+"""
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import av
+import av.error
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import VideoReadError, VideoWriteError
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".y4m")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+CODECS = {"h264": "libx264", "h265": "libx265", "hevc": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1",
+          "ffv1": "ffv1"}
+_TEXT_FORMATS = {"tty", "bin", "xbin", "adf", "idf"}  # demuxers that would render a text file as "video"
+_AV_ERRORS = (av.error.FFmpegError, OSError, ValueError)
+
+Size = tuple[int, int]
+Crop = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a file holds, in display orientation, before any crop or resize."""
+
+    path: Path
+    width: int
+    height: int
+    fps: Fraction
+    num_frames: int | None  # header count, else duration x fps (mkv/webm store no count), else None
+    duration: float | None  # seconds
+    codec: str
+    pix_fmt: str
+    rotation: int  # counter-clockwise degrees applied to the coded picture: 0, 90, 180 or 270
+    is_image: bool
+
+
+def _reason(e: BaseException) -> str:
+    return str(getattr(e, "strerror", None) or e).splitlines()[0]
+
+
+def _open(path: str | os.PathLike, threads: bool = True) -> tuple[av.container.InputContainer,
+                                                                  av.video.stream.VideoStream]:
+    """Open ``path`` and return its container and first video stream, or raise a one-line VideoReadError.
+
+    ``threads``: frame+slice threaded decoding (fast for whole videos; delays the first frame by a few packets).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise VideoReadError(f"{p}: no such file")
+    if p.is_dir():
+        raise VideoReadError(f"{p}: is a directory, not a video file")
+    try:
+        container = av.open(str(p))
+    except _AV_ERRORS as e:
+        raise VideoReadError(f"{p}: not a readable video or image ({_reason(e)})") from e
+    if container.format.name in _TEXT_FORMATS:
+        container.close()
+        raise VideoReadError(f"{p}: not a video or image file")
+    if not container.streams.video:
+        container.close()
+        raise VideoReadError(f"{p}: no video stream")
+    stream = container.streams.video[0]
+    if threads:
+        stream.thread_type = "AUTO"
+    return container, stream
+
+
+def _fps(stream: av.video.stream.VideoStream) -> Fraction:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return Fraction(rate) if rate else Fraction(25)
+
+
+def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    """Video stream length in seconds: stream header, mkv per-track DURATION tag, or a lone stream's container."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION")
+    if tag and re.fullmatch(r"\d+:\d\d:\d\d(\.\d+)?", tag):
+        h, m, s = tag.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+    if container.duration and len(container.streams) == 1:
+        return container.duration / 1e6
+    return None
+
+
+def _is_image(container: av.container.InputContainer) -> bool:
+    name = container.format.name
+    return name == "image2" or name.endswith("_pipe")
+
+
+def _rotation(frame: av.VideoFrame) -> int:
+    return int(round(getattr(frame, "rotation", 0) / 90)) * 90 % 360  # PyAV < 14 exposes no rotation
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Read the header and decode the first frame of ``path``: geometry, rate, length, codec, orientation."""
+    container, stream = _open(path, threads=False)
+    with container:
+        try:
+            first = next(container.decode(stream), None)
+        except _AV_ERRORS as e:
+            raise VideoReadError(f"{path}: corrupt or truncated: cannot decode the first frame ({_reason(e)})") from e
+        if first is None:
+            raise VideoReadError(f"{path}: no decodable frames")
+        rot = _rotation(first)
+        width, height = (first.height, first.width) if rot % 180 else (first.width, first.height)
+        fps, is_image = _fps(stream), _is_image(container)
+        duration = None if is_image else _duration(container, stream)
+        num = 1 if is_image else (stream.frames or (round(duration * fps) if duration else None))
+        return VideoInfo(Path(path), width, height, fps, num, duration, stream.codec_context.name,
+                         first.format.name, rot, is_image)
+
+
+def frame_times(path: str | os.PathLike) -> np.ndarray:
+    """Presentation times in seconds of every frame of ``path`` (from packet timestamps; no decoding)."""
+    container, stream = _open(path, threads=False)
+    with container:
+        try:
+            pts = [p.pts for p in container.demux(stream) if p.size and p.pts is not None]
+        except _AV_ERRORS as e:
+            raise VideoReadError(f"{path}: corrupt or truncated ({_reason(e)})") from e
+        return np.sort(np.asarray(pts, dtype=np.float64)) * float(stream.time_base)
+
+
+def _check_args(start: int, num_frames: int | None, stride: int, chunk_frames: int, crop: object,
+                size: Size | None) -> None:
+    if crop == "center" and size is None:
+        raise ValueError('crop="center" needs size=(W, H)')
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        raise ValueError(f"size must be (W, H) with positive sides, got {size}")
+    if start < 0 or stride < 1 or chunk_frames < 1 or (num_frames is not None and num_frames < 1):
+        raise ValueError(f"need start >= 0, stride >= 1, chunk_frames >= 1, num_frames >= 1 or None; got "
+                         f"start={start}, stride={stride}, chunk_frames={chunk_frames}, num_frames={num_frames}")
+
+
+def center_crop_box(width: int, height: int, size: Size) -> Crop:
+    """The largest centred ``(x, y, w, h)`` region of a ``width x height`` picture with the aspect of ``size=(W,H)``."""
+    out_w, out_h = size
+    if width * out_h >= height * out_w:
+        w, h = min(width, max(1, round(height * out_w / out_h))), height
+    else:
+        w, h = width, min(height, max(1, round(width * out_h / out_w)))
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def _crop_box(path: str | os.PathLike, crop: Crop | str | None, size: Size | None, width: int,
+              height: int) -> Crop | None:
+    if crop is None:
+        return None
+    if crop == "center":
+        return center_crop_box(width, height, size)
+    x, y, w, h = (int(v) for v in crop)
+    if x < 0 or y < 0 or w < 1 or h < 1 or x + w > width or y + h > height:
+        raise VideoReadError(f"{path}: crop {(x, y, w, h)} lies outside the {width}x{height} picture")
+    return x, y, w, h
+
+
+def resize_frames(frames: np.ndarray, size: Size) -> np.ndarray:
+    """Resize uint8 ``(T,H,W,3)`` frames to ``size=(W,H)``: bilinear with antialiasing (torch, deterministic)."""
+    out_w, out_h = size
+    if frames.shape[1:3] == (out_h, out_w):
+        return frames
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    y = F.interpolate(x, size=(out_h, out_w), mode="bilinear", antialias=True, align_corners=False)
+    return y.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _to_rgb(frame: av.VideoFrame, coded_size: tuple[int, int]) -> np.ndarray:
+    """RGB in display orientation; a frame whose size changed mid-stream is scaled to the first one's, like ffmpeg."""
+    if (frame.width, frame.height) != coded_size:
+        rgb = frame.reformat(width=coded_size[0], height=coded_size[1], format="rgb24").to_ndarray()
+    else:
+        rgb = frame.to_ndarray(format="rgb24")
+    k = _rotation(frame) // 90
+    return np.rot90(rgb, k) if k else rgb
+
+
+_SIZED_FORMATS = {"mov", "matroska", "avi"}  # containers whose header states the true length (mpegts only guesses)
+
+
+def _check_complete(path: str | os.PathLike, container: av.container.InputContainer,
+                    stream: av.video.stream.VideoStream, span: tuple[float, float] | None, decoded: int) -> None:
+    """Raise if the decoded frames cover well under the length the header states (a truncated file)."""
+    if span is None or container.format.name.split(",")[0] not in _SIZED_FORMATS:
+        return
+    duration = _duration(container, stream)
+    covered = span[1] - span[0]
+    if duration is not None and covered < duration - 0.5 / _fps(stream) - 1e-3:
+        raise VideoReadError(f"{path}: truncated: decoded {decoded} frames ({covered:.2f} s) of a stated "
+                             f"{duration:.2f} s")
+
+
+def iter_video(path: str | os.PathLike, *, chunk_frames: int = 16, start: int = 0, num_frames: int | None = None,
+               stride: int = 1, size: Size | None = None, crop: Crop | str | None = None) -> Iterator[np.ndarray]:
+    """Stream uint8 RGB chunks ``(<=chunk_frames,H,W,3)`` of ``path``; memory stays flat however long the video.
+
+    Frames ``start, start+stride, ...`` (at most ``num_frames``; fewer if the video ends first). Frames before
+    ``start`` are decoded but not converted. Errors (truncated, start past the end) raise VideoReadError.
+    """
+    _check_args(start, num_frames, stride, chunk_frames, crop, size)
+    container, stream = _open(path)
+    return _decode(path, container, stream, chunk_frames, start, num_frames, stride, size, crop)
+
+
+def _decode(path: str | os.PathLike, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+            chunk_frames: int, start: int, num_frames: int | None, stride: int, size: Size | None,
+            crop: Crop | str | None) -> Iterator[np.ndarray]:
+    with container:
+        chunk: list[np.ndarray] = []
+        box: Crop | None = None
+        index = taken = 0
+        first = span = None
+        step = 1 / _fps(stream)
+        try:
+            for frame in container.decode(stream):
+                first, index = frame if first is None else first, index + 1
+                if frame.time is not None:  # [earliest start, latest end] of the frames, in seconds
+                    duration = getattr(frame, "duration", None)
+                    end = frame.time + float(duration * frame.time_base if duration and frame.time_base else step)
+                    span = (frame.time, end) if span is None else (min(span[0], frame.time), max(span[1], end))
+                if index - 1 < start or (index - 1 - start) % stride:
+                    continue
+                rgb = _to_rgb(frame, (first.width, first.height))
+                if taken == 0:
+                    box = _crop_box(path, crop, size, rgb.shape[1], rgb.shape[0])
+                chunk.append(rgb)
+                taken += 1
+                if len(chunk) == chunk_frames:
+                    yield _finish(chunk, box, size)
+                    chunk = []
+                if taken == num_frames:
+                    break
+            else:
+                _check_complete(path, container, stream, span, index)
+        except _AV_ERRORS as e:
+            raise VideoReadError(f"{path}: corrupt or truncated after frame {index} ({_reason(e)})") from e
+        if index == 0:
+            raise VideoReadError(f"{path}: no decodable frames")
+        if taken == 0:
+            raise VideoReadError(f"{path}: start={start} is past the end (the video has {index} frames)")
+        if chunk:
+            yield _finish(chunk, box, size)
+
+
+def _finish(chunk: list[np.ndarray], box: Crop | None, size: Size | None) -> np.ndarray:
+    frames = np.stack(chunk)
+    if box is not None:
+        x, y, w, h = box
+        frames = frames[:, y:y + h, x:x + w]
+    return resize_frames(frames, size) if size is not None else np.ascontiguousarray(frames)
+
+
+def read_video(path: str | os.PathLike, *, start: int = 0, num_frames: int | None = None, stride: int = 1,
+               size: Size | None = None, crop: Crop | str | None = None) -> tuple[np.ndarray, VideoInfo]:
+    """Decode ``path`` to uint8 RGB ``(T,H,W,3)`` plus its VideoInfo; options as in ``iter_video``."""
+    info = probe_video(path)
+    chunks = list(iter_video(path, chunk_frames=64, start=start, num_frames=num_frames, stride=stride, size=size,
+                             crop=crop))
+    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0], info
+
+
+def _natural_key(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def read_frames_dir(folder_or_glob: str | os.PathLike, *, size: Size | None = None,
+                    crop: Crop | str | None = None) -> np.ndarray:
+    """Read a folder (or glob pattern) of png/jpg/... frames as uint8 ``(T,H,W,3)``, in natural sort order.
+
+    ``frame2.png`` sorts before ``frame10.png``. All frames must share one size.
+    """
+    pattern = str(folder_or_glob)
+    if os.path.isdir(pattern):
+        candidates = [p for p in Path(pattern).iterdir() if p.is_file()]
+    else:
+        candidates = [Path(p) for p in glob.glob(pattern)]
+    files = sorted((p for p in candidates if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
+    if not files:
+        raise VideoReadError(f"{pattern}: no image frames ({', '.join(IMAGE_EXTENSIONS)}) found")
+    frames = []
+    for f in files:
+        frame = next(iter_video(f, num_frames=1, size=size, crop=crop))[0]
+        if frames and frame.shape != frames[0].shape:
+            raise VideoReadError(f"{f}: frame size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's "
+                                 f"{frames[0].shape[1]}x{frames[0].shape[0]}")
+        frames.append(frame)
+    return np.stack(frames)
+
+
+def _chunks(frames: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """Accept one (T,H,W,3) array or an iterable of (T,H,W,3) chunks / (H,W,3) frames; yield (T,H,W,3) arrays."""
+    items = [frames] if hasattr(frames, "__array__") else frames
+    for item in items:
+        arr = np.asarray(item)
+        yield arr[None] if arr.ndim == 3 else arr
+
+
+def _encoder_options(path: str | os.PathLike, encoder: str, crf: int, preset: str) -> dict[str, str]:
+    if encoder == "ffv1":
+        return {"level": "3", "slicecrc": "1", "g": "1"}
+    if encoder in ("libx264", "libx265"):
+        opts = {"crf": str(crf), "preset": str(preset)}
+        return opts | ({"x265-params": "log-level=error"} if encoder == "libx265" else {})
+    opts = {"crf": str(crf)} | ({"b": "0"} if encoder == "libvpx-vp9" else {})
+    if str(preset).isdigit():  # svt-av1 preset 0-13, vp9 cpu-used 0-8
+        opts["preset" if encoder == "libsvtav1" else "cpu-used"] = str(preset)
+    elif preset != "medium":
+        raise VideoWriteError(f"{path}: {encoder} takes a numeric preset, got {preset!r}")
+    return opts
+
+
+def _pix_fmt(path: str | os.PathLike, encoder: str, pix_fmt: str | None, width: int, height: int) -> str:
+    """ffv1 keeps RGB exactly (bgr0); lossy codecs default to yuv420p, or yuv444p for odd sizes in x264/x265."""
+    odd = width % 2 or height % 2
+    if pix_fmt is None:
+        if encoder == "ffv1":
+            return "bgr0"
+        return "yuv444p" if odd and encoder in ("libx264", "libx265") else "yuv420p"
+    if odd and encoder in ("libx264", "libx265") and pix_fmt.startswith(("yuv420", "nv12")):
+        raise VideoWriteError(f"{path}: {encoder} {pix_fmt} needs even width and height, got {width}x{height}")
+    return pix_fmt
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarray], fps: Fraction | float | int,
+                *, codec: str = "h264", crf: int = 18, preset: str = "medium", pix_fmt: str | None = None) -> None:
+    """Encode uint8 RGB frames (one ``(T,H,W,3)`` array, or an iterable of chunks/frames) to ``path`` atomically.
+
+    ``codec``: h264, h265, vp9, av1, ffv1 (lossless RGB, use .mkv) or an FFmpeg encoder name. Lossy codecs use
+    ``crf`` and yuv420p (yuv444p for odd sizes in x264/x265, which cannot subsample odd sizes); ``preset`` is the
+    x264/x265 name, or a number for av1/vp9. The container comes from the suffix.
+    """
+    encoder = CODECS.get(codec, codec)
+    if encoder not in av.codecs_available:
+        raise VideoWriteError(f"{path}: unknown codec {codec!r}; choose from {', '.join(CODECS)}")
+    chunks = _chunks(frames)
+    head = next(chunks, None)
+    if head is None or head.size == 0:
+        raise VideoWriteError(f"{path}: no frames to write")
+    if head.ndim != 4:
+        raise VideoWriteError(f"{path}: frames must be uint8 RGB (T,H,W,3), got shape {tuple(head.shape)}")
+    height, width = head.shape[1:3]
+    if encoder == "libx265" and min(width, height) < 64:  # x265 corrupts its heap on some tiny frames here
+        raise VideoWriteError(f"{path}: h265 needs frames of at least 64x64, got {width}x{height}")
+    options = _encoder_options(path, encoder, crf, preset)
+    pix = _pix_fmt(path, encoder, pix_fmt, width, height)
+    if encoder == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints warnings straight to stderr otherwise
+    rate = Fraction(fps).limit_denominator(1_000_000)
+    try:
+        with atomic_path(path) as tmp, av.open(str(tmp), "w") as container:
+            stream = container.add_stream(encoder, rate=rate, options=options)
+            stream.width, stream.height, stream.pix_fmt = width, height, pix
+            if encoder == "libx264":
+                stream.codec_context.thread_type = "FRAME"  # slice threads make x264 streams larger
+            index = 0
+            for chunk in itertools.chain([head], chunks):
+                if chunk.dtype != np.uint8 or chunk.ndim != 4 or chunk.shape[1:] != (height, width, 3):
+                    raise VideoWriteError(f"{path}: frames must be uint8 RGB (T,{height},{width},3), got "
+                                          f"{chunk.dtype} {tuple(chunk.shape)}")
+                for rgb in chunk:
+                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                    frame.pts = index
+                    index += 1
+                    container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+    except _AV_ERRORS as e:
+        raise VideoWriteError(f"{path}: cannot write {codec} ({_reason(e)})") from e

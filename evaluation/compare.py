@@ -1,0 +1,101 @@
+"""One clip, a vitok codec against classical codecs at the same quality: each classical codec's CRF is found by
+bisection so that its PSNR matches the vitok decode, then bytes, bpp, PSNR, SSIM and times are compared."""
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from vitok.evaluation.errors import EvaluationError
+from vitok.evaluation.metrics import compute_metrics, psnr
+
+
+def default_model_codec() -> str:
+    """``vitok:<name>`` of the default bundled model (else the first bundled); raises when none is bundled."""
+    from vitok.codecs import DEFAULT_MODEL
+    from vitok.codecs.neural import bundled_codec_names
+
+    names = bundled_codec_names()
+    if not names:
+        raise EvaluationError("no bundled vitok model found; pass one with --model NAME_OR_DIR")
+    return f"vitok:{DEFAULT_MODEL}" if f"vitok:{DEFAULT_MODEL}" in names else names[0]
+
+
+def _crf_range(codec: Any) -> tuple[int, int]:
+    spec = getattr(codec, "spec", None)
+    return 0, int(getattr(spec, "crf_max", 51))
+
+
+def match_psnr(codec: Any, frames: np.ndarray, fps: Fraction, target: float,
+               **fixed: Any) -> tuple[dict, bytes, np.ndarray, float]:
+    """The CRF of a classical ``codec`` whose PSNR is closest to ``target``, by bisection over integer CRF
+    (PSNR falls as CRF rises). Returns ``(op, data, decoded, psnr)``; about log2(CRF range) encodes."""
+    tried: dict[int, tuple[bytes, np.ndarray, float]] = {}
+
+    def run(crf: int) -> float:
+        if crf not in tried:
+            data = codec.encode(frames, fps, crf=crf, **fixed)
+            decoded, _ = codec.decode(data)
+            tried[crf] = (data, decoded, psnr(frames, decoded))
+        return tried[crf][2]
+
+    lo, hi = _crf_range(codec)
+    if run(lo) <= target:
+        best = lo
+    elif run(hi) >= target:
+        best = hi
+    else:  # invariant: psnr(lo) > target > psnr(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if run(mid) >= target:
+                lo = mid
+            else:
+                hi = mid
+        best = min((lo, hi), key=lambda c: abs(tried[c][2] - target))
+    data, decoded, value = tried[best]
+    return {"crf": best, **fixed}, data, decoded, value
+
+
+def _row(name: str, op: dict, frames: np.ndarray, data: bytes, decoded: np.ndarray, enc_s: float,
+         dec_s: float) -> dict:
+    t, h, w = frames.shape[:3]
+    m = compute_metrics(frames, decoded, which=("psnr", "ssim"))
+    return {"codec": name, "op": op, "bytes": len(data), "bpp": len(data) * 8 / (t * h * w), **m,
+            "encode_s": enc_s, "decode_s": dec_s}
+
+
+def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
+                   codecs: Sequence[str] = ("h264",), model_op: Mapping[str, Any] | None = None
+                   ) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Encode ``frames`` with ``vitok:<model>`` (default: the default bundled model), then each codec at the
+    matching PSNR.
+
+    Returns the rows (vitok first; classical rows also carry the ``crf`` found, and their encode time is that
+    of the final CRF only) and each codec's decoded middle frame (plus ``reference``) for a side-by-side figure.
+    """
+    from vitok.codecs import get_codec
+
+    name = default_model_codec() if model is None else (model if model.startswith("vitok:") else f"vitok:{model}")
+    neural = get_codec(name)
+    op = dict(model_op or {})
+    t0 = time.perf_counter()
+    data = neural.encode(frames, fps, **op)
+    t1 = time.perf_counter()
+    decoded, _ = neural.decode(data)
+    t2 = time.perf_counter()
+    rows = [_row(name, op, frames, data, decoded, t1 - t0, t2 - t1)]
+    mid = len(frames) // 2
+    shown = {"reference": frames[mid], name: decoded[mid]}
+    for cname in codecs:
+        codec = get_codec(cname)
+        cop, cdata, cdec, _ = match_psnr(codec, frames, fps, rows[0]["psnr"])
+        t0 = time.perf_counter()
+        codec.encode(frames, fps, **cop)
+        t1 = time.perf_counter()
+        codec.decode(cdata)
+        t2 = time.perf_counter()
+        rows.append(_row(cname, cop, frames, cdata, cdec, t1 - t0, t2 - t1))
+        shown[cname] = cdec[mid]
+    return rows, shown

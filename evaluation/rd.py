@@ -1,0 +1,296 @@
+"""Rate-distortion sweeps: encode and decode every clip with every codec at every operating point, and measure.
+
+``rd_sweep`` returns one record (a flat dict) per (clip, codec, operating point):
+
+=============  ====================================================================================
+clip, codec    clip name and codec name (``h264``, ``vitok:NAME``); ``op`` is the knob dict used
+bytes          size of the encoded file (container included); ``stream_bytes`` the codec payload
+bpp, kbps      ``bytes * 8 / (frames * width * height)`` and ``bytes * 8 / duration / 1000``
+psnr ... lpips per-frame means (see ``vitok.evaluation.metrics``); ``None`` = not applicable/unavailable
+tokens         latent tokens coded in the clip (vitok codecs; ``None`` for classical); ``tokens_per_s`` per
+               second of video; ``tokens_per_chunk`` (1D models) tokens per unit kept in each chunk
+encode_s ...   wall-clock encode and decode seconds; ``peak_mem_mb`` peak extra memory of encode+decode
+frames ...     ``frames, width, height, fps`` of the clip; ``frame``/``ref_frame`` PNG paths (relative to cache)
+key            the cache key of the record
+=============  ====================================================================================
+
+Work runs in ``workers`` spawned processes (one job per record; a process keeps its codecs and last clip loaded).
+With ``cache_dir``, each finished record is appended to ``cache_dir/records.jsonl`` and a rerun skips records
+already there (keyed by clip source and signature, codec name and model weights, operating point and metrics), and
+the middle frame of every decoded clip is kept as a PNG under ``cache_dir/frames`` for side-by-side figures.
+Timings and memory are per process: with several workers on few cores they include contention.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from vitok.evaluation.clips import Clip, resolve_clips
+from vitok.evaluation.errors import EvaluationError
+from vitok.evaluation.memory import PeakMemory
+from vitok.evaluation.metrics import METRICS, compute_metrics
+
+CACHE_FILE = "records.jsonl"
+FRAMES_DIR = "frames"
+
+
+@dataclass
+class _Job:
+    clip: Clip
+    codec: Any  # a codec name, or a Codec object (in-process runs only)
+    op: dict
+    key: str
+    metrics: tuple[str, ...]
+    max_frames: int | None
+    cache_dir: str | None
+
+
+def codec_name(codec: Any) -> str:
+    """The registry name of a codec given by name or as an object."""
+    return codec if isinstance(codec, str) else str(getattr(codec, "name", type(codec).__name__))
+
+
+def _ops_for(codec: Any, obj: Any, operating_points: Any) -> list[dict]:
+    name = codec_name(codec)
+    if operating_points is None:
+        ops = obj.operating_points()
+    elif isinstance(operating_points, Mapping):
+        ops = operating_points.get(name)
+        ops = obj.operating_points() if ops is None else ops
+    else:
+        ops = operating_points
+    ops = [dict(op) for op in ops]
+    if not ops:
+        raise EvaluationError(f"codec {name!r} has no operating points to sweep")
+    return ops
+
+
+def codec_identity(codec: Any) -> str:
+    """What makes a codec's output change besides its name: a vitok model's weights and entropy tables."""
+    if hasattr(codec, "tok") and hasattr(codec, "tables"):
+        return f"{codec.tok.weights_hash[:16]}-{codec.tables.table_id}"
+    return ""
+
+
+def record_key(clip: Clip, codec: str, op: dict, metrics: Sequence[str], max_frames: int | None,
+               identity: str = "") -> str:
+    """Cache key of one record: changes with the clip's source/signature, codec (name and ``codec_identity``),
+    knobs, metrics and frame limit, so retraining a model in place does not reuse stale records."""
+    blob = json.dumps([clip.name, clip.source, clip.signature, codec, identity, op, sorted(metrics), max_frames],
+                      sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+
+
+def load_cache(cache_dir: str | os.PathLike) -> dict[str, dict]:
+    """Records already finished in ``cache_dir`` by key; a torn last line (interrupted run) is ignored."""
+    path = Path(cache_dir) / CACHE_FILE
+    out: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "key" in rec:
+                out[rec["key"]] = rec
+    return out
+
+
+def _append_cache(cache_dir: str | os.PathLike, record: dict) -> None:
+    path = Path(cache_dir) / CACHE_FILE
+    with open(path, "ab+") as f:
+        torn = f.tell() > 0 and (f.seek(-1, os.SEEK_END) or f.read(1) != b"\n")  # a line cut by an interrupt
+        f.write((("\n" if torn else "") + json.dumps(record) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# -- work done in the worker processes (or inline when workers == 1) -----------------------------------------
+_codecs: dict[str, Any] = {}
+_clip_cache: dict[str, tuple[np.ndarray, Fraction]] = {}
+
+
+def _worker_init(threads: int) -> None:
+    """Share the cores between workers; torch is not imported for codecs and metrics that do not need it."""
+    import sys
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def _load_clip(job: _Job) -> tuple[np.ndarray, Fraction]:
+    ident = f"{job.clip.source}|{job.clip.signature}|{job.max_frames}"
+    if ident not in _clip_cache:
+        _clip_cache.clear()  # keep one clip per process: jobs arrive grouped by clip
+        _clip_cache[ident] = job.clip.load(job.max_frames)
+    return _clip_cache[ident]
+
+
+def _codec_obj(codec: Any):
+    if not isinstance(codec, str):
+        return codec
+    if codec not in _codecs:
+        from vitok.codecs import get_codec
+
+        _codecs[codec] = get_codec(codec)  # unknown names raise CodecError (a VitokError) naming the codec
+    return _codecs[codec]
+
+
+def _save_png(path: Path, frame: np.ndarray) -> None:
+    from PIL import Image
+
+    from vitok.data.atomic import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Image.fromarray(frame).save(tmp, format="PNG")
+
+
+def _encode(codec: Any, frames: np.ndarray, fps: Fraction, op: dict) -> tuple[bytes, dict]:
+    """Encode; for vitok codecs also count tokens: total coded, and per chunk the tokens per unit kept."""
+    if not hasattr(codec, "encode_with_stats"):
+        return codec.encode(frames, fps, **op), {"tokens": None, "tokens_per_chunk": None}
+    data, stats = codec.encode_with_stats(frames, fps, **op)
+    tok = codec.tok
+    t, h, w = frames.shape[:3]
+    sizes = [min(tok.clip_frames, t - s) for s in range(0, t, tok.clip_frames)]
+    total = 0
+    for n, k in zip(sizes, stats.tokens):
+        full = tok.latent_shape(n, h, w)[0]  # every unit of the chunk at full length
+        total += full if k is None else full // tok.max_tokens * k
+    per_chunk = None if any(k is None for k in stats.tokens) else [int(k) for k in stats.tokens]
+    return data, {"tokens": int(total), "tokens_per_chunk": per_chunk}
+
+
+def run_job(job: _Job) -> dict:
+    """Encode, decode and measure one (clip, codec, operating point); returns its record."""
+    frames, fps = _load_clip(job)
+    codec = _codec_obj(job.codec)
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        data, tokens = _encode(codec, frames, fps, job.op)
+        t1 = time.perf_counter()
+        decoded, _ = codec.decode(data)
+        t2 = time.perf_counter()
+    decoded = np.asarray(decoded)
+    if decoded.shape != frames.shape:
+        raise EvaluationError(f"codec {codec_name(job.codec)} decoded {job.clip.name} to shape {decoded.shape}, "
+                              f"expected {frames.shape}")
+    t, h, w = frames.shape[:3]
+    seconds = t / float(fps)
+    rec: dict[str, Any] = {
+        "key": job.key, "clip": job.clip.name, "codec": codec_name(job.codec), "op": job.op,
+        "bytes": len(data), "stream_bytes": int(codec.stream_bytes(data)),
+        "bpp": len(data) * 8 / (t * h * w), "kbps": len(data) * 8 / seconds / 1000,
+    }
+    rec.update({m: None for m in METRICS})
+    rec.update(compute_metrics(frames, decoded, which=job.metrics))
+    rec.update({
+        **tokens, "tokens_per_s": None if tokens["tokens"] is None else tokens["tokens"] / seconds,
+        "encode_s": t1 - t0, "decode_s": t2 - t1, "peak_mem_mb": mem.peak_mb,
+        "frames": t, "width": w, "height": h, "fps": float(fps), "frame": None, "ref_frame": None,
+    })
+    if job.cache_dir is not None:
+        mid = t // 2
+        rec["frame"] = f"{FRAMES_DIR}/{job.key}.png"
+        ref_id = hashlib.sha1(f"{job.clip.source}|{job.clip.signature}|{job.max_frames}".encode()).hexdigest()[:16]
+        rec["ref_frame"] = f"{FRAMES_DIR}/ref_{ref_id}.png"
+        _save_png(Path(job.cache_dir) / rec["frame"], decoded[mid])
+        if not (Path(job.cache_dir) / rec["ref_frame"]).exists():
+            _save_png(Path(job.cache_dir) / rec["ref_frame"], frames[mid])
+    return rec
+
+
+# -- the sweep --------------------------------------------------------------------------------------------------
+def rd_sweep(clips: Iterable, codecs: Sequence, operating_points: Any = None, *, workers: int = 1,
+             cache_dir: str | os.PathLike | None = None, progress: bool = True,
+             metrics: Sequence[str] = METRICS, max_frames: int | None = None) -> list[dict]:
+    """Run every (clip, codec, operating point) and return the records, ordered by clip, codec, point.
+
+    ``clips``: specs for ``resolve_clips`` (files, folders, ``"eval"``, segment ids, ``(name, frames[, fps])``).
+    ``codecs``: names for ``vitok.codecs.get_codec`` (or Codec objects when ``workers == 1``).
+    ``operating_points``: ``None`` (each codec's own list), one list of knob dicts for every codec, or a dict
+    ``{codec name: list}`` (codecs not in it use their own). ``max_frames`` truncates file clips.
+    """
+    if not codecs:
+        raise EvaluationError("no codecs given")
+    clip_list = resolve_clips(list(clips))
+    metrics = tuple(metrics)
+    bad = [m for m in metrics if m not in METRICS]
+    if bad:
+        raise EvaluationError(f"unknown metric {bad[0]!r}; choose from {', '.join(METRICS)}")
+    if workers > 1 and not all(isinstance(c, str) for c in codecs):
+        raise EvaluationError("parallel sweeps (workers > 1) need codecs given by name")
+    objs = {codec_name(c): _codec_obj(c) for c in codecs}  # unknown names fail here, before any work
+    cache = load_cache(cache_dir) if cache_dir is not None else {}
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    cache_str = None if cache_dir is None else str(cache_dir)
+
+    idents = {name: codec_identity(obj) for name, obj in objs.items()}
+    jobs: list[_Job] = []
+    for clip in clip_list:
+        for c in codecs:
+            name = codec_name(c)
+            for op in _ops_for(c, objs[name], operating_points):
+                key = record_key(clip, name, op, metrics, max_frames, idents[name])
+                jobs.append(_Job(clip, c, op, key, metrics, max_frames, cache_str))
+    todo = [j for j in jobs if j.key not in cache]
+    done: dict[str, dict] = {j.key: cache[j.key] for j in jobs if j.key in cache}
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), initial=len(done), desc="rd", unit="pt", disable=not progress, leave=False)
+    try:
+        for rec in _execute(todo, workers):
+            done[rec["key"]] = rec
+            if cache_dir is not None:
+                _append_cache(cache_dir, rec)
+            bar.update(1)
+    finally:
+        bar.close()
+    return [done[j.key] for j in jobs]
+
+
+def rate_control_ops(records: Sequence[dict], codec: str,
+                     quantiles: Sequence[float] = (0.25, 0.5, 0.75)) -> list[dict]:
+    """Rate-control operating points for a 1D vitok codec: ``{"psnr": target}`` at quantiles of the PSNRs its
+    fixed-token points reached (rounded to 0.1 dB), so rate control is studied where the model actually works.
+    Empty when the records hold no fixed-token (``tokens`` knob) points of ``codec``."""
+    vals = [float(r["psnr"]) for r in records
+            if r["codec"] == codec and "tokens" in (r.get("op") or {}) and r.get("psnr") is not None]
+    if not vals:
+        return []
+    targets = sorted({round(float(np.quantile(vals, q)), 1) for q in quantiles})
+    return [{"psnr": t} for t in targets]
+
+
+def _execute(jobs: list[_Job], workers: int) -> Iterable[dict]:
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield run_job(job)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = [pool.submit(run_job, job) for job in jobs]
+        try:
+            for fut in as_completed(futures):
+                yield fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise

@@ -1,0 +1,57 @@
+"""The `vitok` entry point: version, help, and the one-line error contract."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from vitok.cli.main import cli, main
+from vitok.data.errors import VitokError
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code in (0, None)
+    assert "vitok" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name in ("encode", "decode", "info", "models", "rd", "bench"):
+        assert name in out
+
+
+def test_user_error_is_one_line_without_traceback(capsys, monkeypatch):
+    @click.command()
+    def boom() -> None:
+        raise VitokError("something the user can fix")
+
+    monkeypatch.setitem(cli.lazy_commands, "boom", "vitok.cli.main:cli")  # make the name known
+    monkeypatch.setattr(type(cli), "get_command", lambda self, ctx, name: boom if name == "boom" else None)
+    with pytest.raises(SystemExit) as e:
+        main(["boom"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err == "error: something the user can fix\n"
+
+
+def test_unknown_command_fails(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["no-such-command"])
+    assert e.value.code != 0
+    assert "No such command" in capsys.readouterr().err
+
+
+def test_console_script_runs(tmp_path: Path):
+    exe = shutil.which("vitok", path=str(Path(sys.executable).parent))
+    assert exe, "the vitok console script is installed next to the interpreter"
+    r = subprocess.run([exe, "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "vitok" in r.stdout
+    r = subprocess.run([exe, "info", str(tmp_path / "missing.vtok")], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0
+    assert r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr

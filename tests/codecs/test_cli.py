@@ -1,0 +1,162 @@
+"""`vitok encode | decode | info` through click: success paths on a real clip, and every user error as one line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from vitok.cli.main import cli, main
+
+
+@pytest.fixture(scope="module")
+def video(clip, tmp_path_factory) -> Path:
+    """The test clip (20 frames 64x48) as a lossless mkv."""
+    from vitok.data.io import write_video
+
+    frames, fps = clip
+    path = tmp_path_factory.mktemp("cli") / "clip.mkv"
+    write_video(path, frames, fps, codec="ffv1")
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoded(video, tiny1d, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "clip.vtok"
+    r = CliRunner().invoke(cli, ["encode", str(video), "-o", str(out), "--model", str(tiny1d[2]), "--tokens", "8",
+                                 "-q"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _run(*args: str) -> dict:
+    r = CliRunner().invoke(cli, [*args, "--json"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    return json.loads(r.stdout)
+
+
+def _error(capsys, *args: str) -> str:
+    """Run through the console entry point; return its one-line error."""
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    assert e.value.code not in (0, None)
+    err = capsys.readouterr().err.split("\r")[-1]  # after any (cleared) progress bar
+    assert err.startswith("error: ") or err.startswith("Usage:") or "Error:" in err, err
+    assert "Traceback" not in err
+    if err.startswith("error: "):
+        assert err.count("\n") == 1, err
+    return err
+
+
+def test_encode_reports_stats(encoded, clip):
+    from vitok.codecs.container import read_vtok
+
+    header, chunks = read_vtok(encoded)
+    assert (header.frames, header.width, header.height) == (20, 64, 48)
+    assert len(chunks) == 3
+
+
+def test_encode_json_and_options(video, tiny1d, tmp_path):
+    out = tmp_path / "a.vtok"
+    res = _run("encode", str(video), "-o", str(out), "--model", str(tiny1d[2]), "--frames", "9", "--start", "2",
+               "--size", "32x32", "--step", "2", "-q", "--threads", "1", "--device", "cpu")
+    assert res["frames"] == 9 and (res["width"], res["height"]) == (32, 32)
+    assert res["file_bytes"] == out.stat().st_size and res["tokens_per_chunk"] == [16, 16]
+    assert res["steps"] == [2.0, 2.0] and res["bpp"] > 0 and res["kbps"] > 0
+    res = _run("encode", str(video), "-o", str(out), "--model", str(tiny1d[2]), "--psnr", "5", "-y", "-q")
+    assert res["tokens_per_chunk"] == [1, 1, 1]
+
+
+def test_encode_text_output(video, tiny1d, tmp_path):
+    r = CliRunner().invoke(cli, ["encode", str(video), "-o", str(tmp_path / "t.vtok"), "--model", str(tiny1d[2]),
+                                 "--bytes", "2000", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "bytes" in r.stdout and "bpp" in r.stdout and "tokens/chunk" in r.stdout
+
+
+def test_encode_frame_folder(clip, tiny1d, tmp_path):
+    from PIL import Image
+
+    frames, _ = clip
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(frames[:5]):
+        Image.fromarray(f).save(folder / f"f{i}.png")
+    res = _run("encode", str(folder), "-o", str(tmp_path / "f.vtok"), "--model", str(tiny1d[2]), "-q")
+    assert res["frames"] == 5
+    res = _run("encode", str(folder / "f*.png"), "-o", str(tmp_path / "g.vtok"), "--model", str(tiny1d[2]), "-q")
+    assert res["frames"] == 5
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4", ".npy", ""])
+def test_decode_outputs(encoded, tiny1d, tmp_path, suffix):
+    out = tmp_path / f"out{suffix}"
+    res = _run("decode", str(encoded), "-o", str(out), "--model", str(tiny1d[2]), "-q")
+    assert res["frames"] == 20 and out.exists()
+    if suffix == ".npy":
+        assert np.load(out).shape == (20, 48, 64, 3)
+    elif suffix == "":
+        assert len(list(out.glob("*.png"))) == 20
+    else:
+        from vitok.data.io import probe_video
+
+        info = probe_video(out)
+        assert (info.width, info.height, info.num_frames) == (64, 48, 20)
+
+
+def test_decode_matches_library(encoded, codec1d, tiny1d, tmp_path):
+    out = tmp_path / "x.npy"
+    _run("decode", str(encoded), "-o", str(out), "--model", str(tiny1d[2]), "-q")
+    ref, _ = codec1d.decode(encoded.read_bytes())
+    assert np.array_equal(np.load(out), ref)
+
+
+def test_info_vtok_and_video(encoded, video):
+    d = _run("info", str(encoded))
+    assert d["frames"] == 20 and d["chunks"] == 3 and [c["tokens"] for c in d["chunk_list"]] == [8, 8, 8]
+    assert d["file_bytes"] == encoded.stat().st_size and d["meta"]["model"] == "vit1d-tiny"
+    r = CliRunner().invoke(cli, ["info", str(encoded)])
+    assert r.exit_code == 0 and "chunk" in r.stdout and "bpp" in r.stdout
+    v = _run("info", str(video))
+    assert (v["width"], v["height"], v["codec"]) == (64, 48, "ffv1")
+
+
+def test_errors_are_one_line(capsys, encoded, video, tiny1d, tmp_path):
+    model = str(tiny1d[2])
+    assert "input not found" in _error(capsys, "encode", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "m.vtok"),
+                                       "--model", model)
+    assert "output exists" in _error(capsys, "encode", str(video), "-o", str(encoded), "--model", model)
+    assert "unknown vitok model" in _error(capsys, "encode", str(video), "-o", str(tmp_path / "u.vtok"),
+                                           "--model", "no-such-model")
+    assert not (tmp_path / "u.vtok").exists()
+    corrupt = tmp_path / "corrupt.vtok"
+    data = bytearray(encoded.read_bytes())
+    data[-5] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    assert "chunk 2: CRC mismatch" in _error(capsys, "decode", str(corrupt), "-o", str(tmp_path / "c.npy"),
+                                             "--model", model)
+    assert not (tmp_path / "c.npy").exists()  # atomic: no partial output
+    assert "CRC mismatch" in _error(capsys, "info", str(corrupt))
+    assert "not a .vtok file" in _error(capsys, "decode", str(video), "-o", str(tmp_path / "d.npy"), "--model",
+                                        model)
+    assert "input not found" in _error(capsys, "decode", str(tmp_path / "nope.vtok"), "-o", str(tmp_path / "e.npy"))
+    assert "not bundled" in _error(capsys, "decode", str(encoded), "-o", str(tmp_path / "f.npy"))
+    assert "input not found" in _error(capsys, "info", str(tmp_path / "nope.mp4"))
+    _error(capsys, "encode", str(video), "-o", str(tmp_path / "g.vtok"), "--model", model, "--tokens", "2",
+           "--psnr", "30")
+    _error(capsys, "encode", str(video), "-o", str(tmp_path / "h.vtok"), "--model", model, "--size", "abc")
+    assert "tokens must be" in _error(capsys, "encode", str(video), "-o", str(tmp_path / "i.vtok"), "--model",
+                                      model, "--tokens", "999")
+    assert "ffv1 needs a .mkv" in _error(capsys, "decode", str(encoded), "-o", str(tmp_path / "j.mp4"), "--model",
+                                         model, "--codec", "ffv1")
+    (tmp_path / "text.mp4").write_text("hello")
+    assert "error: " in _error(capsys, "encode", str(tmp_path / "text.mp4"), "-o", str(tmp_path / "k.vtok"),
+                               "--model", model)
+    assert not (tmp_path / "k.vtok").exists()
+
+
+def test_model_mismatch_on_decode(capsys, encoded, tinygrid, tmp_path):
+    err = _error(capsys, "decode", str(encoded), "-o", str(tmp_path / "m.npy"), "--model", str(tinygrid[2]))
+    assert "model mismatch" in err and "vit1d-tiny" in err and "vit-tiny" in err

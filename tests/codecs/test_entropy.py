@@ -1,0 +1,101 @@
+"""Entropy tables: exact integer round trips, storage, estimate vs real bytes, thread independence."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vitok.codecs import BitstreamError, CodecError
+from vitok.codecs.entropy import EntropyTables, fit_tables, load_entropy_tables
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    g = torch.Generator().manual_seed(0)
+    scale = torch.linspace(0.5, 3.0, 6)
+    z = torch.randn(3000, 6, generator=g) * scale + torch.linspace(-1, 1, 6)
+    return fit_tables(z, steps=(0.25, 1.0, 4.0), iters=60), scale
+
+
+def test_round_trip_every_step(synthetic):
+    tables, scale = synthetic
+    z = torch.randn(400, 6, generator=torch.Generator().manual_seed(1)) * scale
+    for i, step in enumerate(tables.steps):
+        q = tables.quantize(z, step, i)
+        data = tables.encode(q, i)
+        assert np.array_equal(tables.decode(data, len(q), i), q)
+        # dequantization error is at most half a step (in each channel's std units)
+        err = (tables.dequantize(q, step) - z).abs() / torch.from_numpy(tables.std)
+        assert float(err.max()) <= step / 2 + 1e-4
+
+
+def test_estimate_matches_real_bytes(synthetic):
+    tables, scale = synthetic
+    z = torch.randn(2000, 6, generator=torch.Generator().manual_seed(2)) * scale
+    for i, step in enumerate(tables.steps):
+        q = tables.quantize(z, step, i)
+        real = len(tables.encode(q, i))
+        est = tables.estimate_bits(q, i) / 8
+        assert abs(real - est) <= 0.02 * real + 12, (step, real, est)
+    report = tables.meta["calibration"]["bits_per_symbol"]
+    for r in report.values():  # float likelihoods, integer tables and real rANS agree on the calibration data
+        assert abs(r["float_bits"] - r["table_bits"]) < 0.02 and abs(r["real_bits"] - r["table_bits"]) < 0.1
+
+
+def test_outliers_and_tiny_streams_round_trip(synthetic):
+    tables, scale = synthetic
+    z = torch.randn(50, 6, generator=torch.Generator().manual_seed(3)) * scale * 1000  # far outside the tables
+    q = tables.quantize(z, 0.25, 0)
+    assert np.array_equal(tables.decode(tables.encode(q, 0), 50, 0), q)
+    one = tables.quantize(z[:1], 1.0, 1)  # fewer symbols than the coder's minimum
+    assert np.array_equal(tables.decode(tables.encode(one, 1), 1, 1), one)
+
+
+def test_save_load_same_tables(synthetic, tmp_path):
+    tables, _ = synthetic
+    path = tables.save(tmp_path / "entropy.safetensors")
+    again = EntropyTables.load(path)
+    assert again.table_id == tables.table_id and again.steps == tables.steps
+    assert load_entropy_tables(tmp_path).table_id == tables.table_id
+    with pytest.raises(CodecError, match="no entropy tables"):
+        load_entropy_tables(tmp_path / "missing")
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CodecError, match="cannot read entropy tables"):
+        EntropyTables.load(tmp_path / "bad.safetensors")
+
+
+def test_decoding_is_independent_of_threads(synthetic):
+    """Integers come from the stored integer tables only: other thread counts / dtypes give identical integers."""
+    tables, scale = synthetic
+    z = torch.randn(300, 6, generator=torch.Generator().manual_seed(4)) * scale
+    q = tables.quantize(z.double(), 1.0, 1)
+    data = tables.encode(q, 1)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append(tables.decode(data, 300, 1))
+    finally:
+        torch.set_num_threads(old)
+    assert np.array_equal(outs[0], q) and np.array_equal(outs[1], q)
+
+
+def test_garbage_rans_data_is_bitstream_error_or_values(synthetic):
+    tables, _ = synthetic
+    rng = np.random.default_rng(0)
+    for n in range(200):
+        data = rng.integers(0, 256, int(rng.integers(0, 64)), dtype=np.uint8).tobytes()
+        try:
+            q = tables.decode(data, 40, n % 3)
+        except BitstreamError:
+            continue
+        assert q.shape == (40, 6)
+
+
+def test_bad_step(synthetic):
+    tables, _ = synthetic
+    for bad in (0, -1.0, float("nan"), "x"):
+        with pytest.raises(CodecError):
+            tables.table_index(bad)
+    assert tables.table_index(0.3) == 0 and tables.table_index(3.0) == 2

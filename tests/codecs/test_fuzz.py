@@ -1,0 +1,57 @@
+"""Fuzzing: mutated real .vtok streams give BitstreamError or decode; nothing else, no hang, no big allocation."""
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vitok.codecs import fuzz
+
+
+@pytest.fixture(scope="module")
+def corpus(codec1d, clip, stream1d):
+    frames, fps = clip
+    streams = [stream1d, codec1d.encode(frames[:3], fps, step=2.0)]
+    return streams, [fuzz.layout(s) for s in streams]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), which=st.integers(0, 1))
+def test_mutants_parse_or_raise_bitstream_error(corpus, seed, which):
+    streams, layouts = corpus
+    _, mutant = fuzz.mutate(streams[which], random.Random(seed), layouts[which])
+    assert fuzz.check(mutant, None, max_seconds=2.0) in ("ok", "rejected")
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_mutants_decode_or_raise_bitstream_error(corpus, codec1d, seed):
+    streams, layouts = corpus
+    rng = random.Random(seed)
+    mutator = rng.choice([fuzz.m_payload, fuzz.m_meta, fuzz.m_chunk_field, fuzz.m_header_field, fuzz.m_bitflip])
+    mutant = mutator(streams[1], layouts[1], rng)
+    assert fuzz.check(mutant, codec1d, max_seconds=5.0) in ("ok", "rejected")
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(data=st.binary(max_size=300))
+def test_random_bytes_are_rejected(data):
+    assert fuzz.check(b"VTOK" + data, None) == "rejected"
+
+
+def test_check_flags_other_exceptions():
+    class Broken:
+        def decode(self, data):
+            raise IndexError("boom")
+
+    with pytest.raises(fuzz.FuzzFailure, match="IndexError"):
+        fuzz.check(b"x", Broken())
+
+
+def test_fuzz_script_runs(capsys):
+    assert fuzz.main(["--seconds", "1", "--parse-only"]) == 0
+    assert "mutants" in capsys.readouterr().out

@@ -1,0 +1,221 @@
+"""vitok codecs: exact integer round trips, byte accounting, rate control knobs, model refusal, streaming."""
+from __future__ import annotations
+
+import io
+import struct
+import tracemalloc
+import zlib
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from vitok.codecs import BitstreamError, CodecError, get_codec
+from vitok.codecs.container import VtokReader, read_vtok
+from vitok.codecs.entropy import EntropyTables
+from vitok.codecs.neural import VitokCodec, parse_chunk
+
+
+def test_integers_round_trip_exactly(codec1d, clip):
+    frames, _ = clip
+    h, w = frames.shape[1:3]
+    for tokens in (None, 3, 16):
+        code = codec1d.encode_chunk(frames[:8], step=0.5, tokens=tokens)
+        q, k, step = codec1d.decode_symbols(code.payload, 8, h, w)
+        assert np.array_equal(q, code.q) and q.dtype == np.int32
+        assert k == (tokens or 16) and step == 0.5
+        units = codec1d.tok.latent_shape(8, h, w)[0] // 16
+        assert q.shape == (units * k, 8)
+
+
+def test_clip_round_trip_1d_and_grid(codec1d, tinygrid, clip):
+    frames, fps = clip
+    for codec in (codec1d, VitokCodec(tinygrid[0], tinygrid[1])):
+        data = codec.encode(frames, fps)
+        out, out_fps = codec.decode(data)
+        assert out.shape == frames.shape and out.dtype == np.uint8 and out_fps == fps
+        # decoding is deterministic and chunks are independent: the middle chunk alone decodes the same
+        header, chunks = read_vtok(data)
+        mid = codec.decode_chunk(chunks[1][1], chunks[1][0].frames, header.height, header.width)
+        assert np.array_equal(mid, out[8:16])
+
+
+def test_integers_identical_across_threads_and_float_tables(codec1d, stream1d):
+    """The decoder's integers depend only on the integer tables: other thread counts and other float quantizer
+    statistics (a stand-in for another machine's float details) give identical integers."""
+    header, chunks = read_vtok(stream1d)
+    tables = codec1d.tables
+    other = EntropyTables(tables.mean + 0.1, tables.std * 1.5, tables.tables, tables.meta)
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append([codec1d.decode_symbols(p, i.frames, header.height, header.width)[0] for i, p in chunks])
+    finally:
+        torch.set_num_threads(old)
+    for (info, payload), a, b in zip(chunks, *results):
+        index, _, tokens, data = parse_chunk(payload)
+        c = other.decode(data, a.shape[0], index)
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_byte_accounting(codec1d, clip):
+    frames, fps = clip
+    data, stats = codec1d.encode_with_stats(frames, fps, step=0.5)
+    header, chunks = read_vtok(data)
+    assert stats.file_bytes == len(data) == codec1d.file_bytes(data)
+    assert stats.payload_bytes == codec1d.stream_bytes(data) == sum(i.nbytes for i, _ in chunks)
+    assert stats.entropy_bytes == stats.payload_bytes - 7 * len(chunks)
+    head = len(header.pack())
+    assert len(data) == head + 12 * len(chunks) + stats.payload_bytes
+    assert stats.bpp == pytest.approx(8 * len(data) / frames.size * 3)
+    assert stats.kbps == pytest.approx(8 * len(data) / (20 / float(fps)) / 1000)
+    assert codec1d.tokens_per_chunk(data) == [16, 16, 16]  # one 64x48 unit per chunk, all 16 tokens
+
+
+def test_rate_estimate_agrees_with_real_bytes(tinygrid, clip):
+    frames, fps = clip
+    codec = VitokCodec(tinygrid[0], tinygrid[1])
+    for step in (0.5, 2.0):
+        _, stats = codec.encode_with_stats(frames, fps, step=step)
+        flush = 8 * stats.chunks  # rANS flushes its 64-bit state at the end of every chunk
+        assert abs(stats.entropy_bytes - stats.estimated_bytes) <= 0.03 * stats.entropy_bytes + flush, stats
+
+
+def test_step_is_the_rate_knob(codec1d, clip):
+    frames, fps = clip
+    sizes = [len(codec1d.encode(frames, fps, step=s)) for s in (0.25, 0.5, 2.0, 4.0)]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_rate_control_modes(codec1d, clip):
+    frames, fps = clip
+    _, st = codec1d.encode_with_stats(frames, fps, tokens=4)
+    assert st.tokens == [4, 4, 4]
+    _, st = codec1d.encode_with_stats(frames, fps, psnr=0.0)
+    assert st.tokens == [1, 1, 1]  # any setting reaches 0 dB: the cheapest
+    _, st = codec1d.encode_with_stats(frames, fps, psnr=99.0)
+    assert st.tokens == [16, 16, 16]  # none reaches 99 dB: the richest
+    full = len(codec1d.encode(frames, fps))
+    data, st = codec1d.encode_with_stats(frames, fps, bytes=full)
+    assert len(data) <= full
+    with pytest.raises(CodecError, match="byte budget too small"):
+        codec1d.encode(frames, fps, bytes=100)
+
+
+def test_grid_rate_control_picks_steps(tinygrid, clip):
+    frames, fps = clip
+    codec = VitokCodec(tinygrid[0], tinygrid[1])
+    data, st = codec.encode_with_stats(frames, fps, psnr=99.0)
+    assert st.steps == [0.5, 0.5, 0.5] and st.tokens == [None] * 3
+    small = len(codec.encode(frames, fps, step=2.0))
+    data, st = codec.encode_with_stats(frames, fps, bytes=small + 5)
+    assert len(data) <= small + 5 and codec.decode(data)[0].shape == frames.shape
+    with pytest.raises(CodecError, match="only for 1D"):
+        codec.encode(frames, fps, tokens=4)
+
+
+@pytest.mark.parametrize("knobs,match", [({"tokens": 0}, "tokens"), ({"tokens": 17}, "tokens"),
+                                         ({"step": -1.0}, "step"), ({"bytes": -5}, "bytes"),
+                                         ({"tokens": 4, "psnr": 30.0}, "at most one")])
+def test_bad_knobs(codec1d, clip, knobs, match):
+    with pytest.raises(CodecError, match=match):
+        codec1d.encode(clip[0], clip[1], **knobs)
+
+
+def test_empty_video(codec1d):
+    with pytest.raises(BitstreamError, match="empty input video"):
+        codec1d.encode(np.zeros((0, 48, 64, 3), np.uint8), 25)
+    with pytest.raises(BitstreamError, match="empty input video"):
+        codec1d.encode_stream(iter([]), Fraction(25), io.BytesIO())
+
+
+def test_model_mismatch_is_refused(tiny1d, stream1d):
+    import vitok
+
+    tok, tables, _ = tiny1d
+    torch.manual_seed(123)
+    other = vitok.create_model("vit1d-tiny").freeze()
+    with pytest.raises(BitstreamError, match=r"model mismatch: .*'vit1d-tiny' \(weights [0-9a-f]{16}\).*"
+                                             r"'vit1d-tiny' \(weights [0-9a-f]{16}\)"):
+        VitokCodec(other, tables).decode(stream1d)
+    renamed = vitok.create_model("vit1d-tiny")
+    renamed.config.name = "other-name"  # same weights, another name
+    renamed.load_state_dict(tok.state_dict())
+    renamed.freeze()
+    with pytest.raises(BitstreamError, match="other-name"):
+        VitokCodec(renamed, tables).decode(stream1d)
+    shifted = EntropyTables(tables.mean, tables.std, tables.tables[:1], tables.meta)
+    with pytest.raises(BitstreamError, match="entropy table mismatch"):
+        VitokCodec(tok, shifted).decode(stream1d)
+
+
+def _edit_payload(data: bytes, chunk: int, new_payload: bytes) -> bytes:
+    """Replace one chunk's payload and fix its framing and CRC (corruption the CRC cannot see)."""
+    _, chunks = read_vtok(data)
+    info = chunks[chunk][0]
+    head = struct.pack("<II", len(new_payload), info.frames)
+    crc = struct.pack("<I", zlib.crc32(new_payload, zlib.crc32(head)))
+    return data[:info.offset] + head + crc + new_payload + data[info.offset + 12 + info.nbytes:]
+
+
+def test_corrupt_payloads_behind_a_valid_crc(codec1d, stream1d):
+    _, chunks = read_vtok(stream1d)
+    payload = chunks[1][1]
+    cases = {
+        "entropy table 9": struct.pack("<BfH", 9, 0.5, 8) + payload[7:],
+        "tokens per unit": struct.pack("<BfH", 0, 0.5, 0) + payload[7:],
+        "tokens per unit,": struct.pack("<BfH", 0, 0.5, 99) + payload[7:],
+        "quantization step": struct.pack("<BfH", 0, float("nan"), 8) + payload[7:],
+        "shorter than": b"\x00\x01",
+    }
+    for match, bad in cases.items():
+        with pytest.raises(BitstreamError, match=f"chunk 1: .*{match.rstrip(',')}"):
+            codec1d.decode(_edit_payload(stream1d, 1, bad))
+
+
+def test_vitok_codec_by_name_from_model_dir(tiny1d, clip):
+    frames, fps = clip
+    codec = get_codec(f"vitok:{tiny1d[2]}")
+    out, _ = codec.decode(codec.encode(frames[:5], fps, tokens=2))
+    assert out.shape == frames[:5].shape
+    assert {"step": 0.5} in codec.operating_points() and {"tokens": 1, "step": 0.5} in codec.operating_points()
+
+
+def _moving(n_chunks: int, size=(48, 64)):
+    """A generated clip, produced chunk by chunk (never held whole)."""
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    for c in range(n_chunks):
+        t = np.arange(c * 8, c * 8 + 8)[:, None, None]
+        r = (xx[None] * 4 + t * 3) % 256
+        g = (yy[None] * 5 + t * 2) % 256
+        yield np.stack([r, g, (r + g) % 256], -1).astype(np.uint8)
+
+
+def test_streaming_keeps_memory_flat(codec1d, tmp_path):
+    """Encoding and decoding a clip 10x longer does not raise the Python allocation peak (chunk-by-chunk I/O)."""
+    peaks = []
+    for n in (3, 30):
+        path = tmp_path / f"long{n}.vtok"
+        tracemalloc.start()
+        with open(path, "wb") as f:
+            stats = codec1d.encode_stream(_moving(n), Fraction(25), f, tokens=4)
+        frames = 0
+        for chunk in codec1d.iter_decode(path):
+            frames += chunk.shape[0]
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert stats.frames == frames == 8 * n
+    assert peaks[1] < 1.5 * peaks[0] + (256 << 10), peaks
+
+
+def test_header_records_geometry_and_model(codec1d, stream1d, clip):
+    with VtokReader(stream1d) as r:
+        h = r.header
+    frames, fps = clip
+    assert (h.width, h.height, h.frames, h.fps, h.chunk_frames) == (64, 48, 20, fps, 8)
+    assert h.meta["model"] == "vit1d-tiny" and h.meta["weights"] == codec1d.tok.weights_hash[:16]
+    assert h.meta["tables"] == codec1d.tables.table_id and h.meta["kind"] == "vit1d"

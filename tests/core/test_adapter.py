@@ -1,0 +1,69 @@
+"""The diffusers-shaped adapter: latent_dist / sample / config.scaling_factor, with the shapes pipelines expect."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import vitok
+
+
+@pytest.fixture(scope="module")
+def grid():
+    torch.manual_seed(0)
+    tok = vitok.create_model("cnn-tiny").freeze()
+    tok.set_latent_stats([0.5] * 16, [2.0] * 16)
+    return vitok.DiffusersAdapter(tok)
+
+
+def test_video_shapes(grid, clip):
+    x = clip(9, 32, 48, batch=2)
+    dist = grid.encode(x).latent_dist
+    assert dist.mean.shape == (2, 16, 3, 4, 6)  # (B, C, t, h, w) like AutoencoderKLWan / CogVideoX
+    g = torch.Generator().manual_seed(0)
+    z = dist.sample(generator=g) * grid.config.scaling_factor
+    assert z.shape == dist.mode().shape and dist.kl().shape == (2,)
+    out = grid.decode(z / grid.config.scaling_factor).sample
+    assert out.shape == x.shape
+    assert grid.config.scaling_factor == 1.0 and grid.config.shift_factor == 0.0
+    assert grid.config.spatial_compression_ratio == 8 and grid.config.temporal_compression_ratio == 4
+    # the adapter hands out normalized latents and undoes it on decode
+    lat = grid.tok.encode(x)
+    torch.testing.assert_close(dist.mode(), lat.normalized().as_grid())
+    torch.testing.assert_close(grid.decode(dist.mode()).sample, grid.tok.decode(lat))
+
+
+def test_image_shapes(grid, clip):
+    x = clip(1, 32, 40)[:, :, 0]
+    dist = grid.encode(x).latent_dist
+    assert dist.mean.shape == (1, 16, 4, 5)  # (B, C, h, w) like AutoencoderKL
+    assert grid.decode(dist.mode()).sample.shape == (1, 3, 32, 40)
+
+
+def test_vit_multi_chunk_shapes(clip):
+    torch.manual_seed(0)
+    adapter = vitok.DiffusersAdapter(vitok.create_model("vit-tiny").freeze())
+    x = clip(16, 16, 16)
+    z = adapter.encode(x).latent_dist.mode()
+    assert z.shape == (1, 8, 4, 2, 2)
+    assert adapter.decode(z).sample.shape == (1, 3, 16, 16, 16)
+
+
+def test_1d_shapes(clip):
+    torch.manual_seed(0)
+    tok = vitok.create_model("vit1d-tiny").freeze()
+    adapter = vitok.DiffusersAdapter(tok, sample_size=(8, 32, 32))
+    z = adapter.encode(clip(8, 32, 32)).latent_dist.sample()
+    assert z.shape == (1, 8, 16)  # (B, C, N)
+    assert adapter.decode(z).sample.shape == (1, 3, 8, 32, 32)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="diffusers not installed")
+def test_matches_diffusers_distribution(grid, clip):
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    dist = grid.encode(clip(5, 16, 16)).latent_dist
+    ref = DiagonalGaussianDistribution(torch.cat([dist.mean, dist.logvar], dim=1))
+    assert ref.mode().shape == dist.mode().shape
+    torch.testing.assert_close(ref.kl(), dist.kl())

@@ -1,0 +1,123 @@
+"""Latents: normalization, sampling, grids, collate, make_latents (the codec path)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vitok
+from vitok.data.errors import VitokError
+from vitok.latents import Latents, collate
+
+
+@pytest.fixture(scope="module")
+def grid_tok():
+    torch.manual_seed(0)
+    return vitok.create_model("vit-tiny").freeze()
+
+
+@pytest.fixture(scope="module")
+def tok1d():
+    torch.manual_seed(0)
+    return vitok.create_model("vit1d-tiny").freeze()
+
+
+def test_normalized_roundtrip(clip):
+    tok = vitok.create_model("vit-tiny").freeze()
+    lat = tok.encode(clip(4, 16, 16))
+    assert torch.equal(lat.normalized().z, lat.z)  # no statistics: identity
+    mean, std = torch.linspace(-1, 1, 8), torch.linspace(0.5, 2, 8)
+    tok.set_latent_stats(mean, std)
+    assert tok.config.latent_mean == pytest.approx(mean.tolist())
+    lat = tok.encode(clip(4, 16, 16))
+    norm = lat.normalized()
+    assert norm.is_normalized and norm.normalized() is norm
+    torch.testing.assert_close(norm.z, (lat.z - mean) / std)
+    torch.testing.assert_close(norm.logvar, lat.logvar - 2 * std.log())
+    back = norm.denormalized()
+    torch.testing.assert_close(back.z, lat.z)
+    torch.testing.assert_close(tok.decode(norm), tok.decode(lat))  # decode accepts either space
+    with pytest.raises(VitokError):
+        tok.set_latent_stats([0.0] * 3, [1.0] * 3)
+
+
+def test_sample_mode_kl(grid_tok, clip):
+    lat = grid_tok.encode(clip(4, 16, 16))
+    assert lat.logvar is not None and lat.logvar.shape == lat.z.shape
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    s1, s2 = lat.sample(g1), lat.sample(g2)
+    assert torch.equal(s1.z, s2.z) and not torch.equal(s1.z, lat.z) and s1.logvar is None
+    assert torch.equal(lat.mode().z, lat.z) and lat.mode().logvar is None
+    assert lat.kl().shape == (1,) and lat.kl().item() > 0
+    assert lat.mode().kl().item() == 0
+
+
+def test_as_grid(grid_tok, clip):
+    lat = grid_tok.encode(clip(12, 16, 24))  # two chunks of 8 frames -> 2 latent frames each
+    grid = lat.as_grid()
+    assert grid.shape == (1, 8, 4, 2, 3)
+    torch.testing.assert_close(grid[:, :, 0, 1, 2], lat.z[:, 5])
+    with pytest.raises(VitokError, match="tile"):
+        grid_tok.encode(clip(4, 72, 16)).as_grid()
+
+
+def test_as_grid_refuses_1d(tok1d, clip):
+    with pytest.raises(VitokError, match="grid"):
+        tok1d.encode(clip(4, 16, 16)).as_grid()
+
+
+def test_to_device(grid_tok, clip):
+    lat = grid_tok.encode(clip(4, 16, 16)).to("cpu")
+    assert lat.z.device.type == "cpu" and lat.logvar.device.type == "cpu"
+
+
+def test_collate_same_geometry(tok1d, clip):
+    a = tok1d.encode(clip(4, 16, 16, seed=1), num_tokens=3)
+    b = tok1d.encode(clip(4, 16, 16, seed=2))
+    batch = collate([a, b])
+    assert batch.z.shape == (2, 16, 8) and batch.sizes is None
+    assert batch.mask[0].sum() == 3 and batch.mask[1].all()
+    assert batch.num_tokens == 16
+    assert tok1d.decode(batch).shape == (2, 3, 4, 16, 16)
+
+
+def test_collate_mixed_geometry(grid_tok, clip):
+    a = grid_tok.encode(clip(4, 16, 16)).mode()
+    b = grid_tok.encode(clip(12, 16, 24)).mode()
+    batch = collate([a, b])
+    assert batch.z.shape == (2, b.z.shape[1], 8)
+    assert batch.mask[0].sum() == a.z.shape[1] and batch.mask[1].all()
+    assert batch.sizes == [(4, 16, 16), (12, 16, 24)] and batch.layout is None
+    torch.testing.assert_close(batch.z[0, : a.z.shape[1]], a.z[0])
+    assert (batch.z[0, a.z.shape[1]:] == 0).all()
+    with pytest.raises(VitokError, match="mixed"):
+        grid_tok.decode(batch)
+    with pytest.raises(VitokError, match="log-variance"):
+        collate([a, grid_tok.encode(clip(4, 16, 16))])
+
+
+def test_collate_refuses_other_models(grid_tok, tok1d, clip):
+    with pytest.raises(VitokError):
+        collate([grid_tok.encode(clip(4, 16, 16)), tok1d.encode(clip(4, 16, 16))])
+
+
+def test_make_latents_roundtrip(grid_tok, tok1d, clip):
+    video = clip(9, 20, 30)
+    for tok in (grid_tok, tok1d):
+        lat = tok.encode(video)
+        again = tok.make_latents(lat.z, 9, 20, 30)
+        assert torch.equal(tok.decode(again), tok.decode(lat))
+        with pytest.raises(VitokError, match="do not fit"):
+            tok.make_latents(lat.z[:, 1:], 9, 20, 30)
+    # 1D: a prefix-only tensor (units * k tokens) is zero-filled back to K per unit
+    lat = tok1d.encode(video, num_tokens=5)
+    units = lat.units
+    prefix = lat.z.view(1, units, 16, 8)[:, :, :5].reshape(1, units * 5, 8)
+    again = tok1d.make_latents(prefix, 9, 20, 30, num_tokens=5)
+    assert torch.equal(again.z, lat.z) and torch.equal(again.mask, lat.mask)
+
+
+def test_latents_is_plain_dataclass():
+    z = torch.zeros(1, 4, 2)
+    lat = Latents(z=z, frames=1, height=8, width=8, layout=(1, 1, 1), grid=(1, 2, 2))
+    assert lat.num_tokens == 4 and lat.channels == 2 and lat.batch_size == 1
+    assert lat.normalized().is_normalized and lat.normalized().denormalized().z is z

@@ -1,0 +1,124 @@
+"""Saving, loading, freezing: bit-exact round trips, no gradients into a frozen tokenizer, clear errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import vitok
+from vitok.data.errors import VitokError
+
+FAMILIES = ["vit-tiny", "vit1d-tiny", "cnn-tiny"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_save_load_bit_exact(tmp_path, clip, name):
+    torch.manual_seed(0)
+    tok = vitok.create_model(name)
+    tok.set_latent_stats([0.1] * tok.latent_channels, [2.0] * tok.latent_channels)
+    tok.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = vitok.load(tmp_path / "m")
+    assert loaded.weights_hash == tok.weights_hash and len(tok.weights_hash) == 64
+    assert loaded.config == tok.config
+    video = clip(6, 24, 16)
+    tok.freeze()
+    lat_a, lat_b = tok.encode(video), loaded.encode(video)
+    assert torch.equal(lat_a.z, lat_b.z)
+    assert torch.equal(tok.decode(lat_a), loaded.decode(lat_b))
+
+
+def test_weights_hash_tracks_weights():
+    torch.manual_seed(0)
+    a = vitok.create_model("vit-tiny")
+    torch.manual_seed(0)
+    b = vitok.create_model("vit-tiny")
+    assert a.weights_hash == b.weights_hash
+    with torch.no_grad():
+        b.to_pixels.bias[0] += 1e-6
+    assert a.weights_hash != b.weights_hash
+
+
+def test_frozen_encoder_stays_frozen(tmp_path, clip):
+    torch.manual_seed(0)
+    vitok.create_model("vit-tiny").save_pretrained(tmp_path / "m")
+    tok = vitok.load(tmp_path / "m")
+    assert tok.frozen and not tok.training
+    assert all(not p.requires_grad for p in tok.parameters())
+    before = {k: v.clone() for k, v in tok.state_dict().items()}
+    digest = tok.weights_hash
+    head = torch.nn.Linear(tok.latent_channels, 1)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    for seed in range(2):
+        lat = tok.encode(clip(4, 16, 16, seed=seed)).normalized()
+        assert not lat.z.requires_grad and not torch.is_inference(lat.z)
+        loss = head(lat.z).square().mean() + tok.decode(lat).mean() * 0
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert head.weight.grad is not None
+    assert all(p.grad is None for p in tok.parameters())
+    assert all(torch.equal(before[k], v) for k, v in tok.state_dict().items())
+    assert tok.weights_hash == digest
+
+
+def test_load_unfrozen(tmp_path):
+    vitok.create_model("cnn-tiny").save_pretrained(tmp_path / "m")
+    tok = vitok.load(tmp_path / "m", frozen=False)
+    assert not tok.frozen
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(VitokError, match="unknown model"):
+        vitok.load("no-such-model")
+    with pytest.raises(VitokError, match="create_model"):
+        vitok.load("vit-tiny")
+    with pytest.raises(VitokError, match="unknown model"):
+        vitok.create_model("no-such-model")
+    with pytest.raises(VitokError, match="unknown config field"):
+        vitok.create_model("vit-tiny", widht=3)
+    directory = tmp_path / "m"
+    vitok.create_model("vit-tiny").save_pretrained(directory)
+    weights = directory / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+
+    weights.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(VitokError, match="corrupt") as e:
+        vitok.load(directory)
+    assert "\n" not in str(e.value)
+
+    data[-5] ^= 0xFF  # flip a weight byte: safetensors loads it, the hash catches it
+    weights.write_bytes(bytes(data))
+    with pytest.raises(VitokError, match="hash"):
+        vitok.load(directory)
+
+    vitok.create_model("vit-tiny", dec_depth=1).save_pretrained(tmp_path / "other")
+    (tmp_path / "other" / "config.json").write_text((directory / "config.json").read_text())
+    with pytest.raises(VitokError, match="do not match"):
+        vitok.load(tmp_path / "other")
+
+    weights.unlink()
+    with pytest.raises(VitokError, match="missing model.safetensors"):
+        vitok.load(directory)
+    (directory / "config.json").write_text(json.dumps({"kind": "vit", "bogus": 1}))
+    with pytest.raises(VitokError, match="bogus"):
+        vitok.load(directory)
+
+
+def test_public_api():
+    for name in ["Tokenizer", "Latents", "load", "create_model", "list_models", "model_stats", "DiffusersAdapter",
+                 "VitokError", "__version__"]:
+        assert hasattr(vitok, name)
+    names = vitok.list_models()
+    assert {"vit-tiny", "vit1d-tiny", "cnn-tiny", "vit-s-cpu", "vit1d-s-cpu", "cnn-s-cpu", "vit-S-B/4x8"} <= set(names)
+
+
+def test_paper_sizes():
+    """Paper names parse for any S/B/L pair and tubelet size; params match ViTok's S-B (about 129M)."""
+    with torch.device("meta"):
+        tok = vitok.create_model("vit-S-B/4x8")
+        assert tok.config.enc_width == 768 and tok.config.dec_depth == 12
+        assert 125e6 < sum(p.numel() for p in tok.parameters()) < 133e6
+        tok = vitok.create_model("vit-B-L/8x16")
+        assert (tok.temporal_stride, tok.spatial_stride, tok.config.dec_width) == (8, 16, 1152)

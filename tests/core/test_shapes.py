@@ -1,0 +1,92 @@
+"""Every family through the one API: odd sizes and frame counts, images, determinism, chunking and tiling."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import vitok
+from vitok.data.errors import VitokError
+
+FAMILIES = ["vit-tiny", "vit1d-tiny", "cnn-tiny"]
+GEOMETRIES = [(1, 33, 47), (5, 33, 47), (17, 32, 32), (20, 70, 40)]
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    return {name: vitok.create_model(name).freeze() for name in FAMILIES}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_encode_decode_shapes(models, clip, name, geometry):
+    tok = models[name]
+    T, H, W = geometry
+    video = clip(T, H, W, batch=2)
+    lat = tok.encode(video)
+    N, C = tok.latent_shape(T, H, W)
+    assert lat.z.shape == (2, N, C) and C == tok.latent_channels
+    assert (lat.frames, lat.height, lat.width) == (T, H, W)
+    chunks = 1 if T <= tok.clip_frames else math.ceil(T / tok.clip_frames)
+    assert lat.layout[0] == chunks
+    assert N == lat.units * lat.tokens_per_unit
+    if tok.max_tokens is None:
+        assert lat.grid is not None and math.prod(lat.grid) == lat.tokens_per_unit
+    else:
+        assert lat.grid is None and lat.tokens_per_unit == tok.max_tokens
+    out = tok.decode(lat)
+    assert out.shape == video.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_deterministic(models, clip, name):
+    tok = models[name]
+    video = clip(6, 40, 24)
+    a, b = tok.encode(video), tok.encode(video)
+    assert torch.equal(a.z, b.z)
+    assert torch.equal(tok.decode(a), tok.decode(b))
+
+
+def test_chunks_are_independent(models, clip):
+    """Each temporal chunk is coded alone: encoding the chunks separately gives the same tokens."""
+    tok = models["cnn-tiny"]
+    video = clip(2 * tok.clip_frames, 16, 16)
+    whole = tok.encode(video).z
+    parts = [tok.encode(video[:, :, i * tok.clip_frames:(i + 1) * tok.clip_frames]).z for i in range(2)]
+    torch.testing.assert_close(whole, torch.cat(parts, dim=1))
+
+
+def test_cnn_is_causal(models, clip):
+    """The first latent frame depends on the first frame only, so images and videos share one model."""
+    tok = models["cnn-tiny"]
+    video = clip(9, 16, 16)
+    image = tok.encode(video[:, :, :1]).as_grid()
+    first = tok.encode(video).as_grid()[:, :, :1]
+    torch.testing.assert_close(image, first)
+    assert tok.latent_shape(1, 16, 16)[0] == 4 and tok.latent_shape(9, 16, 16)[0] == 3 * 4
+
+
+def test_bad_inputs(models):
+    tok = models["vit-tiny"]
+    with pytest.raises(VitokError):
+        tok.encode(torch.zeros(3, 4, 16, 16))
+    with pytest.raises(VitokError):
+        tok.encode(torch.zeros(1, 3, 4, 16, 16, dtype=torch.uint8))
+    with pytest.raises(VitokError, match="num_tokens"):
+        tok.encode(torch.zeros(1, 3, 4, 16, 16), num_tokens=3)
+    with pytest.raises(VitokError, match="num_tokens"):
+        models["vit1d-tiny"].encode(torch.zeros(1, 3, 4, 16, 16), num_tokens=0)
+
+
+def test_training_forward(clip):
+    torch.manual_seed(0)
+    for name in FAMILIES:
+        tok = vitok.create_model(name).train()
+        out = tok(clip(5, 24, 40, batch=2))
+        assert out["recon"].shape == (2, 3, 5, 24, 40)
+        assert out["kl"].ndim == 0 and out["kl"] >= 0
+        assert out["latents"].z.requires_grad
+        (out["recon"].square().mean() + out["kl"]).backward()
+        assert tok.embed.weight.grad is not None if name != "cnn-tiny" else tok.encoder[0].weight.grad is not None

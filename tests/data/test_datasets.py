@@ -1,0 +1,129 @@
+"""VideoFolder, SyntheticMotion and make_loader: shapes, ranges, determinism, bad files, batching."""
+from __future__ import annotations
+
+import time
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitok.data.errors import VideoReadError
+from vitok.data.folder import VideoFolder
+from vitok.data.io import write_video
+from vitok.data.loader import make_loader
+from vitok.data.synthetic import KINDS, SyntheticMotion
+
+
+@pytest.fixture
+def video_root(tmp_path, tiny_video, carphone_clip):
+    root = tmp_path / "videos"
+    (root / "sub").mkdir(parents=True)
+    tiny_video.rename(root / "a_tiny.mkv")  # 9 frames, 32x24
+    write_video(root / "sub" / "b_carphone.mp4", carphone_clip, 30)  # 8 frames, 176x144
+    Image.fromarray(carphone_clip[0]).save(root / "c_still.png")
+    (root / "d_bad.mp4").write_bytes(b"not really a video" * 20)
+    (root / "notes.txt").write_text("ignored: not a video extension")
+    return root
+
+
+def test_video_folder(video_root):
+    with pytest.warns(UserWarning, match="d_bad.mp4") as record:
+        ds = VideoFolder(video_root, num_frames=4, size=16, stride=2, clips_per_video=2, min_scale=0.5)
+    assert len(record) == 1 and len(ds) == 6
+    assert [p.path.name for p in ds.items] == ["a_tiny.mkv", "c_still.png", "b_carphone.mp4"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        items = [ds[i] for i in range(len(ds))]
+    with pytest.warns(UserWarning, match="d_bad.mp4"):
+        again = VideoFolder(video_root, num_frames=4, size=16, stride=2, clips_per_video=2, min_scale=0.5)
+    for x, y in zip(items, (again[i] for i in range(len(again)))):
+        assert x.shape == (3, 4, 16, 16) and x.dtype == torch.float32 and torch.equal(x, y)
+        assert -1 <= x.min() and x.max() <= 1
+    assert torch.equal(items[2][:, 0], items[2][:, 3])  # the still repeats
+    with pytest.warns(UserWarning, match="d_bad.mp4"):
+        other = VideoFolder(video_root, num_frames=4, size=16, stride=2, clips_per_video=2, min_scale=0.5, seed=1)
+    assert any(not torch.equal(ds[i], other[i]) for i in range(len(ds)))
+
+
+def test_video_folder_pads_short_videos_and_survives_lost_files(video_root, tmp_path):
+    with pytest.warns(UserWarning, match="d_bad.mp4"):
+        ds = VideoFolder(video_root, num_frames=12, size=(24, 16))
+    x = ds[0]  # a_tiny has 9 frames: the last one repeats
+    assert x.shape == (3, 12, 16, 24) and torch.equal(x[:, 8], x[:, 11])
+    (video_root / "a_tiny.mkv").unlink()
+    with pytest.warns(UserWarning, match="a_tiny.mkv"):
+        y = ds[0]  # the next file stands in
+    assert y.shape == x.shape
+    with pytest.raises(VideoReadError, match="not a folder"):
+        VideoFolder(tmp_path / "missing", 4, 16)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VideoReadError, match="no readable"):
+        VideoFolder(tmp_path / "empty", 4, 16)
+
+
+def _sources() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:96, 0:128]
+    smooth = np.stack([x * 2, y * 2, (x + y)], -1).astype(np.uint8)
+    return [smooth, rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)]
+
+
+def test_synthetic_motion_is_deterministic_and_in_range():
+    ds = SyntheticMotion(60, 5, (24, 16), seed=3, sources=_sources())
+    x = ds[7]
+    assert x.shape == (3, 5, 16, 24) and x.dtype == torch.float32
+    assert torch.equal(x, SyntheticMotion(60, 5, (24, 16), seed=3, sources=_sources())[7])
+    assert not torch.equal(x, SyntheticMotion(60, 5, (24, 16), seed=4, sources=_sources())[7])
+    kinds = Counter(ds.params(i)["kind"] for i in range(len(ds)))
+    assert set(kinds) == set(KINDS)
+    for i in range(0, 60, 5):
+        clip = ds[i]
+        assert -1 <= clip.min() and clip.max() <= 1
+        assert torch.allclose((clip + 1) * 127.5, ((clip + 1) * 127.5).round(), atol=1e-3)  # uint8 grid
+        assert (clip[:, -1] - clip[:, 0]).abs().max() > 0  # it moves
+    assert SyntheticMotion(2, 1, 8, sources=_sources())[1].shape == (3, 1, 8, 8)
+    with pytest.raises(IndexError):
+        ds[60]
+
+
+def test_synthetic_motion_default_sources_and_speed():
+    ds = SyntheticMotion(10, 3, 32)
+    assert len(ds.stills) >= 50  # 44 training frames of the sample clips + scikit-image images
+    assert ds[0].shape == (3, 3, 32, 32)
+    fast = SyntheticMotion(12, 17, 128, sources=[np.asarray(s.resize((400, 256))) for s in
+                                                 (Image.fromarray(a) for a in _sources())])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        for i in range(len(fast)):
+            fast[i]
+        per_clip = (time.perf_counter() - start) / len(fast)
+    finally:
+        torch.set_num_threads(threads)
+    assert per_clip < 0.25  # ~10-30 ms on one shared core
+
+
+def test_make_loader_batches_and_seeds():
+    ds = SyntheticMotion(10, 3, 16, sources=_sources())
+    batches = list(make_loader(ds, 4, seed=1))
+    assert len(batches) == 2 and all(b.shape == (4, 3, 3, 16, 16) for b in batches)
+    assert all(torch.equal(a, b) for a, b in zip(batches, make_loader(ds, 4, seed=1)))
+    assert len(list(make_loader(ds, 4, drop_last=False, shuffle=False))) == 3
+    workers = list(make_loader(ds, 5, num_workers=2, seed=1))
+    assert len(workers) == 2 and workers[0].shape == (5, 3, 3, 16, 16)
+
+
+def test_make_loader_distributed(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        loader = make_loader(SyntheticMotion(6, 2, 8, sources=_sources()), 2, distributed=True)
+        assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
+        assert next(iter(loader)).shape == (2, 3, 2, 8, 8)
+    finally:
+        dist.destroy_process_group()

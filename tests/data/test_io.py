@@ -1,0 +1,294 @@
+"""vitok.data.io: round trips on real and generated files, awkward sources, every bad input, streaming."""
+from __future__ import annotations
+
+import tracemalloc
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitok.data.errors import VideoReadError, VideoWriteError, VitokError
+from vitok.data.io import (frame_times, iter_video, probe_video, read_frames_dir, read_video, resize_frames,
+                           write_video)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255**2 / max(mse, 1e-12)))
+
+
+def write_raw(path: Path, frames: np.ndarray, codec: str, pix_fmt: str, *, src_format: str = "rgb24",
+              rotation: int | None = None, pts: list[int] | None = None, options: dict | None = None) -> Path:
+    """Write a test file directly with PyAV (what write_video does not offer: gray, alpha, rotation, VFR, faststart)."""
+    with av.open(str(path), "w", options=options or {}) as c:
+        s = c.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        if pts is not None:
+            s.codec_context.time_base = Fraction(1, 1000)
+        if rotation is not None:
+            s.set_display_rotation(rotation)
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format=src_format)
+            vf.pts = i if pts is None else pts[i]
+            if pts is not None:
+                vf.time_base = Fraction(1, 1000)
+            c.mux(s.encode(vf))
+        c.mux(s.encode(None))
+    return path
+
+
+def noise(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+# --- round trips -----------------------------------------------------------------------------------------------
+
+def test_real_clip_probe_and_read(carphone_path, carphone_clip):
+    info = probe_video(carphone_path)
+    assert (info.width, info.height, info.num_frames, info.fps) == (176, 144, 120, Fraction(30000, 1001))
+    assert info.codec == "h264" and info.rotation == 0 and not info.is_image
+    assert info.duration == pytest.approx(4.004)
+    assert carphone_clip.shape == (8, 144, 176, 3) and carphone_clip.dtype == np.uint8
+
+
+def test_ffv1_round_trip_is_exact(tmp_path, carphone_clip):
+    path = tmp_path / "clip.mkv"
+    write_video(path, carphone_clip, Fraction(30000, 1001), codec="ffv1")
+    frames, info = read_video(path)
+    assert np.array_equal(frames, carphone_clip)
+    assert info.codec == "ffv1" and info.fps == Fraction(30000, 1001) and info.num_frames == 8
+
+
+def test_h264_round_trip_is_close(tmp_path, carphone_clip):
+    path = tmp_path / "clip.mp4"
+    write_video(path, carphone_clip, 30, crf=14)
+    frames, info = read_video(path)
+    assert frames.shape == carphone_clip.shape and info.pix_fmt == "yuv420p"
+    assert psnr(frames, carphone_clip) > 35
+
+
+def test_write_accepts_chunks_and_frames(tmp_path, tiny_frames):
+    path = tmp_path / "chunks.mkv"
+    write_video(path, (c for c in (tiny_frames[:4], tiny_frames[4], tiny_frames[5:])), 25, codec="ffv1")
+    assert np.array_equal(read_video(path)[0], tiny_frames)
+
+
+@pytest.mark.parametrize("codec,suffix", [("ffv1", ".mkv"), ("h264", ".mp4"), ("vp9", ".webm"), ("av1", ".mkv")])
+def test_odd_size(tmp_path, codec, suffix):
+    frames = noise((3, 17, 33, 3))
+    path = tmp_path / f"odd{suffix}"
+    write_video(path, frames, 25, codec=codec, crf=20, preset="8" if codec == "av1" else "medium")
+    back, info = read_video(path)
+    assert back.shape == frames.shape and (info.width, info.height) == (33, 17)
+    if codec == "ffv1":
+        assert np.array_equal(back, frames)
+    if codec == "h264":
+        assert info.pix_fmt == "yuv444p"  # x264 cannot subsample odd sizes: full chroma keeps the exact geometry
+
+
+def test_h265_ten_bit(tmp_path, carphone_clip):
+    path = tmp_path / "ten.mp4"
+    write_video(path, carphone_clip[:3, :64, :64], 25, codec="h265", pix_fmt="yuv420p10le", crf=10, preset="ultrafast")
+    frames, info = read_video(path)
+    assert info.pix_fmt == "yuv420p10le" and info.codec == "hevc" and frames.dtype == np.uint8
+    assert psnr(frames, carphone_clip[:3, :64, :64]) > 35
+
+
+def test_ffv1_ten_bit_odd(tmp_path, carphone_clip):
+    src = np.ascontiguousarray(carphone_clip[:3, :17, :33])
+    frames, info = read_video(write_raw(tmp_path / "ten.mkv", src, "ffv1", "yuv420p10le"))
+    assert info.pix_fmt == "yuv420p10le" and frames.shape == src.shape and psnr(frames, src) > 30
+
+
+def test_grayscale_video_and_image(tmp_path):
+    gray = noise((2, 17, 33))
+    frames, info = read_video(write_raw(tmp_path / "gray.mkv", gray, "ffv1", "gray", src_format="gray"))
+    assert info.pix_fmt == "gray" and frames.shape == (2, 17, 33, 3)
+    assert np.array_equal(frames, np.repeat(gray[..., None], 3, axis=3))
+    Image.fromarray(gray[0], "L").save(tmp_path / "gray.png")
+    still, info = read_video(tmp_path / "gray.png")
+    assert info.is_image and info.num_frames == 1 and np.array_equal(still[0], frames[0])
+
+
+@pytest.mark.parametrize("codec,suffix,pix_fmt", [("ffv1", ".mkv", "bgra"), ("qtrle", ".mov", "argb")])
+def test_alpha_video_drops_alpha(tmp_path, codec, suffix, pix_fmt):
+    rgba = noise((3, 17, 33, 4))
+    frames, info = read_video(write_raw(tmp_path / f"alpha{suffix}", rgba, codec, pix_fmt, src_format="rgba"))
+    assert info.pix_fmt == pix_fmt and np.array_equal(frames, rgba[..., :3])
+
+
+def test_still_images(tmp_path):
+    rgba = noise((17, 33, 4))
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    frames, info = read_video(tmp_path / "a.png")
+    assert info.is_image and (info.width, info.height) == (33, 17) and np.array_equal(frames[0], rgba[..., :3])
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "b.jpg", quality=95)
+    frames, info = read_video(tmp_path / "b.jpg", size=(16, 8))
+    assert info.codec == "mjpeg" and frames.shape == (1, 8, 16, 3)
+
+
+def test_rotation_metadata_is_applied(tmp_path, tiny_frames):
+    frames, info = read_video(write_raw(tmp_path / "rot.mkv", tiny_frames, "ffv1", "bgr0", rotation=90))
+    assert info.rotation == 90 and (info.width, info.height) == (24, 32)
+    assert np.array_equal(frames, np.rot90(tiny_frames, 1, axes=(1, 2)))  # counter-clockwise, like ffmpeg
+    crop, _ = read_video(tmp_path / "rot.mkv", crop=(2, 3, 10, 12))
+    assert np.array_equal(crop, frames[:, 3:15, 2:12])
+
+
+def test_variable_frame_rate(tmp_path, tiny_frames):
+    pts = [0, 40, 60, 200, 210, 400, 440, 500, 620]
+    path = write_raw(tmp_path / "vfr.mkv", tiny_frames, "ffv1", "bgr0", pts=pts)
+    frames, info = read_video(path)
+    assert np.array_equal(frames, tiny_frames) and info.fps > 0
+    assert np.allclose(frame_times(path), np.array(pts) / 1000)
+
+
+def test_resolution_change_mid_stream(tmp_path):
+    parts = [np.full((3, 24, 32, 3), 200, np.uint8), np.full((2, 48, 64, 3), 50, np.uint8)]
+    for i, part in enumerate(parts):
+        write_video(tmp_path / f"{i}.ts", part, 25)
+    joined = tmp_path / "joined.ts"  # MPEG-TS concatenates bytewise; timestamps restart in the second part
+    joined.write_bytes((tmp_path / "0.ts").read_bytes() + (tmp_path / "1.ts").read_bytes())
+    frames, info = read_video(joined)
+    assert frames.shape == (5, 24, 32, 3) and (info.width, info.height) == (32, 24)  # scaled to the first size
+    assert np.abs(frames[:, 12, 16, 0].astype(int) - [200, 200, 200, 50, 50]).max() <= 3
+
+
+# --- options -----------------------------------------------------------------------------------------------------
+
+def test_start_stride_num_frames_crop_size(tiny_video, tiny_frames):
+    frames, _ = read_video(tiny_video, start=1, stride=3, num_frames=2)
+    assert np.array_equal(frames, tiny_frames[1::3][:2])
+    frames, _ = read_video(tiny_video, start=7, num_frames=5)  # fewer left: returns what there is
+    assert np.array_equal(frames, tiny_frames[7:])
+    frames, _ = read_video(tiny_video, crop=(4, 2, 10, 6))
+    assert np.array_equal(frames, tiny_frames[:, 2:8, 4:14])
+    frames, _ = read_video(tiny_video, crop="center", size=(8, 8))
+    assert frames.shape == (9, 8, 8, 3)
+    assert np.array_equal(frames, resize_frames(tiny_frames[:, :, 4:28], (8, 8)))
+    a, _ = read_video(tiny_video, size=(20, 10))
+    assert a.shape == (9, 10, 20, 3) and np.array_equal(a, read_video(tiny_video, size=(20, 10))[0])
+    with pytest.raises(ValueError):
+        read_video(tiny_video, crop="center")
+    with pytest.raises(VideoReadError, match="outside"):
+        read_video(tiny_video, crop=(30, 0, 10, 10))
+
+
+def test_iter_video_streams_in_chunks(carphone_path):
+    full, _ = read_video(carphone_path)
+    chunks = list(iter_video(carphone_path, chunk_frames=16))
+    assert [len(c) for c in chunks] == [16] * 7 + [8]
+    assert np.array_equal(np.concatenate(chunks), full)
+    picked = list(iter_video(carphone_path, chunk_frames=16, start=5, stride=2, num_frames=40))
+    assert [len(c) for c in picked] == [16, 16, 8] and np.array_equal(np.concatenate(picked), full[5::2][:40])
+    tracemalloc.start()
+    for _ in iter_video(carphone_path, chunk_frames=8):
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < full.nbytes / 4  # only a few chunks alive at once, never the whole video
+
+
+def test_read_frames_dir(tmp_path, tiny_frames):
+    for k, n in enumerate((1, 2, 10)):  # natural order: frame1, frame2, frame10
+        Image.fromarray(tiny_frames[k]).save(tmp_path / f"frame{n}.png")
+    (tmp_path / "notes.txt").write_text("not a frame")
+    frames = read_frames_dir(tmp_path)
+    assert np.array_equal(frames, tiny_frames[:3])
+    assert np.array_equal(read_frames_dir(tmp_path / "frame*.png", size=(16, 12)), resize_frames(frames, (16, 12)))
+    Image.fromarray(tiny_frames[0, :10]).save(tmp_path / "frame3.png")
+    with pytest.raises(VideoReadError, match="frame3.png"):
+        read_frames_dir(tmp_path)
+    with pytest.raises(VideoReadError, match="no image frames"):
+        read_frames_dir(tmp_path / "*.jpg")
+
+
+# --- bad input -----------------------------------------------------------------------------------------------------
+
+def _truncate(path: Path, fraction: float) -> Path:
+    data = path.read_bytes()
+    out = path.with_name("cut_" + path.name)
+    out.write_bytes(data[: int(len(data) * fraction)])
+    return out
+
+
+def _bad_files(tmp_path: Path, carphone_clip: np.ndarray) -> dict[str, tuple[Path, str]]:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n" * 50)
+    fake = tmp_path / "fake.mp4"
+    fake.write_bytes(b"\x00\x01garbage" * 300)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    audio = tmp_path / "audio.wav"
+    with av.open(str(audio), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=8000)
+        f = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        f.sample_rate, f.pts = 8000, 0
+        c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    novideo = tmp_path / "noframes.mkv"  # a video stream with no packets (only audio packets were muxed)
+    with av.open(str(novideo), "w") as c:
+        v = c.add_stream("ffv1", rate=25)
+        v.width, v.height, v.pix_fmt = 32, 24, "bgr0"
+        a = c.add_stream("pcm_s16le", rate=8000)
+        f = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        f.sample_rate, f.pts = 8000, 0
+        c.mux(a.encode(f))
+    mkv = tmp_path / "whole.mkv"
+    write_video(mkv, carphone_clip, 25, codec="ffv1")
+    mp4 = write_raw(tmp_path / "whole.mp4", carphone_clip, "libx264", "yuv420p")  # index (moov) at the end
+    faststart = write_raw(tmp_path / "fast.mp4", carphone_clip, "libx264", "yuv420p",
+                          options={"movflags": "+faststart"})
+    return {
+        "missing": (tmp_path / "missing.mp4", "no such file"),
+        "directory": (tmp_path, "directory"),
+        "text": (text, "not a (readable )?video"),
+        "garbage": (fake, "not a readable video"),
+        "empty": (empty, "not a readable video"),
+        "audio only": (audio, "no video stream"),
+        "zero frames": (novideo, "no decodable frames"),
+        "truncated mkv": (_truncate(mkv, 0.5), "truncated"),
+        "truncated mkv end": (_truncate(mkv, 0.97), "truncated"),
+        "truncated mp4": (_truncate(mp4, 0.6), "not a readable video"),
+        "truncated faststart mp4": (_truncate(faststart, 0.6), "truncated"),
+    }
+
+
+def test_bad_inputs_raise_one_line_errors(tmp_path, carphone_clip):
+    for case, (path, message) in _bad_files(tmp_path, carphone_clip).items():
+        with pytest.raises(VideoReadError, match=message) as err:
+            read_video(path)
+        text = str(err.value)
+        assert str(path) in text and "\n" not in text, case
+        assert isinstance(err.value, VitokError)
+
+
+def test_start_past_the_end(tiny_video):
+    with pytest.raises(VideoReadError, match=r"start=9 is past the end \(the video has 9 frames\)") as err:
+        read_video(tiny_video, start=9)
+    assert str(tiny_video) in str(err.value)
+
+
+def test_write_errors_leave_no_file(tmp_path, tiny_frames):
+    path = tmp_path / "out.mkv"
+    cases = [
+        (dict(frames=tiny_frames, codec="nope"), "unknown codec"),
+        (dict(frames=tiny_frames[:0]), "no frames"),
+        (dict(frames=tiny_frames.astype(np.float32)), "uint8"),
+        (dict(frames=iter([tiny_frames[:2], tiny_frames[:2, :10]]), codec="ffv1"), "uint8 RGB"),
+        (dict(frames=tiny_frames[:, :23], codec="h264", pix_fmt="yuv420p"), "even"),
+        (dict(frames=tiny_frames, codec="h265"), "64x64"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(VideoWriteError, match=message):
+            write_video(path, fps=25, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(VideoWriteError, match="cannot write"):
+        write_video(tmp_path / "out.unknownext", tiny_frames, 25)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(VideoWriteError, match="cannot write"):
+        write_video(tmp_path / "file" / "out.mkv", tiny_frames, 25, codec="ffv1")

@@ -1,0 +1,107 @@
+"""`vitok rd`, `vitok rd plot`, `vitok compare` and the `bench codec` command on tiny inputs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from vitok.cli.bench_codec import bench_codec
+from vitok.cli.main import cli, main
+from vitok.evaluation import rd as rd_mod
+from vitok.evaluation.compare import match_psnr
+
+H264_OPS = ["--op", "h264:crf=24", "--op", "h264:crf=30", "--op", "h264:crf=36"]
+
+
+def _invoke(args):
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.mark.filterwarnings("ignore:LPIPS unavailable")
+def test_rd_sweeps_reports_resumes_and_replots(tmp_path, small_clip, tiny_model, monkeypatch, is_png):
+    out = tmp_path / "results"
+    neural = f"vitok:{tiny_model}"
+    args = ["rd", str(small_clip), "--codec", "h264", "--codec", neural, *H264_OPS,
+            "-o", str(out), "-q"]
+    text = _invoke(args)
+    assert "BD vs h264 (psnr, akima" in text and neural in text and "bytes as a multiple of h264" in text
+    records = json.loads((out / "records.json").read_text())
+    ops = [r["op"] for r in records if r["codec"] == neural]
+    # the tiny model's own operating points (steps, then token counts), then PSNR-target rate control
+    assert {"tokens": 16, "step": 0.5} in ops and any("psnr" in op for op in ops)
+    for name in ("plots/rd_face_psnr.png", "plots/rd_mean_psnr.svg", "plots/token_budget_psnr.png",
+                 "plots/tokens_per_chunk_hist.png", "plots/side_by_side_face.png", "token_budget.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert is_png(out / "plots/rd_mean_psnr.png")
+
+    calls = []
+    monkeypatch.setattr(rd_mod, "run_job", lambda job: calls.append(job) or pytest.fail("re-encoded"))
+    assert "BD vs h264" in _invoke(args)  # everything comes from the cache
+    assert calls == []
+
+    (out / "plots" / "rd_mean_psnr.png").unlink()
+    text = _invoke(["rd", "plot", str(out), "--metric", "ssim", "--metric", "psnr", "--x", "kbps", "--json"])
+    assert set(json.loads(text)["bd"]) == {"ssim", "psnr"}
+    assert is_png(out / "plots" / "rd_mean_psnr.png") and (out / "plots" / "rd_mean_ssim.svg").is_file()
+
+
+def test_rd_errors_are_one_line(tmp_path, capsys, carphone_path):
+    cases = [
+        (["rd", str(carphone_path), "--codec", "nope", "-o", str(tmp_path / "a")], "unknown codec 'nope'"),
+        (["rd", "--codec", "h264", "-o", str(tmp_path / "b")], "no clips given"),
+        (["rd", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "c")], "clip not found"),
+        (["rd", "plot", str(tmp_path)], "no RD records"),
+    ]
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    cases.append((["rd", str(carphone_path), "-o", str(busy)], "is not empty"))
+    for args, message in cases:
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_compare_matches_h264_psnr_and_writes_png(tmp_path, small_clip, tiny_model, is_png):
+    png = tmp_path / "cmp.png"
+    text = _invoke(["compare", str(small_clip), "--model", tiny_model, "-o", str(png), "--json"])
+    result = json.loads(text)
+    assert [r["codec"] for r in result["rows"]] == [f"vitok:{tiny_model}", "h264"]
+    assert "crf" in result["rows"][1]["op"] and is_png(png)
+    res = CliRunner().invoke(cli, ["compare", str(small_clip), "--model", tiny_model, "-o", str(png)])
+    assert res.exit_code != 0 and "exists" in str(res.exception)
+
+
+def test_match_psnr_bisects_to_the_nearest_crf(carphone9):
+    from vitok.codecs import get_codec
+
+    frames, fps = carphone9[0][:3], carphone9[1]
+    codec = get_codec("h264")
+    op, data, decoded, value = match_psnr(codec, frames, fps, 30.0)
+    crf = op["crf"]
+    from vitok.evaluation.metrics import psnr
+
+    neighbours = [psnr(frames, codec.decode(codec.encode(frames, fps, crf=c))[0]) for c in (crf - 1, crf + 1)]
+    assert neighbours[0] >= 30.0 >= neighbours[1] or abs(value - 30) <= min(abs(n - 30) for n in neighbours)
+    assert value == pytest.approx(psnr(frames, decoded)) and len(data) > 0
+
+
+def test_bench_codec_times_each_codec_with_x264_reference(small_clip, tiny_model):
+    args = ["--codec", "h264", "--op", "h264:crf=30", "--codec", f"vitok:{tiny_model}", "--clip", str(small_clip),
+            "--frames", "5", "--repeat", "1", "--json", "-q"]
+    res = CliRunner().invoke(bench_codec, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)["rows"]
+    assert [(r["codec"], r["reference"]) for r in rows] == [("h264", True), ("h264", False),
+                                                             (f"vitok:{tiny_model}", False)]
+    assert rows[0]["op"] == {"crf": 23, "preset": "medium"} and rows[1]["op"] == {"crf": 30}
+    for r in rows:
+        assert r["encode_fps"] > 0 and r["decode_fps"] > 0 and r["encode_peak_mb"] >= 0 and r["frames"] == 5
+        assert np.isfinite(r["psnr"])
+    text = CliRunner().invoke(bench_codec, args[:-2] + ["-q"], catch_exceptions=False).output
+    assert "(reference)" in text and "enc fps" in text

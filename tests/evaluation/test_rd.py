@@ -1,0 +1,148 @@
+"""RD sweeps with the real h264/h265 codecs and a tiny vitok codec: records, reports, cache resume, errors."""
+from __future__ import annotations
+
+import json
+import math
+import pytest
+
+from vitok.data.errors import VideoReadError, VitokError
+from vitok.evaluation import rd as rd_mod
+from vitok.evaluation.clips import resolve_clips
+from vitok.evaluation.errors import EvaluationError
+from vitok.evaluation.rd import CACHE_FILE, rate_control_ops, rd_sweep
+from vitok.evaluation.report import bd_table, bytes_vs_anchor, load_records, write_report
+
+METRICS = ("psnr", "psnr_y", "ssim", "ms_ssim")  # lpips: covered in test_metrics (no backbone offline)
+
+
+def _ops(model):
+    return {"h264": [{"crf": 24}, {"crf": 30}, {"crf": 36}], "h265": [{"crf": 24}, {"crf": 30}, {"crf": 36}],
+            f"vitok:{model}": [{"tokens": 16}, {"tokens": 2}, {"psnr": 10.0}]}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, carphone9, tiny_model):
+    cache = tmp_path_factory.mktemp("rd")
+    clips = [("carphone", carphone9[0], carphone9[1])]
+    codecs = ["h264", "h265", f"vitok:{tiny_model}"]
+    records = rd_sweep(clips, codecs, _ops(tiny_model), cache_dir=cache, progress=False, metrics=METRICS)
+    return records, cache, clips, codecs
+
+
+def test_records_hold_rate_quality_tokens_and_times(sweep, tiny_model, is_png):
+    records, cache, _, _ = sweep
+    assert [r["codec"] for r in records] == ["h264"] * 3 + ["h265"] * 3 + [f"vitok:{tiny_model}"] * 3
+    for r in records:
+        assert r["clip"] == "carphone" and (r["frames"], r["width"], r["height"]) == (9, 176, 144)
+        assert 0 < r["stream_bytes"] < r["bytes"]
+        assert r["bpp"] == pytest.approx(r["bytes"] * 8 / (9 * 176 * 144))
+        assert r["kbps"] == pytest.approx(r["bytes"] * 8 / (9 / r["fps"]) / 1000)
+        assert 0 < r["psnr"] < 100 and 0 < r["ssim"] <= 1 and r["ms_ssim"] is None and r["lpips"] is None
+        assert r["encode_s"] > 0 and r["decode_s"] > 0 and r["peak_mem_mb"] >= 0
+        assert is_png(cache / r["frame"]) and is_png(cache / r["ref_frame"])
+    h264 = records[:3]
+    assert h264[0]["bytes"] > h264[1]["bytes"] > h264[2]["bytes"] and h264[0]["psnr"] > h264[2]["psnr"]
+    assert all(r["tokens"] is None for r in records[:6])
+    neural = records[6:]
+    # 9 frames at clip_frames=8 -> 2 chunks; tokens_per_chunk counts tokens per tile, tokens all tiles and chunks
+    assert neural[0]["tokens_per_chunk"] == [16, 16] and neural[1]["tokens_per_chunk"] == [2, 2]
+    assert neural[0]["tokens"] == 8 * neural[1]["tokens"] > 0
+    assert neural[0]["tokens_per_s"] == pytest.approx(neural[0]["tokens"] / (9 / neural[0]["fps"]))
+    assert all(k in (1, 2, 4, 8, 16) for k in neural[2]["tokens_per_chunk"])
+
+
+def test_report_writes_tables_plots_and_bd_rate(sweep, tmp_path, tiny_model, is_png):
+    records, cache, _, _ = sweep
+    rep = write_report(records, tmp_path, root=cache, metrics=("psnr", "ssim"))
+    for name in ("records.csv", "records.json", "bdrate.json", "summary.json", "report.txt", "token_budget.json",
+                 "plots/rd_carphone_psnr.png", "plots/rd_carphone_psnr.svg", "plots/rd_mean_ssim.png",
+                 "plots/side_by_side_carphone.png", "plots/token_budget_psnr.png", "plots/tokens_per_chunk_hist.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    for png in tmp_path.glob("plots/*.png"):
+        assert is_png(png)
+    assert load_records(tmp_path) == json.loads(json.dumps(records))
+    assert (tmp_path / "records.csv").read_text().count("\n") == len(records) + 1
+    h265 = next(r for r in rep["bd"]["psnr"] if r["codec"] == "h265")
+    assert math.isfinite(h265["bd_rate"]) and h265["clips"] == 1
+    neural = next(r for r in rep["bd"]["psnr"] if r["codec"].startswith("vitok:"))
+    if neural["bd_rate"] is None:  # a random tiny model: its curve may not reach h264's quality range
+        assert "error" in neural["per_clip"]["carphone"]
+    summary = {r["codec"]: r for r in rep["summary"]}
+    assert summary["h265"]["matched"] >= 1 and summary["h265"]["ratio"] > 0
+    assert summary[f"vitok:{tiny_model}"]["tokens_per_s"] > 0
+    assert rep["tokens"]["curve"][f"vitok:{tiny_model}"]["tokens"] == [2, 16]
+    assert "BD vs h264" in rep["text"] and "h265" in rep["text"]
+
+
+def test_matched_bytes_summary_interpolates_log_bytes():
+    anchor = [{"clip": "c", "codec": "h264", "bytes": b, "psnr": p, "bpp": 1} for b, p in
+              [(1000, 30), (4000, 36), (2000, 33)]]
+    test = [{"clip": "c", "codec": "vitok:x", "bytes": 500, "psnr": 31.5, "bpp": 1, "tokens_per_s": 10},
+            {"clip": "c", "codec": "vitok:x", "bytes": 500, "psnr": 40, "bpp": 1}]  # out of range: not matched
+    row = bytes_vs_anchor(anchor + test)[0]
+    assert row["matched"] == 1 and row["points"] == 2
+    assert row["ratio"] == pytest.approx(500 / (1000 * 2 ** 0.5))  # halfway in log-bytes between 1000 and 2000
+    assert bd_table(anchor + test)[0]["bd_rate"] is None
+
+
+def test_rerun_resumes_from_cache_without_encoding(sweep, monkeypatch, tiny_model):
+    records, cache, clips, codecs = sweep
+    calls = []
+    real = rd_mod.run_job
+    monkeypatch.setattr(rd_mod, "run_job", lambda job: calls.append(job.key) or real(job))
+    again = rd_sweep(clips, codecs, _ops(tiny_model), cache_dir=cache, progress=False, metrics=METRICS)
+    assert calls == [] and again == json.loads(json.dumps(records))
+    # an interrupted run: the last record never landed and a torn line was left behind -> only that record reruns
+    path = cache / CACHE_FILE
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + '\n{"key": "torn')
+    again = rd_sweep(clips, codecs, _ops(tiny_model), cache_dir=cache, progress=False, metrics=METRICS)
+    assert calls == [records[-1]["key"]] and len(again) == len(records)
+    assert len(rd_mod.load_cache(cache)) == len(records)
+
+
+def test_parallel_workers_match_serial(tmp_path, carphone9):
+    clips = [("carphone", carphone9[0][:3], carphone9[1])]
+    ops = [{"crf": 26}, {"crf": 34}]
+    serial = rd_sweep(clips, ["h264"], ops, progress=False, metrics=("psnr",))
+    parallel = rd_sweep(clips, ["h264"], ops, workers=2, cache_dir=tmp_path, progress=False, metrics=("psnr",))
+    assert [r["op"] for r in parallel] == ops
+    for a, b in zip(serial, parallel):
+        assert a["psnr"] == pytest.approx(b["psnr"], abs=0.05) and a["key"] == b["key"]
+    assert len(rd_mod.load_cache(tmp_path)) == 2
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, carphone9):
+    clip = [("c", carphone9[0][:2])]
+    with pytest.raises(VitokError, match="unknown codec 'nope'"):
+        rd_sweep(clip, ["nope"], progress=False)
+    with pytest.raises(EvaluationError, match="no clips given"):
+        rd_sweep([], ["h264"], progress=False)
+    with pytest.raises(EvaluationError, match="no codecs given"):
+        rd_sweep(clip, [], progress=False)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"this is not a video" * 10)
+    with pytest.raises(VideoReadError, match="broken.mp4"):
+        rd_sweep([str(broken)], ["h264"], progress=False)
+    with pytest.raises(EvaluationError, match="clip not found: nowhere.mp4"):
+        rd_sweep(["nowhere.mp4"], ["h264"], progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvaluationError, match="holds no video files"):
+        rd_sweep([str(tmp_path / "empty")], ["h264"], progress=False)
+    with pytest.raises(EvaluationError, match="unknown metric"):
+        rd_sweep(clip, ["h264"], metrics=("psnr", "vmaf"), progress=False)
+
+
+def test_sample_segment_names_resolve():
+    segs = resolve_clips(["carphone:086-102"])
+    assert [c.name for c in segs] == ["carphone:086-102"]
+    frames, fps = segs[0].load()
+    assert frames.shape == (17, 128, 128, 3) and fps == pytest.approx(30000 / 1001)
+    assert [c.name for c in resolve_clips(["carphone", "carphone:086-102"])] == ["carphone:086-102",
+                                                                                  "carphone:103-119"]
+
+
+def test_rate_control_ops_come_from_fixed_token_quality():
+    recs = [{"codec": "v", "op": {"tokens": k}, "psnr": p} for k, p in [(1, 20.0), (4, 24.0), (16, 28.0)]]
+    assert rate_control_ops(recs, "v") == [{"psnr": 22.0}, {"psnr": 24.0}, {"psnr": 26.0}]
+    assert rate_control_ops(recs, "other") == []

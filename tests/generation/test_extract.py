@@ -1,0 +1,147 @@
+"""Latent extraction: good and corrupt clips, resume, 2-process torchrun, bit-exact LatentShards round trip."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+import vitok
+from vitok.data.convert import frames_to_tensor
+from vitok.data.shards import LatentShards, collate_latents
+from vitok.extract import extract_latents, latents_from_batch, read_clips
+
+NUM_GOOD, SIDE = 6, 32  # as in conftest.py (test modules cannot import it under --import-mode=importlib)
+
+
+def _manifest(root: Path) -> dict:
+    return json.loads((root / "manifest.json").read_text())
+
+
+def test_extract_lists_corrupt_file_as_skipped(shards_dir):
+    m = _manifest(shards_dir)
+    assert m["num_clips"] == NUM_GOOD
+    assert [s["source"] for s in m["skipped"]] == ["broken.mp4"]
+    assert "broken.mp4" in m["skipped"][0]["reason"]
+    assert len(m["shards"]) == 3  # 7 video files, 3 per shard; notes.txt is not a video
+    assert len({c["id"] for c in m["clips"]}) == NUM_GOOD
+    assert {c["source"] for c in m["clips"]} == {f"clip{i}.mp4" for i in (0, 1, 2, 4, 5)} | {"sub/clip3.mp4"}
+    assert all((c["frames"], c["height"], c["width"]) == (4, SIDE, SIDE) for c in m["clips"])
+    tok = vitok.load(m["model"]["source"])
+    assert m["model"]["weights_hash"] == tok.weights_hash
+    stats = m["stats"]
+    assert len(stats["mean"]) == len(stats["std"]) == m["latent_channels"] == tok.latent_channels
+    # the manifest statistics match the tokens stored in the shards
+    z = torch.cat([it["z"][it["mask"]] for it in LatentShards(shards_dir)]).double()
+    assert stats["count"] == z.shape[0]
+    torch.testing.assert_close(torch.tensor(stats["mean"], dtype=torch.float64), z.mean(0))
+    torch.testing.assert_close(torch.tensor(stats["std"], dtype=torch.float64), z.std(0, correction=0))
+    assert not list(shards_dir.glob("manifest.rank-*"))  # partial manifests merged away
+
+
+def test_round_trip_is_bit_exact(shards_dir, video_dir):
+    ds = LatentShards(shards_dir)
+    tok = vitok.load(ds.manifest["model"]["source"])
+    for item in ds:
+        (_, frames), = read_clips(video_dir / item["source"], 4, (SIDE, SIDE), 1)
+        with torch.inference_mode():
+            lat = tok.encode(frames_to_tensor(frames))
+        assert torch.equal(item["z"], lat.z[0])
+        expected_mask = lat.mask[0] if lat.mask is not None else torch.ones(lat.z.shape[1], dtype=torch.bool)
+        assert torch.equal(item["mask"], expected_mask)
+    batch = collate_latents([ds[i] for i in range(3)])
+    lat = latents_from_batch(tok, batch)
+    assert torch.equal(lat.z, batch["z"]) and (lat.frames, lat.height, lat.width) == (4, SIDE, SIDE)
+    with torch.inference_mode():
+        assert tok.decode(lat).shape == (3, 3, 4, SIDE, SIDE)
+    # normalized reading undoes exactly enough to come back through latents_from_batch
+    norm = collate_latents([LatentShards(shards_dir, normalize=True)[i] for i in range(3)])
+    torch.testing.assert_close(latents_from_batch(tok, norm, ds.mean, ds.std).z, batch["z"])
+
+
+def test_collate_pads_variable_length():
+    items = [{"z": torch.ones(n, 2), "mask": torch.ones(n, dtype=torch.bool), "clip_id": torch.tensor(i),
+              "source": f"v{i}"} for i, n in enumerate((3, 5))]
+    b = collate_latents(items)
+    assert b["z"].shape == (2, 5, 2) and b["length"].tolist() == [3, 5]
+    assert b["mask"].sum(1).tolist() == [3, 5] and b["z"][0, 3:].abs().sum() == 0
+    assert b["source"] == ["v0", "v1"] and b["clip_id"].tolist() == [0, 1]
+
+
+def test_distributed_sampler_splits_dataset(shards_dir):
+    ds = LatentShards(shards_dir)
+    seen = []
+    for rank in range(2):
+        loader = DataLoader(ds, batch_size=2, collate_fn=collate_latents,
+                            sampler=DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=False))
+        seen += [i for b in loader for i in b["index"].tolist()]
+    assert sorted(seen) == list(range(len(ds)))
+
+
+class _Counting:
+    """Wraps a tokenizer and counts encoded clips."""
+
+    def __init__(self, tok):
+        self.tok, self.clips = tok, 0
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+    def encode(self, x, **kw):
+        self.clips += x.shape[0]
+        return self.tok.encode(x, **kw)
+
+
+def test_resume_skips_finished_shards(tmp_path, video_dir, model_dir):
+    out = tmp_path / "shards"
+    tok = _Counting(vitok.load(model_dir))
+    kw = dict(frames=4, size=(SIDE, SIDE), shard_size=3, batch_size=4, tok=tok)
+    extract_latents(video_dir, out, str(model_dir), **kw)
+    first = _manifest(out)
+    assert tok.clips == NUM_GOOD
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
+    # a crash after shard 0 and 2 were written: shard 1 and the manifest are gone
+    for name in ("shard-00001.json", "shard-00001.safetensors", "manifest.json"):
+        (out / name).unlink()
+    tok.clips = 0
+    summary = extract_latents(video_dir, out, str(model_dir), **kw)
+    assert summary["shards_made"] == 1 and summary["shards_reused"] == 2
+    assert tok.clips == first["shards"][1]["num_clips"]
+    for name in ("shard-00000.safetensors", "shard-00002.safetensors", "shard-00000.json"):
+        assert (out / name).stat().st_mtime_ns == mtimes[name]
+    again = _manifest(out)
+    assert again["clips"] == first["clips"] and again["stats"] == first["stats"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_split_disjoint_shards(tmp_path, video_dir, model_dir, shards_dir):
+    out = tmp_path / "shards"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           f"--master_port={_free_port()}", "-m", "vitok.cli.main", "latents", "extract", str(video_dir),
+           "-o", str(out), "--model", str(model_dir), "--frames", "4", "--size", f"{SIDE}x{SIDE}",
+           "--shard-size", "1", "--batch-size", "1", "--json", "-q"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = _manifest(out)
+    assert m["world_size"] == 2 and [r["shards"] for r in m["ranks"]] == [4, 3]
+    assert all(s["rank"] == s["index"] % 2 for s in m["shards"])
+    files = [s["file"] for s in m["shards"] if s["file"]]
+    assert len(files) == len(set(files)) == NUM_GOOD
+    ids = sorted(c["id"] for c in m["clips"])
+    assert ids == sorted(c["id"] for c in _manifest(shards_dir)["clips"])  # every clip exactly once
+    assert [s["source"] for s in m["skipped"]] == ["broken.mp4"]
+    # same latents as the single-process extraction
+    one = {it["source"]: it["z"] for it in LatentShards(shards_dir)}
+    for it in LatentShards(out):
+        torch.testing.assert_close(it["z"], one[it["source"]])

@@ -1,0 +1,49 @@
+"""vitok: visual tokenizers (grid ViT, 1D ViT, causal CNN) behind one API, and the latents they produce.
+
+    import vitok
+    tok = vitok.load("<bundled name>")       # frozen: eval(), no grads, inference mode
+    lat = tok.encode(video)                  # video (B,3,T,H,W) in [-1,1] -> vitok.Latents
+    recon = tok.decode(lat)
+
+Names load lazily so `import vitok` (and the CLI) stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Tokenizer": "vitok.tokenizer",
+    "Latents": "vitok.latents",
+    "load": "vitok.registry",
+    "create_model": "vitok.registry",
+    "list_models": "vitok.registry",
+    "model_stats": "vitok.stats",
+    "DiffusersAdapter": "vitok.adapters",
+    "VitokError": "vitok.data.errors",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vitok")
+    except PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+__version__ = _version()
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vitok' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

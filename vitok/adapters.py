@@ -1,0 +1,135 @@
+"""A diffusers-shaped view of a tokenizer: `.encode(x).latent_dist.sample()`, `.decode(z).sample`, `.config`.
+
+Latents come out already normalized with the model's per-channel statistics, so `config.scaling_factor` is 1.0
+and `shift_factor` 0.0: pipelines that multiply by the scaling factor do the right thing, and nobody can forget
+the normalization. Grid models give (B, C, t, h, w) latents ((B, C, h, w) for 4D image input); 1D models give
+(B, C, N). Decoding needs the video geometry: grid models infer it from the latent grid (padded size), 1D models
+use `sample_size` (default: one unit, clip_frames x tile_size x tile_size).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vitok.data.errors import VitokError
+from vitok.tokenizer import Tokenizer
+
+
+class LatentDistribution:
+    """Diagonal Gaussian over latents, shaped like diffusers' DiagonalGaussianDistribution."""
+
+    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor | None = None):
+        self.deterministic = logvar is None
+        self.mean = mean
+        self.logvar = torch.zeros_like(mean) if logvar is None else logvar
+        self.std = torch.zeros_like(mean) if logvar is None else torch.exp(0.5 * self.logvar)
+        self.var = self.std.pow(2)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL to N(0, I) per item, summed over the other dims (zeros when deterministic)."""
+        if self.deterministic:
+            return self.mean.new_zeros(self.mean.shape[0])
+        dims = tuple(range(1, self.mean.ndim))
+        return 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar).sum(dim=dims)
+
+
+@dataclass
+class EncoderOutput:
+    latent_dist: LatentDistribution
+
+
+@dataclass
+class DecoderOutput:
+    sample: torch.Tensor
+
+
+@dataclass
+class AdapterConfig:
+    latent_channels: int
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+    temporal_compression_ratio: int = 1
+    spatial_compression_ratio: int = 1
+
+
+class DiffusersAdapter(nn.Module):
+    """Wraps a Tokenizer for code written against diffusers autoencoders (AutoencoderKL-style calls)."""
+
+    def __init__(self, tok: Tokenizer, sample_size: tuple[int, int, int] | None = None):
+        super().__init__()
+        self.tok = tok
+        c = tok.config
+        self.sample_size = sample_size
+        if sample_size is None and tok.max_tokens is not None and c.tile_size is not None:
+            self.sample_size = (c.clip_frames, c.tile_size, c.tile_size)
+        self.config = AdapterConfig(latent_channels=c.latent_channels,
+                                    temporal_compression_ratio=tok.temporal_stride,
+                                    spatial_compression_ratio=tok.spatial_stride)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tok.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.tok.device
+
+    def encode(self, x: torch.Tensor, return_dict: bool = True):
+        """x (B,3,H,W) or (B,3,T,H,W) in [-1,1] -> EncoderOutput(latent_dist) over normalized latents."""
+        image = x.ndim == 4
+        lat = self.tok.encode(x.unsqueeze(2) if image else x).normalized()
+        if lat.grid is not None:
+            mean = lat.as_grid()
+            logvar = None if lat.logvar is None else lat._replace(z=lat.logvar).as_grid()
+            if image:
+                mean, logvar = mean[:, :, 0], None if logvar is None else logvar[:, :, 0]
+        else:
+            mean, logvar = lat.z.transpose(1, 2), None if lat.logvar is None else lat.logvar.transpose(1, 2)
+        dist = LatentDistribution(mean, logvar)
+        return EncoderOutput(dist) if return_dict else (dist,)
+
+    def _geometry(self, z: torch.Tensor) -> tuple[int, int, int]:
+        """(frames, height, width) to decode z at: sample_size for 1D, else the padded size of the latent grid."""
+        tok = self.tok
+        if tok.max_tokens is not None:
+            if self.sample_size is None:
+                raise VitokError("DiffusersAdapter: pass sample_size=(frames, height, width) to decode 1D latents")
+            return self.sample_size
+        s = tok.spatial_stride
+        t, h, w = (1, *z.shape[2:]) if z.ndim == 4 else tuple(z.shape[2:])
+        height, width = h * s, w * s
+        if tok.plan(1, height, width).layout != (1, 1, 1):
+            raise VitokError(f"DiffusersAdapter: {height}x{width} frames are tiled; decode through tok.decode")
+        if z.ndim == 4:
+            return 1, height, width
+        per_chunk = {tok.unit_grid(tok.unit_frames(f), s, s)[0]: tok.unit_frames(f)
+                     for f in range(1, tok.clip_frames + 1)}
+        full = tok.unit_grid(tok.unit_frames(tok.clip_frames), s, s)[0]
+        if t in per_chunk:
+            return per_chunk[t], height, width
+        if t % full:
+            raise VitokError(f"DiffusersAdapter: {t} latent frames is not a whole number of {full}-frame chunks")
+        return t // full * tok.clip_frames, height, width
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True):
+        """Normalized latents in the layout `encode` gives -> DecoderOutput(sample) video (or image for 4D z)."""
+        frames, height, width = self._geometry(z)
+        if self.tok.max_tokens is not None:
+            tokens = z.transpose(1, 2)
+        else:
+            grid = z.unsqueeze(2) if z.ndim == 4 else z
+            tokens = grid.flatten(2).transpose(1, 2)
+        lat = self.tok.make_latents(tokens, frames, height, width)
+        lat = lat._replace(is_normalized=True)
+        video = self.tok.decode(lat)
+        video = video[:, :, 0] if z.ndim == 4 else video
+        return DecoderOutput(video) if return_dict else (video,)

@@ -1,0 +1,157 @@
+"""Model configs: one JSON-serializable dataclass per tokenizer kind (architecture + latent statistics)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitok.data.errors import VitokError
+
+
+@dataclass
+class TokenizerConfig:
+    """Fields every tokenizer shares.
+
+    clip_frames: frames per independently coded temporal chunk; tile_size: spatial tile (pixels) above which frames
+    are split into overlapping tiles (None: never); tile_overlap: overlap as a fraction of the tile;
+    variational: KL posterior bottleneck (mean + log-variance); latent_mean/latent_std: per-channel statistics
+    used by `Latents.normalized()` (None until measured after training).
+    """
+
+    name: str = "unnamed"
+    kind: str = ""
+    latent_channels: int = 16
+    clip_frames: int = 16
+    tile_size: int | None = 256
+    tile_overlap: float = 0.25
+    variational: bool = True
+    latent_mean: list[float] | None = None
+    latent_std: list[float] | None = None
+
+    def validate(self) -> None:
+        """Raise VitokError when the fields do not describe a buildable model."""
+        if self.latent_channels < 1 or self.clip_frames < 1:
+            raise VitokError(f"config {self.name}: latent_channels and clip_frames must be >= 1")
+        if not 0.0 <= self.tile_overlap < 0.5:
+            raise VitokError(f"config {self.name}: tile_overlap must be in [0, 0.5), got {self.tile_overlap}")
+        for key in ("latent_mean", "latent_std"):
+            stats = getattr(self, key)
+            if stats is not None and len(stats) != self.latent_channels:
+                raise VitokError(f"config {self.name}: {key} has {len(stats)} values, expected {self.latent_channels}")
+        if self.latent_std is not None and min(self.latent_std) <= 0:
+            raise VitokError(f"config {self.name}: latent_std must be positive")
+
+    def _check_tile(self, spatial: int) -> None:
+        if self.tile_size is not None and (self.tile_size % spatial or self.tile_size < 2 * spatial):
+            raise VitokError(f"config {self.name}: tile_size {self.tile_size} must be a multiple of {spatial} "
+                             f"and at least {2 * spatial}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ViTConfig(TokenizerConfig):
+    """Grid ViT (ViTok): tubelets patch_t x patch x patch, separately sized encoder and decoder."""
+
+    kind: str = "vit"
+    patch_t: int = 4
+    patch: int = 8
+    enc_width: int = 768
+    enc_depth: int = 6
+    enc_heads: int = 12
+    dec_width: int = 768
+    dec_depth: int = 12
+    dec_heads: int = 12
+    mlp_ratio: float = 4.0
+    rope_theta: float = 10000.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.clip_frames % self.patch_t:
+            raise VitokError(f"config {self.name}: clip_frames {self.clip_frames} must be a multiple of "
+                             f"patch_t {self.patch_t}")
+        for part in ("enc", "dec"):
+            width, heads = getattr(self, f"{part}_width"), getattr(self, f"{part}_heads")
+            if width % heads or (width // heads) < 6 or (width // heads) % 2:
+                raise VitokError(f"config {self.name}: {part}_width {width} / {part}_heads {heads} must give an "
+                                 f"even head size >= 6")
+        self._check_tile(self.patch)
+
+
+@dataclass
+class ViT1DConfig(ViTConfig):
+    """1D ViT (TiTok/FlexTok line): `num_latents` learned tokens per unit; nested dropout keeps a random prefix
+    of at least `min_tokens` in training, drawn uniformly or from powers of two (`token_sampling`), except for a
+    `full_tokens_prob` share of the items that keep all tokens (so the full-length code is trained most)."""
+
+    kind: str = "vit1d"
+    num_latents: int = 128
+    min_tokens: int = 1
+    token_sampling: str = "uniform"
+    full_tokens_prob: float = 0.25
+
+    def validate(self) -> None:
+        super().validate()
+        if not 1 <= self.min_tokens <= self.num_latents:
+            raise VitokError(f"config {self.name}: need 1 <= min_tokens <= num_latents")
+        if not 0.0 <= self.full_tokens_prob <= 1.0:
+            raise VitokError(f"config {self.name}: full_tokens_prob must be in [0, 1]")
+        if self.token_sampling not in ("uniform", "pow2"):
+            raise VitokError(f"config {self.name}: token_sampling must be 'uniform' or 'pow2'")
+
+
+@dataclass
+class CNNConfig(TokenizerConfig):
+    """Causal 3D CNN: 4x4 space-to-depth, then a time-down stage and a time+space-down stage (4x8x8 total).
+    Channels per stage (full-res stage first) for encoder and decoder; `*_blocks` residual blocks per stage."""
+
+    kind: str = "cnn"
+    clip_frames: int = 17
+    enc_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    dec_channels: list[int] = field(default_factory=lambda: [32, 96, 160])
+    enc_blocks: int = 1
+    dec_blocks: int = 1
+
+    def validate(self) -> None:
+        super().validate()
+        if (self.clip_frames - 1) % 4:
+            raise VitokError(f"config {self.name}: clip_frames must be 1 + 4k for the causal CNN, "
+                             f"got {self.clip_frames}")
+        if len(self.enc_channels) != 3 or len(self.dec_channels) != 3:
+            raise VitokError(f"config {self.name}: enc_channels and dec_channels need 3 entries")
+        self._check_tile(8)
+
+
+CONFIG_CLASSES: dict[str, type[TokenizerConfig]] = {"vit": ViTConfig, "vit1d": ViT1DConfig, "cnn": CNNConfig}
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> TokenizerConfig:
+    """Build the config class named by data['kind']; unknown kinds or fields are user errors."""
+    kind = data.get("kind")
+    cls = CONFIG_CLASSES.get(kind)
+    if cls is None:
+        raise VitokError(f"{source}: unknown model kind {kind!r} (expected one of {sorted(CONFIG_CLASSES)})")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise VitokError(f"{source}: unknown field(s) {', '.join(unknown)} for kind {kind!r}")
+    config = cls(**data)
+    config.validate()
+    return config
+
+
+def read_config(path: str | Path) -> TokenizerConfig:
+    """Read a config.json written by `save_pretrained`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VitokError(f"{path}: missing config.json") from None
+    except (OSError, ValueError) as e:
+        raise VitokError(f"{path}: unreadable config ({e})") from None
+    if not isinstance(data, dict):
+        raise VitokError(f"{path}: config must be a JSON object")
+    return config_from_dict(data, str(path))

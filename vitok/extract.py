@@ -1,0 +1,407 @@
+"""Latent extraction at scale: a folder of videos -> safetensors shards + one manifest, over torchrun ranks.
+
+Plan: the video files under INPUT_DIR are sorted by relative path and cut into shards of ``shard_size`` videos;
+shard ``i`` belongs to rank ``i % world_size``. Each video gives up to ``clips_per_video`` consecutive clips of
+``frames`` frames from its start (a video shorter than ``frames`` gives one shorter clip), resized to cover
+``size`` and center-cropped to it. Clip ids are ``video_index * clips_per_video + j`` and do not depend on the
+number of ranks. A rank writes ``shard-XXXXX.safetensors`` and then its record ``shard-XXXXX.json`` (both atomic;
+the record marks the shard done, so a rerun skips it), then a partial manifest ``manifest.rank-XXXXX.json``. After
+a barrier rank 0 merges the partials into ``manifest.json`` with per-channel latent mean/std over every present
+token. Files that cannot be read are listed under ``skipped`` with the reason. Multi-node runs need INPUT_DIR and
+SHARDS_DIR on a shared file system. The format of the files is described in ``vitok.data.shards``.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from vitok.data.atomic import atomic_path, write_bytes_atomic
+from vitok.data.convert import frames_to_tensor
+from vitok.data.errors import VitokError
+from vitok.data.shards import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, read_manifest
+
+if TYPE_CHECKING:
+    from vitok.latents import Latents
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
+                            ".wmv", ".ogv", ".gif", ".y4m"})
+
+
+class ExtractError(VitokError):
+    """Extraction cannot run: empty input folder, foreign shards in the output folder, bad options."""
+
+
+def list_videos(root: str | os.PathLike) -> list[Path]:
+    """Video files under ``root`` (recursive, hidden names skipped), sorted by relative path: every rank agrees."""
+    base = Path(root)
+    if not base.is_dir():
+        raise ExtractError(f"{base}: input is not a folder")
+    files = [p for p in base.rglob("*")
+             if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+             and not any(part.startswith(".") for part in p.relative_to(base).parts)]
+    return sorted(files, key=lambda p: p.relative_to(base).as_posix())
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def rank_shards(num_shards: int, rank: int, world_size: int) -> list[int]:
+    """The shard indices rank ``rank`` owns: ``i % world_size == rank`` (disjoint, covering, balanced)."""
+    return list(range(rank, num_shards, world_size))
+
+
+def read_clips(path: Path, frames: int, size: tuple[int, int] | None,
+               clips_per_video: int) -> list[tuple[int, np.ndarray]]:
+    """Up to ``clips_per_video`` consecutive clips ``(start_frame, uint8 (T,H,W,3))`` from the start of ``path``.
+
+    ``size`` = (H, W): the largest centred region with that aspect ratio, resized to it.
+    """
+    from vitok.data.io import read_video
+
+    resize = (size[1], size[0]) if size is not None else None
+    video, _ = read_video(path, num_frames=frames * clips_per_video, size=resize,
+                          crop="center" if size is not None else None)
+    if len(video) < frames:
+        return [(0, video)]
+    return [(j * frames, video[j * frames:(j + 1) * frames]) for j in range(len(video) // frames)]
+
+
+class _Stats:
+    """Per-channel running count/mean/M2 in float64, mergeable across shards and ranks (Chan et al.)."""
+
+    def __init__(self, channels: int, count: int = 0, mean: list[float] | None = None,
+                 m2: list[float] | None = None) -> None:
+        self.count = count
+        self.mean = torch.tensor(mean, dtype=torch.float64) if mean else torch.zeros(channels, dtype=torch.float64)
+        self.m2 = torch.tensor(m2, dtype=torch.float64) if m2 else torch.zeros(channels, dtype=torch.float64)
+
+    def add(self, x: torch.Tensor) -> None:
+        """Fold in tokens ``x`` (n, C)."""
+        if x.shape[0]:
+            x = x.double()
+            mean = x.mean(0)
+            self.merge(_Stats(x.shape[1], x.shape[0], mean.tolist(), ((x - mean) ** 2).sum(0).tolist()))
+
+    def merge(self, other: "_Stats") -> None:
+        n = self.count + other.count
+        if other.count == 0:
+            return
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.count / n)
+        self.m2 = self.m2 + other.m2 + delta ** 2 * (self.count * other.count / n)
+        self.count = n
+
+    def state(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+
+    def summary(self) -> dict[str, Any]:
+        std = (self.m2 / max(self.count, 1)).sqrt()
+        return {"count": self.count, "mean": self.mean.tolist(), "std": std.tolist()}
+
+
+def _encode(tok: Any, clips: list[np.ndarray], tokens: int | None, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode same-shape clips in one batch: (B, N, C) float32 and mask (B, N) bool, on the CPU."""
+    x = frames_to_tensor(np.stack(clips), device=device)
+    with torch.inference_mode():
+        lat = tok.encode(x, num_tokens=tokens)
+    z = lat.z.float().cpu()
+    mask = lat.mask.cpu() if lat.mask is not None else torch.ones(z.shape[:2], dtype=torch.bool)
+    return z, mask
+
+
+def extract_shard(tok: Any, input_dir: Path, files: list[Path], first_video: int, job: dict[str, Any],
+                  device: str = "cpu") -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """Encode one shard's videos; returns its tensors (None when every file was skipped) and its record."""
+    frames, size, tokens = job["frames"], job["size"], job["tokens"]
+    per_video, batch_size = job["clips_per_video"], job["batch_size"]
+    clips: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    latents: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    pending: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+
+    def flush(shape: tuple[int, ...]) -> None:
+        group = pending.pop(shape, [])
+        if group:
+            z, mask = _encode(tok, [a for _, a in group], tokens, device)
+            for (cid, _), zi, mi in zip(group, z, mask):
+                latents[cid] = (zi, mi)
+
+    for k, path in enumerate(files):
+        rel = path.relative_to(input_dir).as_posix()
+        try:
+            parts = read_clips(path, frames, tuple(size) if size else None, per_video)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is recorded and skipped, never fatal
+            reason = str(e) if isinstance(e, VitokError) else f"{type(e).__name__}: {e}"
+            skipped.append({"source": rel, "reason": reason})
+            continue
+        for j, (start, arr) in enumerate(parts):
+            cid = (first_video + k) * per_video + j
+            clips.append({"id": cid, "source": rel, "clip": j, "start": start,
+                          "frames": int(arr.shape[0]), "height": int(arr.shape[1]), "width": int(arr.shape[2]),
+                          "num_tokens": tokens})
+            pending.setdefault(arr.shape, []).append((cid, arr))
+            if len(pending[arr.shape]) >= batch_size:
+                flush(arr.shape)
+    for shape in list(pending):
+        flush(shape)
+
+    stats = _Stats(tok.latent_channels)
+    tensors = None
+    if clips:
+        n_max, channels = max(latents[c["id"]][0].shape[0] for c in clips), tok.latent_channels
+        z = torch.zeros(len(clips), n_max, channels)
+        mask = torch.zeros(len(clips), n_max, dtype=torch.bool)
+        for row, clip in enumerate(clips):
+            zi, mi = latents[clip["id"]]
+            z[row, :zi.shape[0]], mask[row, :mi.shape[0]] = zi, mi
+            clip.update(row=row, tokens=int(zi.shape[0]), present=int(mi.sum()))
+            stats.add(zi[mi])
+        tensors = {"z": z, "mask": mask, "clip": torch.tensor([c["id"] for c in clips], dtype=torch.int64),
+                   "length": torch.tensor([c["tokens"] for c in clips], dtype=torch.int64)}
+    record = {"sources": [p.relative_to(input_dir).as_posix() for p in files], "job": _job_key(job),
+              "clips": clips, "skipped": skipped, "stats": stats.state()}
+    return tensors, record
+
+
+def _job_key(job: dict[str, Any]) -> dict[str, Any]:
+    """The options that decide a shard's content (batch size does not)."""
+    return {k: v for k, v in job.items() if k != "batch_size"}
+
+
+def _shard_done(out_dir: Path, index: int, job: dict[str, Any], sources: list[str], overwrite: bool) -> dict | None:
+    """The record of a finished shard of this same job, or None when it must be (re)made."""
+    rec_path = out_dir / f"{shard_name(index)}.json"
+    if not rec_path.is_file():
+        return None
+    try:
+        record = json.loads(rec_path.read_text())
+    except (OSError, ValueError):
+        return None  # torn or foreign record: redo the shard
+    same = record.get("job") == _job_key(job) and record.get("sources") == sources
+    if not same:
+        if overwrite:
+            return None
+        raise ExtractError(f"{rec_path}: shard from a different extraction (model, options or input files differ); "
+                           "use another output folder or -y to replace it")
+    if record.get("file") and not (out_dir / record["file"]).is_file():
+        return None
+    return record
+
+
+@contextlib.contextmanager
+def distributed_context(timeout_s: float = 86400.0) -> Iterator[tuple[int, int]]:
+    """``(rank, world_size)`` from torchrun's environment; joins a gloo process group when WORLD_SIZE > 1.
+
+    Gloo is used whatever the compute device: ranks only meet at one barrier, and the long timeout lets slow
+    ranks finish their shards. The group is torn down on exit if this call created it.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield 0, 1
+        return
+    import torch.distributed as dist
+
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _resolve_device(device: str) -> str:
+    if device.startswith("cuda") and ":" not in device and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+def _model_source(model: str) -> str:
+    """What ``vitok.load`` should be given later: an absolute folder path, or the registry name."""
+    p = Path(model)
+    return str(p.resolve()) if p.is_dir() else model
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"HxW"`` or ``"S"`` -> (H, W)."""
+    if text is None:
+        return None
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise ExtractError(f"--size {text!r}: expected HxW (e.g. 128x128) or one number")
+    return parts[0], parts[1]
+
+
+def extract_latents(input_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str, *,
+                    frames: int | None = None, size: tuple[int, int] | None = None, tokens: int | None = None,
+                    clips_per_video: int = 1, shard_size: int = 64, batch_size: int = 8, device: str = "cpu",
+                    overwrite: bool = False, tok: Any = None,
+                    on_shard: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Encode every video of ``input_dir`` into shards under ``out_dir``; run alone or under torchrun.
+
+    Returns this rank's summary (clips and shards made or reused, seconds, clips/s); rank 0's also holds
+    ``manifest`` (its path). ``tok`` may pass an already loaded frozen tokenizer (tests); otherwise
+    ``vitok.load(model)`` loads it. ``on_shard(index, record)`` is called after each shard this rank finishes.
+    """
+    import vitok
+
+    if shard_size < 1 or batch_size < 1 or clips_per_video < 1:
+        raise ExtractError("--shard-size, --batch-size and --clips-per-video must be >= 1")
+    input_dir, out_dir = Path(input_dir).resolve(), Path(out_dir)
+    files = list_videos(input_dir)
+    if not files:
+        raise ExtractError(f"{input_dir}: no video files found")
+    device = _resolve_device(device)
+    with distributed_context() as (rank, world):
+        t_load = time.perf_counter()
+        tok = tok if tok is not None else vitok.load(model, device=device, frozen=True)
+        load_s = time.perf_counter() - t_load
+        if tokens is not None and tok.max_tokens is None:
+            raise ExtractError(f"--tokens is only for 1D models; {tok.config.name} is a {tok.config.kind} model")
+        job = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": tok.config.name,
+               "weights_hash": tok.weights_hash, "frames": int(frames or tok.clip_frames),
+               "size": list(size) if size else None, "tokens": tokens, "clips_per_video": clips_per_video,
+               "shard_size": shard_size, "batch_size": batch_size}
+        plan = [files[i:i + shard_size] for i in range(0, len(files), shard_size)]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        records, made, made_clips = [], 0, 0
+        for index in rank_shards(len(plan), rank, world):
+            sources = [p.relative_to(input_dir).as_posix() for p in plan[index]]
+            record = _shard_done(out_dir, index, job, sources, overwrite)
+            if record is None:
+                t_shard = time.perf_counter()
+                tensors, record = extract_shard(tok, input_dir, plan[index], index * shard_size, job, device)
+                record.update(index=index, rank=rank, file=None, seconds=time.perf_counter() - t_shard)
+                for clip in record["clips"]:
+                    clip["shard"] = f"{shard_name(index)}.safetensors"
+                if tensors is not None:
+                    from safetensors.torch import save_file
+
+                    record["file"] = f"{shard_name(index)}.safetensors"
+                    with atomic_path(out_dir / record["file"]) as tmp:
+                        save_file(tensors, str(tmp), metadata={"format": FORMAT_NAME, "shard": str(index)})
+                write_bytes_atomic(out_dir / f"{shard_name(index)}.json", json.dumps(record).encode())
+                made, made_clips = made + 1, made_clips + len(record["clips"])
+            records.append(record)
+            if on_shard is not None:
+                on_shard(index, record)
+        partial = {"rank": rank, "world_size": world, "job": _job_key(job), "clips_made": made_clips,
+                   "shards": records}
+        write_bytes_atomic(out_dir / f"manifest.rank-{rank:05d}.json", json.dumps(partial).encode())
+        work_s = time.perf_counter() - t0
+        _barrier(world)
+        wall_s = time.perf_counter() - t0
+        summary = {"rank": rank, "world_size": world, "shards_made": made, "shards_reused": len(records) - made,
+                   "clips_made": made_clips, "load_seconds": load_s, "work_seconds": work_s}
+        if rank == 0:
+            manifest = merge_manifests(out_dir, world, len(plan), job, input_dir, model, tok, overwrite)
+            wall_s = time.perf_counter() - t0
+            summary.update(manifest=str(out_dir / MANIFEST_NAME), clips=manifest["num_clips"],
+                           skipped=len(manifest["skipped"]), shards=len(manifest["shards"]),
+                           clips_made_total=sum(r["clips_made"] for r in manifest["ranks"]))
+            summary["clips_per_s"] = summary["clips_made_total"] / wall_s if wall_s > 0 else float("nan")
+        summary["wall_seconds"] = wall_s
+        _barrier(world)
+    return summary
+
+
+def merge_manifests(out_dir: Path, world: int, num_shards: int, job: dict[str, Any], input_dir: Path,
+                    model: str, tok: Any, overwrite: bool = False) -> dict[str, Any]:
+    """Rank 0: fold the per-rank partial manifests into ``manifest.json`` (clips sorted by id, global stats)."""
+    shards: dict[int, dict[str, Any]] = {}
+    ranks = []
+    for r in range(world):
+        path = out_dir / f"manifest.rank-{r:05d}.json"
+        partial = json.loads(path.read_text())
+        for record in partial["shards"]:
+            if record["index"] in shards:
+                raise ExtractError(f"{path}: shard {record['index']} written by two ranks")
+            shards[record["index"]] = record
+        ranks.append({"rank": r, "shards": len(partial["shards"]), "clips_made": partial["clips_made"]})
+    missing = sorted(set(range(num_shards)) - set(shards))
+    if missing:
+        raise ExtractError(f"{out_dir}: shards {missing[:5]} missing after all ranks finished")
+    stats = _Stats(tok.latent_channels)
+    clips, skipped, shard_list = [], [], []
+    for index in range(num_shards):
+        record = shards[index]
+        stats.merge(_Stats(tok.latent_channels, **record["stats"]))
+        clips.extend(record["clips"])
+        skipped.extend(record["skipped"])
+        shard_list.append({"index": index, "file": record["file"], "rank": record["rank"],
+                           "num_clips": len(record["clips"]), "sources": record["sources"]})
+    clips.sort(key=lambda c: c["id"])
+    manifest = {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "input_dir": str(input_dir),
+        "model": {"name": tok.config.name, "source": _model_source(model), "weights_hash": tok.weights_hash,
+                  "kind": getattr(tok.config, "kind", None)},
+        "latent_channels": tok.latent_channels,
+        "params": {k: job[k] for k in ("frames", "size", "tokens", "clips_per_video", "shard_size")},
+        "world_size": world, "ranks": ranks,
+        "num_clips": len(clips), "shards": shard_list, "clips": clips, "skipped": skipped,
+        "stats": stats.summary(),
+    }
+    write_bytes_atomic(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
+    for partial in out_dir.glob("manifest.rank-*.json"):  # also those of an earlier run with more ranks
+        partial.unlink(missing_ok=True)
+    if overwrite:
+        keep = {f"{shard_name(i)}{s}" for i in range(num_shards) for s in (".json", ".safetensors")}
+        for stale in out_dir.glob("shard-*"):
+            if stale.name not in keep:
+                stale.unlink()
+    return manifest
+
+
+def latent_stats(root: str | os.PathLike) -> dict[str, Any]:
+    """The manifest's per-channel statistics plus a short description of the set (for ``vitok latents stats``)."""
+    manifest = read_manifest(root)
+    model = manifest["model"]
+    return {"shards_dir": str(root), "model": model["name"], "weights_hash": model["weights_hash"],
+            "clips": manifest["num_clips"], "skipped": len(manifest["skipped"]),
+            "latent_channels": manifest["latent_channels"], **manifest["stats"]}
+
+
+def latents_from_batch(tok: Any, batch: dict[str, Any], mean: torch.Tensor | None = None,
+                       std: torch.Tensor | None = None) -> "Latents":
+    """A ``LatentShards`` batch (from ``collate_latents``) -> ``vitok.Latents`` for ``tok.decode``, in one call.
+
+    All clips of the batch must share one geometry (frames, height, width, token count). Pass the manifest's
+    ``mean``/``std`` (``LatentShards.mean``/``.std``) when the batch was read with ``normalize=True``.
+    """
+    geometry = {}
+    for key in ("frames", "height", "width", "num_tokens"):
+        values = torch.as_tensor(batch[key]).flatten().unique()
+        if values.numel() != 1:
+            raise ValueError(f"latents_from_batch: clips of one batch differ in {key} ({values.tolist()})")
+        geometry[key] = int(values[0])
+    z = batch["z"]
+    if std is not None:
+        z = z * std.to(z) + (mean.to(z) if mean is not None else 0.0)
+    k, mask = geometry["num_tokens"], batch["mask"]
+    return tok.make_latents(z, geometry["frames"], geometry["height"], geometry["width"],
+                            num_tokens=None if k < 0 else k, mask=None if bool(mask.all()) else mask)

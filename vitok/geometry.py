@@ -1,0 +1,124 @@
+"""How a video of any size maps onto model units: temporal chunks x spatial tiles, padding and tile blending.
+
+Layout semantics (shared by `Latents.layout`, the codecs and the decoder):
+- Time: a video of T <= clip_frames frames is one chunk, padded (replicating the last frame) to the model's
+  unit length for T (`Tokenizer.unit_frames`). Longer videos are split into ceil(T / clip_frames) chunks of
+  clip_frames frames; every chunk, the last one included, is padded to the same unit length, so all units share
+  one geometry. Chunks are coded independently (memory stays flat in video length).
+- Space: H and W are reflect-padded (bottom/right) to the spatial stride. An axis longer than `tile_size` is split
+  into n overlapping tiles of `tile_size` with `overlap` pixels (tile_overlap * tile_size, rounded to the stride)
+  and padded to exactly n * (tile_size - overlap) + overlap. Tiles are encoded independently and blended on decode
+  with linear ramps over the overlaps (the weights sum to one everywhere).
+- Units are ordered chunk-major, then tile row, then tile column: layout = (chunks, tiles_h, tiles_w); each unit
+  has `tokens_per_unit` tokens, so N = chunks * tiles_h * tiles_w * tokens_per_unit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One spatial axis: `count` tiles of `tile` pixels, `step` apart, covering `padded` pixels."""
+
+    tile: int
+    count: int
+    step: int
+    padded: int
+
+    @property
+    def overlap(self) -> int:
+        return self.tile - self.step if self.count > 1 else 0
+
+
+def plan_axis(size: int, stride: int, tile: int | None, overlap_frac: float) -> Axis:
+    padded = math.ceil(size / stride) * stride
+    if tile is None or padded <= tile:
+        return Axis(padded, 1, padded, padded)
+    overlap = round(tile * overlap_frac / stride) * stride
+    step = tile - overlap
+    count = math.ceil((padded - overlap) / step)
+    return Axis(tile, count, step, count * step + overlap)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the units of one video lie: original size, chunking, per-unit padded size, tiles."""
+
+    frames: int
+    height: int
+    width: int
+    clip_frames: int
+    chunks: int
+    unit_frames: int
+    rows: Axis
+    cols: Axis
+
+    @property
+    def layout(self) -> tuple[int, int, int]:
+        return (self.chunks, self.rows.count, self.cols.count)
+
+    @property
+    def units(self) -> int:
+        return self.chunks * self.rows.count * self.cols.count
+
+    @property
+    def unit_size(self) -> tuple[int, int, int]:
+        """(frames, height, width) of one padded unit."""
+        return (self.unit_frames, self.rows.tile, self.cols.tile)
+
+    def chunk_range(self, c: int) -> tuple[int, int]:
+        """Frames [start, stop) of the original video held by chunk c."""
+        start = c * self.clip_frames
+        return start, min(self.frames, start + self.clip_frames)
+
+    def tiles(self) -> list[tuple[int, int, int, int]]:
+        """(row index, col index, y0, x0) for every tile of a chunk, row-major."""
+        return [(i, j, i * self.rows.step, j * self.cols.step)
+                for i in range(self.rows.count) for j in range(self.cols.count)]
+
+
+def plan(frames: int, height: int, width: int, *, clip_frames: int, unit_frames, stride: int,
+         tile_size: int | None, tile_overlap: float) -> Geometry:
+    """Plan the units for a video; `unit_frames(n)` gives the padded length of a chunk holding n frames."""
+    if min(frames, height, width) < 1:
+        raise ValueError(f"empty video geometry {frames}x{height}x{width}")
+    chunks = 1 if frames <= clip_frames else math.ceil(frames / clip_frames)
+    return Geometry(frames, height, width, clip_frames, chunks, unit_frames(min(frames, clip_frames)),
+                    plan_axis(height, stride, tile_size, tile_overlap),
+                    plan_axis(width, stride, tile_size, tile_overlap))
+
+
+def pad_chunk(x: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
+    """Pad (B,C,T,H,W) at the end of each axis: time by replicating the last frame, space by reflection
+    (replication where the frame is too small to reflect)."""
+    T, H, W = x.shape[-3:]
+    if T < frames:
+        x = F.pad(x, (0, 0, 0, 0, 0, frames - T), mode="replicate")
+    ph, pw = height - H, width - W
+    if ph or pw:
+        mode = "reflect" if ph < H and pw < W else "replicate"
+        x = F.pad(x, (0, pw, 0, ph, 0, 0), mode=mode)
+    return x
+
+
+def ramp(axis: Axis, index: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Blend weights along one axis for tile `index`: linear ramps over the overlaps with its neighbours."""
+    w = torch.ones(axis.tile, device=device)
+    ov = axis.overlap
+    if ov:
+        up = (torch.arange(ov, device=device, dtype=torch.float32) + 0.5) / ov
+        if index > 0:
+            w[:ov] = up
+        if index < axis.count - 1:
+            w[-ov:] = up.flip(0)
+    return w
+
+
+def blend_weights(geo: Geometry, i: int, j: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(tile_h, tile_w) weights of tile (i, j); summed over all tiles they are 1 at every padded pixel."""
+    return ramp(geo.rows, i, device)[:, None] * ramp(geo.cols, j, device)[None, :]

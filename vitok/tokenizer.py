@@ -1,0 +1,263 @@
+"""`Tokenizer`: the one API of every vitok autoencoder (grid ViT, 1D ViT, causal CNN).
+
+Subclasses implement one *unit* (a padded chunk/tile): `unit_frames`, `unit_grid`, `tokens_per_unit`,
+`encode_unit`, `decode_unit`. This base class handles padding, temporal chunks, spatial tiles with blending
+(see vitok.geometry), frozen inference, `Latents` construction, saving and hashing.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vitok.config import TokenizerConfig
+from vitok.data.atomic import atomic_path, write_bytes_atomic
+from vitok.data.errors import VitokError
+from vitok.geometry import Geometry, blend_weights, pad_chunk, plan
+from vitok.latents import Latents
+
+
+class Tokenizer(nn.Module):
+    """Base class: encode(video) -> Latents, decode(Latents) -> video, forward(video) for training."""
+
+    temporal_stride: int
+    spatial_stride: int
+
+    def __init__(self, config: TokenizerConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self._hash_cache: str | None = None
+
+    # ---- per-kind hooks -------------------------------------------------------------------------------------
+    def unit_frames(self, frames: int) -> int:
+        """Padded length of a chunk holding `frames` frames."""
+        raise NotImplementedError
+
+    def unit_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int] | None:
+        """Latent (t, h, w) grid of one padded unit, None for 1D models."""
+        raise NotImplementedError
+
+    def tokens_per_unit(self, frames: int, height: int, width: int) -> int:
+        return math.prod(self.unit_grid(frames, height, width))
+
+    def encode_unit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Padded unit (B,3,T,H,W) -> posterior mean (B, n, C) and log-variance (or None)."""
+        raise NotImplementedError
+
+    def decode_unit(self, z: torch.Tensor, mask: torch.Tensor | None, size: tuple[int, int, int]) -> torch.Tensor:
+        """Tokens (B, n, C) (+ presence mask) of one unit of padded `size` (T, H, W) -> (B,3,T,H,W)."""
+        raise NotImplementedError
+
+    def token_mask(self, batch: int, num_tokens: int | None, device: torch.device) -> torch.Tensor | None:
+        """(batch, tokens_per_unit) presence mask for one unit; None when every token is present."""
+        if num_tokens is not None:
+            raise VitokError(f"{self.config.name}: num_tokens is only for 1D models (this is a {self.config.kind})")
+        return None
+
+    # ---- properties -----------------------------------------------------------------------------------------
+    @property
+    def clip_frames(self) -> int:
+        return self.config.clip_frames
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.latent_channels
+
+    @property
+    def max_tokens(self) -> int | None:
+        """Tokens per unit of a 1D model (the largest `num_tokens`); None for grid models."""
+        return None
+
+    @property
+    def frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def freeze(self) -> Tokenizer:
+        """eval() + requires_grad_(False): encode/decode then run under torch.inference_mode."""
+        self.eval()
+        self.requires_grad_(False)
+        return self
+
+    def set_latent_stats(self, mean: list[float] | torch.Tensor, std: list[float] | torch.Tensor) -> None:
+        """Store per-channel latent statistics in the config (used by Latents.normalized, saved with the model)."""
+        self.config.latent_mean = [float(v) for v in torch.as_tensor(mean).flatten()]
+        self.config.latent_std = [float(v) for v in torch.as_tensor(std).flatten()]
+        self.config.validate()
+
+    # ---- geometry -------------------------------------------------------------------------------------------
+    def plan(self, frames: int, height: int, width: int) -> Geometry:
+        c = self.config
+        return plan(frames, height, width, clip_frames=c.clip_frames, unit_frames=self.unit_frames,
+                    stride=self.spatial_stride, tile_size=c.tile_size, tile_overlap=c.tile_overlap)
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int]:
+        """(N, C): tokens (all chunks and tiles) and channels for a video of this geometry."""
+        g = self.plan(frames, height, width)
+        return g.units * self.tokens_per_unit(*g.unit_size), self.latent_channels
+
+    def make_latents(self, z: torch.Tensor, frames: int, height: int, width: int, num_tokens: int | None = None,
+                     *, mask: torch.Tensor | None = None, logvar: torch.Tensor | None = None) -> Latents:
+        """Wrap raw tokens (B, N, C) for this geometry as Latents (the codec / shard decode path).
+
+        1D models: z may hold all K tokens per unit or only the first `num_tokens` (then zero-filled to K);
+        tokens beyond `num_tokens` are zeroed and masked. An explicit (B, N) `mask` is combined with that.
+        """
+        g = self.plan(frames, height, width)
+        n_unit = self.tokens_per_unit(*g.unit_size)
+        B, N, C = z.shape
+        unit_mask = self.token_mask(B, num_tokens, z.device)
+        if num_tokens is not None and N == g.units * num_tokens and num_tokens < n_unit:
+            z = nn.functional.pad(z.reshape(B, g.units, num_tokens, C), (0, 0, 0, n_unit - num_tokens))
+            z = z.reshape(B, g.units * n_unit, C)
+            N = z.shape[1]
+        if (N, C) != (g.units * n_unit, self.latent_channels):
+            raise VitokError(f"{self.config.name}: latents of shape {tuple(z.shape[1:])} do not fit a "
+                             f"{frames}x{height}x{width} video (expected {(g.units * n_unit, self.latent_channels)})")
+        if unit_mask is not None:
+            unit_mask = unit_mask.repeat(1, g.units)
+            mask = unit_mask if mask is None else mask & unit_mask
+        if mask is not None:
+            z = z * mask[..., None].to(z.dtype)
+        c = self.config
+        return Latents(z=z, frames=frames, height=height, width=width, layout=g.layout,
+                       grid=self.unit_grid(*g.unit_size), mask=mask, logvar=logvar, model=c.name,
+                       latent_mean=c.latent_mean, latent_std=c.latent_std)
+
+    # ---- encode / decode ------------------------------------------------------------------------------------
+    def _context(self):
+        """Frozen models run under inference_mode; trainable ones keep autograd."""
+        return torch.inference_mode() if self.frozen else contextlib.nullcontext()
+
+    def _check_video(self, video: torch.Tensor) -> torch.Tensor:
+        if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
+            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+            raise VitokError(f"video must be a float tensor (B,3,T,H,W) in [-1,1], got {shape}")
+        if not video.is_floating_point():
+            raise VitokError(f"video must be a float tensor in [-1,1], got {video.dtype} (see vitok.data.convert)")
+        return video.to(self.device, self.dtype)
+
+    def encode(self, video: torch.Tensor, num_tokens: int | None = None) -> Latents:
+        """Video (B,3,T,H,W) in [-1,1], any size -> Latents (1D models: keep the first `num_tokens` per unit)."""
+        x = self._check_video(video)
+        g = self.plan(*x.shape[2:])
+        self.token_mask(x.shape[0], num_tokens, x.device)  # validates num_tokens before any work
+        means, logvars = [], []
+        with self._context():
+            for c in range(g.chunks):
+                start, stop = g.chunk_range(c)
+                chunk = pad_chunk(x[:, :, start:stop], g.unit_frames, g.rows.padded, g.cols.padded)
+                for _, _, y0, x0 in g.tiles():
+                    mean, logvar = self.encode_unit(chunk[..., y0:y0 + g.rows.tile, x0:x0 + g.cols.tile])
+                    means.append(mean)
+                    logvars.append(logvar)
+            z = torch.cat(means, dim=1)
+            logvar = None if logvars[0] is None else torch.cat(logvars, dim=1)
+        if torch.is_inference(z):  # plain tensors, usable in the caller's autograd graph
+            z = z.clone()
+            logvar = None if logvar is None else logvar.clone()
+        return self.make_latents(z, g.frames, g.height, g.width, num_tokens, logvar=logvar)
+
+    def decode(self, latents: Latents) -> torch.Tensor:
+        """Latents -> video (B,3,T,H,W) cropped to the original geometry (tiles blended, chunks concatenated)."""
+        if latents.sizes is not None:
+            raise VitokError("cannot decode a batch of mixed geometries in one call; decode items separately")
+        lat = latents.denormalized()
+        g = self.plan(lat.frames, lat.height, lat.width)
+        n_unit = self.tokens_per_unit(*g.unit_size)
+        if tuple(lat.z.shape[1:]) != (g.units * n_unit, self.latent_channels):
+            raise VitokError(f"{self.config.name}: latents of shape {tuple(lat.z.shape[1:])} do not fit a "
+                             f"{lat.frames}x{lat.height}x{lat.width} video")
+        z = lat.z.to(self.device, self.dtype)
+        mask = None if lat.mask is None else lat.mask.to(self.device)
+        B = z.shape[0]
+        out = []
+        with self._context():
+            for c in range(g.chunks):
+                start, stop = g.chunk_range(c)
+                acc = None
+                for u, (i, j, y0, x0) in enumerate(g.tiles(), start=c * g.rows.count * g.cols.count):
+                    sl = slice(u * n_unit, (u + 1) * n_unit)
+                    tile = self.decode_unit(z[:, sl], None if mask is None else mask[:, sl], g.unit_size)
+                    if g.rows.count * g.cols.count == 1:
+                        acc = tile
+                        break
+                    if acc is None:
+                        acc = tile.new_zeros(B, 3, g.unit_frames, g.rows.padded, g.cols.padded)
+                    acc[..., y0:y0 + g.rows.tile, x0:x0 + g.cols.tile] += tile * blend_weights(g, i, j, z.device)
+                out.append(acc[:, :, :stop - start, :g.height, :g.width])
+            video = torch.cat(out, dim=2) if len(out) > 1 else out[0]
+        return video.clone() if torch.is_inference(video) else video
+
+    def forward(self, video: torch.Tensor, num_tokens: int | None = None) -> dict:
+        """Training pass on one clip (one unit, no tiling): dict(recon, latents, kl).
+
+        The decoder sees a posterior sample in train mode (the mean in eval mode); 1D models in train mode
+        draw a random prefix length per item (nested dropout) unless `num_tokens` is given.
+        kl is the mean over present tokens and channels of KL(q(z|x) || N(0, I)) (0 without a KL bottleneck).
+        """
+        x = self._check_video(video)
+        B, _, T, H, W = x.shape
+        s = self.spatial_stride
+        size = (self.unit_frames(T), math.ceil(H / s) * s, math.ceil(W / s) * s)
+        mean, logvar = self.encode_unit(pad_chunk(x, *size))
+        mask = self.token_mask(B, num_tokens, x.device)
+        z = mean
+        if logvar is not None and self.training:
+            z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        if mask is not None:
+            z = z * mask[..., None].to(z.dtype)
+        recon = self.decode_unit(z, mask, size)[:, :, :T, :H, :W]
+        lat = Latents(z=mean if mask is None else mean * mask[..., None].to(mean.dtype), frames=T, height=H,
+                      width=W, layout=(1, 1, 1), grid=self.unit_grid(*size), mask=mask, logvar=logvar,
+                      model=self.config.name, latent_mean=self.config.latent_mean, latent_std=self.config.latent_std)
+        kl = x.new_zeros(())
+        if logvar is not None:
+            per = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+            kl = per.mean() if mask is None else (per * mask[..., None]).sum() / (mask.sum() * per.shape[-1])
+        return {"recon": recon, "latents": lat, "kl": kl}
+
+    # ---- weights --------------------------------------------------------------------------------------------
+    @property
+    def weights_hash(self) -> str:
+        """sha256 hex over the state dict (sorted names, dtypes, shapes, raw bytes); cached while frozen."""
+        if self._hash_cache is not None and self.frozen:
+            return self._hash_cache
+        h = hashlib.sha256()
+        for name, t in sorted(self.state_dict().items()):
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest = h.hexdigest()
+        self._hash_cache = digest if self.frozen else None
+        return digest
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._hash_cache = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write model.safetensors then config.json into `directory`, each atomically (other files are kept)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "kind": self.config.kind,
+                                                 "weights_hash": self.weights_hash})
+        write_bytes_atomic(directory / "config.json", (json.dumps(self.config.to_dict(), indent=2) + "\n").encode())
+        return directory

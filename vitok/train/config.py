@@ -1,0 +1,186 @@
+"""Training configs: JSON files (packaged in ``vitok/train/configs`` or any path) merged over defaults, with
+dotted ``--set key=value`` overrides. A config is a plain nested dict; unknown keys are errors (typos fail loudly)."""
+from __future__ import annotations
+
+import copy
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vitok.data.errors import VitokError
+
+# Every key a config may hold, with its default. Comments say what each means; losses are weights (0 = off).
+DEFAULTS: dict[str, Any] = {
+    "name": None,                    # run name (default: the config file's stem)
+    "seed": 0,
+    "device": "auto",                # auto | cpu | cuda
+    "compile": False,                # torch.compile the training forward
+    "model": {
+        "name": "vit-tiny",          # registry name for vitok.create_model
+        "overrides": {},             # keyword overrides for the model config
+    },
+    "data": {
+        "num_frames": None,          # clip length; None = the model's clip_frames
+        "size": 64,                  # training crop, square
+        "num_workers": 0,
+        "synthetic": {"num_clips": 256, "seed": 0},   # procedural motion clips (0 clips = off)
+        # training ranges of the sample clips, each resized+centre-cropped to every side in `sizes`; an epoch draws
+        # `repeat` random windows/crops per non-overlapping window of num_frames
+        "samples": {"repeat": 0, "sizes": [128]},
+        "folder": None,              # optional folder of videos (VideoFolder)
+        "hflip": True,               # random horizontal flips of sample/folder clips
+    },
+    "loss": {
+        "l1": 1.0,
+        "l2": 0.0,
+        "charbonnier": 0.0,
+        "ssim": 0.0,                 # 1 - SSIM per frame (piq)
+        "ms_ssim": 0.0,              # 1 - MS-SSIM per frame; only when frames are >= 161 px a side
+        "lpips": 0.0,                # needs the lpips backbone weights offline; else a notice and weight 0
+        "lpips_net": "alex",
+        "lpips_frames": 4,           # frames per clip that LPIPS looks at (evenly spaced)
+        "kl": 1e-6,                  # times the model's KL (per-element mean) for posterior bottlenecks
+        "consistency": 0.0,          # || encode(decode(z)) - sg(z) ||^2, per-element mean
+        "gan": 0.0,                  # generator hinge-loss weight of the patch discriminator
+        "gan_start": 0,              # step at which the discriminator joins
+        "disc_lr": 1e-4,
+        "disc_channels": 32,
+    },
+    "nested_dropout": {
+        "mode": "model",             # model: the 1D model samples its token count itself; uniform | pow2: the trainer does
+        "min_tokens": 1,
+    },
+    "schedule": {
+        "steps": 1000,
+        "batch_size": 8,             # per process
+        "lr": 3e-4,
+        "min_lr_ratio": 0.1,         # cosine decays to lr * min_lr_ratio
+        "warmup": 100,
+        "weight_decay": 0.05,
+        "betas": [0.9, 0.95],
+        "grad_clip": 1.0,
+    },
+    "ema": {"decay": 0.999},
+    "eval": {
+        "every": 0,                  # steps between evaluations (0 = only at the end)
+        "source": "samples",         # samples: held-out sample segments | synthetic: held-out procedural clips
+        "num_segments": 4,
+        "num_frames": 17,
+        "size": 128,
+        "grid_frames": 4,            # frames per segment shown in the PNG grid
+    },
+    "checkpoint": {"every": 500, "keep": 2},
+    "export": {"stats_clips": 64},   # training clips that give the per-channel latent mean/std
+    "log_every": 10,
+    "max_bad_steps": 5,              # consecutive non-finite steps before training stops
+}
+
+# Keys a resumed run may change without breaking the loss curve it continues.
+RESUMABLE_CHANGES = ("name", "device", "compile", "schedule.steps", "eval", "checkpoint", "export", "log_every",
+                     "data.num_workers", "max_bad_steps")
+
+
+def config_dir() -> Path:
+    """The folder of packaged configs."""
+    return Path(str(resources.files("vitok.train") / "configs"))
+
+
+def list_configs() -> list[str]:
+    """Names of the packaged configs."""
+    return sorted(p.stem for p in config_dir().glob("*.json"))
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a config (a path, or a packaged name with or without ``.json``), merge it over the defaults, apply
+    ``key=value`` overrides."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        packaged = config_dir() / (path.name if path.suffix == ".json" else f"{path.name}.json")
+        if str(name_or_path) != path.name or not packaged.is_file():
+            raise VitokError(f"config not found: {name_or_path} (packaged configs: {', '.join(list_configs())})")
+        path = packaged
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise VitokError(f"config {path}: invalid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise VitokError(f"config {path}: top level must be a JSON object")
+    cfg = merge(DEFAULTS, raw, where=str(path))
+    for item in overrides:
+        set_override(cfg, item)
+    if cfg["name"] is None:
+        cfg["name"] = path.stem
+    return cfg
+
+
+def merge(base: dict[str, Any], update: dict[str, Any], where: str = "config", prefix: str = "") -> dict[str, Any]:
+    """Deep-merge ``update`` over a copy of ``base``; keys missing from ``base`` are errors (except free dicts)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in out:
+            raise VitokError(f"{where}: unknown key '{dotted}'")
+        if isinstance(out[key], dict) and _is_free(dotted):
+            out[key] = {**out[key], **value} if isinstance(value, dict) else value
+        elif isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = merge(out[key], value, where, prefix=f"{dotted}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _is_free(dotted: str) -> bool:
+    """Dicts whose keys are not fixed by the defaults (model overrides)."""
+    return dotted == "model.overrides"
+
+
+def parse_value(text: str) -> Any:
+    """JSON when it parses (numbers, true/false/null, lists, objects), else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def set_override(cfg: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the key path must exist (model.overrides.* is free)."""
+    if "=" not in item:
+        raise VitokError(f"--set {item!r}: expected key=value")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = cfg
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            raise VitokError(f"--set {item!r}: unknown key '{'.'.join(parts[:i + 1])}'")
+        node = node[part]
+    last = parts[-1]
+    free = _is_free(".".join(parts[:-1]))
+    if not isinstance(node, dict) or (last not in node and not free):
+        raise VitokError(f"--set {item!r}: unknown key '{key}'")
+    value = parse_value(text)
+    current = node.get(last)
+    if isinstance(current, dict) and not _is_free(key):
+        if not isinstance(value, dict):
+            raise VitokError(f"--set {item!r}: '{key}' is a section; set one of its keys ({', '.join(current)})")
+        value = merge(current, value, where=f"--set {key}", prefix=f"{key}.")
+    node[last] = value
+
+
+def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (for comparing configs key by key)."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict) and v and not _is_free(f"{prefix}{k}"):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def incompatible_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Keys whose change would make a resumed run diverge from the one it continues."""
+    a, b = flatten(saved), flatten(new)
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if a.get(k) != b.get(k)
+            and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]

@@ -1,0 +1,405 @@
+"""The tokenizer trainer: AdamW + warm-up/cosine, grad clipping, EMA, bf16 autocast on GPU, optional torch.compile,
+DDP under torchrun, resumable checkpoints, JSONL metrics, periodic held-out evaluation, NaN/inf guard, and export
+of the EMA model (with per-channel latent statistics) as a ``save_pretrained`` directory."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitok.data.atomic import atomic_dir, write_bytes_atomic
+from vitok.data.errors import VitokError
+from vitok.train import distributed as D
+from vitok.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from vitok.train.config import incompatible_changes
+from vitok.train.data import TrainClips, eval_clips, make_train_loader
+from vitok.train.evaluate import evaluate_model, save_grid
+from vitok.train.losses import PatchDiscriminator, TokenizerLoss, consistency_loss, hinge_d_loss, hinge_g_loss, \
+    sample_num_tokens
+from vitok.train.optim import EMA, build_optimizer, set_lr
+
+
+class TrainingDiverged(VitokError):
+    """Training stopped: the loss or the gradients were not finite for too many consecutive steps."""
+
+
+class TrainForward(nn.Module):
+    """All model work of one step inside one ``forward`` (the module DDP wraps): reconstruction, KL, latents, and
+    for the consistency loss the latents of the reconstruction encoded again."""
+
+    def __init__(self, tok: nn.Module, consistency: bool) -> None:
+        super().__init__()
+        self.tok = tok
+        self.consistency = consistency
+
+    def forward(self, video: torch.Tensor, num_tokens: int | None = None) -> dict[str, Any]:
+        out = self.tok(video, num_tokens=num_tokens)
+        lat = out["latents"]
+        res = {"recon": out["recon"], "kl": out.get("kl", 0.0), "z": lat.z, "mask": lat.mask, "z_again": None}
+        if self.consistency:
+            # all K tokens of a 1D model (a train-mode encode would draw a fresh random prefix); the loss then
+            # compares only the tokens present in the first pass
+            res["z_again"] = self.tok.encode(out["recon"], num_tokens=num_tokens or self.tok.max_tokens).z
+        return res
+
+
+def train(cfg: dict[str, Any], out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
+          quiet: bool = False) -> dict[str, Any]:
+    """Train a tokenizer as ``cfg`` says, writing checkpoints, metrics, eval grids and ``model/`` into ``out_dir``
+    (default ``runs/<name>``). Returns a summary (steps, last losses, final evaluation, paths)."""
+    info = D.setup(cfg["device"])
+    try:
+        return Trainer(cfg, Path(out_dir or Path("runs") / cfg["name"]), info, resume=resume, overwrite=overwrite,
+                       quiet=quiet).run()
+    finally:
+        D.teardown(info)
+
+
+class Trainer:
+    """One training run; ``run()`` does the work. Only rank 0 writes files or prints."""
+
+    def __init__(self, cfg: dict[str, Any], out: Path, info: D.DistInfo, *, resume: bool, overwrite: bool,
+                 quiet: bool) -> None:
+        self.cfg, self.out, self.info = cfg, out, info
+        self.main = info.is_main
+        self.quiet = quiet or not self.main
+        self.device = info.device
+        self._prepare_out_dir(resume, overwrite)
+        ckpt = latest_checkpoint(out) if resume else None
+        if resume and ckpt is None:
+            self.log(f"notice: no checkpoint in {out}/checkpoints; starting from step 0")
+
+        seed = int(cfg["seed"])
+        _seed_all(seed)
+        import vitok
+
+        try:
+            tok = vitok.create_model(cfg["model"]["name"], **cfg["model"]["overrides"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise VitokError(f"config model: cannot create {cfg['model']['name']!r} ({e})") from None
+        self.tok = tok.to(self.device).train()
+        self.ema = EMA(self.tok, cfg["ema"]["decay"])
+        _seed_all(seed + 1000 * info.rank)   # per-rank randomness (sampling, nested dropout) after a shared init
+
+        sched, lw = cfg["schedule"], cfg["loss"]
+        self.batch_size = int(sched["batch_size"])
+        self.total_steps = int(sched["steps"])
+        self.num_frames = int(cfg["data"]["num_frames"] or tok.clip_frames)
+        self.dataset = TrainClips(cfg["data"], self.num_frames)
+        self.loss_fn = TokenizerLoss(lw, frame_size=int(cfg["data"]["size"]), verbose=self.main).to(self.device)
+        self.opt = build_optimizer(self.tok.parameters(), sched)
+        self.forward = TrainForward(self.tok, consistency=self.loss_fn.w["consistency"] > 0)
+        self.disc = self.disc_opt = None
+        if self.loss_fn.w["gan"] > 0:
+            self.disc = PatchDiscriminator(int(lw["disc_channels"])).to(self.device)
+            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=float(lw["disc_lr"]),
+                                              betas=tuple(sched["betas"]), weight_decay=0.0)
+        self.fwd, self.disc_fwd = self.forward, self.disc
+        if info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # a trainer-drawn token count of K leaves the 1D model's tail token unused in that step
+            self.fwd = DDP(self.forward, device_ids=ids, find_unused_parameters=self._trainer_draws_tokens())
+            if self.disc is not None:
+                self.disc_fwd = DDP(self.disc, device_ids=ids)
+        if cfg["compile"]:
+            self.fwd = torch.compile(self.fwd)
+
+        self.step, self.elapsed, self.bad_steps = 0, 0.0, 0
+        if ckpt is not None:
+            self._load(ckpt)
+        self.loader = make_train_loader(self.dataset, self.batch_size, seed=seed, rank=info.rank, world=info.world,
+                                        start_step=self.step, num_workers=int(cfg["data"]["num_workers"]))
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def _prepare_out_dir(self, resume: bool, overwrite: bool) -> None:
+        """Refuse to mix runs: an out dir with checkpoints needs --resume or -y (which clears it)."""
+        has_run = (self.out / "checkpoints").exists() or (self.out / "metrics.jsonl").exists()
+        if has_run and not resume and not overwrite:
+            raise VitokError(f"run directory {self.out} already holds a run: pass --resume to continue it or -y to "
+                             f"start over")
+        saved = self.out / "config.json"
+        if resume and saved.is_file():
+            bad = incompatible_changes(json.loads(saved.read_text()), self.cfg)
+            if bad:
+                raise VitokError(f"--resume: config differs from the run's {saved} at {', '.join(bad)}; resume with "
+                                 f"the same config or start a new --out")
+        if self.main:
+            if has_run and overwrite and not resume:
+                for name in ("checkpoints", "eval", "model"):
+                    shutil.rmtree(self.out / name, ignore_errors=True)
+                for name in ("metrics.jsonl", "train_info.json"):
+                    (self.out / name).unlink(missing_ok=True)
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(saved, json.dumps(self.cfg, indent=2).encode())
+        D.barrier(self.info)
+
+    def _state(self) -> dict[str, Any]:
+        state = {"model": self.tok.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": {"step": self.step, "kind": "warmup_cosine"}, "elapsed": self.elapsed,
+                 "bad_steps": self.bad_steps, "world": self.info.world,
+                 "rng": D.gather_objects(rng_state(), self.info)}
+        if self.disc is not None:
+            state["disc"] = self.disc.state_dict()
+            state["disc_optimizer"] = self.disc_opt.state_dict()
+        return state
+
+    def _load(self, path: Path) -> None:
+        self.step, state = load_checkpoint(path)
+        self.tok.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.disc is not None and "disc" in state:
+            self.disc.load_state_dict(state["disc"])
+            self.disc_opt.load_state_dict(state["disc_optimizer"])
+        self.elapsed = float(state["elapsed"])
+        self.bad_steps = int(state["bad_steps"])
+        rngs = state["rng"]
+        if len(rngs) != self.info.world:
+            self.log(f"notice: checkpoint was written by {len(rngs)} processes, now {self.info.world}: the data order "
+                     f"and random draws will not match the original run")
+        set_rng_state(rngs[self.info.rank % len(rngs)])
+        self.log(f"resumed from {path} at step {self.step}")
+
+    # ----------------------------------------------------------------------------------------------- loop
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.main:
+            self._trim_metrics()
+            n_params = sum(p.numel() for p in self.tok.parameters())
+            self.log(f"training {cfg['model']['name']} ({n_params / 1e6:.2f}M params) on {self.device} x "
+                     f"{self.info.world}: {len(self.dataset)} clips of {self.num_frames}x{cfg['data']['size']}px, "
+                     f"batch {self.batch_size}, steps {self.step}->{self.total_steps}, out {self.out}")
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.step, file=sys.stderr, disable=self.quiet, unit="step",
+                   dynamic_ncols=True)
+        it = iter(self.loader)
+        last: dict[str, float] = {}
+        window_t, window_n, rate = time.perf_counter(), 0, float("nan")
+        eval_every, ckpt_every = int(cfg["eval"]["every"]), int(cfg["checkpoint"]["every"])
+        log_every = max(1, int(cfg["log_every"]))
+        try:
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                batch = next(it).to(self.device, non_blocking=True)
+                rec = self.train_step(batch)
+                self.step += 1
+                dt = time.perf_counter() - t0
+                self.elapsed += dt
+                window_n += 1
+                if rec is not None:
+                    last = rec
+                if self.step % log_every == 0 or self.step == self.total_steps or rec is None:
+                    now = time.perf_counter()
+                    rate = window_n * self.batch_size * self.info.world / max(now - window_t, 1e-9)
+                    window_t, window_n = now, 0
+                    self._write_metrics({"step": self.step, **(rec or {"skipped": True}), "clips_per_s": rate})
+                    bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}", clips_s=f"{rate:.2f}")
+                bar.update(1)
+                if eval_every and self.step % eval_every == 0 and self.step < self.total_steps:
+                    self._evaluate()
+                if (ckpt_every and self.step % ckpt_every == 0) or self.step == self.total_steps:
+                    self._checkpoint()
+        finally:
+            bar.close()
+        final = self._evaluate()
+        if self.main:
+            self._write_info(final)
+        return {"steps": self.step, "last": last, "eval": final, "out": str(self.out),
+                "model_dir": str(self.out / "model")}
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float] | None:
+        """One optimizer step; returns the logged record, or None when the step was skipped as non-finite."""
+        cfg, lw = self.cfg, self.loss_fn.w
+        lr = set_lr(self.opt, self.step, cfg["schedule"])
+        num_tokens = None
+        nd = cfg["nested_dropout"]
+        if self._trainer_draws_tokens():
+            num_tokens = sample_num_tokens(int(self.tok.max_tokens), nd["mode"], int(nd["min_tokens"]))
+        gan_on = self.disc is not None and self.step >= int(cfg["loss"]["gan_start"])
+        with self._autocast():
+            res = self.fwd(x, num_tokens)
+            cons = consistency_loss(res["z"], res["z_again"], res["mask"]) if res["z_again"] is not None else None
+            gan = None
+            if gan_on:
+                self.disc.requires_grad_(False)
+                gan = hinge_g_loss(self.disc(res["recon"]))
+                self.disc.requires_grad_(True)
+            loss, terms = self.loss_fn(x, res["recon"], kl=res["kl"], consistency=cons, gan=gan)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = float(cfg["schedule"]["grad_clip"])
+        params = [p for p in self.tok.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        stats = torch.stack([loss.detach().float(), grad_norm.detach().float().to(loss.device),
+                             *[v.detach().float() for v in terms.values()]])
+        bad = (~torch.isfinite(stats)).any().float().reshape(1)
+        stats = D.all_reduce_mean(torch.cat([stats.nan_to_num(0.0), bad]), self.info)
+        if stats[-1] > 0:
+            self.opt.zero_grad(set_to_none=True)
+            return self._skip(loss, grad_norm)
+        self.bad_steps = 0
+        self.opt.step()
+        self.ema.update(self.tok)
+        rec = {"loss": float(stats[0]), "grad_norm": float(stats[1]), "lr": lr,
+               **{k: float(v) for k, v in zip(terms, stats[2:-1])}}
+        if gan_on:
+            rec["disc"] = self._disc_step(x, res["recon"].detach())
+        if num_tokens is not None:
+            rec["num_tokens"] = num_tokens
+        return rec
+
+    def _trainer_draws_tokens(self) -> bool:
+        """1D model with a trainer-side nested-dropout schedule (mode uniform|pow2) instead of the model's own."""
+        return bool(self.tok.max_tokens) and self.cfg["nested_dropout"]["mode"] != "model"
+
+    def _disc_step(self, real: torch.Tensor, fake: torch.Tensor) -> float:
+        with self._autocast():
+            d_loss = hinge_d_loss(self.disc_fwd(real), self.disc_fwd(fake))
+        self.disc_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.disc_opt.step()
+        return float(D.all_reduce_mean(d_loss.detach().float(), self.info))
+
+    def _skip(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Skip a non-finite step; stop once ``max_bad_steps`` happened in a row."""
+        self.bad_steps += 1
+        limit = int(self.cfg["max_bad_steps"])
+        self.log(f"warning: step {self.step + 1}: non-finite loss {float(loss):.4g} / grad norm {float(grad_norm):.4g}"
+                 f" on some process; step skipped ({self.bad_steps}/{limit} in a row)")
+        if self.bad_steps >= limit:
+            raise TrainingDiverged(f"training stopped at step {self.step + 1}: loss or gradients were non-finite for "
+                                   f"{self.bad_steps} consecutive steps (lower schedule.lr, raise schedule.warmup or "
+                                   f"check the data); last good checkpoint in {self.out / 'checkpoints'}")
+        return None
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ----------------------------------------------------------------------------------------------- outputs
+    def log(self, msg: str) -> None:
+        if self.main:
+            print(msg, file=sys.stderr, flush=True)
+
+    def _write_metrics(self, rec: dict[str, Any]) -> None:
+        if self.main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def _trim_metrics(self) -> None:
+        """On resume, drop records past the checkpoint (written before a kill) so each step appears once."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("step", 0) <= self.step:
+                keep.append(line)
+        write_bytes_atomic(path, "".join(k + "\n" for k in keep).encode())
+
+    def _checkpoint(self) -> None:
+        """Checkpoint (all ranks contribute RNG states; rank 0 writes) and export the EMA model."""
+        state = self._state()
+        if self.main:
+            save_checkpoint(self.out, self.step, state, keep=int(self.cfg["checkpoint"]["keep"]))
+            self._export()
+        D.barrier(self.info)
+
+    def _export(self) -> None:
+        """EMA model + per-channel latent mean/std over training clips -> ``<out>/model`` (save_pretrained)."""
+        with torch.random.fork_rng(devices=[]):
+            mean, std = latent_stats(self.ema.model, self.dataset, int(self.cfg["export"]["stats_clips"]),
+                                     self.batch_size, self.device)
+        set_latent_stats(self.ema.model, mean, std)
+        with atomic_dir(self.out / "model") as tmp:
+            self.ema.model.save_pretrained(tmp)
+
+    def _evaluate(self) -> dict[str, Any] | None:
+        """EMA model on held-out clips: metrics record + PNG grid (rank 0; does not touch the training RNG)."""
+        if not self.main:
+            return None
+        ecfg = self.cfg["eval"]
+        try:
+            segments = eval_clips(ecfg)
+        except VitokError as e:
+            self.log(f"notice: evaluation skipped ({e})")
+            return None
+        with torch.random.fork_rng(devices=[]):
+            res = evaluate_model(self.ema.model, segments, return_recons=True)
+        save_grid(self.out / "eval" / f"step-{self.step:08d}.png", [f for _, f in segments], res.pop("recons"),
+                  int(ecfg["grid_frames"]))
+        self._write_metrics({"step": self.step, "eval_psnr": res["psnr"], "eval_ssim": res["ssim"]})
+        self.log(f"eval step {self.step}: PSNR {res['psnr']:.2f} dB, SSIM {res['ssim']:.4f} "
+                 f"({res['num_segments']} {ecfg['source']} clips)")
+        return res
+
+    def _write_info(self, final: dict[str, Any] | None) -> None:
+        """``train_info.json``: what trained the model, how long, on what hardware, with what held-out result."""
+        dev = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else \
+            f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        info = {"config": self.cfg, "steps": self.step, "train_seconds": round(self.elapsed, 1),
+                "hardware": {"device": dev, "processes": self.info.world, "cpu_count": os.cpu_count(),
+                             "torch": torch.__version__},
+                "params": sum(p.numel() for p in self.tok.parameters()),
+                "eval": None if final is None else {k: final[k] for k in ("psnr", "ssim", "num_segments")}}
+        write_bytes_atomic(self.out / "train_info.json", json.dumps(info, indent=2).encode())
+
+
+@torch.no_grad()
+def latent_stats(tok: nn.Module, dataset, num_clips: int, batch_size: int, device: torch.device
+                 ) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of ``tok``'s latents (posterior mean, present tokens only) over the first
+    ``num_clips`` clips of a fixed shuffle of ``dataset``."""
+    order = np.random.default_rng(12345).permutation(len(dataset))[:max(1, num_clips)]
+    total = sq = count = None
+    was_training = tok.training
+    tok.eval()
+    for i in range(0, len(order), batch_size):
+        x = torch.stack([dataset[(int(j), int(j))] for j in order[i:i + batch_size]]).to(device)
+        lat = tok.encode(x)
+        z = lat.z.double()
+        z = z[lat.mask] if lat.mask is not None else z.reshape(-1, z.shape[-1])
+        total = z.sum(0) if total is None else total + z.sum(0)
+        sq = (z ** 2).sum(0) if sq is None else sq + (z ** 2).sum(0)
+        count = z.shape[0] if count is None else count + z.shape[0]
+    tok.train(was_training)
+    mean = total / count
+    std = (sq / count - mean ** 2).clamp_min(1e-12).sqrt()
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def set_latent_stats(tok: nn.Module, mean: list[float], std: list[float]) -> None:
+    """Store per-channel latent statistics in the model's config (``set_latent_stats`` when the model has it)."""
+    if hasattr(tok, "set_latent_stats"):
+        tok.set_latent_stats(mean, std)
+    else:
+        tok.config.latent_mean, tok.config.latent_std = list(mean), list(std)
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+__all__ = ["train", "Trainer", "TrainForward", "TrainingDiverged", "latent_stats", "set_latent_stats"]
