@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import click
@@ -19,6 +20,18 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
     if not m or int(m[1]) < 1 or int(m[2]) < 1:
         raise click.BadParameter(f"expected WxH like 256x256, got {value!r}")
     return int(m[1]), int(m[2])
+
+
+def _fps(ctx: click.Context, param: click.Parameter, value: str | None) -> Fraction | None:
+    if value is None:
+        return None
+    try:
+        fps = Fraction(value.strip()).limit_denominator(1 << 20)
+    except (ValueError, ZeroDivisionError):
+        fps = Fraction(0)
+    if fps <= 0:
+        raise click.BadParameter(f"expected a positive frame rate like 25 or 30000/1001, got {value!r}")
+    return fps
 
 
 def _check_input(path: str) -> None:
@@ -40,12 +53,14 @@ def _check_input(path: str) -> None:
 @click.option("--frames", "num_frames", type=click.IntRange(min=1), default=None, help="Encode at most N frames.")
 @click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First frame to encode.")
 @click.option("--size", callback=_size, default=None, help="Resize frames to WxH first.")
+@click.option("--fps", callback=_fps, default=None, help="Frame rate to record (e.g. 25 or 30000/1001); default: "
+              "the input's (25 for frame folders).")
 @overwrite_option
 @quiet_option
 @json_option
 @device_option
 @threads_option
-def encode(input, output, model, step, tokens, target_bytes, psnr, num_frames, start, size, overwrite, quiet,
+def encode(input, output, model, step, tokens, target_bytes, psnr, num_frames, start, size, fps, overwrite, quiet,
            as_json, device, threads) -> None:
     """Encode INPUT (a video file, or a folder / glob of PNG/JPG frames) to a .vtok file."""
     from vitok.codecs.files import encode_file
@@ -58,8 +73,8 @@ def encode(input, output, model, step, tokens, target_bytes, psnr, num_frames, s
     set_threads(threads)
     codec = VitokCodec(model, device=resolve_device(device)).load()  # model errors before any video is read
     with progress(desc="encode", quiet=quiet, unit="frame", total=_total(input, start, num_frames)) as bar:
-        stats = encode_file(codec, input, out, start=start, num_frames=num_frames, size=size, on_chunk=bar.update,
-                            step=step, tokens=tokens, bytes=target_bytes, psnr=psnr)
+        stats = encode_file(codec, input, out, start=start, num_frames=num_frames, size=size, fps=fps,
+                            on_chunk=bar.update, step=step, tokens=tokens, bytes=target_bytes, psnr=psnr)
     result = {"output": str(out), "model": codec.model_ref, **stats.to_dict()}
     tok = "" if stats.tokens[0] is None else f", tokens/chunk {_runs(stats.tokens)}"
     text = (f"{out}: {stats.frames} frames {stats.width}x{stats.height} @ {float(stats.fps):.4g} fps -> "
@@ -147,7 +162,7 @@ def info(file, as_json) -> None:
         meta = d["meta"]
         lines = [f"{file}: vitok stream v{d['format_version']}, {d['file_bytes']} bytes",
                  f"  model {meta.get('model')} ({meta.get('kind')}, weights {meta.get('weights')}), "
-                 f"tables {meta.get('tables')}, step {meta.get('step')}",
+                 f"tables {meta.get('tables')}, step {meta.get('step') or 'chosen per chunk'}",
                  f"  {d['frames']} frames {d['width']}x{d['height']} @ {d['fps']} fps, {d['chunks']} chunks of "
                  f"{d['chunk_frames']} frames",
                  f"  {d['bpp']:.4f} bpp, {d['kbps']:.1f} kbps, payload {d['payload_bytes']} bytes",

@@ -24,6 +24,7 @@ _LAZY = {
     "fit_tables": "vitok.codecs.entropy",
     "load_entropy_tables": "vitok.codecs.entropy",
     "write_entropy_tables": "vitok.codecs.entropy",
+    "calibrate_model_dir": "vitok.codecs.entropy",
     "VtokHeader": "vitok.codecs.container",
     "VtokReader": "vitok.codecs.container",
     "VtokWriter": "vitok.codecs.container",

@@ -392,8 +392,32 @@ def write_entropy_tables(model_dir: str | Path, tables: EntropyTables) -> Path:
     return tables.save(model_dir / FILENAME)
 
 
-def load_entropy_tables(model: str | Path) -> EntropyTables:
-    """Tables of a model: a model dir, a bundled model name, or an ``entropy.safetensors`` path."""
+def calibrate_model_dir(model_dir: str | Path, clips: Iterable[Any] | None = None, steps: Iterable[float] = STEPS,
+                        iters: int = 300) -> EntropyTables:
+    """Load the model saved in ``model_dir``, calibrate tables (default clips: the sample clips' training segments,
+    never the eval ones) and write ``entropy.safetensors`` beside it."""
+    import vitok
+
+    tok = vitok.load(model_dir)
+    if clips is None:
+        from vitok.data.samples import train_segments
+
+        clips = [frames for _, frames in train_segments(num_frames=tok.clip_frames)]
+    tables = calibrate_entropy(tok, clips, steps=steps, iters=iters)
+    write_entropy_tables(model_dir, tables)
+    return tables
+
+
+def load_entropy_tables(model: Any) -> EntropyTables:
+    """Tables of a model: a model dir, a bundled model name, an ``entropy.safetensors`` path, or a loaded
+    bundled ``Tokenizer`` (found by its config name)."""
+    if not isinstance(model, (str, Path)):
+        from vitok.codecs.models import find_bundled
+
+        name = find_bundled(model.config.name)
+        if name is None:
+            raise CodecError(f"model {model.config.name!r} is not bundled: load its tables from its directory")
+        model = name
     path = Path(model)
     if path.is_file():
         return EntropyTables.load(path)

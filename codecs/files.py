@@ -9,13 +9,16 @@ import glob
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
 from vitok.codecs.container import VERSION, VtokReader
 from vitok.codecs.errors import BitstreamError, CodecError
-from vitok.codecs.neural import EncodeStats, VitokCodec, parse_chunk
+from vitok.codecs.payload import parse_chunk
+
+if TYPE_CHECKING:
+    from vitok.codecs.neural import EncodeStats, VitokCodec
 
 DECODE_FORMATS = (".mp4", ".mkv", ".npy", "<folder of PNGs>")
 

@@ -1,6 +1,7 @@
 """Fuzz the ``.vtok`` reader and decoder with mutated real streams: ``python -m vitok.codecs.fuzz --seconds N``.
 
-Streams come from a tiny 1D model coding a real sample clip. Mutations: bit flips, truncation, insertion,
+Streams come from a tiny 1D model coding a real sample clip. By default each mutant is parsed and every chunk
+entropy-decoded to its integers (the bitstream half of decoding); ``--pixels`` adds the neural decoder. Mutations: bit flips, truncation, insertion,
 deletion, trailing bytes, chunk duplication, header field edits and payload edits (with and without a
 recomputed CRC, so that checks behind the CRC are reached too). Every mutant must either decode or raise
 ``BitstreamError``: any other exception, a decode slower than a time limit, or a Python allocation peak over a
@@ -163,9 +164,10 @@ def mutate(data: bytes, rng: random.Random, lay: Layout | None = None) -> tuple[
     return mut.__name__, mut(data, lay, rng)
 
 
-def check(data: bytes, codec=None, *, max_seconds: float = MAX_SECONDS, max_alloc: int = MAX_ALLOC,
-          trace: bool = True) -> str:
-    """Parse (and with ``codec`` decode) one stream: "ok" or "rejected" (BitstreamError); else FuzzFailure."""
+def check(data: bytes, codec=None, *, pixels: bool = False, max_seconds: float = MAX_SECONDS,
+          max_alloc: int = MAX_ALLOC, trace: bool = True) -> str:
+    """Parse one stream; with ``codec`` also entropy-decode every chunk's integers (``pixels``: run the neural
+    decoder too). Returns "ok" or "rejected" (BitstreamError); anything else raises FuzzFailure."""
     t0 = time.perf_counter()
     started = trace and not tracemalloc.is_tracing()
     if started:
@@ -177,10 +179,13 @@ def check(data: bytes, codec=None, *, max_seconds: float = MAX_SECONDS, max_allo
             with VtokReader(data) as r:
                 for _ in r.chunks():
                     pass
-        else:
+        elif pixels:
             frames, _ = codec.decode(data)
             if frames.dtype != np.uint8 or frames.ndim != 4:
                 raise FuzzFailure(f"decoded frames have shape {frames.shape} / {frames.dtype}")
+        else:
+            for _ in codec.iter_symbols(data):
+                pass
         outcome = "ok"
     except BitstreamError as e:
         if "\n" in str(e):
@@ -223,7 +228,8 @@ def make_corpus(seed: int = 0):
     return codec, corpus
 
 
-def run(seconds: float, seed: int = 0, decode: bool = True, log: Callable[[str], None] = print) -> dict[str, int]:
+def run(seconds: float, seed: int = 0, decode: bool = True, pixels: bool = False,
+        log: Callable[[str], None] = print) -> dict[str, int]:
     """Mutate and check streams for ``seconds``; raise FuzzFailure (with the mutant saved) on the first failure."""
     codec, corpus = make_corpus(seed)
     layouts = [layout(d) for d in corpus]
@@ -235,7 +241,7 @@ def run(seconds: float, seed: int = 0, decode: bool = True, log: Callable[[str],
         i = rng.randrange(len(corpus))
         name, mutant = mutate(corpus[i], rng, layouts[i])
         try:
-            outcome = check(mutant, codec if decode else None)
+            outcome = check(mutant, codec if decode else None, pixels=pixels)
         except FuzzFailure as e:
             path = f"vtok-fuzz-failure-{seed}.vtok"
             with open(path, "wb") as f:
@@ -252,10 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vitok.codecs.fuzz", description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=60.0, help="how long to fuzz (default 60)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--parse-only", action="store_true", help="only parse (no model decode)")
+    p.add_argument("--parse-only", action="store_true", help="only parse the container (no entropy decoding)")
+    p.add_argument("--pixels", action="store_true", help="also run the neural decoder on what decodes")
     args = p.parse_args(argv)
     try:
-        run(args.seconds, args.seed, decode=not args.parse_only)
+        run(args.seconds, args.seed, decode=not args.parse_only, pixels=args.pixels)
     except FuzzFailure as e:
         print(f"fuzz: FAILURE: {e}", file=sys.stderr)
         return 1

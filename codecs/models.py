@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import json
 from pathlib import Path
 
 #: the bundled model ``vitok encode`` uses when no ``--model`` is given
@@ -27,3 +28,16 @@ def bundled_names() -> list[str]:
         return []
     return sorted(d.name for d in root.iterdir() if (d / "config.json").is_file()
                   and (d / "entropy.safetensors").is_file())
+
+
+def find_bundled(model_name: str) -> str | None:
+    """The bundled model a stream names: a bundled folder of that name, else one whose config has that name."""
+    if bundled_dir(model_name) is not None:
+        return model_name
+    for name in bundled_names():
+        try:
+            if json.loads((pretrained_root() / name / "config.json").read_text()).get("name") == model_name:
+                return name
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import struct
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -20,16 +19,16 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 import numpy as np
 
 from vitok.codecs.base import Codec, check_frames
-from vitok.codecs.container import VtokHeader, VtokReader, VtokWriter
+from vitok.codecs.container import ChunkInfo, VtokHeader, VtokReader, VtokWriter
 from vitok.codecs.entropy import DEFAULT_STEP, FILENAME as ENTROPY_FILE, EntropyTables, load_entropy_tables
 from vitok.codecs.errors import BitstreamError, CodecError
-from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names
+from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names, find_bundled
+from vitok.codecs.payload import CHUNK_HEAD, pack_chunk, parse_chunk
 from vitok.codecs.ratecontrol import Candidate, allocate_bytes, pick_psnr, token_grid
 
-__all__ = ["VitokCodec", "DEFAULT_MODEL", "EncodeStats", "ChunkCode", "parse_chunk", "bundled_codec_names"]
+__all__ = ["VitokCodec", "DEFAULT_MODEL", "EncodeStats", "ChunkCode", "bundled_codec_names", "model_for_stream"]
 
 WEIGHTS_ID_CHARS = 16  # the header names the weights by the first 64 bits of their sha256
-_CHUNK_HEAD = struct.Struct("<BfH")  # table index, quantization step (float32), tokens per unit (0 = all, grid)
 
 
 def bundled_codec_names() -> list[str]:
@@ -99,17 +98,6 @@ class EncodeStats:
                 "steps": self.steps, "chunk_bytes": self.chunk_bytes, "seconds": round(self.seconds, 3)}
 
 
-def parse_chunk(payload: bytes) -> tuple[int, float, int, bytes]:
-    """Split a chunk payload into (table index, step, tokens per unit (0 = all), rANS bytes)."""
-    if len(payload) < _CHUNK_HEAD.size:
-        raise BitstreamError(f"chunk payload of {len(payload)} bytes is shorter than its {_CHUNK_HEAD.size}-byte "
-                             "header")
-    table, step, tokens = _CHUNK_HEAD.unpack_from(payload)
-    if not (math.isfinite(step) and step > 0):
-        raise BitstreamError(f"bad quantization step {step} in chunk header")
-    return table, step, tokens, payload[_CHUNK_HEAD.size:]
-
-
 class VitokCodec(Codec):
     """A tokenizer + its entropy tables as a codec. ``model``: bundled name, model dir, or a ``Tokenizer``."""
 
@@ -157,7 +145,7 @@ class VitokCodec(Codec):
     def operating_points(self) -> list[dict[str, Any]]:
         """Grid models: every calibrated step; 1D models also every power-of-two token count at the default step."""
         points: list[dict[str, Any]] = [{"step": s} for s in self.tables.steps]
-        if self.is_1d:
+        if self.is_1d:  # a whole token curve (K down to 1) at the default step
             points += [{"tokens": k, "step": DEFAULT_STEP} for k in reversed(token_grid(self.tok.max_tokens))]
         return points
 
@@ -177,7 +165,7 @@ class VitokCodec(Codec):
         q = tables.quantize(z, step, index)
         data = tables.encode(q, index)
         tokens = tokens or tok.max_tokens  # 1D: the count actually kept; grid: None (0 in the chunk header)
-        payload = _CHUNK_HEAD.pack(index, step, tokens or 0) + data
+        payload = pack_chunk(index, step, tokens or 0, data)
         return ChunkCode(payload, q, tokens, step, index, frames.shape[0], tables.estimate_bits(q, index))
 
     def decode_symbols(self, payload: bytes, frames: int, height: int, width: int) -> tuple[np.ndarray, int | None,
@@ -271,11 +259,12 @@ class VitokCodec(Codec):
             yield codes[i]
 
     # ---- whole clips ----------------------------------------------------------------------------------------
-    def header_meta(self, step: float) -> dict[str, Any]:
+    def header_meta(self, step: float | None) -> dict[str, Any]:
+        """The header's JSON: model identity, tables, and the step asked for (None when rate control picks it)."""
         tok = self.tok
         return {"codec": "vitok", "model": tok.config.name, "weights": tok.weights_hash[:WEIGHTS_ID_CHARS],
-                "kind": tok.config.kind,
-                "channels": tok.latent_channels, "tables": self.tables.table_id, "step": float(np.float32(step))}
+                "kind": tok.config.kind, "channels": tok.latent_channels, "tables": self.tables.table_id,
+                "step": None if step is None else float(np.float32(step))}
 
     def encode_stream(self, chunks: Iterable[np.ndarray], fps: Fraction, out: BinaryIO, *,
                       step: float | None = None, tokens: int | None = None, bytes: int | None = None,
@@ -294,8 +283,8 @@ class VitokCodec(Codec):
         if first is None:
             raise BitstreamError("empty input video: no frames to encode")
         h, w = first.shape[1:3]
-        header = VtokHeader(w, h, fps, self.tok.clip_frames, meta=self.header_meta(DEFAULT_STEP if step is None
-                                                                                    else step))
+        asked = DEFAULT_STEP if step is None and bytes is None and psnr is None else step
+        header = VtokHeader(w, h, fps, self.tok.clip_frames, meta=self.header_meta(asked))
         header.check()
         head_len = len(header.pack())
         writer = VtokWriter(out, header)
@@ -313,7 +302,7 @@ class VitokCodec(Codec):
             stats.tokens.append(code.tokens)
             stats.steps.append(code.step)
             stats.chunk_bytes.append(len(code.payload))
-            stats.entropy_bytes += len(code.payload) - _CHUNK_HEAD.size
+            stats.entropy_bytes += len(code.payload) - CHUNK_HEAD.size
             stats.estimated_bytes += code.estimated_bits / 8
             if on_chunk:
                 on_chunk(code.frames)
@@ -334,17 +323,26 @@ class VitokCodec(Codec):
         stats = self.encode_stream([frames], fps, buf, **knobs)
         return buf.getvalue(), stats
 
-    def iter_decode(self, source: str | os.PathLike | bytes,
-                    reader: VtokReader | None = None) -> Iterator[np.ndarray]:
-        """Decoded frames chunk by chunk (``(t,H,W,3)`` uint8) after checking the stream matches this model."""
+    def iter_symbols(self, source: str | os.PathLike | bytes, reader: VtokReader | None = None
+                     ) -> Iterator[tuple[ChunkInfo, np.ndarray, int | None, float]]:
+        """Per chunk ``(info, integers (tokens, C), tokens per unit or None, step)``, after checking the stream
+        matches this model: the bitstream half of decoding, without the neural decoder."""
         with (reader or VtokReader(source)) as r:
             self.check_header(r.header)
             h = r.header
             for info, payload in r.chunks():
                 try:
-                    yield self.decode_chunk(payload, info.frames, h.height, h.width)
+                    yield (info, *self.decode_symbols(payload, info.frames, h.height, h.width))
                 except BitstreamError as e:
                     raise BitstreamError(f"{r.name}: chunk {info.index}: {e}") from None
+
+    def iter_decode(self, source: str | os.PathLike | bytes,
+                    reader: VtokReader | None = None) -> Iterator[np.ndarray]:
+        """Decoded frames chunk by chunk (``(t,H,W,3)`` uint8) after checking the stream matches this model."""
+        reader = reader or VtokReader(source)
+        h = reader.header
+        for info, q, tokens, step in self.iter_symbols(source, reader=reader):
+            yield self.reconstruct(q, tokens, step, info.frames, h.height, h.width)
 
     def check_header(self, header: VtokHeader) -> None:
         """Refuse streams from another model (name or weights differ) or other entropy tables."""
@@ -387,10 +385,11 @@ def model_for_stream(source: str | os.PathLike, device: str = "cpu") -> VitokCod
     """The codec for the model a ``.vtok`` names (a bundled model); others need an explicit model."""
     with VtokReader(source) as r:
         name = r.header.meta.get("model")
-    if not isinstance(name, str) or bundled_dir(name) is None:
+    bundled = find_bundled(name) if isinstance(name, str) else None
+    if bundled is None:
         raise BitstreamError(f"{source}: encoded with model {name!r}, which is not bundled here; pass --model "
                              "<model dir>")
-    return VitokCodec(name, device=device)
+    return VitokCodec(bundled, device=device)
 
 
 def _rechunk(arrays: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:

@@ -17,6 +17,7 @@ _EXPORTS = {
     "folder": ("VideoFolder",),
     "synthetic": ("SyntheticMotion",),
     "loader": ("make_loader",),
+    "shards": ("LatentShards", "collate_latents"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = ["VitokError", "VideoReadError", "VideoWriteError", *_WHERE]

@@ -112,17 +112,24 @@ def lpips_checkpoint(net: str = "alex") -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.IMAGENET1K_V1.url).name
 
 
+def lpips_available(net: str = "alex") -> bool:
+    """Whether the LPIPS backbone is cached locally; warns once per process when it is not."""
+    global _lpips_warned
+    ckpt = lpips_checkpoint(net)
+    if ckpt.is_file():
+        return True
+    if not _lpips_warned:
+        warnings.warn(f"LPIPS unavailable: backbone weights not found at {ckpt} (offline); reporting None",
+                      RuntimeWarning, stacklevel=3)
+        _lpips_warned = True
+    return False
+
+
 def lpips_model(net: str = "alex"):
     """The LPIPS module with pretrained backbone, or ``None`` when the backbone is not cached (warns once)."""
-    global _lpips_warned
     if net in _lpips_cache:
         return _lpips_cache[net]
-    ckpt = lpips_checkpoint(net)
-    if not ckpt.is_file():
-        if not _lpips_warned:
-            warnings.warn(f"LPIPS unavailable: backbone weights not found at {ckpt} (offline); reporting None",
-                          RuntimeWarning, stacklevel=2)
-            _lpips_warned = True
+    if not lpips_available(net):
         return None
     import lpips as lpips_pkg
 

@@ -38,13 +38,21 @@ def _save(fig, stem: Path, formats: Sequence[str] = ("png", "svg")) -> list[Path
 
 def plot_rd(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], stem: str | Path, *,
             x: str = "bpp", metric: str = "psnr", title: str = "", logx: bool = True) -> list[Path]:
-    """One line per codec (``{codec: (xs, ys)}``, drawn sorted by x); writes ``stem.png`` and ``stem.svg``."""
+    """One curve per codec (``{codec: (xs, ys)}``); writes ``stem.png`` and ``stem.svg``.
+
+    Every point is drawn; the line joins the codec's efficient points (those better than every cheaper point), so
+    operating points from different knobs (step, tokens, rate control) do not zig-zag.
+    """
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
+    sign = -1.0 if metric == "lpips" else 1.0
     for name, (xs, ys) in curves.items():
-        order = np.argsort(np.asarray(xs, dtype=float))
-        ax.plot(np.asarray(xs, dtype=float)[order], np.asarray(ys, dtype=float)[order], marker="o", ms=4,
-                label=name)
+        x_arr, y_arr = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+        order = np.lexsort((-sign * y_arr, x_arr))
+        front = [i for n, i in enumerate(order) if n == 0 or sign * y_arr[i] > max(sign * y_arr[order[:n]])]
+        (line,) = ax.plot(x_arr[front], y_arr[front], marker="o", ms=4, label=name)
+        if len(front) < len(x_arr):
+            ax.plot(x_arr, y_arr, ls="none", marker="o", ms=4, mfc="none", color=line.get_color())
     if logx:
         _plain_log_ticks(ax, [v for xs, _ in curves.values() for v in xs])
     ax.set_xlabel(LABELS.get(x, x) + (" (log)" if logx else ""))

@@ -33,10 +33,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from vitok.data.errors import VitokError
 from vitok.evaluation.clips import Clip, resolve_clips
 from vitok.evaluation.errors import EvaluationError
 from vitok.evaluation.memory import PeakMemory
-from vitok.evaluation.metrics import METRICS, compute_metrics
+from vitok.evaluation.metrics import METRICS, compute_metrics, lpips_available
 
 CACHE_FILE = "records.jsonl"
 FRAMES_DIR = "frames"
@@ -67,7 +68,7 @@ def _ops_for(codec: Any, obj: Any, operating_points: Any) -> list[dict]:
         ops = obj.operating_points() if ops is None else ops
     else:
         ops = operating_points
-    ops = [dict(op) for op in ops]
+    ops = list({json.dumps(op, sort_keys=True, default=str): dict(op) for op in ops}.values())  # drop repeats
     if not ops:
         raise EvaluationError(f"codec {name!r} has no operating points to sweep")
     return ops
@@ -121,7 +122,9 @@ _clip_cache: dict[str, tuple[np.ndarray, Fraction]] = {}
 def _worker_init(threads: int) -> None:
     """Share the cores between workers; torch is not imported for codecs and metrics that do not need it."""
     import sys
+    import warnings
 
+    warnings.filterwarnings("ignore", message="LPIPS unavailable")  # the parent process warns once
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     if "torch" in sys.modules:
@@ -176,12 +179,15 @@ def run_job(job: _Job) -> dict:
     """Encode, decode and measure one (clip, codec, operating point); returns its record."""
     frames, fps = _load_clip(job)
     codec = _codec_obj(job.codec)
-    with PeakMemory() as mem:
-        t0 = time.perf_counter()
-        data, tokens = _encode(codec, frames, fps, job.op)
-        t1 = time.perf_counter()
-        decoded, _ = codec.decode(data)
-        t2 = time.perf_counter()
+    try:
+        with PeakMemory() as mem:
+            t0 = time.perf_counter()
+            data, tokens = _encode(codec, frames, fps, job.op)
+            t1 = time.perf_counter()
+            decoded, _ = codec.decode(data)
+            t2 = time.perf_counter()
+    except VitokError as e:  # say which point of the sweep failed; records finished so far stay cached
+        raise EvaluationError(f"{job.clip.name} with {codec_name(job.codec)} {job.op}: {e}") from None
     decoded = np.asarray(decoded)
     if decoded.shape != frames.shape:
         raise EvaluationError(f"codec {codec_name(job.codec)} decoded {job.clip.name} to shape {decoded.shape}, "
@@ -232,6 +238,8 @@ def rd_sweep(clips: Iterable, codecs: Sequence, operating_points: Any = None, *,
     if workers > 1 and not all(isinstance(c, str) for c in codecs):
         raise EvaluationError("parallel sweeps (workers > 1) need codecs given by name")
     objs = {codec_name(c): _codec_obj(c) for c in codecs}  # unknown names fail here, before any work
+    if "lpips" in metrics:
+        lpips_available()
     cache = load_cache(cache_dir) if cache_dir is not None else {}
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,8 @@ _EXPORTS = {
     "list_models": "vitok.registry",
     "model_stats": "vitok.stats",
     "DiffusersAdapter": "vitok.adapters",
+    "latents_from_batch": "vitok.extract",
+    "extract_latents": "vitok.extract",
     "VitokError": "vitok.data.errors",
 }
 

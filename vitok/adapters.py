@@ -8,6 +8,7 @@ use `sample_size` (default: one unit, clip_frames x tile_size x tile_size).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -89,7 +90,7 @@ class DiffusersAdapter(nn.Module):
         lat = self.tok.encode(x.unsqueeze(2) if image else x).normalized()
         if lat.grid is not None:
             mean = lat.as_grid()
-            logvar = None if lat.logvar is None else lat._replace(z=lat.logvar).as_grid()
+            logvar = None if lat.logvar is None else dataclasses.replace(lat, z=lat.logvar).as_grid()
             if image:
                 mean, logvar = mean[:, :, 0], None if logvar is None else logvar[:, :, 0]
         else:
@@ -128,8 +129,7 @@ class DiffusersAdapter(nn.Module):
         else:
             grid = z.unsqueeze(2) if z.ndim == 4 else z
             tokens = grid.flatten(2).transpose(1, 2)
-        lat = self.tok.make_latents(tokens, frames, height, width)
-        lat = lat._replace(is_normalized=True)
+        lat = dataclasses.replace(self.tok.make_latents(tokens, frames, height, width), is_normalized=True)
         video = self.tok.decode(lat)
         video = video[:, :, 0] if z.ndim == 4 else video
         return DecoderOutput(video) if return_dict else (video,)

@@ -228,8 +228,9 @@ def _barrier(world: int) -> None:
 
 
 def _resolve_device(device: str) -> str:
-    if device.startswith("cuda") and ":" not in device and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    """Under torchrun, plain ``cuda`` means this rank's GPU (LOCAL_RANK, wrapping when ranks outnumber GPUs)."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK']) % max(1, torch.cuda.device_count())}"
     return device
 
 

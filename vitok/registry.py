@@ -75,7 +75,7 @@ def build(config: TokenizerConfig) -> Tokenizer:
     return MODEL_CLASSES[config.kind](config)
 
 
-def create_model(name: str, **overrides) -> Tokenizer:
+def create_model(name: str, /, **overrides) -> Tokenizer:
     """Random-init tokenizer from a registered architecture (or a bundled model's config), fields overridden."""
     config = read_config(PRETRAINED_DIR / name / "config.json") if name in bundled_models() else architecture(name)
     names = {f.name for f in dataclasses.fields(config)}

@@ -54,8 +54,10 @@ class Tokenizer(nn.Module):
         """Tokens (B, n, C) (+ presence mask) of one unit of padded `size` (T, H, W) -> (B,3,T,H,W)."""
         raise NotImplementedError
 
-    def token_mask(self, batch: int, num_tokens: int | None, device: torch.device) -> torch.Tensor | None:
-        """(batch, tokens_per_unit) presence mask for one unit; None when every token is present."""
+    def token_mask(self, batch: int, num_tokens: int | None, device: torch.device,
+                   sample: bool = False) -> torch.Tensor | None:
+        """(batch, tokens_per_unit) presence mask for one unit; None when every token is present.
+        `sample` (training forward only) lets 1D models draw a random prefix length per item."""
         if num_tokens is not None:
             raise VitokError(f"{self.config.name}: num_tokens is only for 1D models (this is a {self.config.kind})")
         return None
@@ -142,24 +144,26 @@ class Tokenizer(nn.Module):
         """Frozen models run under inference_mode; trainable ones keep autograd."""
         return torch.inference_mode() if self.frozen else contextlib.nullcontext()
 
-    def _check_video(self, video: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _check_video(video: torch.Tensor) -> None:
         if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
             shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
             raise VitokError(f"video must be a float tensor (B,3,T,H,W) in [-1,1], got {shape}")
         if not video.is_floating_point():
             raise VitokError(f"video must be a float tensor in [-1,1], got {video.dtype} (see vitok.data.convert)")
-        return video.to(self.device, self.dtype)
 
     def encode(self, video: torch.Tensor, num_tokens: int | None = None) -> Latents:
-        """Video (B,3,T,H,W) in [-1,1], any size -> Latents (1D models: keep the first `num_tokens` per unit)."""
-        x = self._check_video(video)
-        g = self.plan(*x.shape[2:])
-        self.token_mask(x.shape[0], num_tokens, x.device)  # validates num_tokens before any work
+        """Video (B,3,T,H,W) in [-1,1], any size -> Latents (1D models: keep the first `num_tokens` per unit).
+        The video may stay on the CPU: chunks move to the model's device one at a time."""
+        self._check_video(video)
+        g = self.plan(*video.shape[2:])
+        self.token_mask(video.shape[0], num_tokens, self.device)  # validates num_tokens before any work
         means, logvars = [], []
         with self._context():
             for c in range(g.chunks):
                 start, stop = g.chunk_range(c)
-                chunk = pad_chunk(x[:, :, start:stop], g.unit_frames, g.rows.padded, g.cols.padded)
+                chunk = video[:, :, start:stop].to(self.device, self.dtype)
+                chunk = pad_chunk(chunk, g.unit_frames, g.rows.padded, g.cols.padded)
                 for _, _, y0, x0 in g.tiles():
                     mean, logvar = self.encode_unit(chunk[..., y0:y0 + g.rows.tile, x0:x0 + g.cols.tile])
                     means.append(mean)
@@ -209,12 +213,13 @@ class Tokenizer(nn.Module):
         draw a random prefix length per item (nested dropout) unless `num_tokens` is given.
         kl is the mean over present tokens and channels of KL(q(z|x) || N(0, I)) (0 without a KL bottleneck).
         """
-        x = self._check_video(video)
+        self._check_video(video)
+        x = video.to(self.device, self.dtype)
         B, _, T, H, W = x.shape
         s = self.spatial_stride
         size = (self.unit_frames(T), math.ceil(H / s) * s, math.ceil(W / s) * s)
         mean, logvar = self.encode_unit(pad_chunk(x, *size))
-        mask = self.token_mask(B, num_tokens, x.device)
+        mask = self.token_mask(B, num_tokens, x.device, sample=self.training)
         z = mean
         if logvar is not None and self.training:
             z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
@@ -248,6 +253,10 @@ class Tokenizer(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self._hash_cache = None
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .half() change the bytes behind the hash
+        self._hash_cache = None
+        return super()._apply(fn, *args, **kwargs)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write model.safetensors then config.json into `directory`, each atomically (other files are kept)."""

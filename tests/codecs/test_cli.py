@@ -160,3 +160,25 @@ def test_errors_are_one_line(capsys, encoded, video, tiny1d, tmp_path):
 def test_model_mismatch_on_decode(capsys, encoded, tinygrid, tmp_path):
     err = _error(capsys, "decode", str(encoded), "-o", str(tmp_path / "m.npy"), "--model", str(tinygrid[2]))
     assert "model mismatch" in err and "vit1d-tiny" in err and "vit-tiny" in err
+
+
+def test_default_bundled_model_round_trip(monkeypatch, tiny1d, video, tmp_path):
+    """With a bundled model named like DEFAULT_MODEL, encode needs no --model and decode finds it from the file."""
+    import shutil
+
+    import vitok.registry
+    from vitok.codecs import DEFAULT_MODEL
+    from vitok.codecs import models as codec_models
+
+    root = tmp_path / "pretrained"
+    shutil.copytree(tiny1d[2], root / DEFAULT_MODEL)
+    monkeypatch.setattr(codec_models, "pretrained_root", lambda: root)
+    monkeypatch.setattr(vitok.registry, "PRETRAINED_DIR", root)
+    from vitok.codecs import list_codecs
+
+    assert f"vitok:{DEFAULT_MODEL}" in list_codecs()
+    out = tmp_path / "d.vtok"
+    res = _run("encode", str(video), "-o", str(out), "--frames", "8", "-q", "--fps", "30000/1001")
+    assert res["model"] == DEFAULT_MODEL and res["fps"] == "30000/1001"
+    res = _run("decode", str(out), "-o", str(tmp_path / "d.npy"), "-q")  # model found from the header's name
+    assert res["model"] == DEFAULT_MODEL and res["frames"] == 8

@@ -99,3 +99,17 @@ def test_bad_step(synthetic):
         with pytest.raises(CodecError):
             tables.table_index(bad)
     assert tables.table_index(0.3) == 0 and tables.table_index(3.0) == 2
+
+
+def test_calibrate_model_dir(tiny1d, tmp_path, clip):
+    import shutil
+
+    from vitok.codecs.entropy import calibrate_model_dir
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny1d[2], d)
+    (d / "entropy.safetensors").unlink()
+    frames, _ = clip
+    tables = calibrate_model_dir(d, [frames[:8]], steps=(1.0,), iters=10)
+    assert load_entropy_tables(d).table_id == tables.table_id and tables.steps == [1.0]
+    assert tables.meta["weights_hash"] == tiny1d[0].weights_hash

@@ -14,7 +14,8 @@ import torch
 from vitok.codecs import BitstreamError, CodecError, get_codec
 from vitok.codecs.container import VtokReader, read_vtok
 from vitok.codecs.entropy import EntropyTables
-from vitok.codecs.neural import VitokCodec, parse_chunk
+from vitok.codecs.neural import VitokCodec
+from vitok.codecs.payload import parse_chunk
 
 
 def test_integers_round_trip_exactly(codec1d, clip):

@@ -4,8 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-FAMILIES = ["vit-tiny", "vit1d-tiny", "cnn-tiny"]
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():

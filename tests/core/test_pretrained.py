@@ -122,3 +122,23 @@ def test_paper_sizes():
         assert 125e6 < sum(p.numel() for p in tok.parameters()) < 133e6
         tok = vitok.create_model("vit-B-L/8x16")
         assert (tok.temporal_stride, tok.spatial_stride, tok.config.dec_width) == (8, 16, 1152)
+
+
+def test_bundled_models_resolve(tmp_path, monkeypatch, clip):
+    """Names of folders in vitok/pretrained/ load like registry names (weights shipped inside the package)."""
+    import vitok.registry as registry
+
+    monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path)
+    torch.manual_seed(0)
+    tok = vitok.create_model("cnn-tiny", name="demo-cnn")
+    tok.save_pretrained(tmp_path / "demo-cnn")
+    assert vitok.list_models()[0] == "demo-cnn"
+    loaded = vitok.load("demo-cnn")
+    assert loaded.frozen and loaded.weights_hash == tok.weights_hash and loaded.config.name == "demo-cnn"
+    assert vitok.create_model("demo-cnn").config == tok.config  # same architecture, fresh weights
+    from vitok.cli.models import model_rows
+
+    monkeypatch.setattr(registry, "ARCHITECTURES", {})
+    monkeypatch.setattr(registry, "PAPER_EXAMPLES", [])
+    (row,) = model_rows()
+    assert row["name"] == "demo-cnn" and row["weights"] == str(tmp_path / "demo-cnn")

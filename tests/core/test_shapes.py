@@ -90,3 +90,11 @@ def test_training_forward(clip):
         assert out["latents"].z.requires_grad
         (out["recon"].square().mean() + out["kl"]).backward()
         assert tok.embed.weight.grad is not None if name != "cnn-tiny" else tok.encoder[0].weight.grad is not None
+
+
+def test_1d_encode_never_drops_tokens_at_random(clip):
+    """Nested dropout belongs to the training forward only: encode() of a model in train mode keeps all K."""
+    torch.manual_seed(0)
+    tok = vitok.create_model("vit1d-tiny").train()
+    assert tok.encode(clip(4, 16, 16, batch=4)).mask is None
+    assert tok(clip(4, 16, 16, batch=64))["latents"].mask.sum(1).unique().numel() > 1

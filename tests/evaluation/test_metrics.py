@@ -77,6 +77,25 @@ def test_lpips_real_code_path_with_random_backbone():
     assert math.isfinite(value) and value > 0
 
 
+def test_lpips_loads_a_cached_backbone_without_network(tmp_path, monkeypatch):
+    # stand-in for torchvision's download cache: random SqueezeNet weights under the checkpoint's file name
+    import torch
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(M, "_lpips_cache", {})
+    ckpt = M.lpips_checkpoint("squeeze")
+    ckpt.parent.mkdir(parents=True)
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = M.lpips_model("squeeze")
+    assert model is not None and M.lpips_model("squeeze") is model  # built once, then cached
+    ref = _gray(t=2, h=64, w=64)
+    noisy = (ref.astype(int) + 30 * _signs(ref.shape)).astype(np.uint8)
+    assert math.isfinite(M.lpips(ref, noisy, model=model)) and M.lpips(ref, ref, model=model) == pytest.approx(0)
+
+
 def test_lpips_unavailable_is_none_with_one_warning(tmp_path, monkeypatch):
     import torch
 

@@ -129,6 +129,8 @@ def test_bad_inputs_give_clear_errors(tmp_path, carphone9):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EvaluationError, match="holds no video files"):
         rd_sweep([str(tmp_path / "empty")], ["h264"], progress=False)
+    with pytest.raises(EvaluationError, match=r"small with h265 \{'crf': 30\}: .*64x64"):
+        rd_sweep([("small", carphone9[0][:2, :32, :48])], ["h265"], [{"crf": 30}], progress=False)
     with pytest.raises(EvaluationError, match="unknown metric"):
         rd_sweep(clip, ["h264"], metrics=("psnr", "vmaf"), progress=False)
 

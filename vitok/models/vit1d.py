@@ -47,10 +47,11 @@ class ViT1DTokenizer(ViTTokenizer):
     def tokens_per_unit(self, frames: int, height: int, width: int) -> int:
         return self.config.num_latents
 
-    def token_mask(self, batch: int, num_tokens: int | None, device: torch.device) -> torch.Tensor | None:
-        """Prefix mask (batch, K); in train mode without num_tokens, a random prefix length per item."""
+    def token_mask(self, batch: int, num_tokens: int | None, device: torch.device,
+                   sample: bool = False) -> torch.Tensor | None:
+        """Prefix mask (batch, K); with `sample` and no num_tokens, a random prefix length per item."""
         K = self.config.num_latents
-        if num_tokens is None and self.training:
+        if num_tokens is None and sample:
             keep = self._sample_keep(batch, device)
         elif num_tokens is None or num_tokens == K:
             return None

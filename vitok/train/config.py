@@ -39,7 +39,7 @@ DEFAULTS: dict[str, Any] = {
         "ms_ssim": 0.0,              # 1 - MS-SSIM per frame; only when frames are >= 161 px a side
         "lpips": 0.0,                # needs the lpips backbone weights offline; else a notice and weight 0
         "lpips_net": "alex",
-        "lpips_frames": 4,           # frames per clip that LPIPS looks at (evenly spaced)
+        "image_frames": 4,           # evenly spaced frames per clip that SSIM/MS-SSIM/LPIPS look at (0 = all)
         "kl": 1e-6,                  # times the model's KL (per-element mean) for posterior bottlenecks
         "consistency": 0.0,          # || encode(decode(z)) - sg(z) ||^2, per-element mean
         "gan": 0.0,                  # generator hinge-loss weight of the patch discriminator

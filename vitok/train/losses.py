@@ -3,6 +3,7 @@ latent consistency, and a patch-GAN hinge loss. ``TokenizerLoss`` weighs them fr
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,9 @@ def load_lpips(net: str = "alex") -> nn.Module | None:
     import lpips
     import torchvision
 
-    metric = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    with warnings.catch_warnings():   # lpips passes torchvision's deprecated `pretrained=False`
+        warnings.simplefilter("ignore", UserWarning)
+        metric = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
     builder = {"alex": torchvision.models.alexnet, "vgg": torchvision.models.vgg16,
                "squeeze": torchvision.models.squeezenet1_1}[net]
     backbone = builder()
@@ -116,7 +119,7 @@ class TokenizerLoss(nn.Module):
         super().__init__()
         self.w = {k: float(cfg[k]) for k in ("l1", "l2", "charbonnier", "ssim", "ms_ssim", "lpips", "kl",
                                               "consistency", "gan")}
-        self.lpips_frames = int(cfg["lpips_frames"])
+        self.image_frames = int(cfg["image_frames"])
         self.lpips: nn.Module | None = None
         if self.w["lpips"] > 0:
             self.lpips = load_lpips(cfg["lpips_net"])
@@ -142,13 +145,14 @@ class TokenizerLoss(nn.Module):
             terms["l2"] = F.mse_loss(recon, x)
         if w["charbonnier"]:
             terms["charbonnier"] = charbonnier(recon, x)
-        if w["ssim"]:
-            terms["ssim"] = ssim_loss(recon, x)
-        if w["ms_ssim"]:
-            terms["ms_ssim"] = ssim_loss(recon, x, multiscale=True)
-        if w["lpips"] and self.lpips is not None:
-            idx = torch.linspace(0, x.shape[2] - 1, min(self.lpips_frames, x.shape[2])).round().long()
-            terms["lpips"] = self.lpips(frames(recon[:, :, idx]), frames(x[:, :, idx])).mean()
+        if w["ssim"] or w["ms_ssim"] or (w["lpips"] and self.lpips is not None):
+            xs, rs = self._subsample(x), self._subsample(recon)
+            if w["ssim"]:
+                terms["ssim"] = ssim_loss(rs, xs)
+            if w["ms_ssim"]:
+                terms["ms_ssim"] = ssim_loss(rs, xs, multiscale=True)
+            if w["lpips"] and self.lpips is not None:
+                terms["lpips"] = self.lpips(frames(rs), frames(xs)).mean()
         if w["kl"] and torch.is_tensor(kl):
             terms["kl"] = kl.float()
         if w["consistency"] and consistency is not None:
@@ -157,6 +161,14 @@ class TokenizerLoss(nn.Module):
             terms["gan"] = gan
         total = sum((w[k] * v for k, v in terms.items()), torch.zeros((), device=x.device))
         return total, terms
+
+
+    def _subsample(self, x: torch.Tensor) -> torch.Tensor:
+        """Evenly spaced ``image_frames`` frames of each clip for the costly image losses (0 = all frames)."""
+        T = x.shape[2]
+        if self.image_frames <= 0 or self.image_frames >= T:
+            return x
+        return x[:, :, torch.linspace(0, T - 1, self.image_frames, device=x.device).round().long()]
 
 
 def sample_num_tokens(max_tokens: int, mode: str, min_tokens: int, generator: torch.Generator | None = None) -> int:

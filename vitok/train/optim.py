@@ -43,7 +43,9 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = float(decay)
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        # eval mode, updated under no_grad; requires_grad stays as is: a vitok Tokenizer with no trainable
+        # parameters counts as frozen and caches its weights hash, which in-place EMA updates would make stale
+        self.model = copy.deepcopy(model).eval()
         self.updates = 0
 
     @torch.no_grad()

@@ -208,6 +208,7 @@ class Trainer:
                     self._write_metrics({"step": self.step, **(rec or {"skipped": True}), "clips_per_s": rate})
                     bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}", clips_s=f"{rate:.2f}")
                 bar.update(1)
+                self._check_diverged()
                 if eval_every and self.step % eval_every == 0 and self.step < self.total_steps:
                     self._evaluate()
                 if (ckpt_every and self.step % ckpt_every == 0) or self.step == self.total_steps:
@@ -274,16 +275,18 @@ class Trainer:
         return float(D.all_reduce_mean(d_loss.detach().float(), self.info))
 
     def _skip(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        """Skip a non-finite step; stop once ``max_bad_steps`` happened in a row."""
+        """Count a skipped non-finite step (``run`` stops once ``max_bad_steps`` happened in a row)."""
         self.bad_steps += 1
-        limit = int(self.cfg["max_bad_steps"])
-        self.log(f"warning: step {self.step + 1}: non-finite loss {float(loss):.4g} / grad norm {float(grad_norm):.4g}"
-                 f" on some process; step skipped ({self.bad_steps}/{limit} in a row)")
-        if self.bad_steps >= limit:
-            raise TrainingDiverged(f"training stopped at step {self.step + 1}: loss or gradients were non-finite for "
+        self.log(f"warning: step {self.step + 1}: non-finite loss {float(loss.detach()):.4g} / grad norm "
+                 f"{float(grad_norm):.4g} on some process; step skipped "
+                 f"({self.bad_steps}/{int(self.cfg['max_bad_steps'])} in a row)")
+        return None
+
+    def _check_diverged(self) -> None:
+        if self.bad_steps >= int(self.cfg["max_bad_steps"]):
+            raise TrainingDiverged(f"training stopped at step {self.step}: loss or gradients were non-finite for "
                                    f"{self.bad_steps} consecutive steps (lower schedule.lr, raise schedule.warmup or "
                                    f"check the data); last good checkpoint in {self.out / 'checkpoints'}")
-        return None
 
     def _autocast(self):
         if self.device.type == "cuda":

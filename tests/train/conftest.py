@@ -1,0 +1,50 @@
+"""Shared helpers for the trainer tests: tiny configs on 8x32x32 procedural clips, one torch thread."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def make_cfg():
+    """``make_cfg("tiny-vit", "schedule.steps=4", ...)`` -> a resolved config dict (eval on 2 tiny synthetic clips)."""
+    from vitok.train.config import load_config
+
+    def make(name: str = "tiny-vit", *sets: str) -> dict:
+        return load_config(name, ["device=cpu", *sets])
+
+    return make
+
+
+@pytest.fixture
+def cli_cmd():
+    """The installed ``vitok`` console script (or ``python -m vitok.cli.main``) for subprocess tests."""
+    script = Path(sys.executable).parent / "vitok"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vitok.cli.main"]
+
+
+@pytest.fixture
+def sub_env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def metrics():
+    return read_metrics

@@ -1,0 +1,55 @@
+"""Pickle-free checkpoints: tensors in safetensors, structure in JSON; RNG capture; the latest pointer."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from vitok.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+
+def _equal(a, b) -> bool:
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_roundtrip_optimizer_and_rng(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": [rng_state()], "step": 7,
+             "nested": {"t": (1, 2.5, None, "x")}}
+    path = save_checkpoint(tmp_path, 7, state)
+    assert sorted(p.name for p in path.iterdir()) == ["state.json", "tensors.safetensors"]
+    step, back = load_checkpoint(latest_checkpoint(tmp_path))
+    assert step == 7 and _equal(state["model"], back["model"]) and _equal(state["nested"], back["nested"])
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    opt2.load_state_dict(back["optimizer"])
+    assert _equal(opt.state_dict(), opt2.state_dict())
+
+
+def test_rng_state_restores_every_generator(tmp_path):
+    save_checkpoint(tmp_path, 1, {"rng": rng_state()})
+    expect = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(load_checkpoint(latest_checkpoint(tmp_path))[1]["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expect[0], got[0]) and np.array_equal(expect[1], got[1]) and expect[2] == got[2]
+
+
+def test_latest_pointer_prunes_and_falls_back(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"x": torch.tensor([step])}, keep=2)
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-00000002", "step-00000003"]
+    assert latest_checkpoint(tmp_path).name == "step-00000003"
+    (root / "latest.json").write_text("{garbage")          # a torn pointer: use the newest complete dir
+    (root / "step-00000003" / "state.json").unlink()        # ... and skip an incomplete one
+    assert latest_checkpoint(tmp_path).name == "step-00000002"
+    assert latest_checkpoint(tmp_path / "none") is None

@@ -1,0 +1,73 @@
+"""Config files, merging over defaults, and ``--set key=value`` overrides."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import vitok
+from vitok.data.errors import VitokError
+from vitok.train.config import DEFAULTS, incompatible_changes, list_configs, load_config, parse_value, set_override
+
+
+def test_packaged_configs_load_and_name_registered_models():
+    names = list_configs()
+    for required in ("tiny-vit", "tiny-vit1d", "tiny-cnn", "vitok-grid", "vitok-1d", "vitok-cnn"):
+        assert required in names
+    for name in names:
+        cfg = load_config(name)
+        assert cfg["name"] == name
+        assert cfg["model"]["name"] in vitok.list_models()
+    assert load_config("vitok-cnn.json")["model"]["name"] == "cnn-s-cpu"
+
+
+@pytest.mark.parametrize("text,value", [("3", 3), ("1e-4", 1e-4), ("true", True), ("null", None),
+                                        ("[1, 2]", [1, 2]), ('{"a": 1}', {"a": 1}), ("vit-tiny", "vit-tiny"),
+                                        ('"007"', "007")])
+def test_parse_value_json_else_string(text, value):
+    assert parse_value(text) == value
+
+
+def test_set_overrides_dotted_keys():
+    cfg = load_config("tiny-vit", ["schedule.steps=42", "loss.kl=1e-5", "data.synthetic.num_clips=3",
+                                   "model.name=cnn-tiny", "model.overrides.latent_channels=4",
+                                   'eval={"every": 7}', "data.samples.sizes=[64]"])
+    assert cfg["schedule"]["steps"] == 42 and cfg["loss"]["kl"] == 1e-5
+    assert cfg["data"]["synthetic"] == {"num_clips": 3, "seed": 0}
+    assert cfg["model"] == {"name": "cnn-tiny", "overrides": {"latent_channels": 4}}
+    assert cfg["eval"]["every"] == 7 and cfg["eval"]["source"] == "synthetic"  # section merge keeps the rest
+    assert cfg["data"]["samples"]["sizes"] == [64]
+
+
+@pytest.mark.parametrize("item,needle", [("schedule.stepz=3", "schedule.stepz"), ("nope.a=1", "nope"),
+                                         ("schedule=3", "is a section"), ("schedule.steps", "key=value"),
+                                         ('eval={"evry": 1}', "eval.evry")])
+def test_bad_overrides_are_user_errors(item, needle):
+    cfg = json.loads(json.dumps(DEFAULTS))
+    with pytest.raises(VitokError, match=needle.replace(".", r"\.")):
+        set_override(cfg, item)
+
+
+def test_config_files_errors(tmp_path):
+    with pytest.raises(VitokError, match="config not found.*tiny-vit"):
+        load_config("no-such-config")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schedule": {"stepz": 1}}')
+    with pytest.raises(VitokError, match="unknown key 'schedule.stepz'"):
+        load_config(bad)
+    bad.write_text("{not json")
+    with pytest.raises(VitokError, match="invalid JSON"):
+        load_config(bad)
+    good = tmp_path / "mine.json"
+    good.write_text('{"model": {"name": "cnn-tiny"}, "schedule": {"steps": 3}}')
+    cfg = load_config(good, ["seed=5"])
+    assert (cfg["name"], cfg["model"]["name"], cfg["schedule"]["steps"], cfg["seed"]) == ("mine", "cnn-tiny", 3, 5)
+    assert cfg["loss"] == DEFAULTS["loss"]
+
+
+def test_incompatible_changes_allow_extending_a_run():
+    a = load_config("tiny-vit")
+    b = load_config("tiny-vit", ["schedule.steps=100", "eval.every=5", "checkpoint.every=9"])
+    assert incompatible_changes(a, b) == []
+    c = load_config("tiny-vit", ["schedule.lr=1", "model.overrides.latent_channels=4"])
+    assert incompatible_changes(a, c) == ["model.overrides", "schedule.lr"]

@@ -1,0 +1,93 @@
+"""The trainer end to end on tiny configs, in process: loss falls, exports load, resume is exact, NaN guard, GAN."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import vitok
+from vitok.data.errors import VitokError
+from vitok.train.losses import TokenizerLoss
+from vitok.train.trainer import TrainingDiverged, train
+
+
+def test_tiny_run_learns_and_exports(make_cfg, metrics, tmp_path):
+    cfg = make_cfg("tiny-vit", "schedule.steps=12", "schedule.lr=3e-3", "data.synthetic.num_clips=2",
+                   "loss.consistency=0", "checkpoint.every=6", "eval.every=6")
+    summary = train(cfg, tmp_path / "run", quiet=True)
+    recs = [r for r in metrics(tmp_path / "run") if "loss" in r]
+    losses = [r["loss"] for r in recs]
+    assert [r["step"] for r in recs] == list(range(1, 13))
+    assert all(map(torch.isfinite, torch.tensor(losses)))
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3])
+    assert all(k in recs[0] for k in ("lr", "grad_norm", "clips_per_s", "l1"))
+    evals = [r for r in metrics(tmp_path / "run") if "eval_psnr" in r]
+    assert [r["step"] for r in evals] == [6, 12] and summary["eval"]["psnr"] == evals[-1]["eval_psnr"]
+    assert sorted(p.name for p in (tmp_path / "run" / "eval").iterdir()) == ["step-00000006.png",
+                                                                              "step-00000012.png"]
+    tok = vitok.load(tmp_path / "run" / "model")
+    assert len(tok.config.latent_mean) == len(tok.config.latent_std) == tok.latent_channels
+    info = json.loads((tmp_path / "run" / "train_info.json").read_text())
+    assert info["steps"] == 12 and info["hardware"]["processes"] == 1 and info["eval"]["psnr"] > 0
+
+
+def test_resume_continues_the_same_loss_curve(make_cfg, metrics, tmp_path):
+    """1D model: nested dropout and the posterior sample draw random numbers, so RNG state must come back too."""
+    cfg = make_cfg("tiny-vit1d", "schedule.steps=6", "checkpoint.every=3")
+    train(cfg, tmp_path / "a", quiet=True)
+    b = tmp_path / "b"
+    (b / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-00000003", b / "checkpoints" / "step-00000003")
+    shutil.copy(tmp_path / "a" / "config.json", b / "config.json")
+    train(cfg, b, resume=True, quiet=True)
+    la = [r["loss"] for r in metrics(tmp_path / "a") if "loss" in r][3:]
+    lb = [r["loss"] for r in metrics(b) if "loss" in r]
+    assert len(lb) == 3 and la == pytest.approx(lb, rel=1e-6, abs=1e-7)
+    wa = vitok.load(tmp_path / "a" / "model").weights_hash
+    assert wa == vitok.load(b / "model").weights_hash
+
+
+def test_run_dir_rules(make_cfg, tmp_path):
+    cfg = make_cfg("tiny-cnn", "schedule.steps=1", "eval.num_segments=1")
+    train(cfg, tmp_path, quiet=True)
+    with pytest.raises(VitokError, match="already holds a run.*--resume.*-y"):
+        train(cfg, tmp_path, quiet=True)
+    with pytest.raises(VitokError, match="config differs.*schedule.lr"):
+        train(make_cfg("tiny-cnn", "schedule.steps=2", "schedule.lr=1"), tmp_path, resume=True, quiet=True)
+    assert train(make_cfg("tiny-cnn", "schedule.steps=2", "eval.num_segments=1"), tmp_path, resume=True,
+                 quiet=True)["steps"] == 2                                    # extending a run is fine
+    assert train(cfg, tmp_path, overwrite=True, quiet=True)["steps"] == 1     # -y starts over
+
+
+def test_nan_guard_skips_then_stops(make_cfg, metrics, tmp_path, monkeypatch, capsys):
+    real = TokenizerLoss.forward
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        total, terms = real(self, *a, **k)
+        return (total * float("nan") if calls["n"] in (2, 3) else total), terms
+
+    monkeypatch.setattr(TokenizerLoss, "forward", flaky)
+    train(make_cfg("tiny-vit", "schedule.steps=5", "max_bad_steps=3", "checkpoint.every=0"), tmp_path / "a",
+          quiet=True)
+    recs = [r for r in metrics(tmp_path / "a") if "eval_psnr" not in r]
+    assert [r.get("skipped", False) for r in recs] == [False, True, True, False, False]
+    assert "step 2: non-finite loss" in capsys.readouterr().err
+
+    monkeypatch.setattr(TokenizerLoss, "forward", lambda self, *a, **k: (real(self, *a, **k)[0] * float("inf"), {}))
+    with pytest.raises(TrainingDiverged, match="non-finite for 3 consecutive steps"):
+        train(make_cfg("tiny-vit", "schedule.steps=10", "max_bad_steps=3"), tmp_path / "b", quiet=True)
+    assert len(metrics(tmp_path / "b")) == 3
+
+
+def test_gan_and_trainer_side_nested_dropout(make_cfg, metrics, tmp_path):
+    cfg = make_cfg("tiny-vit1d", "schedule.steps=4", "loss.gan=0.1", "loss.gan_start=2", "loss.disc_channels=8",
+                   "nested_dropout.mode=pow2", "checkpoint.every=2")
+    train(cfg, tmp_path, quiet=True)
+    recs = [r for r in metrics(tmp_path) if "loss" in r]
+    assert ["disc" in r for r in recs] == [False, False, True, True]
+    assert all(r["num_tokens"] in (1, 2, 4, 8, 16) for r in recs)
+    assert "gan" in recs[-1] and all(torch.isfinite(torch.tensor(r["loss"])) for r in recs)
