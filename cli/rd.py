@@ -70,13 +70,13 @@ def _default_codecs() -> list[str]:
     return ["h264"] + [n for n in list_codecs() if n.startswith("vitok:")]
 
 
-def _report(records, out: Path, metrics, x, anchor, method, as_json, extra=None) -> None:
+def _report(records, out: Path, metrics, x, anchor, method, as_json) -> None:
     from vitok.cli.common import emit
     from vitok.evaluation.report import write_report
 
     rep = write_report(records, out, anchor=anchor, metrics=list(metrics), x=x, method=method)
     text = rep["text"] or f"(no {anchor} records: no BD-rate table)"
-    emit({"bd": rep["bd"], "summary": rep["summary"], "files": rep["files"], **(extra or {})}, as_json,
+    emit({"bd": rep["bd"], "summary": rep["summary"], "files": rep["files"]}, as_json,
          text + f"\nwrote {len(rep['files'])} files to {out}")
 
 
