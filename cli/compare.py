@@ -26,7 +26,7 @@ def compare(input, model, codecs, frames, output, overwrite, as_json) -> None:
 
     name, video, fps = load_clip(input, frames)
     out = check_output(output or f"{Path(name).name.replace(':', '_')}_compare.png", overwrite)
-    rows, shown = compare_codecs(video, fps, model=model, codecs=codecs)
+    rows, shown, _ = compare_codecs(video, fps, model=model, codecs=codecs)
     for r in rows:
         r["label"] = f"{r['codec']} {op_label(r['op'])}"
     labels = {r["codec"]: f"{r['codec']}\n{r['bytes']} B, {r['psnr']:.2f} dB" for r in rows}

@@ -68,12 +68,13 @@ def _row(name: str, op: dict, frames: np.ndarray, data: bytes, decoded: np.ndarr
 
 def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
                    codecs: Sequence[str] = ("h264",), model_op: Mapping[str, Any] | None = None
-                   ) -> tuple[list[dict], dict[str, np.ndarray]]:
+                   ) -> tuple[list[dict], dict[str, np.ndarray], dict[str, tuple[bytes, np.ndarray]]]:
     """Encode ``frames`` with ``vitok:<model>`` (default: the default bundled model), then each codec at the
     matching PSNR.
 
     Returns the rows (vitok first; classical rows also carry the ``crf`` found, and their encode time is that
-    of the final CRF only) and each codec's decoded middle frame (plus ``reference``) for a side-by-side figure.
+    of the final CRF only), each codec's decoded middle frame (plus ``reference``) for a side-by-side figure, and
+    each codec's ``(bytes, decoded frames)``.
     """
     from vitok.codecs import get_codec
 
@@ -88,6 +89,7 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
     rows = [_row(name, op, frames, data, decoded, t1 - t0, t2 - t1)]
     mid = len(frames) // 2
     shown = {"reference": frames[mid], name: decoded[mid]}
+    streams = {name: (data, decoded)}
     for cname in codecs:
         codec = get_codec(cname)
         cop, cdata, cdec, _ = match_psnr(codec, frames, fps, rows[0]["psnr"])
@@ -98,4 +100,5 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
         t2 = time.perf_counter()
         rows.append(_row(cname, cop, frames, cdata, cdec, t1 - t0, t2 - t1))
         shown[cname] = cdec[mid]
-    return rows, shown
+        streams[cname] = (cdata, cdec)
+    return rows, shown, streams
