@@ -1,0 +1,48 @@
+"""Ship a trained model inside the package: copy RUN/model into vitok/pretrained/NAME, rename it, record how it was
+trained, and calibrate its entropy tables on the sample clips' training segments.
+
+    python tools/bundle_model.py runs/1d vitok-1d --command "vitok train vitok-1d ..."
+
+A model that is already bundled under NAME is replaced as a whole (atomic directory swap). Training time adds up
+across resumed sessions: pass --previous-seconds with the bundled model's earlier total (read from training.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="training run directory (holds model/ and train_info.json)")
+    parser.add_argument("name", help="bundled model name, e.g. vitok-1d")
+    parser.add_argument("--command", required=True, help="the training command, recorded in training.json")
+    parser.add_argument("--previous-seconds", type=float, default=0.0, help="training time of earlier sessions")
+    parser.add_argument("--calibration-iters", type=int, default=300)
+    args = parser.parse_args()
+
+    from vitok.codecs.entropy import calibrate_model_dir
+    from vitok.data.atomic import atomic_dir
+
+    dest = REPO / "vitok" / "pretrained" / args.name
+    info = json.loads((args.run / "train_info.json").read_text())
+    with atomic_dir(dest) as tmp:
+        for f in ("model.safetensors", "config.json"):
+            shutil.copy2(args.run / "model" / f, tmp / f)
+        config = json.loads((tmp / "config.json").read_text())
+        config["name"] = args.name
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        training = {"architecture": info["config"]["model"]["name"], "command": args.command,
+                    "steps": info["steps"], "train_seconds": info["train_seconds"] + args.previous_seconds,
+                    "hardware": info["hardware"], "params": info["params"], "config": info["config"]}
+        (tmp / "training.json").write_text(json.dumps(training, indent=2) + "\n")
+        calibrate_model_dir(tmp, iters=args.calibration_iters)
+    print(f"bundled {args.name} -> {dest}")
+
+
+if __name__ == "__main__":
+    main()
