@@ -40,7 +40,9 @@ DEFAULTS: dict[str, Any] = {
         "lpips": 0.0,                # needs the lpips backbone weights offline; else a notice and weight 0
         "lpips_net": "alex",
         "image_frames": 4,           # evenly spaced frames per clip that SSIM/MS-SSIM/LPIPS look at (0 = all)
-        "kl": 1e-6,                  # times the model's KL (per-element mean) for posterior bottlenecks
+        # times the model's KL for posterior bottlenecks; the model reports a per-element mean (over tokens and
+        # channels); 1e-6..1e-4 bounds the latent scale without costing reconstruction PSNR
+        "kl": 1e-6,
         "consistency": 0.0,          # || encode(decode(z)) - sg(z) ||^2, per-element mean
         "gan": 0.0,                  # generator hinge-loss weight of the patch discriminator
         "gan_start": 0,              # step at which the discriminator joins

@@ -1,4 +1,4 @@
-"""Training data: a mix of procedural motion clips, training segments of the sample clips and an optional folder,
+"""Training data: a mix of procedural motion clips, the sample clips' training ranges and an optional folder,
 drawn by a step-indexed sampler so that a resumed run sees exactly the batches the uninterrupted run would have."""
 from __future__ import annotations
 

@@ -183,8 +183,9 @@ class Trainer:
                      f"batch {self.batch_size}, steps {self.step}->{self.total_steps}, out {self.out}")
         from tqdm.auto import tqdm
 
+        # a terminal gets a live bar; a log file (background runs) a line every 30 s
         bar = tqdm(total=self.total_steps, initial=self.step, file=sys.stderr, disable=self.quiet, unit="step",
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
         it = iter(self.loader)
         last: dict[str, float] = {}
         window_t, window_n, rate = time.perf_counter(), 0, float("nan")
@@ -196,8 +197,6 @@ class Trainer:
                 batch = next(it).to(self.device, non_blocking=True)
                 rec = self.train_step(batch)
                 self.step += 1
-                dt = time.perf_counter() - t0
-                self.elapsed += dt
                 window_n += 1
                 if rec is not None:
                     last = rec
@@ -211,6 +210,7 @@ class Trainer:
                 self._check_diverged()
                 if eval_every and self.step % eval_every == 0 and self.step < self.total_steps:
                     self._evaluate()
+                self.elapsed += time.perf_counter() - t0      # wall time, evaluations included
                 if (ckpt_every and self.step % ckpt_every == 0) or self.step == self.total_steps:
                     self._checkpoint()
         finally:
@@ -223,7 +223,7 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor) -> dict[str, float] | None:
         """One optimizer step; returns the logged record, or None when the step was skipped as non-finite."""
-        cfg, lw = self.cfg, self.loss_fn.w
+        cfg = self.cfg
         lr = set_lr(self.opt, self.step, cfg["schedule"])
         num_tokens = None
         nd = cfg["nested_dropout"]
@@ -358,7 +358,7 @@ class Trainer:
         """``train_info.json``: what trained the model, how long, on what hardware, with what held-out result."""
         dev = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else \
             f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-        info = {"config": self.cfg, "steps": self.step, "train_seconds": round(self.elapsed, 1),
+        info = {"config": self.cfg, "steps": self.step, "train_seconds": round(self.elapsed, 1),  # wall time over all sessions of the run
                 "hardware": {"device": dev, "processes": self.info.world, "cpu_count": os.cpu_count(),
                              "torch": torch.__version__},
                 "params": sum(p.numel() for p in self.tok.parameters()),

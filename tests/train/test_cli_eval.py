@@ -1,0 +1,71 @@
+"""`vitok train`, `vitok bench train` (click, in process) and the held-out evaluation helpers."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import vitok
+from vitok.cli.bench_train import bench_train
+from vitok.cli.train import train
+from vitok.train import evaluate_model
+from vitok.train.evaluate import frame_psnr, frame_ssim, main as evaluate_main, save_grid
+
+FAST = ["--set", "device=cpu", "--set", "data.size=16", "--set", "eval.size=16", "--set", "export.stats_clips=2",
+        "--threads", "1"]
+
+
+def test_train_command_json_and_errors(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(train, ["tiny-cnn", "--out", str(tmp_path / "r"), "--set", "schedule.steps=2", "-q",
+                                "--json", *FAST])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["steps"] == 2 and summary["model_dir"].endswith("model") and "psnr" in summary["eval"]
+    res = runner.invoke(train, ["tiny-cnn", "--out", str(tmp_path / "r"), "--set", "schedule.steps=2", *FAST])
+    assert res.exit_code != 0 and "already holds a run" in str(res.exception)
+    res = runner.invoke(train, ["tiny-cnn", "--set", "schedule.stepz=2"])
+    assert res.exit_code != 0 and "unknown key 'schedule.stepz'" in str(res.exception)
+    res = runner.invoke(train, ["--list"])
+    assert res.exit_code == 0 and "vitok-grid" in res.stdout.split()
+
+
+def test_bench_train_prints_clips_per_second():
+    res = CliRunner().invoke(bench_train, ["tiny-vit", "--steps", "2", "--warmup", "1", "--json", *FAST])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    assert r["clips_per_s"] > 0 and r["batch_size"] == 2 and r["clip"] == [8, 16, 16] and r["steps"] == 2
+    res = CliRunner().invoke(bench_train, ["tiny-vit", "--steps", "1", "--warmup", "0", *FAST])
+    assert res.exit_code == 0 and "clips/s" in res.stdout
+
+
+def test_metrics_match_conventions():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    assert frame_psnr(a, a) == 100.0 and frame_ssim(a, a) == pytest.approx(1.0)
+    b = a.copy()
+    b[1] ^= 1                                                        # one frame off by one level
+    assert frame_psnr(a, b) == pytest.approx((100 + 100 + 10 * np.log10(255 ** 2)) / 3)
+
+
+def test_evaluate_model_grid_and_module_entry(tmp_path, capsys):
+    import torch
+
+    torch.manual_seed(0)
+    tok = vitok.create_model("vit-tiny").train()
+    rng = np.random.default_rng(1)
+    segs = [(f"s{i}", rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)) for i in range(2)]
+    res = evaluate_model(tok, segs, return_recons=True)
+    assert tok.training and res["num_segments"] == 2 and len(res["recons"]) == 2
+    assert 0 < res["psnr"] < 100 and -1 <= res["ssim"] <= 1 and [s["id"] for s in res["segments"]] == ["s0", "s1"]
+    from PIL import Image
+
+    grid = save_grid(tmp_path / "g.png", [f for _, f in segs], res["recons"], frames_per_clip=3)
+    assert Image.open(grid).size == (3 * 36, 4 * 36)
+
+    tok.save_pretrained(tmp_path / "m")
+    assert evaluate_main([str(tmp_path / "m"), "--frames", "8", "--size", "32", "--limit", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["num_segments"] == 1 and out["segments"][0]["id"].startswith("bigbuckbunny") and out["psnr"] > 0

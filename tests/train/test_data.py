@@ -1,0 +1,47 @@
+"""Training data: the step-indexed sampler (sharding, resume position) and the clip mix with augmentation."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from vitok.train.config import DEFAULTS
+from vitok.train.data import StepSampler, TrainClips, make_train_loader
+
+
+def _take(sampler, n):
+    return list(itertools.islice(iter(sampler), n))
+
+
+def test_sampler_shards_epochs_and_resumes():
+    n, b = 10, 2
+    single = _take(StepSampler(n, b, seed=3), 20)                         # 10 steps of one process
+    assert sorted(i for i, _ in single[:10]) == list(range(10))          # an epoch is a permutation
+    assert [i for i, _ in single[:10]] != [i for i, _ in single[10:]]    # reshuffled per epoch
+    r0 = _take(StepSampler(n, b, seed=3, rank=0, world=2), 10)
+    r1 = _take(StepSampler(n, b, seed=3, rank=1, world=2), 10)
+    merged = [x for k in range(5) for x in r0[2 * k:2 * k + 2] + r1[2 * k:2 * k + 2]]
+    assert merged == single                                              # ranks split one global stream
+    assert _take(StepSampler(n, b, seed=3, start_step=4), 12) == single[8:]   # resume = start later
+
+
+def test_clip_mix_samples_folder_and_augmentation(tmp_path):
+    from vitok.data.io import write_video
+
+    frames = np.random.default_rng(0).integers(0, 256, (6, 24, 24, 3), dtype=np.uint8)
+    write_video(tmp_path / "v.mp4", frames, 10)
+    cfg = {**DEFAULTS["data"], "size": 16, "synthetic": {"num_clips": 3, "seed": 0},
+           "samples": {"repeat": 1, "sizes": [32]}, "folder": str(tmp_path)}
+    ds = TrainClips(cfg, num_frames=4)
+    kinds = [k for k, _, _ in ds.sources]
+    assert kinds == ["synthetic", "samples", "folder"] and len(ds) == ds.offsets[-1]
+    first_sample = int(ds.offsets[1])
+    a, b = ds[(first_sample, 7)], ds[(first_sample, 7)]
+    assert a.shape == (3, 4, 16, 16) and a.dtype == torch.float32 and torch.equal(a, b)   # same draw, same crop
+    assert not torch.equal(a, ds[(first_sample, 8)])
+    assert ds[(len(ds) - 1, 0)].shape == (3, 4, 16, 16)
+    loader = make_train_loader(ds, 2, seed=0, rank=0, world=1, start_step=0, num_workers=0)
+    state = torch.get_rng_state()
+    batch = next(iter(loader))
+    assert batch.shape == (2, 3, 4, 16, 16) and torch.equal(state, torch.get_rng_state())   # global RNG untouched
