@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="the training command, recorded in training.json")
     parser.add_argument("--previous-seconds", type=float, default=0.0, help="training time of earlier sessions")
     parser.add_argument("--calibration-iters", type=int, default=300)
+    parser.add_argument("--half", action="store_true", help="store the weights as float16 (halves the file)")
     args = parser.parse_args()
 
     from vitok.codecs.entropy import calibrate_model_dir
@@ -31,8 +32,14 @@ def main() -> None:
     dest = REPO / "vitok" / "pretrained" / args.name
     info = json.loads((args.run / "train_info.json").read_text())
     with atomic_dir(dest) as tmp:
-        for f in ("model.safetensors", "config.json"):
-            shutil.copy2(args.run / "model" / f, tmp / f)
+        if args.half:
+            import torch
+
+            import vitok
+            vitok.load(args.run / "model", frozen=False).save_pretrained(tmp, dtype=torch.float16)
+        else:
+            for f in ("model.safetensors", "config.json"):
+                shutil.copy2(args.run / "model" / f, tmp / f)
         config = json.loads((tmp / "config.json").read_text())
         config["name"] = args.name
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -4,11 +4,15 @@ Latents come out already normalized with the model's per-channel statistics, so 
 and `shift_factor` 0.0: pipelines that multiply by the scaling factor do the right thing, and nobody can forget
 the normalization. Grid models give (B, C, t, h, w) latents ((B, C, h, w) for 4D image input); 1D models give
 (B, C, N). Decoding needs the video geometry: grid models infer it from the latent grid (padded size), 1D models
-use `sample_size` (default: one unit, clip_frames x tile_size x tile_size).
+use `sample_size` (default: one unit, clip_frames x tile_size x tile_size). As in diffusers, grid models work on
+whole frames unless `enable_tiling()` is called (then frames larger than the model's tile size are tiled, and
+`decode` must go through the tokenizer's own `decode`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -76,6 +80,28 @@ class DiffusersAdapter(nn.Module):
                                     temporal_compression_ratio=tok.temporal_stride,
                                     spatial_compression_ratio=tok.spatial_stride)
 
+        self.use_tiling = False
+
+    def enable_tiling(self) -> None:
+        """Split frames larger than the model's tile size into blended tiles (less memory on big frames)."""
+        self.use_tiling = True
+
+    def disable_tiling(self) -> None:
+        """Whole frames in one pass (the default): grid latents then form one (B, C, t, h, w) tensor."""
+        self.use_tiling = False
+
+    @contextlib.contextmanager
+    def _tiling(self) -> Iterator[None]:
+        """Grid models run untiled unless tiling is on; 1D models always use their trained unit size."""
+        c = self.tok.config
+        saved = c.tile_size
+        if not self.use_tiling and self.tok.max_tokens is None:
+            c.tile_size = None
+        try:
+            yield
+        finally:
+            c.tile_size = saved
+
     @property
     def dtype(self) -> torch.dtype:
         return self.tok.dtype
@@ -87,7 +113,8 @@ class DiffusersAdapter(nn.Module):
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """x (B,3,H,W) or (B,3,T,H,W) in [-1,1] -> EncoderOutput(latent_dist) over normalized latents."""
         image = x.ndim == 4
-        lat = self.tok.encode(x.unsqueeze(2) if image else x).normalized()
+        with self._tiling():
+            lat = self.tok.encode(x.unsqueeze(2) if image else x).normalized()
         if lat.grid is not None:
             mean = lat.as_grid()
             logvar = None if lat.logvar is None else dataclasses.replace(lat, z=lat.logvar).as_grid()
@@ -123,6 +150,10 @@ class DiffusersAdapter(nn.Module):
 
     def decode(self, z: torch.Tensor, return_dict: bool = True):
         """Normalized latents in the layout `encode` gives -> DecoderOutput(sample) video (or image for 4D z)."""
+        with self._tiling():
+            return self._decode(z, return_dict)
+
+    def _decode(self, z: torch.Tensor, return_dict: bool):
         frames, height, width = self._geometry(z)
         if self.tok.max_tokens is not None:
             tokens = z.transpose(1, 2)

@@ -67,3 +67,21 @@ def test_matches_diffusers_distribution(grid, clip):
     ref = DiagonalGaussianDistribution(torch.cat([dist.mean, dist.logvar], dim=1))
     assert ref.mode().shape == dist.mode().shape
     torch.testing.assert_close(ref.kl(), dist.kl())
+
+
+def test_whole_frames_unless_tiling_enabled(clip):
+    """Like diffusers' AutoencoderKL: no tiling by default, so frames above the model's tile size still give one
+    latent grid; enable_tiling() restores the tokenizer's tiles (then the grid view is refused clearly)."""
+    torch.manual_seed(0)
+    tok = vitok.create_model("vit-tiny").freeze()  # tile_size 64
+    vae = vitok.DiffusersAdapter(tok)
+    x = clip(8, 80, 96)
+    dist = vae.encode(x).latent_dist
+    assert dist.mean.shape == (1, 8, 2, 10, 12)
+    assert vae.decode(dist.mode()).sample.shape == x.shape
+    assert tok.config.tile_size == 64  # restored after the call
+    vae.enable_tiling()
+    with pytest.raises(vitok.VitokError, match="tiles"):
+        vae.encode(x)
+    vae.disable_tiling()
+    assert vae.encode(x).latent_dist.mean.shape == (1, 8, 2, 10, 12)

@@ -29,6 +29,24 @@ def test_save_load_bit_exact(tmp_path, clip, name):
     assert torch.equal(tok.decode(lat_a), loaded.decode(lat_b))
 
 
+def test_save_half_precision(tmp_path, clip):
+    """float16 storage halves the file; the saved model is rounded first, so load() rebuilds it bit-exactly."""
+    torch.manual_seed(0)
+    tok = vitok.create_model("vit1d-tiny")
+    tok.save_pretrained(tmp_path / "full")
+    reference = tok.encode(clip(6, 24, 16)).z
+    tok.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    full, half = ((tmp_path / d / "model.safetensors").stat().st_size for d in ("full", "half"))
+    assert half < 0.55 * full
+    loaded = vitok.load(tmp_path / "half")
+    assert next(loaded.parameters()).dtype == torch.float32
+    assert loaded.weights_hash == tok.weights_hash
+    tok.freeze()
+    video = clip(6, 24, 16)
+    assert torch.equal(tok.encode(video).z, loaded.encode(video).z)
+    assert torch.allclose(tok.encode(video).z, reference, atol=0.05)  # rounding moved the latents only slightly
+
+
 def test_weights_hash_tracks_weights():
     torch.manual_seed(0)
     a = vitok.create_model("vit-tiny")
