@@ -96,7 +96,7 @@ class ClassicalCodec(Codec):
             return {"crf": str(crf), "preset": preset, "bf": str(bframes)}
         if enc == "libx265":
             return {"crf": str(crf), "preset": preset,
-                    "x265-params": f"log-level=error:bframes={bframes}:keyint={gop}:min-keyint={gop}"}
+                    "x265-params": f"log-level=error:info=0:bframes={bframes}:keyint={gop}:min-keyint={gop}"}
         if enc == "libsvtav1":
             return {"crf": str(crf), "preset": preset}
         return {"crf": str(crf), "b": "0", "cpu-used": preset, "deadline": "good", "row-mt": "1"}  # libvpx-vp9

@@ -50,6 +50,13 @@ def test_crf_controls_rate(carphone_clip):
     assert sizes == sorted(sizes, reverse=True) and sizes[0] > 2 * sizes[-1]
 
 
+def test_h265_carries_no_encoder_info_sei(carphone_clip):
+    """x265's informational SEI (version and every option as text, ~2 KB) is metadata, not video: it is switched off
+    so small clips are not charged for it. libx264 always writes its own (~0.7 KB); it stays counted."""
+    assert b"x265 (build" not in get_codec("h265").encode(carphone_clip, 30)
+    assert b"x264 - core" in get_codec("h264").encode(carphone_clip, 30)
+
+
 def test_frame_threading_and_gop_knobs(carphone_clip):
     codec = get_codec("h264")
     a = codec.encode(carphone_clip, 30, crf=30, gop=1)  # all intra: bigger
