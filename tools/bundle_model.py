@@ -3,8 +3,9 @@ trained, and calibrate its entropy tables on the sample clips' training segments
 
     python tools/bundle_model.py runs/1d vitok-1d --command "vitok train vitok-1d ..."
 
-A model that is already bundled under NAME is replaced as a whole (atomic directory swap). Training time adds up
-across resumed sessions: pass --previous-seconds with the bundled model's earlier total (read from training.json).
+A model that is already bundled under NAME is replaced as a whole (atomic directory swap). A run started from other
+weights (config `model.init`, e.g. `--set model.init=vitok-grid`) adds its history from that model's training.json:
+steps and seconds are totals, the commands are chained with " && ", and `hardware_history` lists every stage.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="training run directory (holds model/ and train_info.json)")
     parser.add_argument("name", help="bundled model name, e.g. vitok-1d")
     parser.add_argument("--command", required=True, help="the training command, recorded in training.json")
-    parser.add_argument("--previous-seconds", type=float, default=0.0, help="training time of earlier sessions")
     parser.add_argument("--calibration-iters", type=int, default=300)
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (halves the file)")
     args = parser.parse_args()
@@ -31,6 +31,7 @@ def main() -> None:
 
     dest = REPO / "vitok" / "pretrained" / args.name
     info = json.loads((args.run / "train_info.json").read_text())
+    prior = _prior_training(info["config"]["model"].get("init"))
     with atomic_dir(dest) as tmp:
         if args.half:
             import torch
@@ -43,12 +44,27 @@ def main() -> None:
         config = json.loads((tmp / "config.json").read_text())
         config["name"] = args.name
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        training = {"architecture": info["config"]["model"]["name"], "command": args.command,
-                    "steps": info["steps"], "train_seconds": info["train_seconds"] + args.previous_seconds,
-                    "hardware": info["hardware"], "params": info["params"], "config": info["config"]}
+        training = {"architecture": info["config"]["model"]["name"],
+                    "command": " && ".join(c for c in (prior.get("command"), args.command) if c),
+                    "steps": prior.get("steps", 0) + info["steps"],
+                    "train_seconds": round(prior.get("train_seconds", 0.0) + info["train_seconds"], 1),
+                    "hardware": info["hardware"],
+                    "hardware_history": prior.get("hardware_history", [{"steps": prior["steps"], **prior["hardware"]}] if prior else [])
+                    + [{"steps": info["steps"], **info["hardware"]}],
+                    "params": info["params"], "config": info["config"]}
         (tmp / "training.json").write_text(json.dumps(training, indent=2) + "\n")
         calibrate_model_dir(tmp, iters=args.calibration_iters)
     print(f"bundled {args.name} -> {dest}")
+
+
+def _prior_training(init: str | None) -> dict:
+    """training.json of the model a run was initialised from ({} when it started from scratch or has none)."""
+    if not init:
+        return {}
+    from vitok.registry import resolve
+
+    path = resolve(init) / "training.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 if __name__ == "__main__":

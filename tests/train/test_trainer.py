@@ -91,3 +91,19 @@ def test_gan_and_trainer_side_nested_dropout(make_cfg, metrics, tmp_path):
     assert ["disc" in r for r in recs] == [False, False, True, True]
     assert all(r["num_tokens"] in (1, 2, 4, 8, 16) for r in recs)
     assert "gan" in recs[-1] and all(torch.isfinite(torch.tensor(r["loss"])) for r in recs)
+
+
+def test_init_continues_from_pretrained_weights(make_cfg, tmp_path):
+    """model.init starts from saved weights (how a bundled model keeps training in a fresh clone); with lr 0 the
+    exported model is the initial one, and a model of another architecture is refused by name."""
+    torch.manual_seed(123)
+    start = vitok.create_model("vit-tiny")
+    start.save_pretrained(tmp_path / "start")
+    cfg = make_cfg("tiny-vit", "schedule.steps=2", "schedule.lr=0", "schedule.weight_decay=0",
+                   "data.synthetic.num_clips=2", f"model.init={json.dumps(str(tmp_path / 'start'))}")
+    train(cfg, tmp_path / "run", quiet=True)
+    assert vitok.load(tmp_path / "run" / "model").weights_hash == vitok.load(tmp_path / "start").weights_hash
+    vitok.create_model("cnn-tiny").save_pretrained(tmp_path / "other")
+    bad = make_cfg("tiny-vit", "schedule.steps=1", f"model.init={json.dumps(str(tmp_path / 'other'))}")
+    with pytest.raises(VitokError, match="model.init: .* does not match"):
+        train(bad, tmp_path / "bad", quiet=True)

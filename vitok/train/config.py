@@ -19,6 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {
         "name": "vit-tiny",          # registry name for vitok.create_model
         "overrides": {},             # keyword overrides for the model config
+        "init": None,                # start from these weights: a bundled model name or a save_pretrained folder
     },
     "data": {
         "num_frames": None,          # clip length; None = the model's clip_frames

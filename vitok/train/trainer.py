@@ -65,6 +65,18 @@ def train(cfg: dict[str, Any], out_dir: str | Path | None = None, *, resume: boo
         D.teardown(info)
 
 
+def _init_from(tok: nn.Module, source: str) -> None:
+    """Load a pretrained model's weights into the freshly built ``tok`` (continue training a bundled model)."""
+    import vitok
+
+    src = vitok.load(source, frozen=False)
+    theirs, ours = src.state_dict(), tok.state_dict()
+    if {k: v.shape for k, v in theirs.items()} != {k: v.shape for k, v in ours.items()}:
+        raise VitokError(f"model.init: {source} ({src.config.name}, {src.config.kind}) does not match the config's "
+                         f"architecture {tok.config.name!r}; set model.name/overrides to the same architecture")
+    tok.load_state_dict(theirs)
+
+
 class Trainer:
     """One training run; ``run()`` does the work. Only rank 0 writes files or prints."""
 
@@ -87,6 +99,9 @@ class Trainer:
             tok = vitok.create_model(cfg["model"]["name"], **cfg["model"]["overrides"])
         except (KeyError, ValueError, TypeError) as e:
             raise VitokError(f"config model: cannot create {cfg['model']['name']!r} ({e})") from None
+        if cfg["model"]["init"] and ckpt is None:
+            _init_from(tok, cfg["model"]["init"])
+            self.log(f"initialised from {cfg['model']['init']}")
         self.tok = tok.to(self.device).train()
         self.ema = EMA(self.tok, cfg["ema"]["decay"])
         _seed_all(seed + 1000 * info.rank)   # per-rank randomness (sampling, nested dropout) after a shared init
