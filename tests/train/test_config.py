@@ -34,7 +34,7 @@ def test_set_overrides_dotted_keys():
                                    'eval={"every": 7}', "data.samples.sizes=[64]"])
     assert cfg["schedule"]["steps"] == 42 and cfg["loss"]["kl"] == 1e-5
     assert cfg["data"]["synthetic"] == {"num_clips": 3, "seed": 0}
-    assert cfg["model"] == {"name": "cnn-tiny", "overrides": {"latent_channels": 4}}
+    assert cfg["model"] == {"name": "cnn-tiny", "overrides": {"latent_channels": 4}, "init": None}
     assert cfg["eval"]["every"] == 7 and cfg["eval"]["source"] == "synthetic"  # section merge keeps the rest
     assert cfg["data"]["samples"]["sizes"] == [64]
 
