@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 import click
 
@@ -64,12 +65,23 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+def one_line_warnings() -> None:
+    """Show warnings as one line ``warning: ...`` on stderr, without the source file and line (``--debug`` keeps
+    Python's default format)."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        click.echo(f"warning: {message}", err=True)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one line ``error: ...`` and exit non-zero, no traceback."""
     from vitok.data.errors import VitokError
 
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("VITOK_DEBUG") == "1"
+    if not debug:
+        one_line_warnings()
     try:
         rv = cli.main(args=args, prog_name="vitok", standalone_mode=False)
     except click.exceptions.Abort:

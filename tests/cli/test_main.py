@@ -55,3 +55,17 @@ def test_console_script_runs(tmp_path: Path):
                        timeout=120)
     assert r.returncode != 0
     assert r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_warnings_are_one_line(capsys):
+    """A library warning (e.g. LPIPS weights missing) reaches the shell as `warning: ...`, not a source line."""
+    import warnings
+
+    from vitok.cli.main import one_line_warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        one_line_warnings()
+        warnings.warn("LPIPS unavailable: backbone weights not found", RuntimeWarning)
+    err = capsys.readouterr().err
+    assert err == "warning: LPIPS unavailable: backbone weights not found\n"
