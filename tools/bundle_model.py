@@ -44,13 +44,13 @@ def main() -> None:
         config = json.loads((tmp / "config.json").read_text())
         config["name"] = args.name
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        earlier = prior.get("hardware_history", [{"steps": prior["steps"], **prior["hardware"]}] if prior else [])
         training = {"architecture": info["config"]["model"]["name"],
                     "command": " && ".join(c for c in (prior.get("command"), args.command) if c),
                     "steps": prior.get("steps", 0) + info["steps"],
                     "train_seconds": round(prior.get("train_seconds", 0.0) + info["train_seconds"], 1),
                     "hardware": info["hardware"],
-                    "hardware_history": prior.get("hardware_history", [{"steps": prior["steps"], **prior["hardware"]}] if prior else [])
-                    + [{"steps": info["steps"], **info["hardware"]}],
+                    "hardware_history": earlier + [{"steps": info["steps"], **info["hardware"]}],
                     "params": info["params"], "config": info["config"]}
         (tmp / "training.json").write_text(json.dumps(training, indent=2) + "\n")
         calibrate_model_dir(tmp, iters=args.calibration_iters)

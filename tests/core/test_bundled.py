@@ -1,7 +1,7 @@
 """The pretrained models that ship inside the package: present, small, documented, and actually trained.
 
-The floors sit about 1 dB under what `python -m vitok.train.evaluate NAME` measured on all held-out segments when the
-model was bundled (README model table); here one held-out segment keeps the test fast.
+The floors sit about 1 dB under what `python -m vitok.train.evaluate NAME` measured on the first held-out segment when
+the model was bundled, with the same reconstruction and PSNR functions; one segment keeps the test fast.
 """
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import vitok
-from vitok.data.convert import frames_to_tensor, tensor_to_frames
 from vitok.data.samples import eval_segments
 from vitok.registry import PRETRAINED_DIR, bundled_models
+from vitok.train.evaluate import frame_psnr, reconstruct
 
 # name -> (kind, PSNR floor in dB on the first held-out 17x128x128 segment)
 SHIPPED = {"vitok-grid": ("vit", 27.7), "vitok-cnn": ("cnn", 25.0), "vitok-1d": ("vit1d", 18.3)}
@@ -23,11 +22,6 @@ SHIPPED = {"vitok-grid": ("vit", 27.7), "vitok-cnn": ("cnn", 25.0), "vitok-1d": 
 @pytest.fixture(scope="module")
 def segment() -> np.ndarray:
     return eval_segments(num_frames=17, size=128)[0][1]
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
 
 
 def test_three_models_ship():
@@ -50,18 +44,13 @@ def test_bundled_model_reconstructs_held_out_video(name, segment):
     kind, floor = SHIPPED[name]
     tok = vitok.load(name)
     assert tok.frozen and tok.config.kind == kind
-    video = frames_to_tensor(segment)
-    with torch.inference_mode():
-        recon = tensor_to_frames(tok.decode(tok.encode(video)))
+    recon = reconstruct(tok, segment)
     assert recon.shape == segment.shape
-    assert _psnr(segment, recon) > floor
+    assert frame_psnr(segment, recon) > floor
 
 
 def test_bundled_1d_quality_rises_with_tokens(segment):
     tok = vitok.load("vitok-1d")
-    video = frames_to_tensor(segment)
-    psnr = []
-    with torch.inference_mode():
-        for k in (tok.max_tokens // 16, tok.max_tokens):
-            psnr.append(_psnr(segment, tensor_to_frames(tok.decode(tok.encode(video, num_tokens=k)))))
-    assert psnr[1] > psnr[0] + 0.5
+    few, all_ = (frame_psnr(segment, reconstruct(tok, segment, num_tokens=k))
+                 for k in (tok.max_tokens // 16, tok.max_tokens))
+    assert all_ > few + 0.5
