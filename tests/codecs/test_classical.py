@@ -51,8 +51,8 @@ def test_crf_controls_rate(carphone_clip):
 
 
 def test_h265_carries_no_encoder_info_sei(carphone_clip):
-    """x265's informational SEI (version and every option as text, ~2 KB) is metadata, not video: it is switched off
-    so small clips are not charged for it. libx264 always writes its own (~0.7 KB); it stays counted."""
+    """x265's informational SEI (version and every option as text) is metadata, not video: it is switched off so
+    small clips are not charged for it. libx264 always writes its own (no switch); it stays counted."""
     assert b"x265 (build" not in get_codec("h265").encode(carphone_clip, 30)
     assert b"x264 - core" in get_codec("h264").encode(carphone_clip, 30)
 
