@@ -10,9 +10,7 @@ whole frames unless `enable_tiling()` is called (then frames larger than the mod
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -90,17 +88,10 @@ class DiffusersAdapter(nn.Module):
         """Whole frames in one pass (the default): grid latents then form one (B, C, t, h, w) tensor."""
         self.use_tiling = False
 
-    @contextlib.contextmanager
-    def _tiling(self) -> Iterator[None]:
+    @property
+    def _tiled(self) -> bool:
         """Grid models run untiled unless tiling is on; 1D models always use their trained unit size."""
-        c = self.tok.config
-        saved = c.tile_size
-        if not self.use_tiling and self.tok.max_tokens is None:
-            c.tile_size = None
-        try:
-            yield
-        finally:
-            c.tile_size = saved
+        return self.use_tiling or self.tok.max_tokens is not None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -113,8 +104,7 @@ class DiffusersAdapter(nn.Module):
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """x (B,3,H,W) or (B,3,T,H,W) in [-1,1] -> EncoderOutput(latent_dist) over normalized latents."""
         image = x.ndim == 4
-        with self._tiling():
-            lat = self.tok.encode(x.unsqueeze(2) if image else x).normalized()
+        lat = self.tok.encode(x.unsqueeze(2) if image else x, tiled=self._tiled).normalized()
         if lat.grid is not None:
             mean = lat.as_grid()
             logvar = None if lat.logvar is None else dataclasses.replace(lat, z=lat.logvar).as_grid()
@@ -135,7 +125,7 @@ class DiffusersAdapter(nn.Module):
         s = tok.spatial_stride
         t, h, w = (1, *z.shape[2:]) if z.ndim == 4 else tuple(z.shape[2:])
         height, width = h * s, w * s
-        if tok.plan(1, height, width).layout != (1, 1, 1):
+        if tok.plan(1, height, width, self._tiled).layout != (1, 1, 1):
             raise VitokError(f"DiffusersAdapter: {height}x{width} frames are tiled; decode through tok.decode")
         if z.ndim == 4:
             return 1, height, width
@@ -150,17 +140,14 @@ class DiffusersAdapter(nn.Module):
 
     def decode(self, z: torch.Tensor, return_dict: bool = True):
         """Normalized latents in the layout `encode` gives -> DecoderOutput(sample) video (or image for 4D z)."""
-        with self._tiling():
-            return self._decode(z, return_dict)
-
-    def _decode(self, z: torch.Tensor, return_dict: bool):
         frames, height, width = self._geometry(z)
         if self.tok.max_tokens is not None:
             tokens = z.transpose(1, 2)
         else:
             grid = z.unsqueeze(2) if z.ndim == 4 else z
             tokens = grid.flatten(2).transpose(1, 2)
-        lat = dataclasses.replace(self.tok.make_latents(tokens, frames, height, width), is_normalized=True)
+        lat = self.tok.make_latents(tokens, frames, height, width, tiled=self._tiled)
+        lat = dataclasses.replace(lat, is_normalized=True)
         video = self.tok.decode(lat)
         video = video[:, :, 0] if z.ndim == 4 else video
         return DecoderOutput(video) if return_dict else (video,)

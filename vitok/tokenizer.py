@@ -101,24 +101,31 @@ class Tokenizer(nn.Module):
         self.config.validate()
 
     # ---- geometry -------------------------------------------------------------------------------------------
-    def plan(self, frames: int, height: int, width: int) -> Geometry:
+    def plan(self, frames: int, height: int, width: int, tiled: bool = True) -> Geometry:
+        """Chunks and tiles for a video of this geometry; `tiled=False` keeps whole frames (grid models only)."""
         c = self.config
+        if not tiled and self.max_tokens is not None:
+            raise VitokError(f"{c.name}: 1D models always code frames in {c.tile_size}-pixel tiles (tiled=False "
+                             "is for grid models)")
         return plan(frames, height, width, clip_frames=c.clip_frames, unit_frames=self.unit_frames,
-                    stride=self.spatial_stride, tile_size=c.tile_size, tile_overlap=c.tile_overlap)
+                    stride=self.spatial_stride, tile_size=c.tile_size if tiled else None,
+                    tile_overlap=c.tile_overlap)
 
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int]:
+    def latent_shape(self, frames: int, height: int, width: int, tiled: bool = True) -> tuple[int, int]:
         """(N, C): tokens (all chunks and tiles) and channels for a video of this geometry."""
-        g = self.plan(frames, height, width)
+        g = self.plan(frames, height, width, tiled)
         return g.units * self.tokens_per_unit(*g.unit_size), self.latent_channels
 
     def make_latents(self, z: torch.Tensor, frames: int, height: int, width: int, num_tokens: int | None = None,
-                     *, mask: torch.Tensor | None = None, logvar: torch.Tensor | None = None) -> Latents:
+                     *, mask: torch.Tensor | None = None, logvar: torch.Tensor | None = None,
+                     tiled: bool = True) -> Latents:
         """Wrap raw tokens (B, N, C) for this geometry as Latents (the codec / shard decode path).
 
         1D models: z may hold all K tokens per unit or only the first `num_tokens` (then zero-filled to K);
         tokens beyond `num_tokens` are zeroed and masked. An explicit (B, N) `mask` is combined with that.
+        `tiled=False`: the tokens cover whole frames (as `encode(..., tiled=False)` gives).
         """
-        g = self.plan(frames, height, width)
+        g = self.plan(frames, height, width, tiled)
         n_unit = self.tokens_per_unit(*g.unit_size)
         B, N, C = z.shape
         unit_mask = self.token_mask(B, num_tokens, z.device)
@@ -137,7 +144,7 @@ class Tokenizer(nn.Module):
         c = self.config
         return Latents(z=z, frames=frames, height=height, width=width, layout=g.layout,
                        grid=self.unit_grid(*g.unit_size), mask=mask, logvar=logvar, model=c.name,
-                       latent_mean=c.latent_mean, latent_std=c.latent_std)
+                       latent_mean=c.latent_mean, latent_std=c.latent_std, tiled=tiled)
 
     # ---- encode / decode ------------------------------------------------------------------------------------
     def _context(self):
@@ -152,11 +159,12 @@ class Tokenizer(nn.Module):
         if not video.is_floating_point():
             raise VitokError(f"video must be a float tensor in [-1,1], got {video.dtype} (see vitok.data.convert)")
 
-    def encode(self, video: torch.Tensor, num_tokens: int | None = None) -> Latents:
+    def encode(self, video: torch.Tensor, num_tokens: int | None = None, *, tiled: bool = True) -> Latents:
         """Video (B,3,T,H,W) in [-1,1], any size -> Latents (1D models: keep the first `num_tokens` per unit).
-        The video may stay on the CPU: chunks move to the model's device one at a time."""
+        The video may stay on the CPU: chunks move to the model's device one at a time. `tiled=False` (grid models)
+        codes whole frames in one pass instead of the config's tiles; the Latents remember it for `decode`."""
         self._check_video(video)
-        g = self.plan(*video.shape[2:])
+        g = self.plan(*video.shape[2:], tiled=tiled)
         self.token_mask(video.shape[0], num_tokens, self.device)  # validates num_tokens before any work
         means, logvars = [], []
         with self._context():
@@ -173,14 +181,14 @@ class Tokenizer(nn.Module):
         if torch.is_inference(z):  # plain tensors, usable in the caller's autograd graph
             z = z.clone()
             logvar = None if logvar is None else logvar.clone()
-        return self.make_latents(z, g.frames, g.height, g.width, num_tokens, logvar=logvar)
+        return self.make_latents(z, g.frames, g.height, g.width, num_tokens, logvar=logvar, tiled=tiled)
 
     def decode(self, latents: Latents) -> torch.Tensor:
         """Latents -> video (B,3,T,H,W) cropped to the original geometry (tiles blended, chunks concatenated)."""
         if latents.sizes is not None:
             raise VitokError("cannot decode a batch of mixed geometries in one call; decode items separately")
         lat = latents.denormalized()
-        g = self.plan(lat.frames, lat.height, lat.width)
+        g = self.plan(lat.frames, lat.height, lat.width, lat.tiled)
         n_unit = self.tokens_per_unit(*g.unit_size)
         if tuple(lat.z.shape[1:]) != (g.units * n_unit, self.latent_channels):
             raise VitokError(f"{self.config.name}: latents of shape {tuple(lat.z.shape[1:])} do not fit a "

@@ -74,12 +74,16 @@ def test_whole_frames_unless_tiling_enabled(clip):
     latent grid; enable_tiling() restores the tokenizer's tiles (then the grid view is refused clearly)."""
     torch.manual_seed(0)
     tok = vitok.create_model("vit-tiny").freeze()  # tile_size 64
+    seen = []  # the tokenizer's config is never touched, so other threads using `tok` keep its tiles
+    encode_unit, decode_unit = tok.encode_unit, tok.decode_unit
+    tok.encode_unit = lambda *a: (seen.append(tok.config.tile_size), encode_unit(*a))[1]
+    tok.decode_unit = lambda *a: (seen.append(tok.config.tile_size), decode_unit(*a))[1]
     vae = vitok.DiffusersAdapter(tok)
     x = clip(8, 80, 96)
     dist = vae.encode(x).latent_dist
     assert dist.mean.shape == (1, 8, 2, 10, 12)
     assert vae.decode(dist.mode()).sample.shape == x.shape
-    assert tok.config.tile_size == 64  # restored after the call
+    assert seen and set(seen) == {64}
     vae.enable_tiling()
     with pytest.raises(vitok.VitokError, match="tiles"):
         vae.encode(x)

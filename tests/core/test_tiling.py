@@ -56,3 +56,18 @@ def test_cnn_tiles_without_seams(clip):
     assert _steps(a - b)[[e - 1 for e in edges]].max() < 0.05 * texture
     hard, b, edges = _tiled_vs_whole(clip, 0.0)
     assert _steps(hard - b)[[e - 1 for e in edges]].max() > 0.2 * texture
+
+
+def test_untiled_call_matches_untiled_model(clip):
+    """`encode(..., tiled=False)` codes whole frames without touching the config; `decode` follows the Latents."""
+    torch.manual_seed(0)
+    tok = vitok.create_model("vit-tiny", tile_size=32).freeze()
+    whole = vitok.create_model("vit-tiny", tile_size=None).freeze()
+    whole.load_state_dict(tok.state_dict())
+    video = clip(4, 70, 90)
+    lat = tok.encode(video, tiled=False)
+    assert lat.layout == (1, 1, 1) and not lat.tiled and tok.config.tile_size == 32
+    torch.testing.assert_close(tok.decode(lat), whole.decode(whole.encode(video)))
+    assert tok.encode(video).layout[1:] == (3, 4)
+    with pytest.raises(vitok.VitokError, match="1D models"):
+        vitok.create_model("vit1d-tiny").freeze().encode(video, tiled=False)
