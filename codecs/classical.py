@@ -3,7 +3,9 @@
 Every stream is 8-bit yuv420p in an mp4 file, with an explicit GOP, no B-frames by default (``bframes=0``, the usual
 bench setting) and frame threading (PyAV's default slice threading inflates x264 streams by 1-3%). yuv420p needs
 even sizes: odd frames are padded by replicating the last row/column and the true size (and exact fps) is kept in
-the mp4's ``comment`` tag (``vitok size=WxH fps=N/D``); ``decode`` crops back to it.
+the mp4's ``comment`` tag (``vitok size=WxH fps=N/D``); ``decode`` crops back to it. Encoder self-descriptions
+carry no picture data and are left out so bytes compare fairly: x265 runs with ``info=0``, and x264's version SEI
+(its settings as text, ~600 bytes, which libx264 cannot switch off) is cut from the first packet.
 """
 from __future__ import annotations
 
@@ -54,6 +56,8 @@ class ClassicalCodec(Codec):
     def __init__(self, spec: _Spec) -> None:
         self.spec = spec
         self.name = spec.name
+        # what the bytes depend on besides the knobs (an RD cache key): the FFmpeg build, and the banner cut
+        self.identity = f"libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}, no encoder banner"
 
     def operating_points(self) -> list[dict[str, Any]]:
         return [{"crf": c} for c in self.spec.points]
@@ -86,9 +90,24 @@ class ClassicalCodec(Codec):
                 frame = av.VideoFrame.from_ndarray(np.pad(frames[i], pad, mode="edge") if (h | w) % 2
                                                    else np.ascontiguousarray(frames[i]), format="rgb24")
                 frame.pts = i
-                out.mux(stream.encode(frame))
-            out.mux(stream.encode(None))
+                out.mux(self._packets(stream.encode(frame)))
+            out.mux(self._packets(stream.encode(None)))
         return buf.getvalue()
+
+    def _packets(self, packets: list[av.Packet]) -> list[av.Packet]:
+        """x264's packets without its user-data SEI (the first packet holds it); other encoders' as they are."""
+        if self.spec.encoder != "libx264":
+            return packets
+        out = []
+        for p in packets:
+            data = bytes(p)
+            kept = drop_user_data_sei(data)
+            if len(kept) != len(data):
+                q = av.Packet(kept)
+                q.pts, q.dts, q.time_base, q.is_keyframe, q.stream = p.pts, p.dts, p.time_base, p.is_keyframe, p.stream
+                p = q
+            out.append(p)
+        return out
 
     def _options(self, crf: int, preset: str, gop: int, bframes: int) -> dict[str, str]:
         enc = self.spec.encoder
@@ -129,6 +148,24 @@ class ClassicalCodec(Codec):
                 return extradata + sum(p.size for p in inp.demux(stream))
         except (av.error.FFmpegError, IndexError) as e:
             raise BitstreamError(f"{self.name}: cannot read the data: {e}") from None
+
+
+def drop_user_data_sei(data: bytes) -> bytes:
+    """An Annex-B H.264 access unit without its SEI NAL units whose first message is user_data_unregistered
+    (payload type 5: encoder banners such as x264's). Every other NAL unit is kept byte for byte."""
+    starts = []  # (start of the start code incl. a leading zero byte, start of the NAL unit)
+    i = data.find(b"\x00\x00\x01")
+    while i >= 0:
+        starts.append((i - 1 if i > 0 and data[i - 1] == 0 else i, i + 3))
+        i = data.find(b"\x00\x00\x01", i + 3)
+    if not starts:
+        return data
+    pieces = [data[:starts[0][0]]]
+    for k, (begin, nal) in enumerate(starts):
+        end = starts[k + 1][0] if k + 1 < len(starts) else len(data)
+        if not (nal + 1 < end and data[nal] & 0x1F == 6 and data[nal + 1] == 5):
+            pieces.append(data[begin:end])
+    return b"".join(pieces)
 
 
 def _tag(comment: str) -> tuple[tuple[int, int] | None, Fraction | None]:

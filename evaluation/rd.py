@@ -75,10 +75,11 @@ def _ops_for(codec: Any, obj: Any, operating_points: Any) -> list[dict]:
 
 
 def codec_identity(codec: Any) -> str:
-    """What makes a codec's output change besides its name: a vitok model's weights and entropy tables."""
+    """What makes a codec's output change besides its name: a vitok model's weights and entropy tables, a classical
+    codec's FFmpeg build and byte accounting."""
     if hasattr(codec, "tok") and hasattr(codec, "tables"):
         return f"{codec.tok.weights_hash[:16]}-{codec.tables.table_id}"
-    return ""
+    return getattr(codec, "identity", "")
 
 
 def record_key(clip: Clip, codec: str, op: dict, metrics: Sequence[str], max_frames: int | None,

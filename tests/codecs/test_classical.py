@@ -50,11 +50,29 @@ def test_crf_controls_rate(carphone_clip):
     assert sizes == sorted(sizes, reverse=True) and sizes[0] > 2 * sizes[-1]
 
 
-def test_h265_carries_no_encoder_info_sei(carphone_clip):
-    """x265's informational SEI (version and every option as text) is metadata, not video: it is switched off so
-    small clips are not charged for it. libx264 always writes its own (no switch); it stays counted."""
+def test_no_encoder_banner_sei(carphone_clip, monkeypatch):
+    """Encoder self-descriptions (x265's info SEI, x264's version SEI: settings as text) are metadata, not video,
+    so small clips are not charged for them. Cutting x264's changes no decoded pixel and saves its ~600 bytes."""
+    from vitok.codecs.classical import ClassicalCodec
+
     assert b"x265 (build" not in get_codec("h265").encode(carphone_clip, 30)
-    assert b"x264 - core" in get_codec("h264").encode(carphone_clip, 30)
+    h264 = get_codec("h264")
+    cut = h264.encode(carphone_clip, 30)
+    monkeypatch.setattr(ClassicalCodec, "_packets", lambda self, packets: packets)
+    full = h264.encode(carphone_clip, 30)
+    assert b"x264 - core" not in cut and b"x264 - core" in full
+    assert 300 < len(full) - len(cut) < 2000
+    np.testing.assert_array_equal(h264.decode(cut)[0], h264.decode(full)[0])
+
+
+def test_drop_user_data_sei_keeps_every_other_nal():
+    from vitok.codecs.classical import drop_user_data_sei
+
+    sps, banner = b"\x00\x00\x00\x01\x67\x64\x00\x0a", b"\x00\x00\x01\x06\x05\x10" + b"u" * 16
+    recovery_sei, idr = b"\x00\x00\x01\x06\x06\x01\x84\x80", b"\x00\x00\x00\x01\x65\x88\x84\x00\x00\x03\x01"
+    assert drop_user_data_sei(sps + banner + recovery_sei + idr) == sps + recovery_sei + idr
+    assert drop_user_data_sei(banner + idr) == idr
+    assert drop_user_data_sei(b"no start code") == b"no start code"
 
 
 def test_frame_threading_and_gop_knobs(carphone_clip):

@@ -148,3 +148,14 @@ def test_rate_control_ops_come_from_fixed_token_quality():
     recs = [{"codec": "v", "op": {"tokens": k}, "psnr": p} for k, p in [(1, 20.0), (4, 24.0), (16, 28.0)]]
     assert rate_control_ops(recs, "v") == [{"psnr": 22.0}, {"psnr": 24.0}, {"psnr": 26.0}]
     assert rate_control_ops(recs, "other") == []
+
+
+def test_cache_key_follows_the_classical_codecs_build(sweep):
+    """h264 records from another FFmpeg build (or the older banner-counting accounting) are not reused."""
+    from vitok.codecs import get_codec
+
+    clip = rd_mod.resolve_clips(sweep[2])[0]
+    ident = rd_mod.codec_identity(get_codec("h264"))
+    assert "libavcodec" in ident and "no encoder banner" in ident
+    op, metrics = {"crf": 30}, ("psnr",)
+    assert rd_mod.record_key(clip, "h264", op, metrics, 9, ident) != rd_mod.record_key(clip, "h264", op, metrics, 9)
