@@ -107,3 +107,4 @@ def test_init_continues_from_pretrained_weights(make_cfg, tmp_path):
     bad = make_cfg("tiny-vit", "schedule.steps=1", f"model.init={json.dumps(str(tmp_path / 'other'))}")
     with pytest.raises(VitokError, match="model.init: .* does not match"):
         train(bad, tmp_path / "bad", quiet=True)
+    assert not (tmp_path / "bad").exists()  # a refused config leaves no run folder behind

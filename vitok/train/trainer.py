@@ -86,10 +86,8 @@ class Trainer:
         self.main = info.is_main
         self.quiet = quiet or not self.main
         self.device = info.device
-        self._prepare_out_dir(resume, overwrite)
+        self._check_out_dir(resume, overwrite)
         ckpt = latest_checkpoint(out) if resume else None
-        if resume and ckpt is None:
-            self.log(f"notice: no checkpoint in {out}/checkpoints; starting from step 0")
 
         seed = int(cfg["seed"])
         _seed_all(seed)
@@ -101,6 +99,10 @@ class Trainer:
             raise VitokError(f"config model: cannot create {cfg['model']['name']!r} ({e})") from None
         if cfg["model"]["init"] and ckpt is None:
             _init_from(tok, cfg["model"]["init"])
+        self._prepare_out_dir(resume, overwrite)  # only once the model exists: a bad config leaves no files
+        if resume and ckpt is None:
+            self.log(f"notice: no checkpoint in {out}/checkpoints; starting from step 0")
+        if cfg["model"]["init"] and ckpt is None:
             self.log(f"initialised from {cfg['model']['init']}")
         self.tok = tok.to(self.device).train()
         self.ema = EMA(self.tok, cfg["ema"]["decay"])
@@ -138,10 +140,12 @@ class Trainer:
                                         start_step=self.step, num_workers=int(cfg["data"]["num_workers"]))
 
     # ----------------------------------------------------------------------------------------------- setup
-    def _prepare_out_dir(self, resume: bool, overwrite: bool) -> None:
+    def _has_run(self) -> bool:
+        return (self.out / "checkpoints").exists() or (self.out / "metrics.jsonl").exists()
+
+    def _check_out_dir(self, resume: bool, overwrite: bool) -> None:
         """Refuse to mix runs: an out dir with checkpoints needs --resume or -y (which clears it)."""
-        has_run = (self.out / "checkpoints").exists() or (self.out / "metrics.jsonl").exists()
-        if has_run and not resume and not overwrite:
+        if self._has_run() and not resume and not overwrite:
             raise VitokError(f"run directory {self.out} already holds a run: pass --resume to continue it or -y to "
                              f"start over")
         saved = self.out / "config.json"
@@ -150,8 +154,12 @@ class Trainer:
             if bad:
                 raise VitokError(f"--resume: config differs from the run's {saved} at {', '.join(bad)}; resume with "
                                  f"the same config or start a new --out")
+
+    def _prepare_out_dir(self, resume: bool, overwrite: bool) -> None:
+        """Clear an overwritten run (-y) and write the run's config.json (rank 0)."""
+        saved = self.out / "config.json"
         if self.main:
-            if has_run and overwrite and not resume:
+            if self._has_run() and overwrite and not resume:
                 for name in ("checkpoints", "eval", "model"):
                     shutil.rmtree(self.out / name, ignore_errors=True)
                 for name in ("metrics.jsonl", "train_info.json"):
