@@ -40,6 +40,11 @@ class Codec(ABC):
     def stream_bytes(self, data: bytes) -> int:
         """Payload bytes inside ``data``: the elementary stream for classical codecs, chunk payloads for vitok."""
 
+    @property
+    def identity(self) -> str:
+        """What changes this codec's output besides its name and knobs (RD caches key on it); "" when nothing."""
+        return ""
+
     def file_bytes(self, data: bytes) -> int:
         """Bytes RD counts for every codec: the whole file ``encode`` returned."""
         return len(data)

@@ -56,8 +56,11 @@ class ClassicalCodec(Codec):
     def __init__(self, spec: _Spec) -> None:
         self.spec = spec
         self.name = spec.name
-        # what the bytes depend on besides the knobs (an RD cache key): the FFmpeg build, and the banner cut
-        self.identity = f"libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}, no encoder banner"
+
+    @property
+    def identity(self) -> str:
+        """The FFmpeg build, and the byte accounting (encoder banners cut)."""
+        return f"libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}, no encoder banner"
 
     def operating_points(self) -> list[dict[str, Any]]:
         return [{"crf": c} for c in self.spec.points]

@@ -133,6 +133,11 @@ class VitokCodec(Codec):
                                  f"model {self.tok.latent_channels}")
         return self._tables
 
+    @property
+    def identity(self) -> str:
+        """The model's weights and the entropy tables: a retrained model in place codes differently."""
+        return f"{self.tok.weights_hash[:16]}-{self.tables.table_id}"
+
     def load(self) -> "VitokCodec":
         """Load the model and its tables now (errors surface before any video is read)."""
         _ = self.tables

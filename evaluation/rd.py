@@ -75,10 +75,8 @@ def _ops_for(codec: Any, obj: Any, operating_points: Any) -> list[dict]:
 
 
 def codec_identity(codec: Any) -> str:
-    """What makes a codec's output change besides its name: a vitok model's weights and entropy tables, a classical
-    codec's FFmpeg build and byte accounting."""
-    if hasattr(codec, "tok") and hasattr(codec, "tables"):
-        return f"{codec.tok.weights_hash[:16]}-{codec.tables.table_id}"
+    """What makes a codec's output change besides its name (``Codec.identity``: a vitok model's weights and entropy
+    tables, a classical codec's FFmpeg build); "" for codec objects that do not say."""
     return getattr(codec, "identity", "")
 
 

@@ -88,6 +88,8 @@ class Trainer:
         self.device = info.device
         self._check_out_dir(resume, overwrite)
         ckpt = latest_checkpoint(out) if resume else None
+        if resume and ckpt is None:
+            self.log(f"notice: no checkpoint in {out}/checkpoints; starting from step 0")
 
         seed = int(cfg["seed"])
         _seed_all(seed)
@@ -99,11 +101,8 @@ class Trainer:
             raise VitokError(f"config model: cannot create {cfg['model']['name']!r} ({e})") from None
         if cfg["model"]["init"] and ckpt is None:
             _init_from(tok, cfg["model"]["init"])
-        self._prepare_out_dir(resume, overwrite)  # only once the model exists: a bad config leaves no files
-        if resume and ckpt is None:
-            self.log(f"notice: no checkpoint in {out}/checkpoints; starting from step 0")
-        if cfg["model"]["init"] and ckpt is None:
             self.log(f"initialised from {cfg['model']['init']}")
+        self._prepare_out_dir(resume, overwrite)  # only once the model exists: a bad config leaves no files
         self.tok = tok.to(self.device).train()
         self.ema = EMA(self.tok, cfg["ema"]["decay"])
         _seed_all(seed + 1000 * info.rank)   # per-rank randomness (sampling, nested dropout) after a shared init
