@@ -89,28 +89,18 @@ class ClassicalCodec(Codec):
             cc = stream.codec_context
             cc.gop_size, cc.max_b_frames = gop, bframes
             cc.thread_type, cc.thread_count = "FRAME", threads
-            for i in range(t):
-                frame = av.VideoFrame.from_ndarray(np.pad(frames[i], pad, mode="edge") if (h | w) % 2
-                                                   else np.ascontiguousarray(frames[i]), format="rgb24")
-                frame.pts = i
-                out.mux(self._packets(stream.encode(frame)))
-            out.mux(self._packets(stream.encode(None)))
+            banner_left = self.spec.encoder == "libx264"  # x264 writes its banner into its first packet only
+            for i in [*range(t), None]:
+                frame = None
+                if i is not None:
+                    frame = av.VideoFrame.from_ndarray(np.pad(frames[i], pad, mode="edge") if (h | w) % 2
+                                                       else np.ascontiguousarray(frames[i]), format="rgb24")
+                    frame.pts = i
+                packets = stream.encode(frame)
+                if banner_left and packets:
+                    packets[0], banner_left = _without_banner(packets[0]), False
+                out.mux(packets)
         return buf.getvalue()
-
-    def _packets(self, packets: list[av.Packet]) -> list[av.Packet]:
-        """x264's packets without its user-data SEI (the first packet holds it); other encoders' as they are."""
-        if self.spec.encoder != "libx264":
-            return packets
-        out = []
-        for p in packets:
-            data = bytes(p)
-            kept = drop_user_data_sei(data)
-            if len(kept) != len(data):
-                q = av.Packet(kept)
-                q.pts, q.dts, q.time_base, q.is_keyframe, q.stream = p.pts, p.dts, p.time_base, p.is_keyframe, p.stream
-                p = q
-            out.append(p)
-        return out
 
     def _options(self, crf: int, preset: str, gop: int, bframes: int) -> dict[str, str]:
         enc = self.spec.encoder
@@ -169,6 +159,18 @@ def drop_user_data_sei(data: bytes) -> bytes:
         if not (nal + 1 < end and data[nal] & 0x1F == 6 and data[nal + 1] == 5):
             pieces.append(data[begin:end])
     return b"".join(pieces)
+
+
+def _without_banner(packet: av.Packet) -> av.Packet:
+    """The packet without x264's user-data SEI (its settings as text), timing and flags kept."""
+    data = bytes(packet)
+    kept = drop_user_data_sei(data)
+    if len(kept) == len(data):
+        return packet
+    q = av.Packet(kept)
+    q.pts, q.dts, q.time_base, q.is_keyframe, q.stream = (packet.pts, packet.dts, packet.time_base,
+                                                          packet.is_keyframe, packet.stream)
+    return q
 
 
 def _tag(comment: str) -> tuple[tuple[int, int] | None, Fraction | None]:

@@ -17,44 +17,54 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="training run directory (holds model/ and train_info.json)")
     parser.add_argument("name", help="bundled model name, e.g. vitok-1d")
     parser.add_argument("--command", required=True, help="the training command, recorded in training.json")
     parser.add_argument("--calibration-iters", type=int, default=300)
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (halves the file)")
-    args = parser.parse_args()
+    parser.add_argument("--dest", type=Path, help="folder to write [default: vitok/pretrained/NAME in this repo]")
+    parser.add_argument("--note", help="a word on this stage's hardware, e.g. that another run shared the cores")
+    args = parser.parse_args(argv)
+    dest = bundle(args.run, args.name, args.command, dest=args.dest, half=args.half, note=args.note,
+                  calibration_iters=args.calibration_iters)
+    print(f"bundled {args.name} -> {dest}")
 
+
+def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, half: bool = False,
+           note: str | None = None, calibration_iters: int = 300) -> Path:
+    """Write the model folder ``dest`` from ``run``: weights, renamed config, training.json, entropy tables."""
     from vitok.codecs.entropy import calibrate_model_dir
     from vitok.data.atomic import atomic_dir
 
-    dest = REPO / "vitok" / "pretrained" / args.name
-    info = json.loads((args.run / "train_info.json").read_text())
+    dest = dest or REPO / "vitok" / "pretrained" / name
+    info = json.loads((run / "train_info.json").read_text())
     prior = _prior_training(info["config"]["model"].get("init"))
     with atomic_dir(dest) as tmp:
-        if args.half:
+        if half:
             import torch
 
             import vitok
-            vitok.load(args.run / "model", frozen=False).save_pretrained(tmp, dtype=torch.float16)
+            vitok.load(run / "model", frozen=False).save_pretrained(tmp, dtype=torch.float16)
         else:
             for f in ("model.safetensors", "config.json"):
-                shutil.copy2(args.run / "model" / f, tmp / f)
+                shutil.copy2(run / "model" / f, tmp / f)
         config = json.loads((tmp / "config.json").read_text())
-        config["name"] = args.name
+        config["name"] = name
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        stage = {"steps": info["steps"], **info["hardware"], **({"note": note} if note else {})}
         earlier = prior.get("hardware_history", [{"steps": prior["steps"], **prior["hardware"]}] if prior else [])
         training = {"architecture": info["config"]["model"]["name"],
-                    "command": " && ".join(c for c in (prior.get("command"), args.command) if c),
+                    "command": " && ".join(c for c in (prior.get("command"), command) if c),
                     "steps": prior.get("steps", 0) + info["steps"],
                     "train_seconds": round(prior.get("train_seconds", 0.0) + info["train_seconds"], 1),
                     "hardware": info["hardware"],
-                    "hardware_history": earlier + [{"steps": info["steps"], **info["hardware"]}],
+                    "hardware_history": earlier + [stage],
                     "params": info["params"], "config": info["config"]}
         (tmp / "training.json").write_text(json.dumps(training, indent=2) + "\n")
-        calibrate_model_dir(tmp, iters=args.calibration_iters)
-    print(f"bundled {args.name} -> {dest}")
+        calibrate_model_dir(tmp, iters=calibration_iters)
+    return dest
 
 
 def _prior_training(init: str | None) -> dict:
