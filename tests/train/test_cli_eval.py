@@ -50,6 +50,19 @@ def test_metrics_match_conventions():
     assert frame_psnr(a, b) == pytest.approx((100 + 100 + 10 * np.log10(255 ** 2)) / 3)
 
 
+def test_metrics_agree_with_the_rd_metrics():
+    """The core keeps its own PSNR/SSIM (it may not import vitok.evaluation); the model table and the RD tables must
+    still measure the same thing."""
+    from vitok.evaluation import metrics
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (4, 24, 32, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    b[0] = a[0]                                                      # one exact frame: the 100 dB cap on both sides
+    assert frame_psnr(a, b) == pytest.approx(metrics.psnr(a, b), rel=1e-12)
+    assert frame_ssim(a, b) == pytest.approx(metrics.ssim(a, b), rel=1e-6)
+
+
 def test_evaluate_model_grid_and_module_entry(tmp_path, capsys):
     import torch
 
