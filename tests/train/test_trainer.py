@@ -108,3 +108,29 @@ def test_init_continues_from_pretrained_weights(make_cfg, tmp_path):
     with pytest.raises(VitokError, match="model.init: .* does not match"):
         train(bad, tmp_path / "bad", quiet=True)
     assert not (tmp_path / "bad").exists()  # a refused config leaves no run folder behind
+
+
+def test_precision_bf16_autocasts_on_cpu(make_cfg, metrics, tmp_path):
+    """precision=bf16 runs the training forward under CPU autocast (linear layers compute in bfloat16), records it
+    in train_info.json; auto stays fp32 on CPU; an unknown precision is refused before any file is written."""
+    seen: set[torch.dtype] = set()
+
+    def hook(module, args, out):
+        if isinstance(module, torch.nn.Linear) and torch.is_grad_enabled():
+            seen.add(out.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        for precision, dtype in (("bf16", torch.bfloat16), ("auto", torch.float32)):
+            seen.clear()
+            cfg = make_cfg("tiny-vit", "schedule.steps=3", "data.synthetic.num_clips=2", f"precision={precision}")
+            train(cfg, tmp_path / precision, quiet=True)
+            assert seen == {dtype}
+            info = json.loads((tmp_path / precision / "train_info.json").read_text())
+            assert info["hardware"]["precision"] == {"bf16": "bf16", "auto": "fp32"}[precision]
+            assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics(tmp_path / precision) if "loss" in r)
+    finally:
+        handle.remove()
+    with pytest.raises(VitokError, match="precision: one of auto, fp32, bf16"):
+        train(make_cfg("tiny-vit", "precision=fp16"), tmp_path / "bad", quiet=True)
+    assert not (tmp_path / "bad").exists()

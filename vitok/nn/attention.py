@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitok.nn.norm import RMSNorm
 from vitok.nn.rope import apply_rope
 
 
@@ -17,8 +18,8 @@ class Attention(nn.Module):
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.q_norm = nn.RMSNorm(dim // heads)
-        self.k_norm = nn.RMSNorm(dim // heads)
+        self.q_norm = RMSNorm(dim // heads)
+        self.k_norm = RMSNorm(dim // heads)
         self.proj = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

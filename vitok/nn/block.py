@@ -6,15 +6,16 @@ from torch import nn
 
 from vitok.nn.attention import Attention
 from vitok.nn.mlp import SwiGLU, swiglu_hidden
+from vitok.nn.norm import RMSNorm
 from vitok.nn.rope import rope_3d
 
 
 class Block(nn.Module):
     def __init__(self, dim: int, heads: int, hidden: int):
         super().__init__()
-        self.norm1 = nn.RMSNorm(dim)
+        self.norm1 = RMSNorm(dim)
         self.attn = Attention(dim, heads)
-        self.norm2 = nn.RMSNorm(dim)
+        self.norm2 = RMSNorm(dim)
         self.mlp = SwiGLU(dim, hidden)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -31,7 +32,7 @@ class Transformer(nn.Module):
         self.rope_theta = rope_theta
         hidden = swiglu_hidden(width, mlp_ratio)
         self.blocks = nn.ModuleList(Block(width, heads, hidden) for _ in range(depth))
-        self.norm = nn.RMSNorm(width)
+        self.norm = RMSNorm(width)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int, int], extra: int = 0) -> torch.Tensor:
         rope = rope_3d(grid, self.head_dim, self.rope_theta, extra, device=x.device)

@@ -16,6 +16,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",                # auto | cpu | cuda
     "compile": False,                # torch.compile the training forward
+    "precision": "auto",             # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16 (autocast on either)
     "model": {
         "name": "vit-tiny",          # registry name for vitok.create_model
         "overrides": {},             # keyword overrides for the model config
@@ -80,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Keys a resumed run may change without breaking the loss curve it continues.
-RESUMABLE_CHANGES = ("name", "device", "compile", "schedule.steps", "eval", "checkpoint", "export", "log_every",
+RESUMABLE_CHANGES = ("name", "device", "compile", "precision", "schedule.steps", "eval", "checkpoint", "export", "log_every",
                      "data.num_workers", "max_bad_steps")
 
 

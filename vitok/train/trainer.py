@@ -1,6 +1,6 @@
-"""The tokenizer trainer: AdamW + warm-up/cosine, grad clipping, EMA, bf16 autocast on GPU, optional torch.compile,
-DDP under torchrun, resumable checkpoints, JSONL metrics, periodic held-out evaluation, NaN/inf guard, and export
-of the EMA model (with per-channel latent statistics) as a ``save_pretrained`` directory."""
+"""The tokenizer trainer: AdamW + warm-up/cosine, grad clipping, EMA, bf16 autocast (GPU default, CPU on request),
+optional torch.compile, DDP under torchrun, resumable checkpoints, JSONL metrics, periodic held-out evaluation,
+NaN/inf guard, and export of the EMA model (with per-channel latent statistics) as a ``save_pretrained`` directory."""
 from __future__ import annotations
 
 import contextlib
@@ -65,6 +65,15 @@ def train(cfg: dict[str, Any], out_dir: str | Path | None = None, *, resume: boo
         D.teardown(info)
 
 
+def _precision(name: str, device: torch.device) -> str:
+    """The autocast precision a config asks for on ``device``: auto = bf16 on CUDA, fp32 on CPU."""
+    if name not in ("auto", "fp32", "bf16"):
+        raise VitokError(f"config precision: one of auto, fp32, bf16, got {name!r}")
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return name
+
+
 def _init_from(tok: nn.Module, source: str) -> None:
     """Load a pretrained model's weights into the freshly built ``tok`` (continue training a bundled model)."""
     import vitok
@@ -86,6 +95,7 @@ class Trainer:
         self.main = info.is_main
         self.quiet = quiet or not self.main
         self.device = info.device
+        self.precision = _precision(cfg["precision"], self.device)
         self._check_out_dir(resume, overwrite)
         ckpt = latest_checkpoint(out) if resume else None
         if resume and ckpt is None:
@@ -311,8 +321,8 @@ class Trainer:
                                    f"check the data); last good checkpoint in {self.out / 'checkpoints'}")
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     # ----------------------------------------------------------------------------------------------- outputs
@@ -382,7 +392,7 @@ class Trainer:
             f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
         info = {"config": self.cfg, "steps": self.step, "train_seconds": round(self.elapsed, 1),  # wall time over all sessions of the run
                 "hardware": {"device": dev, "processes": self.info.world, "cpu_count": os.cpu_count(),
-                             "torch": torch.__version__},
+                             "precision": self.precision, "torch": torch.__version__},
                 "params": sum(p.numel() for p in self.tok.parameters()),
                 "eval": None if final is None else {k: final[k] for k in ("psnr", "ssim", "num_segments")}}
         write_bytes_atomic(self.out / "train_info.json", json.dumps(info, indent=2).encode())
