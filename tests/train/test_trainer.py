@@ -111,8 +111,8 @@ def test_init_continues_from_pretrained_weights(make_cfg, tmp_path):
 
 
 def test_precision_bf16_autocasts_on_cpu(make_cfg, metrics, tmp_path):
-    """precision=bf16 runs the training forward under CPU autocast (linear layers compute in bfloat16), records it
-    in train_info.json; auto stays fp32 on CPU; an unknown precision is refused before any file is written."""
+    """precision=bf16 runs the training forward under CPU autocast (linear layers compute in bfloat16) and the
+    losses in float32, records it in train_info.json; auto stays fp32 on CPU; an unknown precision is refused before any file is written."""
     seen: set[torch.dtype] = set()
 
     def hook(module, args, out):
@@ -123,9 +123,12 @@ def test_precision_bf16_autocasts_on_cpu(make_cfg, metrics, tmp_path):
     try:
         for precision, dtype in (("bf16", torch.bfloat16), ("auto", torch.float32)):
             seen.clear()
-            cfg = make_cfg("tiny-vit", "schedule.steps=3", "data.synthetic.num_clips=2", f"precision={precision}")
+            cfg = make_cfg("tiny-vit", "schedule.steps=3", "data.synthetic.num_clips=2", "loss.ssim=0.1",
+                           f"precision={precision}")
             train(cfg, tmp_path / precision, quiet=True)
             assert seen == {dtype}
+            ssim = [r["ssim"] for r in metrics(tmp_path / precision) if "ssim" in r]  # the loss runs in float32
+            assert len(ssim) == 3 and any(float(torch.tensor(v).bfloat16()) != v for v in ssim)
             info = json.loads((tmp_path / precision / "train_info.json").read_text())
             assert info["hardware"]["precision"] == {"bf16": "bf16", "auto": "fp32"}[precision]
             assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics(tmp_path / precision) if "loss" in r)

@@ -264,13 +264,15 @@ class Trainer:
         gan_on = self.disc is not None and self.step >= int(cfg["loss"]["gan_start"])
         with self._autocast():
             res = self.fwd(x, num_tokens)
-            cons = consistency_loss(res["z"], res["z_again"], res["mask"]) if res["z_again"] is not None else None
             gan = None
             if gan_on:
                 self.disc.requires_grad_(False)
-                gan = hinge_g_loss(self.disc(res["recon"]))
+                gan = hinge_g_loss(self.disc(res["recon"])).float()
                 self.disc.requires_grad_(True)
-            loss, terms = self.loss_fn(x, res["recon"], kl=res["kl"], consistency=cons, gan=gan)
+        # losses in float32 whatever the autocast: SSIM's moment differences cancel badly in bfloat16
+        res = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in res.items()}
+        cons = consistency_loss(res["z"], res["z_again"], res["mask"]) if res["z_again"] is not None else None
+        loss, terms = self.loss_fn(x, res["recon"], kl=res["kl"], consistency=cons, gan=gan)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         clip = float(cfg["schedule"]["grad_clip"])
