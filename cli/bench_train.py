@@ -28,7 +28,7 @@ def bench_train(config: str, sets: tuple[str, ...], steps: int, warmup: int, dev
         cfg["device"] = device
     r = run_bench(cfg, steps=steps, warmup=warmup)
     text = (f"{r['config']} ({r['model']}, {r['params'] / 1e6:.2f}M params) on {r['device']} "
-            f"({r['threads']} threads): {r['clips_per_s']:.2f} clips/s "
+            f"({r['threads']} threads, {r['precision']}): {r['clips_per_s']:.2f} clips/s "
             f"(batch {r['batch_size']} of {'x'.join(map(str, r['clip']))}; step {r['step_s']:.3f} s, "
             f"data {r['data_s']:.3f} s)")
     emit(r, as_json, text)

@@ -37,8 +37,10 @@ def test_bench_train_prints_clips_per_second():
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     assert r["clips_per_s"] > 0 and r["batch_size"] == 2 and r["clip"] == [8, 16, 16] and r["steps"] == 2
-    res = CliRunner().invoke(bench_train, ["tiny-vit", "--steps", "1", "--warmup", "0", *FAST])
-    assert res.exit_code == 0 and "clips/s" in res.stdout
+    assert r["precision"] == "fp32"                                  # auto on CPU
+    res = CliRunner().invoke(bench_train, ["tiny-vit", "--steps", "1", "--warmup", "0", "--set", "precision=bf16",
+                                           *FAST])
+    assert res.exit_code == 0 and "clips/s" in res.stdout and "bf16" in res.stdout
 
 
 def test_metrics_match_conventions():
