@@ -112,7 +112,8 @@ def test_init_continues_from_pretrained_weights(make_cfg, tmp_path):
 
 def test_precision_bf16_autocasts_on_cpu(make_cfg, metrics, tmp_path):
     """precision=bf16 runs the training forward under CPU autocast (linear layers compute in bfloat16) and the
-    losses in float32, records it in train_info.json; auto stays fp32 on CPU; an unknown precision is refused before any file is written."""
+    losses in float32, and records it in train_info.json; auto stays fp32 on CPU; an unknown precision is refused
+    before any file is written."""
     seen: set[torch.dtype] = set()
 
     def hook(module, args, out):

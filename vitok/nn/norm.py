@@ -11,4 +11,5 @@ class RMSNorm(nn.RMSNorm):
     (a float32 weight on a bfloat16 input falls back to a slower path with a warning); in float32 it is the same."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)

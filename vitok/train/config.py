@@ -81,8 +81,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Keys a resumed run may change without breaking the loss curve it continues.
-RESUMABLE_CHANGES = ("name", "device", "compile", "precision", "schedule.steps", "eval", "checkpoint", "export", "log_every",
-                     "data.num_workers", "max_bad_steps")
+RESUMABLE_CHANGES = ("name", "device", "compile", "precision", "schedule.steps", "eval", "checkpoint", "export",
+                     "log_every", "data.num_workers", "max_bad_steps")
 
 
 def config_dir() -> Path:
