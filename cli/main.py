@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        sys.exit(e.exit_code)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
         if debug:
             raise

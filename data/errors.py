@@ -2,7 +2,10 @@
 
 
 class VitokError(Exception):
-    """Base class: a problem the user can fix; the CLI prints it as one line, without a traceback."""
+    """Base class: a problem the user can fix; the CLI prints it as one line, without a traceback, and exits
+    with ``exit_code``."""
+
+    exit_code = 1
 
 
 class VideoReadError(VitokError):

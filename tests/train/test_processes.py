@@ -62,3 +62,28 @@ def test_torchrun_two_cpu_processes(tmp_path, sub_env, metrics):
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "eval", "metrics.jsonl", "model",
                                                      "train_info.json"]
     assert not [p for p in run.rglob(".*")]                           # no stray temp files
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step(tmp_path, cli_cmd, sub_env, metrics):
+    """`kill <pid>` (SIGTERM) on a run with no checkpoint due: it saves the step it was on, exits 130 with one line
+    saying so, and loses no training time (train_seconds carries on from the stop)."""
+    base = [*cli_cmd, "train", "tiny-vit", "--out", "run", "--set", "checkpoint.every=0", "--set", "log_every=1", *TINY]
+    proc = subprocess.Popen([*base, "--set", "schedule.steps=100000"], cwd=tmp_path, env=sub_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while (not log.exists() or len(log.read_text().splitlines()) < 3) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == 130, err[-2000:]
+    stopped = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())["step"]
+    assert "Traceback" not in err and f"error: stopped at step {stopped} (SIGTERM): checkpoint" in err
+    assert stopped >= 3
+    assert [r["step"] for r in metrics(tmp_path / "run") if "loss" in r] == list(range(1, stopped + 1))
+    done = subprocess.run([*base, "--set", f"schedule.steps={stopped + 2}", "--resume", "--json"],
+                          cwd=tmp_path, env=sub_env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert json.loads(done.stdout)["steps"] == stopped + 2

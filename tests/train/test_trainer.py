@@ -10,7 +10,7 @@ import torch
 import vitok
 from vitok.data.errors import VitokError
 from vitok.train.losses import TokenizerLoss
-from vitok.train.trainer import TrainingDiverged, train
+from vitok.train.trainer import TrainingDiverged, TrainingStopped, train
 
 
 def test_tiny_run_learns_and_exports(make_cfg, metrics, tmp_path):
@@ -138,3 +138,31 @@ def test_precision_bf16_autocasts_on_cpu(make_cfg, metrics, tmp_path):
     with pytest.raises(VitokError, match="precision: one of auto, fp32, bf16"):
         train(make_cfg("tiny-vit", "precision=fp16"), tmp_path / "bad", quiet=True)
     assert not (tmp_path / "bad").exists()
+
+
+def test_signal_stops_after_the_step_with_a_checkpoint(make_cfg, metrics, tmp_path, monkeypatch, capsys):
+    """SIGINT mid-run: the step in flight finishes, is checkpointed (no periodic checkpoint is due) and the run
+    raises TrainingStopped; --resume then continues from exactly that step, and the handlers are restored."""
+    import signal
+
+    from vitok.train.trainer import Trainer
+
+    real = Trainer.train_step
+
+    def interrupting(self, x):
+        rec = real(self, x)
+        if self.step == 2:                      # during the third step
+            signal.raise_signal(signal.SIGINT)
+        return rec
+
+    monkeypatch.setattr(Trainer, "train_step", interrupting)
+    cfg = make_cfg("tiny-vit", "schedule.steps=6", "checkpoint.every=100")
+    with pytest.raises(TrainingStopped, match=r"stopped at step 3 \(SIGINT\): .*--resume"):
+        train(cfg, tmp_path, quiet=True)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert "SIGINT: stopping after this step" in capsys.readouterr().err
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["step"] == 3
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    monkeypatch.setattr(Trainer, "train_step", real)
+    assert train(cfg, tmp_path, resume=True, quiet=True)["steps"] == 6
+    assert [r["step"] for r in metrics(tmp_path) if "loss" in r] == [1, 2, 3, 4, 5, 6]

@@ -8,7 +8,9 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,39 @@ from vitok.train.optim import EMA, build_optimizer, set_lr
 
 class TrainingDiverged(VitokError):
     """Training stopped: the loss or the gradients were not finite for too many consecutive steps."""
+
+
+class TrainingStopped(VitokError):
+    """Training stopped on SIGINT/SIGTERM after checkpointing the step it was on (``--resume`` continues it)."""
+
+    exit_code = 130
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the run to stop after the current step (which is then checkpointed); a second signal
+    stops at once. Handlers are installed only in the main thread and restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._saved: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._saved = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._saved.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        for s, handler in self._saved.items():      # the next signal gets the default behaviour
+            signal.signal(s, handler)
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (checkpointed); send it again to stop "
+              f"at once", file=sys.stderr, flush=True)
 
 
 class TrainForward(nn.Module):
@@ -223,7 +258,7 @@ class Trainer:
         window_t, window_n, rate = time.perf_counter(), 0, float("nan")
         eval_every, ckpt_every = int(cfg["eval"]["every"]), int(cfg["checkpoint"]["every"])
         log_every = max(1, int(cfg["log_every"]))
-        try:
+        with StopRequest() as stop, contextlib.closing(bar):
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 batch = next(it).to(self.device, non_blocking=True)
@@ -243,10 +278,12 @@ class Trainer:
                 if eval_every and self.step % eval_every == 0 and self.step < self.total_steps:
                     self._evaluate()
                 self.elapsed += time.perf_counter() - t0      # wall time, evaluations included
-                if (ckpt_every and self.step % ckpt_every == 0) or self.step == self.total_steps:
+                stopping = self._any_rank(stop.signum is not None)
+                if (ckpt_every and self.step % ckpt_every == 0) or self.step == self.total_steps or stopping:
                     self._checkpoint()
-        finally:
-            bar.close()
+                if stopping and self.step < self.total_steps:
+                    raise TrainingStopped(f"stopped at step {self.step} ({signal.Signals(stop.signum).name}): "
+                                          f"checkpoint and model saved in {self.out}; continue with --resume")
         final = self._evaluate()
         if self.main:
             self._write_info(final)
@@ -295,6 +332,12 @@ class Trainer:
         if num_tokens is not None:
             rec["num_tokens"] = num_tokens
         return rec
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any process (all ranks must agree to checkpoint together)."""
+        if not self.info.enabled:
+            return flag
+        return bool(D.all_reduce_mean(torch.tensor([float(flag)], device=self.device), self.info)[0] > 0)
 
     def _trainer_draws_tokens(self) -> bool:
         """1D model with a trainer-side nested-dropout schedule (mode uniform|pow2) instead of the model's own."""
@@ -439,4 +482,4 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-__all__ = ["train", "Trainer", "TrainForward", "TrainingDiverged", "latent_stats", "set_latent_stats"]
+__all__ = ["train", "Trainer", "StopRequest", "TrainingStopped", "TrainForward", "TrainingDiverged", "latent_stats", "set_latent_stats"]
