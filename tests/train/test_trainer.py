@@ -166,3 +166,29 @@ def test_signal_stops_after_the_step_with_a_checkpoint(make_cfg, metrics, tmp_pa
     monkeypatch.setattr(Trainer, "train_step", real)
     assert train(cfg, tmp_path, resume=True, quiet=True)["steps"] == 6
     assert [r["step"] for r in metrics(tmp_path) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("tokens", [24, 8])
+def test_init_changes_a_1d_models_token_count(make_cfg, tmp_path, capsys, tokens):
+    """model.init into a 1D model with more (or fewer) tokens: every tensor but the token tables comes over as is,
+    the source's first tokens keep their rows (nested dropout ranks them first), and the new model encodes
+    ``tokens`` tokens per unit."""
+    torch.manual_seed(7)
+    start = vitok.create_model("vit1d-tiny")
+    K = start.max_tokens
+    start.save_pretrained(tmp_path / "start")
+    cfg = make_cfg("tiny-vit1d", "schedule.steps=1", "schedule.lr=0", "schedule.weight_decay=0",
+                   "data.synthetic.num_clips=2", "eval.num_segments=1", f"model.overrides.num_latents={tokens}",
+                   f"model.init={json.dumps(str(tmp_path / 'start'))}")
+    train(cfg, tmp_path / "run", quiet=True)
+    assert f"({K} -> {tokens} tokens; the first {min(K, tokens)} kept)" in capsys.readouterr().err
+    grown = vitok.load(tmp_path / "run" / "model")
+    theirs, ours = start.state_dict(), grown.state_dict()
+    n = min(K, tokens)
+    for name, t in ours.items():
+        if name in ("latent_tokens", "latent_pos"):
+            assert t.shape[0] == tokens and torch.equal(t[:n], theirs[name][:n])
+        else:
+            assert torch.equal(t, theirs[name]), name
+    video = torch.rand(1, 3, 8, 32, 32)
+    assert grown.encode(video).z.shape[-2] == tokens

@@ -36,6 +36,18 @@ class ViT1DTokenizer(ViTTokenizer):
     def max_tokens(self) -> int:
         return self.config.num_latents
 
+    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state`` of a 1D model with another token count, fitted to this one's: the first tokens are kept (nested
+        dropout ranks them first), tokens past the source's keep this model's fresh init. A warm start to grow K:
+        every other tensor must match, and the encoder's tokens still see one another, so it needs training."""
+        out = dict(state)
+        for name in ("latent_tokens", "latent_pos"):
+            own = getattr(self, name)
+            if name in out and out[name].shape[1:] == own.shape[1:] and out[name].shape[0] != own.shape[0]:
+                n = min(own.shape[0], out[name].shape[0])
+                out[name] = torch.cat([out[name][:n].to(own.dtype), own.detach()[n:]])
+        return out
+
     def unit_frames(self, frames: int) -> int:
         """Every unit spans at least clip_frames (short clips are padded), the length the model was trained on."""
         pt = self.temporal_stride

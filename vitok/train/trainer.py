@@ -109,16 +109,22 @@ def _precision(name: str, device: torch.device) -> str:
     return name
 
 
-def _init_from(tok: nn.Module, source: str) -> None:
-    """Load a pretrained model's weights into the freshly built ``tok`` (continue training a bundled model)."""
+def _init_from(tok: nn.Module, source: str) -> str:
+    """Load a pretrained model's weights into the freshly built ``tok`` (continue training a bundled model; a 1D
+    model may change its token count). Returns what was done, for the log."""
     import vitok
 
     src = vitok.load(source, frozen=False)
     theirs, ours = src.state_dict(), tok.state_dict()
+    done = f"initialised from {source}"
+    if hasattr(tok, "adapt_state_dict") and src.max_tokens and src.max_tokens != tok.max_tokens:
+        theirs = tok.adapt_state_dict(theirs)       # a 1D model grown (or cut) to another token count
+        done += f" ({src.max_tokens} -> {tok.max_tokens} tokens; the first {min(src.max_tokens, tok.max_tokens)} kept)"
     if {k: v.shape for k, v in theirs.items()} != {k: v.shape for k, v in ours.items()}:
         raise VitokError(f"model.init: {source} ({src.config.name}, {src.config.kind}) does not match the config's "
                          f"architecture {tok.config.name!r}; set model.name/overrides to the same architecture")
     tok.load_state_dict(theirs)
+    return done
 
 
 class Trainer:
@@ -145,8 +151,7 @@ class Trainer:
         except (KeyError, ValueError, TypeError) as e:
             raise VitokError(f"config model: cannot create {cfg['model']['name']!r} ({e})") from None
         if cfg["model"]["init"] and ckpt is None:
-            _init_from(tok, cfg["model"]["init"])
-            self.log(f"initialised from {cfg['model']['init']}")
+            self.log(_init_from(tok, cfg["model"]["init"]))
         self._prepare_out_dir(resume, overwrite)  # only once the model exists: a bad config leaves no files
         self.tok = tok.to(self.device).train()
         self.ema = EMA(self.tok, cfg["ema"]["decay"])
@@ -435,7 +440,8 @@ class Trainer:
         """``train_info.json``: what trained the model, how long, on what hardware, with what held-out result."""
         dev = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else \
             f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-        info = {"config": self.cfg, "steps": self.step, "train_seconds": round(self.elapsed, 1),  # wall time over all sessions of the run
+        # train_seconds: wall time over all sessions of the run
+        info = {"config": self.cfg, "steps": self.step, "train_seconds": round(self.elapsed, 1),
                 "hardware": {"device": dev, "processes": self.info.world, "cpu_count": os.cpu_count(),
                              "precision": self.precision, "torch": torch.__version__},
                 "params": sum(p.numel() for p in self.tok.parameters()),
@@ -482,4 +488,5 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-__all__ = ["train", "Trainer", "StopRequest", "TrainingStopped", "TrainForward", "TrainingDiverged", "latent_stats", "set_latent_stats"]
+__all__ = ["train", "Trainer", "StopRequest", "TrainingStopped", "TrainForward", "TrainingDiverged", "latent_stats",
+           "set_latent_stats"]
