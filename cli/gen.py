@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from vitok.cli.common import check_output, device_option, emit, json_option, overwrite_option, quiet_option, \
-    resolve_device, set_threads, threads_option
+from vitok.cli.common import check_output, device_option, emit, json_option, overwrite_option, progress, \
+    quiet_option, resolve_device, set_threads, threads_option
 
 
 @click.group()
@@ -65,9 +65,10 @@ def train(shards_dir: str, out_dir: str, steps: int, batch_size: int, lr: float,
 @device_option
 @threads_option
 @overwrite_option
+@quiet_option
 @json_option
 def sample(gen_dir: str, output: str, num: int, steps: int, seed: int, fps: int, model: str | None, device: str,
-           threads: int | None, overwrite: bool, as_json: bool) -> None:
+           threads: int | None, overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Sample latents, decode them through the frozen tokenizer, write the samples tiled into one video."""
     from fractions import Fraction
 
@@ -77,7 +78,9 @@ def sample(gen_dir: str, output: str, num: int, steps: int, seed: int, fps: int,
 
     set_threads(threads)
     check_output(output, overwrite)
-    videos = sample_videos(gen_dir, num=num, steps=steps, seed=seed, model=model, device=resolve_device(device))
+    with progress(total=steps, desc="sampling", quiet=quiet, unit="step") as bar:
+        videos = sample_videos(gen_dir, num=num, steps=steps, seed=seed, model=model, device=resolve_device(device),
+                               on_step=lambda: bar.update(1))
     frames = tensor_to_frames(tile_videos(videos))
     write_video(output, frames, Fraction(fps))
     t, h, w = frames.shape[:3]

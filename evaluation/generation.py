@@ -139,8 +139,10 @@ def flow_loss(model: FlowDiT, x0: torch.Tensor, mask: torch.Tensor | None = None
 
 @torch.no_grad()
 def sample_flow(model: FlowDiT, num: int, length: int, mask: torch.Tensor | None = None, steps: int = 32,
-                labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Euler integration of the learned velocity from noise (t=1) to data (t=0): (num, length, C), zero on padding."""
+                labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                on_step: Callable[[], None] | None = None) -> torch.Tensor:
+    """Euler integration of the learned velocity from noise (t=1) to data (t=0): (num, length, C), zero on padding.
+    ``on_step`` is called after each step (progress)."""
     device = next(model.parameters()).device
     x = torch.randn(num, length, model.config.latent_channels, generator=generator, device=device)
     if mask is not None:
@@ -149,6 +151,8 @@ def sample_flow(model: FlowDiT, num: int, length: int, mask: torch.Tensor | None
     for i in range(steps):
         t = ts[i].expand(num)
         x = x + (ts[i + 1] - ts[i]) * model(x, t, mask, labels)
+        if on_step is not None:
+            on_step()
     return x * mask[..., None] if mask is not None else x
 
 
@@ -265,8 +269,10 @@ def load_tokenizer_for(meta: dict[str, Any], model: str | None = None, device: s
 
 
 def sample_videos(gen_dir: str | os.PathLike, *, num: int = 4, steps: int = 32, seed: int = 0,
-                  labels: list[int] | None = None, model: str | None = None, device: str = "cpu") -> torch.Tensor:
-    """Sample ``num`` latent sets and decode them with the frozen tokenizer: float (num, 3, T, H, W) in [-1, 1]."""
+                  labels: list[int] | None = None, model: str | None = None, device: str = "cpu",
+                  on_step: Callable[[], None] | None = None) -> torch.Tensor:
+    """Sample ``num`` latent sets and decode them with the frozen tokenizer: float (num, 3, T, H, W) in [-1, 1].
+    ``on_step`` is called after each sampling step."""
     gen, meta = load_generator(gen_dir, device)
     tok = load_tokenizer_for(meta, model, device)
     tpl = meta["template"]
@@ -276,7 +282,7 @@ def sample_videos(gen_dir: str | os.PathLike, *, num: int = 4, steps: int = 32, 
         ids = labels if labels is not None else [i % gen.config.num_classes for i in range(num)]
         label_t = torch.tensor(ids, dtype=torch.long, device=device)
     g = torch.Generator(device=device).manual_seed(seed)
-    z = sample_flow(gen, num, tpl["length"], mask, steps, label_t, g)
+    z = sample_flow(gen, num, tpl["length"], mask, steps, label_t, g, on_step)
     mean = torch.tensor(meta["normalization"]["mean"], device=device)
     std = torch.tensor(meta["normalization"]["std"], device=device)
     z = (z * std + mean) * mask[..., None].to(z)

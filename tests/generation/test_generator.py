@@ -44,8 +44,9 @@ def test_padding_does_not_change_loss_or_outputs():
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     loss_a, loss_b = flow_loss(model, padded, mask, generator=g1), flow_loss(model, other, mask, generator=g2)
     torch.testing.assert_close(loss_a, loss_b)
-    out = sample_flow(model, 2, 8, mask, steps=3)
-    assert out.shape == (2, 8, 4) and out[:, 5:].abs().sum() == 0
+    calls = []
+    out = sample_flow(model, 2, 8, mask, steps=3, on_step=lambda: calls.append(1))
+    assert out.shape == (2, 8, 4) and out[:, 5:].abs().sum() == 0 and len(calls) == 3
 
 
 def test_frozen_encoder_unchanged_after_generator_steps(model_dir, video_dir):
@@ -88,8 +89,14 @@ def test_cli_extract_stats_train_sample(tmp_path, video_dir, model_dir):
                            "-q", "--json"]))
     assert train["steps"] == 20
     out = tmp_path / "samples.mp4"
-    ok(["gen", "sample", "--gen", str(tmp_path / "gen"), "-o", str(out), "--num", "2", "--steps", "3"])
+    result = runner.invoke(cli, ["gen", "sample", "--gen", str(tmp_path / "gen"), "-o", str(out), "--num", "2",
+                                 "--steps", "3"], catch_exceptions=False)
+    assert result.exit_code == 0 and "sampling: " in result.stderr and "/3 " in result.stderr   # progress bar
+    assert "wrote 2 samples" in result.stdout
     frames, _ = read_video(out)
     assert frames.shape == (4, SIDE, 2 * SIDE, 3)
+    quiet = runner.invoke(cli, ["gen", "sample", "--gen", str(tmp_path / "gen"), "-o", str(out), "--num", "2",
+                                "--steps", "3", "-q", "-y"], catch_exceptions=False)
+    assert quiet.exit_code == 0 and quiet.stderr == ""
     result = runner.invoke(cli, ["gen", "sample", "--gen", str(tmp_path / "gen"), "-o", str(out)])
     assert result.exit_code != 0 and "exists" in str(result.exception)  # main() prints it as `error: ...`
