@@ -43,11 +43,12 @@ class TrainingStopped(VitokError):
 
 class StopRequest:
     """SIGINT/SIGTERM ask the run to stop after the current step (which is then checkpointed); a second signal
-    stops at once. Handlers are installed only in the main thread and restored on exit."""
+    stops at once. Handlers are installed only in the main thread and restored on exit; ``verbose`` (rank 0) says so."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, verbose: bool = True) -> None:
+        self.verbose = verbose
         self.signum: int | None = None
         self._saved: dict[int, Any] = {}
 
@@ -64,8 +65,9 @@ class StopRequest:
         self.signum = signum
         for s, handler in self._saved.items():      # the next signal gets the default behaviour
             signal.signal(s, handler)
-        print(f"\n{signal.Signals(signum).name}: stopping after this step (checkpointed); send it again to stop "
-              f"at once", file=sys.stderr, flush=True)
+        if self.verbose:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step (checkpointed); send it again to stop "
+                  f"at once", file=sys.stderr, flush=True)
 
 
 class TrainForward(nn.Module):
@@ -263,7 +265,7 @@ class Trainer:
         window_t, window_n, rate = time.perf_counter(), 0, float("nan")
         eval_every, ckpt_every = int(cfg["eval"]["every"]), int(cfg["checkpoint"]["every"])
         log_every = max(1, int(cfg["log_every"]))
-        with StopRequest() as stop, contextlib.closing(bar):
+        with StopRequest(verbose=self.main) as stop, contextlib.closing(bar):
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 batch = next(it).to(self.device, non_blocking=True)
