@@ -58,13 +58,15 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
         for s, handler in self._saved.items():
             signal.signal(s, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
-        for s, handler in self._saved.items():      # the next signal gets the default behaviour
-            signal.signal(s, handler)
+        self._restore()                             # the next signal gets the default behaviour
         if self.verbose:
             print(f"\n{signal.Signals(signum).name}: stopping after this step (checkpointed); send it again to stop "
                   f"at once", file=sys.stderr, flush=True)
