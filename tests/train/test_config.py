@@ -8,6 +8,7 @@ import pytest
 import vitok
 from vitok.data.errors import VitokError
 from vitok.train.config import DEFAULTS, incompatible_changes, list_configs, load_config, parse_value, set_override
+from vitok.train.trainer import _init_from
 
 
 def test_packaged_configs_load_and_name_registered_models():
@@ -19,6 +20,17 @@ def test_packaged_configs_load_and_name_registered_models():
         assert cfg["name"] == name
         assert cfg["model"]["name"] in vitok.list_models()
     assert load_config("vitok-cnn.json")["model"]["name"] == "cnn-s-cpu"
+
+
+@pytest.mark.parametrize("name", ["vitok-grid", "vitok-cnn", "vitok-1d"])
+def test_packaged_config_builds_its_bundled_models_architecture(name):
+    """`vitok train NAME --set model.init=NAME` keeps training the shipped weights with no further overrides."""
+    cfg = load_config(name)
+    ours = vitok.create_model(cfg["model"]["name"], **cfg["model"]["overrides"])
+    shipped = vitok.load(name)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in shipped.state_dict().items()}
+    assert _init_from(ours, name) == f"initialised from {name}"
+    assert cfg["data"]["size"] <= shipped.config.tile_size
 
 
 @pytest.mark.parametrize("text,value", [("3", 3), ("1e-4", 1e-4), ("true", True), ("null", None),
