@@ -27,10 +27,8 @@ def test_packaged_config_builds_its_bundled_models_architecture(name):
     """`vitok train NAME --set model.init=NAME` keeps training the shipped weights with no further overrides."""
     cfg = load_config(name)
     ours = vitok.create_model(cfg["model"]["name"], **cfg["model"]["overrides"])
-    shipped = vitok.load(name)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in shipped.state_dict().items()}
-    assert _init_from(ours, name) == f"initialised from {name}"
-    assert cfg["data"]["size"] <= shipped.config.tile_size
+    assert _init_from(ours, name) == f"initialised from {name}"  # raises on any tensor shape that differs
+    assert cfg["data"]["size"] <= vitok.load(name).config.tile_size
 
 
 @pytest.mark.parametrize("text,value", [("3", 3), ("1e-4", 1e-4), ("true", True), ("null", None),
