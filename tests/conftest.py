@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +44,12 @@ def tiny_video(tmp_path: Path, tiny_frames: np.ndarray) -> Path:
     path = tmp_path / "tiny.mkv"
     write_video(path, tiny_frames, 25, codec="ffv1")
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test on one torch thread (restored afterwards): steadier timings and no oversubscription on 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

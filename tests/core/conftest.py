@@ -6,11 +6,8 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every test in this folder runs on one torch thread."""
 
 
 def smooth_clip(frames: int, height: int, width: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
