@@ -77,30 +77,28 @@ def _batches(ref: np.ndarray, dist: np.ndarray) -> Iterable[tuple["torch.Tensor"
         yield to(ref), to(dist)
 
 
-def ssim(ref: np.ndarray, dist: np.ndarray) -> float | None:
-    """Mean per-frame SSIM (piq, RGB, data range 1); ``None`` when a side is below 11 px."""
+def _piq_frame_mean(metric_name: str, ref: np.ndarray, dist: np.ndarray, min_side: int) -> float | None:
+    """Mean over frames of the piq metric ``metric_name`` (RGB, data range 1); ``None`` when a side is below ``min_side``."""
     import piq
     import torch
 
     ref, dist = _check(ref, dist)
-    if min(ref.shape[1:3]) < SSIM_MIN_SIDE:
+    if min(ref.shape[1:3]) < min_side:
         return None
+    metric = getattr(piq, metric_name)
     with torch.no_grad():
-        vals = [piq.ssim(x, y, data_range=1.0, reduction="none") for x, y in _batches(ref, dist)]
+        vals = [metric(x, y, data_range=1.0, reduction="none") for x, y in _batches(ref, dist)]
     return float(torch.cat(vals).mean())
+
+
+def ssim(ref: np.ndarray, dist: np.ndarray) -> float | None:
+    """Mean per-frame SSIM (piq, RGB, data range 1); ``None`` when a side is below 11 px."""
+    return _piq_frame_mean("ssim", ref, dist, SSIM_MIN_SIDE)
 
 
 def ms_ssim(ref: np.ndarray, dist: np.ndarray) -> float | None:
     """Mean per-frame MS-SSIM (piq, 5 scales); ``None`` (not applicable) when a side is below 161 px."""
-    import piq
-    import torch
-
-    ref, dist = _check(ref, dist)
-    if min(ref.shape[1:3]) < MS_SSIM_MIN_SIDE:
-        return None
-    with torch.no_grad():
-        vals = [piq.multi_scale_ssim(x, y, data_range=1.0, reduction="none") for x, y in _batches(ref, dist)]
-    return float(torch.cat(vals).mean())
+    return _piq_frame_mean("multi_scale_ssim", ref, dist, MS_SSIM_MIN_SIDE)
 
 
 def lpips_checkpoint(net: str = "alex") -> Path:
