@@ -69,7 +69,7 @@ def encode(input, output, model, step, tokens, target_bytes, psnr, num_frames, s
     if sum(v is not None for v in (tokens, target_bytes, psnr)) > 1:
         raise click.UsageError("give at most one of --tokens, --bytes, --psnr")
     _check_input(input)
-    out = check_output(output, overwrite)
+    out = check_output(output, overwrite, inputs=[input])
     set_threads(threads)
     codec = VitokCodec(model, device=resolve_device(device)).load()  # model errors before any video is read
     with progress(desc="encode", quiet=quiet, unit="frame", total=_total(input, start, num_frames)) as bar:
@@ -125,7 +125,8 @@ def decode(input, output, model, video_codec, crf, overwrite, quiet, as_json, de
 
     if not Path(input).is_file():
         raise VitokError(f"input not found: {input}")
-    out = check_output(output, overwrite)
+    out = check_output(output, overwrite, inputs=[input],
+                       folder_of=("frame_*.png",) if Path(output).suffix == "" else None)
     set_threads(threads)
     dev = resolve_device(device)
     with VtokReader(input) as r:

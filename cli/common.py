@@ -1,21 +1,48 @@
 """Options and helpers shared by the subcommands: output safety, JSON results, device choice, progress."""
 from __future__ import annotations
 
+import fnmatch
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import click
 
 from vitok.data.errors import VitokError
 
 
-def check_output(path: str | Path, overwrite: bool) -> Path:
-    """Refuse to replace an existing output unless ``-y`` was given."""
+def check_output(path: str | Path, overwrite: bool, *, inputs: Iterable[str | Path] = (),
+                 folder_of: Sequence[str] | None = None) -> Path:
+    """Refuse an output that would lose data: an existing one without ``-y``, one that is or holds an input, and a
+    folder that holds files the command did not write.
+
+    ``folder_of`` is ``None`` for a file output, else the glob patterns of what the output folder holds (an existing
+    folder is replaced as a whole, so anything else in it would be lost).
+    """
     p = Path(path)
-    if p.exists() and not overwrite:
+    for src in inputs:
+        src = Path(src)
+        if not src.exists():
+            continue
+        if p.exists() and os.path.samefile(p, src):
+            raise VitokError(f"output {p} is the input; choose another name")
+        if p.is_dir() and src.resolve().is_relative_to(p.resolve()):
+            raise VitokError(f"output folder {p} holds the input {src}; choose another folder")
+    if not p.exists():
+        return p
+    if folder_of is None and p.is_dir():
+        raise VitokError(f"output {p} is a folder; give a file name")
+    if folder_of is not None and not p.is_dir():
+        raise VitokError(f"output {p} is a file; give a folder name")
+    if not overwrite:
         raise VitokError(f"output exists: {p} (use -y to overwrite)")
+    if folder_of is not None:
+        foreign = [e.name for e in p.iterdir() if not any(fnmatch.fnmatch(e.name, g) for g in folder_of)]
+        if foreign:
+            raise VitokError(f"output folder {p} holds other files ({', '.join(sorted(foreign)[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}), which -y would delete; choose another folder")
     return p
 
 

@@ -25,7 +25,7 @@ def compare(input, model, codecs, frames, output, overwrite, as_json) -> None:
     from vitok.evaluation.report import format_table, op_label
 
     name, video, fps = load_clip(input, frames)
-    out = check_output(output or f"{Path(name).name.replace(':', '_')}_compare.png", overwrite)
+    out = check_output(output or f"{Path(name).name.replace(':', '_')}_compare.png", overwrite, inputs=[input])
     rows, shown, _ = compare_codecs(video, fps, model=model, codecs=codecs)
     for r in rows:
         r["label"] = f"{r['codec']} {op_label(r['op'])}"

@@ -31,7 +31,7 @@ def demo(output, model, clip, frames, overwrite, quiet, as_json, threads) -> Non
     from vitok.evaluation.report import format_table, op_label
 
     set_threads(threads)
-    out = check_output(output, overwrite)
+    out = check_output(output, overwrite, folder_of=("*.vtok", "*_vitok.mkv", "*_h264.mp4", "side_by_side.png"))
     video = load_sample(clip, "eval")[:frames]
     fps = sample_info(clip).fps
     if not quiet:

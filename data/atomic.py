@@ -41,21 +41,30 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path``; rename it onto ``path`` on success (replacing nothing)."""
+    """Yield a temporary directory beside ``path``; on success it replaces ``path`` (an old folder there is moved
+    aside first and removed only once the new one is in place), on any failure it is removed."""
     import shutil
 
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    old = None
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes owner-only folders; a finished one gets the usual mode
-        if dest.exists():
-            shutil.rmtree(dest)
+        if dest.is_dir():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+            os.replace(dest, old / dest.name)
         os.replace(tmp, dest)
     except BaseException:
+        if old is not None and not dest.exists():
+            os.replace(old / dest.name, dest)
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -157,6 +157,41 @@ def test_errors_are_one_line(capsys, encoded, video, tiny1d, tmp_path):
     assert not (tmp_path / "k.vtok").exists()
 
 
+def test_outputs_never_replace_inputs_or_foreign_files(capsys, encoded, video, tiny1d, tmp_path):
+    """-y replaces a previous output, never the input itself, a folder holding it, or a folder of other files."""
+    import shutil
+
+    model = str(tiny1d[2])
+    src = tmp_path / "src.vtok"
+    shutil.copy(encoded, src)
+    data = src.read_bytes()
+    assert "is the input" in _error(capsys, "decode", str(src), "-o", str(src), "-y", "--model", model)
+    assert "holds the input" in _error(capsys, "decode", str(src), "-o", str(tmp_path), "-y", "--model", model)
+    own = tmp_path / "own.mkv"
+    shutil.copy(video, own)
+    assert "is the input" in _error(capsys, "encode", str(own), "-o", str(own), "-y", "--model", model)
+    assert src.read_bytes() == data and own.read_bytes() == video.read_bytes()
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    assert "holds other files (notes.txt)" in _error(capsys, "decode", str(src), "-o", str(folder), "-y",
+                                                     "--model", model)
+    assert (folder / "notes.txt").read_text() == "keep me"
+    assert "is a folder" in _error(capsys, "encode", str(video), "-o", str(folder), "-y", "--model", model)
+    plain = tmp_path / "plain"
+    plain.write_text("not a folder")
+    assert "is a file" in _error(capsys, "decode", str(src), "-o", str(plain), "-y", "--model", model)
+    assert plain.read_text() == "not a folder"
+
+    frames = tmp_path / "frames"
+    _run("decode", str(src), "-o", str(frames), "--model", model, "-q")
+    (frames / "frame_000999.png").write_bytes(b"stale")
+    _run("decode", str(src), "-o", str(frames), "-y", "--model", model, "-q")  # a previous decode is replaced whole
+    assert sorted(p.name for p in frames.iterdir()) == [f"frame_{i:06d}.png" for i in range(20)]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
 def test_model_mismatch_on_decode(capsys, encoded, tinygrid, tmp_path):
     err = _error(capsys, "decode", str(encoded), "-o", str(tmp_path / "m.npy"), "--model", str(tinygrid[2]))
     assert "model mismatch" in err and "vit1d-tiny" in err and "vit-tiny" in err
