@@ -61,6 +61,7 @@ class ChunkCode:
     table: int
     frames: int
     estimated_bits: float
+    psnr: float | None = None  # dB over the chunk, when rate control decoded it to choose
 
 
 @dataclass
@@ -79,6 +80,7 @@ class EncodeStats:
     tokens: list[int | None] = field(default_factory=list)
     steps: list[float] = field(default_factory=list)
     chunk_bytes: list[int] = field(default_factory=list)
+    chunk_psnr: list[float | None] = field(default_factory=list)  # known when rate control (bytes/psnr) chose
     seconds: float = 0.0
 
     @property
@@ -95,7 +97,9 @@ class EncodeStats:
                 "chunks": self.chunks, "file_bytes": self.file_bytes, "payload_bytes": self.payload_bytes,
                 "entropy_bytes": self.entropy_bytes, "estimated_bytes": round(self.estimated_bytes, 1),
                 "bpp": round(self.bpp, 5), "kbps": round(self.kbps, 3), "tokens_per_chunk": self.tokens,
-                "steps": self.steps, "chunk_bytes": self.chunk_bytes, "seconds": round(self.seconds, 3)}
+                "steps": self.steps, "chunk_bytes": self.chunk_bytes,
+                "chunk_psnr": [None if p is None else round(p, 3) for p in self.chunk_psnr],
+                "seconds": round(self.seconds, 3)}
 
 
 class VitokCodec(Codec):
@@ -231,7 +235,9 @@ class VitokCodec(Codec):
         h, w = frames.shape[1:3]
         rec = self.reconstruct(code.q, code.tokens, code.step, frames.shape[0], h, w)
         sse = float(((rec.astype(np.float64) - frames) ** 2).sum())
-        return Candidate(tokens, code.step, code.payload, sse, frames.size), code
+        cand = Candidate(tokens, code.step, code.payload, sse, frames.size)
+        code.psnr = cand.psnr
+        return cand, code
 
     def _code_chunks(self, chunks: Iterable[np.ndarray], step: float | None, tokens: int | None,
                      target_bytes: int | None, psnr: float | None, overhead: Callable[[int], int]
@@ -307,6 +313,7 @@ class VitokCodec(Codec):
             stats.tokens.append(code.tokens)
             stats.steps.append(code.step)
             stats.chunk_bytes.append(len(code.payload))
+            stats.chunk_psnr.append(code.psnr)
             stats.entropy_bytes += len(code.payload) - CHUNK_HEAD.size
             stats.estimated_bytes += code.estimated_bits / 8
             if on_chunk:

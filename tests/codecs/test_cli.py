@@ -74,6 +74,10 @@ def test_encode_text_output(video, tiny1d, tmp_path):
                                  "--bytes", "2000", "-q"])
     assert r.exit_code == 0, r.output
     assert "bytes" in r.stdout and "bpp" in r.stdout and "tokens/chunk" in r.stdout
+    assert "could not reach" not in r.stdout
+    r = CliRunner().invoke(cli, ["encode", str(video), "-o", str(tmp_path / "p.vtok"), "--model", str(tiny1d[2]),
+                                 "--psnr", "99", "-q"])
+    assert r.exit_code == 0 and "3 of 3 chunks could not reach 99 dB even at the finest setting" in r.stdout
 
 
 def test_encode_frame_folder(clip, tiny1d, tmp_path):

@@ -94,11 +94,14 @@ def test_step_is_the_rate_knob(codec1d, clip):
 def test_rate_control_modes(codec1d, clip):
     frames, fps = clip
     _, st = codec1d.encode_with_stats(frames, fps, tokens=4)
-    assert st.tokens == [4, 4, 4]
+    assert st.tokens == [4, 4, 4] and st.chunk_psnr == [None] * 3  # no search, nothing decoded
     _, st = codec1d.encode_with_stats(frames, fps, psnr=0.0)
     assert st.tokens == [1, 1, 1]  # any setting reaches 0 dB: the cheapest
-    _, st = codec1d.encode_with_stats(frames, fps, psnr=99.0)
+    data, st = codec1d.encode_with_stats(frames, fps, psnr=99.0)
     assert st.tokens == [16, 16, 16]  # none reaches 99 dB: the richest
+    mse = ((codec1d.decode(data)[0].astype(np.float64) - frames) ** 2).mean()
+    whole = 10 * np.log10(255.0 ** 2 / mse)  # the clip's pooled PSNR lies within its chunks' measured ones
+    assert len(st.chunk_psnr) == 3 and min(st.chunk_psnr) - 1e-6 <= whole <= max(st.chunk_psnr) + 1e-6
     full = len(codec1d.encode(frames, fps))
     data, st = codec1d.encode_with_stats(frames, fps, bytes=full)
     assert len(data) <= full
