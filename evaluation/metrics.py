@@ -78,7 +78,7 @@ def _batches(ref: np.ndarray, dist: np.ndarray) -> Iterable[tuple["torch.Tensor"
 
 
 def _piq_frame_mean(metric_name: str, ref: np.ndarray, dist: np.ndarray, min_side: int) -> float | None:
-    """Mean over frames of the piq metric ``metric_name`` (RGB, data range 1); ``None`` when a side is below ``min_side``."""
+    """Mean over frames of the piq metric ``metric_name`` (RGB, data range 1); ``None`` below ``min_side`` px."""
     import piq
     import torch
 

@@ -58,6 +58,29 @@ def test_bad_overrides_are_user_errors(item, needle):
         set_override(cfg, item)
 
 
+@pytest.mark.parametrize("item,needle", [
+    ("schedule.steps=abc", "--set: schedule.steps must be an integer, got 'abc'"),
+    ("schedule.steps=1e3", "schedule.steps must be an integer, got 1000.0"),
+    ("schedule.steps=0", "schedule.steps must be at least 1, got 0"),
+    ("schedule.lr=-1e-4", "schedule.lr must be at least 0"),
+    ("compile=1", "compile must be true or false"),
+    ("data.samples.sizes=128", "data.samples.sizes must be a list"),
+    ("model.init=5", "model.init must be a string"),
+    ("seed=-1", "seed must be at least 0"),
+    ("ema.decay=1", "ema.decay must be below 1"),
+])
+def test_values_of_the_wrong_type_or_range_are_user_errors(item, needle):
+    with pytest.raises(VitokError) as e:
+        load_config("tiny-vit", [item])
+    assert needle in str(e.value)
+
+
+def test_values_that_fit_pass():
+    cfg = load_config("tiny-vit", ["ema.decay=0", "schedule.lr=1", "model.init=vitok-grid", "data.num_frames=null",
+                                   "precision=bf16", "model.overrides.patch=4"])
+    assert (cfg["ema"]["decay"], cfg["schedule"]["lr"], cfg["model"]["init"]) == (0, 1, "vitok-grid")
+
+
 def test_config_files_errors(tmp_path):
     with pytest.raises(VitokError, match="config not found.*tiny-vit"):
         load_config("no-such-config")
@@ -67,6 +90,9 @@ def test_config_files_errors(tmp_path):
         load_config(bad)
     bad.write_text("{not json")
     with pytest.raises(VitokError, match="invalid JSON"):
+        load_config(bad)
+    bad.write_text('{"schedule": {"batch_size": "8"}}')
+    with pytest.raises(VitokError, match=r"bad\.json: schedule\.batch_size must be an integer"):
         load_config(bad)
     good = tmp_path / "mine.json"
     good.write_text('{"model": {"name": "cnn-tiny"}, "schedule": {"steps": 3}}')

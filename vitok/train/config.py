@@ -74,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
         "size": 128,
         "grid_frames": 4,            # frames per segment shown in the PNG grid
     },
-    "checkpoint": {"every": 500, "keep": 2},
+    "checkpoint": {"every": 500, "keep": 2},  # every: steps between checkpoints (0 = only at the end or a stop)
     "export": {"stats_clips": 64},   # training clips that give the per-channel latent mean/std
     "log_every": 10,
     "max_bad_steps": 5,              # consecutive non-finite steps before training stops
@@ -111,11 +111,45 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     if not isinstance(raw, dict):
         raise VitokError(f"config {path}: top level must be a JSON object")
     cfg = merge(DEFAULTS, raw, where=str(path))
+    check_values(cfg, where=str(path))
     for item in overrides:
         set_override(cfg, item)
+    check_values(cfg, where="--set")
     if cfg["name"] is None:
         cfg["name"] = path.stem
     return cfg
+
+
+# Counts that must be at least 1; every other number in a config must be at least 0.
+POSITIVE = ("schedule.steps", "schedule.batch_size", "eval.num_segments", "eval.num_frames", "eval.size", "data.size",
+            "checkpoint.keep", "max_bad_steps", "data.num_frames")
+# What the keys that default to None take when set.
+NULLABLE = {"name": "", "model.init": "", "data.folder": "", "data.num_frames": 0}
+
+
+def check_values(cfg: dict[str, Any], where: str = "config") -> None:
+    """Each value has its default's type (an int where a float goes is fine) and a sane range, so a typo such as
+    ``schedule.steps=abc`` fails here, before a run folder is written (model overrides are the model's to check)."""
+    defaults = {**flatten(DEFAULTS), **NULLABLE}
+    for key, value in flatten(cfg).items():
+        default = defaults.get(key)
+        if _is_free(key) or key.startswith("model.overrides.") or (value is None and key in NULLABLE):
+            continue
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, (int, float)):
+            whole = isinstance(default, int)
+            ok = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+            kind = "an integer" if whole else "a number"
+            if ok and value < (1 if key in POSITIVE else 0):
+                raise VitokError(f"{where}: {key} must be at least {1 if key in POSITIVE else 0}, got {value!r}")
+        else:
+            ok = isinstance(value, type(default))
+            kind = {str: "a string", list: "a list", dict: "an object"}.get(type(default), type(default).__name__)
+        if not ok:
+            raise VitokError(f"{where}: {key} must be {kind}, got {value!r}")
+    if not cfg["ema"]["decay"] < 1:
+        raise VitokError(f"{where}: ema.decay must be below 1, got {cfg['ema']['decay']!r}")
 
 
 def merge(base: dict[str, Any], update: dict[str, Any], where: str = "config", prefix: str = "") -> dict[str, Any]:
