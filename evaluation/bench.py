@@ -63,6 +63,8 @@ def bench_codecs(codecs: Sequence[Any], frames: np.ndarray, fps: Fraction,
     from tqdm.auto import tqdm
 
     ops = dict(ops or {})
+    for c in codecs:  # unknown names and models fail here, before any clip is timed
+        _get(c)
     todo: list[tuple[Any, dict, bool]] = [(REFERENCE[0], dict(REFERENCE[1]), True)] if reference else []
     for c in codecs:
         op = dict(ops.get(codec_name(c), {}))

@@ -105,3 +105,15 @@ def test_bench_codec_times_each_codec_with_x264_reference(small_clip, tiny_model
         assert np.isfinite(r["psnr"])
     text = CliRunner().invoke(bench_codec, args[:-2] + ["-q"], catch_exceptions=False).output
     assert "(reference)" in text and "enc fps" in text
+
+
+def test_bench_codec_refuses_an_unknown_codec_before_timing_any(small_clip, monkeypatch, capsys):
+    from vitok.evaluation import bench
+
+    timed = []
+    monkeypatch.setattr(bench, "bench_one", lambda *a, **k: timed.append(a[0]))
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "codec", "--codec", "h265", "--codec", "nosuch", "--clip", str(small_clip), "--frames", "3",
+              "-q"])
+    assert e.value.code != 0 and timed == []
+    assert "error: unknown codec 'nosuch'" in capsys.readouterr().err
