@@ -158,6 +158,10 @@ class Tokenizer(nn.Module):
             raise VitokError(f"video must be a float tensor (B,3,T,H,W) in [-1,1], got {shape}")
         if not video.is_floating_point():
             raise VitokError(f"video must be a float tensor in [-1,1], got {video.dtype} (see vitok.data.convert)")
+        if video.numel() == 0:
+            raise VitokError(f"video is empty: shape {tuple(video.shape)}")
+        if not bool(torch.isfinite(video).all()):
+            raise VitokError("video holds NaN or infinite values")
 
     def encode(self, video: torch.Tensor, num_tokens: int | None = None, *, tiled: bool = True) -> Latents:
         """Video (B,3,T,H,W) in [-1,1], any size -> Latents (1D models: keep the first `num_tokens` per unit).

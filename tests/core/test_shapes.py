@@ -78,6 +78,15 @@ def test_bad_inputs(models):
         tok.encode(torch.zeros(1, 3, 4, 16, 16), num_tokens=3)
     with pytest.raises(VitokError, match="num_tokens"):
         models["vit1d-tiny"].encode(torch.zeros(1, 3, 4, 16, 16), num_tokens=0)
+    with pytest.raises(VitokError, match=r"video is empty: shape \(1, 3, 0, 16, 16\)"):
+        tok.encode(torch.zeros(1, 3, 0, 16, 16))
+    bad = torch.zeros(1, 3, 4, 16, 16)
+    bad[0, 1, 2, 3, 4] = float("nan")
+    with pytest.raises(VitokError, match="NaN or infinite"):
+        tok.encode(bad)
+    bad[0, 1, 2, 3, 4] = float("inf")
+    with pytest.raises(VitokError, match="NaN or infinite"):
+        models["cnn-tiny"].encode(bad)
 
 
 def test_training_forward(clip):
