@@ -68,6 +68,7 @@ def test_bad_overrides_are_user_errors(item, needle):
     ("model.init=5", "model.init must be a string"),
     ("seed=-1", "seed must be at least 0"),
     ("ema.decay=1", "ema.decay must be below 1"),
+    ('eval={"every": "often"}', "eval.every must be an integer"),
 ])
 def test_values_of_the_wrong_type_or_range_are_user_errors(item, needle):
     with pytest.raises(VitokError) as e:
@@ -90,6 +91,9 @@ def test_config_files_errors(tmp_path):
         load_config(bad)
     bad.write_text("{not json")
     with pytest.raises(VitokError, match="invalid JSON"):
+        load_config(bad)
+    bad.write_text('{"ema": 0.99}')
+    with pytest.raises(VitokError, match="ema must be an object of settings, got 0.99"):
         load_config(bad)
     bad.write_text('{"schedule": {"batch_size": "8"}}')
     with pytest.raises(VitokError, match=r"bad\.json: schedule\.batch_size must be an integer"):

@@ -135,6 +135,8 @@ def check_values(cfg: dict[str, Any], where: str = "config") -> None:
         default = defaults.get(key)
         if _is_free(key) or key.startswith("model.overrides.") or (value is None and key in NULLABLE):
             continue
+        if key not in defaults:  # a section replaced by a plain value
+            raise VitokError(f"{where}: {key} must be an object of settings, got {value!r}")
         if isinstance(default, bool):
             ok, kind = isinstance(value, bool), "true or false"
         elif isinstance(default, (int, float)):
