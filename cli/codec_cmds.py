@@ -80,7 +80,7 @@ def encode(input, output, model, step, tokens, target_bytes, psnr, num_frames, s
     text = (f"{out}: {stats.frames} frames {stats.width}x{stats.height} @ {float(stats.fps):.4g} fps -> "
             f"{stats.file_bytes} bytes ({stats.bpp:.4f} bpp, {stats.kbps:.1f} kbps), {stats.chunks} chunks{tok}; "
             f"entropy-coded {stats.entropy_bytes} bytes (model estimate {stats.estimated_bytes:.0f})")
-    short = [p for p in stats.chunk_psnr if psnr is not None and p is not None and p < psnr]
+    short = [] if psnr is None else [p for p in stats.chunk_psnr if p is not None and p < psnr]
     if short:
         text += (f"\n{len(short)} of {stats.chunks} chunks could not reach {psnr:g} dB even at the finest setting "
                  f"(lowest {min(short):.2f} dB)")

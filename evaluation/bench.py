@@ -63,10 +63,9 @@ def bench_codecs(codecs: Sequence[Any], frames: np.ndarray, fps: Fraction,
     from tqdm.auto import tqdm
 
     ops = dict(ops or {})
-    for c in codecs:  # unknown names and models fail here, before any clip is timed
-        _get(c)
+    resolved = [_get(c) for c in codecs]  # unknown names and models fail here, before any clip is timed
     todo: list[tuple[Any, dict, bool]] = [(REFERENCE[0], dict(REFERENCE[1]), True)] if reference else []
-    for c in codecs:
+    for c in resolved:
         op = dict(ops.get(codec_name(c), {}))
         if reference and codec_name(c) == REFERENCE[0] and (not op or op == REFERENCE[1]):
             continue

@@ -160,14 +160,14 @@ class Tokenizer(nn.Module):
             raise VitokError(f"video must be a float tensor in [-1,1], got {video.dtype} (see vitok.data.convert)")
         if video.numel() == 0:
             raise VitokError(f"video is empty: shape {tuple(video.shape)}")
-        if not bool(torch.isfinite(video).all()):
-            raise VitokError("video holds NaN or infinite values")
 
     def encode(self, video: torch.Tensor, num_tokens: int | None = None, *, tiled: bool = True) -> Latents:
         """Video (B,3,T,H,W) in [-1,1], any size -> Latents (1D models: keep the first `num_tokens` per unit).
         The video may stay on the CPU: chunks move to the model's device one at a time. `tiled=False` (grid models)
         codes whole frames in one pass instead of the config's tiles; the Latents remember it for `decode`."""
         self._check_video(video)
+        if not bool(torch.isfinite(video).all()):  # here, not in the training forward: the trainer guards its steps
+            raise VitokError("video holds NaN or infinite values")
         g = self.plan(*video.shape[2:], tiled=tiled)
         self.token_mask(video.shape[0], num_tokens, self.device)  # validates num_tokens before any work
         means, logvars = [], []

@@ -143,8 +143,9 @@ def check_values(cfg: dict[str, Any], where: str = "config") -> None:
             whole = isinstance(default, int)
             ok = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
             kind = "an integer" if whole else "a number"
-            if ok and value < (1 if key in POSITIVE else 0):
-                raise VitokError(f"{where}: {key} must be at least {1 if key in POSITIVE else 0}, got {value!r}")
+            least = 1 if key in POSITIVE else 0
+            if ok and value < least:
+                raise VitokError(f"{where}: {key} must be at least {least}, got {value!r}")
         else:
             ok = isinstance(value, type(default))
             kind = {str: "a string", list: "a list", dict: "an object"}.get(type(default), type(default).__name__)
