@@ -192,3 +192,31 @@ def test_init_changes_a_1d_models_token_count(make_cfg, tmp_path, capsys, tokens
             assert torch.equal(t, theirs[name]), name
     video = torch.rand(1, 3, 8, 32, 32)
     assert grown.encode(video).z.shape[-2] == tokens
+
+
+@pytest.mark.parametrize("arch,config", [("vit-tiny", "tiny-vit"), ("vit1d-tiny", "tiny-vit1d")])
+def test_init_grows_a_vits_depth_as_identity_blocks(make_cfg, tmp_path, capsys, arch, config):
+    """model.init into a deeper ViT (grid or 1D): the source's blocks come over, the new ones start as identities,
+    so the grown model reconstructs exactly as the source did until training uses them; a shallower target than
+    the source is refused by name."""
+    torch.manual_seed(11)
+    start = vitok.create_model(arch)
+    start.save_pretrained(tmp_path / "start")
+    init = f"model.init={json.dumps(str(tmp_path / 'start'))}"
+    cfg = make_cfg(config, "schedule.steps=1", "schedule.lr=0", "schedule.weight_decay=0", "data.synthetic.num_clips=2",
+                   "eval.num_segments=1", "model.overrides.dec_depth=4", "model.overrides.enc_depth=3", init)
+    train(cfg, tmp_path / "run", quiet=True)
+    err = capsys.readouterr().err
+    assert "(encoder 2 -> 3 blocks; the new ones start as identities; decoder 2 -> 4 blocks;" in err
+    grown = vitok.load(tmp_path / "run" / "model")
+    assert (grown.config.enc_depth, grown.config.dec_depth) == (3, 4)
+    theirs, ours = start.state_dict(), grown.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in theirs.items())
+    assert not ours["decoder.blocks.3.mlp.down.weight"].any() and ours["decoder.blocks.3.attn.qkv.weight"].any()
+    video = torch.rand(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(grown.decode(grown.encode(video)), start.eval().decode(start.encode(video)))
+    vitok.create_model(arch, dec_depth=3).save_pretrained(tmp_path / "deeper")
+    bad = make_cfg(config, "schedule.steps=1", f"model.init={json.dumps(str(tmp_path / 'deeper'))}")
+    with pytest.raises(VitokError, match="model.init: .* does not match"):
+        train(bad, tmp_path / "bad", quiet=True)

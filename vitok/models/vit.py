@@ -40,6 +40,21 @@ class ViTTokenizer(Tokenizer):
         self.apply(init_weights)
         nn.init.normal_(self.from_latent.weight, std=c.latent_channels ** -0.5)  # O(1) tokens from O(1) latents
 
+    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state`` of this architecture with fewer encoder or decoder blocks, fitted to this one (a warm start to
+        grow depth): the missing blocks are appended as identities, this model's fresh init with their output
+        projections zeroed, so the grown model computes what the source did until training uses the new blocks."""
+        out, own = dict(state), self.state_dict()
+        for stack in ("encoder", "decoder"):
+            prefix = f"{stack}.blocks."
+            theirs = {int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}
+            for i in range(len(theirs), len(getattr(self, stack).blocks)):
+                for k, v in own.items():
+                    if k.startswith(f"{prefix}{i}."):
+                        zero = k.endswith(("attn.proj.weight", "mlp.down.weight"))
+                        out[k] = torch.zeros_like(v) if zero else v.detach().clone()
+        return out
+
     def unit_frames(self, frames: int) -> int:
         return math.ceil(frames / self.temporal_stride) * self.temporal_stride
 

@@ -38,9 +38,9 @@ class ViT1DTokenizer(ViTTokenizer):
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``state`` of a 1D model with another token count, fitted to this one's: the first tokens are kept (nested
-        dropout ranks them first), tokens past the source's keep this model's fresh init. A warm start to grow K:
-        every other tensor must match, and the encoder's tokens still see one another, so it needs training."""
-        out = dict(state)
+        dropout ranks them first), tokens past the source's keep this model's fresh init. A warm start to grow K
+        (and depth, see the grid model's): the encoder's tokens still see one another, so it needs training."""
+        out = super().adapt_state_dict(state)
         for name in ("latent_tokens", "latent_pos"):
             own = getattr(self, name)
             if name in out and out[name].shape[1:] == own.shape[1:] and out[name].shape[0] != own.shape[0]:

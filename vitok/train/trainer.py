@@ -115,15 +115,22 @@ def _precision(name: str, device: torch.device) -> str:
 
 def _init_from(tok: nn.Module, source: str) -> str:
     """Load a pretrained model's weights into the freshly built ``tok`` (continue training a bundled model; a 1D
-    model may change its token count). Returns what was done, for the log."""
+    model may change its token count, a ViT may grow deeper). Returns what was done, for the log."""
     import vitok
 
     src = vitok.load(source, frozen=False)
     theirs, ours = src.state_dict(), tok.state_dict()
-    done = f"initialised from {source}"
-    if hasattr(tok, "adapt_state_dict") and src.max_tokens and src.max_tokens != tok.max_tokens:
-        theirs = tok.adapt_state_dict(theirs)       # a 1D model grown (or cut) to another token count
-        done += f" ({src.max_tokens} -> {tok.max_tokens} tokens; the first {min(src.max_tokens, tok.max_tokens)} kept)"
+    changes = []
+    if src.max_tokens and src.max_tokens != tok.max_tokens:
+        changes.append(f"{src.max_tokens} -> {tok.max_tokens} tokens; the first {min(src.max_tokens, tok.max_tokens)} "
+                       "kept")
+    for stack in ("enc", "dec"):
+        was, now = getattr(src.config, f"{stack}_depth", None), getattr(tok.config, f"{stack}_depth", None)
+        if was is not None and now is not None and now > was:
+            changes.append(f"{stack}oder {was} -> {now} blocks; the new ones start as identities")
+    if changes and hasattr(tok, "adapt_state_dict"):
+        theirs = tok.adapt_state_dict(theirs)
+    done = f"initialised from {source}" + (f" ({'; '.join(changes)})" if changes else "")
     if {k: v.shape for k, v in theirs.items()} != {k: v.shape for k, v in ours.items()}:
         raise VitokError(f"model.init: {source} ({src.config.name}, {src.config.kind}) does not match the config's "
                          f"architecture {tok.config.name!r}; set model.name/overrides to the same architecture")
