@@ -14,10 +14,13 @@ from vitok.cli.common import emit, json_option, quiet_option
 @click.option("--frames", type=click.IntRange(min=1), default=33, show_default=True, help="Frames to code.")
 @click.option("--op", "ops", multiple=True, metavar="CODEC:K=V[,K=V]", help="Knobs for a codec (one per codec).")
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True, help="Timed rounds (best kept).")
+@click.option("--isolate/--same-process", default=True, show_default=True,
+              help="Run each codec in a fresh process, so its memory is not hidden by what an earlier codec freed.")
 @quiet_option
 @json_option
-def bench_codec(codecs, clip, frames, ops, repeat, quiet, as_json) -> None:
-    """Encode and decode frames per second and peak memory for each codec on the same clip, in one run."""
+def bench_codec(codecs, clip, frames, ops, repeat, isolate, quiet, as_json) -> None:
+    """Encode and decode frames per second, and the peak memory of a first encode and decode, for each codec on the
+    same clip, in one run."""
     from vitok.cli.rd import parse_ops
     from vitok.evaluation.bench import bench_codecs
     from vitok.evaluation.clips import load_clip
@@ -29,7 +32,7 @@ def bench_codec(codecs, clip, frames, ops, repeat, quiet, as_json) -> None:
 
         codecs = bundled_codec_names()
     parsed = {name: points[0] for name, points in parse_ops(ops).items()}
-    rows = bench_codecs(list(codecs), video, fps, parsed, repeat=repeat, progress=not quiet)
+    rows = bench_codecs(list(codecs), video, fps, parsed, repeat=repeat, progress=not quiet, isolate=isolate)
     for r in rows:
         r["label"] = f"{r['codec']} {op_label(r['op'])}" + (" (reference)" if r["reference"] else "")
     t, h, w = video.shape[:3]

@@ -1,8 +1,10 @@
 """Codec throughput benchmark: encode/decode frames per second and peak memory of each codec on one clip.
 
-All codecs run on the same frames in the same process, one after another, after an untimed warm-up round (model
-loading, first-call allocation). Times are the best of ``repeat`` rounds. x264 at preset medium (CRF 23, no
-B-frames) is always the first row: the reference line that other rows are read against.
+All codecs run on the same frames, one after another. Memory is the peak growth of resident memory over a codec's
+first encode and first decode (what one call costs, first-call allocation included); with ``isolate`` each codec
+runs in a fresh process, so no memory left over by an earlier codec is reused and uncounted. Times are the best of
+``repeat`` rounds after that first, untimed, round. x264 at preset medium (CRF 23, no B-frames) is always the first
+row: the reference line that other rows are read against.
 """
 from __future__ import annotations
 
@@ -29,48 +31,81 @@ def _get(codec: Any):
 
 def bench_one(codec: Any, frames: np.ndarray, fps: Fraction, op: Mapping[str, Any] | None = None, *,
               repeat: int = 1, warmup: bool = True) -> dict:
-    """Benchmark one codec at one operating point; returns a row (fps, seconds, peak MiB, bytes, bpp, PSNR)."""
+    """Benchmark one codec at one operating point; returns a row (fps, seconds, peak MiB, bytes, bpp, PSNR).
+
+    Memory comes from the first encode and decode; with ``warmup`` that round is not timed."""
     obj = _get(codec)
     op = dict(op or {})
+    with PeakMemory() as enc_mem:
+        t0 = time.perf_counter()
+        data = obj.encode(frames, fps, **op)
+        enc_s = [time.perf_counter() - t0]
+    with PeakMemory() as dec_mem:
+        t0 = time.perf_counter()
+        decoded, _ = obj.decode(data)
+        dec_s = [time.perf_counter() - t0]
     if warmup:
-        obj.decode(obj.encode(frames, fps, **op))
-    enc_s, dec_s, enc_mb, dec_mb = [], [], 0.0, 0.0
-    for _ in range(max(1, repeat)):
-        with PeakMemory() as mem:
-            t0 = time.perf_counter()
-            data = obj.encode(frames, fps, **op)
-            enc_s.append(time.perf_counter() - t0)
-        enc_mb = max(enc_mb, mem.peak_mb)
-        with PeakMemory() as mem:
-            t0 = time.perf_counter()
-            decoded, _ = obj.decode(data)
-            dec_s.append(time.perf_counter() - t0)
-        dec_mb = max(dec_mb, mem.peak_mb)
+        enc_s, dec_s = [], []
+    while len(enc_s) < max(1, repeat):
+        t0 = time.perf_counter()
+        data = obj.encode(frames, fps, **op)
+        enc_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        decoded, _ = obj.decode(data)
+        dec_s.append(time.perf_counter() - t0)
     t, h, w = frames.shape[:3]
     return {"codec": codec_name(codec), "op": op, "frames": t, "width": w, "height": h,
             "encode_fps": t / min(enc_s), "decode_fps": t / min(dec_s), "encode_s": min(enc_s),
-            "decode_s": min(dec_s), "encode_peak_mb": enc_mb, "decode_peak_mb": dec_mb,
+            "decode_s": min(dec_s), "encode_peak_mb": enc_mem.peak_mb, "decode_peak_mb": dec_mem.peak_mb,
             "bytes": len(data), "bpp": len(data) * 8 / (t * h * w), "psnr": psnr(frames, np.asarray(decoded))}
+
+
+def _bench_in_child(name: str, frames: np.ndarray, fps: Fraction, op: dict, repeat: int, warmup: bool,
+                    threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    return bench_one(name, frames, fps, op, repeat=repeat, warmup=warmup)
+
+
+def _bench_isolated(name: str, frames: np.ndarray, fps: Fraction, op: dict, repeat: int, warmup: bool) -> dict:
+    """``bench_one`` in a fresh (spawned) process with this process's torch thread count."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_bench_in_child, name, frames, fps, op, repeat, warmup, torch.get_num_threads()).result()
 
 
 def bench_codecs(codecs: Sequence[Any], frames: np.ndarray, fps: Fraction,
                  ops: Mapping[str, Mapping[str, Any]] | None = None, *, repeat: int = 1, warmup: bool = True,
-                 reference: bool = True, progress: bool = False) -> list[dict]:
+                 reference: bool = True, progress: bool = False, isolate: bool = False) -> list[dict]:
     """Rows for the x264-medium reference (first, ``reference: True``) and each codec (``ops``: knobs by name).
 
-    A plain ``h264`` with no knobs of its own is the reference itself and is not run twice.
+    A plain ``h264`` with no knobs of its own is the reference itself and is not run twice. With ``isolate`` every
+    row is measured in a fresh process that resolves the codec again by name (so codecs must be given by name).
     """
     from tqdm.auto import tqdm
 
     ops = dict(ops or {})
+    if isolate and not all(isinstance(c, str) for c in codecs):
+        raise ValueError("bench_codecs(isolate=True) needs every codec given by name")
     resolved = [_get(c) for c in codecs]  # unknown names and models fail here, before any clip is timed
-    todo: list[tuple[Any, dict, bool]] = [(REFERENCE[0], dict(REFERENCE[1]), True)] if reference else []
-    for c in resolved:
+    todo: list[tuple[Any, Any, dict, bool]] = []
+    if reference:
+        todo.append((REFERENCE[0], REFERENCE[0], dict(REFERENCE[1]), True))
+    for spec, c in zip(codecs, resolved):
         op = dict(ops.get(codec_name(c), {}))
         if reference and codec_name(c) == REFERENCE[0] and (not op or op == REFERENCE[1]):
             continue
-        todo.append((c, op, False))
+        todo.append((spec, c, op, False))
     rows = []
-    for c, op, is_ref in tqdm(todo, desc="bench", unit="codec", disable=not progress, leave=False):
-        rows.append({**bench_one(c, frames, fps, op, repeat=repeat, warmup=warmup), "reference": is_ref})
+    for spec, c, op, is_ref in tqdm(todo, desc="bench", unit="codec", disable=not progress, leave=False):
+        if isolate:
+            row = _bench_isolated(spec, frames, fps, op, repeat, warmup)
+        else:
+            row = bench_one(c, frames, fps, op, repeat=repeat, warmup=warmup)
+        rows.append({**row, "reference": is_ref})
     return rows

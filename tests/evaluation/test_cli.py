@@ -93,7 +93,7 @@ def test_match_psnr_bisects_to_the_nearest_crf(carphone9):
 
 def test_bench_codec_times_each_codec_with_x264_reference(small_clip, tiny_model):
     args = ["--codec", "h264", "--op", "h264:crf=30", "--codec", f"vitok:{tiny_model}", "--clip", str(small_clip),
-            "--frames", "5", "--repeat", "1", "--json", "-q"]
+            "--frames", "5", "--repeat", "1", "--same-process", "--json", "-q"]
     res = CliRunner().invoke(bench_codec, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)["rows"]
@@ -105,6 +105,20 @@ def test_bench_codec_times_each_codec_with_x264_reference(small_clip, tiny_model
         assert np.isfinite(r["psnr"])
     text = CliRunner().invoke(bench_codec, args[:-2] + ["-q"], catch_exceptions=False).output
     assert "(reference)" in text and "enc fps" in text
+
+
+def test_bench_codec_isolates_each_codec_in_a_fresh_process(monkeypatch):
+    """By default every row is measured in a spawned process (this process's bench_one is never called), and a model's
+    first encode and decode there show the memory they allocate."""
+    from vitok.evaluation import bench
+
+    monkeypatch.setattr(bench, "bench_one", lambda *a, **k: pytest.fail("bench_one ran in the parent process"))
+    args = ["--codec", "vitok:vitok-grid", "--clip", "carphone", "--frames", "4", "--repeat", "1", "--json", "-q"]
+    res = CliRunner().invoke(bench_codec, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)["rows"]
+    assert [r["codec"] for r in rows] == ["h264", "vitok:vitok-grid"]
+    assert rows[1]["encode_peak_mb"] > 1 and rows[1]["decode_peak_mb"] > 1 and rows[1]["psnr"] > 20
 
 
 def test_bench_codec_refuses_an_unknown_codec_before_timing_any(small_clip, monkeypatch, capsys):

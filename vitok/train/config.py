@@ -21,6 +21,8 @@ DEFAULTS: dict[str, Any] = {
         "name": "vit-tiny",          # registry name for vitok.create_model
         "overrides": {},             # keyword overrides for the model config
         "init": None,                # start from these weights: a bundled model name or a save_pretrained folder
+                                     # (a 1D model may change its token count; a ViT may grow deeper, new blocks
+                                     # starting as identities)
     },
     "data": {
         "num_frames": None,          # clip length; None = the model's clip_frames
