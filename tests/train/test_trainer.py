@@ -220,3 +220,4 @@ def test_init_grows_a_vits_depth_as_identity_blocks(make_cfg, tmp_path, capsys, 
     bad = make_cfg(config, "schedule.steps=1", f"model.init={json.dumps(str(tmp_path / 'deeper'))}")
     with pytest.raises(VitokError, match="model.init: .* does not match"):
         train(bad, tmp_path / "bad", quiet=True)
+    assert not (tmp_path / "bad").exists()
