@@ -29,6 +29,13 @@ def _get(codec: Any):
     return codec
 
 
+def _timed(call: Any, /, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """``call(*args, **kwargs)`` and its wall-clock seconds."""
+    t0 = time.perf_counter()
+    out = call(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
 def bench_one(codec: Any, frames: np.ndarray, fps: Fraction, op: Mapping[str, Any] | None = None, *,
               repeat: int = 1, warmup: bool = True) -> dict:
     """Benchmark one codec at one operating point; returns a row (fps, seconds, peak MiB, bytes, bpp, PSNR).
@@ -37,22 +44,15 @@ def bench_one(codec: Any, frames: np.ndarray, fps: Fraction, op: Mapping[str, An
     obj = _get(codec)
     op = dict(op or {})
     with PeakMemory() as enc_mem:
-        t0 = time.perf_counter()
-        data = obj.encode(frames, fps, **op)
-        enc_s = [time.perf_counter() - t0]
+        data, first_enc = _timed(obj.encode, frames, fps, **op)
     with PeakMemory() as dec_mem:
-        t0 = time.perf_counter()
-        decoded, _ = obj.decode(data)
-        dec_s = [time.perf_counter() - t0]
-    if warmup:
-        enc_s, dec_s = [], []
+        (decoded, _), first_dec = _timed(obj.decode, data)
+    enc_s, dec_s = ([], []) if warmup else ([first_enc], [first_dec])
     while len(enc_s) < max(1, repeat):
-        t0 = time.perf_counter()
-        data = obj.encode(frames, fps, **op)
-        enc_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        decoded, _ = obj.decode(data)
-        dec_s.append(time.perf_counter() - t0)
+        data, seconds = _timed(obj.encode, frames, fps, **op)
+        enc_s.append(seconds)
+        (decoded, _), seconds = _timed(obj.decode, data)
+        dec_s.append(seconds)
     t, h, w = frames.shape[:3]
     return {"codec": codec_name(codec), "op": op, "frames": t, "width": w, "height": h,
             "encode_fps": t / min(enc_s), "decode_fps": t / min(dec_s), "encode_s": min(enc_s),

@@ -124,11 +124,11 @@ def _init_from(tok: nn.Module, source: str) -> str:
     if src.max_tokens and src.max_tokens != tok.max_tokens:
         changes.append(f"{src.max_tokens} -> {tok.max_tokens} tokens; the first {min(src.max_tokens, tok.max_tokens)} "
                        "kept")
-    for stack in ("enc", "dec"):
-        was, now = getattr(src.config, f"{stack}_depth", None), getattr(tok.config, f"{stack}_depth", None)
+    for stack, key in (("encoder", "enc_depth"), ("decoder", "dec_depth")):
+        was, now = getattr(src.config, key, None), getattr(tok.config, key, None)
         if was is not None and now is not None and now > was:
-            changes.append(f"{stack}oder {was} -> {now} blocks; the new ones start as identities")
-    if changes and hasattr(tok, "adapt_state_dict"):
+            changes.append(f"{stack} {was} -> {now} blocks; the new ones start as identities")
+    if hasattr(tok, "adapt_state_dict"):  # a no-op when the architectures already match
         theirs = tok.adapt_state_dict(theirs)
     done = f"initialised from {source}" + (f" ({'; '.join(changes)})" if changes else "")
     if {k: v.shape for k, v in theirs.items()} != {k: v.shape for k, v in ours.items()}:
