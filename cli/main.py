@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "decode": "vitok.cli.codec_cmds:decode",
     "info": "vitok.cli.codec_cmds:info",
     "compare": "vitok.cli.compare:compare",
+    "calibrate": "vitok.cli.calibrate:calibrate",
     "models": "vitok.cli.models:models",
     "rd": "vitok.cli.rd:rd",
     "bench": "vitok.cli.bench:bench",

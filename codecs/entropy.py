@@ -1,6 +1,8 @@
 """Quantization and entropy coding of latents: CompressAI's EntropyBottleneck, frozen into integer tables.
 
 A latent ``z`` (tokens ``(N, C)``) is quantized per channel to integers ``q = round((z - mean_c) / (std_c * step))``.
+For 1D models the offset is per token position within a unit (``mean`` is ``(K, C)``): nested dropout ranks the
+tokens, each position settles on its own mean, and coding the residual from it costs about a quarter fewer bits.
 For each step of an operating set a factorized ``EntropyBottleneck`` is fitted once (calibration) to the
 uniform-noise-relaxed values; its medians are rounded to integers, ``update()`` builds 16-bit CDFs, and only those
 integer tables are kept (``entropy.safetensors`` beside the model). Symbols ``q - median_c`` are coded with
@@ -63,7 +65,7 @@ ESCAPE_RANGE = 120  # beyond a table's range by more than this, values clamp: ev
 MIN_SYMBOLS = 32  # CompressAI's encoder buffer holds one 32-bit word per symbol: short streams are padded
 MAX_TABLE_HALF = 4096  # cap on a table's half-width (bins)
 FILENAME = "entropy.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ``mean`` may be (K, C), one offset per token position; 1 is still read
 
 
 @dataclass
@@ -99,7 +101,8 @@ class StepTable:
 
 
 class EntropyTables:
-    """The frozen entropy model of one tokenizer: per-channel quantization scale and one ``StepTable`` per step."""
+    """The frozen entropy model of one tokenizer: quantizer offset ``mean`` (per channel ``(C,)``, or per token
+    position and channel ``(K, C)`` for 1D models), per-channel scale ``std``, and one ``StepTable`` per step."""
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, tables: list[StepTable], meta: dict[str, Any] | None = None):
         self.mean = np.asarray(mean, np.float32)
@@ -111,7 +114,12 @@ class EntropyTables:
 
     @property
     def channels(self) -> int:
-        return int(self.mean.shape[0])
+        return int(self.std.shape[0])
+
+    @property
+    def unit_tokens(self) -> int | None:
+        """K when the offset is per token position (1D models), else None."""
+        return int(self.mean.shape[0]) if self.mean.ndim == 2 else None
 
     @property
     def steps(self) -> list[float]:
@@ -124,20 +132,35 @@ class EntropyTables:
         return int(np.argmin([abs(math.log(step / s)) for s in self.steps]))
 
     # quantization -----------------------------------------------------------------------------------------
-    def quantize(self, z: torch.Tensor | np.ndarray, step: float, index: int | None = None) -> np.ndarray:
-        """Latent tokens ``(N, C)`` -> int32 ``(N, C)``, clamped to what the step's table can code."""
+    def quantize(self, z: torch.Tensor | np.ndarray, step: float, index: int | None = None,
+                 tokens: int | None = None) -> np.ndarray:
+        """Latent tokens ``(N, C)`` -> int32 ``(N, C)``, clamped to what the step's table can code. ``tokens``: for
+        per-position tables, the tokens each unit keeps (rows are units of that many, in order; default K)."""
         table = self.tables[self.table_index(step) if index is None else index]
         z = z.detach().cpu().double().numpy() if isinstance(z, torch.Tensor) else np.asarray(z, np.float64)
         if z.ndim != 2 or z.shape[1] != self.channels:
             raise CodecError(f"latents must be (N, {self.channels}), got {z.shape}")
-        y = (z - self.mean.astype(np.float64)) / (self.std.astype(np.float64) * step)
+        y = (z - self.offsets(z.shape[0], tokens)) / (self.std.astype(np.float64) * step)
         lo, hi = table.value_range()
         return np.clip(np.rint(np.nan_to_num(y)), lo, hi).astype(np.int32)
 
-    def dequantize(self, q: np.ndarray, step: float) -> torch.Tensor:
-        """int ``(N, C)`` -> float32 latents ``(N, C)``."""
-        q = torch.from_numpy(np.asarray(q, np.float32))
-        return q * (torch.from_numpy(self.std) * float(step)) + torch.from_numpy(self.mean)
+    def dequantize(self, q: np.ndarray, step: float, tokens: int | None = None) -> torch.Tensor:
+        """int ``(N, C)`` -> float32 latents ``(N, C)`` (``tokens`` as for ``quantize``)."""
+        q = np.asarray(q, np.float64)
+        z = q * (self.std.astype(np.float64) * float(step)) + self.offsets(q.shape[0], tokens)
+        return torch.from_numpy(z.astype(np.float32))
+
+    def offsets(self, rows: int, tokens: int | None = None) -> np.ndarray:
+        """The quantizer offset of each of ``rows`` tokens, ``(rows, C)`` float64: the channel means, or for
+        per-position tables the mean of each row's position ``row % tokens`` in its unit."""
+        mean = self.mean.astype(np.float64)
+        if mean.ndim == 1:
+            return np.broadcast_to(mean, (rows, self.channels))
+        k = self.unit_tokens if tokens is None else tokens
+        if not (isinstance(k, (int, np.integer)) and 1 <= k <= self.unit_tokens) or rows % k:
+            raise CodecError(f"per-position tables code units of 1..{self.unit_tokens} tokens; got {rows} tokens "
+                             f"in units of {k}")
+        return mean[np.arange(rows) % k]
 
     # entropy coding ---------------------------------------------------------------------------------------
     def encode(self, q: np.ndarray, index: int) -> bytes:
@@ -221,7 +244,7 @@ class EntropyTables:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["vitok_entropy"])
                 t = {k: f.get_tensor(k).numpy() for k in f.keys()}
-            if meta.get("format") != FORMAT_VERSION or meta.get("precision") != PRECISION:
+            if meta.get("format") not in (1, FORMAT_VERSION) or meta.get("precision") != PRECISION:
                 raise ValueError(f"unsupported format {meta.get('format')} / precision {meta.get('precision')}")
             tables = [StepTable(float(s), *(t[f"step{i}.{k}"].astype(np.int32)
                                             for k in ("cdf", "cdf_length", "offset", "median")))
@@ -233,8 +256,12 @@ class EntropyTables:
 
     def _validate(self) -> None:
         """Reject tables the C++ coder would index out of bounds with (it checks nothing itself)."""
+        if self.std.ndim != 1 or self.mean.ndim not in (1, 2):
+            raise ValueError("entropy tables: bad mean/std shapes")
         c = self.channels
-        if self.mean.shape != (c,) or self.std.shape != (c,) or not (self.std > 0).all() or not self.tables:
+        if self.mean.shape not in ((c,), (self.mean.shape[0], c)) or \
+                not self.mean.shape[0] or not np.isfinite(self.mean).all() or not (self.std > 0).all() or \
+                not self.tables:
             raise ValueError("entropy tables: bad mean/std or no step tables")
         for t in self.tables:
             if t.cdf.ndim != 2 or t.cdf.shape[0] != c or any(a.shape != (c,) for a in (t.cdf_length, t.offset,
@@ -263,7 +290,8 @@ def fit_tables(z: torch.Tensor, steps: Iterable[float] = STEPS, *, mean: np.ndar
                meta: dict[str, Any] | None = None) -> EntropyTables:
     """Fit one EntropyBottleneck per step to latent tokens ``z`` ``(M, C)`` and freeze it into integer tables.
 
-    ``mean``/``std`` default to the tokens' own per-channel statistics. All steps train together as one
+    ``mean``/``std`` default to the tokens' own per-channel statistics; a ``(K, C)`` ``mean`` is an offset per
+    token position (``z`` then holds whole units of K tokens, in order). All steps train together as one
     bottleneck with ``C x steps`` independent channels.
     """
     z = torch.as_tensor(z, dtype=torch.float32).reshape(-1, z.shape[-1])
@@ -272,9 +300,13 @@ def fit_tables(z: torch.Tensor, steps: Iterable[float] = STEPS, *, mean: np.ndar
         raise CodecError("calibration needs at least 2 latent tokens and one step")
     mean = z.mean(0).numpy() if mean is None else np.asarray(mean, np.float32)
     std = z.std(0).clamp_min(1e-6).numpy() if std is None else np.asarray(std, np.float32)
+    if mean.ndim == 2 and z.shape[0] % mean.shape[0]:
+        raise CodecError(f"per-position calibration needs whole units of {mean.shape[0]} tokens, got {z.shape[0]}")
     g = torch.Generator().manual_seed(seed)
     c = z.shape[1]
-    y = (z - torch.from_numpy(mean)) / torch.from_numpy(std)
+    offsets = torch.from_numpy(mean).repeat(z.shape[0] // mean.shape[0], 1) if mean.ndim == 2 else \
+        torch.from_numpy(mean)
+    y = (z - offsets) / torch.from_numpy(std)
     ys = torch.cat([y / s for s in steps], dim=1).T.contiguous()  # (S*C, M)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -352,8 +384,9 @@ def _likelihood_bits(eb, ys: torch.Tensor) -> np.ndarray:
 
 
 def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = STEPS, iters: int = 300,
-                      num_tokens: int | None = None, seed: int = 0) -> EntropyTables:
-    """Encode calibration clips with ``tok`` and fit tables; the quantizer scale is the model's latent statistics.
+                      seed: int = 0) -> EntropyTables:
+    """Encode calibration clips with ``tok`` and fit tables; the quantizer scale is the model's latent statistics,
+    the offset its latent mean (grid models) or the clips' mean per token position (1D models).
 
     ``clips``: uint8 ``(T,H,W,3)`` arrays or float ``(B,3,T,H,W)`` tensors in [-1, 1].
     """
@@ -363,15 +396,16 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     with torch.no_grad():
         for clip in clips:
             x = frames_to_tensor(clip) if isinstance(clip, np.ndarray) else clip
-            lat = tok.encode(x.to(_device(tok)), num_tokens=num_tokens)
-            z = lat.z.float().cpu()  # the posterior mean: what the codec quantizes
-            zs.append(z[lat.mask.cpu()] if lat.mask is not None else z.reshape(-1, z.shape[-1]))
+            lat = tok.encode(x.to(_device(tok)))  # all tokens: the posterior mean, what the codec quantizes
+            zs.append(lat.z.float().cpu().reshape(-1, lat.z.shape[-1]))
     if not zs:
         raise CodecError("calibration needs at least one clip")
     z = torch.cat(zs)
     cfg = tok.config
     mean = getattr(cfg, "latent_mean", None)
     std = getattr(cfg, "latent_std", None)
+    if tok.max_tokens is not None:  # 1D: rows are whole units of K tokens
+        mean = z.reshape(-1, tok.max_tokens, z.shape[-1]).mean(0)
     meta = {"model": cfg.name, "weights_hash": tok.weights_hash}
     return fit_tables(z, steps, mean=None if mean is None else np.asarray(mean, np.float32),
                       std=None if std is None else np.asarray(std, np.float32), iters=iters, seed=seed, meta=meta)
@@ -392,18 +426,22 @@ def write_entropy_tables(model_dir: str | Path, tables: EntropyTables) -> Path:
     return tables.save(model_dir / FILENAME)
 
 
-def calibrate_model_dir(model_dir: str | Path, clips: Iterable[Any] | None = None, steps: Iterable[float] = STEPS,
-                        iters: int = 300) -> EntropyTables:
-    """Load the model saved in ``model_dir``, calibrate tables (default clips: the sample clips' training segments,
-    never the eval ones) and write ``entropy.safetensors`` beside it."""
+def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | None = None,
+                        steps: Iterable[float] = STEPS, iters: int = 300) -> EntropyTables:
+    """Load the model saved in ``model_dir``, calibrate tables and write ``entropy.safetensors`` beside it.
+
+    ``clips``: uint8 ``(T,H,W,3)`` videos, cut into chunks of the model's ``clip_frames`` as the codec cuts them
+    (default: the sample clips' training segments at their own size; never the eval ones)."""
     import vitok
 
     tok = vitok.load(model_dir)
     if clips is None:
         from vitok.data.samples import train_segments
 
-        clips = [frames for _, frames in train_segments(num_frames=tok.clip_frames)]
-    tables = calibrate_entropy(tok, clips, steps=steps, iters=iters)
+        clips = [frames for _, frames in train_segments(num_frames=tok.clip_frames, size=None)]
+    n = tok.clip_frames
+    chunks = [clip[i:i + n] for clip in clips for i in range(0, len(clip), n)]
+    tables = calibrate_entropy(tok, chunks, steps=steps, iters=iters)
     write_entropy_tables(model_dir, tables)
     return tables
 
@@ -423,7 +461,7 @@ def load_entropy_tables(model: Any) -> EntropyTables:
         return EntropyTables.load(path)
     if path.is_dir():
         if not (path / FILENAME).is_file():
-            raise CodecError(f"model {model} has no entropy tables ({FILENAME}); calibrate them first")
+            raise CodecError(f"model {model} has no entropy tables ({FILENAME}); run `vitok calibrate {model}`")
         return EntropyTables.load(path / FILENAME)
     from vitok.codecs.models import bundled_dir
 

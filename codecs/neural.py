@@ -46,7 +46,7 @@ def model_dir(model: str) -> Path:
     if not (d / "config.json").is_file():
         raise CodecError(f"{d}: not a model directory (no config.json)")
     if not (d / ENTROPY_FILE).is_file():
-        raise CodecError(f"model {model} has no entropy tables ({ENTROPY_FILE}); calibrate them first")
+        raise CodecError(f"model {model} has no entropy tables ({ENTROPY_FILE}); run `vitok calibrate {d}`")
     return d
 
 
@@ -116,7 +116,7 @@ class VitokCodec(Codec):
             self.model_ref, self._tok = model.config.name, model
             if tables is None:
                 raise CodecError("VitokCodec(tokenizer) needs its EntropyTables (see calibrate_entropy)")
-        self._tables = tables
+        self._tables = None if tables is None else self._fitting(tables)
         self.name = f"vitok:{self.model_ref}"
 
     # model and tables load on first use, so listing codecs stays cheap
@@ -131,11 +131,19 @@ class VitokCodec(Codec):
     @property
     def tables(self) -> EntropyTables:
         if self._tables is None:
-            self._tables = load_entropy_tables(self.model_ref)
-            if self._tables.channels != self.tok.latent_channels:
-                raise CodecError(f"{self.model_ref}: entropy tables have {self._tables.channels} channels, the "
-                                 f"model {self.tok.latent_channels}")
+            self._tables = self._fitting(load_entropy_tables(self.model_ref))
         return self._tables
+
+    def _fitting(self, tables: EntropyTables) -> EntropyTables:
+        """``tables`` if they fit this model's latents (channels; per-position tables: tokens per unit)."""
+        tok = self.tok
+        if tables.channels != tok.latent_channels:
+            raise CodecError(f"{self.model_ref}: entropy tables have {tables.channels} channels, the model "
+                             f"{tok.latent_channels}")
+        if tables.unit_tokens not in (None, tok.max_tokens):
+            raise CodecError(f"{self.model_ref}: entropy tables are for {tables.unit_tokens} tokens per unit, the "
+                             f"model has {tok.max_tokens or 'a token grid'}")
+        return tables
 
     @property
     def identity(self) -> str:
@@ -171,9 +179,9 @@ class VitokCodec(Codec):
         z = lat.z[0].float()
         if lat.mask is not None:
             z = z[lat.mask[0]]
-        q = tables.quantize(z, step, index)
-        data = tables.encode(q, index)
         tokens = tokens or tok.max_tokens  # 1D: the count actually kept; grid: None (0 in the chunk header)
+        q = tables.quantize(z, step, index, tokens=tokens)
+        data = tables.encode(q, index)
         payload = pack_chunk(index, step, tokens or 0, data)
         return ChunkCode(payload, q, tokens, step, index, frames.shape[0], tables.estimate_bits(q, index))
 
@@ -202,7 +210,7 @@ class VitokCodec(Codec):
         from vitok.data.convert import tensor_to_frames
 
         tok = self.tok
-        z = self.tables.dequantize(q, step).to(tok.device, tok.dtype)[None]
+        z = self.tables.dequantize(q, step, tokens=tokens).to(tok.device, tok.dtype)[None]
         lat = tok.make_latents(z, frames, height, width, num_tokens=tokens)
         return tensor_to_frames(tok.decode(lat)[0])
 

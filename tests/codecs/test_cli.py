@@ -221,3 +221,27 @@ def test_default_bundled_model_round_trip(monkeypatch, tiny1d, video, tmp_path):
     assert res["model"] == DEFAULT_MODEL and res["fps"] == "30000/1001"
     res = _run("decode", str(out), "-o", str(tmp_path / "d.npy"), "-q")  # model found from the header's name
     assert res["model"] == DEFAULT_MODEL and res["frames"] == 8
+
+
+def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path):
+    """A model folder without tables (as `vitok train` exports it) cannot encode; `vitok calibrate` fits its
+    tables from the given clips (per token position for a 1D model), refuses to replace them without -y, and
+    the folder then encodes and decodes."""
+    import shutil
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny1d[2], d)
+    (d / "entropy.safetensors").unlink()
+    out = tmp_path / "clip.vtok"
+    assert "run `vitok calibrate" in _error(capsys, "encode", str(video), "-o", str(out), "--model", str(d))
+    report = _run("calibrate", str(d), "--clip", str(video), "--iters", "20")
+    assert report["unit_tokens"] == 16 and report["tokens"] == 3 * 16  # 20 frames: chunks of 8, 8 and 4
+    assert set(report["bits_per_symbol"]) == {"0.25", "0.5", "1.0", "2.0", "4.0"}
+    assert "use -y to overwrite" in _error(capsys, "calibrate", str(d), "--clip", str(video))
+    _run("encode", str(video), "-o", str(out), "--model", str(d), "--tokens", "4")
+    _run("decode", str(out), "-o", str(tmp_path / "clip.npy"), "--model", str(d))
+    assert np.load(tmp_path / "clip.npy").shape == (20, 48, 64, 3)
+    assert "not a model directory" in _error(capsys, "calibrate", str(tmp_path))
+    before = (d / "entropy.safetensors").read_bytes()
+    assert "clip not found" in _error(capsys, "calibrate", str(d), "-y", "--clip", str(tmp_path / "nope.mp4"))
+    assert (d / "entropy.safetensors").read_bytes() == before  # a failed run leaves the tables as they were

@@ -113,3 +113,46 @@ def test_calibrate_model_dir(tiny1d, tmp_path, clip):
     tables = calibrate_model_dir(d, [frames[:8]], steps=(1.0,), iters=10)
     assert load_entropy_tables(d).table_id == tables.table_id and tables.steps == [1.0]
     assert tables.meta["weights_hash"] == tiny1d[0].weights_hash
+
+
+def test_per_position_offsets_code_ranked_tokens_in_fewer_bits(tmp_path):
+    """1D tokens: each position has its own mean. A (K, C) offset codes the residual: fewer bits than per-channel
+    tables at the same step, exact round trips for any prefix of k tokens per unit, and it survives save/load."""
+    K, C, units = 8, 4, 400
+    g = torch.Generator().manual_seed(5)
+    centre = torch.randn(K, C, generator=g) * 3
+    z = (centre + torch.randn(units, K, C, generator=g) * 0.5).reshape(-1, C)
+    flat = fit_tables(z, steps=(0.5,), iters=80)
+    ranked = fit_tables(z, steps=(0.5,), mean=z.reshape(-1, K, C).mean(0).numpy(), std=flat.std, iters=80)
+    assert flat.unit_tokens is None and ranked.unit_tokens == K
+    bits = [t.estimate_bits(t.quantize(z, 0.5), 0) for t in (flat, ranked)]
+    assert bits[1] < 0.6 * bits[0], bits
+    for k in (1, 3, K):  # a prefix of k tokens per unit: rows are units of k
+        zk = z.reshape(units, K, C)[:20, :k].reshape(-1, C)
+        q = ranked.quantize(zk, 0.5, tokens=k)
+        assert np.array_equal(ranked.decode(ranked.encode(q, 0), len(q), 0), q)
+        err = (ranked.dequantize(q, 0.5, tokens=k) - zk).abs() / torch.from_numpy(ranked.std)
+        assert float(err.max()) <= 0.25 + 1e-4
+    for rows, k in ((7, 3), (9, K + 1), (8, 0)):
+        with pytest.raises(CodecError, match="per-position tables code units"):
+            ranked.quantize(torch.zeros(rows, C), 0.5, tokens=k)
+    with pytest.raises(CodecError, match="whole units of 8 tokens"):
+        fit_tables(z[:-1], steps=(0.5,), mean=ranked.mean, iters=5)
+    again = EntropyTables.load(ranked.save(tmp_path / "entropy.safetensors"))
+    assert again.table_id == ranked.table_id and again.mean.shape == (K, C)
+
+
+def test_format_1_tables_still_load(synthetic, tmp_path):
+    """Tables written before per-position offsets (format 1) load unchanged."""
+    import json
+
+    from safetensors.torch import save_file
+
+    tables, _ = synthetic
+    meta = {"format": 1, "steps": tables.steps, "precision": 16, "table_id": tables.table_id}
+    save_file(tables.tensors(), str(tmp_path / "old.safetensors"), metadata={"vitok_entropy": json.dumps(meta)})
+    assert EntropyTables.load(tmp_path / "old.safetensors").table_id == tables.table_id
+    meta["format"] = 99
+    save_file(tables.tensors(), str(tmp_path / "new.safetensors"), metadata={"vitok_entropy": json.dumps(meta)})
+    with pytest.raises(CodecError, match="unsupported format 99"):
+        EntropyTables.load(tmp_path / "new.safetensors")

@@ -156,6 +156,17 @@ def test_model_mismatch_is_refused(tiny1d, stream1d):
         VitokCodec(tok, shifted).decode(stream1d)
 
 
+def test_tables_of_another_token_count_are_refused(tiny1d, tinygrid):
+    """1D tables carry one offset per token position: a model with another K, or a grid model, refuses them."""
+    tok, tables, _ = tiny1d
+    assert tables.unit_tokens == tok.max_tokens == 16
+    fewer = EntropyTables(tables.mean[:8], tables.std, tables.tables, tables.meta)
+    with pytest.raises(CodecError, match="entropy tables are for 8 tokens per unit, the model has 16"):
+        VitokCodec(tok, fewer)
+    with pytest.raises(CodecError, match="the model has a token grid"):
+        VitokCodec(tinygrid[0], tables)
+
+
 def _edit_payload(data: bytes, chunk: int, new_payload: bytes) -> bytes:
     """Replace one chunk's payload and fix its framing and CRC (corruption the CRC cannot see)."""
     _, chunks = read_vtok(data)

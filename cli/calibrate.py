@@ -1,0 +1,47 @@
+"""``vitok calibrate MODEL_DIR``: fit a trained model's entropy tables, so that it codes ``.vtok`` files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vitok.cli.common import check_output, emit, json_option, overwrite_option, set_threads, threads_option
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--clip", "clips", multiple=True,
+              help="Video file or folder of videos to calibrate on (repeatable) [default: the sample clips' "
+                   "training segments]. Keep the clips you evaluate on out of it.")
+@click.option("--frames", type=click.IntRange(min=1), default=None, help="At most this many frames of each clip.")
+@click.option("--iters", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Optimisation steps of the entropy bottleneck.")
+@threads_option
+@overwrite_option
+@json_option
+def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, iters: int, threads: int | None,
+              overwrite: bool, as_json: bool) -> None:
+    """Fit MODEL_DIR's entropy tables (entropy.safetensors beside its config.json), e.g. for a model that
+    `vitok train` exported to RUN/model; then `vitok encode --model MODEL_DIR` codes with it."""
+    from vitok.codecs.entropy import FILENAME, calibrate_model_dir
+    from vitok.data.errors import VitokError
+
+    folder = Path(model_dir)
+    if not (folder / "config.json").is_file():
+        raise VitokError(f"{folder}: not a model directory (no config.json)")
+    out = check_output(folder / FILENAME, overwrite)
+    set_threads(threads)
+    videos = None
+    if clips:
+        from vitok.evaluation.clips import resolve_clips
+
+        videos = [clip.load(frames)[0] for clip in resolve_clips(clips)]
+    tables = calibrate_model_dir(folder, videos, iters=iters)
+    report = tables.meta["calibration"]
+    rows = [f"{step:>6}  {r['real_bits']:.3f}" for step, r in report["bits_per_symbol"].items()]
+    offset = f"per token position ({tables.unit_tokens} x {tables.channels})" if tables.unit_tokens else \
+        f"per channel ({tables.channels})"
+    text = "\n".join([f"wrote {out}: tables {tables.table_id}, {report['tokens']} calibration tokens, offset "
+                      f"{offset}", "  step  bits/value", *rows])
+    emit({"path": str(out), "table_id": tables.table_id, "unit_tokens": tables.unit_tokens, **report}, as_json,
+         text)
