@@ -39,6 +39,8 @@ def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, half
     from vitok.data.atomic import atomic_dir
 
     dest = dest or REPO / "vitok" / "pretrained" / name
+    if not (run / "train_info.json").is_file():
+        raise SystemExit(f"error: {run} has no train_info.json: not a finished training run")
     info = json.loads((run / "train_info.json").read_text())
     prior = _prior_training(info["config"]["model"].get("init"))
     with atomic_dir(dest) as tmp:
