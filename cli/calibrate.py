@@ -39,9 +39,9 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, iters:
     tables = calibrate_model_dir(folder, videos, iters=iters)
     report = tables.meta["calibration"]
     rows = [f"{step:>6}  {r['real_bits']:.3f}" for step, r in report["bits_per_symbol"].items()]
-    offset = f"per token position ({tables.unit_tokens} x {tables.channels})" if tables.unit_tokens else \
-        f"per channel ({tables.channels})"
-    text = "\n".join([f"wrote {out}: tables {tables.table_id}, {report['tokens']} calibration tokens, offset "
-                      f"{offset}", "  step  bits/value", *rows])
-    emit({"path": str(out), "table_id": tables.table_id, "unit_tokens": tables.unit_tokens, **report}, as_json,
-         text)
+    model = f"offset per token position ({tables.unit_tokens} x {tables.channels})" if tables.unit_tokens else \
+        f"{tables.contexts} temporal contexts per channel ({tables.channels})"
+    text = "\n".join([f"wrote {out}: tables {tables.table_id}, {report['tokens']} calibration tokens, {model}",
+                      "  step  bits/value", *rows])
+    emit({"path": str(out), "table_id": tables.table_id, "unit_tokens": tables.unit_tokens,
+          "contexts": tables.contexts, **report}, as_json, text)

@@ -48,11 +48,13 @@ def _load_ans():
 
 
 def _import_compressai():
+    """CompressAI's EntropyBottleneck and pmf_to_quantized_cdf (the whole package: seconds)."""
     with warnings.catch_warnings():  # compressai's import touches torch.jit.script, which warns on new torch
         warnings.simplefilter("ignore", FutureWarning)
         import compressai.ans  # noqa: F401
+        from compressai._CXX import pmf_to_quantized_cdf
         from compressai.entropy_models import EntropyBottleneck
-    return EntropyBottleneck
+    return EntropyBottleneck, pmf_to_quantized_cdf
 
 
 _ans = _load_ans()
@@ -64,6 +66,9 @@ PRECISION = 16  # CompressAI's rANS probability precision (bits)
 ESCAPE_RANGE = 120  # beyond a table's range by more than this, values clamp: every symbol stays under 32 bits
 MIN_SYMBOLS = 32  # CompressAI's encoder buffer holds one 32-bit word per symbol: short streams are padded
 MAX_TABLE_HALF = 4096  # cap on a table's half-width (bins)
+CONTEXT_RADIUS = 3  # grid models: a value's table depends on the co-located value one latent frame back, clipped
+CONTEXT_PRIOR = 16.0  # pseudo-counts of the channel's histogram in each context's histogram (rare contexts)
+TAIL_MASS = 1e-9  # probability left for the escape symbol of count-based tables
 FILENAME = "entropy.safetensors"
 FORMAT_VERSION = 2  # 2: ``mean`` may be (K, C), one offset per token position; 1 is still read
 
@@ -86,13 +91,14 @@ class StepTable:
         return self._lists
 
     def value_range(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per channel the smallest and largest integer ``q`` that can be coded (in-table values plus escapes)."""
+        """Per table row the smallest and largest integer ``q`` that can be coded (in-table values plus escapes);
+        the rows of one channel share them, so the first C rows are the channels'."""
         lo = self.median + self.offset - ESCAPE_RANGE
         hi = self.median + self.offset + (self.cdf_length - 2) + ESCAPE_RANGE
         return lo.astype(np.int64), hi.astype(np.int64)
 
     def bit_costs(self) -> np.ndarray:
-        """Bits per in-table value ``(C, L-2)`` and the escape cost in column ``L-2`` (without its raw bits)."""
+        """Bits per in-table value ``(rows, L-2)`` and the escape cost in column ``L-2`` (without its raw bits)."""
         c = self.cdf.astype(np.float64)
         freq = np.diff(c, axis=1)
         width = self.cdf_length - 1
@@ -102,19 +108,31 @@ class StepTable:
 
 class EntropyTables:
     """The frozen entropy model of one tokenizer: quantizer offset ``mean`` (per channel ``(C,)``, or per token
-    position and channel ``(K, C)`` for 1D models), per-channel scale ``std``, and one ``StepTable`` per step."""
+    position and channel ``(K, C)`` for 1D models), per-channel scale ``std``, and one ``StepTable`` per step.
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray, tables: list[StepTable], meta: dict[str, Any] | None = None):
+    With ``context_radius`` R > 0 (grid models) each step holds ``2R + 2`` tables per channel, row ``ctx * C + c``:
+    a value at latent frame ``t > 0`` of its unit is coded with context ``clip(q[t-1], -R, R) + R`` (the co-located
+    value of the same channel one latent frame back), values at ``t = 0`` with context ``2R + 1``.
+    """
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, tables: list[StepTable], meta: dict[str, Any] | None = None,
+                 context_radius: int = 0):
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
         self.tables = tables
         self.meta = dict(meta or {})
+        self.context_radius = int(context_radius)
         self._validate()
         self.table_id = self._digest()
 
     @property
     def channels(self) -> int:
         return int(self.std.shape[0])
+
+    @property
+    def contexts(self) -> int:
+        """Tables per channel and step: 1, or ``2R + 2`` with a temporal context."""
+        return 2 * self.context_radius + 2 if self.context_radius else 1
 
     @property
     def unit_tokens(self) -> int | None:
@@ -141,7 +159,7 @@ class EntropyTables:
         if z.ndim != 2 or z.shape[1] != self.channels:
             raise CodecError(f"latents must be (N, {self.channels}), got {z.shape}")
         y = (z - self.offsets(z.shape[0], tokens)) / (self.std.astype(np.float64) * step)
-        lo, hi = table.value_range()
+        lo, hi = self._channel_range(table)
         return np.clip(np.rint(np.nan_to_num(y)), lo, hi).astype(np.int32)
 
     def dequantize(self, q: np.ndarray, step: float, tokens: int | None = None) -> torch.Tensor:
@@ -163,53 +181,72 @@ class EntropyTables:
         return mean[np.arange(rows) % k]
 
     # entropy coding ---------------------------------------------------------------------------------------
-    def encode(self, q: np.ndarray, index: int) -> bytes:
-        """rANS-code int32 ``(N, C)`` with table ``index``; decodable knowing only ``N`` and the tables."""
+    def encode(self, q: np.ndarray, index: int, grid: tuple[int, ...] | None = None) -> bytes:
+        """rANS-code int32 ``(N, C)`` with table ``index``; decodable knowing only ``N``, the unit ``grid``
+        ``(t, h, w)`` (needed with a temporal context: ``q`` is whole units of it, in order) and the tables."""
         table = self.tables[index]
         q = np.asarray(q)
-        lo, hi = table.value_range()
+        lo, hi = self._channel_range(table)
         if q.ndim != 2 or q.shape[1] != self.channels or (q < lo).any() or (q > hi).any():
             raise CodecError("symbols out of the coder's range: quantize with the same tables")
-        sym, idx = self._symbols(q, table)
+        idx = self.table_rows(q, grid)
+        sym = q.astype(np.int64).reshape(-1) - table.median[idx]
+        pad = np.arange(max(MIN_SYMBOLS - sym.size, 0)) % self.channels  # the coder's minimum: zero symbols
         cdfs, lengths, offsets = table.coder_args()
-        return RansEncoder().encode_with_indexes(sym.tolist(), idx.tolist(), cdfs, lengths, offsets)
+        return RansEncoder().encode_with_indexes(np.concatenate([sym, 0 * pad]).tolist(),
+                                                 np.concatenate([idx, pad]).tolist(), cdfs, lengths, offsets)
 
-    def decode(self, data: bytes, n: int, index: int) -> np.ndarray:
+    def decode(self, data: bytes, n: int, index: int, grid: tuple[int, ...] | None = None) -> np.ndarray:
         """Inverse of ``encode``: ``n`` tokens -> int32 ``(n, C)``; corrupt data gives a BitstreamError."""
         table = self.tables[index]
-        count = max(n * self.channels, MIN_SYMBOLS)
-        idx = np.tile(np.arange(self.channels, dtype=np.int32), -(-count // self.channels))[:count]
+        c = self.channels
+        count = max(n * c, MIN_SYMBOLS)
         cdfs, lengths, offsets = table.coder_args()
+        decoder = RansDecoder()
         # The coder does not bounds-check its reads: zero padding keeps a corrupt stream inside the buffer.
-        padded = bytes(data) + bytes(8 * count + 4096)
-        sym = np.asarray(RansDecoder().decode_with_indexes(padded, idx.tolist(), cdfs, lengths, offsets), np.int64)
-        q = sym[: n * self.channels].reshape(n, self.channels) + table.median[None, :]
-        lo, hi = table.value_range()
-        if (q < lo).any() or (q > hi).any() or (sym[n * self.channels:] != 0).any():
+        decoder.set_stream(bytes(data) + bytes(8 * count + 4096))
+
+        def read(rows: np.ndarray) -> np.ndarray:
+            sym = decoder.decode_stream(rows.tolist(), cdfs, lengths, offsets)
+            return np.asarray(sym, np.int64) + table.median[rows]
+
+        if self.context_radius and n:
+            t, rest = _unit_shape(n, grid)
+            q = np.empty((n // (t * rest), t, rest, c), np.int64)
+            first = np.full((rest, c), self.contexts - 1)
+            for u in range(q.shape[0]):  # latent frame by latent frame: each one's contexts come from the last
+                ctx = first
+                for k in range(t):
+                    q[u, k] = read((ctx * c + np.arange(c)).reshape(-1)).reshape(rest, c)
+                    ctx = np.clip(q[u, k], -self.context_radius, self.context_radius) + self.context_radius
+            q = q.reshape(n, c)
+        else:
+            q = read(np.tile(np.arange(c), n)).reshape(n, c)
+        pad = np.arange(count - n * c) % c
+        lo, hi = self._channel_range(table)
+        if (q < lo).any() or (q > hi).any() or (read(pad) != table.median[pad]).any():
             raise BitstreamError("entropy-coded data decodes to out-of-range values (corrupt stream)")
         return q.astype(np.int32)
 
-    def estimate_bits(self, q: np.ndarray, index: int) -> float:
+    def estimate_bits(self, q: np.ndarray, index: int, grid: tuple[int, ...] | None = None) -> float:
         """Ideal code length in bits of ``q`` under the table's probabilities (the entropy model's likelihoods)."""
         table = self.tables[index]
-        v = np.asarray(q, np.int64) - table.median[None, :] - table.offset[None, :]
-        width = (table.cdf_length - 2)[None, :]
-        costs = table.bit_costs()
+        rows = self.table_rows(np.asarray(q), grid)
+        v = np.asarray(q, np.int64).reshape(-1) - table.median[rows] - table.offset[rows]
+        width = table.cdf_length[rows] - 2
         inside = (v >= 0) & (v < width)
-        ch = np.broadcast_to(np.arange(self.channels)[None, :], v.shape)
-        bits = costs[ch, np.where(inside, v, width)].sum()
+        bits = table.bit_costs()[rows, np.where(inside, v, width)].sum()
         raw = np.where(v < 0, -2 * v - 1, 2 * (v - width))[~inside]
         nib = np.ceil(np.log2(raw + 1) / 4).astype(np.int64) if raw.size else raw
         return float(bits + 4 * (nib + nib // 15 + 1).sum())
 
-    def _symbols(self, q: np.ndarray, table: StepTable) -> tuple[np.ndarray, np.ndarray]:
-        sym = (q.astype(np.int64) - table.median[None, :]).reshape(-1)
-        idx = np.tile(np.arange(self.channels, dtype=np.int64), q.shape[0])
-        if sym.size < MIN_SYMBOLS:
-            pad = MIN_SYMBOLS - sym.size
-            sym = np.concatenate([sym, np.zeros(pad, np.int64)])
-            idx = np.tile(np.arange(self.channels, dtype=np.int64), -(-MIN_SYMBOLS // self.channels))[:MIN_SYMBOLS]
-        return sym, idx
+    def table_rows(self, q: np.ndarray, grid: tuple[int, ...] | None = None) -> np.ndarray:
+        """The table row coding each value of ``q`` ``(N, C)``, flattened (see ``table_rows``)."""
+        return table_rows(q, grid, self.context_radius)
+
+    def _channel_range(self, table: StepTable) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = table.value_range()
+        return lo[: self.channels], hi[: self.channels]
 
     # storage ----------------------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -228,7 +265,7 @@ class EntropyTables:
         path = Path(path)
         path = path / FILENAME if path.is_dir() else path
         meta = {**self.meta, "format": FORMAT_VERSION, "steps": self.steps, "precision": PRECISION,
-                "table_id": self.table_id}
+                "table_id": self.table_id, "context_radius": self.context_radius}
         with atomic_path(path) as tmp:
             save_file(self.tensors(), str(tmp), metadata={"vitok_entropy": json.dumps(meta)})
         return path
@@ -249,8 +286,10 @@ class EntropyTables:
             tables = [StepTable(float(s), *(t[f"step{i}.{k}"].astype(np.int32)
                                             for k in ("cdf", "cdf_length", "offset", "median")))
                       for i, s in enumerate(meta["steps"])]
-            meta = {k: v for k, v in meta.items() if k not in ("format", "steps", "precision", "table_id")}
-            return cls(t["mean"], t["std"], tables, meta)
+            radius = int(meta.get("context_radius", 0))
+            meta = {k: v for k, v in meta.items() if k not in ("format", "steps", "precision", "table_id",
+                                                               "context_radius")}
+            return cls(t["mean"], t["std"], tables, meta, context_radius=radius)
         except (OSError, SafetensorError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
             raise CodecError(f"cannot read entropy tables {path}: {e}") from None
 
@@ -263,13 +302,19 @@ class EntropyTables:
                 not self.mean.shape[0] or not np.isfinite(self.mean).all() or not (self.std > 0).all() or \
                 not self.tables:
             raise ValueError("entropy tables: bad mean/std or no step tables")
+        if not 0 <= self.context_radius <= 64:
+            raise ValueError(f"entropy tables: bad context radius {self.context_radius}")
+        rows = c * self.contexts
         for t in self.tables:
-            if t.cdf.ndim != 2 or t.cdf.shape[0] != c or any(a.shape != (c,) for a in (t.cdf_length, t.offset,
-                                                                                        t.median)):
+            if t.cdf.ndim != 2 or t.cdf.shape[0] != rows or any(a.shape != (rows,) for a in (t.cdf_length, t.offset,
+                                                                                           t.median)):
                 raise ValueError(f"entropy tables: bad shapes for step {t.step}")
             if not (math.isfinite(t.step) and t.step > 0) or (t.offset > 0).any():
                 raise ValueError(f"entropy tables: bad step/offset for step {t.step}")
-            for ch in range(c):
+            shared = [a.reshape(self.contexts, c) for a in (t.cdf_length, t.offset, t.median)]
+            if any((a != a[:1]).any() for a in shared):
+                raise ValueError(f"entropy tables: the contexts of a channel differ in range for step {t.step}")
+            for ch in range(rows):
                 n = int(t.cdf_length[ch])
                 row = t.cdf[ch, :n].astype(np.int64)
                 if not (3 <= n <= t.cdf.shape[1]) or row[0] != 0 or row[-1] != 1 << PRECISION or \
@@ -277,11 +322,34 @@ class EntropyTables:
                     raise ValueError(f"entropy tables: invalid CDF for step {t.step} channel {ch}")
 
     def _digest(self) -> str:
-        h = hashlib.sha256(json.dumps({"steps": self.steps, "precision": PRECISION}).encode())
+        head = {"steps": self.steps, "precision": PRECISION}
+        h = hashlib.sha256(json.dumps({**head, "context_radius": self.context_radius} if self.context_radius
+                                      else head).encode())
         for k, v in self.tensors().items():
             h.update(k.encode())
             h.update(v.numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def table_rows(q: np.ndarray, grid: tuple[int, ...] | None, radius: int) -> np.ndarray:
+    """The table row coding each value of ``q`` ``(N, C)``, flattened: its channel ``c``, and with a temporal
+    context of ``radius`` R > 0 ``ctx * C + c``, ``ctx`` from the co-located value one latent frame back
+    (``grid``: the unit's ``(t, h, w)``; ``q`` holds whole units of it, in order)."""
+    n, c = q.shape
+    if not radius:
+        return np.tile(np.arange(c), n)
+    t, rest = _unit_shape(n, grid)
+    v = np.asarray(q, np.int64).reshape(-1, t, rest, c)
+    ctx = np.full(v.shape, 2 * radius + 1)
+    ctx[:, 1:] = np.clip(v[:, :-1], -radius, radius) + radius
+    return (ctx * c + np.arange(c)).reshape(-1)
+
+
+def _unit_shape(n: int, grid: tuple[int, ...] | None) -> tuple[int, int]:
+    if grid is None or len(grid) != 3 or n % math.prod(grid):
+        raise CodecError(f"temporal-context tables need whole units of a (t, h, w) grid; got {n} tokens and grid "
+                         f"{grid}")
+    return grid[0], grid[1] * grid[2]
 
 
 # calibration ----------------------------------------------------------------------------------------------
@@ -331,8 +399,63 @@ def fit_tables(z: torch.Tensor, steps: Iterable[float] = STEPS, *, mean: np.ndar
     return out
 
 
+def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]], steps: Iterable[float] = STEPS,
+                       *, mean: np.ndarray, std: np.ndarray, radius: int = CONTEXT_RADIUS,
+                       prior: float = CONTEXT_PRIOR, meta: dict[str, Any] | None = None) -> EntropyTables:
+    """Temporal-context tables for grid latents from counts: per step, channel and context (see ``EntropyTables``)
+    the histogram of the quantized values, shrunk towards the channel's histogram by ``prior`` pseudo-counts and
+    frozen with CompressAI's ``pmf_to_quantized_cdf``. ``units``: ``(z (N, C), (t, h, w))``, whole units in order.
+
+    A value's context is the value one latent frame back, so counting the discrete values directly is exact where a
+    smooth density (the factorized ``EntropyBottleneck``) would have to be fitted once per context.
+    """
+    _, pmf_to_quantized_cdf = _import_compressai()
+    units = [(torch.as_tensor(z, dtype=torch.float64).numpy(), tuple(g)) for z, g in units]
+    steps = [float(np.float32(s)) for s in steps]
+    if not units or not steps or sum(z.shape[0] for z, _ in units) < 2:
+        raise CodecError("calibration needs at least 2 latent tokens and one step")
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    c = mean.shape[0]
+    n_ctx, tables, float_bits = 2 * radius + 2, [], []
+    for step in steps:
+        ys = [np.rint((z - mean) / (std.astype(np.float64) * step)).astype(np.int64) for z, _ in units]
+        flat = np.concatenate(ys)
+        med = np.median(flat, axis=0).round().astype(np.int64)
+        lo = np.maximum(flat.min(0), med - MAX_TABLE_HALF)
+        width = np.minimum(flat.max(0), med + MAX_TABLE_HALF) - lo + 1
+        counts = np.zeros((n_ctx, c, int(width.max())))
+        for y, (_, grid) in zip(ys, units):
+            rows = table_rows(y, grid, radius)
+            v = y.reshape(-1) - lo[rows % c]
+            keep = (v >= 0) & (v < width[rows % c])  # values past the table are escapes
+            counts += np.bincount(rows[keep] * counts.shape[-1] + v[keep], minlength=counts.size).reshape(counts.shape)
+        inside = np.arange(counts.shape[-1])[None, :] < width[:, None]
+        channel = counts.sum(0) + 0.5 * inside
+        channel /= channel.sum(-1, keepdims=True)
+        pmf = (counts + prior * channel) / (counts.sum(-1, keepdims=True) + prior)
+        float_bits.append(float(-(counts * np.log2(np.maximum(pmf, 1e-300))).sum()))
+        cdf = np.zeros((n_ctx * c, counts.shape[-1] + 2), np.int32)
+        for k in range(n_ctx):
+            for ch in range(c):
+                w = int(width[ch])
+                probs = np.append(pmf[k, ch, :w] * (1 - TAIL_MASS), TAIL_MASS)
+                cdf[k * c + ch, :w + 2] = pmf_to_quantized_cdf(probs.tolist(), PRECISION)
+        tables.append(StepTable(step, cdf, np.tile(width + 2, n_ctx).astype(np.int32),
+                                np.tile(lo - med, n_ctx).astype(np.int32), np.tile(med, n_ctx).astype(np.int32)))
+    out = EntropyTables(mean, std, tables, meta, context_radius=radius)
+    report, total = {}, sum(z.size for z, _ in units)
+    for i, step in enumerate(steps):  # bits per symbol on the calibration data: counts vs tables vs real rANS
+        coded = [(out.quantize(z, step, index=i), grid) for z, grid in units]
+        real = sum(8 * len(out.encode(q, i, grid)) for q, grid in coded)
+        table = sum(out.estimate_bits(q, i, grid) for q, grid in coded)
+        report[str(step)] = {"float_bits": round(float_bits[i] / total, 4), "table_bits": round(table / total, 4),
+                             "real_bits": round(real / total, 4)}
+    out.meta["calibration"] = {"tokens": total // c, "bits_per_symbol": report}
+    return out
+
+
 def _train_bottleneck(ys: torch.Tensor, iters: int, batch: int, g: torch.Generator):
-    EntropyBottleneck = _import_compressai()
+    EntropyBottleneck, _ = _import_compressai()
     n_ch, m = ys.shape
     scale = float(ys.abs().quantile(0.999).clamp_min(1.0)) if m * n_ch <= 1 << 24 else float(ys.abs().max())
     eb = EntropyBottleneck(n_ch, init_scale=max(scale, 1.0))
@@ -392,23 +515,23 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     """
     from vitok.data.convert import frames_to_tensor
 
-    zs = []
+    units = []
     with torch.no_grad():
         for clip in clips:
             x = frames_to_tensor(clip) if isinstance(clip, np.ndarray) else clip
             lat = tok.encode(x.to(_device(tok)))  # all tokens: the posterior mean, what the codec quantizes
-            zs.append(lat.z.float().cpu().reshape(-1, lat.z.shape[-1]))
-    if not zs:
+            units += [(z, lat.grid) for z in lat.z.float().cpu()]
+    if not units:
         raise CodecError("calibration needs at least one clip")
-    z = torch.cat(zs)
+    z = torch.cat([u for u, _ in units])
     cfg = tok.config
-    mean = getattr(cfg, "latent_mean", None)
-    std = getattr(cfg, "latent_std", None)
-    if tok.max_tokens is not None:  # 1D: rows are whole units of K tokens
-        mean = z.reshape(-1, tok.max_tokens, z.shape[-1]).mean(0)
     meta = {"model": cfg.name, "weights_hash": tok.weights_hash}
-    return fit_tables(z, steps, mean=None if mean is None else np.asarray(mean, np.float32),
-                      std=None if std is None else np.asarray(std, np.float32), iters=iters, seed=seed, meta=meta)
+    mean = z.mean(0) if cfg.latent_mean is None else torch.tensor(cfg.latent_mean)
+    std = z.std(0).clamp_min(1e-6) if cfg.latent_std is None else torch.tensor(cfg.latent_std)
+    if tok.max_tokens is None:  # grid: the co-located value one latent frame back is the context
+        return fit_context_tables(units, steps, mean=mean.numpy(), std=std.numpy(), meta=meta)
+    mean = z.reshape(-1, tok.max_tokens, z.shape[-1]).mean(0)  # 1D: whole units of K ranked tokens
+    return fit_tables(z, steps, mean=mean.numpy(), std=std.numpy(), iters=iters, seed=seed, meta=meta)
 
 
 def _device(tok: Any) -> torch.device:

@@ -143,6 +143,9 @@ class VitokCodec(Codec):
         if tables.unit_tokens not in (None, tok.max_tokens):
             raise CodecError(f"{self.model_ref}: entropy tables are for {tables.unit_tokens} tokens per unit, the "
                              f"model has {tok.max_tokens or 'a token grid'}")
+        if tables.context_radius and tok.max_tokens is not None:
+            raise CodecError(f"{self.model_ref}: entropy tables with temporal contexts are for grid models, the "
+                             f"model is 1D")
         return tables
 
     @property
@@ -181,9 +184,9 @@ class VitokCodec(Codec):
             z = z[lat.mask[0]]
         tokens = tokens or tok.max_tokens  # 1D: the count actually kept; grid: None (0 in the chunk header)
         q = tables.quantize(z, step, index, tokens=tokens)
-        data = tables.encode(q, index)
+        data = tables.encode(q, index, lat.grid)
         payload = pack_chunk(index, step, tokens or 0, data)
-        return ChunkCode(payload, q, tokens, step, index, frames.shape[0], tables.estimate_bits(q, index))
+        return ChunkCode(payload, q, tokens, step, index, frames.shape[0], tables.estimate_bits(q, index, lat.grid))
 
     def decode_symbols(self, payload: bytes, frames: int, height: int, width: int) -> tuple[np.ndarray, int | None,
                                                                                              float]:
@@ -196,7 +199,8 @@ class VitokCodec(Codec):
             raise BitstreamError(f"chunk says {tokens} tokens per unit, the model takes "
                                  f"{'none (grid model)' if k is None else f'1..{k}'}")
         count = self.coded_tokens(frames, height, width, tokens or None)
-        return self.tables.decode(data, count, index), (tokens or None), step
+        grid = self.tok.unit_grid(*self.tok.plan(frames, height, width).unit_size)
+        return self.tables.decode(data, count, index, grid), (tokens or None), step
 
     def coded_tokens(self, frames: int, height: int, width: int, tokens: int | None) -> int:
         """Tokens a chunk of this geometry codes: all of them, or ``tokens`` per unit for 1D models."""

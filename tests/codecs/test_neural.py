@@ -157,7 +157,8 @@ def test_model_mismatch_is_refused(tiny1d, stream1d):
 
 
 def test_tables_of_another_token_count_are_refused(tiny1d, tinygrid):
-    """1D tables carry one offset per token position: a model with another K, or a grid model, refuses them."""
+    """1D tables carry one offset per token position: a model with another K, or a grid model, refuses them;
+    a 1D model refuses a grid model's temporal-context tables."""
     tok, tables, _ = tiny1d
     assert tables.unit_tokens == tok.max_tokens == 16
     fewer = EntropyTables(tables.mean[:8], tables.std, tables.tables, tables.meta)
@@ -165,6 +166,9 @@ def test_tables_of_another_token_count_are_refused(tiny1d, tinygrid):
         VitokCodec(tok, fewer)
     with pytest.raises(CodecError, match="the model has a token grid"):
         VitokCodec(tinygrid[0], tables)
+    assert tinygrid[1].contexts == 8  # grid models: temporal-context tables
+    with pytest.raises(CodecError, match="temporal contexts are for grid models"):
+        VitokCodec(tok, tinygrid[1])
 
 
 def _edit_payload(data: bytes, chunk: int, new_payload: bytes) -> bytes:
