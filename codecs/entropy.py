@@ -1,13 +1,19 @@
-"""Quantization and entropy coding of latents: CompressAI's EntropyBottleneck, frozen into integer tables.
+"""Quantization and entropy coding of latents with CompressAI, frozen into integer tables.
 
 A latent ``z`` (tokens ``(N, C)``) is quantized per channel to integers ``q = round((z - mean_c) / (std_c * step))``.
-For 1D models the offset is per token position within a unit (``mean`` is ``(K, C)``): nested dropout ranks the
-tokens, each position settles on its own mean, and coding the residual from it costs about a quarter fewer bits.
-For each step of an operating set a factorized ``EntropyBottleneck`` is fitted once (calibration) to the
-uniform-noise-relaxed values; its medians are rounded to integers, ``update()`` builds 16-bit CDFs, and only those
-integer tables are kept (``entropy.safetensors`` beside the model). Symbols ``q - median_c`` are coded with
-CompressAI's rANS coder using only the stored tables, so decoding never recomputes anything from floats
-(CompressAI #279/#309: float-derived CDFs desynchronise across machines).
+Each step of an operating set gets its tables once (calibration), and only integer tables are kept
+(``entropy.safetensors`` beside the model):
+
+- 1D models: the offset is per token position within a unit (``mean`` is ``(K, C)``): nested dropout ranks the
+  tokens and each position settles on its own mean, so the residual costs about a fifth fewer bytes. A factorized
+  ``EntropyBottleneck`` is fitted to the uniform-noise-relaxed values; its medians are rounded to integers and
+  ``update()`` builds 16-bit CDFs.
+- Grid models: a value's table depends on the co-located value one latent frame back (temporal context, about a
+  third fewer bytes than factorized tables); the tables are the calibration values' histograms per context,
+  frozen by ``pmf_to_quantized_cdf``.
+
+Symbols ``q - median`` are coded with CompressAI's rANS coder using only the stored tables, so decoding never
+recomputes anything from floats (CompressAI #279/#309: float-derived CDFs desynchronise across machines).
 """
 from __future__ import annotations
 
@@ -70,7 +76,7 @@ CONTEXT_RADIUS = 3  # grid models: a value's table depends on the co-located val
 CONTEXT_PRIOR = 16.0  # pseudo-counts of the channel's histogram in each context's histogram (rare contexts)
 TAIL_MASS = 1e-9  # probability left for the escape symbol of count-based tables
 FILENAME = "entropy.safetensors"
-FORMAT_VERSION = 2  # 2: ``mean`` may be (K, C), one offset per token position; 1 is still read
+FORMAT_VERSION = 2  # 2 adds per-position offsets (``mean`` (K, C)) and temporal contexts; 1 is still read
 
 
 @dataclass
