@@ -4,13 +4,14 @@ A latent ``z`` (tokens ``(N, C)``) is quantized per channel to integers ``q = ro
 Each step of an operating set gets its tables once (calibration), and only integer tables are kept
 (``entropy.safetensors`` beside the model):
 
-- 1D models: the offset is per token position within a unit (``mean`` is ``(K, C)``): nested dropout ranks the
-  tokens and each position settles on its own mean, so the residual costs about a fifth fewer bytes. A factorized
-  ``EntropyBottleneck`` is fitted to the uniform-noise-relaxed values; its medians are rounded to integers and
-  ``update()`` builds 16-bit CDFs.
-- Grid models: a value's table depends on the co-located value one latent frame back (temporal context, about a
-  third fewer bytes than factorized tables); the tables are the calibration values' histograms per context,
-  frozen by ``pmf_to_quantized_cdf``.
+- Context tables (the default): a value's table depends on the value one step back, clipped to +-3: for grid
+  models the co-located value one latent frame back (about a third fewer bytes than factorized tables), for 1D
+  models the previous token. The tables are the calibration values' histograms per context, frozen by CompressAI's
+  ``pmf_to_quantized_cdf``.
+- Factorized tables (``context_radius=0``): one ``EntropyBottleneck`` per step fitted to the uniform-noise-relaxed
+  values; its medians are rounded to integers and ``update()`` builds 16-bit CDFs. They decode in one call.
+- 1D models also offset each token position by its own mean (``mean`` is ``(K, C)``): nested dropout ranks the
+  tokens and each position settles on its own mean, so the residual costs about a fifth fewer bytes.
 
 Symbols ``q - median`` are coded with CompressAI's rANS coder using only the stored tables, so decoding never
 recomputes anything from floats (CompressAI #279/#309: float-derived CDFs desynchronise across machines).
@@ -72,7 +73,7 @@ PRECISION = 16  # CompressAI's rANS probability precision (bits)
 ESCAPE_RANGE = 120  # beyond a table's range by more than this, values clamp: every symbol stays under 32 bits
 MIN_SYMBOLS = 32  # CompressAI's encoder buffer holds one 32-bit word per symbol: short streams are padded
 MAX_TABLE_HALF = 4096  # cap on a table's half-width (bins)
-CONTEXT_RADIUS = 3  # grid models: a value's table depends on the co-located value one latent frame back, clipped
+CONTEXT_RADIUS = 3  # a value's table depends on the value one step back (latent frame or token), clipped to +-3
 CONTEXT_PRIOR = 16.0  # pseudo-counts of the channel's histogram in each context's histogram (rare contexts)
 TAIL_MASS = 1e-9  # probability left for the escape symbol of count-based tables
 FILENAME = "entropy.safetensors"
@@ -116,9 +117,10 @@ class EntropyTables:
     """The frozen entropy model of one tokenizer: quantizer offset ``mean`` (per channel ``(C,)``, or per token
     position and channel ``(K, C)`` for 1D models), per-channel scale ``std``, and one ``StepTable`` per step.
 
-    With ``context_radius`` R > 0 (grid models) each step holds ``2R + 2`` tables per channel, row ``ctx * C + c``:
-    a value at latent frame ``t > 0`` of its unit is coded with context ``clip(q[t-1], -R, R) + R`` (the co-located
-    value of the same channel one latent frame back), values at ``t = 0`` with context ``2R + 1``.
+    With ``context_radius`` R > 0 each step holds ``2R + 2`` tables per channel, row ``ctx * C + c``: in units of a
+    grid ``(t, h, w)`` a value at ``t > 0`` is coded with context ``clip(q[t-1], -R, R) + R`` (the co-located value of
+    the same channel one step back), values at ``t = 0`` with context ``2R + 1``. Grid models step along latent
+    frames, 1D models along tokens (grid ``(tokens, 1, 1)``, see ``context_grid``).
     """
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, tables: list[StepTable], meta: dict[str, Any] | None = None,
@@ -408,12 +410,13 @@ def fit_tables(z: torch.Tensor, steps: Iterable[float] = STEPS, *, mean: np.ndar
 def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]], steps: Iterable[float] = STEPS,
                        *, mean: np.ndarray, std: np.ndarray, radius: int = CONTEXT_RADIUS,
                        prior: float = CONTEXT_PRIOR, meta: dict[str, Any] | None = None) -> EntropyTables:
-    """Temporal-context tables for grid latents from counts: per step, channel and context (see ``EntropyTables``)
-    the histogram of the quantized values, shrunk towards the channel's histogram by ``prior`` pseudo-counts and
-    frozen with CompressAI's ``pmf_to_quantized_cdf``. ``units``: ``(z (N, C), (t, h, w))``, whole units in order.
+    """Context tables from counts: per step, channel and context (see ``EntropyTables``) the histogram of the
+    quantized values, shrunk towards the channel's histogram by ``prior`` pseudo-counts and frozen with CompressAI's
+    ``pmf_to_quantized_cdf``. ``units``: ``(z (N, C), (t, h, w))``, whole units in order (1D models: ``(K, 1, 1)``,
+    so the context is the previous token); a ``(K, C)`` ``mean`` is an offset per token position.
 
-    A value's context is the value one latent frame back, so counting the discrete values directly is exact where a
-    smooth density (the factorized ``EntropyBottleneck``) would have to be fitted once per context.
+    A value's context is the value one step back, so counting the discrete values directly is exact where a smooth
+    density (the factorized ``EntropyBottleneck``) would have to be fitted once per context.
     """
     _, pmf_to_quantized_cdf = _import_compressai()
     units = [(torch.as_tensor(z, dtype=torch.float64).numpy(), tuple(g)) for z, g in units]
@@ -421,10 +424,11 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
     if not units or not steps or sum(z.shape[0] for z, _ in units) < 2:
         raise CodecError("calibration needs at least 2 latent tokens and one step")
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    c = mean.shape[0]
+    c = std.shape[0]
+    centred = [z - (mean[np.arange(len(z)) % len(mean)] if mean.ndim == 2 else mean) for z, _ in units]
     n_ctx, tables, float_bits = 2 * radius + 2, [], []
     for step in steps:
-        ys = [np.rint((z - mean) / (std.astype(np.float64) * step)).astype(np.int64) for z, _ in units]
+        ys = [np.rint(y / (std.astype(np.float64) * step)).astype(np.int64) for y in centred]
         flat = np.concatenate(ys)
         med = np.median(flat, axis=0).round().astype(np.int64)
         lo = np.maximum(flat.min(0), med - MAX_TABLE_HALF)
@@ -513,10 +517,13 @@ def _likelihood_bits(eb, ys: torch.Tensor) -> np.ndarray:
 
 
 def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = STEPS, iters: int = 300,
-                      seed: int = 0) -> EntropyTables:
+                      seed: int = 0, context_radius: int = CONTEXT_RADIUS) -> EntropyTables:
     """Encode calibration clips with ``tok`` and fit tables; the quantizer scale is the model's latent statistics,
     the offset its latent mean (grid models) or the clips' mean per token position (1D models).
 
+    With ``context_radius`` > 0 the tables are count-based and a value's table depends on the value one step back
+    (grid models: one latent frame back; 1D models: the previous token); 0 fits factorized ``EntropyBottleneck``
+    tables (``iters``, ``seed``), which decode in one call instead of one per latent frame or token.
     ``clips``: uint8 ``(T,H,W,3)`` arrays or float ``(B,3,T,H,W)`` tensors in [-1, 1].
     """
     from vitok.data.convert import frames_to_tensor
@@ -526,7 +533,7 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
         for clip in clips:
             x = frames_to_tensor(clip) if isinstance(clip, np.ndarray) else clip
             lat = tok.encode(x.to(_device(tok)))  # all tokens: the posterior mean, what the codec quantizes
-            units += [(z, lat.grid) for z in lat.z.float().cpu()]
+            units += [(z, context_grid(lat.grid, tok.max_tokens)) for z in lat.z.float().cpu()]
     if not units:
         raise CodecError("calibration needs at least one clip")
     z = torch.cat([u for u, _ in units])
@@ -534,10 +541,17 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     meta = {"model": cfg.name, "weights_hash": tok.weights_hash}
     mean = z.mean(0) if cfg.latent_mean is None else torch.tensor(cfg.latent_mean)
     std = z.std(0).clamp_min(1e-6) if cfg.latent_std is None else torch.tensor(cfg.latent_std)
-    if tok.max_tokens is None:  # grid: the co-located value one latent frame back is the context
-        return fit_context_tables(units, steps, mean=mean.numpy(), std=std.numpy(), meta=meta)
-    mean = z.reshape(-1, tok.max_tokens, z.shape[-1]).mean(0)  # 1D: whole units of K ranked tokens
+    if tok.max_tokens is not None:  # 1D: whole units of K ranked tokens, each position with its own mean
+        mean = z.reshape(-1, tok.max_tokens, z.shape[-1]).mean(0)
+    if context_radius:
+        return fit_context_tables(units, steps, mean=mean.numpy(), std=std.numpy(), radius=context_radius, meta=meta)
     return fit_tables(z, steps, mean=mean.numpy(), std=std.numpy(), iters=iters, seed=seed, meta=meta)
+
+
+def context_grid(grid: tuple[int, int, int] | None, tokens: int | None) -> tuple[int, int, int]:
+    """The grid contexts run along: a grid model's unit grid ``(t, h, w)``, or ``(tokens, 1, 1)`` for a 1D model
+    keeping ``tokens`` per unit (its previous token is a token's context)."""
+    return grid if grid is not None else (tokens, 1, 1)
 
 
 def _device(tok: Any) -> torch.device:
@@ -556,7 +570,8 @@ def write_entropy_tables(model_dir: str | Path, tables: EntropyTables) -> Path:
 
 
 def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | None = None,
-                        steps: Iterable[float] = STEPS, iters: int = 300) -> EntropyTables:
+                        steps: Iterable[float] = STEPS, iters: int = 300,
+                        context_radius: int = CONTEXT_RADIUS) -> EntropyTables:
     """Load the model saved in ``model_dir``, calibrate tables and write ``entropy.safetensors`` beside it.
 
     ``clips``: uint8 ``(T,H,W,3)`` videos, cut into chunks of the model's ``clip_frames`` as the codec cuts them
@@ -570,7 +585,7 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
         clips = [frames for _, frames in train_segments(num_frames=tok.clip_frames, size=None)]
     n = tok.clip_frames
     chunks = [clip[i:i + n] for clip in clips for i in range(0, len(clip), n)]
-    tables = calibrate_entropy(tok, chunks, steps=steps, iters=iters)
+    tables = calibrate_entropy(tok, chunks, steps=steps, iters=iters, context_radius=context_radius)
     write_entropy_tables(model_dir, tables)
     return tables
 

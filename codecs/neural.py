@@ -20,7 +20,8 @@ import numpy as np
 
 from vitok.codecs.base import Codec, check_frames
 from vitok.codecs.container import ChunkInfo, VtokHeader, VtokReader, VtokWriter
-from vitok.codecs.entropy import DEFAULT_STEP, FILENAME as ENTROPY_FILE, EntropyTables, load_entropy_tables
+from vitok.codecs.entropy import (DEFAULT_STEP, FILENAME as ENTROPY_FILE, EntropyTables, context_grid,
+                                  load_entropy_tables)
 from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names, find_bundled
 from vitok.codecs.payload import CHUNK_HEAD, pack_chunk, parse_chunk
@@ -143,9 +144,6 @@ class VitokCodec(Codec):
         if tables.unit_tokens not in (None, tok.max_tokens):
             raise CodecError(f"{self.model_ref}: entropy tables are for {tables.unit_tokens} tokens per unit, the "
                              f"model has {tok.max_tokens or 'a token grid'}")
-        if tables.context_radius and tok.max_tokens is not None:
-            raise CodecError(f"{self.model_ref}: entropy tables with temporal contexts are for grid models, the "
-                             f"model is 1D")
         return tables
 
     @property
@@ -184,9 +182,10 @@ class VitokCodec(Codec):
             z = z[lat.mask[0]]
         tokens = tokens or tok.max_tokens  # 1D: the count actually kept; grid: None (0 in the chunk header)
         q = tables.quantize(z, step, index, tokens=tokens)
-        data = tables.encode(q, index, lat.grid)
+        grid = context_grid(lat.grid, tokens)
+        data = tables.encode(q, index, grid)
         payload = pack_chunk(index, step, tokens or 0, data)
-        return ChunkCode(payload, q, tokens, step, index, frames.shape[0], tables.estimate_bits(q, index, lat.grid))
+        return ChunkCode(payload, q, tokens, step, index, frames.shape[0], tables.estimate_bits(q, index, grid))
 
     def decode_symbols(self, payload: bytes, frames: int, height: int, width: int) -> tuple[np.ndarray, int | None,
                                                                                              float]:
@@ -199,7 +198,7 @@ class VitokCodec(Codec):
             raise BitstreamError(f"chunk says {tokens} tokens per unit, the model takes "
                                  f"{'none (grid model)' if k is None else f'1..{k}'}")
         count = self.coded_tokens(frames, height, width, tokens or None)
-        grid = self.tok.unit_grid(*self.tok.plan(frames, height, width).unit_size)
+        grid = context_grid(self.tok.unit_grid(*self.tok.plan(frames, height, width).unit_size), tokens or None)
         return self.tables.decode(data, count, index, grid), (tokens or None), step
 
     def coded_tokens(self, frames: int, height: int, width: int, tokens: int | None) -> int:

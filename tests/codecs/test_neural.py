@@ -47,7 +47,7 @@ def test_integers_identical_across_threads_and_float_tables(codec1d, stream1d):
     statistics (a stand-in for another machine's float details) give identical integers."""
     header, chunks = read_vtok(stream1d)
     tables = codec1d.tables
-    other = EntropyTables(tables.mean + 0.1, tables.std * 1.5, tables.tables, tables.meta)
+    other = EntropyTables(tables.mean + 0.1, tables.std * 1.5, tables.tables, tables.meta, tables.context_radius)
     old = torch.get_num_threads()
     results = []
     try:
@@ -58,7 +58,7 @@ def test_integers_identical_across_threads_and_float_tables(codec1d, stream1d):
         torch.set_num_threads(old)
     for (info, payload), a, b in zip(chunks, *results):
         index, _, tokens, data = parse_chunk(payload)
-        c = other.decode(data, a.shape[0], index)
+        c = other.decode(data, a.shape[0], index, (tokens, 1, 1))  # a 1D unit: contexts run along its tokens
         assert np.array_equal(a, b) and np.array_equal(a, c)
 
 
@@ -151,24 +151,21 @@ def test_model_mismatch_is_refused(tiny1d, stream1d):
     renamed.freeze()
     with pytest.raises(BitstreamError, match="other-name"):
         VitokCodec(renamed, tables).decode(stream1d)
-    shifted = EntropyTables(tables.mean, tables.std, tables.tables[:1], tables.meta)
+    shifted = EntropyTables(tables.mean, tables.std, tables.tables[:1], tables.meta, tables.context_radius)
     with pytest.raises(BitstreamError, match="entropy table mismatch"):
         VitokCodec(tok, shifted).decode(stream1d)
 
 
 def test_tables_of_another_token_count_are_refused(tiny1d, tinygrid):
-    """1D tables carry one offset per token position: a model with another K, or a grid model, refuses them;
-    a 1D model refuses a grid model's temporal-context tables."""
+    """1D tables carry one offset per token position: a model with another K, or a grid model, refuses them."""
     tok, tables, _ = tiny1d
     assert tables.unit_tokens == tok.max_tokens == 16
-    fewer = EntropyTables(tables.mean[:8], tables.std, tables.tables, tables.meta)
+    fewer = EntropyTables(tables.mean[:8], tables.std, tables.tables, tables.meta, tables.context_radius)
     with pytest.raises(CodecError, match="entropy tables are for 8 tokens per unit, the model has 16"):
         VitokCodec(tok, fewer)
     with pytest.raises(CodecError, match="the model has a token grid"):
         VitokCodec(tinygrid[0], tables)
-    assert tinygrid[1].contexts == 8  # grid models: temporal-context tables
-    with pytest.raises(CodecError, match="temporal contexts are for grid models"):
-        VitokCodec(tok, tinygrid[1])
+    assert tinygrid[1].contexts == tables.contexts == 8  # both kinds: context tables
 
 
 def _edit_payload(data: bytes, chunk: int, new_payload: bytes) -> bytes:
