@@ -16,8 +16,8 @@ from vitok.cli.common import check_output, emit, json_option, overwrite_option, 
 @click.option("--frames", type=click.IntRange(min=1), default=None, help="At most this many frames of each clip.")
 @click.option("--context-radius", type=click.IntRange(0, 64), default=None,
               help="Code each value with the table of the value one step back (grid models: one latent frame; 1D "
-                   "models: one token), clipped to this radius [default: 3]; 0: factorized tables, which decode in "
-                   "one call.")
+                   "models: one token), clipped to this radius [default: 3 for grid models, 0 for 1D models]; 0: "
+                   "factorized tables, which decode in one call.")
 @click.option("--iters", type=click.IntRange(min=1), default=300, show_default=True,
               help="Optimisation steps of the factorized tables' entropy bottleneck (--context-radius 0).")
 @threads_option
@@ -27,7 +27,7 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
               threads: int | None, overwrite: bool, as_json: bool) -> None:
     """Fit MODEL_DIR's entropy tables (entropy.safetensors beside its config.json), e.g. for a model that
     `vitok train` exported to RUN/model; then `vitok encode --model MODEL_DIR` codes with it."""
-    from vitok.codecs.entropy import CONTEXT_RADIUS, FILENAME, calibrate_model_dir
+    from vitok.codecs.entropy import FILENAME, calibrate_model_dir
     from vitok.data.errors import VitokError
 
     folder = Path(model_dir)
@@ -40,8 +40,7 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
         from vitok.evaluation.clips import resolve_clips
 
         videos = [clip.load(frames)[0] for clip in resolve_clips(clips)]
-    radius = CONTEXT_RADIUS if context_radius is None else context_radius
-    tables = calibrate_model_dir(folder, videos, iters=iters, context_radius=radius)
+    tables = calibrate_model_dir(folder, videos, iters=iters, context_radius=context_radius)
     report = tables.meta["calibration"]
     rows = [f"{step:>6}  {r['real_bits']:.3f}" for step, r in report["bits_per_symbol"].items()]
     offset = f"an offset per token position ({tables.unit_tokens} x {tables.channels})" if tables.unit_tokens \

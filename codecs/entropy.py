@@ -4,12 +4,13 @@ A latent ``z`` (tokens ``(N, C)``) is quantized per channel to integers ``q = ro
 Each step of an operating set gets its tables once (calibration), and only integer tables are kept
 (``entropy.safetensors`` beside the model):
 
-- Context tables (the default): a value's table depends on the value one step back, clipped to +-3: for grid
-  models the co-located value one latent frame back (about a third fewer bytes than factorized tables), for 1D
+- Context tables (grid models' default): a value's table depends on the value one step back, clipped to +-3: for
+  grid models the co-located value one latent frame back (about a third fewer bytes than factorized tables), for 1D
   models the previous token. The tables are the calibration values' histograms per context, frozen by CompressAI's
   ``pmf_to_quantized_cdf``.
-- Factorized tables (``context_radius=0``): one ``EntropyBottleneck`` per step fitted to the uniform-noise-relaxed
-  values; its medians are rounded to integers and ``update()`` builds 16-bit CDFs. They decode in one call.
+- Factorized tables (``context_radius=0``, 1D models' default): one ``EntropyBottleneck`` per step fitted to the
+  uniform-noise-relaxed values; its medians are rounded to integers and ``update()`` builds 16-bit CDFs. They
+  decode in one call.
 - 1D models also offset each token position by its own mean (``mean`` is ``(K, C)``): nested dropout ranks the
   tokens and each position settles on its own mean, so the residual costs about a fifth fewer bytes.
 
@@ -517,13 +518,15 @@ def _likelihood_bits(eb, ys: torch.Tensor) -> np.ndarray:
 
 
 def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = STEPS, iters: int = 300,
-                      seed: int = 0, context_radius: int = CONTEXT_RADIUS) -> EntropyTables:
+                      seed: int = 0, context_radius: int | None = None) -> EntropyTables:
     """Encode calibration clips with ``tok`` and fit tables; the quantizer scale is the model's latent statistics,
     the offset its latent mean (grid models) or the clips' mean per token position (1D models).
 
     With ``context_radius`` > 0 the tables are count-based and a value's table depends on the value one step back
     (grid models: one latent frame back; 1D models: the previous token); 0 fits factorized ``EntropyBottleneck``
-    tables (``iters``, ``seed``), which decode in one call instead of one per latent frame or token.
+    tables (``iters``, ``seed``), which decode in one call instead of one per latent frame or token. Default:
+    ``CONTEXT_RADIUS`` for grid models; 0 for 1D models, whose previous-token context saved bits on full-size
+    sample frames but cost bits on 128-px segments and on carphone.
     ``clips``: uint8 ``(T,H,W,3)`` arrays or float ``(B,3,T,H,W)`` tensors in [-1, 1].
     """
     from vitok.data.convert import frames_to_tensor
@@ -543,6 +546,8 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     std = z.std(0).clamp_min(1e-6) if cfg.latent_std is None else torch.tensor(cfg.latent_std)
     if tok.max_tokens is not None:  # 1D: whole units of K ranked tokens, each position with its own mean
         mean = z.reshape(-1, tok.max_tokens, z.shape[-1]).mean(0)
+    if context_radius is None:
+        context_radius = CONTEXT_RADIUS if tok.max_tokens is None else 0
     if context_radius:
         return fit_context_tables(units, steps, mean=mean.numpy(), std=std.numpy(), radius=context_radius, meta=meta)
     return fit_tables(z, steps, mean=mean.numpy(), std=std.numpy(), iters=iters, seed=seed, meta=meta)
@@ -571,7 +576,7 @@ def write_entropy_tables(model_dir: str | Path, tables: EntropyTables) -> Path:
 
 def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | None = None,
                         steps: Iterable[float] = STEPS, iters: int = 300,
-                        context_radius: int = CONTEXT_RADIUS) -> EntropyTables:
+                        context_radius: int | None = None) -> EntropyTables:
     """Load the model saved in ``model_dir``, calibrate tables and write ``entropy.safetensors`` beside it.
 
     ``clips``: uint8 ``(T,H,W,3)`` videos, cut into chunks of the model's ``clip_frames`` as the codec cuts them
