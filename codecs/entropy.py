@@ -140,8 +140,8 @@ class EntropyTables:
 
     @property
     def contexts(self) -> int:
-        """Tables per channel and step: 1, or ``2R + 2`` with a temporal context."""
-        return 2 * self.context_radius + 2 if self.context_radius else 1
+        """Tables per channel and step: 1, or ``2R + 2`` with a context."""
+        return context_count(self.context_radius)
 
     @property
     def unit_tokens(self) -> int | None:
@@ -223,7 +223,7 @@ class EntropyTables:
             t, rest = _unit_shape(n, grid)
             q = np.empty((n // (t * rest), t, rest, c), np.int64)
             first = np.full((rest, c), self.contexts - 1)
-            for u in range(q.shape[0]):  # latent frame by latent frame: each one's contexts come from the last
+            for u in range(q.shape[0]):  # step by step along t: each step's contexts come from the last
                 ctx = first
                 for k in range(t):
                     q[u, k] = read((ctx * c + np.arange(c)).reshape(-1)).reshape(rest, c)
@@ -340,10 +340,15 @@ class EntropyTables:
         return h.hexdigest()[:16]
 
 
+def context_count(radius: int) -> int:
+    """Tables per channel and step for a context of ``radius`` (0: none)."""
+    return 2 * radius + 2 if radius else 1
+
+
 def table_rows(q: np.ndarray, grid: tuple[int, ...] | None, radius: int) -> np.ndarray:
-    """The table row coding each value of ``q`` ``(N, C)``, flattened: its channel ``c``, and with a temporal
-    context of ``radius`` R > 0 ``ctx * C + c``, ``ctx`` from the co-located value one latent frame back
-    (``grid``: the unit's ``(t, h, w)``; ``q`` holds whole units of it, in order)."""
+    """The table row coding each value of ``q`` ``(N, C)``, flattened: its channel ``c``, and with a context of
+    ``radius`` R > 0 ``ctx * C + c``, ``ctx`` from the co-located value one step back along ``t`` (``grid``: the
+    unit's ``(t, h, w)``; ``q`` holds whole units of it, in order)."""
     n, c = q.shape
     if not radius:
         return np.tile(np.arange(c), n)
@@ -356,8 +361,7 @@ def table_rows(q: np.ndarray, grid: tuple[int, ...] | None, radius: int) -> np.n
 
 def _unit_shape(n: int, grid: tuple[int, ...] | None) -> tuple[int, int]:
     if grid is None or len(grid) != 3 or n % math.prod(grid):
-        raise CodecError(f"temporal-context tables need whole units of a (t, h, w) grid; got {n} tokens and grid "
-                         f"{grid}")
+        raise CodecError(f"context tables need whole units of a (t, h, w) grid; got {n} tokens and grid {grid}")
     return grid[0], grid[1] * grid[2]
 
 
@@ -427,7 +431,7 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     c = std.shape[0]
     centred = [z - (mean[np.arange(len(z)) % len(mean)] if mean.ndim == 2 else mean) for z, _ in units]
-    n_ctx, tables, float_bits = 2 * radius + 2, [], []
+    n_ctx, tables, float_bits = context_count(radius), [], []
     for step in steps:
         ys = [np.rint(y / (std.astype(np.float64) * step)).astype(np.int64) for y in centred]
         flat = np.concatenate(ys)

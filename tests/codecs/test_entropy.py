@@ -193,6 +193,11 @@ def test_temporal_context_tables_code_drifting_units_in_fewer_bits(drifting, tmp
         tables.decode(data, len(q) - 1, 1, grid)
     again = EntropyTables.load(tables.save(tmp_path / "entropy.safetensors"))
     assert again.table_id == tables.table_id and again.context_radius == 3
+    from vitok.codecs.entropy import fit_context_tables
+
+    counted = fit_context_tables([(u, grid) for u in z[:50]], steps=(0.5,), mean=tables.mean, std=tables.std, radius=0)
+    q5 = tables.quantize(held, 0.5, 0)  # radius 0: count-based tables without a context, which cost more here
+    assert counted.contexts == 1 and len(counted.encode(q5, 0)) > len(tables.encode(q5, 0, grid))
     t = tables.tables[0]  # every context of a channel must share its range, or the clamp in quantize would not hold
     odd = StepTable(t.step, t.cdf, t.cdf_length, t.offset.copy(), t.median)
     odd.offset[3] -= 1
