@@ -19,7 +19,7 @@ def test_python_api_snippet_runs(carphone_path, monkeypatch, tmp_path):
     exec(compile(block.replace('"clip.mp4"', repr(str(carphone_path))), "README.md", "exec"), scope)
     assert scope["recon"].shape == scope["frames"].shape == (17, 144, 176, 3)
     lat16, K = scope["lat16"], scope["tok1d"].max_tokens
-    assert lat16.mask.float().mean().item() == 16 / K  # a 16-token prefix of each unit's K slots is present
+    assert lat16.mask.sum().item() == 16 * lat16.mask.shape[1] // K  # a 16-token prefix of each unit's K slots
     # the adapter decodes at the latent grid's padded size: 17 frames -> 20 (vitok-grid's temporal stride is 4)
     video, out = scope["video"], scope["out"]
     assert tuple(out.shape) == (*video.shape[:2], 20, *video.shape[3:])
