@@ -23,7 +23,7 @@ from vitok.cli.common import check_output, emit, json_option, overwrite_option, 
 @threads_option
 @overwrite_option
 @json_option
-def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, context_radius: int, iters: int,
+def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, context_radius: int | None, iters: int,
               threads: int | None, overwrite: bool, as_json: bool) -> None:
     """Fit MODEL_DIR's entropy tables (entropy.safetensors beside its config.json), e.g. for a model that
     `vitok train` exported to RUN/model; then `vitok encode --model MODEL_DIR` codes with it."""
