@@ -178,16 +178,8 @@ class EntropyTables:
         return torch.from_numpy(z.astype(np.float32))
 
     def offsets(self, rows: int, tokens: int | None = None) -> np.ndarray:
-        """The quantizer offset of each of ``rows`` tokens, ``(rows, C)`` float64: the channel means, or for
-        per-position tables the mean of each row's position ``row % tokens`` in its unit."""
-        mean = self.mean.astype(np.float64)
-        if mean.ndim == 1:
-            return np.broadcast_to(mean, (rows, self.channels))
-        k = self.unit_tokens if tokens is None else tokens
-        if not (isinstance(k, (int, np.integer)) and 1 <= k <= self.unit_tokens) or rows % k:
-            raise CodecError(f"per-position tables code units of 1..{self.unit_tokens} tokens; got {rows} tokens "
-                             f"in units of {k}")
-        return mean[np.arange(rows) % k]
+        """The quantizer offset of each of ``rows`` tokens, ``(rows, C)`` float64 (see ``row_offsets``)."""
+        return row_offsets(self.mean, rows, tokens)
 
     # entropy coding ---------------------------------------------------------------------------------------
     def encode(self, q: np.ndarray, index: int, grid: tuple[int, ...] | None = None) -> bytes:
@@ -340,6 +332,20 @@ class EntropyTables:
         return h.hexdigest()[:16]
 
 
+def row_offsets(mean: np.ndarray, rows: int, tokens: int | None = None) -> np.ndarray:
+    """The quantizer offset of each of ``rows`` tokens, ``(rows, C)`` float64: a ``(C,)`` mean for every row, or
+    with a ``(K, C)`` mean (1D models) that of each row's position ``row % tokens`` in its unit (default K)."""
+    mean = np.asarray(mean, np.float64)
+    if mean.ndim == 1:
+        return np.broadcast_to(mean, (rows, mean.shape[0]))
+    K = mean.shape[0]
+    k = K if tokens is None else tokens
+    if not (isinstance(k, (int, np.integer)) and 1 <= k <= K) or rows % k:
+        raise CodecError(f"per-position tables code units of 1..{K} tokens; got {rows} tokens, not whole units of "
+                         f"{k} tokens")
+    return mean[np.arange(rows) % k]
+
+
 def context_count(radius: int) -> int:
     """Tables per channel and step for a context of ``radius`` (0: none)."""
     return 2 * radius + 2 if radius else 1
@@ -381,13 +387,9 @@ def fit_tables(z: torch.Tensor, steps: Iterable[float] = STEPS, *, mean: np.ndar
         raise CodecError("calibration needs at least 2 latent tokens and one step")
     mean = z.mean(0).numpy() if mean is None else np.asarray(mean, np.float32)
     std = z.std(0).clamp_min(1e-6).numpy() if std is None else np.asarray(std, np.float32)
-    if mean.ndim == 2 and z.shape[0] % mean.shape[0]:
-        raise CodecError(f"per-position calibration needs whole units of {mean.shape[0]} tokens, got {z.shape[0]}")
     g = torch.Generator().manual_seed(seed)
     c = z.shape[1]
-    offsets = torch.from_numpy(mean).repeat(z.shape[0] // mean.shape[0], 1) if mean.ndim == 2 else \
-        torch.from_numpy(mean)
-    y = (z - offsets) / torch.from_numpy(std)
+    y = (z - torch.tensor(row_offsets(mean, z.shape[0]), dtype=torch.float32)) / torch.from_numpy(std)
     ys = torch.cat([y / s for s in steps], dim=1).T.contiguous()  # (S*C, M)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -402,14 +404,7 @@ def fit_tables(z: torch.Tensor, steps: Iterable[float] = STEPS, *, mean: np.ndar
         tables.append(StepTable(s, cdf[sl, :width].astype(np.int32), length[sl].astype(np.int32),
                                 offset[sl].astype(np.int32), med[sl].round().astype(np.int32)))
     out = EntropyTables(mean, std, tables, meta)
-    report = {}
-    for i, s in enumerate(steps):  # bits per symbol on the calibration data: float model vs tables vs real rANS
-        q = out.quantize(z, s, index=i)
-        real = 8 * len(out.encode(q, i)) / q.size
-        report[str(s)] = {"float_bits": round(float(bits_float[i * c:(i + 1) * c].sum() / q.size), 4),
-                          "table_bits": round(out.estimate_bits(q, i) / q.size, 4), "real_bits": round(real, 4)}
-    out.meta["calibration"] = {"tokens": int(z.shape[0]), "bits_per_symbol": report}
-    return out
+    return _with_report(out, [(z, None)], [float(bits_float[i * c:(i + 1) * c].sum()) for i in range(len(steps))])
 
 
 def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]], steps: Iterable[float] = STEPS,
@@ -430,7 +425,7 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
         raise CodecError("calibration needs at least 2 latent tokens and one step")
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     c = std.shape[0]
-    centred = [z - (mean[np.arange(len(z)) % len(mean)] if mean.ndim == 2 else mean) for z, _ in units]
+    centred = [z - row_offsets(mean, len(z)) for z, _ in units]
     n_ctx, tables, float_bits = context_count(radius), [], []
     for step in steps:
         ys = [np.rint(y / (std.astype(np.float64) * step)).astype(np.int64) for y in centred]
@@ -457,15 +452,23 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
                 cdf[k * c + ch, :w + 2] = pmf_to_quantized_cdf(probs.tolist(), PRECISION)
         tables.append(StepTable(step, cdf, np.tile(width + 2, n_ctx).astype(np.int32),
                                 np.tile(lo - med, n_ctx).astype(np.int32), np.tile(med, n_ctx).astype(np.int32)))
-    out = EntropyTables(mean, std, tables, meta, context_radius=radius)
-    report, total = {}, sum(z.size for z, _ in units)
-    for i, step in enumerate(steps):  # bits per symbol on the calibration data: counts vs tables vs real rANS
-        coded = [(out.quantize(z, step, index=i), grid) for z, grid in units]
+    return _with_report(EntropyTables(mean, std, tables, meta, context_radius=radius), units, float_bits)
+
+
+def _with_report(out: EntropyTables, parts: list[tuple[Any, tuple[int, int, int] | None]],
+                 float_bits: list[float]) -> EntropyTables:
+    """``out`` with its calibration report: per step, bits per value on the calibration latents ``parts``
+    (``(z, grid)``, each coded as one stream) under the fitted model (``float_bits``, totals), under the integer
+    tables, and from real rANS output."""
+    total = sum(int(np.prod(z.shape)) for z, _ in parts)
+    report = {}
+    for i, step in enumerate(out.steps):
+        coded = [(out.quantize(z, step, index=i), grid) for z, grid in parts]
         real = sum(8 * len(out.encode(q, i, grid)) for q, grid in coded)
         table = sum(out.estimate_bits(q, i, grid) for q, grid in coded)
         report[str(step)] = {"float_bits": round(float_bits[i] / total, 4), "table_bits": round(table / total, 4),
                              "real_bits": round(real / total, 4)}
-    out.meta["calibration"] = {"tokens": total // c, "bits_per_symbol": report}
+    out.meta["calibration"] = {"tokens": total // out.channels, "bits_per_symbol": report}
     return out
 
 
@@ -529,8 +532,8 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     With ``context_radius`` > 0 the tables are count-based and a value's table depends on the value one step back
     (grid models: one latent frame back; 1D models: the previous token); 0 fits factorized ``EntropyBottleneck``
     tables (``iters``, ``seed``), which decode in one call instead of one per latent frame or token. Default:
-    ``CONTEXT_RADIUS`` for grid models; 0 for 1D models, whose previous-token context saved bits on full-size
-    sample frames but cost bits on 128-px segments and on carphone.
+    ``CONTEXT_RADIUS`` for grid models; 0 for 1D models, whose previous-token context cost bytes on carphone
+    (``vitok bench codec`` against a copy calibrated with ``vitok calibrate --context-radius 3``).
     ``clips``: uint8 ``(T,H,W,3)`` arrays or float ``(B,3,T,H,W)`` tensors in [-1, 1].
     """
     from vitok.data.convert import frames_to_tensor
@@ -546,10 +549,11 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     z = torch.cat([u for u, _ in units])
     cfg = tok.config
     meta = {"model": cfg.name, "weights_hash": tok.weights_hash}
-    mean = z.mean(0) if cfg.latent_mean is None else torch.tensor(cfg.latent_mean)
-    std = z.std(0).clamp_min(1e-6) if cfg.latent_std is None else torch.tensor(cfg.latent_std)
     if tok.max_tokens is not None:  # 1D: whole units of K ranked tokens, each position with its own mean
         mean = z.reshape(-1, tok.max_tokens, z.shape[-1]).mean(0)
+    else:
+        mean = z.mean(0) if cfg.latent_mean is None else torch.tensor(cfg.latent_mean)
+    std = z.std(0).clamp_min(1e-6) if cfg.latent_std is None else torch.tensor(cfg.latent_std)
     if context_radius is None:
         context_radius = CONTEXT_RADIUS if tok.max_tokens is None else 0
     if context_radius:
