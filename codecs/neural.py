@@ -286,7 +286,7 @@ class VitokCodec(Codec):
         tok = self.tok
         return {"codec": "vitok", "model": tok.config.name, "weights": tok.weights_hash[:WEIGHTS_ID_CHARS],
                 "kind": tok.config.kind, "channels": tok.latent_channels, "tables": self.tables.table_id,
-                "step": None if step is None else float(np.float32(step))}
+                "tiling": tok.tiling, "step": None if step is None else float(np.float32(step))}
 
     def encode_stream(self, chunks: Iterable[np.ndarray], fps: Fraction, out: BinaryIO, *,
                       step: float | None = None, tokens: int | None = None, bytes: int | None = None,
@@ -368,7 +368,7 @@ class VitokCodec(Codec):
             yield self.reconstruct(q, tokens, step, info.frames, h.height, h.width)
 
     def check_header(self, header: VtokHeader) -> None:
-        """Refuse streams from another model (name or weights differ) or other entropy tables."""
+        """Refuse streams from another model (name or weights differ), other entropy tables or other tiles."""
         meta = header.meta
         if meta.get("codec") != "vitok":
             raise BitstreamError(f"not a vitok stream (codec {meta.get('codec')!r})")
@@ -381,6 +381,29 @@ class VitokCodec(Codec):
         if meta.get("tables") != self.tables.table_id:
             raise BitstreamError(f"entropy table mismatch: the stream used tables {meta.get('tables')!r}, the model "
                                  f"has {self.tables.table_id!r}")
+        self._check_tiling(header)
+
+    def _check_tiling(self, header: VtokHeader) -> None:
+        """Refuse a stream whose tiles of its frames differ from what this model would cut (streams written before
+        the header recorded ``tiling`` used tiles of exactly the config's size)."""
+        from vitok.geometry import plan_axis
+
+        ours = self.tok.tiling
+        theirs = header.meta.get("tiling", {**ours, "fit": False})
+        if theirs == ours:
+            return
+        stride = self.tok.spatial_stride
+        if not (isinstance(theirs, dict) and set(theirs) == set(ours) and isinstance(theirs["fit"], bool)
+                and (theirs["tile"] is None or type(theirs["tile"]) is int and theirs["tile"] >= 2 * stride)
+                and isinstance(theirs["overlap"], (int, float)) and 0 <= theirs["overlap"] < 0.5):
+            raise BitstreamError(f"bad tiling record in the header: {theirs!r}")
+
+        def axes(t: dict[str, Any]) -> list[Any]:
+            return [plan_axis(n, stride, t["tile"], t["overlap"], t["fit"]) for n in (header.height, header.width)]
+
+        if axes(theirs) != axes(ours):
+            raise BitstreamError(f"tiling mismatch: the stream cut {header.width}x{header.height} frames into tiles "
+                                 f"{theirs}, the model cuts them {ours}; encode the video again with this model")
 
     def decode(self, data: bytes) -> tuple[np.ndarray, Fraction]:
         with VtokReader(data) as r:

@@ -15,7 +15,8 @@ class TokenizerConfig:
     """Fields every tokenizer shares.
 
     clip_frames: frames per independently coded temporal chunk; tile_size: spatial tile (pixels) above which frames
-    are split into overlapping tiles (None: never); tile_overlap: overlap as a fraction of the tile;
+    are split into overlapping tiles of at most this size (None: never; see vitok.geometry); tile_overlap: overlap
+    as a fraction of tile_size;
     variational: KL posterior bottleneck (mean + log-variance); latent_mean/latent_std: per-channel statistics
     used by `Latents.normalized()` (None until measured after training).
     """

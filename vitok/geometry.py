@@ -6,9 +6,11 @@ Layout semantics (shared by `Latents.layout`, the codecs and the decoder):
   clip_frames frames; every chunk, the last one included, is padded to the same unit length, so all units share
   one geometry. Chunks are coded independently (memory stays flat in video length).
 - Space: H and W are reflect-padded (bottom/right) to the spatial stride. An axis longer than `tile_size` is split
-  into n overlapping tiles of `tile_size` with `overlap` pixels (tile_overlap * tile_size, rounded to the stride)
-  and padded to exactly n * (tile_size - overlap) + overlap. Tiles are encoded independently and blended on decode
-  with linear ramps over the overlaps (the weights sum to one everywhere).
+  into the fewest n overlapping tiles of at most `tile_size` with `overlap` pixels (tile_overlap * tile_size,
+  rounded to the stride) and padded to exactly n * (tile - overlap) + overlap. With fitted tiles (grid models, whose
+  units take any size) the tile shrinks to the smallest multiple of the stride that covers the axis, so padding
+  stays under n strides; models with a fixed unit size (1D) keep tiles of `tile_size`. Tiles are encoded
+  independently and blended on decode with linear ramps over the overlaps (the weights sum to one everywhere).
 - Units are ordered chunk-major, then tile row, then tile column: layout = (chunks, tiles_h, tiles_w); each unit
   has `tokens_per_unit` tokens, so N = chunks * tiles_h * tiles_w * tokens_per_unit.
 """
@@ -35,13 +37,17 @@ class Axis:
         return self.tile - self.step if self.count > 1 else 0
 
 
-def plan_axis(size: int, stride: int, tile: int | None, overlap_frac: float) -> Axis:
+def plan_axis(size: int, stride: int, tile: int | None, overlap_frac: float, fit: bool = False) -> Axis:
+    """Tiles along one axis of ``size`` pixels: the fewest of at most ``tile`` pixels that cover it with the overlap;
+    ``fit``: each as small as covering allows (a multiple of ``stride``), else exactly ``tile``."""
     padded = math.ceil(size / stride) * stride
     if tile is None or padded <= tile:
         return Axis(padded, 1, padded, padded)
     overlap = round(tile * overlap_frac / stride) * stride
+    count = math.ceil((padded - overlap) / (tile - overlap))
+    if fit:
+        tile = math.ceil((padded + (count - 1) * overlap) / (count * stride)) * stride
     step = tile - overlap
-    count = math.ceil((padded - overlap) / step)
     return Axis(tile, count, step, count * step + overlap)
 
 
@@ -83,14 +89,15 @@ class Geometry:
 
 
 def plan(frames: int, height: int, width: int, *, clip_frames: int, unit_frames, stride: int,
-         tile_size: int | None, tile_overlap: float) -> Geometry:
-    """Plan the units for a video; `unit_frames(n)` gives the padded length of a chunk holding n frames."""
+         tile_size: int | None, tile_overlap: float, fit_tiles: bool = False) -> Geometry:
+    """Plan the units for a video; `unit_frames(n)` gives the padded length of a chunk holding n frames;
+    `fit_tiles`: tiles shrink to cover the frame (see `plan_axis`)."""
     if min(frames, height, width) < 1:
         raise ValueError(f"empty video geometry {frames}x{height}x{width}")
     chunks = 1 if frames <= clip_frames else math.ceil(frames / clip_frames)
     return Geometry(frames, height, width, clip_frames, chunks, unit_frames(min(frames, clip_frames)),
-                    plan_axis(height, stride, tile_size, tile_overlap),
-                    plan_axis(width, stride, tile_size, tile_overlap))
+                    plan_axis(height, stride, tile_size, tile_overlap, fit_tiles),
+                    plan_axis(width, stride, tile_size, tile_overlap, fit_tiles))
 
 
 def pad_chunk(x: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,15 +102,22 @@ class Tokenizer(nn.Module):
         self.config.validate()
 
     # ---- geometry -------------------------------------------------------------------------------------------
+    @property
+    def tiling(self) -> dict[str, Any]:
+        """How frames are cut into tiles (see `vitok.geometry.plan_axis`): the largest tile, the overlap as a
+        fraction of it, and whether tiles shrink to fit the frame (grid models; 1D models keep the tile their
+        tokens were trained on)."""
+        return {"tile": self.config.tile_size, "overlap": self.config.tile_overlap, "fit": self.max_tokens is None}
+
     def plan(self, frames: int, height: int, width: int, tiled: bool = True) -> Geometry:
         """Chunks and tiles for a video of this geometry; `tiled=False` keeps whole frames (grid models only)."""
-        c = self.config
+        c, t = self.config, self.tiling
         if not tiled and self.max_tokens is not None:
             raise VitokError(f"{c.name}: 1D models always code frames in {c.tile_size}-pixel tiles (tiled=False "
                              "is for grid models)")
         return plan(frames, height, width, clip_frames=c.clip_frames, unit_frames=self.unit_frames,
-                    stride=self.spatial_stride, tile_size=c.tile_size if tiled else None,
-                    tile_overlap=c.tile_overlap)
+                    stride=self.spatial_stride, tile_size=t["tile"] if tiled else None, tile_overlap=t["overlap"],
+                    fit_tiles=t["fit"])
 
     def latent_shape(self, frames: int, height: int, width: int, tiled: bool = True) -> tuple[int, int]:
         """(N, C): tokens (all chunks and tiles) and channels for a video of this geometry."""

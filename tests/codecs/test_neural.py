@@ -168,6 +168,39 @@ def test_tables_of_another_token_count_are_refused(tiny1d, tinygrid):
     assert tinygrid[1].contexts == 8 and tables.contexts == 1  # the defaults: context tables for grid models only
 
 
+def _with_meta(data: bytes, **changes) -> bytes:
+    """The stream with its header's meta changed (a key set to None is removed), framing and CRC fixed."""
+    import dataclasses
+
+    header, _ = read_vtok(data)
+    meta = {k: v for k, v in {**header.meta, **changes}.items() if v is not None}
+    return dataclasses.replace(header, meta=meta).pack() + data[len(header.pack()):]
+
+
+def test_tiling_is_recorded_and_checked(tinygrid):
+    """Grid models fit their tiles to the frame; the header records the tiling, and a stream cut otherwise (one
+    written before the record, with tiles of exactly the config's size) is refused when its tiles differ."""
+    from vitok.data.io import read_video
+    from vitok.data.samples import sample_path
+
+    frames = np.ascontiguousarray(read_video(sample_path("carphone"), num_frames=8)[0][:, 40:88, 16:104])
+    codec = VitokCodec(tinygrid[0], tinygrid[1])
+    g = codec.tok.plan(8, 48, 88)
+    assert codec.tok.tiling == {"tile": 64, "overlap": 0.25, "fit": True}
+    assert (g.cols.count, g.cols.tile, g.cols.padded) == (2, 56, 96)  # fixed 64-px tiles would pad to 112
+    data = codec.encode(frames, 25)
+    assert read_vtok(data)[0].meta["tiling"] == codec.tok.tiling
+    assert codec.decode(data)[0].shape == frames.shape
+    with pytest.raises(BitstreamError, match=r"tiling mismatch: the stream cut 88x48 frames into tiles .*'fit': "
+                                             r"False.*encode the video again"):
+        codec.decode(_with_meta(data, tiling=None))
+    for bad in ({"tile": "64", "overlap": 0.25, "fit": True}, {"tile": 64, "overlap": 0.7, "fit": True}, [64]):
+        with pytest.raises(BitstreamError, match="bad tiling record"):
+            codec.decode(_with_meta(data, tiling=bad))
+    small = codec.encode(frames[:, :, :64], 25)  # one tile: every tiling cuts it the same, old streams decode
+    assert np.array_equal(codec.decode(_with_meta(small, tiling=None))[0], codec.decode(small)[0])
+
+
 def _edit_payload(data: bytes, chunk: int, new_payload: bytes) -> bytes:
     """Replace one chunk's payload and fix its framing and CRC (corruption the CRC cannot see)."""
     _, chunks = read_vtok(data)

@@ -5,17 +5,32 @@ import pytest
 import torch
 
 import vitok
-from vitok.geometry import blend_weights, plan
+from vitok.geometry import Axis, blend_weights, plan, plan_axis
 
 
+@pytest.mark.parametrize("fit", [False, True])
 @pytest.mark.parametrize("size", [(64, 64), (100, 37), (130, 260)])
-def test_blend_weights_sum_to_one(size):
-    g = plan(1, *size, clip_frames=1, unit_frames=lambda n: n, stride=8, tile_size=48, tile_overlap=0.25)
+def test_blend_weights_sum_to_one(size, fit):
+    g = plan(1, *size, clip_frames=1, unit_frames=lambda n: n, stride=8, tile_size=48, tile_overlap=0.25,
+             fit_tiles=fit)
     total = torch.zeros(g.rows.padded, g.cols.padded)
     for i, j, y0, x0 in g.tiles():
         total[y0:y0 + g.rows.tile, x0:x0 + g.cols.tile] += blend_weights(g, i, j)
     torch.testing.assert_close(total, torch.ones_like(total))
     assert g.rows.padded >= size[0] and g.cols.padded >= size[1]
+
+
+def test_fitted_tiles_cover_the_frame_with_least_padding():
+    """Fitted tiles: as many as fixed ones, each a multiple of the stride no larger than the tile, covering the
+    axis with under one stride of padding per tile (fixed tiles pad 720 px to 1024 at tile 256, overlap 64)."""
+    assert plan_axis(720, 8, 256, 0.25) == Axis(256, 4, 192, 832)
+    assert plan_axis(720, 8, 256, 0.25, fit=True) == Axis(232, 4, 168, 736)
+    for size in range(1, 1300, 7):
+        for tile, frac in ((256, 0.25), (256, 0.125), (64, 0.0), (48, 0.25)):
+            fixed, fit = plan_axis(size, 8, tile, frac), plan_axis(size, 8, tile, frac, fit=True)
+            padded = -(-size // 8) * 8
+            assert fit.count == fixed.count and fit.tile <= fixed.tile and fit.tile % 8 == 0
+            assert fit.overlap == fixed.overlap and padded <= fit.padded < padded + 8 * fit.count
 
 
 def test_patchwise_model_tiles_exactly(clip):
