@@ -281,12 +281,16 @@ class VitokCodec(Codec):
             yield codes[i]
 
     # ---- whole clips ----------------------------------------------------------------------------------------
-    def header_meta(self, step: float | None) -> dict[str, Any]:
-        """The header's JSON: model identity, tables, and the step asked for (None when rate control picks it)."""
+    def header_meta(self, step: float | None, width: int, height: int) -> dict[str, Any]:
+        """The header's JSON: model identity, tables, the step asked for (None when rate control picks it), and the
+        tiling when frames span more than one tile (every tiling cuts a one-tile frame alike)."""
         tok = self.tok
-        return {"codec": "vitok", "model": tok.config.name, "weights": tok.weights_hash[:WEIGHTS_ID_CHARS],
+        meta = {"codec": "vitok", "model": tok.config.name, "weights": tok.weights_hash[:WEIGHTS_ID_CHARS],
                 "kind": tok.config.kind, "channels": tok.latent_channels, "tables": self.tables.table_id,
-                "tiling": tok.tiling, "step": None if step is None else float(np.float32(step))}
+                "step": None if step is None else float(np.float32(step))}
+        if tok.plan(1, height, width).layout[1:] != (1, 1):
+            meta["tiling"] = tok.tiling
+        return meta
 
     def encode_stream(self, chunks: Iterable[np.ndarray], fps: Fraction, out: BinaryIO, *,
                       step: float | None = None, tokens: int | None = None, bytes: int | None = None,
@@ -306,7 +310,7 @@ class VitokCodec(Codec):
             raise BitstreamError("empty input video: no frames to encode")
         h, w = first.shape[1:3]
         asked = DEFAULT_STEP if step is None and bytes is None and psnr is None else step
-        header = VtokHeader(w, h, fps, self.tok.clip_frames, meta=self.header_meta(asked))
+        header = VtokHeader(w, h, fps, self.tok.clip_frames, meta=self.header_meta(asked, w, h))
         header.check()
         head_len = len(header.pack())
         writer = VtokWriter(out, header)
@@ -384,8 +388,8 @@ class VitokCodec(Codec):
         self._check_tiling(header)
 
     def _check_tiling(self, header: VtokHeader) -> None:
-        """Refuse a stream whose tiles of its frames differ from what this model would cut (streams written before
-        the header recorded ``tiling`` used tiles of exactly the config's size)."""
+        """Refuse a stream whose tiles of its frames differ from what this model would cut. Without ``tiling`` the
+        frames are one tile, or the stream predates the record and used tiles of exactly the config's size."""
         from vitok.geometry import plan_axis
 
         ours = self.tok.tiling
