@@ -406,8 +406,9 @@ class VitokCodec(Codec):
             return [plan_axis(n, stride, t["tile"], t["overlap"], t["fit"]) for n in (header.height, header.width)]
 
         if axes(theirs) != axes(ours):
-            raise BitstreamError(f"tiling mismatch: the stream cut {header.width}x{header.height} frames into tiles "
-                                 f"{theirs}, the model cuts them {ours}; encode the video again with this model")
+            how = theirs if "tiling" in header.meta else "fixed tiles (no tiling record: an earlier vitok wrote it)"
+            raise BitstreamError(f"tiling mismatch: the stream cut {header.width}x{header.height} frames into {how}, "
+                                 f"the model cuts them {ours}; encode the video again with this model")
 
     def decode(self, data: bytes) -> tuple[np.ndarray, Fraction]:
         with VtokReader(data) as r:
