@@ -25,7 +25,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 import torch
@@ -78,6 +78,8 @@ CONTEXT_RADIUS = 3  # a value's table depends on the value one step back (latent
 CONTEXT_PRIOR = 16.0  # pseudo-counts of the channel's histogram in each context's histogram (rare contexts)
 TAIL_MASS = 1e-9  # probability left for the escape symbol of count-based tables
 FILENAME = "entropy.safetensors"
+Grids = Union[tuple[int, int, int], Sequence[tuple[int, int, int]], None]  # one unit grid for all, or one per unit
+UnitTokens = Union[int, Sequence[int], None]  # tokens every unit keeps (None: all), or one count per unit
 FORMAT_VERSION = 2  # 2 adds per-position offsets (``mean`` (K, C)) and temporal contexts; 1 is still read
 
 
@@ -160,9 +162,10 @@ class EntropyTables:
 
     # quantization -----------------------------------------------------------------------------------------
     def quantize(self, z: torch.Tensor | np.ndarray, step: float, index: int | None = None,
-                 tokens: int | None = None) -> np.ndarray:
+                 tokens: UnitTokens = None) -> np.ndarray:
         """Latent tokens ``(N, C)`` -> int32 ``(N, C)``, clamped to what the step's table can code. ``tokens``: for
-        per-position tables, the tokens each unit keeps (rows are units of that many, in order; default K)."""
+        per-position tables, the tokens each unit keeps (rows are units of that many, in order; default K), or one
+        count per unit."""
         table = self.tables[self.table_index(step) if index is None else index]
         z = z.detach().cpu().double().numpy() if isinstance(z, torch.Tensor) else np.asarray(z, np.float64)
         if z.ndim != 2 or z.shape[1] != self.channels:
@@ -171,18 +174,18 @@ class EntropyTables:
         lo, hi = self._channel_range(table)
         return np.clip(np.rint(np.nan_to_num(y)), lo, hi).astype(np.int32)
 
-    def dequantize(self, q: np.ndarray, step: float, tokens: int | None = None) -> torch.Tensor:
+    def dequantize(self, q: np.ndarray, step: float, tokens: UnitTokens = None) -> torch.Tensor:
         """int ``(N, C)`` -> float32 latents ``(N, C)`` (``tokens`` as for ``quantize``)."""
         q = np.asarray(q, np.float64)
         z = q * (self.std.astype(np.float64) * float(step)) + self.offsets(q.shape[0], tokens)
         return torch.from_numpy(z.astype(np.float32))
 
-    def offsets(self, rows: int, tokens: int | None = None) -> np.ndarray:
+    def offsets(self, rows: int, tokens: UnitTokens = None) -> np.ndarray:
         """The quantizer offset of each of ``rows`` tokens, ``(rows, C)`` float64 (see ``row_offsets``)."""
         return row_offsets(self.mean, rows, tokens)
 
     # entropy coding ---------------------------------------------------------------------------------------
-    def encode(self, q: np.ndarray, index: int, grid: tuple[int, ...] | None = None) -> bytes:
+    def encode(self, q: np.ndarray, index: int, grid: Grids = None) -> bytes:
         """rANS-code int32 ``(N, C)`` with table ``index``; decodable knowing only ``N``, the unit ``grid``
         ``(t, h, w)`` (needed with a temporal context: ``q`` is whole units of it, in order) and the tables."""
         table = self.tables[index]
@@ -197,7 +200,7 @@ class EntropyTables:
         return RansEncoder().encode_with_indexes(np.concatenate([sym, 0 * pad]).tolist(),
                                                  np.concatenate([idx, pad]).tolist(), cdfs, lengths, offsets)
 
-    def decode(self, data: bytes, n: int, index: int, grid: tuple[int, ...] | None = None) -> np.ndarray:
+    def decode(self, data: bytes, n: int, index: int, grid: Grids = None) -> np.ndarray:
         """Inverse of ``encode``: ``n`` tokens -> int32 ``(n, C)``; corrupt data gives a BitstreamError."""
         table = self.tables[index]
         c = self.channels
@@ -212,15 +215,17 @@ class EntropyTables:
             return np.asarray(sym, np.int64) + table.median[rows]
 
         if self.context_radius and n:
-            t, rest = _unit_shape(n, grid)
-            q = np.empty((n // (t * rest), t, rest, c), np.int64)
-            first = np.full((rest, c), self.contexts - 1)
-            for u in range(q.shape[0]):  # step by step along t: each step's contexts come from the last
-                ctx = first
-                for k in range(t):
-                    q[u, k] = read((ctx * c + np.arange(c)).reshape(-1)).reshape(rest, c)
-                    ctx = np.clip(q[u, k], -self.context_radius, self.context_radius) + self.context_radius
-            q = q.reshape(n, c)
+            parts = []
+            for t, rest, units in unit_runs(n, grid):
+                part = np.empty((units, t, rest, c), np.int64)
+                first = np.full((rest, c), self.contexts - 1)
+                for u in range(units):  # step by step along t: each step's contexts come from the last
+                    ctx = first
+                    for k in range(t):
+                        part[u, k] = read((ctx * c + np.arange(c)).reshape(-1)).reshape(rest, c)
+                        ctx = np.clip(part[u, k], -self.context_radius, self.context_radius) + self.context_radius
+                parts.append(part.reshape(-1, c))
+            q = np.concatenate(parts)
         else:
             q = read(np.tile(np.arange(c), n)).reshape(n, c)
         pad = np.arange(count - n * c) % c
@@ -229,7 +234,7 @@ class EntropyTables:
             raise BitstreamError("entropy-coded data decodes to out-of-range values (corrupt stream)")
         return q.astype(np.int32)
 
-    def estimate_bits(self, q: np.ndarray, index: int, grid: tuple[int, ...] | None = None) -> float:
+    def estimate_bits(self, q: np.ndarray, index: int, grid: Grids = None) -> float:
         """Ideal code length in bits of ``q`` under the table's probabilities (the entropy model's likelihoods)."""
         table = self.tables[index]
         rows = self.table_rows(np.asarray(q), grid)
@@ -241,7 +246,7 @@ class EntropyTables:
         nib = np.ceil(np.log2(raw + 1) / 4).astype(np.int64) if raw.size else raw
         return float(bits + 4 * (nib + nib // 15 + 1).sum())
 
-    def table_rows(self, q: np.ndarray, grid: tuple[int, ...] | None = None) -> np.ndarray:
+    def table_rows(self, q: np.ndarray, grid: Grids = None) -> np.ndarray:
         """The table row coding each value of ``q`` ``(N, C)``, flattened (see ``table_rows``)."""
         return table_rows(q, grid, self.context_radius)
 
@@ -332,18 +337,22 @@ class EntropyTables:
         return h.hexdigest()[:16]
 
 
-def row_offsets(mean: np.ndarray, rows: int, tokens: int | None = None) -> np.ndarray:
+def row_offsets(mean: np.ndarray, rows: int, tokens: UnitTokens = None) -> np.ndarray:
     """The quantizer offset of each of ``rows`` tokens, ``(rows, C)`` float64: a ``(C,)`` mean for every row, or
-    with a ``(K, C)`` mean (1D models) that of each row's position ``row % tokens`` in its unit (default K)."""
+    with a ``(K, C)`` mean (1D models) that of each row's position in its unit. ``tokens``: the tokens every unit
+    keeps (default K), or a sequence of them, one per unit."""
     mean = np.asarray(mean, np.float64)
     if mean.ndim == 1:
         return np.broadcast_to(mean, (rows, mean.shape[0]))
     K = mean.shape[0]
     k = K if tokens is None else tokens
-    if not (isinstance(k, (int, np.integer)) and 1 <= k <= K) or rows % k:
-        raise CodecError(f"per-position tables code units of 1..{K} tokens; got {rows} tokens, not whole units of "
-                         f"{k} tokens")
-    return mean[np.arange(rows) % k]
+    if isinstance(k, (int, np.integer)):
+        if 1 <= k <= K and rows % k == 0:
+            return mean[np.arange(rows) % k]
+    elif all(isinstance(n, (int, np.integer)) and 1 <= n <= K for n in k) and sum(k) == rows:
+        return mean[np.concatenate([np.arange(n) for n in k])] if rows else mean[:0]
+    raise CodecError(f"per-position tables code units of 1..{K} tokens; got {rows} tokens, not whole units of "
+                     f"{k} tokens")
 
 
 def context_count(radius: int) -> int:
@@ -351,24 +360,38 @@ def context_count(radius: int) -> int:
     return 2 * radius + 2 if radius else 1
 
 
-def table_rows(q: np.ndarray, grid: tuple[int, ...] | None, radius: int) -> np.ndarray:
+def table_rows(q: np.ndarray, grid: Grids, radius: int) -> np.ndarray:
     """The table row coding each value of ``q`` ``(N, C)``, flattened: its channel ``c``, and with a context of
     ``radius`` R > 0 ``ctx * C + c``, ``ctx`` from the co-located value one step back along ``t`` (``grid``: the
-    unit's ``(t, h, w)``; ``q`` holds whole units of it, in order)."""
+    units' ``(t, h, w)``, one for all (``q`` holds whole units of it, in order) or a list, one per unit)."""
     n, c = q.shape
     if not radius:
         return np.tile(np.arange(c), n)
-    t, rest = _unit_shape(n, grid)
-    v = np.asarray(q, np.int64).reshape(-1, t, rest, c)
-    ctx = np.full(v.shape, 2 * radius + 1)
-    ctx[:, 1:] = np.clip(v[:, :-1], -radius, radius) + radius
-    return (ctx * c + np.arange(c)).reshape(-1)
+    v = np.asarray(q, np.int64)
+    rows, start = [], 0
+    for t, rest, count in unit_runs(n, grid):
+        block = v[start:start + count * t * rest].reshape(count, t, rest, c)
+        ctx = np.full(block.shape, 2 * radius + 1)
+        ctx[:, 1:] = np.clip(block[:, :-1], -radius, radius) + radius
+        rows.append((ctx * c + np.arange(c)).reshape(-1))
+        start += count * t * rest
+    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
 
-def _unit_shape(n: int, grid: tuple[int, ...] | None) -> tuple[int, int]:
-    if grid is None or len(grid) != 3 or n % math.prod(grid):
+def unit_runs(n: int, grid: Grids) -> list[tuple[int, int, int]]:
+    """``(t, h * w, units)`` runs of alike units covering ``n`` tokens, from one grid or a list of per-unit grids."""
+    grids = [grid] if grid is None or isinstance(grid[0], (int, np.integer)) else list(grid)
+    if any(g is None or len(g) != 3 or min(g) < 1 for g in grids):
         raise CodecError(f"context tables need whole units of a (t, h, w) grid; got {n} tokens and grid {grid}")
-    return grid[0], grid[1] * grid[2]
+    if len(grids) == 1:
+        size = math.prod(grids[0])
+        if n % size:
+            raise CodecError(f"context tables need whole units of a (t, h, w) grid; got {n} tokens and grid {grid}")
+        return [(grids[0][0], grids[0][1] * grids[0][2], n // size)] if n else []
+    if sum(math.prod(g) for g in grids) != n:
+        raise CodecError(f"context tables need whole units: {n} tokens, the unit grids hold "
+                         f"{sum(map(math.prod, grids))}")
+    return [(g[0], g[1] * g[2], 1) for g in grids]
 
 
 # calibration ----------------------------------------------------------------------------------------------
@@ -561,10 +584,14 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     return fit_tables(z, steps, mean=mean.numpy(), std=std.numpy(), iters=iters, seed=seed, meta=meta)
 
 
-def context_grid(grid: tuple[int, int, int] | None, tokens: int | None) -> tuple[int, int, int]:
+def context_grid(grid: tuple[int, int, int] | None, tokens: UnitTokens) -> Grids:
     """The grid contexts run along: a grid model's unit grid ``(t, h, w)``, or ``(tokens, 1, 1)`` for a 1D model
-    keeping ``tokens`` per unit (its previous token is a token's context)."""
-    return grid if grid is not None else (tokens, 1, 1)
+    keeping ``tokens`` per unit (its previous token is a token's context); a list of them for per-unit counts."""
+    if grid is not None:
+        return grid
+    if tokens is None or isinstance(tokens, (int, np.integer)):
+        return (tokens, 1, 1)
+    return [(int(k), 1, 1) for k in tokens]
 
 
 def _device(tok: Any) -> torch.device:

@@ -2,12 +2,14 @@
 
 Each chunk of ``tok.clip_frames`` frames is tokenized on its own, so chunks decode independently. Knobs: ``step``
 (quantization step in units of each channel's latent std; the main rate knob) and, for 1D models, ``tokens``
-(tokens kept per unit). Rate control (``tokens=``, ``bytes=``, ``psnr=``) picks the token count per chunk (grid
-models: the step per chunk). Files are written and read chunk by chunk, so memory stays flat for long videos.
+(tokens kept per unit). Rate control (``bytes=``, ``psnr=``) picks the token count per chunk, and per tile when a
+1D model cuts frames into several (``adapt_units``); grid models: the step per chunk. Files are written and read
+chunk by chunk, so memory stays flat for long videos.
 """
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 import time
@@ -24,8 +26,8 @@ from vitok.codecs.entropy import (DEFAULT_STEP, FILENAME as ENTROPY_FILE, Entrop
                                   load_entropy_tables)
 from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names, find_bundled
-from vitok.codecs.payload import CHUNK_HEAD, pack_chunk, parse_chunk
-from vitok.codecs.ratecontrol import Candidate, allocate_bytes, pick_psnr, token_grid
+from vitok.codecs.payload import ChunkTokens, header_size, pack_chunk, parse_chunk
+from vitok.codecs.ratecontrol import Candidate, UnitCosts, allocate_bytes, pick_psnr, pick_units_psnr, token_grid
 
 __all__ = ["VitokCodec", "DEFAULT_MODEL", "EncodeStats", "ChunkCode", "bundled_codec_names", "model_for_stream"]
 
@@ -53,11 +55,12 @@ def model_dir(model: str) -> Path:
 
 @dataclass
 class ChunkCode:
-    """One coded chunk: its payload and the integers it carries (``q``: (tokens, C) int32)."""
+    """One coded chunk: its payload and the integers it carries (``q``: (tokens, C) int32). ``tokens``: per unit
+    (1D models; a tuple when units keep different counts), None for grid models."""
 
     payload: bytes
     q: np.ndarray
-    tokens: int | None
+    tokens: int | tuple[int, ...] | None
     step: float
     table: int
     frames: int
@@ -78,7 +81,7 @@ class EncodeStats:
     payload_bytes: int = 0  # chunk payloads (chunk headers + rANS data)
     entropy_bytes: int = 0  # rANS data alone
     estimated_bytes: float = 0.0  # from the entropy model's likelihoods (ideal code length)
-    tokens: list[int | None] = field(default_factory=list)
+    tokens: list[int | tuple[int, ...] | None] = field(default_factory=list)  # per chunk, as in ChunkCode
     steps: list[float] = field(default_factory=list)
     chunk_bytes: list[int] = field(default_factory=list)
     chunk_psnr: list[float | None] = field(default_factory=list)  # known when rate control (bytes/psnr) chose
@@ -181,11 +184,19 @@ class VitokCodec(Codec):
         if lat.mask is not None:
             z = z[lat.mask[0]]
         tokens = tokens or tok.max_tokens  # 1D: the count actually kept; grid: None (0 in the chunk header)
+        return self._code(z, tokens, step, lat.grid, frames.shape[0])
+
+    def _code(self, z: Any, tokens: int | tuple[int, ...] | None, step: float, grid: tuple[int, int, int] | None,
+              frames: int) -> ChunkCode:
+        """Quantize and entropy-code a chunk's kept tokens ``z`` (N, C)."""
+        tables = self.tables
+        index = tables.table_index(step)
+        if isinstance(tokens, tuple) and len(set(tokens)) == 1:
+            tokens = tokens[0]
         q = tables.quantize(z, step, index, tokens=tokens)
-        grid = context_grid(lat.grid, tokens)
-        data = tables.encode(q, index, grid)
-        payload = pack_chunk(index, step, tokens or 0, data)
-        return ChunkCode(payload, q, tokens, step, index, frames.shape[0], tables.estimate_bits(q, index, grid))
+        grids = context_grid(grid, tokens)
+        payload = pack_chunk(index, step, tokens or 0, tables.encode(q, index, grids))
+        return ChunkCode(payload, q, tokens, step, index, frames, tables.estimate_bits(q, index, grids))
 
     def decode_symbols(self, payload: bytes, frames: int, height: int, width: int) -> tuple[np.ndarray, int | None,
                                                                                              float]:
@@ -193,29 +204,49 @@ class VitokCodec(Codec):
         index, step, tokens, data = parse_chunk(payload)
         if index >= len(self.tables.tables):
             raise BitstreamError(f"chunk uses entropy table {index}, the model has {len(self.tables.tables)}")
-        k = self.tok.max_tokens
-        if (k is None) != (tokens == 0) or (k is not None and tokens > k):
-            raise BitstreamError(f"chunk says {tokens} tokens per unit, the model takes "
+        k, g = self.tok.max_tokens, self.tok.plan(frames, height, width)
+        counts = tokens if isinstance(tokens, tuple) else (tokens,)
+        if (k is None) != (counts == (0,)) or (k is not None and max(counts) > k):
+            raise BitstreamError(f"chunk says {_counts_text(tokens)} tokens per unit, the model takes "
                                  f"{'none (grid model)' if k is None else f'1..{k}'}")
-        count = self.coded_tokens(frames, height, width, tokens or None)
-        grid = context_grid(self.tok.unit_grid(*self.tok.plan(frames, height, width).unit_size), tokens or None)
-        return self.tables.decode(data, count, index, grid), (tokens or None), step
+        if len(counts) not in (1, g.units):
+            raise BitstreamError(f"chunk gives token counts for {len(counts)} units, its frames make {g.units}")
+        tokens = tokens or None
+        grid = context_grid(self.tok.unit_grid(*g.unit_size), tokens)
+        return self.tables.decode(data, self.coded_tokens(frames, height, width, tokens), index, grid), tokens, step
 
-    def coded_tokens(self, frames: int, height: int, width: int, tokens: int | None) -> int:
-        """Tokens a chunk of this geometry codes: all of them, or ``tokens`` per unit for 1D models."""
+    def coded_tokens(self, frames: int, height: int, width: int, tokens: int | tuple[int, ...] | None) -> int:
+        """Tokens a chunk of this geometry codes: all of them, or ``tokens`` per unit for 1D models (a tuple:
+        each unit's own count)."""
+        if isinstance(tokens, tuple):
+            return sum(tokens)
         n, _ = self.tok.latent_shape(frames, height, width)
         k = self.tok.max_tokens
         return n if k is None or tokens is None else n // k * tokens
 
-    def reconstruct(self, q: np.ndarray, tokens: int | None, step: float, frames: int, height: int,
-                    width: int) -> np.ndarray:
+    def reconstruct(self, q: np.ndarray, tokens: int | tuple[int, ...] | None, step: float, frames: int,
+                    height: int, width: int) -> np.ndarray:
         """Integers -> latents -> uint8 frames ``(frames, height, width, 3)``."""
         from vitok.data.convert import tensor_to_frames
 
+        return tensor_to_frames(self.tok.decode(self._latents(q, tokens, step, frames, height, width))[0])
+
+    def _latents(self, q: np.ndarray, tokens: int | tuple[int, ...] | None, step: float, frames: int, height: int,
+                 width: int) -> Any:
+        """Integers -> the chunk's Latents (units keeping fewer than K tokens are zero-filled and masked)."""
+        import torch
+
         tok = self.tok
-        z = self.tables.dequantize(q, step, tokens=tokens).to(tok.device, tok.dtype)[None]
-        lat = tok.make_latents(z, frames, height, width, num_tokens=tokens)
-        return tensor_to_frames(tok.decode(lat)[0])
+        z = self.tables.dequantize(q, step, tokens=tokens).to(tok.device, tok.dtype)
+        if not isinstance(tokens, tuple):
+            return tok.make_latents(z[None], frames, height, width, num_tokens=tokens)
+        K = tok.max_tokens
+        keep = torch.zeros(len(tokens), K, dtype=torch.bool, device=tok.device)
+        for u, k in enumerate(tokens):
+            keep[u, :k] = True
+        full = z.new_zeros(len(tokens) * K, z.shape[1])
+        full[keep.reshape(-1)] = z
+        return tok.make_latents(full[None], frames, height, width, mask=keep.reshape(1, -1))
 
     def decode_chunk(self, payload: bytes, frames: int, height: int, width: int) -> np.ndarray:
         q, tokens, step = self.decode_symbols(payload, frames, height, width)
@@ -250,9 +281,86 @@ class VitokCodec(Codec):
         code.psnr = cand.psnr
         return cand, code
 
+    def _unit_costs(self, frames: np.ndarray, step: float) -> tuple[UnitCosts, Any]:
+        """Tokenize a chunk once (1D model) and, for every candidate token count, code and decode it to get each
+        unit's estimated bits and blend-weighted squared error; also returns the tokens ``(units * K, C)``."""
+        import torch
+
+        from vitok.data.convert import frames_to_tensor
+        from vitok.geometry import blend_weights, pad_chunk
+
+        tok, tables = self.tok, self.tables
+        index, K = tables.table_index(step), tok.max_tokens
+        x = frames_to_tensor(frames, device=tok.device)
+        z = tok.encode(x).z[0].float()
+        g = tok.plan(*x.shape[2:])
+        ref = pad_chunk(x, g.unit_frames, g.rows.padded, g.cols.padded)[0].float()
+        real = torch.zeros(g.unit_frames, g.rows.padded, g.cols.padded, device=ref.device)
+        real[:g.frames, :g.height, :g.width] = 1
+        counts = token_grid(K)
+        bits, sse = np.zeros((g.units, len(counts))), np.zeros((g.units, len(counts)))
+        for c, k in enumerate(counts):
+            zk = z.reshape(g.units, K, -1)[:, :k].reshape(g.units * k, -1)
+            q = tables.quantize(zk, step, index, tokens=k)
+            for u in range(g.units):
+                bits[u, c] = tables.estimate_bits(q[u * k:(u + 1) * k], index, context_grid(None, k))
+            lat = self._latents(q, k, step, *x.shape[2:])
+            for u, (_, (i, j, y0, x0), tile) in enumerate(tok.decode_tiles(lat)):
+                box = (slice(None), slice(y0, y0 + g.rows.tile), slice(x0, x0 + g.cols.tile))
+                weight = real[box] * blend_weights(g, i, j, ref.device)
+                err = (tile[0].float().clamp(-1, 1) - ref[(slice(None), *box)]) * 127.5
+                sse[u, c] = float((err.square() * weight).sum())
+        return UnitCosts(counts, bits, sse, frames.size), z
+
+    def _code_units(self, z: Any, tokens: tuple[int, ...], step: float, frames: int) -> ChunkCode:
+        """Code the first ``tokens[u]`` of each unit's K tokens ``z`` ``(units * K, C)``."""
+        import torch
+
+        kept = z.reshape(len(tokens), self.tok.max_tokens, -1)
+        return self._code(torch.cat([kept[u, :k] for u, k in enumerate(tokens)]), tokens, step, None, frames)
+
+    def _units_to_psnr(self, frames: np.ndarray, step: float, target: float) -> ChunkCode:
+        """The chunk's cheapest per-unit token counts reaching ``target`` dB: picked on the units' PSNR bound, then
+        decoded; blending makes the true PSNR higher than the bound, so the bound's target is lowered by the gap
+        seen (twice at most) while the true PSNR still reaches ``target``."""
+        costs, z = self._unit_costs(frames, step)
+        best, aim = None, target
+        for _ in range(3):
+            pick = pick_units_psnr(costs, aim)
+            code = self._code_units(z, costs.tokens(pick), step, frames.shape[0])
+            rec = self.reconstruct(code.q, code.tokens, step, *frames.shape[:3])
+            code.psnr = _psnr(rec, frames)
+            if best is None or (code.psnr >= target and (best.psnr < target or len(code.payload) < len(best.payload))):
+                best = code
+            gap = code.psnr - costs.psnr(pick)
+            if code.psnr < target or gap < 0.01:
+                break
+            aim = target - gap
+        return best
+
+    def _units_to_bytes(self, chunks: Iterable[np.ndarray], step: float, target_bytes: int,
+                        overhead: Callable[[int], int]) -> list[ChunkCode]:
+        """Token counts for every unit of every chunk so the file fits ``target_bytes`` with the least total
+        distortion (allocation on the entropy model's estimates, tightened until the real payloads fit)."""
+        evaluated = [(chunk.shape[0], *self._unit_costs(chunk, step)) for chunk in chunks]
+        budget = target_bytes - overhead(len(evaluated))
+        options = [opt for _, costs, _ in evaluated for opt in costs.options()]
+        target = budget - sum(header_size(costs.counts[:2] * len(costs.bits)) for _, costs, _ in evaluated)
+        for _ in range(8):
+            pick, codes, at = allocate_bytes(options, target), [], 0
+            for frames, costs, z in evaluated:
+                units = len(costs.bits)
+                codes.append(self._code_units(z, costs.tokens(pick[at:at + units]), step, frames))
+                at += units
+            over = sum(len(c.payload) for c in codes) - budget
+            if over <= 0:
+                return codes
+            target -= over
+        raise CodecError(f"byte budget too small: {budget} payload bytes could not hold the chunks' tokens")
+
     def _code_chunks(self, chunks: Iterable[np.ndarray], step: float | None, tokens: int | None,
-                     target_bytes: int | None, psnr: float | None, overhead: Callable[[int], int]
-                     ) -> Iterator[ChunkCode]:
+                     target_bytes: int | None, psnr: float | None, overhead: Callable[[int], int],
+                     adapt_units: bool = True) -> Iterator[ChunkCode]:
         if sum(x is not None for x in (tokens, target_bytes, psnr)) > 1:
             raise CodecError("give at most one of tokens, bytes, psnr")
         if psnr is None and target_bytes is None:
@@ -260,6 +368,19 @@ class VitokCodec(Codec):
                 yield self.encode_chunk(chunk, step=DEFAULT_STEP if step is None else step, tokens=tokens)
             return
         grid = self._candidates(step)
+        chunks = iter(chunks)
+        first = next(chunks, None)
+        if first is None:
+            return
+        chunks = itertools.chain([first], chunks)
+        if adapt_units and self.is_1d and self.tok.plan(*first.shape[:3]).units > 1:  # a token count per tile
+            unit_step = DEFAULT_STEP if step is None else step
+            if psnr is not None:
+                for chunk in chunks:
+                    yield self._units_to_psnr(chunk, unit_step, psnr)
+            else:
+                yield from self._units_to_bytes(chunks, unit_step, target_bytes, overhead)
+            return
         if psnr is not None:
             for chunk in chunks:
                 codes: dict[int, ChunkCode] = {}
@@ -294,8 +415,11 @@ class VitokCodec(Codec):
 
     def encode_stream(self, chunks: Iterable[np.ndarray], fps: Fraction, out: BinaryIO, *,
                       step: float | None = None, tokens: int | None = None, bytes: int | None = None,
-                      psnr: float | None = None, on_chunk: Callable[[int], None] | None = None) -> EncodeStats:
-        """Encode frames arriving in arrays of any length into ``out`` (a seekable binary file), chunk by chunk."""
+                      psnr: float | None = None, adapt_units: bool = True,
+                      on_chunk: Callable[[int], None] | None = None) -> EncodeStats:
+        """Encode frames arriving in arrays of any length into ``out`` (a seekable binary file), chunk by chunk.
+        ``adapt_units``: with ``bytes``/``psnr``, a 1D model whose frames span several tiles picks a token count
+        per tile (else one per chunk)."""
         t0 = time.perf_counter()
         if step is not None:
             self.tables.table_index(step)
@@ -323,13 +447,14 @@ class VitokCodec(Codec):
                     raise CodecError(f"frame size changed mid-video: {chunk.shape[2]}x{chunk.shape[1]} after {w}x{h}")
                 yield chunk
 
-        for code in self._code_chunks(frames_checked(), step, tokens, bytes, psnr, lambda n: head_len + 12 * n):
+        for code in self._code_chunks(frames_checked(), step, tokens, bytes, psnr, lambda n: head_len + 12 * n,
+                                      adapt_units):
             writer.write_chunk(code.payload, code.frames)
             stats.tokens.append(code.tokens)
             stats.steps.append(code.step)
             stats.chunk_bytes.append(len(code.payload))
             stats.chunk_psnr.append(code.psnr)
-            stats.entropy_bytes += len(code.payload) - CHUNK_HEAD.size
+            stats.entropy_bytes += len(code.payload) - header_size(code.tokens or 0)
             stats.estimated_bytes += code.estimated_bits / 8
             if on_chunk:
                 on_chunk(code.frames)
@@ -461,3 +586,12 @@ def _rechunk(arrays: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
                 buf, have = [], 0
     if have:
         yield buf[0] if len(buf) == 1 else np.concatenate(buf)
+
+
+def _counts_text(tokens: ChunkTokens) -> str:
+    return ",".join(map(str, tokens)) if isinstance(tokens, tuple) else str(tokens)
+
+
+def _psnr(rec: np.ndarray, frames: np.ndarray) -> float:
+    sse = float(((rec.astype(np.float64) - frames) ** 2).sum())
+    return math.inf if sse == 0 else 10 * math.log10(255.0 ** 2 * frames.size / sse)

@@ -2,15 +2,29 @@
 
 Targets: a fixed token count (no search), a total byte budget for the whole clip (Lagrangian allocation over
 every chunk's candidates: chunks where extra bytes buy little distortion get few), or a PSNR floor per chunk (the
-cheapest candidate that reaches it, by bisection): static chunks get few tokens, busy ones many.
+cheapest candidate that reaches it, by bisection): static chunks get few tokens, busy ones many. 1D models whose
+chunks span several tiles choose a token count per tile (unit) the same ways (``UnitCosts``): plain sky gets few
+tokens, the busy tile beside it many.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
 
 from vitok.codecs.errors import CodecError
+
+
+class Option(Protocol):
+    """What byte allocation needs of a candidate: its bytes and its distortion."""
+
+    @property
+    def nbytes(self) -> float: ...
+
+    @property
+    def sse(self) -> float: ...
 
 
 @dataclass
@@ -61,15 +75,15 @@ def pick_psnr(n: int, evaluate: Callable[[int], Candidate], target: float) -> Ca
     return get(lo)
 
 
-def allocate_bytes(options: list[list[Candidate]], budget: int) -> list[int]:
+def allocate_bytes(options: Sequence[Sequence[Option]], budget: float) -> list[int]:
     """Per chunk the index of the candidate to use so that the payloads fit ``budget`` bytes with the least total
     distortion (Lagrangian bisection on lambda, then a greedy pass that spends what is left)."""
     if not options or any(not o for o in options):
         raise CodecError("rate control needs at least one candidate per chunk")
     floor = sum(min(c.nbytes for c in o) for o in options)
     if floor > budget:
-        raise CodecError(f"byte budget too small: the cheapest setting needs {floor} payload bytes, "
-                         f"the budget leaves {budget}")
+        raise CodecError(f"byte budget too small: the cheapest setting needs {floor:.0f} payload bytes, "
+                         f"the budget leaves {budget:.0f}")
 
     def choose(lam: float) -> list[int]:
         return [min(range(len(o)), key=lambda i: (o[i].sse + lam * o[i].nbytes, o[i].nbytes)) for o in options]
@@ -96,7 +110,7 @@ def allocate_bytes(options: list[list[Candidate]], budget: int) -> list[int]:
     return _spend_rest(options, best, budget - total(best))
 
 
-def _spend_rest(options: list[list[Candidate]], pick: list[int], left: int) -> list[int]:
+def _spend_rest(options: Sequence[Sequence[Option]], pick: list[int], left: float) -> list[int]:
     """Greedily switch chunks to costlier candidates with the best distortion drop per byte while bytes remain."""
     pick = list(pick)
     while True:
@@ -113,3 +127,57 @@ def _spend_rest(options: list[list[Candidate]], pick: list[int], left: int) -> l
         c, i, extra = best
         pick[c] = i
         left -= extra
+
+
+@dataclass
+class UnitOption:
+    """One token count for one unit: its estimated bytes and blend-weighted squared error."""
+
+    nbytes: float
+    sse: float
+
+
+@dataclass
+class UnitCosts:
+    """The candidate token counts of every unit (tile) of one chunk: ``bits`` and ``sse`` are ``(units, counts)``.
+    A unit's ``sse`` weighs its tile's squared error by the tile's blend weights over the frame's real pixels, so
+    the sum over units bounds the chunk's (blending averages errors where tiles overlap)."""
+
+    counts: list[int]
+    bits: np.ndarray
+    sse: np.ndarray
+    pixels: int
+
+    def options(self) -> list[list[UnitOption]]:
+        return [[UnitOption(b / 8, e) for b, e in zip(bits, sse)] for bits, sse in zip(self.bits, self.sse)]
+
+    def tokens(self, pick: Sequence[int]) -> tuple[int, ...]:
+        """Token count of every unit for a pick of candidate indices."""
+        return tuple(self.counts[i] for i in pick)
+
+    def psnr(self, pick: Sequence[int]) -> float:
+        """The PSNR bound of a pick (from the summed unit errors)."""
+        sse = float(self.sse[np.arange(len(pick)), list(pick)].sum())
+        return math.inf if sse <= 0 else 10 * math.log10(255.0 ** 2 * self.pixels / sse)
+
+
+def pick_units_psnr(costs: UnitCosts, target: float) -> list[int]:
+    """Per unit the candidate index: the Lagrangian choice with the largest lambda (fewest bits) whose PSNR bound
+    reaches ``target``; the least-distortion choice when none does."""
+    def choose(lam: float) -> list[int]:
+        return [int(np.lexsort((bits, sse + lam * bits))[0]) for bits, sse in zip(costs.bits, costs.sse)]
+
+    best = choose(0.0)
+    if costs.psnr(best) < target:
+        return best
+    lo, hi = 0.0, 1.0
+    while costs.psnr(choose(hi)) >= target and hi < 1e30:
+        lo, best, hi = hi, choose(hi), hi * 16
+    for _ in range(60):  # the bound falls as lambda grows: keep the largest lambda that still reaches the target
+        mid = (lo + hi) / 2
+        pick = choose(mid)
+        if costs.psnr(pick) >= target:
+            lo, best = mid, pick
+        else:
+            hi = mid
+    return best

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -197,6 +197,24 @@ class Tokenizer(nn.Module):
 
     def decode(self, latents: Latents) -> torch.Tensor:
         """Latents -> video (B,3,T,H,W) cropped to the original geometry (tiles blended, chunks concatenated)."""
+        g = self.plan(latents.frames, latents.height, latents.width, latents.tiled)
+        out, acc = [], None
+        for c, (i, j, y0, x0), tile in self.decode_tiles(latents):
+            if g.rows.count * g.cols.count == 1:
+                acc = tile
+            else:
+                if i == j == 0:
+                    acc = tile.new_zeros(*tile.shape[:3], g.rows.padded, g.cols.padded)
+                acc[..., y0:y0 + g.rows.tile, x0:x0 + g.cols.tile] += tile * blend_weights(g, i, j, tile.device)
+            if (i, j) == (g.rows.count - 1, g.cols.count - 1):
+                start, stop = g.chunk_range(c)
+                out.append(acc[:, :, :stop - start, :g.height, :g.width])
+        video = torch.cat(out, dim=2) if len(out) > 1 else out[0]
+        return video.clone() if torch.is_inference(video) else video
+
+    def decode_tiles(self, latents: Latents) -> Iterator[tuple[int, tuple[int, int, int, int], torch.Tensor]]:
+        """Decode unit by unit: ``(chunk, (row, col, y0, x0), tile)`` with ``tile`` (B,3,unit_frames,tile_h,tile_w),
+        padding included, before blending (``decode`` blends them; rate control weighs each tile's error)."""
         if latents.sizes is not None:
             raise VitokError("cannot decode a batch of mixed geometries in one call; decode items separately")
         lat = latents.denormalized()
@@ -207,24 +225,12 @@ class Tokenizer(nn.Module):
                              f"{lat.frames}x{lat.height}x{lat.width} video")
         z = lat.z.to(self.device, self.dtype)
         mask = None if lat.mask is None else lat.mask.to(self.device)
-        B = z.shape[0]
-        out = []
-        with self._context():
-            for c in range(g.chunks):
-                start, stop = g.chunk_range(c)
-                acc = None
-                for u, (i, j, y0, x0) in enumerate(g.tiles(), start=c * g.rows.count * g.cols.count):
-                    sl = slice(u * n_unit, (u + 1) * n_unit)
-                    tile = self.decode_unit(z[:, sl], None if mask is None else mask[:, sl], g.unit_size)
-                    if g.rows.count * g.cols.count == 1:
-                        acc = tile
-                        break
-                    if acc is None:
-                        acc = tile.new_zeros(B, 3, g.unit_frames, g.rows.padded, g.cols.padded)
-                    acc[..., y0:y0 + g.rows.tile, x0:x0 + g.cols.tile] += tile * blend_weights(g, i, j, z.device)
-                out.append(acc[:, :, :stop - start, :g.height, :g.width])
-            video = torch.cat(out, dim=2) if len(out) > 1 else out[0]
-        return video.clone() if torch.is_inference(video) else video
+        tiles = g.tiles()
+        for u in range(g.units):
+            sl = slice(u * n_unit, (u + 1) * n_unit)
+            with self._context():
+                tile = self.decode_unit(z[:, sl], None if mask is None else mask[:, sl], g.unit_size)
+            yield u // len(tiles), tiles[u % len(tiles)], tile
 
     def forward(self, video: torch.Tensor, num_tokens: int | None = None) -> dict:
         """Training pass on one clip (one unit, no tiling): dict(recon, latents, kl).

@@ -215,3 +215,28 @@ def test_corrupt_context_streams_fail_cleanly(drifting):
         except BitstreamError:
             continue
         assert q.shape == (160, 3)
+
+
+def test_units_of_different_lengths(drifting):
+    """Per-unit token counts (1D rate control per tile): per-position offsets restart in every unit, and context
+    tables run along each unit's own length; integers round-trip exactly and the estimate adds up per unit."""
+    tables, z, _ = drifting
+    counts = (5, 2, 7, 1)
+    rows = [z[u, :k] for u, k in enumerate(counts)]  # units (k, 1, 1): k tokens each
+    q = tables.quantize(torch.cat(rows), 0.5, 0)
+    grids = [(k, 1, 1) for k in counts]
+    data = tables.encode(q, 0, grids)
+    assert np.array_equal(tables.decode(data, len(q), 0, grids), q)
+    per_unit = sum(tables.estimate_bits(part, 0, (k, 1, 1))
+                   for part, k in zip(np.split(q, np.cumsum(counts)[:-1]), counts))
+    assert per_unit == pytest.approx(tables.estimate_bits(q, 0, grids))
+    with pytest.raises(CodecError, match="need whole units"):
+        tables.encode(q, 0, grids[:-1])
+    K, C = 8, 3
+    mean = np.arange(K * C, dtype=np.float64).reshape(K, C)
+    ranked = EntropyTables(mean, tables.std, tables.tables[:1], context_radius=tables.context_radius)
+    off = ranked.offsets(6, (2, 4))
+    assert np.array_equal(off, np.concatenate([mean[:2], mean[:4]]))
+    for bad in ((2, 3), (2, K + 1), (0, 6)):
+        with pytest.raises(CodecError, match="per-position tables code units"):
+            ranked.offsets(6, bad)
