@@ -50,6 +50,9 @@ def _check_input(path: str) -> None:
 @click.option("--bytes", "target_bytes", type=click.IntRange(min=1), default=None,
               help="Target file size in bytes (rate control picks tokens/step per chunk).")
 @click.option("--psnr", type=float, default=None, help="Target PSNR (dB) per chunk: the cheapest setting reaching it.")
+@click.option("--per-tile/--per-chunk", "per_tile", default=True, show_default=True,
+              help="With --bytes/--psnr, a 1D model whose frames span several tiles picks a token count per tile "
+                   "(else one per chunk).")
 @click.option("--frames", "num_frames", type=click.IntRange(min=1), default=None, help="Encode at most N frames.")
 @click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First frame to encode.")
 @click.option("--size", callback=_size, default=None, help="Resize frames to WxH first.")
@@ -60,8 +63,8 @@ def _check_input(path: str) -> None:
 @json_option
 @device_option
 @threads_option
-def encode(input, output, model, step, tokens, target_bytes, psnr, num_frames, start, size, fps, overwrite, quiet,
-           as_json, device, threads) -> None:
+def encode(input, output, model, step, tokens, target_bytes, psnr, per_tile, num_frames, start, size, fps, overwrite,
+           quiet, as_json, device, threads) -> None:
     """Encode INPUT (a video file, or a folder / glob of PNG/JPG frames) to a .vtok file."""
     from vitok.codecs.files import encode_file
     from vitok.codecs.neural import VitokCodec
@@ -74,7 +77,8 @@ def encode(input, output, model, step, tokens, target_bytes, psnr, num_frames, s
     codec = VitokCodec(model, device=resolve_device(device)).load()  # model errors before any video is read
     with progress(desc="encode", quiet=quiet, unit="frame", total=_total(input, start, num_frames)) as bar:
         stats = encode_file(codec, input, out, start=start, num_frames=num_frames, size=size, fps=fps,
-                            on_chunk=bar.update, step=step, tokens=tokens, bytes=target_bytes, psnr=psnr)
+                            on_chunk=bar.update, step=step, tokens=tokens, bytes=target_bytes, psnr=psnr,
+                            adapt_units=per_tile)
     result = {"output": str(out), "model": codec.model_ref, **stats.to_dict()}
     tok = "" if stats.tokens[0] is None else f", tokens/chunk {_runs(stats.tokens)}"
     text = (f"{out}: {stats.frames} frames {stats.width}x{stats.height} @ {float(stats.fps):.4g} fps -> "
@@ -97,8 +101,14 @@ def _total(path: str, start: int, num_frames: int | None) -> int | None:
     return num_frames if n is None else min(n, num_frames or n)
 
 
+def _tokens_text(tokens: int | list[int] | None) -> str:
+    """A chunk's tokens per unit: 'all' (grid models), one count, or one per tile joined by '/'."""
+    return "/".join(map(str, tokens)) if isinstance(tokens, (list, tuple)) else str(tokens or "all")
+
+
 def _runs(values: list) -> str:
-    """[16, 16, 4] -> '16x2 4' (compact per-chunk lists)."""
+    """[16, 16, 4] -> '16x2 4', [(64, 8), (64, 8)] -> '64/8x2' (compact per-chunk lists; / between tiles)."""
+    values = [_tokens_text(v) if isinstance(v, tuple) else v for v in values]
     parts, i = [], 0
     while i < len(values):
         j = i
@@ -172,7 +182,7 @@ def info(file, as_json) -> None:
                  f"{d['chunk_frames']} frames",
                  f"  {d['bpp']:.4f} bpp, {d['kbps']:.1f} kbps, payload {d['payload_bytes']} bytes",
                  "  chunk  frames  bytes  tokens  step"]
-        lines += [f"  {c['index']:>5}  {c['frames']:>6}  {c['bytes']:>5}  {c['tokens'] or 'all':>6}  {c['step']:g}"
+        lines += [f"  {c['index']:>5}  {c['frames']:>6}  {c['bytes']:>5}  {_tokens_text(c['tokens']):>6}  {c['step']:g}"
                   for c in d["chunk_list"]]
         emit(d, as_json, "\n".join(lines))
         return

@@ -115,7 +115,8 @@ def describe_vtok(path: str | os.PathLike) -> dict[str, Any]:
             except BitstreamError as e:
                 raise BitstreamError(f"{r.name}: chunk {info.index}: {e}") from None
             chunks.append({"index": info.index, "frames": info.frames, "bytes": info.nbytes,
-                           "tokens": tokens or None, "step": round(step, 6), "table": table})
+                           "tokens": list(tokens) if isinstance(tokens, tuple) else tokens or None,
+                           "step": round(step, 6), "table": table})
         size = r.file_bytes
     pixels = h.frames * h.width * h.height
     seconds = h.frames / float(h.fps)

@@ -101,7 +101,8 @@ def plot_token_budget(curves: Mapping[str, tuple[Sequence[float], Sequence[float
 
 
 def plot_token_histogram(counts: Mapping[str, Sequence[int]], stem: str | Path) -> list[Path]:
-    """How often rate control chose each token count per chunk: grouped bars, one colour per series."""
+    """How often rate control chose each token count (one per chunk, or per tile): grouped bars, one colour per
+    series."""
     from matplotlib.ticker import MaxNLocator
 
     fig = _figure()
@@ -113,8 +114,8 @@ def plot_token_histogram(counts: Mapping[str, Sequence[int]], stem: str | Path) 
         ax.bar(np.arange(len(values)) + (i - (len(counts) - 1) / 2) * width, heights, width, label=name)
     ax.set_xticks(np.arange(len(values)), [str(v) for v in values])
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("tokens per chunk (per tile)")
-    ax.set_ylabel("chunks")
-    ax.set_title("tokens per chunk chosen by rate control")
+    ax.set_xlabel("tokens per unit")
+    ax.set_ylabel("chunks (or tiles, where chosen per tile)")
+    ax.set_title("token counts chosen by rate control")
     ax.legend(fontsize=8)
     return _save(fig, Path(stem))

@@ -8,7 +8,8 @@ bytes          size of the encoded file (container included); ``stream_bytes`` t
 bpp, kbps      ``bytes * 8 / (frames * width * height)`` and ``bytes * 8 / duration / 1000``
 psnr ... lpips per-frame means (see ``vitok.evaluation.metrics``); ``None`` = not applicable/unavailable
 tokens         latent tokens coded in the clip (vitok codecs; ``None`` for classical); ``tokens_per_s`` per
-               second of video; ``tokens_per_chunk`` (1D models) tokens per unit kept in each chunk
+               second of video; ``tokens_per_chunk`` (1D models) tokens per unit kept in each chunk (a list,
+               one per tile, where rate control chose per tile)
 encode_s ...   wall-clock encode and decode seconds; ``peak_mem_mb`` peak extra memory of encode+decode
 frames ...     ``frames, width, height, fps`` of the clip; ``frame``/``ref_frame`` PNG paths (relative to cache)
 key            the cache key of the record
@@ -159,18 +160,17 @@ def _save_png(path: Path, frame: np.ndarray) -> None:
 
 
 def _encode(codec: Any, frames: np.ndarray, fps: Fraction, op: dict) -> tuple[bytes, dict]:
-    """Encode; for vitok codecs also count tokens: total coded, and per chunk the tokens per unit kept."""
+    """Encode; for vitok codecs also count tokens: total coded, and per chunk the tokens per unit kept (a list, one
+    per tile, where rate control chose per tile)."""
     if not hasattr(codec, "encode_with_stats"):
         return codec.encode(frames, fps, **op), {"tokens": None, "tokens_per_chunk": None}
     data, stats = codec.encode_with_stats(frames, fps, **op)
     tok = codec.tok
     t, h, w = frames.shape[:3]
     sizes = [min(tok.clip_frames, t - s) for s in range(0, t, tok.clip_frames)]
-    total = 0
-    for n, k in zip(sizes, stats.tokens):
-        full = tok.latent_shape(n, h, w)[0]  # every unit of the chunk at full length
-        total += full if k is None else full // tok.max_tokens * k
-    per_chunk = None if any(k is None for k in stats.tokens) else [int(k) for k in stats.tokens]
+    total = sum(codec.coded_tokens(n, h, w, k) for n, k in zip(sizes, stats.tokens))
+    per_chunk = None if any(k is None for k in stats.tokens) else \
+        [list(map(int, k)) if isinstance(k, tuple) else int(k) for k in stats.tokens]
     return data, {"tokens": int(total), "tokens_per_chunk": per_chunk}
 
 

@@ -253,8 +253,9 @@ def token_budget(records: Sequence[dict], out_dir: str | os.PathLike, metric: st
 
     ``curve``: per codec, mean ``metric`` over clips vs the fixed ``tokens`` knob (tokens per unit in every chunk);
     ``chosen``: per codec and rate-control setting (``psnr=``/``bytes=`` knob), the tokens per unit picked for each
-    chunk of each clip. Writes ``token_budget_<metric>.png/.svg`` and ``tokens_per_chunk_hist.png/.svg`` when
-    there is something to draw; returns ``(study, paths)``.
+    chunk of each clip (a list where it picked one count per tile; the histogram counts each). Writes
+    ``token_budget_<metric>.png/.svg`` and ``tokens_per_chunk_hist.png/.svg`` when there is something to draw;
+    returns ``(study, paths)``.
     """
     out = Path(out_dir)
     study: dict[str, Any] = {"curve": {}, "chosen": {}}
@@ -277,8 +278,8 @@ def token_budget(records: Sequence[dict], out_dir: str | os.PathLike, metric: st
     for r in chosen:
         label = f"{r['codec']} {op_label(r['op'])}"
         study["chosen"].setdefault(r["codec"], {}).setdefault(op_label(r["op"]), {})[str(r["clip"])] = \
-            [int(k) for k in r["tokens_per_chunk"]]
-        counts[label].extend(int(k) for k in r["tokens_per_chunk"])
+            [k if isinstance(k, list) else int(k) for k in r["tokens_per_chunk"]]
+        counts[label].extend(int(n) for k in r["tokens_per_chunk"] for n in (k if isinstance(k, list) else [k]))
     if counts:
         paths += plot_token_histogram(counts, out / "tokens_per_chunk_hist")
     return study, paths

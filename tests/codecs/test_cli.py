@@ -69,6 +69,23 @@ def test_encode_json_and_options(video, tiny1d, tmp_path):
     assert res["tokens_per_chunk"] == [1, 1, 1]
 
 
+def test_encode_per_tile_rate_control(video, tiny1d, tmp_path):
+    """Frames of 2x2 tiles: --psnr picks counts per tile (a list where they differ), `vitok info` shows what the
+    chunk headers hold, --per-chunk keeps one count per chunk."""
+    out = tmp_path / "tiles.vtok"
+    res = _run("encode", str(video), "-o", str(out), "--model", str(tiny1d[2]), "--size", "96x72", "--psnr", "99",
+               "-q")
+    assert all(isinstance(k, int) or (len(k) == 4 and all(1 <= n <= 16 for n in k)) for k in res["tokens_per_chunk"])
+    assert [c["tokens"] for c in _run("info", str(out))["chunk_list"]] == res["tokens_per_chunk"]
+    res = _run("encode", str(video), "-o", str(out), "--model", str(tiny1d[2]), "--size", "96x72", "--psnr", "99",
+               "--per-chunk", "-y", "-q")
+    assert res["tokens_per_chunk"] == [16, 16, 16]
+    from vitok.cli.codec_cmds import _runs, _tokens_text
+
+    assert _tokens_text([64, 8]) == "64/8" and _tokens_text(None) == "all"
+    assert _runs([(64, 8), (64, 8), 16]) == "64/8x2 16"
+
+
 def test_encode_text_output(video, tiny1d, tmp_path):
     r = CliRunner().invoke(cli, ["encode", str(video), "-o", str(tmp_path / "t.vtok"), "--model", str(tiny1d[2]),
                                  "--bytes", "2000", "-q"])
