@@ -213,16 +213,17 @@ class VitokCodec(Codec):
             raise BitstreamError(f"chunk gives token counts for {len(counts)} units, its frames make {g.units}")
         tokens = tokens or None
         grid = context_grid(self.tok.unit_grid(*g.unit_size), tokens)
-        return self.tables.decode(data, self.coded_tokens(frames, height, width, tokens), index, grid), tokens, step
+        return self.tables.decode(data, self._coded(g, tokens), index, grid), tokens, step
 
     def coded_tokens(self, frames: int, height: int, width: int, tokens: int | tuple[int, ...] | None) -> int:
         """Tokens a chunk of this geometry codes: all of them, or ``tokens`` per unit for 1D models (a tuple:
         each unit's own count)."""
+        return self._coded(self.tok.plan(frames, height, width), tokens)
+
+    def _coded(self, g: Any, tokens: int | tuple[int, ...] | None) -> int:
         if isinstance(tokens, tuple):
             return sum(tokens)
-        n, _ = self.tok.latent_shape(frames, height, width)
-        k = self.tok.max_tokens
-        return n if k is None or tokens is None else n // k * tokens
+        return g.units * (self.tok.tokens_per_unit(*g.unit_size) if tokens is None else tokens)
 
     def reconstruct(self, q: np.ndarray, tokens: int | tuple[int, ...] | None, step: float, frames: int,
                     height: int, width: int) -> np.ndarray:
