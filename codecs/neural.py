@@ -84,7 +84,8 @@ class EncodeStats:
     tokens: list[int | tuple[int, ...] | None] = field(default_factory=list)  # per chunk, as in ChunkCode
     steps: list[float] = field(default_factory=list)
     chunk_bytes: list[int] = field(default_factory=list)
-    chunk_psnr: list[float | None] = field(default_factory=list)  # known when rate control (bytes/psnr) chose
+    chunk_psnr: list[float | None] = field(default_factory=list)  # known when rate control chose (not per tile
+    # under a byte budget: that would need every chunk's frames kept until the allocation ends)
     seconds: float = 0.0
 
     @property
@@ -346,7 +347,8 @@ class VitokCodec(Codec):
         evaluated = [(chunk.shape[0], *self._unit_costs(chunk, step)) for chunk in chunks]
         budget = target_bytes - overhead(len(evaluated))
         options = [opt for _, costs, _ in evaluated for opt in costs.options()]
-        target = budget - sum(header_size(costs.counts[:2] * len(costs.bits)) for _, costs, _ in evaluated)
+        # room for headers with a count per unit (distinct counts, so header_size gives that form)
+        target = budget - sum(header_size(range(1, len(costs.bits) + 1)) for _, costs, _ in evaluated)
         for _ in range(8):
             pick, codes, at = allocate_bytes(options, target), [], 0
             for frames, costs, z in evaluated:
