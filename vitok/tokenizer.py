@@ -197,6 +197,7 @@ class Tokenizer(nn.Module):
 
     def decode(self, latents: Latents) -> torch.Tensor:
         """Latents -> video (B,3,T,H,W) cropped to the original geometry (tiles blended, chunks concatenated)."""
+        self._check_single_geometry(latents)
         g = self.plan(latents.frames, latents.height, latents.width, latents.tiled)
         out, acc = [], None
         for c, (i, j, y0, x0), tile in self.decode_tiles(latents):
@@ -215,8 +216,7 @@ class Tokenizer(nn.Module):
     def decode_tiles(self, latents: Latents) -> Iterator[tuple[int, tuple[int, int, int, int], torch.Tensor]]:
         """Decode unit by unit: ``(chunk, (row, col, y0, x0), tile)`` with ``tile`` (B,3,unit_frames,tile_h,tile_w),
         padding included, before blending (``decode`` blends them; rate control weighs each tile's error)."""
-        if latents.sizes is not None:
-            raise VitokError("cannot decode a batch of mixed geometries in one call; decode items separately")
+        self._check_single_geometry(latents)
         lat = latents.denormalized()
         g = self.plan(lat.frames, lat.height, lat.width, lat.tiled)
         n_unit = self.tokens_per_unit(*g.unit_size)
@@ -231,6 +231,11 @@ class Tokenizer(nn.Module):
             with self._context():
                 tile = self.decode_unit(z[:, sl], None if mask is None else mask[:, sl], g.unit_size)
             yield u // len(tiles), tiles[u % len(tiles)], tile
+
+    @staticmethod
+    def _check_single_geometry(latents: Latents) -> None:
+        if latents.sizes is not None:
+            raise VitokError("cannot decode a batch of mixed geometries in one call; decode items separately")
 
     def forward(self, video: torch.Tensor, num_tokens: int | None = None) -> dict:
         """Training pass on one clip (one unit, no tiling): dict(recon, latents, kl).
