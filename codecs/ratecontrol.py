@@ -3,7 +3,7 @@
 Targets: a fixed token count (no search), a total byte budget for the whole clip (Lagrangian allocation over
 every chunk's candidates: chunks where extra bytes buy little distortion get few), or a PSNR floor per chunk (the
 cheapest candidate that reaches it, by bisection): static chunks get few tokens, busy ones many. 1D models whose
-chunks span several tiles choose a token count per tile (unit) the same ways (``UnitCosts``): plain sky gets few
+chunks span several tiles choose a token count per tile (unit) the same ways (``UnitCosts``): a flat tile gets few
 tokens, the busy tile beside it many.
 """
 from __future__ import annotations

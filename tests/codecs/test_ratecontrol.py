@@ -48,3 +48,25 @@ def test_psnr_floor_bisection():
     assert len(calls) <= 4
     assert pick_psnr(len(STATIC), lambda i: STATIC[i], 0.0) is STATIC[0]
     assert pick_psnr(len(STATIC), lambda i: STATIC[i], 99.0) is STATIC[-1]
+
+
+def test_per_unit_psnr_and_bytes():
+    """Tiles of one chunk: the PSNR floor is met on the units' summed errors with the fewest bits, a flat tile keeps
+    few tokens while a busy one gets many; byte allocation takes the units' estimated bytes."""
+    import numpy as np
+
+    from vitok.codecs.ratecontrol import UnitCosts, pick_units_psnr
+
+    counts = [1, 2, 4, 8, 16]
+    bits = np.array([[80.0, 160, 320, 640, 1280]] * 2)
+    sse = np.array([[900.0, 850, 840, 835, 834], [90000.0, 40000, 15000, 5000, 1000]])
+    costs = UnitCosts(counts, bits, sse, PIXELS)
+    target = costs.psnr([0, 3]) - 1e-9  # flat tile at 1 token, busy at 8
+    pick = pick_units_psnr(costs, target)
+    assert costs.tokens(pick) == (1, 8) and costs.psnr(pick) >= target
+    assert costs.tokens(pick_units_psnr(costs, 99.0)) == (16, 16)  # unreachable: the least distortion
+    assert costs.tokens(pick_units_psnr(costs, 0.0)) == (1, 1)
+    options = costs.options()
+    assert options[1][2].nbytes == 40.0 and options[1][2].sse == 15000.0
+    assert allocate_bytes(options, budget=95) == [0, 3]  # 10 + 80 bytes: the busy tile gets the budget
+    assert allocate_bytes(options, budget=100) == [1, 3]  # the 10 bytes left buy the flat tile its next count
