@@ -27,7 +27,8 @@ from vitok.codecs.entropy import (DEFAULT_STEP, FILENAME as ENTROPY_FILE, Entrop
 from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names, find_bundled
 from vitok.codecs.payload import ChunkTokens, header_size, pack_chunk, parse_chunk
-from vitok.codecs.ratecontrol import Candidate, UnitCosts, allocate_bytes, pick_psnr, pick_units_psnr, token_grid
+from vitok.codecs.ratecontrol import (Candidate, UnitCosts, allocate_bytes, pick_psnr, pick_units_psnr, psnr_from_sse,
+                                     token_grid)
 
 __all__ = ["VitokCodec", "DEFAULT_MODEL", "EncodeStats", "ChunkCode", "bundled_codec_names", "model_for_stream"]
 
@@ -243,9 +244,7 @@ class VitokCodec(Codec):
         if not isinstance(tokens, tuple):
             return tok.make_latents(z[None], frames, height, width, num_tokens=tokens)
         K = tok.max_tokens
-        keep = torch.zeros(len(tokens), K, dtype=torch.bool, device=tok.device)
-        for u, k in enumerate(tokens):
-            keep[u, :k] = True
+        keep = torch.arange(K, device=tok.device)[None] < torch.tensor(tokens, device=tok.device)[:, None]
         full = z.new_zeros(len(tokens) * K, z.shape[1])
         full[keep.reshape(-1)] = z
         return tok.make_latents(full[None], frames, height, width, mask=keep.reshape(1, -1))
@@ -278,8 +277,7 @@ class VitokCodec(Codec):
         code = self.encode_chunk(frames, step=step, tokens=tokens)
         h, w = frames.shape[1:3]
         rec = self.reconstruct(code.q, code.tokens, code.step, frames.shape[0], h, w)
-        sse = float(((rec.astype(np.float64) - frames) ** 2).sum())
-        cand = Candidate(tokens, code.step, code.payload, sse, frames.size)
+        cand = Candidate(tokens, code.step, code.payload, _sse(rec, frames), frames.size)
         code.psnr = cand.psnr
         return cand, code
 
@@ -331,7 +329,7 @@ class VitokCodec(Codec):
             pick = pick_units_psnr(costs, aim)
             code = self._code_units(z, costs.tokens(pick), step, frames.shape[0])
             rec = self.reconstruct(code.q, code.tokens, step, *frames.shape[:3])
-            code.psnr = _psnr(rec, frames)
+            code.psnr = psnr_from_sse(_sse(rec, frames), frames.size)
             if best is None or (code.psnr >= target and (best.psnr < target or len(code.payload) < len(best.payload))):
                 best = code
             gap = code.psnr - costs.psnr(pick)
@@ -595,6 +593,6 @@ def _counts_text(tokens: ChunkTokens) -> str:
     return ",".join(map(str, tokens)) if isinstance(tokens, tuple) else str(tokens)
 
 
-def _psnr(rec: np.ndarray, frames: np.ndarray) -> float:
-    sse = float(((rec.astype(np.float64) - frames) ** 2).sum())
-    return math.inf if sse == 0 else 10 * math.log10(255.0 ** 2 * frames.size / sse)
+def _sse(rec: np.ndarray, frames: np.ndarray) -> float:
+    """Summed squared error of decoded uint8 frames against the originals."""
+    return float(((rec.astype(np.float64) - frames) ** 2).sum())

@@ -43,8 +43,12 @@ class Candidate:
 
     @property
     def psnr(self) -> float:
-        mse = self.sse / max(self.pixels, 1)
-        return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+        return psnr_from_sse(self.sse, self.pixels)
+
+
+def psnr_from_sse(sse: float, pixels: int) -> float:
+    """PSNR (dB) of uint8 pixels from their summed squared error; inf when it is 0."""
+    return math.inf if sse <= 0 else 10 * math.log10(255.0 ** 2 * max(pixels, 1) / sse)
 
 
 def token_grid(max_tokens: int) -> list[int]:
@@ -157,8 +161,7 @@ class UnitCosts:
 
     def psnr(self, pick: Sequence[int]) -> float:
         """The PSNR bound of a pick (from the summed unit errors)."""
-        sse = float(self.sse[np.arange(len(pick)), list(pick)].sum())
-        return math.inf if sse <= 0 else 10 * math.log10(255.0 ** 2 * self.pixels / sse)
+        return psnr_from_sse(float(self.sse[np.arange(len(pick)), list(pick)].sum()), self.pixels)
 
 
 def pick_units_psnr(costs: UnitCosts, target: float) -> list[int]:
