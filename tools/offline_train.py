@@ -121,6 +121,8 @@ def run(config: str, kit: Path, out: Path, sets: list[str], budget: float, steps
         trial_steps: int = 60, reserve: float = RESERVE_S) -> dict:
     """Train `config` for the budget's worth of steps; export the run to `out` (see the module docstring)."""
     start = time.monotonic()
+    if not (kit / "samples.npz").is_file():
+        raise SystemExit(f"error: {kit / 'samples.npz'} not found: make it with `pack` where PyAV is installed")
     _importable_vitok()
     _serve_samples(kit)
     from vitok.train.config import load_config
@@ -211,14 +213,21 @@ def main(argv: list[str] | None = None) -> None:
     u.add_argument("out", type=Path)
     u.add_argument("run", type=Path)
     args = parser.parse_args(argv)
-    if args.cmd == "pack":
-        print(f"packed {pack(args.config, args.kit, args.sets)}")
-    elif args.cmd == "run":
-        result = run(args.config, args.kit, args.out, args.sets, args.budget, args.steps, args.trial_steps,
-                     args.reserve)
-        print(f"trained {result['steps']} steps; held-out {json.dumps(result['eval'])[:200]}; exported to {args.out}")
-    else:
-        print(f"unpacked {unpack(args.out, args.run)}")
+    _importable_vitok()
+    from vitok.data.errors import VitokError
+
+    try:
+        if args.cmd == "pack":
+            print(f"packed {pack(args.config, args.kit, args.sets)}")
+        elif args.cmd == "run":
+            result = run(args.config, args.kit, args.out, args.sets, args.budget, args.steps, args.trial_steps,
+                         args.reserve)
+            print(f"trained {result['steps']} steps; held-out {json.dumps(result['eval'])[:200]}; exported to "
+                  f"{args.out}")
+        else:
+            print(f"unpacked {unpack(args.out, args.run)}")
+    except VitokError as e:   # bad config, unknown model, ...: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -56,3 +56,12 @@ def test_a_run_without_pyav_stops_at_its_budget_and_unpacks(tmp_path):
     assert json.loads((run / "train_info.json").read_text())["steps"] == info["steps"]
     with pytest.raises(SystemExit, match="not a run's output"):
         tool.unpack(tmp_path / "kit", tmp_path / "nothing")
+
+
+def test_user_errors_are_one_line(tmp_path):
+    tool = _tool()
+    with pytest.raises(SystemExit, match="samples.npz not found: make it with `pack`"):
+        tool.main(["run", "tiny-vit1d", str(tmp_path / "no-kit"), str(tmp_path / "out"), "--budget", "60"])
+    with pytest.raises(SystemExit, match="error: config not found: no-such-config"):
+        tool.main(["pack", "no-such-config", str(tmp_path / "kit")])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "kit").exists()
