@@ -22,7 +22,9 @@ def test_tiny_run_learns_and_exports(make_cfg, metrics, tmp_path):
     assert [r["step"] for r in recs] == list(range(1, 13))
     assert all(map(torch.isfinite, torch.tensor(losses)))
     assert sum(losses[-3:]) < 0.8 * sum(losses[:3])
-    assert all(k in recs[0] for k in ("lr", "grad_norm", "clips_per_s", "l1"))
+    assert all(k in recs[0] for k in ("lr", "grad_norm", "clips_per_s", "data_wait_s", "l1"))
+    # the wait for data is part of each step's wall time (batch / clips_per_s; log_every is 1 here)
+    assert all(0 <= r["data_wait_s"] <= cfg["schedule"]["batch_size"] / r["clips_per_s"] for r in recs)
     evals = [r for r in metrics(tmp_path / "run") if "eval_psnr" in r]
     assert [r["step"] for r in evals] == [6, 12] and summary["eval"]["psnr"] == evals[-1]["eval_psnr"]
     assert sorted(p.name for p in (tmp_path / "run" / "eval").iterdir()) == ["step-00000006.png",

@@ -100,12 +100,13 @@ class StepSampler(torch.utils.data.Sampler):
 
 
 def make_train_loader(dataset: Dataset, batch_size: int, *, seed: int, rank: int, world: int, start_step: int,
-                      num_workers: int) -> DataLoader:
-    """A DataLoader over ``dataset`` fed by a StepSampler; its own torch generator keeps the global RNG untouched."""
+                      num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over ``dataset`` fed by a StepSampler; its own torch generator keeps the global RNG untouched.
+    ``pin_memory`` (for a CUDA device) lets the trainer's ``non_blocking`` copy overlap the step."""
     sampler = StepSampler(len(dataset), batch_size, seed=seed, rank=rank, world=world, start_step=start_step)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed), drop_last=True,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, pin_memory=pin_memory)
 
 
 def eval_clips(eval_cfg: dict[str, Any]) -> list[tuple[str, np.ndarray]]:

@@ -197,7 +197,8 @@ class Trainer:
         if ckpt is not None:
             self._load(ckpt)
         self.loader = make_train_loader(self.dataset, self.batch_size, seed=seed, rank=info.rank, world=info.world,
-                                        start_step=self.step, num_workers=int(cfg["data"]["num_workers"]))
+                                        start_step=self.step, num_workers=int(cfg["data"]["num_workers"]),
+                                        pin_memory=self.device.type == "cuda")
 
     # ----------------------------------------------------------------------------------------------- setup
     def _has_run(self) -> bool:
@@ -271,13 +272,14 @@ class Trainer:
                    dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
         it = iter(self.loader)
         last: dict[str, float] = {}
-        window_t, window_n, rate = time.perf_counter(), 0, float("nan")
+        window_t, window_n, window_data, rate = time.perf_counter(), 0, 0.0, float("nan")
         eval_every, ckpt_every = int(cfg["eval"]["every"]), int(cfg["checkpoint"]["every"])
         log_every = max(1, int(cfg["log_every"]))
         with StopRequest(verbose=self.main) as stop, contextlib.closing(bar):
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 batch = next(it).to(self.device, non_blocking=True)
+                window_data += time.perf_counter() - t0   # waiting for the loader (and the copy to the device)
                 rec = self.train_step(batch)
                 self.step += 1
                 window_n += 1
@@ -286,9 +288,12 @@ class Trainer:
                 if self.step % log_every == 0 or self.step == self.total_steps or rec is None:
                     now = time.perf_counter()
                     rate = window_n * self.batch_size * self.info.world / max(now - window_t, 1e-9)
-                    window_t, window_n = now, 0
-                    self._write_metrics({"step": self.step, **(rec or {"skipped": True}), "clips_per_s": rate})
-                    bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}", clips_s=f"{rate:.2f}")
+                    data_frac = window_data / max(now - window_t, 1e-9)
+                    self._write_metrics({"step": self.step, **(rec or {"skipped": True}), "clips_per_s": rate,
+                                         "data_wait_s": window_data / window_n})
+                    window_t, window_n, window_data = now, 0, 0.0
+                    bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}", clips_s=f"{rate:.2f}",
+                                    data=f"{data_frac:.0%}")
                 bar.update(1)
                 self._check_diverged()
                 if eval_every and self.step % eval_every == 0 and self.step < self.total_steps:
