@@ -23,18 +23,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("name", help="bundled model name, e.g. vitok-1d")
     parser.add_argument("--command", required=True, help="the training command, recorded in training.json")
     parser.add_argument("--calibration-iters", type=int, default=300)
-    parser.add_argument("--half", action="store_true", help="store the weights as float16 (halves the file)")
+    store = parser.add_mutually_exclusive_group()
+    store.add_argument("--half", action="store_true", help="store the weights as float16 (halves the file)")
+    store.add_argument("--int8", action="store_true",
+                       help="store weight matrices as int8 with a scale per row, the rest float16 (a quarter)")
     parser.add_argument("--dest", type=Path, help="folder to write [default: vitok/pretrained/NAME in this repo]")
     parser.add_argument("--note", help="a word on this stage's hardware, e.g. that another run shared the cores")
     args = parser.parse_args(argv)
-    dest = bundle(args.run, args.name, args.command, dest=args.dest, half=args.half, note=args.note,
-                  calibration_iters=args.calibration_iters)
+    dest = bundle(args.run, args.name, args.command, dest=args.dest, storage="int8" if args.int8 else
+                  "float16" if args.half else None, note=args.note, calibration_iters=args.calibration_iters)
     print(f"bundled {args.name} -> {dest}")
 
 
-def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, half: bool = False,
+def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, storage: str | None = None,
            note: str | None = None, calibration_iters: int = 300) -> Path:
-    """Write the model folder ``dest`` from ``run``: weights, renamed config, training.json, entropy tables."""
+    """Write the model folder ``dest`` from ``run``: weights (``storage``: None as trained, "float16" or "int8"),
+    renamed config, training.json, entropy tables."""
     from vitok.codecs.entropy import calibrate_model_dir
     from vitok.data.atomic import atomic_dir
 
@@ -44,11 +48,12 @@ def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, half
     info = json.loads((run / "train_info.json").read_text())
     prior = _prior_training(info["config"]["model"].get("init"))
     with atomic_dir(dest) as tmp:
-        if half:
+        if storage:
             import torch
 
             import vitok
-            vitok.load(run / "model", frozen=False).save_pretrained(tmp, dtype=torch.float16)
+            dtype = {"float16": torch.float16, "int8": torch.int8}[storage]
+            vitok.load(run / "model", frozen=False).save_pretrained(tmp, dtype=dtype)
         else:
             for f in ("model.safetensors", "config.json"):
                 shutil.copy2(run / "model" / f, tmp / f)

@@ -77,10 +77,12 @@ def pack(config: str, kit: Path, sets: list[str]) -> Path:
 def _importable_vitok() -> None:
     """Make `import vitok` work from this checkout without installing it (the wheel maps data/, codecs/, ... into
     the vitok package; a folder of links does the same)."""
-    import importlib.util
-
-    if importlib.util.find_spec("vitok") is not None:
+    try:
+        import vitok.data.errors  # noqa: F401  (an installed vitok, or one laid out as the wheel does)
         return
+    except ModuleNotFoundError:   # e.g. this checkout's bare vitok/ found first on sys.path: forget it
+        for name in [m for m in sys.modules if m == "vitok" or m.startswith("vitok.")]:
+            del sys.modules[name]
     root = Path(tempfile.mkdtemp(prefix="vitok-src-")) / "vitok"
     root.mkdir()
     for entry in (REPO / "vitok").iterdir():

@@ -103,6 +103,8 @@ def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> T
     """Load a bundled model or a directory with config.json + model.safetensors; frozen = eval + no grads."""
     from safetensors import safe_open
 
+    from vitok.storage import restored
+
     directory = resolve(name_or_dir)
     tok = build(read_config(directory / "config.json"))
     weights = directory / "model.safetensors"
@@ -110,11 +112,13 @@ def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> T
         raise VitokError(f"{directory}: missing model.safetensors")
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
-            expected_hash = (f.metadata() or {}).get("weights_hash")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata() or {}
     except Exception as e:  # safetensors raises several types for truncated/garbled files
         raise VitokError(f"{weights}: corrupt weights file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                          ) from None
+    state = restored(tensors, metadata, str(weights))
+    expected_hash = metadata.get("weights_hash")
     model_state = tok.state_dict()
     missing = sorted(set(model_state) - set(state))
     extra = sorted(set(state) - set(model_state))

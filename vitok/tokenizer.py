@@ -292,23 +292,20 @@ class Tokenizer(nn.Module):
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write model.safetensors then config.json into `directory`, each atomically (other files are kept).
 
-        `dtype` (e.g. torch.float16) stores floating weights at that precision to shrink the file; the model's own
-        weights are rounded to it first, so its hash is the one `load()` rebuilds from the file."""
+        `dtype` shrinks the file: a float dtype (e.g. torch.float16) stores floating weights at that precision,
+        torch.int8 stores weight matrices as int8 with a scale per row (``vitok.storage``). The model's own weights
+        are rounded to what the file holds first, so its hash is the one `load()` rebuilds from the file."""
         from safetensors.torch import save_file
+
+        from vitok.storage import stored
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if dtype is not None:
-            with torch.no_grad():
-                for t in self.state_dict().values():
-                    if t.is_floating_point():
-                        t.copy_(t.to(dtype))
-            self._hash_cache = None
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        if dtype is not None:
-            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        tensors, meta = stored(self.state_dict(), dtype)
+        self._hash_cache = None
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         with atomic_path(directory / "model.safetensors") as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "kind": self.config.kind,
-                                                 "weights_hash": self.weights_hash})
+            save_file(tensors, str(tmp), metadata={"format": "pt", "kind": self.config.kind,
+                                                   "weights_hash": self.weights_hash, **meta})
         write_bytes_atomic(directory / "config.json", (json.dumps(self.config.to_dict(), indent=2) + "\n").encode())
         return directory
