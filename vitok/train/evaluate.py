@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", default=None, help="also write a PNG grid of originals vs reconstructions")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--int8", action="store_true",
+                        help="evaluate the weights as int8 storage would hold them (vitok.storage)")
     parser.add_argument("--json", action="store_true", help="print the full JSON record")
     args = parser.parse_args(argv)
 
@@ -110,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         tok = vitok.load(args.model, device=args.device)
+        if args.int8:
+            from vitok.storage import stored
+
+            stored(tok.state_dict(), torch.int8)   # rounds the weights in place, as saving them would
         segments = eval_segments(num_frames=args.frames, size=args.size)[:args.limit]
         res = evaluate_model(tok, segments, num_tokens=args.num_tokens, return_recons=bool(args.grid))
         if args.grid:
@@ -117,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except VitokError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    res = {"model": args.model, "frames": args.frames, "size": args.size, "num_tokens": args.num_tokens, **res}
+    res = {"model": args.model, "frames": args.frames, "size": args.size, "num_tokens": args.num_tokens,
+           "int8": args.int8, **res}
     if args.json:
         print(json.dumps(res, indent=2))
     else:
