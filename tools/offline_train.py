@@ -142,16 +142,22 @@ def run(config: str, kit: Path, out: Path, sets: list[str], budget: float, steps
         steps = fit_steps(rates, trial["schedule"]["batch_size"], left)
         print(f"trial: clips/s {[round(r, 1) for r in rates]}; {steps} steps fit the {left:.0f} s left", flush=True)
 
-    def stop_at_budget_end():
-        time.sleep(max(1.0, budget - reserve / 2 - (time.monotonic() - start)))
-        os.kill(os.getpid(), signal.SIGTERM)
+    trained = threading.Event()
 
-    signal.signal(signal.SIGTERM, lambda *_: None)   # after the training loop, a late SIGTERM changes nothing
+    def stop_at_budget_end():   # again every 2 s: one that lands before the training loop is ignored
+        time.sleep(max(1.0, budget - reserve / 2 - (time.monotonic() - start)))
+        while not trained.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+            trained.wait(2.0)
+
+    signal.signal(signal.SIGTERM, lambda *_: None)   # outside the training loop a SIGTERM changes nothing
     threading.Thread(target=stop_at_budget_end, daemon=True).start()
     run_dir = work / "run"
     try:
         result = train(load_config(config, sets + [f"schedule.steps={steps}"]), run_dir)
+        trained.set()
     except TrainingStopped as e:   # finish the run at the step reached: final evaluation and train_info.json
+        trained.set()
         reached = int(re.search(r"step (\d+)", str(e)).group(1))
         result = train(load_config(config, sets + [f"schedule.steps={reached}"]), run_dir, resume=True, quiet=True)
     _export(run_dir, out)
