@@ -44,6 +44,7 @@ def pack(config: str, kit: Path, sets: list[str]) -> Path:
     import numpy as np
 
     import vitok.data.samples as samples
+    from vitok.data.synthetic import default_stills
     from vitok.train.config import load_config
     from vitok.train.data import TrainClips, eval_clips
 
@@ -58,6 +59,7 @@ def pack(config: str, kit: Path, sets: list[str]) -> Path:
         return out
 
     samples._decoded = record
+    default_stills.cache_clear()   # stills cached by this process would hide their decodes from the record
     try:
         import vitok
 
