@@ -63,7 +63,8 @@ def pack(config: str, kit: Path, sets: list[str]) -> Path:
     try:
         import vitok
 
-        frames = cfg["data"]["num_frames"] or vitok.create_model(cfg["model"]["name"], **cfg["model"]["overrides"]).clip_frames
+        model = cfg["model"]
+        frames = cfg["data"]["num_frames"] or vitok.create_model(model["name"], **model["overrides"]).clip_frames
         data = TrainClips(cfg["data"], int(frames))
         for i in (0, len(data) - 1):   # a draw from the first and the last source decodes all either one reads
             data[i]

@@ -86,10 +86,11 @@ def test_evaluate_model_grid_and_module_entry(tmp_path, capsys):
     assert out["num_segments"] == 1 and out["segments"][0]["id"].startswith("bigbuckbunny") and out["psnr"] > 0
     # --int8: the same model with its weights rounded as int8 storage would hold them (vitok.storage), which is
     # what loading an int8-saved copy gives
-    assert evaluate_main([str(tmp_path / "m"), "--frames", "8", "--size", "32", "--limit", "1", "--json", "--int8"]) == 0
+    args = ["--frames", "8", "--size", "32", "--limit", "1", "--json"]
+    assert evaluate_main([str(tmp_path / "m"), *args, "--int8"]) == 0
     rounded = json.loads(capsys.readouterr().out)
     tok.save_pretrained(tmp_path / "m8", dtype=torch.int8)
-    assert evaluate_main([str(tmp_path / "m8"), "--frames", "8", "--size", "32", "--limit", "1", "--json"]) == 0
+    assert evaluate_main([str(tmp_path / "m8"), *args]) == 0
     saved = json.loads(capsys.readouterr().out)
     assert rounded["int8"] and not saved["int8"] and rounded["psnr"] == saved["psnr"]
     assert abs(rounded["psnr"] - out["psnr"]) < 0.5
