@@ -29,6 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARD_BYTES = 15 * 2**20
 RESERVE_S = 75.0   # model build, final evaluation, latent statistics and export after the last step
+COPIED = {"model/config.json": "model-config.json", "train_info.json": "train_info.json",
+          "metrics.jsonl": "metrics.jsonl"}   # a run's files besides its weights -> their names in OUT
 
 
 def fit_steps(clips_per_s: list[float], batch_size: int, seconds: float) -> int:
@@ -128,8 +130,7 @@ def run(config: str, kit: Path, out: Path, sets: list[str], budget: float, steps
     start = time.monotonic()
     if not (kit / "samples.npz").is_file():
         raise SystemExit(f"error: {kit / 'samples.npz'} not found: make it with `pack` where PyAV is installed")
-    _importable_vitok()
-    _serve_samples(kit)
+    _serve_samples(kit)   # main() has made vitok importable
     from vitok.train.config import load_config
     from vitok.train.trainer import TrainingStopped, train
 
@@ -180,9 +181,8 @@ def _export(run_dir: Path, out: Path) -> None:
         shards[-1][name], size = weights[name].contiguous(), size + n
     for i, shard in enumerate(shards):
         save_file(shard, str(out / f"weights-{i:02d}.safetensors"))
-    shutil.copy(run_dir / "model" / "config.json", out / "model-config.json")
-    for name in ("train_info.json", "metrics.jsonl"):
-        shutil.copy(run_dir / name, out / name)
+    for in_run, in_out in COPIED.items():
+        shutil.copy(run_dir / in_run, out / in_out)
 
 
 def unpack(out: Path, run_dir: Path) -> Path:
@@ -197,9 +197,8 @@ def unpack(out: Path, run_dir: Path) -> Path:
         weights.update(load_file(str(shard)))
     (run_dir / "model").mkdir(parents=True, exist_ok=True)
     save_file(weights, str(run_dir / "model" / "model.safetensors"))
-    shutil.copy(out / "model-config.json", run_dir / "model" / "config.json")
-    for name in ("train_info.json", "metrics.jsonl"):
-        shutil.copy(out / name, run_dir / name)
+    for in_run, in_out in COPIED.items():
+        shutil.copy(out / in_out, run_dir / in_run)
     return run_dir
 
 

@@ -46,9 +46,8 @@ def stored(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> tuple[d
                 t.copy_(dequantize_rows(q, scale))
                 out[name], out[name + SCALE] = q, scale
             elif t.is_floating_point():
-                low = torch.float16 if dtype == torch.int8 else dtype
-                t.copy_(t.to(low))
-                out[name] = t.to(low)
+                out[name] = t.to(torch.float16 if dtype == torch.int8 else dtype)
+                t.copy_(out[name])
             else:
                 out[name] = t
     return out, ({"storage": INT8} if dtype == torch.int8 else {})
