@@ -142,6 +142,20 @@ def test_precision_bf16_autocasts_on_cpu(make_cfg, metrics, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_says_so(make_cfg, tmp_path, monkeypatch, capsys, native):
+    """CPU autocast to bf16 is emulated without AVX512-BF16/AMX (slower than fp32): the run says so once;
+    on a CPU that has them, and for fp32, it says nothing."""
+    from vitok.train import trainer as T
+
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: native)
+    for precision in ("bf16", "fp32"):
+        train(make_cfg("tiny-vit", "schedule.steps=1", "data.synthetic.num_clips=2", f"precision={precision}"),
+              tmp_path / precision, quiet=True)
+        said = capsys.readouterr().err.count("without bf16 instructions")
+        assert said == (1 if precision == "bf16" and not native else 0)
+
+
 def test_signal_stops_after_the_step_with_a_checkpoint(make_cfg, metrics, tmp_path, monkeypatch, capsys):
     """SIGINT mid-run: the step in flight finishes, is checkpointed (no periodic checkpoint is due) and the run
     raises TrainingStopped; --resume then continues from exactly that step, and the handlers are restored."""

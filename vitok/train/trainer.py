@@ -113,6 +113,12 @@ def _precision(name: str, device: torch.device) -> str:
     return name
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products in hardware; without it, CPU autocast to bf16 is emulated and
+    slower than fp32."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def _init_from(tok: nn.Module, source: str) -> str:
     """Load a pretrained model's weights into the freshly built ``tok`` (continue training a bundled model; a 1D
     model may change its token count, a ViT may grow deeper). Returns what was done, for the log."""
@@ -148,6 +154,9 @@ class Trainer:
         self.quiet = quiet or not self.main
         self.device = info.device
         self.precision = _precision(cfg["precision"], self.device)
+        if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+            self.log("notice: precision=bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): autocast "
+                     "emulates it, several times slower than fp32 here")
         self._check_out_dir(resume, overwrite)
         ckpt = latest_checkpoint(out) if resume else None
         if resume and ckpt is None:
