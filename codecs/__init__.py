@@ -10,11 +10,10 @@ payload alone. Heavy parts (torch, CompressAI) load only when a vitok codec is u
 """
 from __future__ import annotations
 
-import importlib
-
 from vitok.codecs.base import Codec, codec_availability, get_codec, list_codecs, register
 from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.models import DEFAULT_MODEL
+from vitok.lazy import lazy_exports
 
 _LAZY = {
     "VitokCodec": "vitok.codecs.neural",
@@ -36,9 +35,4 @@ _LAZY = {
 
 __all__ = ["Codec", "get_codec", "list_codecs", "register", "codec_availability", "BitstreamError", "CodecError",
            "DEFAULT_MODEL", *_LAZY]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vitok.codecs' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -4,7 +4,7 @@ Names load lazily (PEP 562) so ``import vitok.data`` stays cheap: PyAV and torch
 """
 from __future__ import annotations
 
-import importlib
+from vitok.lazy import lazy_exports
 
 from .errors import VideoReadError, VideoWriteError, VitokError
 
@@ -19,17 +19,6 @@ _EXPORTS = {
     "loader": ("make_loader",),
     "shards": ("LatentShards", "collate_latents"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+_WHERE = {name: f".{module}" for module, names in _EXPORTS.items() for name in names}
 __all__ = ["VitokError", "VideoReadError", "VideoWriteError", *_WHERE]
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'vitok.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

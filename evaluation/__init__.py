@@ -9,7 +9,7 @@ Names load lazily so importing the package stays cheap.
 """
 from __future__ import annotations
 
-import importlib
+from vitok.lazy import lazy_exports
 
 _EXPORTS = {
     "metrics": ("compute_metrics", "psnr", "psnr_y", "ssim", "ms_ssim", "lpips", "METRICS", "PSNR_CAP"),
@@ -23,17 +23,6 @@ _EXPORTS = {
     "memory": ("PeakMemory",),
     "errors": ("EvaluationError",),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+_WHERE = {name: f".{module}" for module, names in _EXPORTS.items() for name in names}
 __all__ = list(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'vitok.evaluation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -9,7 +9,7 @@ Names load lazily so `import vitok` (and the CLI) stays fast.
 """
 from __future__ import annotations
 
-import importlib
+from vitok.lazy import lazy_exports
 
 _EXPORTS = {
     "Tokenizer": "vitok.tokenizer",
@@ -37,15 +37,4 @@ def _version() -> str:
 
 
 __version__ = _version()
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'vitok' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,8 +3,7 @@
 Imports are lazy so that ``python -m vitok.train.evaluate`` and ``vitok --help`` stay light."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vitok.lazy import lazy_exports
 
 _EXPORTS = {
     "train": "vitok.train.trainer",
@@ -19,9 +18,4 @@ _EXPORTS = {
     "bench_train": "vitok.train.bench",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'vitok.train' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
