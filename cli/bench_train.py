@@ -18,7 +18,7 @@ from vitok.cli.common import emit, json_option, set_threads, threads_option
 def bench_train(config: str, sets: tuple[str, ...], steps: int, warmup: int, device: str | None,
                 threads: int | None, as_json: bool) -> None:
     """Print training throughput (clips/s) of CONFIG: the trainer's full step (forward, losses, backward,
-    optimizer, EMA) and data loading, timed over --steps steps after --warmup."""
+    optimizer, EMA) and data loading, timed over --steps steps after --warmup, and what one data worker makes."""
     from vitok.train.bench import bench_train as run_bench
     from vitok.train.config import load_config
 
@@ -30,5 +30,5 @@ def bench_train(config: str, sets: tuple[str, ...], steps: int, warmup: int, dev
     text = (f"{r['config']} ({r['model']}, {r['params'] / 1e6:.2f}M params) on {r['device']} "
             f"({r['threads']} threads, {r['precision']}): {r['clips_per_s']:.2f} clips/s "
             f"(batch {r['batch_size']} of {'x'.join(map(str, r['clip']))}; step {r['step_s']:.3f} s, "
-            f"data {r['data_s']:.3f} s)")
+            f"data {r['data_s']:.3f} s); one data worker makes {r['worker_clips_per_s']:.1f} clips/s")
     emit(r, as_json, text)

@@ -38,9 +38,36 @@ def test_bench_train_prints_clips_per_second():
     r = json.loads(res.stdout)
     assert r["clips_per_s"] > 0 and r["batch_size"] == 2 and r["clip"] == [8, 16, 16] and r["steps"] == 2
     assert r["precision"] == "fp32"                                  # auto on CPU
+    assert r["worker_clips_per_s"] > 0 and "one data worker makes" in CliRunner().invoke(
+        bench_train, ["tiny-vit", "--steps", "1", "--warmup", "0", *FAST]).stdout
     res = CliRunner().invoke(bench_train, ["tiny-vit", "--steps", "1", "--warmup", "0", "--set", "precision=bf16",
                                            *FAST])
     assert res.exit_code == 0 and "clips/s" in res.stdout and "bf16" in res.stdout
+
+
+def test_bench_times_one_worker_making_the_timed_steps_clips():
+    """The per-worker figure makes exactly the clips of the timed steps (the sampler's keys from the first timed step
+    on), on one thread as a loader worker does, and leaves the thread count as it was."""
+    import itertools
+
+    import torch
+
+    from vitok.train.bench import _clip_seconds
+    from vitok.train.data import StepSampler
+
+    made, threads = [], torch.get_num_threads()
+
+    class Recording:
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, key):
+            made.append((key, torch.get_num_threads()))
+
+    assert _clip_seconds(Recording(), 3, seed=7, first_step=2, steps=2) > 0
+    expected = list(itertools.islice(StepSampler(10, 3, seed=7), 2 * 3, 4 * 3))
+    assert [k for k, _ in made] == expected and {n for _, n in made} == {1}
+    assert torch.get_num_threads() == threads
 
 
 def test_metrics_match_conventions():

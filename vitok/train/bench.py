@@ -1,6 +1,7 @@
 """Training throughput of a config (clips/s), measured on the trainer's own step so later changes compare fairly."""
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -9,12 +10,15 @@ from typing import Any
 import torch
 
 from vitok.train import distributed as D
+from vitok.train.data import StepSampler
 
 
 def bench_train(cfg: dict[str, Any], steps: int = 5, warmup: int = 2) -> dict[str, Any]:
     """Run ``warmup`` untimed and ``steps`` timed training steps of ``cfg`` (single process, nothing kept on disk).
 
-    Data loading is timed apart from the step (forward, losses, backward, optimizer, EMA)."""
+    Data loading is timed apart from the step (forward, losses, backward, optimizer, EMA), and so is making the timed
+    steps' clips again in this process (``worker_clips_per_s``: what one data worker makes, so a loader of W workers
+    on W free cores is capped near W times that; compare it with ``step_clips_per_s`` to size ``data.num_workers``)."""
     from vitok.train.trainer import Trainer
 
     cfg = {**cfg, "schedule": {**cfg["schedule"], "steps": max(cfg["schedule"]["steps"], warmup + steps)}}
@@ -35,6 +39,7 @@ def bench_train(cfg: dict[str, Any], steps: int = 5, warmup: int = 2) -> dict[st
             if i >= warmup:
                 data_s.append(t1 - t0)
                 step_s.append(t2 - t1)
+        clip_s = _clip_seconds(trainer.dataset, trainer.batch_size, int(cfg["seed"]), warmup, steps)
     b = trainer.batch_size
     mean_step = sum(step_s) / len(step_s)
     mean_data = sum(data_s) / len(data_s)
@@ -43,4 +48,20 @@ def bench_train(cfg: dict[str, Any], steps: int = 5, warmup: int = 2) -> dict[st
             "clip": [trainer.num_frames, cfg["data"]["size"], cfg["data"]["size"]],
             "params": sum(p.numel() for p in trainer.tok.parameters()), "steps": steps,
             "step_s": mean_step, "data_s": mean_data, "clips_per_s": b / (mean_step + mean_data),
-            "step_clips_per_s": b / mean_step}
+            "step_clips_per_s": b / mean_step, "worker_clips_per_s": 1 / clip_s}
+
+
+def _clip_seconds(dataset: Any, batch_size: int, seed: int, first_step: int, steps: int) -> float:
+    """Mean seconds to make one of the clips of ``steps`` steps from ``first_step`` on, in this process on one
+    thread, as a DataLoader worker makes them."""
+    keys = list(itertools.islice(StepSampler(len(dataset), batch_size, seed=seed, start_step=first_step),
+                                 steps * batch_size))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0 = time.perf_counter()
+        for key in keys:
+            dataset[key]
+        return (time.perf_counter() - t0) / len(keys)
+    finally:
+        torch.set_num_threads(threads)
