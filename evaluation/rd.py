@@ -108,7 +108,10 @@ def load_cache(cache_dir: str | os.PathLike) -> dict[str, dict]:
 def _append_cache(cache_dir: str | os.PathLike, record: dict) -> None:
     path = Path(cache_dir) / CACHE_FILE
     with open(path, "ab+") as f:
-        torn = f.tell() > 0 and (f.seek(-1, os.SEEK_END) or f.read(1) != b"\n")  # a line cut by an interrupt
+        torn = False                         # a last line cut by an interrupt: end it before appending
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
         f.write((("\n" if torn else "") + json.dumps(record) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())

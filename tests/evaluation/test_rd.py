@@ -98,10 +98,14 @@ def test_rerun_resumes_from_cache_without_encoding(sweep, monkeypatch, tiny_mode
     # an interrupted run: the last record never landed and a torn line was left behind -> only that record reruns
     path = cache / CACHE_FILE
     lines = path.read_text().splitlines()
+    assert len(lines) == len(records)                     # one line per record
     path.write_text("\n".join(lines[:-1]) + '\n{"key": "torn')
     again = rd_sweep(clips, codecs, _ops(tiny_model), cache_dir=cache, progress=False, metrics=METRICS)
     assert calls == [records[-1]["key"]] and len(again) == len(records)
     assert len(rd_mod.load_cache(cache)) == len(records)
+    # one record per line: the torn line was ended, no blank lines between records
+    lines = path.read_text().splitlines()
+    assert lines[-2] == '{"key": "torn' and all(json.loads(x)["key"] for x in lines[:-2] + lines[-1:])
 
 
 def test_parallel_workers_match_serial(tmp_path, carphone9):
