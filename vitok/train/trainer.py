@@ -116,7 +116,10 @@ def _precision(name: str, device: torch.device) -> str:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 matrix products in hardware; without it, CPU autocast to bf16 is emulated and
     slower than fp32."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if None in checks:   # a torch that cannot tell: assume it has them, and say nothing
+        return True
+    return any(check() for check in checks)
 
 
 def _init_from(tok: nn.Module, source: str) -> str:
