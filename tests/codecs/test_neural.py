@@ -310,14 +310,19 @@ def test_rate_control_per_tile_round_trips(codec1d, tiled_clip):
 
 def test_bundled_1d_spends_tokens_where_the_tiles_need_them():
     """The shipped 1D model on carphone at its own 176x144 (2x2 tiles of 128 px, the bottom and right ones mostly
-    padding): per-tile counts reach the PSNR target in fewer bytes than one count per chunk."""
+    padding): per-tile counts reach each PSNR target in no more bytes than one count per chunk, and in fewer over
+    the targets (a target one count per chunk happens to just reach can leave nothing to gain there)."""
     from vitok.data.samples import load_sample
 
     frames = load_sample("carphone", "eval")[:17]
     codec = VitokCodec("vitok-1d")
-    data, st = codec.encode_with_stats(frames, 25, psnr=23.0)
-    flat, fst = codec.encode_with_stats(frames, 25, psnr=23.0, adapt_units=False)
-    assert min(st.chunk_psnr) >= 23.0 and min(fst.chunk_psnr) >= 23.0
-    counts = st.tokens[0]
-    assert isinstance(counts, tuple) and counts[0] > counts[3], counts  # the full tile over the padded corner
-    assert len(data) < 0.9 * len(flat), (len(data), len(flat))
+    per_tile = flat = 0
+    for target in (22.0, 24.0):
+        data, st = codec.encode_with_stats(frames, 25, psnr=target)
+        one, fst = codec.encode_with_stats(frames, 25, psnr=target, adapt_units=False)
+        assert min(st.chunk_psnr) >= target and min(fst.chunk_psnr) >= target
+        assert len(data) <= len(one), (target, len(data), len(one))
+        counts = st.tokens[0]
+        assert isinstance(counts, tuple) and counts[0] > counts[3], counts  # the full tile over the padded corner
+        per_tile, flat = per_tile + len(data), flat + len(one)
+    assert per_tile < 0.9 * flat, (per_tile, flat)

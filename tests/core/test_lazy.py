@@ -8,10 +8,12 @@ import pytest
 PACKAGES = ["vitok", "vitok.data", "vitok.codecs", "vitok.evaluation", "vitok.train"]
 
 
-def test_importing_the_packages_loads_neither_torch_nor_pyav():
+def test_importing_the_packages_loads_neither_torch_nor_pyav(tmp_path):
     code = ("import sys, " + ", ".join(PACKAGES) + "\n"
             "print(sorted(m for m in ('torch', 'av', 'compressai') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    # run outside the checkout: from its root, the bare vitok/ folder would shadow a non-editable install
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path).stdout
     assert out.strip() == "[]"
 
 
