@@ -192,13 +192,16 @@ def unpack(out: Path, run_dir: Path) -> Path:
     shards = sorted(out.glob("weights-*.safetensors"))
     if not shards or not (out / "train_info.json").is_file():
         raise SystemExit(f"error: {out} holds no weights-*.safetensors or no train_info.json: not a run's output")
+    from vitok.data.atomic import atomic_path
+
     weights = {}
     for shard in shards:
         weights.update(load_file(str(shard)))
-    (run_dir / "model").mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(run_dir / "model" / "model.safetensors"))
+    with atomic_path(run_dir / "model" / "model.safetensors") as tmp:   # an interrupted unpack leaves no half file
+        save_file(weights, str(tmp))
     for in_run, in_out in COPIED.items():
-        shutil.copy(out / in_out, run_dir / in_run)
+        with atomic_path(run_dir / in_run) as tmp:
+            shutil.copy(out / in_out, tmp)
     return run_dir
 
 

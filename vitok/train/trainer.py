@@ -299,8 +299,9 @@ class Trainer:
                     last = rec
                 if self.step % log_every == 0 or self.step == self.total_steps or rec is None:
                     now = time.perf_counter()
-                    rate = window_n * self.batch_size * self.info.world / max(now - window_t, 1e-9)
-                    data_frac = window_data / max(now - window_t, 1e-9)
+                    span = max(now - window_t, 1e-9)
+                    rate = window_n * self.batch_size * self.info.world / span
+                    data_frac = window_data / span
                     self._write_metrics({"step": self.step, **(rec or {"skipped": True}), "clips_per_s": rate,
                                          "data_wait_s": window_data / window_n})
                     window_t, window_n, window_data = now, 0, 0.0
