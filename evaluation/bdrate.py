@@ -46,49 +46,65 @@ def _by_clip(records: Iterable[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def _delta(anchor: Sequence[dict], test: Sequence[dict], metric: str, method: str, rate: str, kind: str) -> float:
-    import bjontegaard
-
+def _delta(anchor: Sequence[dict], test: Sequence[dict], metric: str, method: str, rate: str, kind: str,
+           skip_unmatched: bool) -> float:
     if method not in METHODS:
         raise EvaluationError(f"unknown BD interpolation {method!r}; choose from {', '.join(METHODS)}")
     anchors, tests = _by_clip(anchor), _by_clip(test)
     clips = [c for c in anchors if c in tests]
     if not clips:
         raise EvaluationError("BD: anchor and test records share no clip")
-    deltas = []
+    deltas, skipped = [], []
     for clip in clips:
-        ra, da = rd_points(anchors[clip], metric, rate)
-        rt, dt = rd_points(tests[clip], metric, rate)
-        where = f" on clip {clip!r}" if clip else ""
-        for name, n in (("anchor", len(ra)), ("test", len(rt))):
-            if n < MIN_POINTS:
-                raise EvaluationError(f"BD-{kind}{where}: the {name} curve has {n} usable {metric} points "
-                                      f"(need {MIN_POINTS} with rising rate and quality)")
-        lo_a, hi_a, lo_t, hi_t = (da[0], da[-1], dt[0], dt[-1]) if kind == "rate" else \
-            (np.log10(ra[0]), np.log10(ra[-1]), np.log10(rt[0]), np.log10(rt[-1]))
-        if min(hi_a, hi_t) <= max(lo_a, lo_t):
-            axis = metric if kind == "rate" else rate
-            raise EvaluationError(f"BD-{kind}{where}: anchor and test curves do not overlap in {axis} "
-                                  f"(anchor {lo_a:.4g}..{hi_a:.4g}, test {lo_t:.4g}..{hi_t:.4g})")
-        fn = bjontegaard.bd_rate if kind == "rate" else bjontegaard.bd_psnr
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the package warns about partial overlap; we report the value anyway
-            deltas.append(float(fn(ra, da, rt, dt, method=method, require_matching_points=False)))
+        try:
+            deltas.append(_clip_delta(anchors[clip], tests[clip], clip, metric, method, rate, kind))
+        except EvaluationError as e:
+            if not skip_unmatched:
+                raise
+            skipped.append(str(e))
+    if not deltas:
+        raise EvaluationError(f"BD-{kind}: no clip has comparable curves ({'; '.join(skipped)})")
     mean = float(np.mean(deltas))
     return -mean if kind == "psnr" and metric in LOWER_IS_BETTER else mean
 
 
+def _clip_delta(anchor: Sequence[dict], test: Sequence[dict], clip: str, metric: str, method: str, rate: str,
+                kind: str) -> float:
+    """One clip's BD value; an EvaluationError when a curve is too short or the two do not overlap."""
+    import bjontegaard
+
+    ra, da = rd_points(anchor, metric, rate)
+    rt, dt = rd_points(test, metric, rate)
+    where = f" on clip {clip!r}" if clip else ""
+    for name, n in (("anchor", len(ra)), ("test", len(rt))):
+        if n < MIN_POINTS:
+            raise EvaluationError(f"BD-{kind}{where}: the {name} curve has {n} usable {metric} points "
+                                  f"(need {MIN_POINTS} with rising rate and quality)")
+    lo_a, hi_a, lo_t, hi_t = (da[0], da[-1], dt[0], dt[-1]) if kind == "rate" else \
+        (np.log10(ra[0]), np.log10(ra[-1]), np.log10(rt[0]), np.log10(rt[-1]))
+    if min(hi_a, hi_t) <= max(lo_a, lo_t):
+        axis = metric if kind == "rate" else rate
+        raise EvaluationError(f"BD-{kind}{where}: anchor and test curves do not overlap in {axis} "
+                              f"(anchor {lo_a:.4g}..{hi_a:.4g}, test {lo_t:.4g}..{hi_t:.4g})")
+    fn = bjontegaard.bd_rate if kind == "rate" else bjontegaard.bd_psnr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the package warns about partial overlap; we report the value anyway
+        return float(fn(ra, da, rt, dt, method=method, require_matching_points=False))
+
+
 def bd_rate(anchor_records: Sequence[dict], test_records: Sequence[dict], metric: str = "psnr",
-            method: str = "akima", rate: str = "bytes") -> float:
+            method: str = "akima", rate: str = "bytes", *, skip_unmatched: bool = False) -> float:
     """Average rate difference of test vs anchor in percent at equal ``metric`` (negative = test saves bytes).
 
     ``rate`` is the record field on the rate axis (bytes, bpp and kbps give the same result on one clip).
-    Raises ``EvaluationError`` when a curve has fewer than 3 usable points or the curves do not overlap.
+    Raises ``EvaluationError`` when a clip's curve has fewer than 3 usable points or the two do not overlap;
+    with ``skip_unmatched`` such clips are left out of the mean instead (an error only when none is left).
     """
-    return _delta(anchor_records, test_records, metric, method, rate, "rate")
+    return _delta(anchor_records, test_records, metric, method, rate, "rate", skip_unmatched)
 
 
 def bd_psnr(anchor_records: Sequence[dict], test_records: Sequence[dict], metric: str = "psnr",
-            method: str = "akima", rate: str = "bytes") -> float:
-    """Average ``metric`` difference of test vs anchor at equal rate (dB for PSNR; positive = test is better)."""
-    return _delta(anchor_records, test_records, metric, method, rate, "psnr")
+            method: str = "akima", rate: str = "bytes", *, skip_unmatched: bool = False) -> float:
+    """Average ``metric`` difference of test vs anchor at equal rate (dB for PSNR; positive = test is better);
+    ``skip_unmatched`` as for `bd_rate`."""
+    return _delta(anchor_records, test_records, metric, method, rate, "psnr", skip_unmatched)

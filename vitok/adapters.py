@@ -5,8 +5,8 @@ and `shift_factor` 0.0: pipelines that multiply by the scaling factor do the rig
 the normalization. Grid models give (B, C, t, h, w) latents ((B, C, h, w) for 4D image input); 1D models give
 (B, C, N). Decoding needs the video geometry: grid models infer it from the latent grid (padded size), 1D models
 use `sample_size` (default: one unit, clip_frames x tile_size x tile_size). As in diffusers, grid models work on
-whole frames unless `enable_tiling()` is called (then frames larger than the model's tile size are tiled, and
-`decode` must go through the tokenizer's own `decode`).
+whole frames unless `enable_tiling()` is called: then frames up to the model's tile size run as before, and larger
+ones, whose tiles' latents form no single grid, are refused with a pointer to the tokenizer's own `encode`/`decode`.
 """
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ class DiffusersAdapter(nn.Module):
         self.use_tiling = False
 
     def enable_tiling(self) -> None:
-        """Split frames larger than the model's tile size into blended tiles (less memory on big frames)."""
+        """Accept diffusers' call; frames larger than the model's tile size are then refused by `encode` (their
+        tiles' latents form no single grid: use the tokenizer's `encode`/`decode`, which tile and blend)."""
         self.use_tiling = True
 
     def disable_tiling(self) -> None:
@@ -106,6 +107,10 @@ class DiffusersAdapter(nn.Module):
         image = x.ndim == 4
         lat = self.tok.encode(x.unsqueeze(2) if image else x, tiled=self._tiled).normalized()
         if lat.grid is not None:
+            if lat.layout[1] * lat.layout[2] != 1:
+                raise VitokError(f"DiffusersAdapter: with tiling on, {x.shape[-2]}x{x.shape[-1]} frames split into "
+                                 f"{lat.layout[1]}x{lat.layout[2]} tiles whose latents form no single grid; use "
+                                 "tok.encode/tok.decode for tiled latents, or disable_tiling()")
             mean = lat.as_grid()
             logvar = None if lat.logvar is None else dataclasses.replace(lat, z=lat.logvar).as_grid()
             if image:

@@ -109,11 +109,17 @@ class _Stats:
 
 
 def _encode(tok: Any, clips: list[np.ndarray], tokens: int | None, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode same-shape clips in one batch: (B, N, C) float32 and mask (B, N) bool, on the CPU."""
+    """Encode same-shape clips in one batch: (B, N, C) float32 and mask (B, N) bool, on the CPU. A 1D model held
+    to `tokens` per unit keeps only those (N = units * tokens), not the zeroed rest (`make_latents` refills it)."""
     x = frames_to_tensor(np.stack(clips), device=device)
     with torch.inference_mode():
         lat = tok.encode(x, num_tokens=tokens)
     z = lat.z.float().cpu()
+    K = tok.max_tokens
+    if K is not None and tokens is not None and tokens < K:
+        B, N, C = z.shape
+        z = z.reshape(B, N // K, K, C)[:, :, :tokens].reshape(B, -1, C)
+        return z, torch.ones(z.shape[:2], dtype=torch.bool)
     mask = lat.mask.cpu() if lat.mask is not None else torch.ones(z.shape[:2], dtype=torch.bool)
     return z, mask
 

@@ -124,9 +124,16 @@ class Latents:
         z = self.z.view(self.batch_size, chunks, t, h, w, self.channels)
         return z.permute(0, 5, 1, 2, 3, 4).reshape(self.batch_size, self.channels, chunks * t, h, w)
 
-    def to(self, device: torch.device | str) -> Latents:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return self._replace(z=self.z.to(device), mask=move(self.mask), logvar=move(self.logvar))
+    def to(self, device: torch.device | str | torch.dtype | None = None, dtype: torch.dtype | None = None) -> Latents:
+        """Move to `device` and/or cast `z` and `logvar` to a floating `dtype` (``to(torch.bfloat16)`` works too);
+        the mask stays boolean."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        if dtype is not None and not dtype.is_floating_point:
+            raise VitokError(f"Latents.to: latents are floating point, got dtype {dtype}")
+        cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+        mask = None if self.mask is None else self.mask.to(device=device)
+        return self._replace(z=cast(self.z), mask=mask, logvar=cast(self.logvar))
 
 
 def collate(items: list[Latents]) -> Latents:

@@ -33,24 +33,26 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (q.float().reshape(q.shape[0], -1) * scale[:, None]).reshape(q.shape)
 
 
-def stored(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors to write for ``state`` at ``dtype`` (None: as they are; a float dtype; or torch.int8) and the
-    file's metadata entries, and round ``state``'s floating tensors in place to what loading will rebuild."""
+def stored(state: dict[str, torch.Tensor], dtype: torch.dtype | None
+           ) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, torch.Tensor]]:
+    """For ``state`` at ``dtype`` (None: as it is; a float dtype; or torch.int8): the tensors to write, the file's
+    metadata entries, and the state loading will rebuild from them (``state`` itself is left as it is)."""
     if dtype is None:
-        return dict(state), {}
+        return dict(state), {}, dict(state)
     out: dict[str, torch.Tensor] = {}
+    rebuilt: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, t in state.items():
             if dtype == torch.int8 and is_matrix(t):
                 q, scale = quantize_rows(t)
-                t.copy_(dequantize_rows(q, scale))
                 out[name], out[name + SCALE] = q, scale
+                rebuilt[name] = dequantize_rows(q, scale).to(t.dtype)
             elif t.is_floating_point():
                 out[name] = t.to(torch.float16 if dtype == torch.int8 else dtype)
-                t.copy_(out[name])
+                rebuilt[name] = out[name].to(t.dtype)
             else:
-                out[name] = t
-    return out, ({"storage": INT8} if dtype == torch.int8 else {})
+                out[name] = rebuilt[name] = t
+    return out, ({"storage": INT8} if dtype == torch.int8 else {}), rebuilt
 
 
 def restored(tensors: dict[str, torch.Tensor], metadata: dict[str, str], where: str) -> dict[str, torch.Tensor]:

@@ -23,6 +23,16 @@ from vitok.geometry import Geometry, blend_weights, pad_chunk, plan
 from vitok.latents import Latents
 
 
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 hex over a state dict: sorted names, dtypes, shapes and raw bytes (what `.vtok` files check)."""
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 class Tokenizer(nn.Module):
     """Base class: encode(video) -> Latents, decode(Latents) -> video, forward(video) for training."""
 
@@ -155,9 +165,11 @@ class Tokenizer(nn.Module):
                        latent_mean=c.latent_mean, latent_std=c.latent_std, tiled=tiled)
 
     # ---- encode / decode ------------------------------------------------------------------------------------
-    def _context(self):
-        """Frozen models run under inference_mode; trainable ones keep autograd."""
-        return torch.inference_mode() if self.frozen else contextlib.nullcontext()
+    def _context(self, inputs: torch.Tensor):
+        """Frozen models run under inference_mode, unless the input carries a gradient (a loss through the frozen
+        decoder, say): then autograd stays on and only the input's path is recorded. Trainable ones keep autograd."""
+        follow = torch.is_grad_enabled() and inputs.requires_grad
+        return torch.inference_mode() if self.frozen and not follow else contextlib.nullcontext()
 
     @staticmethod
     def _check_video(video: torch.Tensor) -> None:
@@ -179,7 +191,7 @@ class Tokenizer(nn.Module):
         g = self.plan(*video.shape[2:], tiled=tiled)
         self.token_mask(video.shape[0], num_tokens, self.device)  # validates num_tokens before any work
         means, logvars = [], []
-        with self._context():
+        with self._context(video):
             for c in range(g.chunks):
                 start, stop = g.chunk_range(c)
                 chunk = video[:, :, start:stop].to(self.device, self.dtype)
@@ -228,7 +240,7 @@ class Tokenizer(nn.Module):
         tiles = g.tiles()
         for u in range(g.units):
             sl = slice(u * n_unit, (u + 1) * n_unit)
-            with self._context():
+            with self._context(z):
                 tile = self.decode_unit(z[:, sl], None if mask is None else mask[:, sl], g.unit_size)
             yield u // len(tiles), tiles[u % len(tiles)], tile
 
@@ -269,15 +281,10 @@ class Tokenizer(nn.Module):
     # ---- weights --------------------------------------------------------------------------------------------
     @property
     def weights_hash(self) -> str:
-        """sha256 hex over the state dict (sorted names, dtypes, shapes, raw bytes); cached while frozen."""
+        """sha256 hex over the state dict (see `state_hash`); cached while frozen."""
         if self._hash_cache is not None and self.frozen:
             return self._hash_cache
-        h = hashlib.sha256()
-        for name, t in sorted(self.state_dict().items()):
-            t = t.detach().to("cpu").contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        digest = h.hexdigest()
+        digest = state_hash(self.state_dict())
         self._hash_cache = digest if self.frozen else None
         return digest
 
@@ -293,19 +300,18 @@ class Tokenizer(nn.Module):
         """Write model.safetensors then config.json into `directory`, each atomically (other files are kept).
 
         `dtype` shrinks the file: a float dtype (e.g. torch.float16) stores floating weights at that precision,
-        torch.int8 stores weight matrices as int8 with a scale per row (``vitok.storage``). The model's own weights
-        are rounded to what the file holds first, so its hash is the one `load()` rebuilds from the file."""
+        torch.int8 stores weight matrices as int8 with a scale per row (``vitok.storage``). The model itself is left
+        as it is; the file records the hash of the weights `load()` rebuilds from it."""
         from safetensors.torch import save_file
 
         from vitok.storage import stored
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors, meta = stored(self.state_dict(), dtype)
-        self._hash_cache = None
+        tensors, meta, rebuilt = stored(self.state_dict(), dtype)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         with atomic_path(directory / "model.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"format": "pt", "kind": self.config.kind,
-                                                   "weights_hash": self.weights_hash, **meta})
+                                                   "weights_hash": state_hash(rebuilt), **meta})
         write_bytes_atomic(directory / "config.json", (json.dumps(self.config.to_dict(), indent=2) + "\n").encode())
         return directory

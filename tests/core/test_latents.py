@@ -1,6 +1,8 @@
 """Latents: normalization, sampling, grids, collate, make_latents (the codec path)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -68,6 +70,35 @@ def test_as_grid_refuses_1d(tok1d, clip):
 def test_to_device(grid_tok, clip):
     lat = grid_tok.encode(clip(4, 16, 16)).to("cpu")
     assert lat.z.device.type == "cpu" and lat.logvar.device.type == "cpu"
+
+
+def test_gradients_flow_through_a_frozen_model(grid_tok, clip):
+    """A loss through the frozen decoder (or encoder) reaches its input; the weights get no gradient, and inputs
+    without one still run under inference_mode."""
+    lat = grid_tok.encode(clip(4, 16, 16))
+    assert not lat.z.requires_grad and not grid_tok.decode(lat).requires_grad
+    z = lat.z.clone().requires_grad_()
+    out = grid_tok.decode(dataclasses.replace(lat, z=z))
+    assert out.requires_grad
+    out.square().mean().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    video = clip(4, 16, 16).requires_grad_()
+    grid_tok.encode(video).z.sum().backward()
+    assert video.grad is not None and video.grad.abs().sum() > 0
+    assert all(p.grad is None for p in grid_tok.parameters())
+    with torch.no_grad():
+        assert not grid_tok.decode(dataclasses.replace(lat, z=z)).requires_grad
+
+
+def test_to_dtype_keeps_the_mask_boolean(tok1d, clip):
+    """A dtype casts z and logvar only: a float mask would break decode's masking."""
+    lat = tok1d.encode(clip(4, 16, 16), num_tokens=3)
+    for half in (lat.to(torch.bfloat16), lat.to("cpu", torch.bfloat16), lat.to(dtype=torch.bfloat16)):
+        assert half.z.dtype == half.logvar.dtype == torch.bfloat16 and half.mask.dtype == torch.bool
+        assert torch.equal(half.mask, lat.mask)
+        assert tok1d.decode(half).shape == (1, 3, 4, 16, 16)
+    with pytest.raises(VitokError, match="floating"):
+        lat.to(torch.int8)
 
 
 def test_collate_same_geometry(tok1d, clip):

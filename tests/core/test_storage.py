@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import vitok
 from vitok.data.errors import VitokError
-from vitok.storage import dequantize_rows, quantize_rows
+from vitok.storage import dequantize_rows, quantize_rows, stored
 
 
 def test_rows_quantize_within_half_a_step():
@@ -29,13 +30,19 @@ def test_int8_quarter_size_and_bit_exact_reload(tmp_path, clip, name):
     tok.save_pretrained(tmp_path / "full")
     with torch.no_grad():
         reference = tok.encode(video).z
+    before = tok.weights_hash
     tok.save_pretrained(tmp_path / "int8", dtype=torch.int8)
+    assert tok.weights_hash == before   # the live model is left as it was (a copy is saved)
     full, small = ((tmp_path / d / "model.safetensors").stat().st_size for d in ("full", "int8"))
     assert small < 0.35 * full
     loaded = vitok.load(tmp_path / "int8")
     assert next(loaded.parameters()).dtype == torch.float32
-    assert loaded.weights_hash == tok.weights_hash   # the saved model was rounded to what the file holds
+    assert loaded.weights_hash != before
+    with safe_open(str(tmp_path / "int8" / "model.safetensors"), framework="pt") as f:
+        assert f.metadata()["weights_hash"] == loaded.weights_hash   # the file names what loading rebuilds
+    tok.load_state_dict(stored(tok.state_dict(), torch.int8)[2])    # the rounding, done to the live model
     tok.freeze()
+    assert tok.weights_hash == loaded.weights_hash   # bit-exact: one formula for saving and loading
     assert torch.equal(tok.encode(video).z, loaded.encode(video).z)
     assert torch.allclose(loaded.encode(video).z, reference, atol=0.05)
 
@@ -45,7 +52,6 @@ def _int8_file(tmp_path):
     tok = vitok.create_model("vit1d-tiny")
     tok.save_pretrained(tmp_path / "m", dtype=torch.int8)
     path = tmp_path / "m" / "model.safetensors"
-    from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()

@@ -58,3 +58,16 @@ def test_errors_are_clear():
         bd_rate(anchor, _recs(RATE_T, PSNR_T, clip="other"))
     with pytest.raises(EvaluationError, match="unknown BD interpolation"):
         bd_rate(anchor, anchor, method="linear")
+
+
+def test_skip_unmatched_averages_the_clips_that_compare():
+    """A clip whose curves miss each other fails the mean by default; skip_unmatched leaves it out (the sample set
+    mixes clips where a low-rate codec meets h264 with clips where it never does)."""
+    anchor = _recs(RATE_A, PSNR_A, "a") + _recs(RATE_A, PSNR_A, "far")
+    test = _recs(RATE_T, PSNR_T, "a") + _recs([r * 1000 for r in RATE_T], [p - 20 for p in PSNR_T], "far")
+    with pytest.raises(EvaluationError, match="clip 'far'.*do not overlap"):
+        bd_rate(anchor, test)
+    assert bd_rate(anchor, test, skip_unmatched=True) == pytest.approx(-4.4252, abs=5e-5)
+    assert bd_psnr(anchor, test, skip_unmatched=True) == pytest.approx(bd_psnr(anchor[:4], test[:4]), abs=1e-12)
+    with pytest.raises(EvaluationError, match="no clip has comparable curves.*'far'"):
+        bd_rate(anchor[4:], test[4:], skip_unmatched=True)

@@ -118,6 +118,28 @@ def test_resume_skips_finished_shards(tmp_path, video_dir, model_dir):
     assert again["clips"] == first["clips"] and again["stats"] == first["stats"]
 
 
+def test_1d_shards_keep_only_the_asked_tokens(tmp_path, video_dir):
+    """A 1D model held to k tokens per unit stores units * k tokens per clip, all present (not K with zeros), and
+    reading them back decodes as the encoder's own latents do."""
+    torch.manual_seed(0)
+    tok = vitok.create_model("vit1d-tiny", tile_size=16).freeze()   # 2x2 tiles per frame: 4 units per clip
+    K, k = tok.max_tokens, 3
+    out = tmp_path / "shards"
+    extract_latents(video_dir, out, "vit1d-tiny", frames=4, size=(SIDE, SIDE), tokens=k, shard_size=3, tok=tok)
+    ds = LatentShards(out)
+    item = ds[0]
+    (_, frames), = read_clips(video_dir / item["source"], 4, (SIDE, SIDE), 1)
+    video = frames_to_tensor(frames)
+    lat = tok.encode(video, num_tokens=k)
+    units = lat.z.shape[1] // K
+    assert units > 1 and item["z"].shape == (units * k, tok.latent_channels) and bool(item["mask"].all())
+    assert ds.max_tokens == units * k
+    torch.testing.assert_close(item["z"], lat.z[0].reshape(units, K, -1)[:, :k].reshape(units * k, -1))
+    back = latents_from_batch(tok, collate_latents([item]))
+    assert back.z.shape == lat.z.shape and torch.equal(back.mask, lat.mask)
+    torch.testing.assert_close(tok.decode(back), tok.decode(lat))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.int8:
             from vitok.storage import stored
 
-            stored(tok.state_dict(), torch.int8)   # rounds the weights in place, as saving them would
+            tok.load_state_dict(stored(tok.state_dict(), torch.int8)[2])   # the weights as int8 files hold them
         segments = eval_segments(num_frames=args.frames, size=args.size)[:args.limit]
         res = evaluate_model(tok, segments, num_tokens=args.num_tokens, return_recons=bool(args.grid))
         if args.grid:
