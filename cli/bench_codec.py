@@ -26,12 +26,12 @@ def bench_codec(codecs, clip, frames, ops, repeat, isolate, quiet, as_json) -> N
     from vitok.evaluation.clips import load_clip
     from vitok.evaluation.report import format_table, op_label
 
-    name, video, fps = load_clip(clip, frames)
     if not codecs:
         from vitok.codecs.neural import bundled_codec_names
 
         codecs = bundled_codec_names()
-    parsed = {name: points[0] for name, points in parse_ops(ops).items()}
+    parsed = {name: points[0] for name, points in parse_ops(ops, codecs).items()}
+    name, video, fps = load_clip(clip, frames)
     rows = bench_codecs(list(codecs), video, fps, parsed, repeat=repeat, progress=not quiet, isolate=isolate)
     for r in rows:
         r["label"] = f"{r['codec']} {op_label(r['op'])}" + (" (reference)" if r["reference"] else "")

@@ -137,6 +137,8 @@ def decode(input, output, model, video_codec, crf, overwrite, quiet, as_json, de
     from vitok.codecs.files import decode_file
     from vitok.codecs.neural import VitokCodec, model_for_stream
 
+    if Path(input).is_dir():
+        raise VitokError(f"input {input} is a folder, not a .vtok file")
     if not Path(input).is_file():
         raise VitokError(f"input not found: {input}")
     out = check_output(output, overwrite, inputs=[input],

@@ -15,8 +15,8 @@ from vitok.data.errors import VitokError
 
 def check_output(path: str | Path, overwrite: bool, *, inputs: Iterable[str | Path] = (),
                  folder_of: Sequence[str] | None = None) -> Path:
-    """Refuse an output that would lose data: an existing one without ``-y``, one that is or holds an input, and a
-    folder that holds files the command did not write.
+    """Refuse an output that would lose data: an existing one without ``-y``, one that is or holds an input, a
+    special file (pipe, device), and a folder that holds files the command did not write.
 
     ``folder_of`` is ``None`` for a file output, else the glob patterns of what the output folder holds (an existing
     folder is replaced as a whole, so anything else in it would be lost).
@@ -32,6 +32,8 @@ def check_output(path: str | Path, overwrite: bool, *, inputs: Iterable[str | Pa
             raise VitokError(f"output folder {p} holds the input {src}; choose another folder")
     if not p.exists():
         return p
+    if not (p.is_file() or p.is_dir()):  # a pipe, socket or device: renaming over it would replace it
+        raise VitokError(f"output {p} is not a regular file or folder; choose another name")
     if folder_of is None and p.is_dir():
         raise VitokError(f"output {p} is a folder; give a file name")
     if folder_of is not None and not p.is_dir():

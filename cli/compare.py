@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from vitok.cli.common import check_output, emit, json_option, overwrite_option
+from vitok.data.errors import VitokError
 
 
 @click.command()
@@ -24,6 +25,12 @@ def compare(input, model, codecs, frames, output, overwrite, as_json) -> None:
     from vitok.evaluation.plots import plot_side_by_side
     from vitok.evaluation.report import format_table, op_label
 
+    for c in codecs:
+        if c.startswith("vitok:"):
+            raise VitokError(f"--codec {c}: compare matches classical codecs (h264, h265, av1, vp9) by CRF; "
+                             "give the vitok model with --model")
+    if output is not None and Path(output).suffix != ".png":
+        raise VitokError(f"output {output}: the side-by-side image is a PNG; give a name ending in .png")
     name, video, fps = load_clip(input, frames)
     out = check_output(output or f"{Path(name).name.replace(':', '_')}_compare.png", overwrite, inputs=[input])
     rows, shown, _ = compare_codecs(video, fps, model=model, codecs=codecs)

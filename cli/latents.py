@@ -38,7 +38,7 @@ def extract(input_dir: str, out_dir: str, model: str, frames: int | None, size: 
             overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Encode every video of INPUT_DIR into safetensors shards + manifest.json (per-channel stats included).
 
-    Unreadable files are listed as skipped, never fatal. Scale out with torchrun, e.g.
+    Unreadable files are listed as skipped (an error only when no file can be read). Scale out with torchrun, e.g.
     `torchrun --nproc_per_node=4 --no-python vitok latents extract ...`: shard i goes to rank i % world size.
     -y replaces shards left by a different extraction (other model or options) instead of refusing.
     """

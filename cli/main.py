@@ -101,10 +101,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+    except OSError as e:  # a missing, unwritable or full path: the user's to fix
         if debug:
             raise
-        click.echo(f"error: {e.strerror or e}: {e.filename}", err=True)
+        click.echo(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), err=True)
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 

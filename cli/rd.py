@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import click
 
@@ -28,18 +29,32 @@ def parse_value(text: str):
     return text
 
 
-def parse_ops(specs: tuple[str, ...]) -> dict[str, list[dict]]:
-    """``CODEC:k=v[,k=v]`` (repeatable) -> ``{codec: [knob dict, ...]}``, one operating point per spec."""
+def _knobs(codec: str) -> tuple[str, ...] | None:
+    """The knobs a codec's operating points may set, without loading a vitok model for it."""
+    from vitok.codecs import get_codec
+    from vitok.codecs.neural import VitokCodec
+
+    return VitokCodec.knobs if codec.startswith("vitok:") else get_codec(codec).knobs
+
+
+def parse_ops(specs: tuple[str, ...], codecs: Sequence[str]) -> dict[str, list[dict]]:
+    """``CODEC:k=v[,k=v]`` (repeatable) -> ``{codec: [knob dict, ...]}``, one operating point per spec; each CODEC
+    must be one of ``codecs`` and each key one of its knobs."""
     out: dict[str, list[dict]] = {}
     for spec in specs:
         codec, sep, knobs = spec.rpartition(":")
         if not sep or not codec:
             raise click.BadParameter(f"{spec!r}: expected CODEC:key=value[,key=value]", param_hint="--op")
+        if codec not in codecs:
+            raise VitokError(f"--op {spec}: codec {codec} is not selected (add --codec {codec})")
+        allowed = _knobs(codec)
         op = {}
         for item in filter(None, knobs.split(",")):
             k, eq, v = item.partition("=")
             if not eq or not k:
                 raise click.BadParameter(f"{spec!r}: {item!r} is not key=value", param_hint="--op")
+            if allowed is not None and k.strip() not in allowed:
+                raise VitokError(f"--op {spec}: {codec} has no knob {k.strip()!r} (knobs: {', '.join(allowed)})")
             op[k.strip()] = parse_value(v.strip())
         out.setdefault(codec, []).append(op)
     return out
@@ -125,7 +140,7 @@ def run(clips, codecs, ops, metrics, x, anchor, method, output, workers, max_fra
     if fresh and (out / CACHE_FILE).exists():
         (out / CACHE_FILE).unlink()
     codec_list = list(codecs) or _default_codecs()
-    op_map = parse_ops(ops)
+    op_map = parse_ops(ops, codec_list)
     kw = dict(workers=workers, cache_dir=out, progress=not quiet, max_frames=max_frames)
     records = rd_sweep(list(clips), codec_list, op_map or None, **kw)
     rc = {c: rate_control_ops(records, c) for c in codec_list if rate_control and c not in op_map}

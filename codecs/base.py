@@ -23,6 +23,8 @@ class Codec(ABC):
     name: str = ""
     #: file suffix of what ``encode`` returns (".mp4", ".vtok")
     suffix: str = ""
+    #: the keyword knobs ``encode`` takes (what an operating point may set); None: not declared, not checked
+    knobs: tuple[str, ...] | None = None
 
     @abstractmethod
     def encode(self, frames: np.ndarray, fps: Fraction, **knobs: Any) -> bytes:

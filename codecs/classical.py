@@ -52,6 +52,7 @@ class ClassicalCodec(Codec):
     """One PyAV encoder with knobs ``crf``, ``preset``, ``gop`` (keyframe interval), ``bframes``, ``threads``."""
 
     suffix = ".mp4"
+    knobs = ("crf", "preset", "gop", "bframes", "threads")
 
     def __init__(self, spec: _Spec) -> None:
         self.spec = spec

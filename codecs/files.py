@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
-from vitok.codecs.container import VERSION, VtokReader
+from vitok.codecs.container import VERSION, VtokHeader, VtokReader
 from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.payload import parse_chunk
 
@@ -38,6 +38,8 @@ def encode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
     from vitok.data.io import iter_video, probe_video, read_frames_dir
 
     if is_frames_source(input_path):
+        if size is not None:
+            _check_size(codec, size)
         frames = read_frames_dir(input_path, size=size)
         frames = frames[start:start + num_frames if num_frames is not None else None]
         if frames.shape[0] == 0:
@@ -46,6 +48,7 @@ def encode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
         fps = fps or Fraction(25)
     else:
         info = probe_video(input_path)
+        _check_size(codec, size or (info.width, info.height))
         fps = fps or info.fps
         chunks = iter_video(input_path, chunk_frames=codec.tok.clip_frames, start=start, num_frames=num_frames,
                             size=size)
@@ -53,6 +56,12 @@ def encode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
         fps = Fraction(25)
     with atomic_path(output_path) as tmp, open(tmp, "wb") as f:
         return codec.encode_stream(chunks, Fraction(fps), f, on_chunk=on_chunk, **knobs)
+
+
+def _check_size(codec: VitokCodec, size: tuple[int, int]) -> None:
+    """Refuse a frame size (W, H) over the container's limits before any frame is read or resized (a huge size
+    would otherwise exhaust memory on the first chunk)."""
+    VtokHeader(size[0], size[1], Fraction(25), codec.tok.clip_frames).check()
 
 
 def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: str | os.PathLike, *,

@@ -112,6 +112,7 @@ class VitokCodec(Codec):
     """A tokenizer + its entropy tables as a codec. ``model``: bundled name, model dir, or a ``Tokenizer``."""
 
     suffix = ".vtok"
+    knobs = ("step", "tokens", "bytes", "psnr", "adapt_units")
 
     def __init__(self, model: Any = DEFAULT_MODEL, tables: EntropyTables | None = None, device: str = "cpu") -> None:
         self.device = device

@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+_OUT_OF_ROOM = (errno.EFBIG, errno.ENOSPC, errno.EDQUOT)  # write errors that carry no file name
+
+
+def _name_output(e: BaseException, dest: Path) -> None:
+    """Give an out-of-room write error the output's name ("File too large" alone does not say which file)."""
+    if isinstance(e, OSError) and e.errno in _OUT_OF_ROOM and e.filename is None:
+        e.filename = str(dest)
 
 
 def _umask() -> int:
@@ -33,9 +42,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         if tmp_path.exists():  # mkstemp makes files owner-only; give outputs the usual umask permissions
             os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, dest)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        _name_output(e, dest)
         raise
 
 
@@ -56,12 +66,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
             os.replace(dest, old / dest.name)
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as e:
         if old is not None and not dest.exists():
             os.replace(old / dest.name, dest)
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        _name_output(e, dest)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

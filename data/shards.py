@@ -86,20 +86,22 @@ class LatentShards(Dataset):
         state["_handles"] = {}
         return state
 
-    def _open(self, name: str) -> Any:
-        from safetensors import safe_open
+    def _read(self, name: str, row: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` tokens of row ``row`` of shard ``name`` (``z``, ``mask``); a damaged shard is a ShardError
+        naming it."""
+        from safetensors import SafetensorError, safe_open
 
-        handle = self._handles.get(name)
-        if handle is None:
-            handle = self._handles[name] = safe_open(str(self.root / name), framework="pt")
-        return handle
+        try:
+            handle = self._handles.get(name)
+            if handle is None:
+                handle = self._handles[name] = safe_open(str(self.root / name), framework="pt")
+            return handle.get_slice("z")[row][:n], handle.get_slice("mask")[row][:n]
+        except (OSError, SafetensorError, IndexError) as e:
+            raise ShardError(f"{self.root / name}: damaged shard ({e})") from None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         clip = self.clips[index]
-        f = self._open(clip["shard"])
-        row, n = clip["row"], clip["tokens"]
-        z = f.get_slice("z")[row][:n]
-        mask = f.get_slice("mask")[row][:n]
+        z, mask = self._read(clip["shard"], clip["row"], clip["tokens"])
         if self.normalize:
             z = (z - self.mean) / self.std * mask[:, None]
         return {

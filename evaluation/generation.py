@@ -170,6 +170,7 @@ def save_generator(model: FlowDiT, out_dir: str | os.PathLike, meta: dict[str, A
 
 def load_generator(gen_dir: str | os.PathLike, device: str = "cpu") -> tuple[FlowDiT, dict[str, Any]]:
     """A saved generator (eval mode) and its config dict."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     gen = Path(gen_dir)
@@ -179,6 +180,8 @@ def load_generator(gen_dir: str | os.PathLike, device: str = "cpu") -> tuple[Flo
         meta = json.loads((gen / CONFIG_NAME).read_text())
         model = FlowDiT(GeneratorConfig(**meta["generator"]))
         model.load_state_dict(load_file(str(gen / WEIGHTS_NAME)))
+    except SafetensorError as e:
+        raise GeneratorError(f"{gen / WEIGHTS_NAME}: unreadable generator weights ({e})") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise GeneratorError(f"{gen}: unreadable generator ({e})") from None
     return model.to(device).eval(), meta

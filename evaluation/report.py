@@ -14,7 +14,7 @@ import os
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -68,9 +68,48 @@ def load_records(path: str | os.PathLike) -> list[dict]:
             records = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise EvaluationError(f"{p}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    if not isinstance(records, list) or not all(isinstance(r, dict) and "codec" in r for r in records):
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise EvaluationError(f"{p}: not a list of RD records")
+    for i, r in enumerate(records):
+        problem = _record_problem(r)
+        if problem:
+            raise EvaluationError(f"{p}: record {i}: {problem}")
     return records
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _counts(value: Any) -> bool:
+    """``tokens_per_chunk``: per chunk a token count, or a list of counts (one per tile)."""
+    return isinstance(value, list) and all(_number(k) or (isinstance(k, list) and all(map(_number, k))) for k in value)
+
+
+# every field the report reads -> (check, what it must be); None passes, except for the required fields
+_FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "codec": (lambda v: isinstance(v, str), "a string"),
+    "clip": (lambda v: isinstance(v, (str, int)) and not isinstance(v, bool), "a string"),
+    "op": (lambda v: isinstance(v, dict) and _number(v.get(TOKEN_KNOB, 0)), "an object of knobs"),
+    "tokens_per_chunk": (_counts, "a list of token counts"),
+    "frame": (lambda v: isinstance(v, str), "a string"),
+    "ref_frame": (lambda v: isinstance(v, str), "a string"),
+    **{f: (_number, "a number") for f in ("bytes", "stream_bytes", "bpp", "kbps", "psnr", "psnr_y", "ssim", "ms_ssim",
+                                          "lpips", "tokens", "tokens_per_s", "encode_s", "decode_s", "peak_mem_mb",
+                                          "frames", "width", "height")},
+}
+_REQUIRED = ("codec", "clip", "bytes")
+
+
+def _record_problem(r: dict) -> str | None:
+    """What is wrong with one record for the report: a required field missing or a field of the wrong type."""
+    for field in _REQUIRED:
+        if r.get(field) is None:
+            return f"field {field!r} is missing"
+    for field, (ok, what) in _FIELD_CHECKS.items():
+        if r.get(field) is not None and not ok(r[field]):
+            return f"field {field!r} must be {what}, got {json.dumps(r[field])[:40]}"
+    return None
 
 
 def _group(records: Iterable[dict], *fields: str) -> dict[tuple, list[dict]]:

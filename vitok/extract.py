@@ -360,6 +360,9 @@ def merge_manifests(out_dir: Path, world: int, num_shards: int, job: dict[str, A
         skipped.extend(record["skipped"])
         shard_list.append({"index": index, "file": record["file"], "rank": record["rank"],
                            "num_clips": len(record["clips"]), "sources": record["sources"]})
+    if not clips:  # every file unreadable: a manifest of nothing would only fail later, in training
+        first = f"; first: {skipped[0]['source']}: {' '.join(skipped[0]['reason'].split())}" if skipped else ""
+        raise ExtractError(f"{input_dir}: no clip could be read ({len(skipped)} files skipped{first})")
     clips.sort(key=lambda c: c["id"])
     manifest = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,

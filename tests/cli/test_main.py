@@ -39,6 +39,25 @@ def test_user_error_is_one_line_without_traceback(capsys, monkeypatch):
     assert err == "error: something the user can fix\n"
 
 
+def test_os_errors_are_one_line_naming_the_path(capsys, monkeypatch):
+    """An output under a file, a full disk, a file over the size limit: the user's to fix, so one line, exit 1."""
+    import errno
+
+    cases = [(NotADirectoryError(errno.ENOTDIR, "Not a directory", "a.mp4/t"), "error: Not a directory: a.mp4/t\n"),
+             (OSError(errno.EFBIG, "File too large", "big.vtok"), "error: File too large: big.vtok\n"),
+             (OSError(errno.ENOSPC, "No space left on device"), "error: No space left on device\n")]
+    monkeypatch.setitem(cli.lazy_commands, "boom", "vitok.cli.main:cli")
+    for exc, line in cases:
+        @click.command()
+        def boom(exc=exc) -> None:
+            raise exc
+
+        monkeypatch.setattr(type(cli), "get_command", lambda self, ctx, name, cmd=boom: cmd if name == "boom" else None)
+        with pytest.raises(SystemExit) as e:
+            main(["boom"])
+        assert e.value.code == 1 and capsys.readouterr().err == line
+
+
 def test_unknown_command_fails(capsys):
     with pytest.raises(SystemExit) as e:
         main(["no-such-command"])

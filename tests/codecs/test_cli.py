@@ -1,7 +1,10 @@
 """`vitok encode | decode | info` through click: success paths on a real clip, and every user error as one line."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -265,3 +268,54 @@ def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path
     before = (d / "entropy.safetensors").read_bytes()
     assert "clip not found" in _error(capsys, "calibrate", str(d), "-y", "--clip", str(tmp_path / "nope.mp4"))
     assert (d / "entropy.safetensors").read_bytes() == before  # a failed run leaves the tables as they were
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_outputs_never_replace_special_files(capsys, encoded, video, tiny1d, tmp_path):
+    """-y replaces a previous output file, never a pipe or device (as root, -o /dev/null -y would replace it)."""
+    model = str(tiny1d[2])
+    pipes = [tmp_path / "pipe.vtok", tmp_path / "pipe.npy"]
+    for pipe in pipes:
+        os.mkfifo(pipe)
+    assert "not a regular file" in _error(capsys, "encode", str(video), "-o", str(pipes[0]), "-y", "-q", "--model",
+                                          model)
+    assert "not a regular file" in _error(capsys, "decode", str(encoded), "-o", str(pipes[1]), "-y", "-q", "--model",
+                                          model)
+    assert all(stat.S_ISFIFO(p.stat().st_mode) for p in pipes)
+
+
+def test_encode_refuses_a_size_over_the_limits_before_reading(capsys, monkeypatch, video, tiny1d, tmp_path):
+    """A --size the container cannot hold fails at once: no frame is read or resized (that would exhaust memory)."""
+    import vitok.data.io
+
+    monkeypatch.setattr(vitok.data.io, "iter_video", lambda *a, **k: pytest.fail("frames were read"))
+    args = ["encode", str(video), "-o", str(tmp_path / "big.vtok"), "--model", str(tiny1d[2]), "-q", "--size"]
+    assert "20000x20000 outside 1..16384" in _error(capsys, *args, "20000x20000")
+    assert "pixel limit" in _error(capsys, *args, "16000x16000")  # 8-frame chunks of 16000x16000
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_path_and_disk_errors_are_one_line(capsys, monkeypatch, encoded, video, tiny1d, tmp_path):
+    """An output under a file, or a disk that fills up mid-write: one line naming the path, no partial file."""
+    from vitok.codecs.container import VtokWriter
+
+    model = str(tiny1d[2])
+    assert f"File exists: {video}" in _error(capsys, "encode", str(video), "-o", str(video / "x.vtok"), "-q",
+                                             "--model", model)
+    assert f"File exists: {video}" in _error(capsys, "decode", str(encoded), "-o", str(video / "y.npy"), "-q",
+                                             "--model", model)
+
+    def full(self, payload, frames):
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+    monkeypatch.setattr(VtokWriter, "write_chunk", full)
+    out = tmp_path / "big.vtok"
+    assert _error(capsys, "encode", str(video), "-o", str(out), "-q", "--model", model) == \
+        f"error: {os.strerror(errno.EFBIG)}: {out}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_decode_of_a_folder_says_it_is_a_folder(capsys, tmp_path):
+    (tmp_path / "adir").mkdir()
+    assert "adir is a folder, not a .vtok file" in _error(capsys, "decode", str(tmp_path / "adir"), "-o",
+                                                          str(tmp_path / "y.mkv"))

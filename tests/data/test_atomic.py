@@ -1,6 +1,7 @@
 """Atomic outputs: nothing at the destination until success, nothing left behind on failure, the usual mode."""
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -38,3 +39,16 @@ def test_failures_leave_nothing(tmp_path):
             tmp.write_bytes(b"partial")
             raise RuntimeError("interrupted")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["model", "old.json"]
+
+
+def test_a_full_disk_names_the_output(tmp_path):
+    """Write errors that carry no file name (EFBIG, ENOSPC) get the destination's, so the user knows which output."""
+    with pytest.raises(OSError) as e:
+        with atomic_path(tmp_path / "out.bin") as tmp:
+            tmp.write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert e.value.filename == str(tmp_path / "out.bin")
+    with pytest.raises(OSError) as e:
+        with atomic_dir(tmp_path / "frames") as tmp:
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+    assert e.value.filename == str(tmp_path / "frames") and list(tmp_path.iterdir()) == []

@@ -132,3 +132,55 @@ def test_bench_codec_refuses_an_unknown_codec_before_timing_any(small_clip, monk
               "-q"])
     assert e.value.code != 0 and timed == []
     assert "error: unknown codec 'nosuch'" in capsys.readouterr().err
+
+
+def _one_line_error(capsys, args) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_compare_refuses_vitok_codecs_and_names_it_would_not_write(tmp_path, capsys, small_clip, tiny_model):
+    """--codec takes classical codecs only (vitok goes in --model), and -o must be the PNG actually written."""
+    keep = tmp_path / "keep.png"
+    keep.write_bytes(b"mine")
+    base = ["compare", str(small_clip), "--model", tiny_model, "--frames", "4"]
+    assert "ending in .png" in _one_line_error(capsys, [*base, "-o", str(tmp_path / "keep.jpg")])
+    assert keep.read_bytes() == b"mine" and not (tmp_path / "keep.jpg").exists()
+    err = _one_line_error(capsys, [*base, "--codec", f"vitok:{tiny_model}", "-o", str(tmp_path / "c.png")])
+    assert "classical codecs" in err and "--model" in err
+
+
+def test_op_keys_and_codecs_are_checked_before_any_work(tmp_path, capsys, small_clip, tiny_model, monkeypatch):
+    from vitok.evaluation import bench
+
+    monkeypatch.setattr(rd_mod, "run_job", lambda job: pytest.fail("encoded"))
+    monkeypatch.setattr(bench, "bench_one", lambda *a, **k: pytest.fail("timed"))
+    neural = f"vitok:{tiny_model}"
+    rd = ["rd", str(small_clip), "-o", str(tmp_path / "rd"), "-q"]
+    bench_args = ["bench", "codec", "--clip", str(small_clip), "--frames", "3", "--repeat", "1", "--same-process", "-q"]
+    cases = [
+        ([*rd, "--codec", "h264", "--op", "h264:zzz=1"], "h264 has no knob 'zzz' (knobs: crf, preset"),
+        ([*rd, "--codec", neural, "--op", f"{neural}:zzz=1"], "has no knob 'zzz' (knobs: step, tokens"),
+        ([*rd, "--codec", "h264", "--op", "h265:crf=20"], "codec h265 is not selected"),
+        ([*bench_args, "--codec", "h264", "--op", "h264:zzz=1"], "h264 has no knob 'zzz'"),
+        ([*bench_args, "--codec", neural, "--op", "h264:crf=20"], "codec h264 is not selected"),
+    ]
+    for args, message in cases:
+        assert message in _one_line_error(capsys, args)
+    assert not (tmp_path / "rd").exists()
+
+
+def test_rd_plot_checks_the_fields_it_reads(tmp_path, capsys):
+    good = {"clip": "a", "codec": "h264", "op": {"crf": 20}, "bytes": 900, "bpp": 0.1, "psnr": 31.5}
+    cases = [({"bpp": "x"}, "record 1: field 'bpp' must be a number, got \"x\""),
+             ({"codec": []}, "record 1: field 'codec' must be a string"),
+             ({"bytes": None}, "record 1: field 'bytes' is missing"),
+             ({"op": {"tokens": "many"}}, "record 1: field 'op' must be"),
+             ({"tokens_per_chunk": ["x"]}, "record 1: field 'tokens_per_chunk' must be a list of token counts")]
+    for i, (change, message) in enumerate(cases):
+        path = tmp_path / f"records{i}.json"
+        path.write_text(json.dumps([good, {**good, **change}]))
+        assert message in _one_line_error(capsys, ["rd", "plot", str(path)])

@@ -8,13 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 import vitok
+from vitok.cli.main import main
 from vitok.data.convert import frames_to_tensor
-from vitok.data.shards import LatentShards, collate_latents
-from vitok.extract import extract_latents, latents_from_batch, read_clips
+from vitok.data.shards import LatentShards, ShardError, collate_latents
+from vitok.extract import ExtractError, extract_latents, latents_from_batch, read_clips
 
 NUM_GOOD, SIDE = 6, 32  # as in conftest.py (test modules cannot import it under --import-mode=importlib)
 
@@ -167,3 +169,30 @@ def test_torchrun_two_processes_split_disjoint_shards(tmp_path, video_dir, model
     one = {it["source"]: it["z"] for it in LatentShards(shards_dir)}
     for it in LatentShards(out):
         torch.testing.assert_close(it["z"], one[it["source"]])
+
+
+def test_damaged_shards_are_one_line_errors_naming_the_shard(tmp_path, shards_dir, capsys):
+    import shutil
+
+    root = tmp_path / "shards"
+    shutil.copytree(shards_dir, root)
+    for shard in root.glob("shard-*.safetensors"):
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size // 2)
+    with pytest.raises(ShardError, match="shard-00000.safetensors: damaged shard"):
+        LatentShards(root)[0]
+    with pytest.raises(SystemExit) as e:
+        main(["gen", "train", str(root), "--out", str(tmp_path / "g"), "--steps", "2", "-q"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("error: ") and "damaged shard" in err and err.count("\n") == 1, err
+
+
+def test_extract_fails_when_no_clip_can_be_read(tmp_path, model_dir):
+    """A folder of nothing but unreadable files is an error (like a folder with no videos), not a set of 0 clips."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.mp4", "b.mkv"):
+        (videos / name).write_bytes(b"not a video" * 50)
+    with pytest.raises(ExtractError, match=r"no clip could be read \(2 files skipped; first: a.mp4: "):
+        extract_latents(videos, tmp_path / "out", str(model_dir), frames=4, size=(SIDE, SIDE))
+    assert not (tmp_path / "out" / "manifest.json").exists()

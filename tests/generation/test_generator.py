@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
 import vitok
-from vitok.cli.main import cli
+from vitok.cli.main import cli, main
 from vitok.data.convert import frames_to_tensor
 from vitok.data.io import read_video
 from vitok.evaluation.generation import FlowDiT, GeneratorConfig, flow_loss, load_generator, sample_flow, \
-    train_generator
+    save_generator, train_generator
 from vitok.extract import read_clips
 
 SIDE = 32
@@ -100,3 +101,15 @@ def test_cli_extract_stats_train_sample(tmp_path, video_dir, model_dir):
     assert quiet.exit_code == 0 and quiet.stderr == ""
     result = runner.invoke(cli, ["gen", "sample", "--gen", str(tmp_path / "gen"), "-o", str(out)])
     assert result.exit_code != 0 and "exists" in str(result.exception)  # main() prints it as `error: ...`
+
+
+def test_damaged_generator_weights_are_one_line(tmp_path, capsys):
+    gen = tmp_path / "gen"
+    save_generator(FlowDiT(GeneratorConfig(latent_channels=4, max_tokens=8, width=16, depth=1, heads=2)), gen, {})
+    (gen / "model.safetensors").write_text("hi\n")
+    with pytest.raises(SystemExit) as e:
+        main(["gen", "sample", "--gen", str(gen), "-o", str(tmp_path / "s.mp4"), "-q"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"{gen / 'model.safetensors'}: unreadable generator weights" in err
+    assert not (tmp_path / "s.mp4").exists()

@@ -4,8 +4,10 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 
+from vitok.data.errors import VitokError
 from vitok.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
@@ -53,3 +55,13 @@ def test_latest_pointer_prunes_and_falls_back(tmp_path):
     (root / "step-00000003" / "state.json").unlink()        # ... and skip an incomplete one
     assert latest_checkpoint(tmp_path).name == "step-00000002"
     assert latest_checkpoint(tmp_path / "none") is None
+
+
+def test_a_damaged_checkpoint_is_a_user_error_naming_the_file(tmp_path):
+    """A truncated tensors file (disk full, copied half-way) stops --resume with a one-line error, not a traceback."""
+    path = save_checkpoint(tmp_path, 1, {"w": torch.ones(256)})
+    tensors = path / "tensors.safetensors"
+    with open(tensors, "r+b") as f:
+        f.truncate(tensors.stat().st_size // 2)
+    with pytest.raises(VitokError, match="tensors.safetensors: unreadable"):
+        load_checkpoint(latest_checkpoint(tmp_path))

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vitok.data.atomic import atomic_dir, write_bytes_atomic
@@ -115,6 +116,8 @@ def load_checkpoint(path: str | Path) -> tuple[int, dict[str, Any]]:
     try:
         meta = json.loads((path / "state.json").read_text())
         tensors = load_file(str(path / "tensors.safetensors"))
+    except SafetensorError as e:
+        raise VitokError(f"checkpoint {path / 'tensors.safetensors'}: unreadable ({e})") from None
     except (OSError, ValueError) as e:
         raise VitokError(f"checkpoint {path}: unreadable ({e})") from None
     return int(meta["step"]), join_tensors(meta["state"], tensors)
