@@ -108,6 +108,16 @@ class EncodeStats:
                 "seconds": round(self.seconds, 3)}
 
 
+def _float32_step(step: Any) -> Any:
+    """``step`` unchanged, or a CodecError naming it when the float32 the stream stores it as would be 0 or inf."""
+    if isinstance(step, (int, float)) and math.isfinite(step) and step > 0:
+        with np.errstate(over="ignore"):
+            stored = float(np.float32(step))
+        if stored == 0 or not math.isfinite(stored):
+            raise CodecError(f"quantization step {step!r} is out of float32's range (the stream stores it as float32)")
+    return step
+
+
 class VitokCodec(Codec):
     """A tokenizer + its entropy tables as a codec. ``model``: bundled name, model dir, or a ``Tokenizer``."""
 
@@ -179,8 +189,8 @@ class VitokCodec(Codec):
         from vitok.data.convert import frames_to_tensor
 
         tok, tables = self.tok, self.tables
+        index = tables.table_index(_float32_step(step))
         step = float(np.float32(step))
-        index = tables.table_index(step)
         tokens = self._check_tokens(tokens)
         lat = tok.encode(frames_to_tensor(frames, device=tok.device), num_tokens=tokens)
         z = lat.z[0].float()
@@ -349,7 +359,7 @@ class VitokCodec(Codec):
         # room for headers with a count per unit (distinct counts, so header_size gives that form)
         target = budget - sum(header_size(range(1, len(costs.bits) + 1)) for _, costs, _ in evaluated)
         for _ in range(8):
-            pick, codes, at = allocate_bytes(options, target), [], 0
+            pick, codes, at = allocate_bytes(options, target, reserved=target_bytes - target), [], 0
             for frames, costs, z in evaluated:
                 units = len(costs.bits)
                 codes.append(self._code_units(z, costs.tokens(pick[at:at + units]), step, frames))
@@ -399,7 +409,8 @@ class VitokCodec(Codec):
             pairs = [self._evaluate(chunk, *g) for g in grid]
             options.append([p[0] for p in pairs])
             codes_all.append([p[1] for p in pairs])
-        pick = allocate_bytes(options, target_bytes - overhead(len(options)))
+        reserved = overhead(len(options))
+        pick = allocate_bytes(options, target_bytes - reserved, reserved=reserved)
         for codes, i in zip(codes_all, pick):
             yield codes[i]
 
@@ -424,7 +435,7 @@ class VitokCodec(Codec):
         per tile (else one per chunk)."""
         t0 = time.perf_counter()
         if step is not None:
-            self.tables.table_index(step)
+            self.tables.table_index(_float32_step(step))
         if bytes is not None and (not isinstance(bytes, (int, np.integer)) or bytes <= 0):
             raise CodecError(f"bytes must be a positive integer, got {bytes!r}")
         if psnr is not None and not (isinstance(psnr, (int, float)) and math.isfinite(psnr)):

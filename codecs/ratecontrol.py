@@ -79,15 +79,16 @@ def pick_psnr(n: int, evaluate: Callable[[int], Candidate], target: float) -> Ca
     return get(lo)
 
 
-def allocate_bytes(options: Sequence[Sequence[Option]], budget: float) -> list[int]:
+def allocate_bytes(options: Sequence[Sequence[Option]], budget: float, reserved: float = 0) -> list[int]:
     """Per chunk the index of the candidate to use so that the payloads fit ``budget`` bytes with the least total
-    distortion (Lagrangian bisection on lambda, then a greedy pass that spends what is left)."""
+    distortion (Lagrangian bisection on lambda, then a greedy pass that spends what is left). ``reserved``: the
+    bytes the caller took off the user's budget for headers, so a budget too small is told in the user's terms."""
     if not options or any(not o for o in options):
         raise CodecError("rate control needs at least one candidate per chunk")
     floor = sum(min(c.nbytes for c in o) for o in options)
     if floor > budget:
-        raise CodecError(f"byte budget too small: the cheapest setting needs {floor:.0f} payload bytes, "
-                         f"the budget leaves {budget:.0f}")
+        raise CodecError(f"byte budget too small: {budget + reserved:.0f} bytes; the cheapest setting takes about "
+                         f"{floor + reserved:.0f} ({reserved:.0f} of them headers)")
 
     def choose(lam: float) -> list[int]:
         return [min(range(len(o)), key=lambda i: (o[i].sse + lam * o[i].nbytes, o[i].nbytes)) for o in options]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import tracemalloc
 import zlib
@@ -105,8 +106,11 @@ def test_rate_control_modes(codec1d, clip):
     full = len(codec1d.encode(frames, fps))
     data, st = codec1d.encode_with_stats(frames, fps, bytes=full)
     assert len(data) <= full
-    with pytest.raises(CodecError, match="byte budget too small"):
+    with pytest.raises(CodecError, match=r"byte budget too small: 100 bytes; the cheapest setting takes about "
+                                         r"\d+ \(\d+ of them headers\)") as err:
         codec1d.encode(frames, fps, bytes=100)
+    cheapest = int(re.search(r"takes about (\d+)", str(err.value)).group(1))
+    assert len(codec1d.encode(frames, fps, bytes=cheapest)) <= cheapest   # the figure it names is enough
 
 
 def test_grid_rate_control_picks_steps(tinygrid, clip):
@@ -117,12 +121,18 @@ def test_grid_rate_control_picks_steps(tinygrid, clip):
     small = len(codec.encode(frames, fps, step=2.0))
     data, st = codec.encode_with_stats(frames, fps, bytes=small + 5)
     assert len(data) <= small + 5 and codec.decode(data)[0].shape == frames.shape
+    with pytest.raises(CodecError, match=r"byte budget too small: 60 bytes; .* about (\d+) \(\d+ of them") as err:
+        codec.encode(frames, fps, bytes=60)
+    cheapest = int(re.search(r"takes about (\d+)", str(err.value)).group(1))
+    assert len(codec.encode(frames, fps, bytes=cheapest)) <= cheapest
     with pytest.raises(CodecError, match="only for 1D"):
         codec.encode(frames, fps, tokens=4)
 
 
 @pytest.mark.parametrize("knobs,match", [({"tokens": 0}, "tokens"), ({"tokens": 17}, "tokens"),
                                          ({"step": -1.0}, "step"), ({"bytes": -5}, "bytes"),
+                                         ({"step": 1e-50}, r"step 1e-50 is out of float32"),
+                                         ({"step": 1e39}, r"step 1e\+39 is out of float32"),
                                          ({"tokens": 4, "psnr": 30.0}, "at most one")])
 def test_bad_knobs(codec1d, clip, knobs, match):
     with pytest.raises(CodecError, match=match):
