@@ -69,6 +69,18 @@ def test_bad_overrides_are_user_errors(item, needle):
     ("seed=-1", "seed must be at least 0"),
     ("ema.decay=1", "ema.decay must be below 1"),
     ('eval={"every": "often"}', "eval.every must be an integer"),
+    ("schedule.betas=[0.9]", "schedule.betas must be 2 numbers in [0, 1), got [0.9]"),
+    ('schedule.betas=["a","b"]', "schedule.betas must be 2 numbers"),
+    ("schedule.betas=[2,3]", "schedule.betas must be 2 numbers"),
+    ("schedule.min_lr_ratio=2", "schedule.min_lr_ratio must be in [0, 1]"),
+    ("loss.lpips_net=foo", "loss.lpips_net must be one of alex, vgg, squeeze, got 'foo'"),
+    ("loss.disc_channels=0", "loss.disc_channels must be at least 1"),
+    ('data.samples.sizes=["a"]', "data.samples.sizes must be a list of positive integers"),
+    ("data.samples.sizes=[0]", "data.samples.sizes must be a list of positive integers"),
+    ("nested_dropout.mode=foo", "nested_dropout.mode must be one of model, uniform, pow2"),
+    ("device=tpu", "device must be one of auto, cpu, cuda, got 'tpu'"),
+    ("precision=fp16", "precision must be one of auto, fp32, bf16"),
+    ("eval.source=foo", "eval.source must be one of samples, synthetic"),
 ])
 def test_values_of_the_wrong_type_or_range_are_user_errors(item, needle):
     with pytest.raises(VitokError) as e:

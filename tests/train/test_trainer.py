@@ -137,7 +137,7 @@ def test_precision_bf16_autocasts_on_cpu(make_cfg, metrics, tmp_path):
             assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics(tmp_path / precision) if "loss" in r)
     finally:
         handle.remove()
-    with pytest.raises(VitokError, match="precision: one of auto, fp32, bf16"):
+    with pytest.raises(VitokError, match="precision.* one of auto, fp32, bf16"):
         train(make_cfg("tiny-vit", "precision=fp16"), tmp_path / "bad", quiet=True)
     assert not (tmp_path / "bad").exists()
 
@@ -237,3 +237,48 @@ def test_init_grows_a_vits_depth_as_identity_blocks(make_cfg, tmp_path, capsys, 
     with pytest.raises(VitokError, match="model.init: .* does not match"):
         train(bad, tmp_path / "bad", quiet=True)
     assert not (tmp_path / "bad").exists()
+
+
+def test_refused_commands_leave_a_run_as_it_was(make_cfg, metrics, tmp_path):
+    """A bad config (-y included), a resume to a step the run has passed, or a run folder given as model.init
+    fail before anything in the run folder changes."""
+    run = tmp_path / "run"
+    train(make_cfg("tiny-vit", "schedule.steps=2", "data.synthetic.num_clips=2"), run, quiet=True)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(VitokError, match="nonexistent"):
+        train(make_cfg("tiny-vit", "schedule.steps=2", "data.folder=/nonexistent"), run, overwrite=True, quiet=True)
+    with pytest.raises(VitokError, match="already at step 2; give schedule.steps >= 2"):
+        train(make_cfg("tiny-vit", "schedule.steps=1", "data.synthetic.num_clips=2"), run, resume=True, quiet=True)
+    with pytest.raises(VitokError, match="looks like a training run, whose weights are in .*model"):
+        train(make_cfg("tiny-vit", "schedule.steps=1", f"model.init={json.dumps(str(run))}"), tmp_path / "new",
+              quiet=True)
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_init_from_another_kind_of_model_is_refused(make_cfg, tmp_path):
+    vitok.create_model("vit1d-tiny").save_pretrained(tmp_path / "oned")
+    cfg = make_cfg("tiny-vit", "schedule.steps=1", f"model.init={json.dumps(str(tmp_path / 'oned'))}")
+    with pytest.raises(VitokError, match="model.init: .* does not match the config's architecture"):
+        train(cfg, tmp_path / "run", quiet=True)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_that_is_not_a_run_is_never_written_over(make_cfg, tmp_path, overwrite):
+    (tmp_path / "config.json").write_text("precious")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(VitokError, match="not empty and holds no vitok run.*choose a new or empty --out"):
+        train(make_cfg("tiny-vit", "schedule.steps=2"), tmp_path, overwrite=overwrite, quiet=True)
+    assert (tmp_path / "config.json").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "notes.txt"]
+
+
+def test_a_run_stopped_before_its_first_log_is_still_a_run(make_cfg, tmp_path):
+    """A run folder holding only the training config.json it wrote first is a run: refused without --resume or -y,
+    started over with -y."""
+    cfg = make_cfg("tiny-vit", "schedule.steps=1", "data.synthetic.num_clips=2")
+    tmp_path.joinpath("config.json").write_text(json.dumps(cfg))
+    with pytest.raises(VitokError, match="already holds a run: pass --resume"):
+        train(cfg, tmp_path, quiet=True)
+    train(cfg, tmp_path, overwrite=True, quiet=True)
+    assert (tmp_path / "model" / "model.safetensors").is_file()

@@ -127,6 +127,10 @@ POSITIVE = ("schedule.steps", "schedule.batch_size", "eval.num_segments", "eval.
             "checkpoint.keep", "max_bad_steps", "data.num_frames")
 # What the keys that default to None take when set.
 NULLABLE = {"name": "", "model.init": "", "data.folder": "", "data.num_frames": 0}
+# Keys that take one of a few strings (what pick_device, the trainer, eval_clips and lpips accept).
+CHOICES = {"device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16"),
+           "eval.source": ("samples", "synthetic"), "nested_dropout.mode": ("model", "uniform", "pow2"),
+           "loss.lpips_net": ("alex", "vgg", "squeeze")}
 
 
 def check_values(cfg: dict[str, Any], where: str = "config") -> None:
@@ -155,6 +159,30 @@ def check_values(cfg: dict[str, Any], where: str = "config") -> None:
             raise VitokError(f"{where}: {key} must be {kind}, got {value!r}")
     if not cfg["ema"]["decay"] < 1:
         raise VitokError(f"{where}: ema.decay must be below 1, got {cfg['ema']['decay']!r}")
+    _check_choices_and_ranges(flatten(cfg), where)
+
+
+def _check_choices_and_ranges(flat: dict[str, Any], where: str) -> None:
+    """Values whose type is right but whose meaning is not: a string outside its choices, betas, sizes, ranges
+    (each would otherwise fail deep inside torch or lpips, or be silently ignored)."""
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise VitokError(f"{where}: {key} must be one of {', '.join(allowed)}, got {flat[key]!r}")
+    betas = flat["schedule.betas"]
+    if len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
+        raise VitokError(f"{where}: schedule.betas must be 2 numbers in [0, 1), got {betas!r}")
+    sizes = flat["data.samples.sizes"]
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
+        raise VitokError(f"{where}: data.samples.sizes must be a list of positive integers, got {sizes!r}")
+    if flat["loss.disc_channels"] < 1:
+        raise VitokError(f"{where}: loss.disc_channels must be at least 1, got {flat['loss.disc_channels']!r}")
+    if not flat["schedule.min_lr_ratio"] <= 1:
+        raise VitokError(f"{where}: schedule.min_lr_ratio must be in [0, 1], got {flat['schedule.min_lr_ratio']!r}")
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def merge(base: dict[str, Any], update: dict[str, Any], where: str = "config", prefix: str = "") -> dict[str, Any]:

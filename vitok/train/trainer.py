@@ -127,7 +127,15 @@ def _init_from(tok: nn.Module, source: str) -> str:
     model may change its token count, a ViT may grow deeper). Returns what was done, for the log."""
     import vitok
 
-    src = vitok.load(source, frozen=False)
+    try:
+        src = vitok.load(source, frozen=False)
+    except VitokError as e:
+        if (Path(source) / "model").is_dir():
+            raise VitokError(f"model.init: {e}; {source} looks like a training run, whose weights are in "
+                             f"{Path(source) / 'model'}") from None
+        raise
+    if src.config.kind != tok.config.kind:
+        raise _mismatch(source, src, tok)
     theirs, ours = src.state_dict(), tok.state_dict()
     changes = []
     if src.max_tokens and src.max_tokens != tok.max_tokens:
@@ -141,10 +149,15 @@ def _init_from(tok: nn.Module, source: str) -> str:
         theirs = tok.adapt_state_dict(theirs)
     done = f"initialised from {source}" + (f" ({'; '.join(changes)})" if changes else "")
     if {k: v.shape for k, v in theirs.items()} != {k: v.shape for k, v in ours.items()}:
-        raise VitokError(f"model.init: {source} ({src.config.name}, {src.config.kind}) does not match the config's "
-                         f"architecture {tok.config.name!r}; set model.name/overrides to the same architecture")
+        raise _mismatch(source, src, tok)
     tok.load_state_dict(theirs)
     return done
+
+
+def _mismatch(source: str, src: nn.Module, tok: nn.Module) -> VitokError:
+    """The error for a model.init whose weights cannot go into the config's architecture."""
+    return VitokError(f"model.init: {source} ({src.config.name}, {src.config.kind}) does not match the config's "
+                      f"architecture {tok.config.name!r}; set model.name/overrides to the same architecture")
 
 
 class Trainer:
@@ -175,7 +188,6 @@ class Trainer:
             raise VitokError(f"config model: cannot create {cfg['model']['name']!r} ({e})") from None
         if cfg["model"]["init"] and ckpt is None:
             self.log(_init_from(tok, cfg["model"]["init"]))
-        self._prepare_out_dir(resume, overwrite)  # only once the model exists: a bad config leaves no files
         self.tok = tok.to(self.device).train()
         self.ema = EMA(self.tok, cfg["ema"]["decay"])
         _seed_all(seed + 1000 * info.rank)   # per-rank randomness (sampling, nested dropout) after a shared init
@@ -193,6 +205,11 @@ class Trainer:
             self.disc = PatchDiscriminator(int(lw["disc_channels"])).to(self.device)
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=float(lw["disc_lr"]),
                                               betas=tuple(sched["betas"]), weight_decay=0.0)
+        self.step, self.elapsed, self.bad_steps = 0, 0.0, 0
+        if ckpt is not None:
+            self._load(ckpt)
+        # only once everything the config builds exists: a bad config leaves the folder as it was
+        self._prepare_out_dir(resume, overwrite)
         self.fwd, self.disc_fwd = self.forward, self.disc
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -204,20 +221,30 @@ class Trainer:
                 self.disc_fwd = DDP(self.disc, device_ids=ids)
         if cfg["compile"]:
             self.fwd = torch.compile(self.fwd)
-
-        self.step, self.elapsed, self.bad_steps = 0, 0.0, 0
-        if ckpt is not None:
-            self._load(ckpt)
         self.loader = make_train_loader(self.dataset, self.batch_size, seed=seed, rank=info.rank, world=info.world,
                                         start_step=self.step, num_workers=int(cfg["data"]["num_workers"]),
                                         pin_memory=self.device.type == "cuda")
 
     # ----------------------------------------------------------------------------------------------- setup
     def _has_run(self) -> bool:
-        return (self.out / "checkpoints").exists() or (self.out / "metrics.jsonl").exists()
+        """checkpoints/, metrics.jsonl, or the training config.json a run writes first (one stopped before its
+        first log window)."""
+        if (self.out / "checkpoints").exists() or (self.out / "metrics.jsonl").exists():
+            return True
+        try:
+            saved = json.loads((self.out / "config.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(saved, dict) and {"model", "data", "schedule"} <= saved.keys()
 
     def _check_out_dir(self, resume: bool, overwrite: bool) -> None:
-        """Refuse to mix runs: an out dir with checkpoints needs --resume or -y (which clears it)."""
+        """Refuse to mix runs: an out dir with checkpoints needs --resume or -y (which clears it); a folder holding
+        other files is never written over."""
+        if self.out.exists() and not self.out.is_dir():
+            raise VitokError(f"--out {self.out} is a file, not a folder; choose a new --out")
+        if self.out.is_dir() and any(self.out.iterdir()) and not self._has_run():
+            raise VitokError(f"--out {self.out} is not empty and holds no vitok run (no checkpoints/, metrics.jsonl or "
+                             f"training config.json); choose a new or empty --out (-y only clears an earlier run)")
         if self._has_run() and not resume and not overwrite:
             raise VitokError(f"run directory {self.out} already holds a run: pass --resume to continue it or -y to "
                              f"start over")
@@ -266,6 +293,9 @@ class Trainer:
             self.log(f"notice: checkpoint was written by {len(rngs)} processes, now {self.info.world}: the data order "
                      f"and random draws will not match the original run")
         set_rng_state(rngs[self.info.rank % len(rngs)])
+        if self.step > self.total_steps:   # equal: the run is finished at that step (final evaluation, model)
+            raise VitokError(f"--resume: the run in {self.out} is already at step {self.step}; give "
+                             f"schedule.steps >= {self.step} to continue or finish it")
         self.log(f"resumed from {path} at step {self.step}")
 
     # ----------------------------------------------------------------------------------------------- loop
