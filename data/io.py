@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import glob
 import itertools
+import math
+import numbers
 import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import av
 import av.error
@@ -81,10 +83,16 @@ def _open(path: str | os.PathLike, threads: bool = True) -> tuple[av.container.I
     if not container.streams.video:
         container.close()
         raise VideoReadError(f"{p}: no video stream")
-    stream = container.streams.video[0]
+    stream = _main_stream(container.streams.video)
     if threads:
         stream.thread_type = "AUTO"
     return container, stream
+
+
+def _main_stream(streams: Sequence[av.video.stream.VideoStream]) -> av.video.stream.VideoStream:
+    """The stream ffmpeg would pick: the largest picture that is not an attached one (cover art, a thumbnail)."""
+    moving = [s for s in streams if not s.disposition & av.stream.Disposition.attached_pic] or list(streams)
+    return max(moving, key=lambda s: (s.width or 0) * (s.height or 0))   # max keeps the first of equals
 
 
 def _fps(stream: av.video.stream.VideoStream) -> Fraction:
@@ -92,17 +100,28 @@ def _fps(stream: av.video.stream.VideoStream) -> Fraction:
     return Fraction(rate) if rate else Fraction(25)
 
 
-def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
-    """Video stream length in seconds: stream header, mkv per-track DURATION tag, or a lone stream's container."""
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
+def _stated_span(container: av.container.InputContainer, stream: av.video.stream.VideoStream
+                 ) -> tuple[float, float] | None:
+    """(start, end) of the video stream in seconds as the file states it: the stream header, mkv's per-track
+    DURATION tag (an end time, not a length), or a lone stream's container; None when nothing states it."""
+    tb = stream.time_base
+    start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+    if stream.duration and tb:
+        return start, start + float(stream.duration * tb)
     tag = stream.metadata.get("DURATION")
     if tag and re.fullmatch(r"\d+:\d\d:\d\d(\.\d+)?", tag):
         h, m, s = tag.split(":")
-        return int(h) * 3600 + int(m) * 60 + float(s)
+        return start, int(h) * 3600 + int(m) * 60 + float(s)
     if container.duration and len(container.streams) == 1:
-        return container.duration / 1e6
+        first = container.start_time / 1e6 if container.start_time is not None else 0.0
+        return first, first + container.duration / 1e6
     return None
+
+
+def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    """Video stream length in seconds, as the file states it (see `_stated_span`)."""
+    span = _stated_span(container, stream)
+    return None if span is None else max(span[1] - span[0], 0.0)
 
 
 def _is_image(container: av.container.InputContainer) -> bool:
@@ -205,14 +224,15 @@ _SIZED_FORMATS = {"mov", "matroska", "avi"}  # containers whose header states th
 
 def _check_complete(path: str | os.PathLike, container: av.container.InputContainer,
                     stream: av.video.stream.VideoStream, span: tuple[float, float] | None, decoded: int) -> None:
-    """Raise if the decoded frames cover well under the length the header states (a truncated file)."""
+    """Raise if the decoded frames end well before the end the header states (a truncated file). The end, not
+    the length: a stream may start late (a timestamp offset) or lose leading frames it cannot decode (a cut that
+    starts on a non-key frame), and neither is truncation."""
     if span is None or container.format.name.split(",")[0] not in _SIZED_FORMATS:
         return
-    duration = _duration(container, stream)
-    covered = span[1] - span[0]
-    if duration is not None and covered < duration - 0.5 / _fps(stream) - 1e-3:
-        raise VideoReadError(f"{path}: truncated: decoded {decoded} frames ({covered:.2f} s) of a stated "
-                             f"{duration:.2f} s")
+    stated = _stated_span(container, stream)
+    if stated is not None and span[1] < stated[1] - 0.5 / _fps(stream) - 1e-3:
+        raise VideoReadError(f"{path}: truncated: decoded {decoded} frames, ending at {span[1]:.2f} s of a stated "
+                             f"{stated[1]:.2f} s")
 
 
 def iter_video(path: str | os.PathLike, *, chunk_frames: int = 16, start: int = 0, num_frames: int | None = None,
@@ -370,6 +390,9 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
     pix = _pix_fmt(path, encoder, pix_fmt, width, height)
     if encoder == "libsvtav1":
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints warnings straight to stderr otherwise
+    if not (isinstance(fps, numbers.Real) and not isinstance(fps, bool) and math.isfinite(fps) and fps > 0) or \
+            Fraction(fps).limit_denominator(1_000_000) <= 0:
+        raise VideoWriteError(f"{path}: fps must be a positive number, got {fps!r}")
     rate = Fraction(fps).limit_denominator(1_000_000)
     try:
         with atomic_path(path) as tmp, av.open(str(tmp), "w") as container:

@@ -266,6 +266,60 @@ def test_bad_inputs_raise_one_line_errors(tmp_path, carphone_clip):
         assert isinstance(err.value, VitokError)
 
 
+def test_late_start_and_cut_streams_are_not_truncated(tmp_path, carphone_clip):
+    """Complete files whose frames do not start at 0 read whole: an mkv with a timestamp offset (its DURATION tag is
+    an end time) and a stream cut on a non-key frame (the leading frames cannot decode; ffmpeg drops them too)."""
+    clip = carphone_clip[:6]
+    late = write_raw(tmp_path / "late.mkv", clip, "ffv1", "bgr0", pts=[400 + 40 * i for i in range(6)])
+    frames, _ = read_video(late)
+    assert np.array_equal(frames, clip)
+    assert probe_video(late).num_frames == 6
+    src = tmp_path / "gop.mkv"   # a keyframe every 8 frames
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("libx264", rate=25, options={"g": "8", "keyint_min": "8", "sc_threshold": "0"})
+        s.width, s.height, s.pix_fmt = 176, 144, "yuv420p"
+        for k, f in enumerate(np.concatenate([carphone_clip] * 2)[:16]):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = k
+            c.mux(s.encode(vf))
+        c.mux(s.encode(None))
+    cut = tmp_path / "cut.mkv"
+    with av.open(str(src)) as i, av.open(str(cut), "w") as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for k, packet in enumerate(i.demux(i.streams.video[0])):
+            if k > 0 and packet.dts is not None:   # drop the first packet (the keyframe)
+                packet.stream = s
+                o.mux(packet)
+    frames, _ = read_video(cut)
+    assert len(frames) == 8   # from the second keyframe on
+
+
+def test_the_main_stream_is_read_not_a_thumbnail_before_it(tmp_path, carphone_clip):
+    """As ffmpeg picks: the largest video stream, not a small one listed first (a thumbnail track)."""
+    path = tmp_path / "thumb_first.mkv"
+    with av.open(str(path), "w") as c:
+        thumb, main = c.add_stream("ffv1", rate=25), c.add_stream("ffv1", rate=25)
+        thumb.width, thumb.height, thumb.pix_fmt = 16, 16, "bgr0"
+        main.width, main.height, main.pix_fmt = 176, 144, "bgr0"
+        c.mux(thumb.encode(av.VideoFrame.from_ndarray(carphone_clip[0, :16, :16].copy(), format="rgb24")))
+        for k, f in enumerate(carphone_clip[:5]):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = k
+            c.mux(main.encode(vf))
+        c.mux(thumb.encode(None))
+        c.mux(main.encode(None))
+    frames, _ = read_video(path)
+    assert np.array_equal(frames, carphone_clip[:5])
+    assert (probe_video(path).width, probe_video(path).height) == (176, 144)
+
+
+@pytest.mark.parametrize("fps", [0, 1e-9, -5, float("nan"), float("inf"), "25"])
+def test_write_refuses_a_rate_that_is_not_a_positive_number(tmp_path, tiny_frames, fps):
+    with pytest.raises(VideoWriteError, match="fps must be a positive number"):
+        write_video(tmp_path / "x.mp4", tiny_frames, fps)
+    assert not list(tmp_path.iterdir())
+
+
 def test_start_past_the_end(tiny_video):
     with pytest.raises(VideoReadError, match=r"start=9 is past the end \(the video has 9 frames\)") as err:
         read_video(tiny_video, start=9)
