@@ -5,8 +5,9 @@
     data = codec.encode(frames, fps, crf=28)     # frames: uint8 (T,H,W,3)
     frames, fps = codec.decode(data)
 
-RD counts ``len(data)`` (the whole mp4 / .vtok file) for every codec; ``codec.stream_bytes(data)`` gives the
-payload alone. Heavy parts (torch, CompressAI) load only when a vitok codec is used.
+RD counts ``codec.rate_bytes(data)``: the elementary stream for classical codecs (no mp4 boxes), the whole .vtok
+file for vitok codecs (see ``vitok.codecs.base``). Heavy parts (torch, CompressAI) load only when a vitok codec is
+used.
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """The ``Codec`` interface every codec implements, and the registry that names them.
 
-Byte accounting, one convention for every codec (RD uses it): the rate of an encoded clip is its **file bytes**,
-``len(data)`` of what ``encode`` returns, i.e. the whole container file (mp4 for classical codecs, ``.vtok`` for
-vitok codecs), headers included. ``stream_bytes(data)`` reports the payload alone next to it: for classical codecs
-the elementary stream (sum of packet sizes plus the decoder extradata, SPS/PPS etc.), for vitok the entropy-coded
-chunk payloads (without the file header and chunk framing).
+Byte accounting, one convention for every codec (RD, bench and compare use it): the rate of an encoded clip is its
+``rate_bytes(data)``, what a decoder needs without a general-purpose container: for classical codecs the elementary
+stream (packet sizes plus the decoder extradata, SPS/PPS etc.; the mp4 box structure, about 900 bytes however short
+the clip, is left out), for vitok codecs the whole ``.vtok`` file, its header included. ``stream_bytes(data)`` is
+the payload alone (for vitok the entropy-coded chunks without the file header); ``len(data)`` the file as written.
 """
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ class Codec(ABC):
         """What changes this codec's output besides its name and knobs (RD caches key on it); "" when nothing."""
         return ""
 
-    def file_bytes(self, data: bytes) -> int:
-        """Bytes RD counts for every codec: the whole file ``encode`` returned."""
+    def rate_bytes(self, data: bytes) -> int:
+        """Bytes RD counts (module docstring): the whole file here; classical codecs count their elementary stream."""
         return len(data)
 
     def __repr__(self) -> str:

@@ -133,6 +133,10 @@ class ClassicalCodec(Codec):
             out = out[:, : size[1], : size[0]]
         return out, fps
 
+    def rate_bytes(self, data: bytes) -> int:
+        """The elementary stream, not the mp4 around it (whose ~900 bytes would swamp short clips' rates)."""
+        return self.stream_bytes(data)
+
     def stream_bytes(self, data: bytes) -> int:
         """Elementary-stream bytes: sum of packet sizes plus the extradata (SPS/PPS/VPS) kept outside packets."""
         try:

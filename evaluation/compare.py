@@ -58,11 +58,12 @@ def match_psnr(codec: Any, frames: np.ndarray, fps: Fraction, target: float,
     return {"crf": best, **fixed}, data, decoded, value
 
 
-def _row(name: str, op: dict, frames: np.ndarray, data: bytes, decoded: np.ndarray, enc_s: float,
+def _row(name: str, op: dict, frames: np.ndarray, nbytes: int, decoded: np.ndarray, enc_s: float,
          dec_s: float) -> dict:
+    """One table row; ``nbytes`` is the codec's ``rate_bytes`` (elementary stream for classical codecs)."""
     t, h, w = frames.shape[:3]
     m = compute_metrics(frames, decoded, which=("psnr", "ssim"))
-    return {"codec": name, "op": op, "bytes": len(data), "bpp": len(data) * 8 / (t * h * w), **m,
+    return {"codec": name, "op": op, "bytes": nbytes, "bpp": nbytes * 8 / (t * h * w), **m,
             "encode_s": enc_s, "decode_s": dec_s}
 
 
@@ -86,7 +87,7 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
     t1 = time.perf_counter()
     decoded, _ = neural.decode(data)
     t2 = time.perf_counter()
-    rows = [_row(name, op, frames, data, decoded, t1 - t0, t2 - t1)]
+    rows = [_row(name, op, frames, neural.rate_bytes(data), decoded, t1 - t0, t2 - t1)]
     mid = len(frames) // 2
     shown = {"reference": frames[mid], name: decoded[mid]}
     streams = {name: (data, decoded)}
@@ -98,7 +99,7 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
         t1 = time.perf_counter()
         codec.decode(cdata)
         t2 = time.perf_counter()
-        rows.append(_row(cname, cop, frames, cdata, cdec, t1 - t0, t2 - t1))
+        rows.append(_row(cname, cop, frames, codec.rate_bytes(cdata), cdec, t1 - t0, t2 - t1))
         shown[cname] = cdec[mid]
         streams[cname] = (cdata, cdec)
     return rows, shown, streams

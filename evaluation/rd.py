@@ -4,7 +4,8 @@
 
 =============  ====================================================================================
 clip, codec    clip name and codec name (``h264``, ``vitok:NAME``); ``op`` is the knob dict used
-bytes          size of the encoded file (container included); ``stream_bytes`` the codec payload
+bytes          ``codec.rate_bytes``: elementary stream for classical codecs, whole .vtok file for vitok;
+               ``file_bytes`` the file as written (mp4 included), ``stream_bytes`` the codec payload
 bpp, kbps      ``bytes * 8 / (frames * width * height)`` and ``bytes * 8 / duration / 1000``
 psnr ... lpips per-frame means (see ``vitok.evaluation.metrics``); ``None`` = not applicable/unavailable
 tokens         latent tokens coded in the clip (vitok codecs; ``None`` for classical); ``tokens_per_s`` per
@@ -100,7 +101,7 @@ def load_cache(cache_dir: str | os.PathLike) -> dict[str, dict]:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(rec, dict) and "key" in rec:
+            if isinstance(rec, dict) and "key" in rec and "file_bytes" in rec:   # older records counted mp4 boxes
                 out[rec["key"]] = rec
     return out
 
@@ -196,10 +197,11 @@ def run_job(job: _Job) -> dict:
                               f"expected {frames.shape}")
     t, h, w = frames.shape[:3]
     seconds = t / float(fps)
+    rate = codec.rate_bytes(data)
     rec: dict[str, Any] = {
         "key": job.key, "clip": job.clip.name, "codec": codec_name(job.codec), "op": job.op,
-        "bytes": len(data), "stream_bytes": int(codec.stream_bytes(data)),
-        "bpp": len(data) * 8 / (t * h * w), "kbps": len(data) * 8 / seconds / 1000,
+        "bytes": rate, "file_bytes": len(data), "stream_bytes": int(codec.stream_bytes(data)),
+        "bpp": rate * 8 / (t * h * w), "kbps": rate * 8 / seconds / 1000,
     }
     rec.update({m: None for m in METRICS})
     rec.update(compute_metrics(frames, decoded, which=job.metrics))

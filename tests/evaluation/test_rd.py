@@ -34,7 +34,10 @@ def test_records_hold_rate_quality_tokens_and_times(sweep, tiny_model, is_png):
     assert [r["codec"] for r in records] == ["h264"] * 3 + ["h265"] * 3 + [f"vitok:{tiny_model}"] * 3
     for r in records:
         assert r["clip"] == "carphone" and (r["frames"], r["width"], r["height"]) == (9, 176, 144)
-        assert 0 < r["stream_bytes"] < r["bytes"]
+        assert 0 < r["stream_bytes"] <= r["bytes"] <= r["file_bytes"]
+        # the rate: h264/h265's elementary stream (no mp4 boxes), vitok's whole .vtok file (header included)
+        assert r["bytes"] == (r["stream_bytes"] if not r["codec"].startswith("vitok:") else r["file_bytes"])
+        assert r["codec"].startswith("vitok:") or r["bytes"] < r["file_bytes"]
         assert r["bpp"] == pytest.approx(r["bytes"] * 8 / (9 * 176 * 144))
         assert r["kbps"] == pytest.approx(r["bytes"] * 8 / (9 / r["fps"]) / 1000)
         assert 0 < r["psnr"] < 100 and 0 < r["ssim"] <= 1 and r["ms_ssim"] is None and r["lpips"] is None
@@ -106,6 +109,12 @@ def test_rerun_resumes_from_cache_without_encoding(sweep, monkeypatch, tiny_mode
     # one record per line: the torn line was ended, no blank lines between records
     lines = path.read_text().splitlines()
     assert lines[-2] == '{"key": "torn' and all(json.loads(x)["key"] for x in lines[:-2] + lines[-1:])
+    # a record from before the rate convention (no file_bytes: its bytes counted the mp4 boxes) is measured again
+    old = {k: v for k, v in json.loads(lines[0]).items() if k != "file_bytes"}
+    path.write_text("\n".join([json.dumps(old)] + lines[1:]) + "\n")
+    calls.clear()
+    rd_sweep(clips, codecs, _ops(tiny_model), cache_dir=cache, progress=False, metrics=METRICS)
+    assert calls == [old["key"]]
 
 
 def test_parallel_workers_match_serial(tmp_path, carphone9):
