@@ -241,9 +241,10 @@ def rd_sweep(clips: Iterable, codecs: Sequence, operating_points: Any = None, *,
         raise EvaluationError(f"unknown metric {bad[0]!r}; choose from {', '.join(METRICS)}")
     if workers > 1 and not all(isinstance(c, str) for c in codecs):
         raise EvaluationError("parallel sweeps (workers > 1) need codecs given by name")
+    _codecs.clear()   # codecs load afresh per sweep: a model saved again since the last sweep is read again
     objs = {codec_name(c): _codec_obj(c) for c in codecs}  # unknown names fail here, before any work
-    if "lpips" in metrics:
-        lpips_available()
+    # metrics as they can be measured now: a record made while LPIPS was unavailable is measured again once it is
+    measured = [f"{m}:available" if m == "lpips" and lpips_available() else m for m in metrics]
     cache = load_cache(cache_dir) if cache_dir is not None else {}
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
@@ -255,7 +256,7 @@ def rd_sweep(clips: Iterable, codecs: Sequence, operating_points: Any = None, *,
         for c in codecs:
             name = codec_name(c)
             for op in _ops_for(c, objs[name], operating_points):
-                key = record_key(clip, name, op, metrics, max_frames, idents[name])
+                key = record_key(clip, name, op, measured, max_frames, idents[name])
                 jobs.append(_Job(clip, c, op, key, metrics, max_frames, cache_str))
     todo = [j for j in jobs if j.key not in cache]
     done: dict[str, dict] = {j.key: cache[j.key] for j in jobs if j.key in cache}

@@ -175,3 +175,38 @@ def test_cache_key_follows_the_classical_codecs_build(sweep):
     assert "libavcodec" in ident and "no encoder banner" in ident
     op, metrics = {"crf": 30}, ("psnr",)
     assert rd_mod.record_key(clip, "h264", op, metrics, 9, ident) != rd_mod.record_key(clip, "h264", op, metrics, 9)
+
+
+def test_a_model_saved_again_is_read_again_and_lpips_once_available_is_measured(tmp_path, carphone9, tiny_model,
+                                                                                monkeypatch):
+    """Two sweeps in one process: the second reads a model saved again in between (new weights, new key, new
+    bytes), and records made while LPIPS was unavailable are measured again once it is."""
+    import shutil
+
+    import torch
+
+    import vitok
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    clips = [("carphone", carphone9[0][:4], carphone9[1])]
+    ops = {f"vitok:{model}": [{"step": 0.5}]}
+    first = rd_sweep(clips, [f"vitok:{model}"], ops, progress=False, metrics=("psnr",))
+    tok = vitok.load(model, frozen=False)
+    with torch.no_grad():
+        for p in tok.parameters():
+            p.mul_(0.5)
+    tok.save_pretrained(model)
+    second = rd_sweep(clips, [f"vitok:{model}"], ops, progress=False, metrics=("psnr",))
+    assert second[0]["key"] != first[0]["key"] and second[0]["psnr"] != first[0]["psnr"]
+
+    calls = []
+    real = rd_mod.run_job
+    monkeypatch.setattr(rd_mod, "run_job", lambda job: calls.append(job.key) or real(job))
+    h264 = {"h264": [{"crf": 30}]}
+    rd_sweep(clips, ["h264"], h264, cache_dir=tmp_path / "c", progress=False, metrics=("psnr", "lpips"))
+    rd_sweep(clips, ["h264"], h264, cache_dir=tmp_path / "c", progress=False, metrics=("psnr", "lpips"))
+    assert len(calls) == 1                                 # unavailable both times: cached
+    monkeypatch.setattr(rd_mod, "lpips_available", lambda net="alex": True)
+    rd_sweep(clips, ["h264"], h264, cache_dir=tmp_path / "c", progress=False, metrics=("psnr", "lpips"))
+    assert len(calls) == 2 and calls[1] != calls[0]        # available now: measured again
