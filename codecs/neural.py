@@ -8,8 +8,10 @@ chunk by chunk, so memory stays flat for long videos.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
+import json
 import math
 import os
 import time
@@ -164,8 +166,10 @@ class VitokCodec(Codec):
 
     @property
     def identity(self) -> str:
-        """The model's weights and the entropy tables: a retrained model in place codes differently."""
-        return f"{self.tok.weights_hash[:16]}-{self.tables.table_id}"
+        """The model's weights, its config (tiling, clip length) and the entropy tables: a model retrained or
+        reconfigured in place codes differently."""
+        config = json.dumps(self.tok.config.to_dict(), sort_keys=True).encode()
+        return f"{self.tok.weights_hash[:16]}-{hashlib.sha256(config).hexdigest()[:12]}-{self.tables.table_id}"
 
     def load(self) -> "VitokCodec":
         """Load the model and its tables now (errors surface before any video is read)."""

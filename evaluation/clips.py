@@ -43,7 +43,8 @@ def _file_clip(path: Path) -> Clip:
 
     info = probe_video(path)  # fails early, with the file's name, when it is not a readable video
     st = path.stat()
-    return Clip(path.stem, str(path), Fraction(info.fps), None, f"{st.st_size}-{st.st_mtime_ns}")
+    # the resolved path: any spelling of one file names the same records
+    return Clip(path.stem, str(path.resolve()), Fraction(info.fps), None, f"{st.st_size}-{st.st_mtime_ns}")
 
 
 def _sample_clips(spec: str) -> list[Clip] | None:

@@ -210,3 +210,28 @@ def test_a_model_saved_again_is_read_again_and_lpips_once_available_is_measured(
     monkeypatch.setattr(rd_mod, "lpips_available", lambda net="alex": True)
     rd_sweep(clips, ["h264"], h264, cache_dir=tmp_path / "c", progress=False, metrics=("psnr", "lpips"))
     assert len(calls) == 2 and calls[1] != calls[0]        # available now: measured again
+
+
+def test_cache_key_follows_a_vitok_models_config(tmp_path, tiny_model):
+    """Same weights and tables, another tiling in config.json: the model codes differently, so its records differ."""
+    import shutil
+
+    from vitok.codecs import get_codec
+
+    other = tmp_path / "retiled"
+    shutil.copytree(tiny_model, other)
+    config = json.loads((other / "config.json").read_text())
+    config["tile_overlap"] = 0.125 if config["tile_overlap"] != 0.125 else 0.25
+    (other / "config.json").write_text(json.dumps(config))
+    a, b = get_codec(f"vitok:{tiny_model}"), get_codec(f"vitok:{other}")
+    assert a.tok.weights_hash == b.tok.weights_hash and a.tables.table_id == b.tables.table_id
+    assert rd_mod.codec_identity(a) != rd_mod.codec_identity(b)
+
+
+def test_any_spelling_of_a_file_names_the_same_records(tmp_path, monkeypatch):
+    from vitok.data import sample_path
+
+    path = sample_path("carphone")
+    monkeypatch.chdir(path.parent)
+    spellings = [str(path), path.name, f"./{path.name}", str(path.parent / ".." / path.parent.name / path.name)]
+    assert len({rd_mod.resolve_clips([s])[0].source for s in spellings}) == 1
