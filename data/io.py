@@ -390,10 +390,10 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
     pix = _pix_fmt(path, encoder, pix_fmt, width, height)
     if encoder == "libsvtav1":
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints warnings straight to stderr otherwise
-    if not (isinstance(fps, numbers.Real) and not isinstance(fps, bool) and math.isfinite(fps) and fps > 0) or \
-            Fraction(fps).limit_denominator(1_000_000) <= 0:
+    finite = isinstance(fps, numbers.Real) and not isinstance(fps, bool) and math.isfinite(fps)
+    rate = Fraction(fps).limit_denominator(1_000_000) if finite else Fraction(0)
+    if rate <= 0:   # also a positive fps too small for the container's time base
         raise VideoWriteError(f"{path}: fps must be a positive number, got {fps!r}")
-    rate = Fraction(fps).limit_denominator(1_000_000)
     try:
         with atomic_path(path) as tmp, av.open(str(tmp), "w") as container:
             stream = container.add_stream(encoder, rate=rate, options=options)

@@ -54,11 +54,11 @@ def bench_one(codec: Any, frames: np.ndarray, fps: Fraction, op: Mapping[str, An
         (decoded, _), seconds = _timed(obj.decode, data)
         dec_s.append(seconds)
     t, h, w = frames.shape[:3]
+    nbytes = obj.rate_bytes(data)
     return {"codec": codec_name(codec), "op": op, "frames": t, "width": w, "height": h,
             "encode_fps": t / min(enc_s), "decode_fps": t / min(dec_s), "encode_s": min(enc_s),
             "decode_s": min(dec_s), "encode_peak_mb": enc_mem.peak_mb, "decode_peak_mb": dec_mem.peak_mb,
-            "bytes": obj.rate_bytes(data), "bpp": obj.rate_bytes(data) * 8 / (t * h * w),
-            "psnr": psnr(frames, np.asarray(decoded))}
+            "bytes": nbytes, "bpp": nbytes * 8 / (t * h * w), "psnr": psnr(frames, np.asarray(decoded))}
 
 
 def _bench_in_child(name: str, frames: np.ndarray, fps: Fraction, op: dict, repeat: int, warmup: bool,
