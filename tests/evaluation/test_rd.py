@@ -235,3 +235,21 @@ def test_any_spelling_of_a_file_names_the_same_records(tmp_path, monkeypatch):
     monkeypatch.chdir(path.parent)
     spellings = [str(path), path.name, f"./{path.name}", str(path.parent / ".." / path.parent.name / path.name)]
     assert len({rd_mod.resolve_clips([s])[0].source for s in spellings}) == 1
+
+
+def test_an_edit_that_keeps_size_and_mtime_changes_the_key(tmp_path, carphone9):
+    import os
+
+    from vitok.data import write_video
+
+    frames = carphone9[0][:, :64, :64]
+    path = tmp_path / "clip.mov"
+    write_video(path, frames[:3], fps=25, codec="rawvideo", pix_fmt="rgb24")  # size fixed by the frames' shape
+    before, st = rd_mod.resolve_clips([path])[0], path.stat()
+    write_video(path, frames[3:6], fps=25, codec="rawvideo", pix_fmt="rgb24")  # other frames, same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # `touch -r`: the old mtime back
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    after = rd_mod.resolve_clips([path])[0]
+    assert after.signature != before.signature
+    assert rd_mod.record_key(after, "h264", {"crf": 30}, ("psnr",), None) != \
+        rd_mod.record_key(before, "h264", {"crf": 30}, ("psnr",), None)
