@@ -227,34 +227,43 @@ def train_generator(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     loader = DataLoader(shards, batch_size=batch_size, sampler=sampler, collate_fn=collate_latents)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / LOG_NAME
-    log_path.write_text("")
-    history, window, t0 = [], [], time.perf_counter()
-    for step, batch in enumerate(loader, start=1):
-        labels = batch["index"].to(device) if cond == "clip" else None
-        loss = flow_loss(model, batch["z"].to(device), batch["mask"].to(device), labels, noise_gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        window.append(loss.item())
-        if step % log_every == 0 or step == steps:
-            entry = {"step": step, "loss": sum(window) / len(window), "lr": sched.get_last_lr()[0],
-                     "seconds": time.perf_counter() - t0}
-            with log_path.open("a") as f:
-                f.write(json.dumps(entry) + "\n")
-            history.append(entry)
-            window = []
-            if on_log is not None:
-                on_log(entry)
-    manifest = shards.manifest
-    meta = {"tokenizer": manifest["model"], "normalization": {"mean": shards.mean.tolist(), "std": shards.std.tolist()},
-            "template": _template(shards), "shards_dir": str(Path(shards_dir).resolve()),
-            "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "cond": cond,
-                      "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"]}}
-    save_generator(model.eval(), out, meta)
+    made = [p for p in (out, *out.parents) if not p.exists()]  # folders this call creates, deepest first
+    history: list[dict[str, Any]] = []
+    try:  # the log is renamed into place only with the saved model: a failed run leaves an earlier one whole
+        with atomic_path(out / LOG_NAME) as log_path:
+            window, t0 = [], time.perf_counter()
+            for step, batch in enumerate(loader, start=1):
+                labels = batch["index"].to(device) if cond == "clip" else None
+                loss = flow_loss(model, batch["z"].to(device), batch["mask"].to(device), labels, noise_gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                window.append(loss.item())
+                if step % log_every == 0 or step == steps:
+                    entry = {"step": step, "loss": sum(window) / len(window), "lr": sched.get_last_lr()[0],
+                             "seconds": time.perf_counter() - t0}
+                    with log_path.open("a") as f:
+                        f.write(json.dumps(entry) + "\n")
+                    history.append(entry)
+                    window = []
+                    if on_log is not None:
+                        on_log(entry)
+            manifest = shards.manifest
+            meta = {"tokenizer": manifest["model"],
+                    "normalization": {"mean": shards.mean.tolist(), "std": shards.std.tolist()},
+                    "template": _template(shards), "shards_dir": str(Path(shards_dir).resolve()),
+                    "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "cond": cond,
+                              "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"]}}
+            save_generator(model.eval(), out, meta)
+    except BaseException:
+        for folder in made:  # only folders left empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     return {"out": str(out), "steps": steps, "clips": len(shards), "params": sum(p.numel() for p in model.parameters()),
             "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"], "seconds": time.perf_counter() - t0}
 

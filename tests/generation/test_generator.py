@@ -113,3 +113,22 @@ def test_damaged_generator_weights_are_one_line(tmp_path, capsys):
     assert e.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
     assert f"{gen / 'model.safetensors'}: unreadable generator weights" in err
     assert not (tmp_path / "s.mp4").exists()
+
+
+def test_a_failed_training_run_leaves_no_folder_and_an_earlier_run_whole(tmp_path, shards_dir):
+    import shutil
+
+    bad = tmp_path / "shards"
+    shutil.copytree(shards_dir, bad)
+    for shard in sorted(bad.glob("shard-*.safetensors")):
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size // 2)
+    args = dict(steps=4, batch_size=2, width=16, depth=1, heads=2, log_every=2)
+    with pytest.raises(Exception, match="damaged shard"):
+        train_generator(bad, tmp_path / "new" / "gen", **args)
+    assert not (tmp_path / "new").exists()  # folders it made are gone
+    train_generator(shards_dir, tmp_path / "gen", **args)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "gen").iterdir()}
+    with pytest.raises(Exception, match="damaged shard"):
+        train_generator(bad, tmp_path / "gen", **args)  # as `-y` over it would
+    assert {p.name: p.read_bytes() for p in (tmp_path / "gen").iterdir()} == before
