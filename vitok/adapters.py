@@ -151,7 +151,14 @@ class DiffusersAdapter(nn.Module):
         else:
             grid = z.unsqueeze(2) if z.ndim == 4 else z
             tokens = grid.flatten(2).transpose(1, 2)
-        lat = self.tok.make_latents(tokens, frames, height, width, tiled=self._tiled)
+        try:
+            lat = self.tok.make_latents(tokens, frames, height, width, tiled=self._tiled)
+        except VitokError:
+            if self.tok.max_tokens is None:
+                raise
+            raise VitokError(f"DiffusersAdapter: {tokens.shape[1]} latent tokens do not fit sample_size="
+                             f"{tuple(self.sample_size)} (frames, height, width); make the adapter with the size the "
+                             "latents were encoded at") from None
         lat = dataclasses.replace(lat, is_normalized=True)
         video = self.tok.decode(lat)
         video = video[:, :, 0] if z.ndim == 4 else video

@@ -57,6 +57,10 @@ def test_1d_shapes(clip):
     z = adapter.encode(clip(8, 32, 32)).latent_dist.sample()
     assert z.shape == (1, 8, 16)  # (B, C, N)
     assert adapter.decode(z).sample.shape == (1, 3, 8, 32, 32)
+    longer = adapter.encode(clip(16, 32, 32)).latent_dist.mode()  # two units: more tokens than sample_size holds
+    with pytest.raises(vitok.VitokError, match=r"32 latent tokens do not fit sample_size=\(8, 32, 32\)"):
+        adapter.decode(longer)
+    assert vitok.DiffusersAdapter(tok, sample_size=(16, 32, 32)).decode(longer).sample.shape == (1, 3, 16, 32, 32)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="diffusers not installed")
