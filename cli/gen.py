@@ -60,21 +60,22 @@ def train(shards_dir: str, out_dir: str, steps: int, batch_size: int, lr: float,
 @click.option("--num", type=click.IntRange(min=1), default=4, show_default=True, help="Samples, tiled in one video.")
 @click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="Euler steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--fps", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--fps", type=click.IntRange(min=1), default=None,
+              help="Frame rate of the video [default: that of the clips the generator learned from, else 8].")
 @click.option("--model", default=None, help="Tokenizer to decode with [default: the one named in the manifest].")
 @device_option
 @threads_option
 @overwrite_option
 @quiet_option
 @json_option
-def sample(gen_dir: str, output: str, num: int, steps: int, seed: int, fps: int, model: str | None, device: str,
+def sample(gen_dir: str, output: str, num: int, steps: int, seed: int, fps: int | None, model: str | None, device: str,
            threads: int | None, overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Sample latents, decode them through the frozen tokenizer, write the samples tiled into one video."""
     from fractions import Fraction
 
     from vitok.data.convert import tensor_to_frames
     from vitok.data.io import write_video
-    from vitok.evaluation.generation import sample_videos, tile_videos
+    from vitok.evaluation.generation import sample_videos, template_fps, tile_videos
 
     set_threads(threads)
     check_output(output, overwrite)
@@ -82,7 +83,7 @@ def sample(gen_dir: str, output: str, num: int, steps: int, seed: int, fps: int,
         videos = sample_videos(gen_dir, num=num, steps=steps, seed=seed, model=model, device=resolve_device(device),
                                on_step=lambda: bar.update(1))
     frames = tensor_to_frames(tile_videos(videos))
-    write_video(output, frames, Fraction(fps))
+    write_video(output, frames, Fraction(fps) if fps else template_fps(gen_dir) or Fraction(8))
     t, h, w = frames.shape[:3]
     emit({"output": output, "num": num, "frames": t, "height": h, "width": w, "steps": steps}, as_json,
          f"wrote {num} samples ({t} frames, {h}x{w} mosaic) to {output}")

@@ -1,12 +1,29 @@
 """``vitok latents``: extract latent shards from a folder of videos (alone or under torchrun), print their stats."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+from typing import Any, Iterator
 
 import click
 
 from vitok.cli.common import device_option, emit, json_option, overwrite_option, quiet_option, set_threads, \
     threads_option
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's or torchrun's stop) raises KeyboardInterrupt like Ctrl-C: partial files are removed
+    and the command ends with ``error: interrupted``."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group()
@@ -40,7 +57,8 @@ def extract(input_dir: str, out_dir: str, model: str, frames: int | None, size: 
 
     Unreadable files are listed as skipped (an error only when no file can be read). Scale out with torchrun, e.g.
     `torchrun --nproc_per_node=4 --no-python vitok latents extract ...`: shard i goes to rank i % world size.
-    -y replaces shards left by a different extraction (other model or options) instead of refusing.
+    -y replaces shards left by a different extraction (other model, options or input files) instead of refusing,
+    and writes into a folder that holds other files (which it leaves alone). SIGTERM stops like Ctrl-C.
     """
     from vitok.cli.common import resolve_device
     from vitok.extract import extract_latents, parse_size
@@ -53,9 +71,10 @@ def extract(input_dir: str, out_dir: str, model: str, frames: int | None, size: 
             click.echo(f"rank {rank}: shard {index}: {len(record['clips'])} clips, {len(record['skipped'])} skipped",
                        err=True)
 
-    summary = extract_latents(input_dir, out_dir, model, frames=frames, size=parse_size(size), tokens=tokens,
-                              clips_per_video=clips_per_video, shard_size=shard_size, batch_size=batch_size,
-                              device=resolve_device(device), overwrite=overwrite, on_shard=on_shard)
+    with sigterm_as_interrupt():
+        summary = extract_latents(input_dir, out_dir, model, frames=frames, size=parse_size(size), tokens=tokens,
+                                  clips_per_video=clips_per_video, shard_size=shard_size, batch_size=batch_size,
+                                  device=resolve_device(device), overwrite=overwrite, on_shard=on_shard)
     if rank != 0:
         return
     text = (f"{summary['clips']} clips in {summary['shards']} shards ({summary['skipped']} files skipped) -> "

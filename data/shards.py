@@ -2,14 +2,17 @@
 
 Written by ``vitok.extract`` (``vitok latents extract``). Each shard file holds, for ``n`` clips padded to the
 longest clip in the shard: ``z`` float32 ``(n, N, C)``, ``mask`` bool ``(n, N)`` (True = token present),
-``length`` int64 ``(n,)`` (tokens of each clip before padding) and ``clip`` int64 ``(n,)`` (clip ids). The
-manifest lists shards, clips (id, shard, row, source video, geometry), skipped files and per-channel statistics.
-This module knows no models: it yields dicts of tensors; ``vitok.extract.latents_from_batch`` makes ``Latents``.
+``length`` int64 ``(n,)`` (tokens of each clip before padding) and ``clip`` int64 ``(n,)`` (clip ids); its
+metadata holds the tokenizer's ``weights_hash`` and the extraction ``params`` (JSON), as in the manifest. The
+manifest lists shards, clips (id, shard, row, source video, geometry, frame rate), skipped files and per-channel
+statistics. This module knows no models: it yields dicts of tensors; ``vitok.extract.latents_from_batch`` makes
+``Latents``.
 """
 from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +24,33 @@ from vitok.data.errors import VitokError
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "vitok-latent-shards"
 FORMAT_VERSION = 1
+MAX_OPEN_SHARDS = 256  # memory-mapped shards a Dataset keeps open; a process may hold only ~65k maps in all
+
+# What the readers use, with its type: the manifest's keys, its model's, its stats' and each clip's.
+_MANIFEST_KEYS = {"version": int, "model": dict, "latent_channels": int, "params": dict, "num_clips": int,
+                  "clips": list, "skipped": list, "stats": dict}
+_MODEL_KEYS = {"name": str, "weights_hash": str}
+_STATS_KEYS = {"count": int, "mean": list, "std": list}
+_CLIP_KEYS = {"id": int, "shard": str, "row": int, "tokens": int, "frames": int, "height": int, "width": int,
+              "source": str}
 
 
 class ShardError(VitokError):
     """A shard directory is missing, incomplete or not a vitok latent-shard set."""
 
 
+def _check_keys(value: Any, keys: dict[str, type], what: str, path: Path) -> None:
+    """Raise ShardError naming ``path`` unless ``value`` is a dict holding ``keys`` with their types."""
+    if not isinstance(value, dict):
+        raise ShardError(f"{path}: malformed manifest ({what} is not an object)")
+    for key, kind in keys.items():
+        if not isinstance(value.get(key), kind):
+            raise ShardError(f"{path}: malformed manifest ({what} has no {kind.__name__} {key!r})")
+
+
 def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
-    """Load and check ``root/manifest.json``; raise ShardError naming the file when it is missing or foreign."""
+    """Load and check ``root/manifest.json``; raise ShardError naming the file when it is missing, foreign or
+    lacks what the readers use."""
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         raise ShardError(f"{path}: no manifest (run `vitok latents extract` to completion first)")
@@ -36,10 +58,18 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ShardError(f"{path}: unreadable manifest ({e})") from None
-    if manifest.get("format") != FORMAT_NAME:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ShardError(f"{path}: not a vitok latent-shard manifest")
-    if manifest.get("version", 0) > FORMAT_VERSION:
+    _check_keys(manifest, _MANIFEST_KEYS, "the manifest", path)
+    if manifest["version"] > FORMAT_VERSION:
         raise ShardError(f"{path}: manifest version {manifest['version']} is newer than this vitok reads")
+    _check_keys(manifest["model"], _MODEL_KEYS, "model", path)
+    _check_keys(manifest["stats"], _STATS_KEYS, "stats", path)
+    stats = manifest["stats"]
+    if not len(stats["mean"]) == len(stats["std"]) == manifest["latent_channels"]:
+        raise ShardError(f"{path}: malformed manifest (stats do not have latent_channels values)")
+    for i, clip in enumerate(manifest["clips"]):
+        _check_keys(clip, _CLIP_KEYS, f"clip {i}", path)
     return manifest
 
 
@@ -48,9 +78,11 @@ class LatentShards(Dataset):
 
     Items are dicts: ``z`` float32 ``(N_i, C)``, ``mask`` bool ``(N_i,)``, ``clip_id``/``index``/``frames``/
     ``height``/``width``/``num_tokens`` (int64 scalars; ``num_tokens`` is -1 when no token count was asked for)
-    and ``source`` (str). Shards are opened lazily with ``safetensors.safe_open`` (memory-mapped) and one row is read
-    per item, so the set may exceed RAM. ``normalize=True`` applies the manifest's per-channel mean/std to ``z``
-    (``std`` floored at 1e-6; absent tokens stay zero).
+    and ``source`` (str); the tensors are the item's own (copies). Shards are opened lazily with
+    ``safetensors.safe_open`` (memory-mapped; at most ``MAX_OPEN_SHARDS`` at a time, least recently used closed
+    first) and one row is read per item, so the set may exceed RAM. A shard is checked against the manifest when
+    opened (tokenizer and options) and each row when read (clip id and length). ``normalize=True`` applies the
+    manifest's per-channel mean/std to ``z`` (``std`` floored at 1e-6; absent tokens stay zero).
     Works with ``DistributedSampler`` and DataLoader workers (open handles are not pickled).
     """
 
@@ -59,15 +91,13 @@ class LatentShards(Dataset):
         self.manifest = read_manifest(self.root)
         self.clips: list[dict[str, Any]] = self.manifest["clips"]
         self.normalize = normalize
-        stats = self.manifest.get("stats") or {}
-        self.mean = torch.tensor(stats["mean"], dtype=torch.float32) if stats.get("mean") else None
-        self.std = torch.tensor(stats["std"], dtype=torch.float32).clamp_min(1e-6) if stats.get("std") else None
-        if normalize and self.mean is None:
-            raise ShardError(f"{self.root}: manifest has no latent statistics to normalize with")
-        for clip in self.clips:
-            if not (self.root / clip["shard"]).is_file():
-                raise ShardError(f"{self.root / clip['shard']}: shard listed in the manifest is missing")
-        self._handles: dict[str, Any] = {}
+        stats = self.manifest["stats"]
+        self.mean = torch.tensor(stats["mean"], dtype=torch.float32)
+        self.std = torch.tensor(stats["std"], dtype=torch.float32).clamp_min(1e-6)
+        for name in sorted({clip["shard"] for clip in self.clips}):  # one look per file, not per clip
+            if not (self.root / name).is_file():
+                raise ShardError(f"{self.root / name}: shard listed in the manifest is missing")
+        self._handles: OrderedDict[str, tuple[Any, list[int], list[int]]] = OrderedDict()
 
     @property
     def latent_channels(self) -> int:
@@ -83,25 +113,60 @@ class LatentShards(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_handles"] = {}
+        state["_handles"] = OrderedDict()
         return state
 
-    def _read(self, name: str, row: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``n`` tokens of row ``row`` of shard ``name`` (``z``, ``mask``); a damaged shard is a ShardError
-        naming it."""
+    def _open(self, name: str) -> tuple[Any, list[int], list[int]]:
+        """Shard ``name`` as (handle, clip ids, lengths), checked against the manifest when first opened."""
         from safetensors import SafetensorError, safe_open
 
+        if name in self._handles:
+            self._handles.move_to_end(name)
+            return self._handles[name]
+        path = self.root / name
         try:
-            handle = self._handles.get(name)
-            if handle is None:
-                handle = self._handles[name] = safe_open(str(self.root / name), framework="pt")
-            return handle.get_slice("z")[row][:n], handle.get_slice("mask")[row][:n]
+            handle = safe_open(str(path), framework="pt")
+        except (OSError, RuntimeError) as e:  # out of file handles or memory maps: not the shard's fault
+            raise ShardError(f"{path}: cannot open shard ({e})") from None
+        except SafetensorError as e:
+            raise ShardError(f"{path}: damaged shard ({e})") from None
+        try:
+            meta, weights = handle.metadata() or {}, self.manifest["model"]["weights_hash"]
+            # shards made before these keys were written have none: their rows are still checked on each read
+            if meta.get("weights_hash", weights) != weights:
+                raise ShardError(f"{path}: shard made with other tokenizer weights than the manifest's "
+                                 f"({meta['weights_hash'][:12]} != {weights[:12]})")
+            if "params" in meta and json.loads(meta["params"]) != self.manifest["params"]:
+                raise ShardError(f"{path}: shard made with other extraction options than the manifest's "
+                                 f"({meta['params']})")
+            if handle.get_slice("z").get_shape()[-1] != self.latent_channels:
+                raise ShardError(f"{path}: shard latents do not have the manifest's {self.latent_channels} channels")
+            entry = (handle, handle.get_tensor("clip").tolist(), handle.get_tensor("length").tolist())
+        except (SafetensorError, ValueError, IndexError) as e:
+            raise ShardError(f"{path}: damaged shard ({e})") from None
+        self._handles[name] = entry
+        if len(self._handles) > MAX_OPEN_SHARDS:
+            self._handles.popitem(last=False)
+        return entry
+
+    def _read(self, clip: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``clip``'s tokens (``z``, ``mask``), copied out of its shard; a shard that is damaged or does not hold
+        the clip the manifest says is a ShardError naming it."""
+        from safetensors import SafetensorError
+
+        handle, ids, lengths = self._open(clip["shard"])
+        row, n = clip["row"], clip["tokens"]
+        if not (0 <= row < len(ids) and ids[row] == clip["id"] and lengths[row] == n):
+            raise ShardError(f"{self.root / clip['shard']}: row {row} does not hold clip {clip['id']} of {n} tokens "
+                             "as the manifest says (a shard of another extraction?)")
+        try:
+            return handle.get_slice("z")[row][:n].clone(), handle.get_slice("mask")[row][:n].clone()
         except (OSError, SafetensorError, IndexError) as e:
-            raise ShardError(f"{self.root / name}: damaged shard ({e})") from None
+            raise ShardError(f"{self.root / clip['shard']}: damaged shard ({e})") from None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         clip = self.clips[index]
-        z, mask = self._read(clip["shard"], clip["row"], clip["tokens"])
+        z, mask = self._read(clip)
         if self.normalize:
             z = (z - self.mean) / self.std * mask[:, None]
         return {

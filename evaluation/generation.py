@@ -13,6 +13,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
@@ -194,8 +195,15 @@ def _template(shards: Any) -> dict[str, Any]:
         key = (clip["frames"], clip["height"], clip["width"], clip["num_tokens"], clip["tokens"])
         counts.setdefault(key, []).append(i)
     (frames, height, width, num_tokens, length), members = max(counts.items(), key=lambda kv: len(kv[1]))
+    rates = [shards.clips[i]["fps"] for i in members if shards.clips[i].get("fps")]  # older manifests have none
     return {"frames": frames, "height": height, "width": width, "num_tokens": num_tokens, "length": length,
-            "mask": shards[members[0]]["mask"].tolist()}
+            "fps": max(set(rates), key=rates.count) if rates else None, "mask": shards[members[0]]["mask"].tolist()}
+
+
+def template_fps(gen_dir: str | os.PathLike) -> Fraction | None:
+    """The frame rate of the clips a saved generator learned from (None when its shards did not record one)."""
+    fps = json.loads((Path(gen_dir) / CONFIG_NAME).read_text())["template"].get("fps")
+    return Fraction(fps) if fps else None
 
 
 def train_generator(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, *, steps: int = 300,

@@ -5,10 +5,12 @@ shard ``i`` belongs to rank ``i % world_size``. Each video gives up to ``clips_p
 ``frames`` frames from its start (a video shorter than ``frames`` gives one shorter clip), resized to cover
 ``size`` and center-cropped to it. Clip ids are ``video_index * clips_per_video + j`` and do not depend on the
 number of ranks. A rank writes ``shard-XXXXX.safetensors`` and then its record ``shard-XXXXX.json`` (both atomic;
-the record marks the shard done, so a rerun skips it), then a partial manifest ``manifest.rank-XXXXX.json``. After
-a barrier rank 0 merges the partials into ``manifest.json`` with per-channel latent mean/std over every present
-token. Files that cannot be read are listed under ``skipped`` with the reason. Multi-node runs need INPUT_DIR and
-SHARDS_DIR on a shared file system. The format of the files is described in ``vitok.data.shards``.
+the record marks the shard done, so a rerun skips it while the options, the input folder and each source's size
+and mtime are unchanged), then a partial manifest ``manifest.rank-XXXXX.json``. A rank that (re)makes a shard first
+removes ``manifest.json``, so a folder half way through a new extraction has none. After a barrier rank 0 merges the
+partials into ``manifest.json`` with per-channel latent mean/std over every present token. Files that cannot be
+read are listed under ``skipped`` with the reason. Multi-node runs need INPUT_DIR and SHARDS_DIR on a shared file
+system. The format of the files is described in ``vitok.data.shards``.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -33,6 +37,9 @@ if TYPE_CHECKING:
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
                             ".wmv", ".ogv", ".gif", ".y4m"})
+_SHARD_FILE = re.compile(r"shard-\d{5,}\.(?:safetensors|json)")  # a shard or its record, as shard_name() spells them
+_OWN_FILE = re.compile(rf"{_SHARD_FILE.pattern}|manifest(?:\.rank-\d{{5,}})?\.json")
+_TEMP_FILE = re.compile(rf"\.(?:{_OWN_FILE.pattern})\..+")  # what atomic_path names its temporaries
 
 
 class ExtractError(VitokError):
@@ -60,19 +67,20 @@ def rank_shards(num_shards: int, rank: int, world_size: int) -> list[int]:
 
 
 def read_clips(path: Path, frames: int, size: tuple[int, int] | None,
-               clips_per_video: int) -> list[tuple[int, np.ndarray]]:
-    """Up to ``clips_per_video`` consecutive clips ``(start_frame, uint8 (T,H,W,3))`` from the start of ``path``.
+               clips_per_video: int) -> tuple[list[tuple[int, np.ndarray]], Fraction]:
+    """Up to ``clips_per_video`` consecutive clips ``(start_frame, uint8 (T,H,W,3))`` from the start of ``path``,
+    and the video's frame rate.
 
     ``size`` = (H, W): the largest centred region with that aspect ratio, resized to it.
     """
     from vitok.data.io import read_video
 
     resize = (size[1], size[0]) if size is not None else None
-    video, _ = read_video(path, num_frames=frames * clips_per_video, size=resize,
-                          crop="center" if size is not None else None)
+    video, info = read_video(path, num_frames=frames * clips_per_video, size=resize,
+                             crop="center" if size is not None else None)
     if len(video) < frames:
-        return [(0, video)]
-    return [(j * frames, video[j * frames:(j + 1) * frames]) for j in range(len(video) // frames)]
+        return [(0, video)], info.fps
+    return [(j * frames, video[j * frames:(j + 1) * frames]) for j in range(len(video) // frames)], info.fps
 
 
 class _Stats:
@@ -144,7 +152,7 @@ def extract_shard(tok: Any, input_dir: Path, files: list[Path], first_video: int
     for k, path in enumerate(files):
         rel = path.relative_to(input_dir).as_posix()
         try:
-            parts = read_clips(path, frames, tuple(size) if size else None, per_video)
+            parts, fps = read_clips(path, frames, tuple(size) if size else None, per_video)
         except Exception as e:  # noqa: BLE001 - any unreadable file is recorded and skipped, never fatal
             reason = str(e) if isinstance(e, VitokError) else f"{type(e).__name__}: {e}"
             skipped.append({"source": rel, "reason": reason})
@@ -153,7 +161,7 @@ def extract_shard(tok: Any, input_dir: Path, files: list[Path], first_video: int
             cid = (first_video + k) * per_video + j
             clips.append({"id": cid, "source": rel, "clip": j, "start": start,
                           "frames": int(arr.shape[0]), "height": int(arr.shape[1]), "width": int(arr.shape[2]),
-                          "num_tokens": tokens})
+                          "fps": str(fps), "num_tokens": tokens})
             pending.setdefault(arr.shape, []).append((cid, arr))
             if len(pending[arr.shape]) >= batch_size:
                 flush(arr.shape)
@@ -173,8 +181,7 @@ def extract_shard(tok: Any, input_dir: Path, files: list[Path], first_video: int
             stats.add(zi[mi])
         tensors = {"z": z, "mask": mask, "clip": torch.tensor([c["id"] for c in clips], dtype=torch.int64),
                    "length": torch.tensor([c["tokens"] for c in clips], dtype=torch.int64)}
-    record = {"sources": [p.relative_to(input_dir).as_posix() for p in files], "job": _job_key(job),
-              "clips": clips, "skipped": skipped, "stats": stats.state()}
+    record = {"job": _job_key(job), "clips": clips, "skipped": skipped, "stats": stats.state()}
     return tensors, record
 
 
@@ -183,24 +190,75 @@ def _job_key(job: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in job.items() if k != "batch_size"}
 
 
-def _shard_done(out_dir: Path, index: int, job: dict[str, Any], sources: list[str], overwrite: bool) -> dict | None:
-    """The record of a finished shard of this same job, or None when it must be (re)made."""
+def _params(job: dict[str, Any]) -> dict[str, Any]:
+    """The extraction options the manifest and each shard's metadata record."""
+    return {k: job[k] for k in ("frames", "size", "tokens", "clips_per_video", "shard_size")}
+
+
+def _shard_inputs(input_dir: Path, files: list[Path]) -> dict[str, Any]:
+    """What a shard was made from: the input folder, its sources' relative paths and their (size, mtime_ns).
+
+    Size and mtime, not a content hash: hashing every video on each resume would read the whole data set again.
+    """
+    stats = [p.stat() for p in files]
+    return {"input_dir": str(input_dir), "sources": [p.relative_to(input_dir).as_posix() for p in files],
+            "stamps": [[st.st_size, st.st_mtime_ns] for st in stats]}
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The shard record at ``path`` when it is one this code wrote, else None."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    is_ours = isinstance(record, dict) and isinstance(record.get("job"), dict) \
+        and record["job"].get("format") == FORMAT_NAME
+    return record if is_ours else None
+
+
+def _shard_done(out_dir: Path, index: int, job: dict[str, Any], inputs: dict[str, Any],
+                overwrite: bool) -> dict | None:
+    """The record of a finished shard of this same job and unchanged inputs, or None when it must be (re)made;
+    a record of another job, of changed inputs or not this code's is an ExtractError without ``overwrite``."""
     rec_path = out_dir / f"{shard_name(index)}.json"
     if not rec_path.is_file():
         return None
-    try:
-        record = json.loads(rec_path.read_text())
-    except (OSError, ValueError):
-        return None  # torn or foreign record: redo the shard
-    same = record.get("job") == _job_key(job) and record.get("sources") == sources
-    if not same:
-        if overwrite:
-            return None
-        raise ExtractError(f"{rec_path}: shard from a different extraction (model, options or input files differ); "
-                           "use another output folder or -y to replace it")
-    if record.get("file") and not (out_dir / record["file"]).is_file():
+    record = _read_record(rec_path)
+    if record is None:
+        why = "not a vitok shard record"
+    elif record["job"] != _job_key(job):
+        why = "shard from a different extraction (model or options differ)"
+    elif any(record.get(k) != v for k, v in inputs.items()):
+        why = "shard from a different extraction (input folder or input files differ)"
+    else:
+        return None if record.get("file") and not (out_dir / record["file"]).is_file() else record
+    if overwrite:
         return None
-    return record
+    raise ExtractError(f"{rec_path}: {why}; use another output folder or -y to replace it")
+
+
+def _check_out_dir(out_dir: Path, input_dir: Path, overwrite: bool) -> None:
+    """Refuse an output folder that is the input folder or inside it, that is not a folder, or (without
+    ``overwrite``) that holds files other than a shard set's."""
+    if out_dir.resolve().is_relative_to(input_dir):
+        raise ExtractError(f"output folder {out_dir} is the input folder or inside it; choose another folder")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ExtractError(f"output {out_dir} is not a folder")
+    foreign = sorted(e.name for e in out_dir.iterdir() if not (_OWN_FILE.fullmatch(e.name)
+                                                                or _TEMP_FILE.fullmatch(e.name)))
+    if foreign and not overwrite:
+        raise ExtractError(f"output folder {out_dir} holds other files ({', '.join(foreign[:3])}"
+                           f"{', ...' if len(foreign) > 3 else ''}); choose another folder, or -y to write the "
+                           "shards beside them")
+
+
+def _remove_temporaries(out_dir: Path) -> None:
+    """Remove the temporaries of shards and manifests that a killed run left in ``out_dir``."""
+    for entry in out_dir.iterdir():
+        if _TEMP_FILE.fullmatch(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -280,6 +338,7 @@ def extract_latents(input_dir: str | os.PathLike, out_dir: str | os.PathLike, mo
     files = list_videos(input_dir)
     if not files:
         raise ExtractError(f"{input_dir}: no video files found")
+    _check_out_dir(out_dir, input_dir, overwrite)
     device = _resolve_device(device)
     with distributed_context() as (rank, world):
         t_load = time.perf_counter()
@@ -287,21 +346,28 @@ def extract_latents(input_dir: str | os.PathLike, out_dir: str | os.PathLike, mo
         load_s = time.perf_counter() - t_load
         if tokens is not None and tok.max_tokens is None:
             raise ExtractError(f"--tokens is only for 1D models; {tok.config.name} is a {tok.config.kind} model")
+        if tokens is not None and not 1 <= tokens <= tok.max_tokens:
+            raise ExtractError(f"--tokens {tokens}: {tok.config.name} takes 1 to {tok.max_tokens} tokens per unit")
         job = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": tok.config.name,
                "weights_hash": tok.weights_hash, "frames": int(frames or tok.clip_frames),
                "size": list(size) if size else None, "tokens": tokens, "clips_per_video": clips_per_video,
                "shard_size": shard_size, "batch_size": batch_size}
+        metadata = {"format": FORMAT_NAME, "weights_hash": tok.weights_hash, "params": json.dumps(_params(job))}
         plan = [files[i:i + shard_size] for i in range(0, len(files), shard_size)]
-        out_dir.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _remove_temporaries(out_dir)
+        _barrier(world)  # no rank writes before rank 0 has cleared what a killed run left
         t0 = time.perf_counter()
         records, made, made_clips = [], 0, 0
         for index in rank_shards(len(plan), rank, world):
-            sources = [p.relative_to(input_dir).as_posix() for p in plan[index]]
-            record = _shard_done(out_dir, index, job, sources, overwrite)
+            inputs = _shard_inputs(input_dir, plan[index])
+            record = _shard_done(out_dir, index, job, inputs, overwrite)
             if record is None:
+                (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # the folder no longer holds that manifest's set
                 t_shard = time.perf_counter()
                 tensors, record = extract_shard(tok, input_dir, plan[index], index * shard_size, job, device)
-                record.update(index=index, rank=rank, file=None, seconds=time.perf_counter() - t_shard)
+                record.update(inputs, index=index, rank=rank, file=None, seconds=time.perf_counter() - t_shard)
                 for clip in record["clips"]:
                     clip["shard"] = f"{shard_name(index)}.safetensors"
                 if tensors is not None:
@@ -309,7 +375,7 @@ def extract_latents(input_dir: str | os.PathLike, out_dir: str | os.PathLike, mo
 
                     record["file"] = f"{shard_name(index)}.safetensors"
                     with atomic_path(out_dir / record["file"]) as tmp:
-                        save_file(tensors, str(tmp), metadata={"format": FORMAT_NAME, "shard": str(index)})
+                        save_file(tensors, str(tmp), metadata={**metadata, "shard": str(index)})
                 write_bytes_atomic(out_dir / f"{shard_name(index)}.json", json.dumps(record).encode())
                 made, made_clips = made + 1, made_clips + len(record["clips"])
             records.append(record)
@@ -371,7 +437,7 @@ def merge_manifests(out_dir: Path, world: int, num_shards: int, job: dict[str, A
         "model": {"name": tok.config.name, "source": _model_source(model), "weights_hash": tok.weights_hash,
                   "kind": getattr(tok.config, "kind", None)},
         "latent_channels": tok.latent_channels,
-        "params": {k: job[k] for k in ("frames", "size", "tokens", "clips_per_video", "shard_size")},
+        "params": _params(job),
         "world_size": world, "ranks": ranks,
         "num_clips": len(clips), "shards": shard_list, "clips": clips, "skipped": skipped,
         "stats": stats.summary(),
@@ -379,10 +445,11 @@ def merge_manifests(out_dir: Path, world: int, num_shards: int, job: dict[str, A
     write_bytes_atomic(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
     for partial in out_dir.glob("manifest.rank-*.json"):  # also those of an earlier run with more ranks
         partial.unlink(missing_ok=True)
-    if overwrite:
-        keep = {f"{shard_name(i)}{s}" for i in range(num_shards) for s in (".json", ".safetensors")}
-        for stale in out_dir.glob("shard-*"):
-            if stale.name not in keep:
+    if overwrite:  # shards (and their records) of an earlier extraction, never files this code did not write
+        keep = {f"{shard_name(i)}.json" for i in range(num_shards)} | {r["file"] for r in shards.values()}
+        for stale in out_dir.iterdir():
+            if _SHARD_FILE.fullmatch(stale.name) and stale.name not in keep \
+                    and (stale.suffix == ".safetensors" or _read_record(stale) is not None):
                 stale.unlink()
     return manifest
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def test_round_trip_is_bit_exact(shards_dir, video_dir):
     ds = LatentShards(shards_dir)
     tok = vitok.load(ds.manifest["model"]["source"])
     for item in ds:
-        (_, frames), = read_clips(video_dir / item["source"], 4, (SIDE, SIDE), 1)
+        ((_, frames),), _ = read_clips(video_dir / item["source"], 4, (SIDE, SIDE), 1)
         with torch.inference_mode():
             lat = tok.encode(frames_to_tensor(frames))
         assert torch.equal(item["z"], lat.z[0])
@@ -130,7 +131,7 @@ def test_1d_shards_keep_only_the_asked_tokens(tmp_path, video_dir):
     extract_latents(video_dir, out, "vit1d-tiny", frames=4, size=(SIDE, SIDE), tokens=k, shard_size=3, tok=tok)
     ds = LatentShards(out)
     item = ds[0]
-    (_, frames), = read_clips(video_dir / item["source"], 4, (SIDE, SIDE), 1)
+    ((_, frames),), _ = read_clips(video_dir / item["source"], 4, (SIDE, SIDE), 1)
     video = frames_to_tensor(frames)
     lat = tok.encode(video, num_tokens=k)
     units = lat.z.shape[1] // K
@@ -172,8 +173,6 @@ def test_torchrun_two_processes_split_disjoint_shards(tmp_path, video_dir, model
 
 
 def test_damaged_shards_are_one_line_errors_naming_the_shard(tmp_path, shards_dir, capsys):
-    import shutil
-
     root = tmp_path / "shards"
     shutil.copytree(shards_dir, root)
     for shard in root.glob("shard-*.safetensors"):
@@ -196,3 +195,206 @@ def test_extract_fails_when_no_clip_can_be_read(tmp_path, model_dir):
     with pytest.raises(ExtractError, match=r"no clip could be read \(2 files skipped; first: a.mp4: "):
         extract_latents(videos, tmp_path / "out", str(model_dir), frames=4, size=(SIDE, SIDE))
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+KW = dict(frames=4, size=(SIDE, SIDE), shard_size=3, batch_size=4)  # 7 files -> 3 shards, one encode call each
+
+
+def test_rerun_redoes_shards_whose_input_videos_changed(tmp_path, video_dir, model_dir):
+    videos = tmp_path / "videos"
+    shutil.copytree(video_dir, videos)
+    out = tmp_path / "shards"
+    extract_latents(videos, out, str(model_dir), **KW)
+    clip1 = next(it["z"] for it in LatentShards(out) if it["source"] == "clip1.mp4")
+    # the same names (and mtimes) under another input folder are other videos
+    moved = tmp_path / "videos2"
+    shutil.copytree(video_dir, moved)
+    with pytest.raises(ExtractError, match=r"shard-00000.json: shard from a different extraction \(input folder"):
+        extract_latents(moved, out, str(model_dir), **KW)
+    shutil.copy(videos / "clip1.mp4", videos / "clip0.mp4")  # an edited video under its old name
+    with pytest.raises(ExtractError, match=r"shard-00000.json: shard from a different extraction \(input folder"):
+        extract_latents(videos, out, str(model_dir), **KW)
+    summary = extract_latents(videos, out, str(model_dir), overwrite=True, **KW)
+    assert (summary["shards_made"], summary["shards_reused"]) == (1, 2)
+    assert torch.equal(next(it["z"] for it in LatentShards(out) if it["source"] == "clip0.mp4"), clip1)
+
+
+class _Interrupting(_Counting):
+    """A counting tokenizer that is interrupted (as by Ctrl-C) on its encode call number ``at``."""
+
+    def __init__(self, tok, at):
+        super().__init__(tok)
+        self.at, self.calls = at, 0
+
+    def encode(self, x, **kw):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return super().encode(x, **kw)
+
+
+def test_interrupted_overwrite_with_other_options_leaves_no_manifest(tmp_path, video_dir, model_dir):
+    out = tmp_path / "shards"
+    extract_latents(video_dir, out, str(model_dir), **KW)
+    tok = _Interrupting(vitok.load(model_dir), at=2)  # shard 0 of the new job is written, shard 1 is not
+    with pytest.raises(KeyboardInterrupt):
+        extract_latents(video_dir, out, str(model_dir), **{**KW, "frames": 2}, overwrite=True, tok=tok)
+    assert json.loads((out / "shard-00000.json").read_text())["job"]["frames"] == 2
+    with pytest.raises(ShardError, match="manifest.json: no manifest"):
+        LatentShards(out)
+
+
+def test_shards_of_another_extraction_are_refused(tmp_path, shards_dir, video_dir, model_dir):
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(1)
+    other_tok = vitok.create_model("vit-tiny").freeze()
+    other_weights, other_options = tmp_path / "weights", tmp_path / "options"
+    extract_latents(video_dir, other_weights, str(model_dir), tok=other_tok, **{**KW, "batch_size": 1})
+    extract_latents(video_dir, other_options, str(model_dir), **{**KW, "size": (16, 16)})
+    root = tmp_path / "set"
+    shutil.copytree(shards_dir, root)
+    shard = root / "shard-00000.safetensors"
+    shutil.copy(other_weights / shard.name, shard)
+    with pytest.raises(ShardError, match="shard-00000.safetensors: shard made with other tokenizer weights"):
+        LatentShards(root)[0]
+    shutil.copy(other_options / shard.name, shard)
+    with pytest.raises(ShardError, match="shard-00000.safetensors: shard made with other extraction options"):
+        LatentShards(root)[0]
+    save_file(load_file(other_options / shard.name), str(shard))  # as written before shards had metadata
+    with pytest.raises(ShardError, match=r"shard-00000.safetensors: row 0 does not hold clip 1 of 16 tokens"):
+        LatentShards(root)[0]
+
+
+def test_open_shards_are_bounded(shards_dir, monkeypatch):
+    expected = [it["z"] for it in LatentShards(shards_dir)]
+    monkeypatch.setattr("vitok.data.shards.MAX_OPEN_SHARDS", 2)
+    ds = LatentShards(shards_dir)
+    for _ in range(2):  # 3 shards, 2 open at most: the second pass reopens closed ones
+        for i, z in enumerate(expected):
+            assert torch.equal(ds[i]["z"], z) and len(ds._handles) <= 2
+    assert list(ds._handles) == ["shard-00001.safetensors", "shard-00002.safetensors"]
+
+
+def test_shard_that_cannot_be_mapped_is_an_error_not_damage(shards_dir, monkeypatch):
+    import safetensors
+
+    def no_maps_left(*args, **kwargs):
+        raise RuntimeError("unable to mmap 4096 bytes from file <shard>: Cannot allocate memory (12)")
+
+    monkeypatch.setattr(safetensors, "safe_open", no_maps_left)
+    with pytest.raises(ShardError, match=r"shard-00000.safetensors: cannot open shard \(unable to mmap") as e:
+        LatentShards(shards_dir)[0]
+    assert "damaged" not in str(e.value)
+
+
+def test_items_are_copies(shards_dir):
+    ds = LatentShards(shards_dir)
+    first = ds[0]
+    z, mask = first["z"].clone(), first["mask"].clone()
+    first["z"].add_(100)
+    first["mask"].logical_not_()
+    assert torch.equal(ds[0]["z"], z) and torch.equal(ds[0]["mask"], mask)
+
+
+_SIGTERM_AFTER_SAVE = """
+import os, signal, sys, time
+import safetensors.torch
+
+save = safetensors.torch.save_file
+
+def save_then_sigterm(*args, **kwargs):  # the shard's temporary file is written, not yet renamed into place
+    save(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+
+safetensors.torch.save_file = save_then_sigterm
+from vitok.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+def test_sigterm_stops_cleanly_and_a_rerun_clears_leftover_temporaries(tmp_path, video_dir, model_dir):
+    out = tmp_path / "shards"
+    cmd = [sys.executable, "-c", _SIGTERM_AFTER_SAVE, "latents", "extract", str(video_dir), "-o", str(out),
+           "--model", str(model_dir), "--frames", "4", "--size", f"{SIDE}x{SIDE}", "--shard-size", "3",
+           "--device", "cpu", "-q"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 130 and proc.stderr.strip() == "error: aborted", proc.stderr[-3000:]  # as Ctrl-C
+    assert sorted(p.name for p in out.iterdir()) == []
+    # a SIGKILL leaves temporaries no handler could remove: the next run clears them
+    leftovers = [".shard-00000.safetensors.k1ll3d.safetensors", ".shard-00001.json.k1ll3d.json",
+                 ".manifest.json.k1ll3d.json", ".manifest.rank-00001.json.k1ll3d.json"]
+    for name in leftovers:
+        (out / name).write_bytes(b"partial")
+    extract_latents(video_dir, out, str(model_dir), **KW)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("edit", [lambda m: {"format": "vitok-latent-shards"}, lambda m: [m],
+                                  lambda m: {**m, "clips": [{k: v for k, v in c.items() if k != "row"}
+                                                            for c in m["clips"]]}],
+                         ids=["no-keys", "list", "clip-without-row"])
+def test_malformed_manifest_is_a_one_line_error(tmp_path, shards_dir, capsys, edit):
+    root = tmp_path / "shards"
+    shutil.copytree(shards_dir, root)
+    (root / "manifest.json").write_text(json.dumps(edit(_manifest(shards_dir))))
+    with pytest.raises(ShardError, match="manifest.json: "):
+        LatentShards(root)[0]
+    with pytest.raises(SystemExit) as e:
+        main(["latents", "stats", str(root)])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_opening_looks_at_each_shard_file_once(tmp_path, shards_dir, monkeypatch):
+    root = tmp_path / "shards"
+    shutil.copytree(shards_dir, root)
+    m = _manifest(root)
+    m["clips"] *= 50  # many clips per shard file, as in a large set
+    (root / "manifest.json").write_text(json.dumps(m))
+    looked, stat = [], Path.stat
+
+    def counting_stat(self, *args, **kwargs):
+        looked.append(self.name)
+        return stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", counting_stat)
+    assert len(LatentShards(root)) == 50 * NUM_GOOD
+    assert sorted(n for n in looked if n.startswith("shard-")) == [f"shard-0000{i}.safetensors" for i in range(3)]
+
+
+def test_manifest_records_each_clips_frame_rate(shards_dir):
+    assert [c["fps"] for c in _manifest(shards_dir)["clips"]] == ["8"] * NUM_GOOD  # conftest writes 8 fps clips
+
+
+def test_too_many_tokens_are_refused_before_any_output(tmp_path, video_dir):
+    torch.manual_seed(0)
+    tok = vitok.create_model("vit1d-tiny").freeze()
+    out = tmp_path / "shards"
+    with pytest.raises(ExtractError, match=r"--tokens 999: vit1d-tiny takes 1 to 16 tokens per unit"):
+        extract_latents(video_dir, out, "vit1d-tiny", tokens=999, tok=tok, **KW)
+    assert not out.exists()
+
+
+def test_output_folder_rules(tmp_path, video_dir, model_dir):
+    videos = tmp_path / "videos"
+    shutil.copytree(video_dir, videos)
+    for out in (videos, videos / "sub" / "shards"):
+        with pytest.raises(ExtractError, match="is the input folder or inside it"):
+            extract_latents(videos, out, str(model_dir), **KW)
+    assert sorted(p.name for p in videos.rglob("*")) == sorted(p.name for p in video_dir.rglob("*"))
+    out = tmp_path / "shards"
+    extract_latents(videos, out, str(model_dir), **{**KW, "shard_size": 2})  # 4 shards
+    (out / "notes.txt").write_text("mine")
+    (out / "shard-99999.json").write_text('{"mine": true}')  # named like a shard record, but not one
+    with pytest.raises(ExtractError, match=r"holds other files \(notes.txt\); choose another folder, or -y"):
+        extract_latents(videos, out, str(model_dir), **{**KW, "shard_size": 2})
+    extract_latents(videos, out, str(model_dir), overwrite=True, **KW)  # 3 shards: shard 3 is stale
+    shards = [f"shard-0000{i}.{s}" for i in range(3) for s in ("json", "safetensors")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", "notes.txt", "shard-99999.json", *shards])
+    (out / "notes.txt").unlink()
+    (out / "shard-00001.json").write_text("my notes")  # a record name is no licence to overwrite it without -y
+    with pytest.raises(ExtractError, match=r"shard-00001.json: not a vitok shard record; .* or -y to replace it"):
+        extract_latents(videos, out, str(model_dir), **KW)

@@ -55,7 +55,7 @@ def test_frozen_encoder_unchanged_after_generator_steps(model_dir, video_dir):
     before = tok.weights_hash
     params = {k: v.clone() for k, v in tok.state_dict().items()}
     assert not any(p.requires_grad for p in tok.parameters())
-    clips = [read_clips(video_dir / f"clip{i}.mp4", 4, (SIDE, SIDE), 1)[0][1] for i in (0, 1)]
+    clips = [read_clips(video_dir / f"clip{i}.mp4", 4, (SIDE, SIDE), 1)[0][0][1] for i in (0, 1)]
     videos = frames_to_tensor(torch.stack([torch.from_numpy(c) for c in clips]))
     lat = tok.encode(videos)
     gen = FlowDiT(GeneratorConfig(latent_channels=lat.channels, max_tokens=lat.z.shape[1], width=32, depth=1, heads=2))
@@ -94,8 +94,16 @@ def test_cli_extract_stats_train_sample(tmp_path, video_dir, model_dir):
                                  "--steps", "3"], catch_exceptions=False)
     assert result.exit_code == 0 and "sampling: " in result.stderr and "/3 " in result.stderr   # progress bar
     assert "wrote 2 samples" in result.stdout
-    frames, _ = read_video(out)
-    assert frames.shape == (4, SIDE, 2 * SIDE, 3)
+    frames, info = read_video(out)
+    assert frames.shape == (4, SIDE, 2 * SIDE, 3) and info.fps == 8  # the training clips' rate
+    config = json.loads((tmp_path / "gen" / "config.json").read_text())
+    assert config["template"]["fps"] == "8"
+    config["template"]["fps"] = "30000/1001"  # as if the clips were NTSC: samples play at that rate
+    (tmp_path / "gen" / "config.json").write_text(json.dumps(config))
+    for extra, rate in (([], 30000 / 1001), (["--fps", "5"], 5)):
+        ok(["gen", "sample", "--gen", str(tmp_path / "gen"), "-o", str(out), "--num", "1", "--steps", "2", "-q", "-y",
+            *extra])
+        assert abs(float(read_video(out)[1].fps) - rate) < 1e-3
     quiet = runner.invoke(cli, ["gen", "sample", "--gen", str(tmp_path / "gen"), "-o", str(out), "--num", "2",
                                 "--steps", "3", "-q", "-y"], catch_exceptions=False)
     assert quiet.exit_code == 0 and quiet.stderr == ""
