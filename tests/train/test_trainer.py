@@ -156,6 +156,14 @@ def test_bf16_on_a_cpu_without_bf16_instructions_says_so(make_cfg, tmp_path, mon
         assert said == (1 if precision == "bf16" and not native else 0)
 
 
+def test_a_warmup_as_long_as_the_run_is_said(make_cfg, tmp_path, capsys):
+    """warmup >= steps: the learning rate never reaches schedule.lr, which the run says once."""
+    for warmup, said in ((2, 1), (1, 0)):
+        train(make_cfg("tiny-vit", "schedule.steps=2", f"schedule.warmup={warmup}", "data.synthetic.num_clips=2"),
+              tmp_path / str(warmup), quiet=True)
+        assert capsys.readouterr().err.count("never reaches schedule.lr") == said
+
+
 def test_signal_stops_after_the_step_with_a_checkpoint(make_cfg, metrics, tmp_path, monkeypatch, capsys):
     """SIGINT mid-run: the step in flight finishes, is checkpointed (no periodic checkpoint is due) and the run
     raises TrainingStopped; --resume then continues from exactly that step, and the handlers are restored."""

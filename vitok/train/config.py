@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,8 @@ def check_values(cfg: dict[str, Any], where: str = "config") -> None:
             ok = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
             kind = "an integer" if whole else "a number"
             least = 1 if key in POSITIVE else 0
+            if ok and not math.isfinite(value):
+                raise VitokError(f"{where}: {key} must be a finite number, got {value!r}")
             if ok and value < least:
                 raise VitokError(f"{where}: {key} must be at least {least}, got {value!r}")
         else:
@@ -176,6 +179,8 @@ def _check_choices_and_ranges(flat: dict[str, Any], where: str) -> None:
         raise VitokError(f"{where}: data.samples.sizes must be a list of positive integers, got {sizes!r}")
     if flat["loss.disc_channels"] < 1:
         raise VitokError(f"{where}: loss.disc_channels must be at least 1, got {flat['loss.disc_channels']!r}")
+    if not flat["schedule.lr"] > 0:
+        raise VitokError(f"{where}: schedule.lr must be above 0, got {flat['schedule.lr']!r}")
     if not flat["schedule.min_lr_ratio"] <= 1:
         raise VitokError(f"{where}: schedule.min_lr_ratio must be in [0, 1], got {flat['schedule.min_lr_ratio']!r}")
 

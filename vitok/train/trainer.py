@@ -173,6 +173,10 @@ class Trainer:
         if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
             self.log("notice: precision=bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): autocast "
                      "emulates it, several times slower than fp32 here")
+        sched = cfg["schedule"]
+        if sched["warmup"] >= sched["steps"]:
+            self.log(f"notice: schedule.warmup={sched['warmup']} is not below schedule.steps={sched['steps']}: the "
+                     f"learning rate never reaches schedule.lr={sched['lr']:g}")
         self._check_out_dir(resume, overwrite)
         ckpt = latest_checkpoint(out) if resume else None
         if resume and ckpt is None:
