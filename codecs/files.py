@@ -35,23 +35,19 @@ def encode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
                 **knobs: Any) -> EncodeStats:
     """Encode a video file (or a folder/glob of frames) to ``output_path`` (.vtok), atomically and streaming."""
     from vitok.data.atomic import atomic_path
-    from vitok.data.io import iter_video, probe_video, read_frames_dir
+    from vitok.data.io import frame_files, iter_frames_dir, iter_video, probe_video
 
+    chunk = codec.tok.clip_frames
     if is_frames_source(input_path):
-        if size is not None:
-            _check_size(codec, size)
-        frames = read_frames_dir(input_path, size=size)
-        frames = frames[start:start + num_frames if num_frames is not None else None]
-        if frames.shape[0] == 0:
-            raise CodecError(f"{input_path}: no frames in the requested range (start={start})")
-        chunks: Any = [frames]
+        first = probe_video(frame_files(input_path)[0])  # the first frame's header: its size, before any is decoded
+        _check_size(codec, size or (first.width, first.height))
+        chunks: Any = iter_frames_dir(input_path, chunk_frames=chunk, start=start, num_frames=num_frames, size=size)
         fps = fps or Fraction(25)
     else:
         info = probe_video(input_path)
         _check_size(codec, size or (info.width, info.height))
         fps = fps or info.fps
-        chunks = iter_video(input_path, chunk_frames=codec.tok.clip_frames, start=start, num_frames=num_frames,
-                            size=size)
+        chunks = iter_video(input_path, chunk_frames=chunk, start=start, num_frames=num_frames, size=size)
     if fps is None or fps <= 0:
         fps = Fraction(25)
     with atomic_path(output_path) as tmp, open(tmp, "wb") as f:

@@ -308,12 +308,8 @@ def _natural_key(path: Path) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
 
 
-def read_frames_dir(folder_or_glob: str | os.PathLike, *, size: Size | None = None,
-                    crop: Crop | str | None = None) -> np.ndarray:
-    """Read a folder (or glob pattern) of png/jpg/... frames as uint8 ``(T,H,W,3)``, in natural sort order.
-
-    ``frame2.png`` sorts before ``frame10.png``. All frames must share one size.
-    """
+def frame_files(folder_or_glob: str | os.PathLike) -> list[Path]:
+    """The image frames of a folder (or glob pattern), in natural sort order: ``frame2.png`` before ``frame10.png``."""
     pattern = str(folder_or_glob)
     if os.path.isdir(pattern):
         candidates = [p for p in Path(pattern).iterdir() if p.is_file()]
@@ -322,14 +318,38 @@ def read_frames_dir(folder_or_glob: str | os.PathLike, *, size: Size | None = No
     files = sorted((p for p in candidates if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
     if not files:
         raise VideoReadError(f"{pattern}: no image frames ({', '.join(IMAGE_EXTENSIONS)}) found")
-    frames = []
+    return files
+
+
+def iter_frames_dir(folder_or_glob: str | os.PathLike, *, chunk_frames: int = 64, start: int = 0,
+                    num_frames: int | None = None, size: Size | None = None,
+                    crop: Crop | str | None = None) -> Iterator[np.ndarray]:
+    """Stream a folder (or glob pattern) of png/jpg/... frames as uint8 ``(T,H,W,3)`` chunks of ``chunk_frames``,
+    like ``iter_video`` (only a chunk is held at a time). All frames must share one size."""
+    files = frame_files(folder_or_glob)
+    if start >= len(files):
+        raise VideoReadError(f"{folder_or_glob}: start={start} is past the end ({len(files)} frames)")
+    files = files[start:start + num_frames if num_frames is not None else None]
+    first, chunk = None, []
     for f in files:
         frame = next(iter_video(f, num_frames=1, size=size, crop=crop))[0]
-        if frames and frame.shape != frames[0].shape:
+        first = frame.shape if first is None else first
+        if frame.shape != first:
             raise VideoReadError(f"{f}: frame size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's "
-                                 f"{frames[0].shape[1]}x{frames[0].shape[0]}")
-        frames.append(frame)
-    return np.stack(frames)
+                                 f"{first[1]}x{first[0]}")
+        chunk.append(frame)
+        if len(chunk) == chunk_frames:
+            yield np.stack(chunk)
+            chunk = []
+    if chunk:
+        yield np.stack(chunk)
+
+
+def read_frames_dir(folder_or_glob: str | os.PathLike, *, size: Size | None = None,
+                    crop: Crop | str | None = None) -> np.ndarray:
+    """Read a folder (or glob pattern) of png/jpg/... frames as one uint8 ``(T,H,W,3)`` array (see
+    ``iter_frames_dir``)."""
+    return np.concatenate(list(iter_frames_dir(folder_or_glob, size=size, crop=crop)))
 
 
 def _chunks(frames: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:

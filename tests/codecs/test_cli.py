@@ -100,7 +100,7 @@ def test_encode_text_output(video, tiny1d, tmp_path):
     assert r.exit_code == 0 and "3 of 3 chunks could not reach 99 dB even at the finest setting" in r.stdout
 
 
-def test_encode_frame_folder(clip, tiny1d, tmp_path):
+def test_encode_frame_folder(clip, tiny1d, tmp_path, capsys):
     from PIL import Image
 
     frames, _ = clip
@@ -112,6 +112,17 @@ def test_encode_frame_folder(clip, tiny1d, tmp_path):
     assert res["frames"] == 5
     res = _run("encode", str(folder / "f*.png"), "-o", str(tmp_path / "g.vtok"), "--model", str(tiny1d[2]), "-q")
     assert res["frames"] == 5
+    res = _run("encode", str(folder), "-o", str(tmp_path / "h.vtok"), "--model", str(tiny1d[2]), "-q", "--start", "1",
+               "--frames", "3")
+    only = tmp_path / "only"
+    only.mkdir()
+    for i in (1, 2, 3):
+        (only / f"f{i}.png").write_bytes((folder / f"f{i}.png").read_bytes())
+    _run("encode", str(only), "-o", str(tmp_path / "i.vtok"), "--model", str(tiny1d[2]), "-q")
+    assert res["frames"] == 3 and (tmp_path / "h.vtok").read_bytes() == (tmp_path / "i.vtok").read_bytes()
+    assert "start=5 is past the end (5 frames)" in _error(capsys, "encode", str(folder), "-o", str(tmp_path / "j.vtok"),
+                                                          "--model", str(tiny1d[2]), "-q", "--start", "5")
+    assert not (tmp_path / "j.vtok").exists()
 
 
 @pytest.mark.parametrize("suffix", [".mkv", ".mp4", ".npy", ""])
@@ -292,6 +303,14 @@ def test_encode_refuses_a_size_over_the_limits_before_reading(capsys, monkeypatc
     args = ["encode", str(video), "-o", str(tmp_path / "big.vtok"), "--model", str(tiny1d[2]), "-q", "--size"]
     assert "20000x20000 outside 1..16384" in _error(capsys, *args, "20000x20000")
     assert "pixel limit" in _error(capsys, *args, "16000x16000")  # 8-frame chunks of 16000x16000
+    assert list(tmp_path.iterdir()) == []
+    from PIL import Image
+
+    frames = tmp_path.parent / f"{tmp_path.name}-frames"  # a folder whose frames are too wide: refused by header
+    frames.mkdir()
+    Image.new("RGB", (20000, 2)).save(frames / "f0.png")
+    assert "20000x2 outside 1..16384" in _error(capsys, "encode", str(frames), "-o", str(tmp_path / "f.vtok"),
+                                               "--model", str(tiny1d[2]), "-q")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -206,6 +206,18 @@ def test_read_frames_dir(tmp_path, tiny_frames):
         read_frames_dir(tmp_path / "*.jpg")
 
 
+def test_iter_frames_dir_streams_chunks(tmp_path, tiny_frames):
+    from vitok.data.io import iter_frames_dir
+
+    for k in range(7):
+        Image.fromarray(tiny_frames[k % len(tiny_frames)]).save(tmp_path / f"frame{k}.png")
+    whole = read_frames_dir(tmp_path)
+    chunks = list(iter_frames_dir(tmp_path, chunk_frames=3, start=1, num_frames=5))
+    assert [len(c) for c in chunks] == [3, 2] and np.array_equal(np.concatenate(chunks), whole[1:6])
+    with pytest.raises(VideoReadError, match="start=7 is past the end"):
+        next(iter_frames_dir(tmp_path, start=7))
+
+
 # --- bad input -----------------------------------------------------------------------------------------------------
 
 def _truncate(path: Path, fraction: float) -> Path:
