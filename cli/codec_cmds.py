@@ -73,6 +73,8 @@ def encode(input, output, model, step, tokens, target_bytes, psnr, per_tile, num
         raise click.UsageError("give at most one of --tokens, --bytes, --psnr")
     _check_input(input)
     out = check_output(output, overwrite, inputs=[input])
+    if Path(output).suffix.lower() != ".vtok":  # a .vtok named .mp4 would look like a video no player opens
+        raise VitokError(f"{output}: the output of encode is a .vtok file (decode makes videos)")
     set_threads(threads)
     codec = VitokCodec(model, device=resolve_device(device)).load()  # model errors before any video is read
     with progress(desc="encode", quiet=quiet, unit="frame", total=_total(input, start, num_frames)) as bar:

@@ -6,22 +6,23 @@ from pathlib import Path
 import click
 
 from vitok.cli.common import check_output, emit, json_option, overwrite_option
+from vitok.codecs.models import DEFAULT_MODEL
 from vitok.data.errors import VitokError
 
 
 @click.command()
 @click.argument("input")
-@click.option("--model", default=None, help="vitok model name or directory (default: the first bundled model).")
+@click.option("--model", default=None, help=f"vitok model name or directory [default: {DEFAULT_MODEL}, the default bundled model].")
 @click.option("--codec", "codecs", multiple=True, default=("h264",), show_default=True,
               help="Classical codec(s) to match in PSNR by bisection over CRF (repeatable).")
 @click.option("--frames", type=click.IntRange(min=1), default=17, show_default=True, help="Frames to code.")
-@click.option("-o", "--output", default=None, help="Side-by-side PNG (default: <input>_compare.png).")
+@click.option("-o", "--output", default=None, help="Side-by-side PNG [default: <clip name>_compare.png in the current folder].")
 @overwrite_option
 @json_option
 def compare(input, model, codecs, frames, output, overwrite, as_json) -> None:
     """Encode INPUT (file or sample name) with vitok, then each codec at the CRF that matches vitok's PSNR."""
     from vitok.evaluation.clips import load_clip
-    from vitok.evaluation.compare import compare_codecs
+    from vitok.evaluation.compare import compare_codecs, unmatched_note
     from vitok.evaluation.plots import plot_side_by_side
     from vitok.evaluation.report import format_table, op_label
 
@@ -43,4 +44,4 @@ def compare(input, model, codecs, frames, output, overwrite, as_json) -> None:
     text = f"{name}: {t} frames {w}x{h} @ {float(fps):.3g} fps\n" + format_table(rows, [
         ("label", "codec", ""), ("bytes", "bytes", "d"), ("bpp", "bpp", ".4f"), ("psnr", "PSNR", ".2f"),
         ("ssim", "SSIM", ".4f"), ("encode_s", "enc s", ".3f"), ("decode_s", "dec s", ".3f")])
-    emit({"clip": name, "rows": rows, "image": str(out)}, as_json, text + f"\nwrote {out}")
+    emit({"clip": name, "rows": rows, "image": str(out)}, as_json, text + unmatched_note(rows) + f"\nwrote {out}")

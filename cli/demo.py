@@ -26,7 +26,7 @@ def demo(output, model, clip, frames, overwrite, quiet, as_json, threads) -> Non
     from vitok.data.atomic import atomic_dir
     from vitok.data.io import write_video
     from vitok.data.samples import load_sample, sample_info
-    from vitok.evaluation.compare import compare_codecs
+    from vitok.evaluation.compare import compare_codecs, unmatched_note
     from vitok.evaluation.plots import plot_side_by_side
     from vitok.evaluation.report import format_table, op_label
 
@@ -53,7 +53,8 @@ def demo(output, model, clip, frames, overwrite, quiet, as_json, threads) -> Non
     text = format_table(rows, [("label", "codec", ""), ("bytes", "bytes", "d"), ("bpp", "bpp", ".4f"),
                                ("psnr", "PSNR", ".2f"), ("ssim", "SSIM", ".4f"), ("encode_s", "enc s", ".2f"),
                                ("decode_s", "dec s", ".2f")])
-    text += f"\nvitok bytes / h264 bytes at matched PSNR: {ratio:.2f}x\nwrote {out}/: {clip}.vtok, " \
+    matched = "at matched PSNR" if rows[1]["matched"] else "(PSNR not matched)"
+    text += f"{unmatched_note(rows)}\nvitok bytes / h264 bytes {matched}: {ratio:.2f}x\nwrote {out}/: {clip}.vtok, " \
             f"{clip}_vitok.mkv (decoded, lossless ffv1), {clip}_h264.mp4, side_by_side.png"
     emit({"clip": clip, "frames": len(video), "rows": rows, "bytes_ratio_vs_h264": ratio, "output": str(out)},
          as_json, text)

@@ -67,14 +67,24 @@ def _row(name: str, op: dict, frames: np.ndarray, nbytes: int, decoded: np.ndarr
             "encode_s": enc_s, "decode_s": dec_s}
 
 
+def unmatched_note(rows: Sequence[dict]) -> str:
+    """A line per classical row that could not match vitok's PSNR (empty when all did)."""
+    from vitok.evaluation.report import op_label
+
+    return "".join(f"\nnote: {r['codec']} {op_label(r['op'])} gives {r['psnr']:.2f} dB, the closest its CRF range "
+                   f"comes to vitok's {rows[0]['psnr']:.2f} dB: not a match at equal PSNR"
+                   for r in rows[1:] if not r["matched"])
+
+
 def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
                    codecs: Sequence[str] = ("h264",), model_op: Mapping[str, Any] | None = None
                    ) -> tuple[list[dict], dict[str, np.ndarray], dict[str, tuple[bytes, np.ndarray]]]:
     """Encode ``frames`` with ``vitok:<model>`` (default: the default bundled model), then each codec at the
     matching PSNR.
 
-    Returns the rows (vitok first; classical rows also carry the ``crf`` found, and their encode time is that
-    of the final CRF only), each codec's decoded middle frame (plus ``reference``) for a side-by-side figure, and
+    Returns the rows (vitok first; classical rows also carry the ``crf`` found, ``matched``: False when vitok's
+    PSNR lies outside what the codec's CRF range reaches, so the row is its closest setting; their encode time is
+    that of the final CRF only), each codec's decoded middle frame (plus ``reference``) for a side-by-side figure, and
     each codec's ``(bytes, decoded frames)``.
     """
     from vitok.codecs import get_codec
@@ -93,13 +103,17 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
     streams = {name: (data, decoded)}
     for cname in codecs:
         codec = get_codec(cname)
-        cop, cdata, cdec, _ = match_psnr(codec, frames, fps, rows[0]["psnr"])
+        cop, cdata, cdec, value = match_psnr(codec, frames, fps, rows[0]["psnr"])
+        lo, hi = _crf_range(codec)  # the target past an end of the CRF range: the closest setting, not a match
+        target = rows[0]["psnr"]
+        matched = not ((cop["crf"] == lo and value < target) or (cop["crf"] == hi and value > target))
         t0 = time.perf_counter()
         codec.encode(frames, fps, **cop)
         t1 = time.perf_counter()
         codec.decode(cdata)
         t2 = time.perf_counter()
-        rows.append(_row(cname, cop, frames, codec.rate_bytes(cdata), cdec, t1 - t0, t2 - t1))
+        row = _row(cname, cop, frames, codec.rate_bytes(cdata), cdec, t1 - t0, t2 - t1)
+        rows.append({**row, "matched": matched})
         shown[cname] = cdec[mid]
         streams[cname] = (cdata, cdec)
     return rows, shown, streams

@@ -305,7 +305,7 @@ def _model_source(model: str) -> str:
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
-    """``"HxW"`` or ``"S"`` -> (H, W)."""
+    """``"WxH"`` (width first, as ``vitok encode --size``) or ``"S"`` -> (H, W)."""
     if text is None:
         return None
     try:
@@ -315,8 +315,8 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     if len(parts) == 1:
         parts = parts * 2
     if len(parts) != 2 or min(parts) <= 0:
-        raise ExtractError(f"--size {text!r}: expected HxW (e.g. 128x128) or one number")
-    return parts[0], parts[1]
+        raise ExtractError(f"--size {text!r}: expected WxH (e.g. 128x128) or one number")
+    return parts[1], parts[0]
 
 
 def extract_latents(input_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str, *,

@@ -166,6 +166,10 @@ def test_errors_are_one_line(capsys, encoded, video, tiny1d, tmp_path):
     assert "unknown vitok model" in _error(capsys, "encode", str(video), "-o", str(tmp_path / "u.vtok"),
                                            "--model", "no-such-model")
     assert not (tmp_path / "u.vtok").exists()
+    for name in ("out.mp4", "out"):  # a .vtok under a video's name would look like a broken video
+        assert "the output of encode is a .vtok file" in _error(capsys, "encode", str(video), "-o",
+                                                                str(tmp_path / name), "--model", model)
+        assert not (tmp_path / name).exists()
     corrupt = tmp_path / "corrupt.vtok"
     data = bytearray(encoded.read_bytes())
     data[-5] ^= 0xFF

@@ -75,6 +75,21 @@ def test_compare_matches_h264_psnr_and_writes_png(tmp_path, small_clip, tiny_mod
     assert "crf" in result["rows"][1]["op"] and is_png(png)
     res = CliRunner().invoke(cli, ["compare", str(small_clip), "--model", tiny_model, "-o", str(png)])
     assert res.exit_code != 0 and "exists" in str(res.exception)
+    vitok_row, h264 = result["rows"]
+    # the tiny model's PSNR is below anything x264 makes up to CRF 51: its row is the closest, not a match
+    assert h264["op"]["crf"] == 51 and h264["psnr"] > vitok_row["psnr"] and h264["matched"] is False
+    text = _invoke(["compare", str(small_clip), "--model", tiny_model, "-o", str(png), "-y"])
+    assert f"note: h264 crf=51 gives {h264['psnr']:.2f} dB, the closest its CRF range comes to vitok's " \
+           f"{vitok_row['psnr']:.2f} dB: not a match at equal PSNR" in text
+
+
+def test_compare_marks_a_psnr_inside_the_crf_range_matched(small_clip):
+    from vitok.data import read_video
+    from vitok.evaluation.compare import compare_codecs
+
+    frames, info = read_video(small_clip)
+    rows, _, _ = compare_codecs(frames, info.fps, model="vitok-grid", codecs=("h264",))
+    assert rows[1]["matched"] is True and 10 < rows[1]["op"]["crf"] < 51
 
 
 def test_match_psnr_bisects_to_the_nearest_crf(carphone9):

@@ -398,3 +398,16 @@ def test_output_folder_rules(tmp_path, video_dir, model_dir):
     (out / "shard-00001.json").write_text("my notes")  # a record name is no licence to overwrite it without -y
     with pytest.raises(ExtractError, match=r"shard-00001.json: not a vitok shard record; .* or -y to replace it"):
         extract_latents(videos, out, str(model_dir), **KW)
+
+
+def test_size_is_width_by_height_as_in_encode(tmp_path, video_dir, model_dir):
+    from vitok.extract import parse_size
+
+    assert parse_size("64x32") == (32, 64) and parse_size("16") == (16, 16)  # (H, W) from WxH
+    out = tmp_path / "wide"
+    with pytest.raises(SystemExit) as e:
+        main(["latents", "extract", str(video_dir), "-o", str(out), "--model", str(model_dir), "--frames", "4",
+              "--size", "32x16", "-q"])
+    assert e.value.code == 0
+    clips = json.loads((out / "manifest.json").read_text())["clips"]
+    assert {(c["width"], c["height"]) for c in clips} == {(32, 16)}
