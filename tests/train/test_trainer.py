@@ -157,11 +157,14 @@ def test_bf16_on_a_cpu_without_bf16_instructions_says_so(make_cfg, tmp_path, mon
 
 
 def test_a_warmup_as_long_as_the_run_is_said(make_cfg, tmp_path, capsys):
-    """warmup >= steps: the learning rate never reaches schedule.lr, which the run says once."""
-    for warmup, said in ((2, 1), (1, 0)):
-        train(make_cfg("tiny-vit", "schedule.steps=2", f"schedule.warmup={warmup}", "data.synthetic.num_clips=2"),
-              tmp_path / str(warmup), quiet=True)
-        assert capsys.readouterr().err.count("never reaches schedule.lr") == said
+    """warmup >= steps: the learning rate never reaches schedule.lr; lr 0: the weights do not change. The run
+    says so once."""
+    for warmup, lr, said in ((2, 1e-3, "never reaches schedule.lr"), (1, 0, "the weights do not change"),
+                             (1, 1e-3, None)):
+        train(make_cfg("tiny-vit", "schedule.steps=2", f"schedule.warmup={warmup}", f"schedule.lr={lr}",
+                       "data.synthetic.num_clips=2"), tmp_path / f"{warmup}-{lr}", quiet=True)
+        err = capsys.readouterr().err
+        assert err.count("notice: schedule.") == (said is not None) and (said is None or said in err), err
 
 
 def test_signal_stops_after_the_step_with_a_checkpoint(make_cfg, metrics, tmp_path, monkeypatch, capsys):

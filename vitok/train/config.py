@@ -179,8 +179,6 @@ def _check_choices_and_ranges(flat: dict[str, Any], where: str) -> None:
         raise VitokError(f"{where}: data.samples.sizes must be a list of positive integers, got {sizes!r}")
     if flat["loss.disc_channels"] < 1:
         raise VitokError(f"{where}: loss.disc_channels must be at least 1, got {flat['loss.disc_channels']!r}")
-    if not flat["schedule.lr"] > 0:
-        raise VitokError(f"{where}: schedule.lr must be above 0, got {flat['schedule.lr']!r}")
     if not flat["schedule.min_lr_ratio"] <= 1:
         raise VitokError(f"{where}: schedule.min_lr_ratio must be in [0, 1], got {flat['schedule.min_lr_ratio']!r}")
 

@@ -174,7 +174,9 @@ class Trainer:
             self.log("notice: precision=bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): autocast "
                      "emulates it, several times slower than fp32 here")
         sched = cfg["schedule"]
-        if sched["warmup"] >= sched["steps"]:
+        if sched["lr"] == 0:
+            self.log("notice: schedule.lr=0: the weights do not change (the run only exports its starting model)")
+        elif sched["warmup"] >= sched["steps"]:
             self.log(f"notice: schedule.warmup={sched['warmup']} is not below schedule.steps={sched['steps']}: the "
                      f"learning rate never reaches schedule.lr={sched['lr']:g}")
         self._check_out_dir(resume, overwrite)
