@@ -12,11 +12,13 @@ from vitok.data.errors import VitokError
 
 @click.command()
 @click.argument("input")
-@click.option("--model", default=None, help=f"vitok model name or directory [default: {DEFAULT_MODEL}, the default bundled model].")
+@click.option("--model", default=None,
+              help=f"vitok model name or directory [default: {DEFAULT_MODEL}, the default bundled model].")
 @click.option("--codec", "codecs", multiple=True, default=("h264",), show_default=True,
               help="Classical codec(s) to match in PSNR by bisection over CRF (repeatable).")
 @click.option("--frames", type=click.IntRange(min=1), default=17, show_default=True, help="Frames to code.")
-@click.option("-o", "--output", default=None, help="Side-by-side PNG [default: <clip name>_compare.png in the current folder].")
+@click.option("-o", "--output", default=None,
+              help="Side-by-side PNG [default: <clip name>_compare.png in the current folder].")
 @overwrite_option
 @json_option
 def compare(input, model, codecs, frames, output, overwrite, as_json) -> None:
