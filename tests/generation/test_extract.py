@@ -319,8 +319,8 @@ def test_sigterm_stops_cleanly_and_a_rerun_clears_leftover_temporaries(tmp_path,
     cmd = [sys.executable, "-c", _SIGTERM_AFTER_SAVE, "latents", "extract", str(video_dir), "-o", str(out),
            "--model", str(model_dir), "--frames", "4", "--size", f"{SIDE}x{SIDE}", "--shard-size", "3",
            "--device", "cpu", "-q"]
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=120)  # cwd: the repo root on sys.path would shadow the installed package
     assert proc.returncode == 130 and proc.stderr.strip() == "error: aborted", proc.stderr[-3000:]  # as Ctrl-C
     assert sorted(p.name for p in out.iterdir()) == []
     # a SIGKILL leaves temporaries no handler could remove: the next run clears them
