@@ -75,6 +75,7 @@ def rd() -> None:
 
     \b
     vitok rd CLIPS... [--codec C]... -o DIR   sweep, write tables and plots (same as `vitok rd run`)
+    vitok rd eval [--codec C]... -o DIR       ... over `eval`: the 8 held-out sample segments
     vitok rd plot DIR                         redraw plots and tables from DIR/records.json
     """
 

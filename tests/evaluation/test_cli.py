@@ -199,3 +199,8 @@ def test_rd_plot_checks_the_fields_it_reads(tmp_path, capsys):
         path = tmp_path / f"records{i}.json"
         path.write_text(json.dumps([good, {**good, **change}]))
         assert message in _one_line_error(capsys, ["rd", "plot", str(path)])
+
+
+def test_rd_help_says_what_eval_means():
+    text = CliRunner().invoke(cli, ["rd", "--help"]).output
+    assert "vitok rd eval" in text and "the 8 held-out sample segments" in text
