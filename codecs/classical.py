@@ -1,11 +1,12 @@
 """Classical codecs (h264, h265, av1, vp9) through PyAV, in memory, behind the ``Codec`` interface.
 
-Every stream is 8-bit yuv420p in an mp4 file, with an explicit GOP, no B-frames by default (``bframes=0``, the usual
-bench setting) and frame threading (PyAV's default slice threading inflates x264 streams by 1-3%). yuv420p needs
-even sizes: odd frames are padded by replicating the last row/column and the true size (and exact fps) is kept in
-the mp4's ``comment`` tag (``vitok size=WxH fps=N/D``); ``decode`` crops back to it. Encoder self-descriptions
-carry no picture data and are left out so bytes compare fairly: x265 runs with ``info=0``, and x264's version SEI
-(its settings as text, ~600 bytes, which libx264 cannot switch off) is cut from the first packet.
+Every stream is 8-bit yuv420p in an mp4 file, with an explicit GOP (a keyframe every 64 frames by default), the
+preset's own B-frames (``bframes=0`` gives the low-delay IPPP setting) and frame threading (PyAV's default slice
+threading inflates x264 streams by 1-3%). yuv420p needs even sizes: odd frames are padded by replicating the last
+row/column and the true size (and exact fps) is kept in the mp4's ``comment`` tag (``vitok size=WxH fps=N/D``);
+``decode`` crops back to it. Encoder self-descriptions carry no picture data and are left out so bytes compare
+fairly: x265 runs with ``info=0``, and x264's version SEI (its settings as text, ~600 bytes, which libx264 cannot
+switch off) is cut from the first packet.
 """
 from __future__ import annotations
 
@@ -61,13 +62,14 @@ class ClassicalCodec(Codec):
     @property
     def identity(self) -> str:
         """The FFmpeg build, and the byte accounting (encoder banners cut)."""
-        return f"libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}, no encoder banner"
+        return (f"libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}, no encoder banner, "
+                "B-frames: the preset's")
 
     def operating_points(self) -> list[dict[str, Any]]:
         return [{"crf": c} for c in self.spec.points]
 
     def encode(self, frames: np.ndarray, fps: Fraction, *, crf: int | None = None, preset: str | int | None = None,
-               gop: int = 64, bframes: int = 0, threads: int = 0) -> bytes:
+               gop: int = 64, bframes: int | None = None, threads: int = 0) -> bytes:
         frames, fps = check_frames(frames, fps)
         crf = self.spec.crf if crf is None else crf
         preset = self.spec.preset if preset is None else str(preset)
@@ -75,7 +77,7 @@ class ClassicalCodec(Codec):
             raise CodecError(f"{self.name}: crf must be an integer in 0..{self.spec.crf_max}, got {crf!r}")
         if preset not in self.spec.presets:
             raise CodecError(f"{self.name}: unknown preset {preset!r}; one of {', '.join(self.spec.presets)}")
-        if gop < 1 or bframes < 0:
+        if gop < 1 or (bframes is not None and bframes < 0):
             raise CodecError(f"{self.name}: gop must be >= 1 and bframes >= 0, got gop={gop} bframes={bframes}")
         t, h, w, _ = frames.shape
         if self.spec.encoder == "libx265" and min(h, w) < 64:  # x265 corrupts its heap on some tiny frames
@@ -88,7 +90,9 @@ class ClassicalCodec(Codec):
             stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
             stream.time_base = 1 / fps
             cc = stream.codec_context
-            cc.gop_size, cc.max_b_frames = gop, bframes
+            cc.gop_size = gop
+            if bframes is not None:
+                cc.max_b_frames = bframes
             cc.thread_type, cc.thread_count = "FRAME", threads
             banner_left = self.spec.encoder == "libx264"  # x264 writes its banner into its first packet only
             for i in [*range(t), None]:
@@ -103,13 +107,15 @@ class ClassicalCodec(Codec):
                 out.mux(packets)
         return buf.getvalue()
 
-    def _options(self, crf: int, preset: str, gop: int, bframes: int) -> dict[str, str]:
+    def _options(self, crf: int, preset: str, gop: int, bframes: int | None) -> dict[str, str]:
+        """Encoder options; ``bframes`` None keeps the preset's own B-frame count."""
         enc = self.spec.encoder
         if enc == "libx264":
-            return {"crf": str(crf), "preset": preset, "bf": str(bframes)}
+            return {"crf": str(crf), "preset": preset, **({} if bframes is None else {"bf": str(bframes)})}
         if enc == "libx265":
+            b = "" if bframes is None else f":bframes={bframes}"
             return {"crf": str(crf), "preset": preset,
-                    "x265-params": f"log-level=error:info=0:bframes={bframes}:keyint={gop}:min-keyint={gop}"}
+                    "x265-params": f"log-level=error:info=0{b}:keyint={gop}:min-keyint={gop}"}
         if enc == "libsvtav1":
             return {"crf": str(crf), "preset": preset}
         return {"crf": str(crf), "b": "0", "cpu-used": preset, "deadline": "good", "row-mt": "1"}  # libvpx-vp9

@@ -226,8 +226,8 @@ class VitokCodec(Codec):
         if (k is None) != (counts == (0,)) or (k is not None and max(counts) > k):
             raise BitstreamError(f"chunk says {_counts_text(tokens)} tokens per unit, the model takes "
                                  f"{'none (grid model)' if k is None else f'1..{k}'}")
-        if len(counts) not in (1, g.units):
-            raise BitstreamError(f"chunk gives token counts for {len(counts)} units, its frames make {g.units}")
+        if isinstance(tokens, tuple) and len(tokens) != g.units:  # the per-unit form names every unit
+            raise BitstreamError(f"chunk gives token counts for {len(tokens)} units, its frames make {g.units}")
         tokens = tokens or None
         grid = context_grid(self.tok.unit_grid(*g.unit_size), tokens)
         return self.tables.decode(data, self._coded(g, tokens), index, grid), tokens, step
@@ -514,7 +514,8 @@ class VitokCodec(Codec):
             yield self.reconstruct(q, tokens, step, info.frames, h.height, h.width)
 
     def check_header(self, header: VtokHeader) -> None:
-        """Refuse streams from another model (name or weights differ), other entropy tables or other tiles."""
+        """Refuse streams from another model (name or weights differ, or a kind or channel count that is not the
+        model's), other entropy tables or other tiles."""
         meta = header.meta
         if meta.get("codec") != "vitok":
             raise BitstreamError(f"not a vitok stream (codec {meta.get('codec')!r})")
@@ -524,6 +525,9 @@ class VitokCodec(Codec):
         if theirs != ours:
             raise BitstreamError(f"model mismatch: the stream was encoded with {theirs[0]!r} (weights {theirs[1]}), "
                                  f"the decoder has {ours[0]!r} (weights {ours[1]})")
+        for key, value in (("kind", tok.config.kind), ("channels", tok.latent_channels)):
+            if meta.get(key) != value:
+                raise BitstreamError(f"header says {key} {meta.get(key)!r}, the model {tok.config.name!r} has {value!r}")
         if meta.get("tables") != self.tables.table_id:
             raise BitstreamError(f"entropy table mismatch: the stream used tables {meta.get('tables')!r}, the model "
                                  f"has {self.tables.table_id!r}")

@@ -3,7 +3,7 @@
 All codecs run on the same frames, one after another. Memory is the peak growth of resident memory over a codec's
 first encode and first decode (what one call costs, first-call allocation included); with ``isolate`` each codec
 runs in a fresh process, so no memory left over by an earlier codec is reused and uncounted. Times are the best of
-``repeat`` rounds after that first, untimed, round. x264 at preset medium (CRF 23, no B-frames) is always the first
+``repeat`` rounds after that first, untimed, round. x264 at preset medium (CRF 23, its B-frames) is always the first
 row: the reference line that other rows are read against.
 """
 from __future__ import annotations

@@ -83,6 +83,29 @@ def test_frame_threading_and_gop_knobs(carphone_clip):
     assert codec.decode(a)[0].shape == codec.decode(b)[0].shape
 
 
+def _picture_types(data: bytes) -> str:
+    """Decoded frames' picture types in display order, one letter each (I, P, B)."""
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(data)) as f:
+        return "".join("?IPB"[int(frame.pict_type)] for frame in f.decode(video=0))  # AVPictureType: 1 I, 2 P, 3 B
+
+
+@pytest.mark.parametrize("name", ["h264", "h265"])
+def test_preset_b_frames_by_default(name, carphone_clip):
+    """The reference is the preset as x264/x265 ship it (B-frames included), not a weaker IPPP stream; ``bframes=0``
+    still gives IPPP. Both decode to every frame, in order."""
+    codec = get_codec(name)
+    default, ippp = codec.encode(carphone_clip, 30, crf=30), codec.encode(carphone_clip, 30, crf=30, bframes=0)
+    assert "B" in _picture_types(default)
+    assert set(_picture_types(ippp)) == {"I", "P"}
+    for data in (default, ippp):
+        out, _ = codec.decode(data)
+        assert out.shape == carphone_clip.shape and _psnr(carphone_clip, out) > 28
+
+
 @pytest.mark.parametrize("bad", [np.zeros((2, 16, 16, 3), np.float32), np.zeros((2, 16, 16), np.uint8), [1, 2]])
 def test_bad_frames_are_codec_errors(bad):
     with pytest.raises(CodecError, match="uint8"):

@@ -161,6 +161,9 @@ def test_model_mismatch_is_refused(tiny1d, stream1d):
     renamed.freeze()
     with pytest.raises(BitstreamError, match="other-name"):
         VitokCodec(renamed, tables).decode(stream1d)
+    for key, value in (("channels", 4), ("kind", "cnn"), ("channels", None)):  # a header at odds with its model
+        with pytest.raises(BitstreamError, match=f"header says {key} {value!r}, the model 'vit1d-tiny' has"):
+            VitokCodec(tok, tables).decode(_with_meta(stream1d, **{key: value}))
     shifted = EntropyTables(tables.mean, tables.std, tables.tables[:1], tables.meta, tables.context_radius)
     with pytest.raises(BitstreamError, match="entropy table mismatch"):
         VitokCodec(tok, shifted).decode(stream1d)
@@ -316,6 +319,11 @@ def test_rate_control_per_tile_round_trips(codec1d, tiled_clip):
     for counts, match in (((1, 2, 3), "token counts for 3 units, its frames make 4"), ((1, 2, 3, 17), "1..16")):
         with pytest.raises(BitstreamError, match=match):
             codec1d.decode_symbols(pack_chunk(0, 0.5, counts, b"\0" * 40), 8, h, w)
+    from vitok.codecs.payload import CHUNK_HEAD, COUNT, PER_UNIT
+
+    one_of_four = CHUNK_HEAD.pack(0, 0.5, PER_UNIT) + COUNT.pack(1) + COUNT.pack(3) + b"\0" * 40  # the per-unit form
+    with pytest.raises(BitstreamError, match="token counts for 1 units, its frames make 4"):
+        codec1d.decode_symbols(one_of_four, 8, h, w)
 
 
 def test_bundled_1d_spends_tokens_where_the_tiles_need_them():
