@@ -14,11 +14,14 @@ from vitok.cli.common import emit, json_option, quiet_option
 @click.option("--frames", type=click.IntRange(min=1), default=33, show_default=True, help="Frames to code.")
 @click.option("--op", "ops", multiple=True, metavar="CODEC:K=V[,K=V]", help="Knobs for a codec (one per codec).")
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True, help="Timed rounds (best kept).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for torch and for the x264/x265 encoders alike (default: torch's default, the physical "
+                   "cores, and the encoders' own choice).")
 @click.option("--isolate/--same-process", default=True, show_default=True,
               help="Run each codec in a fresh process, so its memory is not hidden by what an earlier codec freed.")
 @quiet_option
 @json_option
-def bench_codec(codecs, clip, frames, ops, repeat, isolate, quiet, as_json) -> None:
+def bench_codec(codecs, clip, frames, ops, repeat, threads, isolate, quiet, as_json) -> None:
     """Encode and decode frames per second, and the peak memory of a first encode and decode, for each codec on the
     same clip, in one run."""
     from vitok.cli.rd import parse_ops
@@ -32,12 +35,15 @@ def bench_codec(codecs, clip, frames, ops, repeat, isolate, quiet, as_json) -> N
         codecs = bundled_codec_names()
     parsed = {name: points[0] for name, points in parse_ops(ops, codecs).items()}
     name, video, fps = load_clip(clip, frames)
-    rows = bench_codecs(list(codecs), video, fps, parsed, repeat=repeat, progress=not quiet, isolate=isolate)
+    rows = bench_codecs(list(codecs), video, fps, parsed, repeat=repeat, progress=not quiet, isolate=isolate,
+                        threads=threads)
     for r in rows:
         r["label"] = f"{r['codec']} {op_label(r['op'])}" + (" (reference)" if r["reference"] else "")
     t, h, w = video.shape[:3]
-    text = f"{name}: {t} frames {w}x{h}\n" + format_table(rows, [
+    coders = f"classical encoder threads {threads}" if threads else "classical encoder threads auto"
+    text = f"{name}: {t} frames {w}x{h}; torch threads {rows[0]['threads']}, {coders}\n" + format_table(rows, [
         ("label", "codec", ""), ("encode_fps", "enc fps", ".1f"), ("decode_fps", "dec fps", ".1f"),
-        ("encode_peak_mb", "enc MiB", ".0f"), ("decode_peak_mb", "dec MiB", ".0f"), ("bytes", "bytes", "d"),
+        ("load_peak_mb", "load MiB", ".0f"), ("encode_peak_mb", "enc MiB", ".0f"), ("decode_peak_mb", "dec MiB", ".0f"),
+        ("bytes", "bytes", "d"),
         ("bpp", "bpp", ".3f"), ("psnr", "PSNR", ".2f")])
     emit({"clip": name, "rows": rows}, as_json, text)

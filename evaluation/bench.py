@@ -1,8 +1,10 @@
 """Codec throughput benchmark: encode/decode frames per second and peak memory of each codec on one clip.
 
-All codecs run on the same frames, one after another. Memory is the peak growth of resident memory over a codec's
-first encode and first decode (what one call costs, first-call allocation included); with ``isolate`` each codec
-runs in a fresh process, so no memory left over by an earlier codec is reused and uncounted. Times are the best of
+All codecs run on the same frames, one after another. A codec with a model loads it first, measured on its own
+(``load_peak_mb``); memory is then the peak growth of resident memory over the first encode and the first decode
+(what one call costs, first-call allocation included, freed memory handed back before each: ``PeakMemory``); with
+``isolate`` each codec runs in a fresh process, so no memory left over by an earlier codec is reused and uncounted.
+``threads`` sets torch's thread count and the classical encoders' (x264/x265 frame threads) alike. Times are the best of
 ``repeat`` rounds after that first, untimed, round. x264 at preset medium (CRF 23, its B-frames) is always the first
 row: the reference line that other rows are read against.
 """
@@ -40,9 +42,14 @@ def bench_one(codec: Any, frames: np.ndarray, fps: Fraction, op: Mapping[str, An
               repeat: int = 1, warmup: bool = True) -> dict:
     """Benchmark one codec at one operating point; returns a row (fps, seconds, peak MiB, bytes, bpp, PSNR).
 
-    Memory comes from the first encode and decode; with ``warmup`` that round is not timed."""
+    Memory comes from the model's load (None without a model), then the first encode and decode; with ``warmup``
+    that round is not timed."""
     obj = _get(codec)
     op = dict(op or {})
+    load = getattr(obj, "load", None)
+    with PeakMemory() as load_mem:
+        if load is not None:
+            load()
     with PeakMemory() as enc_mem:
         data, first_enc = _timed(obj.encode, frames, fps, **op)
     with PeakMemory() as dec_mem:
@@ -57,7 +64,8 @@ def bench_one(codec: Any, frames: np.ndarray, fps: Fraction, op: Mapping[str, An
     nbytes = obj.rate_bytes(data)
     return {"codec": codec_name(codec), "op": op, "frames": t, "width": w, "height": h,
             "encode_fps": t / min(enc_s), "decode_fps": t / min(dec_s), "encode_s": min(enc_s),
-            "decode_s": min(dec_s), "encode_peak_mb": enc_mem.peak_mb, "decode_peak_mb": dec_mem.peak_mb,
+            "decode_s": min(dec_s), "load_peak_mb": None if load is None else load_mem.peak_mb,
+            "encode_peak_mb": enc_mem.peak_mb, "decode_peak_mb": dec_mem.peak_mb,
             "bytes": nbytes, "bpp": nbytes * 8 / (t * h * w), "psnr": psnr(frames, np.asarray(decoded))}
 
 
@@ -80,14 +88,25 @@ def _bench_isolated(name: str, frames: np.ndarray, fps: Fraction, op: dict, repe
         return pool.submit(_bench_in_child, name, frames, fps, op, repeat, warmup, torch.get_num_threads()).result()
 
 
+def _with_threads(codec: Any, op: dict, threads: int | None) -> dict:
+    """``op`` with the encoder thread count set to ``threads`` for codecs that take it (unless ``op`` sets it)."""
+    if threads is None or "threads" not in (getattr(codec, "knobs", None) or ()):
+        return op
+    return {"threads": threads, **op}
+
+
 def bench_codecs(codecs: Sequence[Any], frames: np.ndarray, fps: Fraction,
                  ops: Mapping[str, Mapping[str, Any]] | None = None, *, repeat: int = 1, warmup: bool = True,
-                 reference: bool = True, progress: bool = False, isolate: bool = False) -> list[dict]:
+                 reference: bool = True, progress: bool = False, isolate: bool = False,
+                 threads: int | None = None) -> list[dict]:
     """Rows for the x264-medium reference (first, ``reference: True``) and each codec (``ops``: knobs by name).
 
     A plain ``h264`` with no knobs of its own is the reference itself and is not run twice. With ``isolate`` every
     row is measured in a fresh process that resolves the codec again by name (so codecs must be given by name).
+    ``threads``: torch's thread count (set here, for the rows measured here and in fresh processes) and the
+    classical encoders' ``threads`` knob; None leaves both at their defaults. Each row records torch's count.
     """
+    import torch
     from tqdm.auto import tqdm
 
     ops = dict(ops or {})
@@ -96,17 +115,20 @@ def bench_codecs(codecs: Sequence[Any], frames: np.ndarray, fps: Fraction,
     resolved = [_get(c) for c in codecs]  # unknown names and models fail here, before any clip is timed
     todo: list[tuple[Any, Any, dict, bool]] = []
     if reference:
-        todo.append((REFERENCE[0], REFERENCE[0], dict(REFERENCE[1]), True))
+        todo.append((REFERENCE[0], _get(REFERENCE[0]), dict(REFERENCE[1]), True))
     for spec, c in zip(codecs, resolved):
         op = dict(ops.get(codec_name(c), {}))
         if reference and codec_name(c) == REFERENCE[0] and (not op or op == REFERENCE[1]):
             continue
         todo.append((spec, c, op, False))
+    if threads is not None:
+        torch.set_num_threads(threads)
     rows = []
     for spec, c, op, is_ref in tqdm(todo, desc="bench", unit="codec", disable=not progress, leave=False):
+        run_op = _with_threads(c, op, threads)
         if isolate:
-            row = _bench_isolated(spec, frames, fps, op, repeat, warmup)
+            row = _bench_isolated(spec, frames, fps, run_op, repeat, warmup)
         else:
-            row = bench_one(c, frames, fps, op, repeat=repeat, warmup=warmup)
-        rows.append({**row, "reference": is_ref})
+            row = bench_one(c, frames, fps, run_op, repeat=repeat, warmup=warmup)
+        rows.append({**row, "threads": torch.get_num_threads(), "reference": is_ref})
     return rows

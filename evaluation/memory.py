@@ -10,7 +10,9 @@ class PeakMemory:
     """``with PeakMemory() as pm: ...`` then ``pm.peak_mb``: the peak extra memory the block used, in MiB.
 
     CPU: the highest process RSS seen (sampled every ``interval`` s, plus at entry and exit) minus the RSS at entry,
-    so it counts what the block allocated, not the interpreter and libraries already loaded. When CUDA is
+    so it counts what the block allocated, not the interpreter and libraries already loaded. Memory that earlier code
+    freed is handed back to the system first (``gc.collect`` and glibc's ``malloc_trim``): otherwise the block
+    reuses it unseen and the figure depends on what ran before. When CUDA is
     initialised, the block's peak allocated device memory (``torch.cuda.max_memory_allocated``) is reported as
     ``cuda_peak_mb`` and added to ``peak_mb``. Short blocks can finish between samples; treat small numbers as rough.
     """
@@ -34,6 +36,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self._cuda_base = torch.cuda.memory_allocated()
+        _release_freed()
         self.base = self.peak = self._proc.memory_info().rss
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -52,6 +55,19 @@ class PeakMemory:
     @property
     def peak_mb(self) -> float:
         return (self.peak - self.base) / 2 ** 20 + self.cuda_peak_mb
+
+
+def _release_freed() -> None:
+    """Collect garbage and return the C heap's free pages to the system (glibc only; elsewhere a no-op)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _cuda_ready() -> bool:

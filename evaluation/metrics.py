@@ -7,7 +7,8 @@ its frames; averaging over clips is left to the report). Conventions:
 - PSNR uses peak 255. A frame identical to its reference has MSE 0; its PSNR is capped at ``PSNR_CAP`` = 100 dB
   (so means stay finite and JSON stays valid), and the cap is applied per frame before averaging.
 - PSNR-Y converts both videos to full-range BT.709 luma ``Y = 0.2126 R + 0.7152 G + 0.0722 B`` in float (no
-  rounding, no studio-range offset), peak 255.
+  rounding, no studio-range offset), peak 255: one luma for every codec, not a codec's own (the classical codecs
+  code BT.601 limited-range YUV, so theirs differs).
 - SSIM is ``piq.ssim`` on RGB in [0, 1] (11x11 Gaussian window, sigma 1.5, piq's downsampling for large frames);
   frames smaller than 11 px a side return ``None``.
 - MS-SSIM is ``piq.multi_scale_ssim`` (5 scales): it needs at least 161 px a side; smaller frames return ``None``

@@ -19,6 +19,19 @@ def test_model_stats_tiny():
     assert (stats["tokens"], stats["channels"]) == (2 * 3 * 8 * 8, 16)  # 16 frames = 2 chunks of 9 -> 3 each
 
 
+def test_flop_count_sees_attention_on_the_meta_device():
+    """model_stats counts on the meta device, where attention breaks into counted matmuls (QK^T and AV, 2 FLOPs per
+    multiply-add); on a real CPU tensor the fused kernel has no FLOP formula and attention would drop out unseen."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    heads, n, d = 4, 256, 32
+    q = torch.zeros(1, heads, n, d, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        F.scaled_dot_product_attention(q, q, q)
+    assert counter.get_total_flops() == 2 * (2 * heads * n * n * d)
+
+
 def test_model_stats_paper_size_reference():
     """ViTok S-B/4x8 on 16x128x128: the paper reports 160.8 GFLOPs counting multiply-adds; we count 2 per MAC."""
     with torch.device("meta"):

@@ -107,6 +107,9 @@ def test_match_psnr_bisects_to_the_nearest_crf(carphone9):
 
 
 def test_bench_codec_times_each_codec_with_x264_reference(small_clip, tiny_model):
+    import torch
+
+    threads = torch.get_num_threads()  # the bench sets torch's count: keep this process's
     args = ["--codec", "h264", "--op", "h264:crf=30", "--codec", f"vitok:{tiny_model}", "--clip", str(small_clip),
             "--frames", "5", "--repeat", "1", "--same-process", "--json", "-q"]
     res = CliRunner().invoke(bench_codec, args, catch_exceptions=False)
@@ -117,9 +120,16 @@ def test_bench_codec_times_each_codec_with_x264_reference(small_clip, tiny_model
     assert rows[0]["op"] == {"crf": 23, "preset": "medium"} and rows[1]["op"] == {"crf": 30}
     for r in rows:
         assert r["encode_fps"] > 0 and r["decode_fps"] > 0 and r["encode_peak_mb"] >= 0 and r["frames"] == 5
-        assert np.isfinite(r["psnr"])
+        assert np.isfinite(r["psnr"]) and r["threads"] == threads
+    # the model's load is measured apart from its first encode; classical codecs load nothing
+    assert rows[0]["load_peak_mb"] is None and rows[2]["load_peak_mb"] >= 0
     text = CliRunner().invoke(bench_codec, args[:-2] + ["-q"], catch_exceptions=False).output
-    assert "(reference)" in text and "enc fps" in text
+    assert "(reference)" in text and "enc fps" in text and "load MiB" in text
+    assert f"torch threads {threads}, classical encoder threads auto" in text
+    pinned = CliRunner().invoke(bench_codec, [*args, "--threads", str(threads)], catch_exceptions=False).output
+    rows = json.loads(pinned)["rows"]  # the encoders get the count too, unless an op sets its own
+    assert rows[0]["op"] == {"threads": threads, "crf": 23, "preset": "medium"}
+    assert rows[1]["op"] == {"threads": threads, "crf": 30} and rows[2]["op"] == {}
 
 
 def test_bench_codec_isolates_each_codec_in_a_fresh_process(monkeypatch):
