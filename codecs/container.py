@@ -195,7 +195,7 @@ class VtokReader:
         except (UnicodeDecodeError, ValueError) as e:
             raise self._fail(f"bad header metadata: {e}") from None
         if chunks == 0 or frames == 0:
-            raise self._fail("zero chunks: the file holds no video")
+            raise self._fail(f"{'zero frames' if frames == 0 else 'zero chunks'}: the file holds no video")
         if chunks != header.expected_chunks():
             raise self._fail(f"header says {chunks} chunks but {frames} frames in chunks of {chunk_frames} "
                              f"need {header.expected_chunks()}")

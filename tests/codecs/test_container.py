@@ -112,8 +112,9 @@ def test_sizes_over_limits_rejected_before_allocating(good, offset, value, match
 
 
 def test_zero_chunks_and_count_mismatch(good):
-    zero = _patch_header(_patch_header(good, 32, "<I", 0), 16, "<I", 0)
-    _fail(zero, "zero chunks")
+    _fail(_patch_header(_patch_header(good, 32, "<I", 0), 16, "<I", 0), "zero frames")
+    _fail(_patch_header(good, 16, "<I", 0), "zero frames")  # chunks left at 1: the frame count is what is wrong
+    _fail(_patch_header(good, 32, "<I", 0), "zero chunks")
     _fail(_patch_header(good, 32, "<I", 2), "header says 2 chunks")
     _fail(_patch_header(_patch_header(good, 16, "<I", 17), 32, "<I", 3), "chunk 2: 4 frames, the header implies 1")
     _fail(_patch_header(_patch_header(good, 16, "<I", 1000), 32, "<I", 125), "truncated")
