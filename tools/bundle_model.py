@@ -4,8 +4,9 @@ trained, and calibrate its entropy tables on the sample clips' training segments
     python tools/bundle_model.py runs/1d vitok-1d --command "vitok train vitok-1d ..."
 
 A model that is already bundled under NAME is replaced as a whole (atomic directory swap). A run started from other
-weights (config `model.init`, e.g. `--set model.init=vitok-grid`) adds its history from that model's training.json:
-steps and seconds are totals, the commands are chained with " && ", and `hardware_history` lists every stage.
+weights (config `model.init`, e.g. `--set model.init=vitok-grid`) adds its history from that model's training.json
+as it was when the run started (the run's init.json; runs made before it existed read the source's training.json
+now): steps and seconds are totals, the commands are chained with " && ", and `hardware_history` lists every stage.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, stor
     if not (run / "train_info.json").is_file():
         raise SystemExit(f"error: {run} has no train_info.json: not a finished training run")
     info = json.loads((run / "train_info.json").read_text())
-    prior = _prior_training(info["config"]["model"].get("init"))
+    prior = _prior_training(run, info["config"]["model"].get("init"))
     with atomic_dir(dest) as tmp:
         if storage:
             import torch
@@ -74,14 +75,27 @@ def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, stor
     return dest
 
 
-def _prior_training(init: str | None) -> dict:
-    """training.json of the model a run was initialised from ({} when it started from scratch or has none)."""
+def _prior_training(run: Path, init: str | None) -> dict:
+    """training.json of the model a run was initialised from ({} when it started from scratch or has none): the
+    copy the run kept when it started (init.json), else the source's file as it is now."""
     if not init:
         return {}
-    from vitok.registry import resolve
+    lineage = run / "init.json"
+    if lineage.is_file():
+        prior = json.loads(lineage.read_text())["training"]
+    else:
+        from vitok.data.errors import VitokError
+        from vitok.registry import resolve
 
-    path = resolve(init) / "training.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+        try:
+            path = resolve(init) / "training.json"
+        except VitokError as e:
+            raise SystemExit(f"error: the run started from model.init={init}, which is gone ({e}), and has no "
+                             "init.json: its training history cannot be chained") from None
+        prior = json.loads(path.read_text()) if path.is_file() else None
+    if prior is None:
+        print(f"note: model.init={init} has no training.json: the recorded history starts with this run")
+    return prior or {}
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ run at a checkpoint and finishes it there). `unpack` joins the shards back into 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
@@ -41,6 +42,19 @@ def fit_steps(clips_per_s: list[float], batch_size: int, seconds: float) -> int:
     return max(1, int(0.93 * seconds * rate / batch_size))
 
 
+def _read_all_frames(cfg: dict) -> None:
+    """Decode every sample frame the config's training clips and held-out evaluation read."""
+    import vitok
+    from vitok.train.data import TrainClips, eval_clips
+
+    model = cfg["model"]
+    frames = cfg["data"]["num_frames"] or vitok.create_model(model["name"], **model["overrides"]).clip_frames
+    data = TrainClips(cfg["data"], int(frames))
+    for i in (0, len(data) - 1):   # a draw from the first and the last source decodes all either one reads
+        data[i]
+    eval_clips(cfg["eval"])
+
+
 def pack(config: str, kit: Path, sets: list[str]) -> Path:
     """Record every array the config's training clips and evaluation segments decode; write KIT/samples.npz."""
     import numpy as np
@@ -48,7 +62,6 @@ def pack(config: str, kit: Path, sets: list[str]) -> Path:
     import vitok.data.samples as samples
     from vitok.data.synthetic import default_stills
     from vitok.train.config import load_config
-    from vitok.train.data import TrainClips, eval_clips
 
     cfg = load_config(config, sets)
     if cfg["data"]["folder"]:
@@ -63,14 +76,7 @@ def pack(config: str, kit: Path, sets: list[str]) -> Path:
     samples._decoded = record
     default_stills.cache_clear()   # stills cached by this process would hide their decodes from the record
     try:
-        import vitok
-
-        model = cfg["model"]
-        frames = cfg["data"]["num_frames"] or vitok.create_model(model["name"], **model["overrides"]).clip_frames
-        data = TrainClips(cfg["data"], int(frames))
-        for i in (0, len(data) - 1):   # a draw from the first and the last source decodes all either one reads
-            data[i]
-        eval_clips(cfg["eval"])
+        _read_all_frames(cfg)
     finally:
         samples._decoded = original
     kit.mkdir(parents=True, exist_ok=True)
@@ -88,7 +94,9 @@ def _importable_vitok() -> None:
     except ModuleNotFoundError:   # e.g. this checkout's bare vitok/ found first on sys.path: forget it
         for name in [m for m in sys.modules if m == "vitok" or m.startswith("vitok.")]:
             del sys.modules[name]
-    root = Path(tempfile.mkdtemp(prefix="vitok-src-")) / "vitok"
+    links = Path(tempfile.mkdtemp(prefix="vitok-src-"))
+    atexit.register(shutil.rmtree, links, ignore_errors=True)
+    root = links / "vitok"
     root.mkdir()
     for entry in (REPO / "vitok").iterdir():
         (root / entry.name).symlink_to(entry)
@@ -113,9 +121,11 @@ def _serve_samples(kit: Path) -> None:
     npz = np.load(kit / "samples.npz")
     stored = {str(k): npz[f"a{i}"] for i, k in enumerate(npz["keys"])}
 
+    from vitok.data.errors import VitokError
+
     def serve(*args):
         if repr(args) not in stored:
-            raise KeyError(f"{kit}/samples.npz lacks {args}: pack it with the config this run uses")
+            raise VitokError(f"{kit}/samples.npz lacks {args}: pack it with the config this run uses")
         frames = stored[repr(args)]
         frames.flags.writeable = False
         return frames
@@ -131,11 +141,27 @@ def run(config: str, kit: Path, out: Path, sets: list[str], budget: float, steps
     if not (kit / "samples.npz").is_file():
         raise SystemExit(f"error: {kit / 'samples.npz'} not found: make it with `pack` where PyAV is installed")
     _serve_samples(kit)   # main() has made vitok importable
+    from vitok.data.errors import VitokError
+    from vitok.train.config import load_config
+
+    try:   # every frame the run will read is in the kit: found out now, not after the budget is spent
+        _read_all_frames(load_config(config, sets))
+    except VitokError as e:
+        raise SystemExit(f"error: {e}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="offline-train-"))
+    try:
+        return _train_in(work, config, out, sets, budget, steps, trial_steps, reserve, start)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _train_in(work: Path, config: str, out: Path, sets: list[str], budget: float, steps: int | None,
+              trial_steps: int, reserve: float, start: float) -> dict:
+    """``run``'s trial, training and export, with scratch runs in ``work``."""
     from vitok.train.config import load_config
     from vitok.train.trainer import TrainingStopped, train
 
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="offline-train-"))
     if steps is None:
         trial = load_config(config, sets + [f"schedule.steps={trial_steps}", "eval.every=0", "checkpoint.every=0",
                                             "export.stats_clips=2", "log_every=10"])

@@ -26,17 +26,38 @@ def test_bundle_chains_history_of_a_continued_run(make_cfg, tmp_path):
     first = make_cfg("tiny-vit", "schedule.steps=2", "data.synthetic.num_clips=2")
     train(first, tmp_path / "run1", quiet=True)
     _bundle(tmp_path / "run1", tmp_path / "b1", "first", "--note", "shared the cores")
+    first_info = json.loads((tmp_path / "b1" / "training.json").read_text())
     again = make_cfg("tiny-vit", "schedule.steps=3", "data.synthetic.num_clips=2",
                      f"model.init={json.dumps(str(tmp_path / 'b1'))}")
     train(again, tmp_path / "run2", quiet=True)
-    _bundle(tmp_path / "run2", tmp_path / "b2", "second")
+    train(again, tmp_path / "run2b", quiet=True)  # a sibling continuation of b1, bundled over it below
+    _bundle(tmp_path / "run2b", tmp_path / "b1", "sibling")
+    _bundle(tmp_path / "run2", tmp_path / "b2", "second")  # chains b1 as run2 found it, not the sibling's bundle
 
     info = json.loads((tmp_path / "b2" / "training.json").read_text())
     assert info["steps"] == 5 and info["command"] == "first && second"
     assert [(h["steps"], h.get("note")) for h in info["hardware_history"]] == [(2, "shared the cores"), (3, None)]
-    first_info = json.loads((tmp_path / "b1" / "training.json").read_text())
     second_run = json.loads((tmp_path / "run2" / "train_info.json").read_text())
     assert info["train_seconds"] == round(first_info["train_seconds"] + second_run["train_seconds"], 1)
     assert json.loads((tmp_path / "b2" / "config.json").read_text())["name"] == "tiny-shipped"
     assert (tmp_path / "b2" / "entropy.safetensors").is_file()
     assert vitok.load(tmp_path / "b2").weights_hash == vitok.load(tmp_path / "run2" / "model").weights_hash
+
+
+@pytest.mark.skipif(not TOOL.is_file(), reason="tools/ is not in this checkout")
+def test_bundle_of_a_run_whose_source_is_gone_is_one_line(make_cfg, tmp_path, capsys):
+    """Runs made before init.json read the source's history from where model.init points; when that is gone the
+    tool says so instead of a traceback."""
+    vitok.create_model("vit-tiny").save_pretrained(tmp_path / "start")
+    cfg = make_cfg("tiny-vit", "schedule.steps=1", "data.synthetic.num_clips=2",
+                   f"model.init={json.dumps(str(tmp_path / 'start'))}")
+    train(cfg, tmp_path / "run", quiet=True)
+    _bundle(tmp_path / "run", tmp_path / "b", "only")  # a source without training.json: a note, history starts here
+    assert "has no training.json" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "training.json").read_text())["steps"] == 1
+    (tmp_path / "run" / "init.json").unlink()
+    (tmp_path / "start" / "model.safetensors").unlink()
+    (tmp_path / "start" / "config.json").unlink()
+    (tmp_path / "start").rmdir()
+    with pytest.raises(SystemExit, match=r"model.init=.*start, which is gone .* cannot be chained"):
+        _bundle(tmp_path / "run", tmp_path / "b2", "only")

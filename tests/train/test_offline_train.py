@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,8 +48,12 @@ def test_a_run_without_pyav_stops_at_its_budget_and_unpacks(tmp_path):
             "--steps", "100000", *[a for s in SETS for a in ("--set", s)]]
     code = ("import runpy, sys; sys.modules['av'] = sys.modules['skvideo'] = None; "
             f"sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(scratch)})
     assert done.returncode == 0, done.stderr[-2000:]
+    assert not [*scratch.glob("offline-train-*"), *scratch.glob("vitok-src-*")]   # its scratch folders are removed
     info = json.loads((out / "train_info.json").read_text())
     assert 0 < info["steps"] < 100000                          # SIGTERM at the budget's end stopped it
     assert info["config"]["schedule"]["steps"] == info["steps"]   # ... and the run was finished where it stopped
@@ -60,6 +65,14 @@ def test_a_run_without_pyav_stops_at_its_budget_and_unpacks(tmp_path):
     assert json.loads((run / "train_info.json").read_text())["steps"] == info["steps"]
     with pytest.raises(SystemExit, match="not a run's output"):
         tool.unpack(tmp_path / "kit", tmp_path / "nothing")
+
+    # a run whose held-out frames the kit lacks is refused before it trains, and leaves no output folder
+    argv = [*argv[:4], str(tmp_path / "out2"), *argv[5:], "--set", "eval.size=48"]
+    code = ("import runpy, sys; sys.modules['av'] = sys.modules['skvideo'] = None; "
+            f"sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "samples.npz lacks" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out2").exists()
 
 
 def test_user_errors_are_one_line(tmp_path):

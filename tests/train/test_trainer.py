@@ -103,13 +103,28 @@ def test_init_continues_from_pretrained_weights(make_cfg, tmp_path):
     start.save_pretrained(tmp_path / "start")
     cfg = make_cfg("tiny-vit", "schedule.steps=2", "schedule.lr=0", "schedule.weight_decay=0",
                    "data.synthetic.num_clips=2", f"model.init={json.dumps(str(tmp_path / 'start'))}")
+    (tmp_path / "start" / "training.json").write_text(json.dumps({"steps": 7, "command": "earlier"}))
     train(cfg, tmp_path / "run", quiet=True)
-    assert vitok.load(tmp_path / "run" / "model").weights_hash == vitok.load(tmp_path / "start").weights_hash
+    start_hash = vitok.load(tmp_path / "start").weights_hash
+    assert vitok.load(tmp_path / "run" / "model").weights_hash == start_hash
+    # the run keeps what it started from, as it was then: bundling it later chains this history, not whatever
+    # has replaced the source since
+    lineage = json.loads((tmp_path / "run" / "init.json").read_text())
+    assert lineage == {"source": str(tmp_path / "start"), "weights_hash": start_hash,
+                       "training": {"steps": 7, "command": "earlier"}}
+    train(make_cfg("tiny-vit", "schedule.steps=1", "data.synthetic.num_clips=2"), tmp_path / "run", overwrite=True,
+          quiet=True)
+    assert not (tmp_path / "run" / "init.json").exists()  # -y without model.init: no stale lineage left
     vitok.create_model("cnn-tiny").save_pretrained(tmp_path / "other")
     bad = make_cfg("tiny-vit", "schedule.steps=1", f"model.init={json.dumps(str(tmp_path / 'other'))}")
-    with pytest.raises(VitokError, match="model.init: .* does not match"):
+    with pytest.raises(VitokError, match="model.init: .* does not fit the config's architecture"):
         train(bad, tmp_path / "bad", quiet=True)
     assert not (tmp_path / "bad").exists()  # a refused config leaves no run folder behind
+    vitok.create_model("vit-tiny", dec_depth=3).save_pretrained(tmp_path / "deeper")
+    shallower = make_cfg("tiny-vit", "schedule.steps=1", f"model.init={json.dumps(str(tmp_path / 'deeper'))}")
+    with pytest.raises(VitokError, match=r"\(dec_depth 3 vs 2\); model.init can change a 1D model's token count and "
+                                         r"add ViT blocks"):
+        train(shallower, tmp_path / "bad", quiet=True)
 
 
 def test_precision_bf16_autocasts_on_cpu(make_cfg, metrics, tmp_path):
@@ -245,7 +260,7 @@ def test_init_grows_a_vits_depth_as_identity_blocks(make_cfg, tmp_path, capsys, 
         torch.testing.assert_close(grown.decode(grown.encode(video)), start.eval().decode(start.encode(video)))
     vitok.create_model(arch, dec_depth=3).save_pretrained(tmp_path / "deeper")
     bad = make_cfg(config, "schedule.steps=1", f"model.init={json.dumps(str(tmp_path / 'deeper'))}")
-    with pytest.raises(VitokError, match="model.init: .* does not match"):
+    with pytest.raises(VitokError, match="model.init: .* does not fit"):
         train(bad, tmp_path / "bad", quiet=True)
     assert not (tmp_path / "bad").exists()
 
@@ -270,7 +285,7 @@ def test_refused_commands_leave_a_run_as_it_was(make_cfg, metrics, tmp_path):
 def test_init_from_another_kind_of_model_is_refused(make_cfg, tmp_path):
     vitok.create_model("vit1d-tiny").save_pretrained(tmp_path / "oned")
     cfg = make_cfg("tiny-vit", "schedule.steps=1", f"model.init={json.dumps(str(tmp_path / 'oned'))}")
-    with pytest.raises(VitokError, match="model.init: .* does not match the config's architecture"):
+    with pytest.raises(VitokError, match="model.init: .* does not fit the config's architecture"):
         train(cfg, tmp_path / "run", quiet=True)
 
 

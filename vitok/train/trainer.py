@@ -125,7 +125,15 @@ def cpu_has_native_bf16() -> bool:
 def _init_from(tok: nn.Module, source: str) -> str:
     """Load a pretrained model's weights into the freshly built ``tok`` (continue training a bundled model; a 1D
     model may change its token count, a ViT may grow deeper). Returns what was done, for the log."""
+    return _init_with_lineage(tok, source)[0]
+
+
+def _init_with_lineage(tok: nn.Module, source: str) -> tuple[str, dict[str, Any]]:
+    """``_init_from``, plus the record a run keeps of its starting weights (``init.json``): the source, its weights
+    hash and its training.json as it was then, so bundling the run later chains the history it really continues
+    even if the source has been replaced since."""
     import vitok
+    from vitok.registry import resolve
 
     try:
         src = vitok.load(source, frozen=False)
@@ -151,13 +159,21 @@ def _init_from(tok: nn.Module, source: str) -> str:
     if {k: v.shape for k, v in theirs.items()} != {k: v.shape for k, v in ours.items()}:
         raise _mismatch(source, src, tok)
     tok.load_state_dict(theirs)
-    return done
+    history = resolve(source) / "training.json"
+    lineage = {"source": str(source), "weights_hash": src.weights_hash,
+               "training": json.loads(history.read_text()) if history.is_file() else None}
+    return done, lineage
 
 
 def _mismatch(source: str, src: nn.Module, tok: nn.Module) -> VitokError:
-    """The error for a model.init whose weights cannot go into the config's architecture."""
-    return VitokError(f"model.init: {source} ({src.config.name}, {src.config.kind}) does not match the config's "
-                      f"architecture {tok.config.name!r}; set model.name/overrides to the same architecture")
+    """The error for a model.init whose weights cannot go into the config's architecture, naming what differs."""
+    theirs, ours = src.config.to_dict(), tok.config.to_dict()
+    fields = sorted((set(theirs) | set(ours)) - {"name", "latent_mean", "latent_std"})
+    diffs = [f"{k} {theirs.get(k)!r} vs {ours.get(k)!r}" for k in fields if theirs.get(k) != ours.get(k)]
+    return VitokError(f"model.init: {source} ({src.config.name}, {src.config.kind}) does not fit the config's "
+                      f"architecture {tok.config.name!r}" + (f" ({', '.join(diffs)})" if diffs else "") +
+                      "; model.init can change a 1D model's token count and add ViT blocks, nothing else: set "
+                      "model.name/overrides to match")
 
 
 class Trainer:
@@ -192,8 +208,10 @@ class Trainer:
             tok = vitok.create_model(cfg["model"]["name"], **cfg["model"]["overrides"])
         except (KeyError, ValueError, TypeError) as e:
             raise VitokError(f"config model: cannot create {cfg['model']['name']!r} ({e})") from None
+        self.lineage = None
         if cfg["model"]["init"] and ckpt is None:
-            self.log(_init_from(tok, cfg["model"]["init"]))
+            done, self.lineage = _init_with_lineage(tok, cfg["model"]["init"])
+            self.log(done)
         self.tok = tok.to(self.device).train()
         self.ema = EMA(self.tok, cfg["ema"]["decay"])
         _seed_all(seed + 1000 * info.rank)   # per-rank randomness (sampling, nested dropout) after a shared init
@@ -268,10 +286,12 @@ class Trainer:
             if self._has_run() and overwrite and not resume:
                 for name in ("checkpoints", "eval", "model"):
                     shutil.rmtree(self.out / name, ignore_errors=True)
-                for name in ("metrics.jsonl", "train_info.json"):
+                for name in ("metrics.jsonl", "train_info.json", "init.json"):
                     (self.out / name).unlink(missing_ok=True)
             self.out.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(saved, json.dumps(self.cfg, indent=2).encode())
+            if self.lineage is not None:
+                write_bytes_atomic(self.out / "init.json", json.dumps(self.lineage, indent=2).encode())
         D.barrier(self.info)
 
     def _state(self) -> dict[str, Any]:
