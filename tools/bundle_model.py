@@ -61,7 +61,8 @@ def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, stor
         config = json.loads((tmp / "config.json").read_text())
         config["name"] = name
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        stage = {"steps": info["steps"], **info["hardware"], **({"note": note} if note else {})}
+        stage = {"steps": info["steps"], **info["hardware"], **({"note": note} if note else {}),
+                 **({"sessions": info["sessions"]} if "sessions" in info else {})}
         earlier = prior.get("hardware_history", [{"steps": prior["steps"], **prior["hardware"]}] if prior else [])
         training = {"architecture": info["config"]["model"]["name"],
                     "command": " && ".join(c for c in (prior.get("command"), command) if c),

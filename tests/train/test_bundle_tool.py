@@ -37,6 +37,7 @@ def test_bundle_chains_history_of_a_continued_run(make_cfg, tmp_path):
     info = json.loads((tmp_path / "b2" / "training.json").read_text())
     assert info["steps"] == 5 and info["command"] == "first && second"
     assert [(h["steps"], h.get("note")) for h in info["hardware_history"]] == [(2, "shared the cores"), (3, None)]
+    assert [(s["start_step"], s["end_step"]) for s in info["hardware_history"][-1]["sessions"]] == [(0, 3)]
     second_run = json.loads((tmp_path / "run2" / "train_info.json").read_text())
     assert info["train_seconds"] == round(first_info["train_seconds"] + second_run["train_seconds"], 1)
     assert json.loads((tmp_path / "b2" / "config.json").read_text())["name"] == "tiny-shipped"

@@ -308,3 +308,16 @@ def test_a_run_stopped_before_its_first_log_is_still_a_run(make_cfg, tmp_path):
         train(cfg, tmp_path, quiet=True)
     train(cfg, tmp_path, overwrite=True, quiet=True)
     assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_each_session_of_a_run_is_recorded(make_cfg, tmp_path):
+    """A run stopped and resumed with another schedule length (as sessions that must fit their time do) records each
+    session: the steps it ran, the schedule it ran them under, device, precision and seconds."""
+    run = tmp_path / "run"
+    train(make_cfg("tiny-vit", "schedule.steps=2", "data.synthetic.num_clips=2"), run, quiet=True)
+    train(make_cfg("tiny-vit", "schedule.steps=3", "data.synthetic.num_clips=2"), run, resume=True, quiet=True)
+    info = json.loads((run / "train_info.json").read_text())
+    sessions = info["sessions"]
+    assert [(s["start_step"], s["end_step"], s["schedule_steps"]) for s in sessions] == [(0, 2, 2), (2, 3, 3)]
+    assert all(s["precision"] == "fp32" and s["processes"] == 1 and s["device"].startswith("cpu") for s in sessions)
+    assert sum(s["seconds"] for s in sessions) == pytest.approx(info["train_seconds"], abs=0.2)

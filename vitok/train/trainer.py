@@ -229,9 +229,14 @@ class Trainer:
             self.disc = PatchDiscriminator(int(lw["disc_channels"])).to(self.device)
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=float(lw["disc_lr"]),
                                               betas=tuple(sched["betas"]), weight_decay=0.0)
-        self.step, self.elapsed, self.bad_steps = 0, 0.0, 0
+        self.step, self.elapsed, self.bad_steps, self.sessions = 0, 0.0, 0, []
         if ckpt is not None:
             self._load(ckpt)
+        # this session (a start or a --resume): what a replay of the run needs that the last config does not say
+        self.sessions.append({"start_step": self.step, "end_step": self.step, "schedule_steps": self.total_steps,
+                              "device": self._device_text(), "processes": info.world, "precision": self.precision,
+                              "seconds": 0.0})
+        self._elapsed_at_start = self.elapsed
         # only once everything the config builds exists: a bad config leaves the folder as it was
         self._prepare_out_dir(resume, overwrite)
         self.fwd, self.disc_fwd = self.forward, self.disc
@@ -297,7 +302,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         state = {"model": self.tok.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
                  "scheduler": {"step": self.step, "kind": "warmup_cosine"}, "elapsed": self.elapsed,
-                 "bad_steps": self.bad_steps, "world": self.info.world,
+                 "bad_steps": self.bad_steps, "world": self.info.world, "sessions": self._sessions_now(),
                  "rng": D.gather_objects(rng_state(), self.info)}
         if self.disc is not None:
             state["disc"] = self.disc.state_dict()
@@ -314,6 +319,7 @@ class Trainer:
             self.disc_opt.load_state_dict(state["disc_optimizer"])
         self.elapsed = float(state["elapsed"])
         self.bad_steps = int(state["bad_steps"])
+        self.sessions = list(state.get("sessions", []))   # checkpoints before the record have none
         rngs = state["rng"]
         if len(rngs) != self.info.world:
             self.log(f"notice: checkpoint was written by {len(rngs)} processes, now {self.info.world}: the data order "
@@ -521,14 +527,25 @@ class Trainer:
                  f"({res['num_segments']} {ecfg['source']} clips)")
         return res
 
+    def _device_text(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+    def _sessions_now(self) -> list[dict[str, Any]]:
+        """Every session of the run so far, this one's end step and seconds brought up to now."""
+        last = {**self.sessions[-1], "end_step": self.step,
+                "seconds": round(self.elapsed - self._elapsed_at_start, 1)}
+        return [*self.sessions[:-1], last]
+
     def _write_info(self, final: dict[str, Any] | None) -> None:
-        """``train_info.json``: what trained the model, how long, on what hardware, with what held-out result."""
-        dev = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else \
-            f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        """``train_info.json``: what trained the model, how long, on what hardware, with what held-out result, and
+        each session of the run (steps, schedule length, device, precision, seconds)."""
         # train_seconds: wall time over all sessions of the run
         info = {"config": self.cfg, "steps": self.step, "train_seconds": round(self.elapsed, 1),
-                "hardware": {"device": dev, "processes": self.info.world, "cpu_count": os.cpu_count(),
-                             "precision": self.precision, "torch": torch.__version__},
+                "hardware": {"device": self._device_text(), "processes": self.info.world,
+                             "cpu_count": os.cpu_count(), "precision": self.precision, "torch": torch.__version__},
+                "sessions": self._sessions_now(),
                 "params": sum(p.numel() for p in self.tok.parameters()),
                 "eval": None if final is None else {k: final[k] for k in ("psnr", "ssim", "num_segments")}}
         write_bytes_atomic(self.out / "train_info.json", json.dumps(info, indent=2).encode())
