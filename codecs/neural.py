@@ -527,7 +527,8 @@ class VitokCodec(Codec):
                                  f"the decoder has {ours[0]!r} (weights {ours[1]})")
         for key, value in (("kind", tok.config.kind), ("channels", tok.latent_channels)):
             if meta.get(key) != value:
-                raise BitstreamError(f"header says {key} {meta.get(key)!r}, the model {tok.config.name!r} has {value!r}")
+                raise BitstreamError(f"header says {key} {meta.get(key)!r}, the model {tok.config.name!r} has "
+                                     f"{value!r}")
         if meta.get("tables") != self.tables.table_id:
             raise BitstreamError(f"entropy table mismatch: the stream used tables {meta.get('tables')!r}, the model "
                                  f"has {self.tables.table_id!r}")

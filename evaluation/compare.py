@@ -84,8 +84,8 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
 
     Returns the rows (vitok first; classical rows also carry the ``crf`` found, ``matched``: False when vitok's
     PSNR lies outside what the codec's CRF range reaches, so the row is its closest setting; their encode time is
-    that of the final CRF only; vitok's excludes loading the model), each codec's decoded middle frame (plus ``reference``) for a side-by-side figure, and
-    each codec's ``(bytes, decoded frames)``.
+    that of the final CRF only; vitok's excludes loading the model), each codec's decoded middle frame (plus
+    ``reference``) for a side-by-side figure, and each codec's ``(bytes, decoded frames)``.
     """
     from vitok.codecs import get_codec
 

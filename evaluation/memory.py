@@ -1,7 +1,9 @@
 """Peak memory of a block of code: resident memory sampled by a background thread, plus CUDA's allocator peak."""
 from __future__ import annotations
 
+import functools
 import threading
+from typing import Any
 
 import psutil
 
@@ -59,15 +61,24 @@ class PeakMemory:
 
 def _release_freed() -> None:
     """Collect garbage and return the C heap's free pages to the system (glibc only; elsewhere a no-op)."""
-    import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None where the C library has none."""
+    import ctypes
+    import ctypes.util
+
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc
-        pass
+        return None
 
 
 def _cuda_ready() -> bool:
