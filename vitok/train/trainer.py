@@ -122,16 +122,11 @@ def cpu_has_native_bf16() -> bool:
     return any(check() for check in checks)
 
 
-def _init_from(tok: nn.Module, source: str) -> str:
+def _init_from(tok: nn.Module, source: str) -> tuple[str, dict[str, Any]]:
     """Load a pretrained model's weights into the freshly built ``tok`` (continue training a bundled model; a 1D
-    model may change its token count, a ViT may grow deeper). Returns what was done, for the log."""
-    return _init_with_lineage(tok, source)[0]
-
-
-def _init_with_lineage(tok: nn.Module, source: str) -> tuple[str, dict[str, Any]]:
-    """``_init_from``, plus the record a run keeps of its starting weights (``init.json``): the source, its weights
-    hash and its training.json as it was then, so bundling the run later chains the history it really continues
-    even if the source has been replaced since."""
+    model may change its token count, a ViT may grow deeper). Returns what was done, for the log, and the record a
+    run keeps of its starting weights (``init.json``): the source, its weights hash and its training.json as it was
+    then, so bundling the run later chains the history it really continues even if the source was replaced since."""
     import vitok
     from vitok.registry import resolve
 
@@ -210,7 +205,7 @@ class Trainer:
             raise VitokError(f"config model: cannot create {cfg['model']['name']!r} ({e})") from None
         self.lineage = None
         if cfg["model"]["init"] and ckpt is None:
-            done, self.lineage = _init_with_lineage(tok, cfg["model"]["init"])
+            done, self.lineage = _init_from(tok, cfg["model"]["init"])
             self.log(done)
         self.tok = tok.to(self.device).train()
         self.ema = EMA(self.tok, cfg["ema"]["decay"])
