@@ -13,11 +13,15 @@ from vitok.train.trainer import train
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "bundle_model.py"
 
 
-def _bundle(run: Path, dest: Path, command: str, *extra: str) -> None:
+def _tool():
     spec = importlib.util.spec_from_file_location("bundle_model", TOOL)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    tool.main([str(run), "tiny-shipped", "--dest", str(dest), "--command", command, "--calibration-iters", "5",
+    return tool
+
+
+def _bundle(run: Path, dest: Path, command: str, *extra: str) -> None:
+    _tool().main([str(run), "tiny-shipped", "--dest", str(dest), "--command", command, "--calibration-iters", "5",
                *extra])
 
 
@@ -30,9 +34,9 @@ def test_bundle_chains_history_of_a_continued_run(make_cfg, tmp_path):
     again = make_cfg("tiny-vit", "schedule.steps=3", "data.synthetic.num_clips=2",
                      f"model.init={json.dumps(str(tmp_path / 'b1'))}")
     train(again, tmp_path / "run2", quiet=True)
-    train(again, tmp_path / "run2b", quiet=True)  # a sibling continuation of b1, bundled over it below
-    _bundle(tmp_path / "run2b", tmp_path / "b1", "sibling")
-    _bundle(tmp_path / "run2", tmp_path / "b2", "second")  # chains b1 as run2 found it, not the sibling's bundle
+    # b1 replaced after run2 started (a sibling continuation bundled over it): run2 still chains b1 as it found it
+    (tmp_path / "b1" / "training.json").write_text(json.dumps({**first_info, "steps": 999, "command": "sibling"}))
+    _bundle(tmp_path / "run2", tmp_path / "b2", "second")
 
     info = json.loads((tmp_path / "b2" / "training.json").read_text())
     assert info["steps"] == 5 and info["command"] == "first && second"
@@ -46,19 +50,20 @@ def test_bundle_chains_history_of_a_continued_run(make_cfg, tmp_path):
 
 
 @pytest.mark.skipif(not TOOL.is_file(), reason="tools/ is not in this checkout")
-def test_bundle_of_a_run_whose_source_is_gone_is_one_line(make_cfg, tmp_path, capsys):
-    """Runs made before init.json read the source's history from where model.init points; when that is gone the
-    tool says so instead of a traceback."""
+def test_history_of_a_run_whose_source_is_gone_or_has_none(make_cfg, tmp_path, capsys):
+    """Runs made before init.json read the source's history from where model.init points: a source without
+    training.json gives a note (the history starts with the run), a source that is gone a one-line error."""
     vitok.create_model("vit-tiny").save_pretrained(tmp_path / "start")
-    cfg = make_cfg("tiny-vit", "schedule.steps=1", "data.synthetic.num_clips=2",
-                   f"model.init={json.dumps(str(tmp_path / 'start'))}")
-    train(cfg, tmp_path / "run", quiet=True)
-    _bundle(tmp_path / "run", tmp_path / "b", "only")  # a source without training.json: a note, history starts here
+    init = str(tmp_path / "start")
+    train(make_cfg("tiny-vit", "schedule.steps=1", "data.synthetic.num_clips=2", f"model.init={json.dumps(init)}"),
+          tmp_path / "run", quiet=True)
+    tool = _tool()
+    assert tool._prior_training(tmp_path / "run", init) == {}
     assert "has no training.json" in capsys.readouterr().out
-    assert json.loads((tmp_path / "b" / "training.json").read_text())["steps"] == 1
     (tmp_path / "run" / "init.json").unlink()
-    (tmp_path / "start" / "model.safetensors").unlink()
-    (tmp_path / "start" / "config.json").unlink()
+    assert tool._prior_training(tmp_path / "run", init) == {}  # the same, read from the source
+    for f in ("model.safetensors", "config.json"):
+        (tmp_path / "start" / f).unlink()
     (tmp_path / "start").rmdir()
     with pytest.raises(SystemExit, match=r"model.init=.*start, which is gone .* cannot be chained"):
-        _bundle(tmp_path / "run", tmp_path / "b2", "only")
+        tool._prior_training(tmp_path / "run", init)
