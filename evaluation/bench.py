@@ -46,10 +46,11 @@ def bench_one(codec: Any, frames: np.ndarray, fps: Fraction, op: Mapping[str, An
     that round is not timed."""
     obj = _get(codec)
     op = dict(op or {})
-    load = getattr(obj, "load", None)
-    with PeakMemory() as load_mem:
-        if load is not None:
+    load, load_mb = getattr(obj, "load", None), None
+    if load is not None:
+        with PeakMemory() as load_mem:
             load()
+        load_mb = load_mem.peak_mb
     with PeakMemory() as enc_mem:
         data, first_enc = _timed(obj.encode, frames, fps, **op)
     with PeakMemory() as dec_mem:
@@ -64,7 +65,7 @@ def bench_one(codec: Any, frames: np.ndarray, fps: Fraction, op: Mapping[str, An
     nbytes = obj.rate_bytes(data)
     return {"codec": codec_name(codec), "op": op, "frames": t, "width": w, "height": h,
             "encode_fps": t / min(enc_s), "decode_fps": t / min(dec_s), "encode_s": min(enc_s),
-            "decode_s": min(dec_s), "load_peak_mb": None if load is None else load_mem.peak_mb,
+            "decode_s": min(dec_s), "load_peak_mb": load_mb,
             "encode_peak_mb": enc_mem.peak_mb, "decode_peak_mb": dec_mem.peak_mb,
             "bytes": nbytes, "bpp": nbytes * 8 / (t * h * w), "psnr": psnr(frames, np.asarray(decoded))}
 
