@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from fractions import Fraction
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -28,10 +28,20 @@ def _crf_range(codec: Any) -> tuple[int, int]:
     return 0, int(getattr(spec, "crf_max", 51))
 
 
-def match_psnr(codec: Any, frames: np.ndarray, fps: Fraction, target: float,
-               **fixed: Any) -> tuple[dict, bytes, np.ndarray, float]:
+class CrfMatch(NamedTuple):
+    """What `match_psnr` found: the operating point, its file and decoded frames, their PSNR, and ``matched``:
+    False when the target lies past an end of the CRF range, so this is the closest setting, not a match."""
+
+    op: dict
+    data: bytes
+    decoded: np.ndarray
+    psnr: float
+    matched: bool
+
+
+def match_psnr(codec: Any, frames: np.ndarray, fps: Fraction, target: float, **fixed: Any) -> CrfMatch:
     """The CRF of a classical ``codec`` whose PSNR is closest to ``target``, by bisection over integer CRF
-    (PSNR falls as CRF rises). Returns ``(op, data, decoded, psnr)``; about log2(CRF range) encodes."""
+    (PSNR falls as CRF rises); about log2(CRF range) encodes."""
     tried: dict[int, tuple[bytes, np.ndarray, float]] = {}
 
     def run(crf: int) -> float:
@@ -43,9 +53,9 @@ def match_psnr(codec: Any, frames: np.ndarray, fps: Fraction, target: float,
 
     lo, hi = _crf_range(codec)
     if run(lo) <= target:
-        best = lo
+        best, matched = lo, run(lo) == target
     elif run(hi) >= target:
-        best = hi
+        best, matched = hi, run(hi) == target
     else:  # invariant: psnr(lo) > target > psnr(hi)
         while hi - lo > 1:
             mid = (lo + hi) // 2
@@ -53,9 +63,9 @@ def match_psnr(codec: Any, frames: np.ndarray, fps: Fraction, target: float,
                 lo = mid
             else:
                 hi = mid
-        best = min((lo, hi), key=lambda c: abs(tried[c][2] - target))
+        best, matched = min((lo, hi), key=lambda c: abs(tried[c][2] - target)), True
     data, decoded, value = tried[best]
-    return {"crf": best, **fixed}, data, decoded, value
+    return CrfMatch({"crf": best, **fixed}, data, decoded, value, matched)
 
 
 def _row(name: str, op: dict, frames: np.ndarray, nbytes: int, decoded: np.ndarray, enc_s: float,
@@ -103,10 +113,7 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
     streams = {name: (data, decoded)}
     for cname in codecs:
         codec = get_codec(cname)
-        cop, cdata, cdec, value = match_psnr(codec, frames, fps, rows[0]["psnr"])
-        lo, hi = _crf_range(codec)  # the target past an end of the CRF range: the closest setting, not a match
-        target = rows[0]["psnr"]
-        matched = not ((cop["crf"] == lo and value < target) or (cop["crf"] == hi and value > target))
+        cop, cdata, cdec, _, matched = match_psnr(codec, frames, fps, rows[0]["psnr"])
         t0 = time.perf_counter()
         codec.encode(frames, fps, **cop)
         t1 = time.perf_counter()

@@ -97,13 +97,24 @@ def test_match_psnr_bisects_to_the_nearest_crf(carphone9):
 
     frames, fps = carphone9[0][:3], carphone9[1]
     codec = get_codec("h264")
-    op, data, decoded, value = match_psnr(codec, frames, fps, 30.0)
+    op, data, decoded, value, matched = match_psnr(codec, frames, fps, 30.0)
     crf = op["crf"]
+    assert matched is True
     from vitok.evaluation.metrics import psnr
 
     neighbours = [psnr(frames, codec.decode(codec.encode(frames, fps, crf=c))[0]) for c in (crf - 1, crf + 1)]
     assert neighbours[0] >= 30.0 >= neighbours[1] or abs(value - 30) <= min(abs(n - 30) for n in neighbours)
     assert value == pytest.approx(psnr(frames, decoded)) and len(data) > 0
+
+
+def test_match_psnr_past_the_crf_range_is_the_end_setting_not_a_match(carphone9):
+    from vitok.codecs import get_codec
+
+    frames, fps = carphone9[0][:2], carphone9[1]
+    codec = get_codec("h264")
+    high, low = match_psnr(codec, frames, fps, 200.0), match_psnr(codec, frames, fps, 1.0)
+    assert (high.op["crf"], high.matched) == (0, False) and high.psnr < 200
+    assert (low.op["crf"], low.matched) == (51, False) and low.psnr > 1
 
 
 def test_bench_codec_times_each_codec_with_x264_reference(small_clip, tiny_model):
