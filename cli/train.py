@@ -37,7 +37,9 @@ def train(config: str, sets: tuple[str, ...], out_dir: str | None, resume: bool,
     """Train a tokenizer as CONFIG says (a packaged name such as vitok-grid, or a path to a JSON config).
 
     Writes checkpoints, metrics.jsonl, eval PNG grids and the exported EMA model (model/: config.json +
-    model.safetensors) into the run directory. Multi-process: `torchrun --nproc_per_node=N --no-python vitok train
+    model.safetensors) into the run directory. It evaluates on the held-out segments every `eval.every` steps and
+    always at the end (eval.every=0: only at the end), and checkpoints every `checkpoint.every` steps, at the end and
+    on a stop. Multi-process: `torchrun --nproc_per_node=N --no-python vitok train
     CONFIG`. Held-out PSNR/SSIM of a result: `python -m vitok.train.evaluate RUN/model`.
     """
     from vitok.train.config import load_config
