@@ -41,6 +41,7 @@ def _timed(call: Any, /, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 def bench_one(codec: Any, frames: np.ndarray, fps: Fraction, op: Mapping[str, Any] | None = None, *,
               repeat: int = 1, warmup: bool = True) -> dict:
     """Benchmark one codec at one operating point; returns a row (fps, seconds, peak MiB, bytes, bpp, PSNR).
+    ``bytes`` is what RD counts (`Codec.rate_bytes`: h264's elementary stream), ``file_bytes`` the file as written.
 
     Memory comes from the model's load (None without a model), then the first encode and decode; with ``warmup``
     that round is not timed."""
@@ -67,7 +68,7 @@ def bench_one(codec: Any, frames: np.ndarray, fps: Fraction, op: Mapping[str, An
             "encode_fps": t / min(enc_s), "decode_fps": t / min(dec_s), "encode_s": min(enc_s),
             "decode_s": min(dec_s), "load_peak_mb": load_mb,
             "encode_peak_mb": enc_mem.peak_mb, "decode_peak_mb": dec_mem.peak_mb,
-            "bytes": nbytes, "bpp": nbytes * 8 / (t * h * w), "psnr": psnr(frames, np.asarray(decoded))}
+            "bytes": nbytes, "file_bytes": len(data), "bpp": nbytes * 8 / (t * h * w), "psnr": psnr(frames, np.asarray(decoded))}
 
 
 def _bench_in_child(name: str, frames: np.ndarray, fps: Fraction, op: dict, repeat: int, warmup: bool,

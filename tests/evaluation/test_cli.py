@@ -134,6 +134,8 @@ def test_bench_codec_times_each_codec_with_x264_reference(small_clip, tiny_model
         assert np.isfinite(r["psnr"]) and r["threads"] == threads
     # the model's load is measured apart from its first encode; classical codecs load nothing
     assert rows[0]["load_peak_mb"] is None and rows[2]["load_peak_mb"] >= 0
+    # bytes is the rate RD counts (h264: the elementary stream); file_bytes the file with its mp4 boxes
+    assert rows[0]["file_bytes"] > rows[0]["bytes"] and rows[2]["file_bytes"] == rows[2]["bytes"]
     text = CliRunner().invoke(bench_codec, args[:-2] + ["-q"], catch_exceptions=False).output
     assert "(reference)" in text and "enc fps" in text and "load MiB" in text
     assert f"torch threads {threads}, classical encoder threads auto" in text
