@@ -249,6 +249,15 @@ class Tokenizer(nn.Module):
         if latents.sizes is not None:
             raise VitokError("cannot decode a batch of mixed geometries in one call; decode items separately")
 
+    def encode_whole(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int, int]]:
+        """The training pass's encode: ``x`` (B,3,T,H,W) padded to one unit, no tiles, no checks. Returns the
+        posterior mean (all tokens), its log-variance (None without a KL bottleneck) and the padded unit size."""
+        T, H, W = x.shape[2:]
+        s = self.spatial_stride
+        size = (self.unit_frames(T), math.ceil(H / s) * s, math.ceil(W / s) * s)
+        mean, logvar = self.encode_unit(pad_chunk(x, *size))
+        return mean, logvar, size
+
     def forward(self, video: torch.Tensor, num_tokens: int | None = None) -> dict:
         """Training pass on one clip (one unit, no tiling): dict(recon, latents, kl).
 
@@ -259,9 +268,7 @@ class Tokenizer(nn.Module):
         self._check_video(video)
         x = video.to(self.device, self.dtype)
         B, _, T, H, W = x.shape
-        s = self.spatial_stride
-        size = (self.unit_frames(T), math.ceil(H / s) * s, math.ceil(W / s) * s)
-        mean, logvar = self.encode_unit(pad_chunk(x, *size))
+        mean, logvar, size = self.encode_whole(x)
         mask = self.token_mask(B, num_tokens, x.device, sample=self.training)
         z = mean
         if logvar is not None and self.training:

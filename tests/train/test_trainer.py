@@ -85,6 +85,31 @@ def test_nan_guard_skips_then_stops(make_cfg, metrics, tmp_path, monkeypatch, ca
     assert len(metrics(tmp_path / "b")) == 3
 
 
+def test_a_non_finite_reconstruction_is_skipped_with_ssim_and_consistency_on(make_cfg, metrics, tmp_path, capsys):
+    """A learning rate that blows the weights up makes the reconstruction itself NaN: SSIM (piq checks its input's
+    range) and the consistency re-encode must give a skipped step, not a crash."""
+    cfg = make_cfg("tiny-vit", "schedule.steps=8", "schedule.lr=1e30", "schedule.warmup=0", "max_bad_steps=3",
+                   "checkpoint.every=0", "loss.ssim=0.1", "loss.consistency=0.1")
+    with pytest.raises(TrainingDiverged, match="non-finite for 3 consecutive steps"):
+        train(cfg, tmp_path / "run", quiet=True)
+    recs = metrics(tmp_path / "run")
+    assert recs[0].get("skipped") is None and [r.get("skipped") for r in recs[1:]] == [True] * 3
+    assert "step 2: non-finite loss" in capsys.readouterr().err
+
+
+def test_consistency_reencodes_the_whole_clip_as_the_first_pass_did(make_cfg, metrics, tmp_path):
+    """Clips larger than the model's tiles: the re-encode codes the whole clip in one unit like the training pass
+    (tok.encode would tile it: other latents, or a shape error)."""
+    tok = vitok.create_model("vit-tiny").eval()
+    x = torch.rand(1, 3, 8, 96, 80) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(tok.encode_whole(x)[0], tok(x)["latents"].z)
+    cfg = make_cfg("tiny-vit", "schedule.steps=2", "data.size=96", "eval.size=96", "loss.consistency=0.1",
+                   "data.synthetic.num_clips=2", "checkpoint.every=0")
+    train(cfg, tmp_path / "run", quiet=True)
+    assert all(r["consistency"] > 0 for r in metrics(tmp_path / "run") if "loss" in r)
+
+
 def test_gan_and_trainer_side_nested_dropout(make_cfg, metrics, tmp_path):
     cfg = make_cfg("tiny-vit1d", "schedule.steps=4", "loss.gan=0.1", "loss.gan_start=2", "loss.disc_channels=8",
                    "nested_dropout.mode=pow2", "checkpoint.every=2")

@@ -34,9 +34,12 @@ def ssim_loss(x: torch.Tensor, y: torch.Tensor, multiscale: bool = False) -> tor
     """1 - (MS-)SSIM over all frames of two video batches in [-1,1]."""
     import piq
 
-    a, b = to_unit(frames(x)), to_unit(frames(y))
+    a, b = frames(x).float(), frames(y).float()
     fn = piq.multi_scale_ssim if multiscale else piq.ssim
-    return 1.0 - fn(a, b, data_range=1.0, reduction="mean")
+    loss = 1.0 - fn(to_unit(a.nan_to_num()), to_unit(b.nan_to_num()), data_range=1.0, reduction="mean")
+    # a non-finite input gives a NaN loss (the trainer skips the step) rather than piq's range assertion
+    finite = torch.isfinite(a).all() & torch.isfinite(b).all()
+    return torch.where(finite, loss, torch.full_like(loss, float("nan")))
 
 
 def lpips_backbone_file(net: str = "alex") -> Path:

@@ -86,9 +86,9 @@ class TrainForward(nn.Module):
         lat = out["latents"]
         res = {"recon": out["recon"], "kl": out.get("kl", 0.0), "z": lat.z, "mask": lat.mask, "z_again": None}
         if self.consistency:
-            # all K tokens of a 1D model (a train-mode encode would draw a fresh random prefix); the loss then
-            # compares only the tokens present in the first pass
-            res["z_again"] = self.tok.encode(out["recon"], num_tokens=num_tokens or self.tok.max_tokens).z
+            # the same whole-clip encode as the first pass (not tok.encode's tiles), all K tokens of a 1D model;
+            # the loss then compares only the tokens present in the first pass
+            res["z_again"] = self.tok.encode_whole(out["recon"])[0]
         return res
 
 
