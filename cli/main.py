@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     except VitokError as e:
         if debug:
             raise
-        click.echo(f"error: {e}", err=True)
+        if not (getattr(e, "all_ranks", False) and os.environ.get("RANK", "0") != "0"):  # one line per torchrun job
+            click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
     except OSError as e:  # a missing, unwritable or full path: the user's to fix
         if debug:

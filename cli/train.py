@@ -53,8 +53,9 @@ def train(config: str, sets: tuple[str, ...], out_dir: str | None, resume: bool,
     if os.environ.get("RANK", "0") != "0":
         return
     ev = summary["eval"]
-    text = (f"trained {cfg['model']['name']} for {summary['steps']} steps; last loss "
-            f"{summary['last'].get('loss', float('nan')):.4f}"
+    loss = summary["last"].get("loss")
+    text = (f"trained {cfg['model']['name']} for {summary['steps']} steps"
+            + (f"; last loss {loss:.4f}" if loss is not None else "; no step run in this session")
             + (f"; held-out PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}" if ev else "")
             + f"\nmodel: {summary['model_dir']}")
     if ev:

@@ -39,6 +39,26 @@ def test_user_error_is_one_line_without_traceback(capsys, monkeypatch):
     assert err == "error: something the user can fix\n"
 
 
+def test_a_stop_every_torchrun_process_raises_is_said_once(capsys, monkeypatch):
+    """Under torchrun each worker raises the same stop (or divergence) error: rank 0 prints it, the others only exit
+    with its code; an error of one rank alone is printed by that rank."""
+    from vitok.train.trainer import TrainingStopped
+
+    for exc, rank, line in [(TrainingStopped("stopped at step 3"), "0", "error: stopped at step 3\n"),
+                            (TrainingStopped("stopped at step 3"), "1", ""),
+                            (VitokError("rank-only trouble"), "1", "error: rank-only trouble\n")]:
+        @click.command()
+        def boom(exc=exc) -> None:
+            raise exc
+
+        monkeypatch.setitem(cli.lazy_commands, "boom", "vitok.cli.main:cli")
+        monkeypatch.setattr(type(cli), "get_command", lambda self, ctx, name, cmd=boom: cmd if name == "boom" else None)
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as e:
+            main(["boom"])
+        assert e.value.code == exc.exit_code and capsys.readouterr().err == line
+
+
 def test_os_errors_are_one_line_naming_the_path(capsys, monkeypatch):
     """An output under a file, a full disk, a file over the size limit: the user's to fix, so one line, exit 1."""
     import errno

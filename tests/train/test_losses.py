@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vitok.data.errors import VitokError
 from vitok.train.config import DEFAULTS
 from vitok.train.losses import PatchDiscriminator, TokenizerLoss, charbonnier, consistency_loss, hinge_d_loss, \
     hinge_g_loss, load_lpips, lpips_backbone_file, sample_num_tokens, ssim_loss
@@ -62,8 +63,26 @@ def test_lpips_loads_backbone_from_local_file_only(tmp_path, monkeypatch):
     assert metric(x, x).abs().max() < 1e-6 and metric(x, -x).mean() > 0
 
 
+def test_a_loss_without_a_reconstruction_term_is_refused(capsys):
+    """KL, consistency or GAN alone train no decoder; a reconstruction term dropped by its notice counts as absent."""
+    with pytest.raises(VitokError, match="no reconstruction loss has a weight above 0"):
+        TokenizerLoss(_cfg(ssim=0.0, kl=1.0, consistency=1.0, gan=1.0), frame_size=64)
+    with pytest.raises(VitokError, match="no reconstruction loss"):
+        TokenizerLoss(_cfg(ssim=0.0, ms_ssim=1.0), frame_size=64)
+    assert "MS-SSIM loss disabled" in capsys.readouterr().err
+
+
+def test_ssim_of_a_non_finite_reconstruction_is_nan():
+    x = torch.rand(1, 3, 2, 24, 24) * 2 - 1
+    for bad in (float("nan"), float("inf")):
+        y = x.clone()
+        y[0, 0, 0, 0, 0] = bad
+        assert torch.isnan(ssim_loss(y, x)) and torch.isnan(ssim_loss(x, y, multiscale=False))
+    assert ssim_loss(x, x).item() == pytest.approx(0.0, abs=1e-5)
+
+
 def test_ms_ssim_needs_large_frames(capsys):
-    loss = TokenizerLoss(_cfg(ms_ssim=1.0), frame_size=64)
+    loss = TokenizerLoss(_cfg(ms_ssim=1.0, l1=1.0), frame_size=64)
     assert loss.w["ms_ssim"] == 0.0 and "MS-SSIM loss disabled" in capsys.readouterr().err
     assert TokenizerLoss(_cfg(ms_ssim=1.0), frame_size=192).w["ms_ssim"] == 1.0
 

@@ -56,8 +56,8 @@ def test_run_dir_rules(make_cfg, tmp_path):
     train(cfg, tmp_path, quiet=True)
     with pytest.raises(VitokError, match="already holds a run.*--resume.*-y"):
         train(cfg, tmp_path, quiet=True)
-    with pytest.raises(VitokError, match="config differs.*schedule.lr"):
-        train(make_cfg("tiny-cnn", "schedule.steps=2", "schedule.lr=1"), tmp_path, resume=True, quiet=True)
+    with pytest.raises(VitokError, match="config differs.*schedule.batch_size"):
+        train(make_cfg("tiny-cnn", "schedule.steps=2", "schedule.batch_size=1"), tmp_path, resume=True, quiet=True)
     assert train(make_cfg("tiny-cnn", "schedule.steps=2", "eval.num_segments=1"), tmp_path, resume=True,
                  quiet=True)["steps"] == 2                                    # extending a run is fine
     assert train(cfg, tmp_path, overwrite=True, quiet=True)["steps"] == 1     # -y starts over
@@ -346,3 +346,76 @@ def test_each_session_of_a_run_is_recorded(make_cfg, tmp_path):
     assert [(s["start_step"], s["end_step"], s["schedule_steps"]) for s in sessions] == [(0, 2, 2), (2, 3, 3)]
     assert all(s["precision"] == "fp32" and s["processes"] == 1 and s["device"].startswith("cpu") for s in sessions)
     assert sum(s["seconds"] for s in sessions) == pytest.approx(info["train_seconds"], abs=0.2)
+
+
+def test_a_stop_asked_of_another_process_names_no_signal(make_cfg, tmp_path, monkeypatch):
+    """Under torchrun a signal may reach one worker only: the others stop with it (all ranks agree on stopping) and
+    must say so without a signal number of their own."""
+    from vitok.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "_any_rank", lambda self, flag: flag or self.step == 2)
+    with pytest.raises(TrainingStopped, match=r"stopped at step 2 \(a signal to another process\)"):
+        train(make_cfg("tiny-vit", "schedule.steps=5", "checkpoint.every=0", "data.synthetic.num_clips=2"),
+              tmp_path / "run", quiet=True)
+
+
+def test_resuming_a_finished_run_completes_its_outputs_once(make_cfg, metrics, tmp_path):
+    """A kill after the last checkpoint but before model/ was exported: --resume exports it from that checkpoint,
+    adds no session and no second final evaluation. Leftovers of a kill mid-write are cleared."""
+    cfg = make_cfg("tiny-vit", "schedule.steps=3", "checkpoint.every=0", "data.synthetic.num_clips=2")
+    run = tmp_path / "run"
+    train(cfg, run, quiet=True)
+    good = vitok.load(run / "model").weights_hash
+    before = json.loads((run / "train_info.json").read_text())
+    shutil.rmtree(run / "model")
+    vitok.create_model("vit-tiny").save_pretrained(run / "model")          # stale weights, as a kill leaves them
+    (run / ".model.abc123").mkdir()                                        # a kill inside atomic_dir
+    (run / "checkpoints" / ".step-00000003.xyz").mkdir()
+    (run / "checkpoints" / ".step-00000003.xyz" / "tensors.safetensors").write_bytes(b"partial")
+    summary = train(cfg, run, resume=True, quiet=True)
+    assert vitok.load(run / "model").weights_hash == good and summary["steps"] == 3
+    info = json.loads((run / "train_info.json").read_text())
+    assert info["sessions"] == before["sessions"] and len(info["sessions"]) == 1
+    assert [r["step"] for r in metrics(run) if "eval_psnr" in r] == [3]
+    assert not [p for p in run.rglob(".*")]
+
+
+def test_resume_with_another_process_count_is_refused(make_cfg, tmp_path):
+    """The data position and each rank's random draws belong to the process count that wrote the checkpoint."""
+    run = tmp_path / "run"
+    train(make_cfg("tiny-vit", "schedule.steps=2", "data.synthetic.num_clips=2"), run, quiet=True)
+    state_file = run / "checkpoints" / "step-00000002" / "state.json"
+    saved = json.loads(state_file.read_text())
+    saved["state"]["rng"] = saved["state"]["rng"] * 2                  # as two processes write it
+    saved["state"]["world"] = 2
+    state_file.write_text(json.dumps(saved))
+    with pytest.raises(VitokError, match="written by 2 processes, this run has 1; resume with 2.*model.init="):
+        train(make_cfg("tiny-vit", "schedule.steps=4", "data.synthetic.num_clips=2"), run, resume=True, quiet=True)
+
+
+def test_a_diverged_run_keeps_a_good_checkpoint_and_resumes_with_a_lower_lr(make_cfg, metrics, tmp_path,
+                                                                           monkeypatch):
+    """Periodic checkpoints wait out a non-finite streak, so the one the error names is from before it, and
+    schedule.lr may change on --resume (each session records its lr)."""
+    real = TokenizerLoss.forward
+    calls = {"n": 0}
+
+    def from_step_3(self, *a, **k):   # one loss per step: steps 3 on are non-finite
+        calls["n"] += 1
+        total, terms = real(self, *a, **k)
+        return (total * float("nan") if calls["n"] >= 3 else total), terms
+
+    monkeypatch.setattr(TokenizerLoss, "forward", from_step_3)
+    run = tmp_path / "run"
+    cfg = ("tiny-vit", "schedule.steps=10", "checkpoint.every=2", "max_bad_steps=4", "data.synthetic.num_clips=2")
+    with pytest.raises(TrainingDiverged, match=r"resume from the last good checkpoint \(.*step-00000002\) with "
+                                               r"--resume --set schedule.lr"):
+        train(make_cfg(*cfg), run, quiet=True)
+    monkeypatch.setattr(TokenizerLoss, "forward", real)
+    train(make_cfg(*cfg[:-1], "data.synthetic.num_clips=2", "schedule.lr=1e-4"), run, resume=True, quiet=True)
+    info = json.loads((run / "train_info.json").read_text())
+    assert [(s["start_step"], s["lr"]) for s in info["sessions"]] == [(0, 2e-3), (2, 1e-4)]
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written: start over with a lower schedule.lr"):
+        monkeypatch.setattr(TokenizerLoss, "forward", lambda self, *a, **k: (real(self, *a, **k)[0] * float("nan"), {}))
+        train(make_cfg("tiny-vit", "schedule.steps=6", "checkpoint.every=0", "max_bad_steps=2"), tmp_path / "b",
+              quiet=True)

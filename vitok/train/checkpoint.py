@@ -4,6 +4,7 @@ atomically; ``latest.json`` points at the newest complete one, so a kill at any 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -93,6 +94,22 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep:
     for old in sorted(root.glob("step-*"))[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return dest
+
+
+def clear_partial_writes(run_dir: str | Path) -> None:
+    """Remove what a kill mid-write left of a run's atomic folders (``checkpoints/.step-*``, ``.model.*``): rotation
+    never sees them, so each would stay, checkpoint-sized. A kill between moving ``model/`` aside and putting the
+    new one in place leaves the old one aside: it goes back first."""
+    run = Path(run_dir)
+    for folder, name in ((run / "checkpoints", "step-"), (run, "model")):
+        if not folder.is_dir():
+            continue
+        for tmp in sorted(folder.glob(f".{name}*")):
+            aside = [d for d in tmp.iterdir() if d.is_dir()] if ".old." in tmp.name else []
+            for d in aside:
+                if not (folder / d.name).exists():
+                    os.replace(d, folder / d.name)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -83,9 +83,10 @@ DEFAULTS: dict[str, Any] = {
     "max_bad_steps": 5,              # consecutive non-finite steps before training stops
 }
 
-# Keys a resumed run may change without breaking the loss curve it continues.
-RESUMABLE_CHANGES = ("name", "device", "compile", "precision", "schedule.steps", "eval", "checkpoint", "export",
-                     "log_every", "data.num_workers", "max_bad_steps")
+# Keys a resumed run may change: those that leave the loss curve it continues as it was, and the two a run that
+# must fit its time or that diverged needs (schedule.steps, schedule.lr; each session records them).
+RESUMABLE_CHANGES = ("name", "device", "compile", "precision", "schedule.steps", "schedule.lr", "eval", "checkpoint",
+                     "export", "log_every", "data.num_workers", "max_bad_steps")
 
 
 def config_dir() -> Path:

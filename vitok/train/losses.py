@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitok.data.errors import VitokError
+
+RECONSTRUCTION_TERMS = ("l1", "l2", "charbonnier", "ssim", "ms_ssim", "lpips")
 MS_SSIM_MIN_SIDE = 161   # piq's MS-SSIM needs this many pixels a side with its default 5 scales and 11-px kernel
 _LPIPS_BACKBONES = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze": "SqueezeNet1_1_Weights"}
 
@@ -135,6 +138,9 @@ class TokenizerLoss(nn.Module):
             self.w["ms_ssim"] = 0.0
             _notice(f"MS-SSIM loss disabled (weight 0): frames of {frame_size} px are below the "
                     f"{MS_SSIM_MIN_SIDE} px it needs", verbose)
+        if not any(self.w[k] > 0 for k in RECONSTRUCTION_TERMS):  # KL, consistency and GAN alone train no decoder
+            raise VitokError(f"config loss: no reconstruction loss has a weight above 0 (one of "
+                             f"{', '.join(RECONSTRUCTION_TERMS)}, after the notices above)")
 
     def forward(self, x: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor | float = 0.0,
                 consistency: torch.Tensor | None = None, gan: torch.Tensor | None = None

@@ -22,7 +22,7 @@ from torch import nn
 from vitok.data.atomic import atomic_dir, write_bytes_atomic
 from vitok.data.errors import VitokError
 from vitok.train import distributed as D
-from vitok.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from vitok.train.checkpoint import clear_partial_writes, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from vitok.train.config import incompatible_changes
 from vitok.train.data import TrainClips, eval_clips, make_train_loader
 from vitok.train.evaluate import evaluate_model, save_grid
@@ -34,11 +34,14 @@ from vitok.train.optim import EMA, build_optimizer, set_lr
 class TrainingDiverged(VitokError):
     """Training stopped: the loss or the gradients were not finite for too many consecutive steps."""
 
+    all_ranks = True   # every process raises it at the same step: the command line lets rank 0 say it
+
 
 class TrainingStopped(VitokError):
     """Training stopped on SIGINT/SIGTERM after checkpointing the step it was on (``--resume`` continues it)."""
 
     exit_code = 130
+    all_ranks = True
 
 
 class StopRequest:
@@ -228,9 +231,11 @@ class Trainer:
         if ckpt is not None:
             self._load(ckpt)
         # this session (a start or a --resume): what a replay of the run needs that the last config does not say
-        self.sessions.append({"start_step": self.step, "end_step": self.step, "schedule_steps": self.total_steps,
-                              "device": self._device_text(), "processes": info.world, "precision": self.precision,
-                              "seconds": 0.0})
+        self.finished = ckpt is not None and self.step == self.total_steps  # killed before its end, or done
+        if not self.finished:
+            self.sessions.append({"start_step": self.step, "end_step": self.step, "schedule_steps": self.total_steps,
+                                  "lr": float(sched["lr"]), "device": self._device_text(), "processes": info.world,
+                                  "precision": self.precision, "seconds": 0.0})
         self._elapsed_at_start = self.elapsed
         # only once everything the config builds exists: a bad config leaves the folder as it was
         self._prepare_out_dir(resume, overwrite)
@@ -288,6 +293,8 @@ class Trainer:
                     shutil.rmtree(self.out / name, ignore_errors=True)
                 for name in ("metrics.jsonl", "train_info.json", "init.json"):
                     (self.out / name).unlink(missing_ok=True)
+            if resume:
+                clear_partial_writes(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(saved, json.dumps(self.cfg, indent=2).encode())
             if self.lineage is not None:
@@ -316,10 +323,11 @@ class Trainer:
         self.bad_steps = int(state["bad_steps"])
         self.sessions = list(state.get("sessions", []))   # checkpoints before the record have none
         rngs = state["rng"]
-        if len(rngs) != self.info.world:
-            self.log(f"notice: checkpoint was written by {len(rngs)} processes, now {self.info.world}: the data order "
-                     f"and random draws will not match the original run")
-        set_rng_state(rngs[self.info.rank % len(rngs)])
+        if len(rngs) != self.info.world:   # the data position and each rank's random draws are per process
+            raise VitokError(f"--resume: the checkpoint {path} was written by {len(rngs)} processes, this run has "
+                             f"{self.info.world}; resume with {len(rngs)} (torchrun --nproc_per_node={len(rngs)}), or "
+                             f"start a new --out from its weights with --set model.init={self.out / 'model'}")
+        set_rng_state(rngs[self.info.rank])
         if self.step > self.total_steps:   # equal: the run is finished at that step (final evaluation, model)
             raise VitokError(f"--resume: the run in {self.out} is already at step {self.step}; give "
                              f"schedule.steps >= {self.step} to continue or finish it")
@@ -370,11 +378,16 @@ class Trainer:
                     self._evaluate()
                 self.elapsed += time.perf_counter() - t0      # wall time, evaluations included
                 stopping = self._any_rank(stop.signum is not None)
-                if (ckpt_every and self.step % ckpt_every == 0) or self.step == self.total_steps or stopping:
+                # a periodic checkpoint waits out a non-finite streak, so the latest one is always a good one
+                due = ckpt_every and self.step % ckpt_every == 0 and not self.bad_steps
+                if due or self.step == self.total_steps or stopping:
                     self._checkpoint()
                 if stopping and self.step < self.total_steps:
-                    raise TrainingStopped(f"stopped at step {self.step} ({signal.Signals(stop.signum).name}): "
+                    why = signal.Signals(stop.signum).name if stop.signum else "a signal to another process"
+                    raise TrainingStopped(f"stopped at step {self.step} ({why}): "
                                           f"checkpoint and model saved in {self.out}; continue with --resume")
+        if self.finished and self.main:   # a kill after the last checkpoint may have left model/ behind it
+            self._export()
         final = self._evaluate()
         if self.main:
             self._write_info(final)
@@ -452,9 +465,11 @@ class Trainer:
 
     def _check_diverged(self) -> None:
         if self.bad_steps >= int(self.cfg["max_bad_steps"]):
+            ckpt = latest_checkpoint(self.out)
+            where = (f"resume from the last good checkpoint ({ckpt}) with --resume --set schedule.lr=<lower>"
+                     if ckpt is not None else "no checkpoint was written: start over with a lower schedule.lr")
             raise TrainingDiverged(f"training stopped at step {self.step}: loss or gradients were non-finite for "
-                                   f"{self.bad_steps} consecutive steps (lower schedule.lr, raise schedule.warmup or "
-                                   f"check the data); last good checkpoint in {self.out / 'checkpoints'}")
+                                   f"{self.bad_steps} consecutive steps (lower schedule.lr or check the data); {where}")
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -482,7 +497,9 @@ class Trainer:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if rec.get("step", 0) <= self.step:
+            step = rec.get("step", 0)
+            redone = self.finished and step == self.step and "eval_psnr" in rec   # the final evaluation, run again
+            if step <= self.step and not redone:
                 keep.append(line)
         write_bytes_atomic(path, "".join(k + "\n" for k in keep).encode())
 
@@ -528,7 +545,10 @@ class Trainer:
         return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
     def _sessions_now(self) -> list[dict[str, Any]]:
-        """Every session of the run so far, this one's end step and seconds brought up to now."""
+        """Every session of the run so far, this one's end step and seconds brought up to now (a finished run
+        resumed only to complete its outputs adds none)."""
+        if self.finished:
+            return list(self.sessions)
         last = {**self.sessions[-1], "end_step": self.step,
                 "seconds": round(self.elapsed - self._elapsed_at_start, 1)}
         return [*self.sessions[:-1], last]
