@@ -60,8 +60,8 @@ class AdapterConfig:
     latent_channels: int
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
-    temporal_compression_ratio: int = 1
-    spatial_compression_ratio: int = 1
+    temporal_compression_ratio: int | None = 1   # None for 1D models: their tokens form no grid
+    spatial_compression_ratio: int | None = 1
 
 
 class DiffusersAdapter(nn.Module):
@@ -74,9 +74,10 @@ class DiffusersAdapter(nn.Module):
         self.sample_size = sample_size
         if sample_size is None and tok.max_tokens is not None and c.tile_size is not None:
             self.sample_size = (c.clip_frames, c.tile_size, c.tile_size)
+        grid = tok.max_tokens is None
         self.config = AdapterConfig(latent_channels=c.latent_channels,
-                                    temporal_compression_ratio=tok.temporal_stride,
-                                    spatial_compression_ratio=tok.spatial_stride)
+                                    temporal_compression_ratio=tok.temporal_stride if grid else None,
+                                    spatial_compression_ratio=tok.spatial_stride if grid else None)
 
         self.use_tiling = False
 
@@ -105,6 +106,11 @@ class DiffusersAdapter(nn.Module):
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """x (B,3,H,W) or (B,3,T,H,W) in [-1,1] -> EncoderOutput(latent_dist) over normalized latents."""
         image = x.ndim == 4
+        size = (1, *x.shape[-2:]) if image else tuple(x.shape[-3:])
+        if self.tok.max_tokens is not None and self.sample_size is not None and size != tuple(self.sample_size):
+            raise VitokError(f"DiffusersAdapter: a 1D model's latents decode at sample_size={tuple(self.sample_size)} "
+                             f"(frames, height, width), this input is {size}: make the adapter with "
+                             f"sample_size={size}")
         lat = self.tok.encode(x.unsqueeze(2) if image else x, tiled=self._tiled).normalized()
         if lat.grid is not None:
             if lat.layout[1] * lat.layout[2] != 1:

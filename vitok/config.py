@@ -9,6 +9,8 @@ from typing import Any
 
 from vitok.data.errors import VitokError
 
+MAX_TILE_OVERLAP = 0.4  # the largest fraction whose blend weights sum to 1 for every size (tests/core/test_tiling.py)
+
 
 @dataclass
 class TokenizerConfig:
@@ -35,8 +37,9 @@ class TokenizerConfig:
         """Raise VitokError when the fields do not describe a buildable model."""
         if self.latent_channels < 1 or self.clip_frames < 1:
             raise VitokError(f"config {self.name}: latent_channels and clip_frames must be >= 1")
-        if not 0.0 <= self.tile_overlap < 0.5:
-            raise VitokError(f"config {self.name}: tile_overlap must be in [0, 0.5), got {self.tile_overlap}")
+        if not 0.0 <= self.tile_overlap <= MAX_TILE_OVERLAP:  # above it, tiles shrunk to fit overlap 3 deep somewhere
+            raise VitokError(f"config {self.name}: tile_overlap must be in [0, {MAX_TILE_OVERLAP}], got "
+                             f"{self.tile_overlap}")
         for key in ("latent_mean", "latent_std"):
             stats = getattr(self, key)
             if stats is not None and len(stats) != self.latent_channels:

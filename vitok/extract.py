@@ -476,6 +476,8 @@ def latents_from_batch(tok: Any, batch: dict[str, Any], mean: torch.Tensor | Non
         if values.numel() != 1:
             raise ValueError(f"latents_from_batch: clips of one batch differ in {key} ({values.tolist()})")
         geometry[key] = int(values[0])
+    if (mean is None) != (std is None):
+        raise ValueError("latents_from_batch: pass both mean and std (LatentShards.mean, .std) or neither")
     z = batch["z"]
     if std is not None:
         z = z * std.to(z) + (mean.to(z) if mean is not None else 0.0)

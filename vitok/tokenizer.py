@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import math
+import operator
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,6 +35,20 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+VALUE_WARN = 1.5  # |value| above which encode warns: [0, 255] input, not a decode's slight overshoot of [-1, 1]
+
+
+def _count(num_tokens: Any) -> Any:
+    """An integer token count of any integer type (numpy, 0-d tensor) as an int; anything else as given, for the
+    model's check to name."""
+    if num_tokens is None or isinstance(num_tokens, bool):
+        return num_tokens
+    try:
+        return operator.index(num_tokens)
+    except TypeError:
+        return num_tokens
+
+
 class Tokenizer(nn.Module):
     """Base class: encode(video) -> Latents, decode(Latents) -> video, forward(video) for training."""
 
@@ -43,7 +59,7 @@ class Tokenizer(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self._hash_cache: str | None = None
+        self._hash_cache: tuple[tuple, str] | None = None
 
     # ---- per-kind hooks -------------------------------------------------------------------------------------
     def unit_frames(self, frames: int) -> int:
@@ -115,16 +131,17 @@ class Tokenizer(nn.Module):
     @property
     def tiling(self) -> dict[str, Any]:
         """How frames are cut into tiles (see `vitok.geometry.plan_axis`): the largest tile, the overlap as a
-        fraction of it, and whether tiles shrink to fit the frame (grid models; 1D models keep the tile their
-        tokens were trained on)."""
+        fraction of it, and whether tiles shrink to fit the frame (grid models; 1D models keep the tile size their
+        tokens were trained on when a frame needs several tiles, and code a frame within one tile as one unit of its
+        own padded size)."""
         return {"tile": self.config.tile_size, "overlap": self.config.tile_overlap, "fit": self.max_tokens is None}
 
     def plan(self, frames: int, height: int, width: int, tiled: bool = True) -> Geometry:
         """Chunks and tiles for a video of this geometry; `tiled=False` keeps whole frames (grid models only)."""
         c, t = self.config, self.tiling
         if not tiled and self.max_tokens is not None:
-            raise VitokError(f"{c.name}: 1D models always code frames in {c.tile_size}-pixel tiles (tiled=False "
-                             "is for grid models)")
+            raise VitokError(f"{c.name}: 1D models code frames in tiles of at most {c.tile_size} pixels "
+                             "(tiled=False is for grid models)")
         return plan(frames, height, width, clip_frames=c.clip_frames, unit_frames=self.unit_frames,
                     stride=self.spatial_stride, tile_size=t["tile"] if tiled else None, tile_overlap=t["overlap"],
                     fit_tiles=t["fit"])
@@ -143,6 +160,7 @@ class Tokenizer(nn.Module):
         tokens beyond `num_tokens` are zeroed and masked. An explicit (B, N) `mask` is combined with that.
         `tiled=False`: the tokens cover whole frames (as `encode(..., tiled=False)` gives).
         """
+        num_tokens = _count(num_tokens)
         g = self.plan(frames, height, width, tiled)
         n_unit = self.tokens_per_unit(*g.unit_size)
         B, N, C = z.shape
@@ -188,6 +206,11 @@ class Tokenizer(nn.Module):
         self._check_video(video)
         if not bool(torch.isfinite(video).all()):  # here, not in the training forward: the trainer guards its steps
             raise VitokError("video holds NaN or infinite values")
+        peak = float(video.detach().abs().max())
+        if peak > VALUE_WARN:
+            warnings.warn(f"video values reach {peak:g}: vitok models take [-1, 1] (vitok.data.frames_to_tensor "
+                          f"converts uint8 frames)", stacklevel=2)
+        num_tokens = _count(num_tokens)
         g = self.plan(*video.shape[2:], tiled=tiled)
         self.token_mask(video.shape[0], num_tokens, self.device)  # validates num_tokens before any work
         means, logvars = [], []
@@ -209,7 +232,7 @@ class Tokenizer(nn.Module):
 
     def decode(self, latents: Latents) -> torch.Tensor:
         """Latents -> video (B,3,T,H,W) cropped to the original geometry (tiles blended, chunks concatenated)."""
-        self._check_single_geometry(latents)
+        self._check_latents(latents)
         g = self.plan(latents.frames, latents.height, latents.width, latents.tiled)
         out, acc = [], None
         for c, (i, j, y0, x0), tile in self.decode_tiles(latents):
@@ -228,7 +251,7 @@ class Tokenizer(nn.Module):
     def decode_tiles(self, latents: Latents) -> Iterator[tuple[int, tuple[int, int, int, int], torch.Tensor]]:
         """Decode unit by unit: ``(chunk, (row, col, y0, x0), tile)`` with ``tile`` (B,3,unit_frames,tile_h,tile_w),
         padding included, before blending (``decode`` blends them; rate control weighs each tile's error)."""
-        self._check_single_geometry(latents)
+        self._check_latents(latents)
         lat = latents.denormalized()
         g = self.plan(lat.frames, lat.height, lat.width, lat.tiled)
         n_unit = self.tokens_per_unit(*g.unit_size)
@@ -244,8 +267,14 @@ class Tokenizer(nn.Module):
                 tile = self.decode_unit(z[:, sl], None if mask is None else mask[:, sl], g.unit_size)
             yield u // len(tiles), tiles[u % len(tiles)], tile
 
-    @staticmethod
-    def _check_single_geometry(latents: Latents) -> None:
+    def _check_latents(self, latents: Latents) -> None:
+        """Latents this model can decode: a Latents (not its tensor), made by a model of this name, one geometry."""
+        if not isinstance(latents, Latents):
+            raise VitokError(f"decode takes the vitok.Latents that encode returned (or make_latents builds), got "
+                             f"{type(latents).__name__}")
+        if latents.model and latents.model != self.config.name:
+            raise VitokError(f"latents were made by model {latents.model!r}, this is {self.config.name!r}: decode "
+                             f"them with the model that encoded them")
         if latents.sizes is not None:
             raise VitokError("cannot decode a batch of mixed geometries in one call; decode items separately")
 
@@ -288,12 +317,13 @@ class Tokenizer(nn.Module):
     # ---- weights --------------------------------------------------------------------------------------------
     @property
     def weights_hash(self) -> str:
-        """sha256 hex over the state dict (see `state_hash`); cached while frozen."""
-        if self._hash_cache is not None and self.frozen:
-            return self._hash_cache
-        digest = state_hash(self.state_dict())
-        self._hash_cache = digest if self.frozen else None
-        return digest
+        """sha256 hex over the state dict (see `state_hash`); cached until a tensor changes (an in-place edit or an
+        optimizer step bumps its version counter; `.to()` or a load replaces it)."""
+        state = self.state_dict()
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in state.values())
+        if self._hash_cache is None or self._hash_cache[0] != key:
+            self._hash_cache = (key, state_hash(state))
+        return self._hash_cache[1]
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self._hash_cache = None
@@ -311,14 +341,17 @@ class Tokenizer(nn.Module):
         as it is; the file records the hash of the weights `load()` rebuilds from it."""
         from safetensors.torch import save_file
 
-        from vitok.storage import stored
+        from vitok.storage import restored, stored
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors, meta, rebuilt = stored(self.state_dict(), dtype)
+        tensors, meta, _ = stored(self.state_dict(), dtype)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         with atomic_path(directory / "model.safetensors") as tmp:
+            # the hash of what load() rebuilds from the file: a float32 model, whatever this one's dtype
+            as_loaded = {k: v.float() if v.is_floating_point() else v
+                         for k, v in restored(tensors, meta, str(directory)).items()}
             save_file(tensors, str(tmp), metadata={"format": "pt", "kind": self.config.kind,
-                                                   "weights_hash": state_hash(rebuilt), **meta})
+                                                   "weights_hash": state_hash(as_loaded), **meta})
         write_bytes_atomic(directory / "config.json", (json.dumps(self.config.to_dict(), indent=2) + "\n").encode())
         return directory

@@ -57,10 +57,18 @@ def test_1d_shapes(clip):
     z = adapter.encode(clip(8, 32, 32)).latent_dist.sample()
     assert z.shape == (1, 8, 16)  # (B, C, N)
     assert adapter.decode(z).sample.shape == (1, 3, 8, 32, 32)
-    longer = adapter.encode(clip(16, 32, 32)).latent_dist.mode()  # two units: more tokens than sample_size holds
+    assert adapter.config.spatial_compression_ratio is None is adapter.config.temporal_compression_ratio
+    # the tokens carry no geometry, so an input of another size than sample_size would decode wrong: refused
+    with pytest.raises(vitok.VitokError, match=r"decode at sample_size=\(8, 32, 32\).*input is \(16, 32, 32\): "
+                                               r"make the adapter with sample_size=\(16, 32, 32\)"):
+        adapter.encode(clip(16, 32, 32))
+    with pytest.raises(vitok.VitokError, match=r"input is \(1, 32, 32\)"):
+        adapter.encode(clip(1, 32, 32)[:, :, 0])
+    two_units = vitok.DiffusersAdapter(tok, sample_size=(16, 32, 32))
+    longer = two_units.encode(clip(16, 32, 32)).latent_dist.mode()  # more tokens than one unit holds
     with pytest.raises(vitok.VitokError, match=r"32 latent tokens do not fit sample_size=\(8, 32, 32\)"):
         adapter.decode(longer)
-    assert vitok.DiffusersAdapter(tok, sample_size=(16, 32, 32)).decode(longer).sample.shape == (1, 3, 16, 32, 32)
+    assert two_units.decode(longer).sample.shape == (1, 3, 16, 32, 32)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="diffusers not installed")

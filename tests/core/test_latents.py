@@ -152,3 +152,28 @@ def test_latents_is_plain_dataclass():
     lat = Latents(z=z, frames=1, height=8, width=8, layout=(1, 1, 1), grid=(1, 2, 2))
     assert lat.num_tokens == 4 and lat.channels == 2 and lat.batch_size == 1
     assert lat.normalized().is_normalized and lat.normalized().denormalized().z is z
+
+
+def test_decode_refuses_another_models_latents_and_bare_tensors(grid_tok):
+    """Two models whose latents have the same shape: decoding one's with the other gave garbage silently."""
+    video = torch.rand(1, 3, 8, 32, 32) * 2 - 1
+    lat = grid_tok.encode(video)
+    other = vitok.create_model("vit-tiny", latent_channels=lat.z.shape[-1])
+    other.config.name = "some-other-model"
+    with pytest.raises(VitokError, match="latents were made by model 'vit-tiny', this is 'some-other-model'"):
+        other.freeze().decode(lat)
+    with pytest.raises(VitokError, match="decode takes the vitok.Latents .* got Tensor"):
+        grid_tok.decode(lat.z)
+
+
+def test_encode_takes_any_integer_token_count_and_warns_on_a_0_255_video(tok1d):
+    import numpy as np
+
+    video = torch.rand(1, 3, 8, 32, 32) * 2 - 1
+    ref = tok1d.encode(video, num_tokens=4)
+    for k in (np.int64(4), torch.tensor(4)):
+        assert torch.equal(tok1d.encode(video, num_tokens=k).z, ref.z)
+    with pytest.raises(VitokError, match="num_tokens must be an integer"):
+        tok1d.encode(video, num_tokens=4.5)
+    with pytest.warns(UserWarning, match="video values reach 25[0-9.]*: vitok models take \\[-1, 1\\]"):
+        tok1d.encode((video + 1) * 127.5)

@@ -79,3 +79,38 @@ def test_unknown_storage_is_refused(tmp_path):
     save_file(tensors, str(path), metadata={**meta, "storage": "int4"})
     with pytest.raises(VitokError, match="unknown weight storage 'int4'"):
         vitok.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize("model_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("file_dtype", [None, torch.float16, torch.int8])
+def test_a_half_precision_model_saves_a_file_that_loads(tmp_path, model_dtype, file_dtype):
+    """load() rebuilds a float32 model, so the file's hash is of that, whatever the saved model's dtype (a bf16
+    model's own hash was written, and every load failed as 'corrupt or edited')."""
+    torch.manual_seed(0)
+    tok = vitok.create_model("vit-tiny").to(model_dtype)
+    tok.save_pretrained(tmp_path / "m", dtype=file_dtype)
+    back = vitok.load(tmp_path / "m")
+    assert next(back.parameters()).dtype == torch.float32
+    ref = {k: v.float() for k, v in tok.state_dict().items()}
+    tol = {None: 0.0, torch.float16: 1e-3, torch.int8: 0.02}[file_dtype]   # int8 rounds each row
+    assert all(torch.allclose(back.state_dict()[k], v, atol=tol * max(1.0, float(v.abs().max()))) for k, v in ref.items())
+
+
+def test_weights_hash_follows_in_place_changes():
+    """The hash is cached, but an in-place edit or an optimizer step on the live model changes it (extraction and
+    the codec's weights check read it)."""
+    torch.manual_seed(0)
+    tok = vitok.create_model("vit-tiny").freeze()
+    before = tok.weights_hash
+    with torch.no_grad():
+        next(tok.parameters()).add_(1.0)
+    assert tok.weights_hash != before
+    from vitok.tokenizer import state_hash
+
+    assert tok.weights_hash == state_hash(tok.state_dict())
+    tok.requires_grad_(True)
+    opt = torch.optim.SGD(tok.parameters(), lr=0.1)
+    after_edit = tok.weights_hash
+    tok.encode_whole(torch.rand(1, 3, 8, 32, 32))[0].sum().backward()
+    opt.step()
+    assert tok.freeze().weights_hash not in (after_edit, before)

@@ -20,6 +20,24 @@ def test_blend_weights_sum_to_one(size, fit):
     assert g.rows.padded >= size[0] and g.cols.padded >= size[1]
 
 
+def test_blend_weights_sum_to_one_up_to_the_largest_overlap_a_config_takes():
+    """Fitted tiles shrink, so their overlap is a larger share of them: past MAX_TILE_OVERLAP three tiles meet
+    somewhere and the weights sum above 1 (0.45 did at 16 of these sizes); configs refuse such overlaps."""
+    from vitok.config import MAX_TILE_OVERLAP
+    from vitok.data.errors import VitokError
+    from vitok.geometry import ramp
+
+    for stride, tile in ((8, 64), (16, 128), (4, 32)):
+        for size in range(1, 700):
+            axis = plan_axis(size, stride, tile, MAX_TILE_OVERLAP, fit=True)
+            total = torch.zeros(axis.padded)
+            for i in range(axis.count):
+                total[i * axis.step:i * axis.step + axis.tile] += ramp(axis, i)
+            torch.testing.assert_close(total, torch.ones_like(total), msg=f"size {size}, stride {stride}")
+    with pytest.raises(VitokError, match=r"tile_overlap must be in \[0, 0.4\]"):
+        vitok.create_model("vit-tiny", tile_overlap=0.45)
+
+
 def test_fitted_tiles_cover_the_frame_with_least_padding():
     """Fitted tiles: as many as fixed ones, each a multiple of the stride no larger than the tile, covering the
     axis with under one stride of padding per tile (fixed tiles pad 720 px to 1024 at tile 256, overlap 64)."""

@@ -65,6 +65,8 @@ def test_round_trip_is_bit_exact(shards_dir, video_dir):
     # normalized reading undoes exactly enough to come back through latents_from_batch
     norm = collate_latents([LatentShards(shards_dir, normalize=True)[i] for i in range(3)])
     torch.testing.assert_close(latents_from_batch(tok, norm, ds.mean, ds.std).z, batch["z"])
+    with pytest.raises(ValueError, match="pass both mean and std"):   # the mean alone was ignored
+        latents_from_batch(tok, norm, mean=ds.mean)
 
 
 def test_collate_pads_variable_length():
