@@ -537,6 +537,7 @@ class VitokCodec(Codec):
     def _check_tiling(self, header: VtokHeader) -> None:
         """Refuse a stream whose tiles of its frames differ from what this model would cut. Without ``tiling`` the
         frames are one tile, or the stream predates the record and used tiles of exactly the config's size."""
+        from vitok.config import MAX_TILE_OVERLAP
         from vitok.geometry import plan_axis
 
         ours = self.tok.tiling
@@ -546,7 +547,7 @@ class VitokCodec(Codec):
         stride = self.tok.spatial_stride
         if not (isinstance(theirs, dict) and set(theirs) == set(ours) and isinstance(theirs["fit"], bool)
                 and (theirs["tile"] is None or type(theirs["tile"]) is int and theirs["tile"] >= 2 * stride)
-                and isinstance(theirs["overlap"], (int, float)) and 0 <= theirs["overlap"] < 0.5):
+                and isinstance(theirs["overlap"], (int, float)) and 0 <= theirs["overlap"] <= MAX_TILE_OVERLAP):
             raise BitstreamError(f"bad tiling record in the header: {theirs!r}")
 
         def axes(t: dict[str, Any]) -> list[Any]:
