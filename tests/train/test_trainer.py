@@ -120,6 +120,27 @@ def test_gan_and_trainer_side_nested_dropout(make_cfg, metrics, tmp_path):
     assert "gan" in recs[-1] and all(torch.isfinite(torch.tensor(r["loss"])) for r in recs)
 
 
+def test_a_non_finite_discriminator_loss_skips_its_update(make_cfg, metrics, tmp_path, monkeypatch):
+    import vitok.train.trainer as trainer_mod
+
+    real = trainer_mod.hinge_d_loss
+    monkeypatch.setattr(trainer_mod, "hinge_d_loss", lambda a, b: real(a, b) * float("nan"))
+    seen = {}
+    real_step = trainer_mod.Trainer._disc_step
+
+    def watch(self, x, fake):
+        before = [p.detach().clone() for p in self.disc.parameters()]
+        out = real_step(self, x, fake)
+        seen["unchanged"] = all(torch.equal(a, b) for a, b in zip(before, self.disc.parameters()))
+        return out
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_disc_step", watch)
+    train(make_cfg("tiny-vit", "schedule.steps=3", "loss.gan=0.1", "loss.gan_start=1", "loss.disc_channels=8",
+                   "checkpoint.every=0", "data.synthetic.num_clips=2"), tmp_path / "run", quiet=True)
+    recs = [r for r in metrics(tmp_path / "run") if "loss" in r]
+    assert [r.get("disc", "absent") for r in recs] == ["absent", None, None] and seen["unchanged"]
+
+
 def test_init_continues_from_pretrained_weights(make_cfg, tmp_path):
     """model.init starts from saved weights (how a bundled model keeps training in a fresh clone); with lr 0 the
     exported model is the initial one, and a model of another architecture is refused by name."""

@@ -447,13 +447,18 @@ class Trainer:
         """1D model with a trainer-side nested-dropout schedule (mode uniform|pow2) instead of the model's own."""
         return bool(self.tok.max_tokens) and self.cfg["nested_dropout"]["mode"] != "model"
 
-    def _disc_step(self, real: torch.Tensor, fake: torch.Tensor) -> float:
+    def _disc_step(self, real: torch.Tensor, fake: torch.Tensor) -> float | None:
+        """One discriminator update; skipped (None) when its loss is non-finite on any process."""
         with self._autocast():
             d_loss = hinge_d_loss(self.disc_fwd(real), self.disc_fwd(fake))
         self.disc_opt.zero_grad(set_to_none=True)
         d_loss.backward()
+        value = D.all_reduce_mean(d_loss.detach().float().nan_to_num(float("inf")), self.info)
+        if not bool(torch.isfinite(value)):
+            self.disc_opt.zero_grad(set_to_none=True)
+            return None
         self.disc_opt.step()
-        return float(D.all_reduce_mean(d_loss.detach().float(), self.info))
+        return float(value)
 
     def _skip(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """Count a skipped non-finite step (``run`` stops once ``max_bad_steps`` happened in a row)."""
