@@ -68,7 +68,8 @@ def bench_one(codec: Any, frames: np.ndarray, fps: Fraction, op: Mapping[str, An
             "encode_fps": t / min(enc_s), "decode_fps": t / min(dec_s), "encode_s": min(enc_s),
             "decode_s": min(dec_s), "load_peak_mb": load_mb,
             "encode_peak_mb": enc_mem.peak_mb, "decode_peak_mb": dec_mem.peak_mb,
-            "bytes": nbytes, "file_bytes": len(data), "bpp": nbytes * 8 / (t * h * w), "psnr": psnr(frames, np.asarray(decoded))}
+            "bytes": nbytes, "file_bytes": len(data), "bpp": nbytes * 8 / (t * h * w),
+            "psnr": psnr(frames, np.asarray(decoded))}
 
 
 def _bench_in_child(name: str, frames: np.ndarray, fps: Fraction, op: dict, repeat: int, warmup: bool,

@@ -93,7 +93,8 @@ def test_a_half_precision_model_saves_a_file_that_loads(tmp_path, model_dtype, f
     assert next(back.parameters()).dtype == torch.float32
     ref = {k: v.float() for k, v in tok.state_dict().items()}
     tol = {None: 0.0, torch.float16: 1e-3, torch.int8: 0.02}[file_dtype]   # int8 rounds each row
-    assert all(torch.allclose(back.state_dict()[k], v, atol=tol * max(1.0, float(v.abs().max()))) for k, v in ref.items())
+    got = back.state_dict()
+    assert all(torch.allclose(got[k], v, atol=tol * max(1.0, float(v.abs().max()))) for k, v in ref.items())
 
 
 def test_weights_hash_follows_in_place_changes():

@@ -22,7 +22,8 @@ from torch import nn
 from vitok.data.atomic import atomic_dir, write_bytes_atomic
 from vitok.data.errors import VitokError
 from vitok.train import distributed as D
-from vitok.train.checkpoint import clear_partial_writes, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from vitok.train.checkpoint import (clear_partial_writes, latest_checkpoint, load_checkpoint, rng_state,
+                                    save_checkpoint, set_rng_state)
 from vitok.train.config import incompatible_changes
 from vitok.train.data import TrainClips, eval_clips, make_train_loader
 from vitok.train.evaluate import evaluate_model, save_grid
