@@ -151,6 +151,12 @@ class DiffusersAdapter(nn.Module):
 
     def decode(self, z: torch.Tensor, return_dict: bool = True):
         """Normalized latents in the layout `encode` gives -> DecoderOutput(sample) video (or image for 4D z)."""
+        want = (3,) if self.tok.max_tokens is not None else (4, 5)
+        if not isinstance(z, torch.Tensor) or z.ndim not in want or z.shape[1] != self.config.latent_channels:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            layout = "(B, C, N)" if want == (3,) else "(B, C, t, h, w) or (B, C, h, w)"
+            raise VitokError(f"DiffusersAdapter: latents must be {layout} with C={self.config.latent_channels}, "
+                             f"got {shape}")
         frames, height, width = self._geometry(z)
         if self.tok.max_tokens is not None:
             tokens = z.transpose(1, 2)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vitok.data.errors import VitokError
+
 
 @dataclass(frozen=True)
 class Axis:
@@ -93,7 +95,7 @@ def plan(frames: int, height: int, width: int, *, clip_frames: int, unit_frames,
     """Plan the units for a video; `unit_frames(n)` gives the padded length of a chunk holding n frames;
     `fit_tiles`: tiles shrink to cover the frame (see `plan_axis`)."""
     if min(frames, height, width) < 1:
-        raise ValueError(f"empty video geometry {frames}x{height}x{width}")
+        raise VitokError(f"empty video geometry {frames}x{height}x{width}: frames, height and width must be >= 1")
     chunks = 1 if frames <= clip_frames else math.ceil(frames / clip_frames)
     return Geometry(frames, height, width, clip_frames, chunks, unit_frames(min(frames, clip_frames)),
                     plan_axis(height, stride, tile_size, tile_overlap, fit_tiles),

@@ -103,3 +103,15 @@ def test_whole_frames_unless_tiling_enabled(clip):
     assert vae.encode(small).latent_dist.mean.shape == (1, 8, 2, 6, 8)
     vae.disable_tiling()
     assert vae.encode(x).latent_dist.mean.shape == (1, 8, 2, 10, 12)
+
+
+def test_latents_of_the_wrong_layout_are_refused_by_name(grid):
+    for z in (torch.zeros(1, 16, 16), torch.zeros(1, 5, 2, 2, 2), "z"):
+        with pytest.raises(vitok.VitokError, match=r"DiffusersAdapter: latents must be \(B, C, t, h, w\) or"):
+            grid.decode(z)
+
+
+def test_an_empty_geometry_is_a_vitok_error():
+    tok = vitok.create_model("vit-tiny")
+    with pytest.raises(vitok.VitokError, match="empty video geometry 0x32x32"):
+        tok.make_latents(torch.zeros(1, 4, 8), 0, 32, 32)
