@@ -480,7 +480,7 @@ def latents_from_batch(tok: Any, batch: dict[str, Any], mean: torch.Tensor | Non
         raise ValueError("latents_from_batch: pass both mean and std (LatentShards.mean, .std) or neither")
     z = batch["z"]
     if std is not None:
-        z = z * std.to(z) + (mean.to(z) if mean is not None else 0.0)
+        z = z * std.to(z) + mean.to(z)
     k, mask = geometry["num_tokens"], batch["mask"]
     return tok.make_latents(z, geometry["frames"], geometry["height"], geometry["width"],
                             num_tokens=None if k < 0 else k, mask=None if bool(mask.all()) else mask)

@@ -204,9 +204,9 @@ class Tokenizer(nn.Module):
         The video may stay on the CPU: chunks move to the model's device one at a time. `tiled=False` (grid models)
         codes whole frames in one pass instead of the config's tiles; the Latents remember it for `decode`."""
         self._check_video(video)
-        if not bool(torch.isfinite(video).all()):  # here, not in the training forward: the trainer guards its steps
+        peak = float(video.detach().abs().amax())  # one pass for both checks: a NaN or inf value shows in the peak
+        if not math.isfinite(peak):  # here, not in the training forward: the trainer guards its steps
             raise VitokError("video holds NaN or infinite values")
-        peak = float(video.detach().abs().max())
         if peak > VALUE_WARN:
             warnings.warn(f"video values reach {peak:g}: vitok models take [-1, 1] (vitok.data.frames_to_tensor "
                           f"converts uint8 frames)", stacklevel=2)
