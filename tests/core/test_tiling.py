@@ -22,7 +22,8 @@ def test_blend_weights_sum_to_one(size, fit):
 
 def test_blend_weights_sum_to_one_up_to_the_largest_overlap_a_config_takes():
     """Fitted tiles shrink, so their overlap is a larger share of them: past MAX_TILE_OVERLAP three tiles meet
-    somewhere and the weights sum above 1 (0.45 did at 16 of these sizes); configs refuse such overlaps."""
+    somewhere and the weights sum above 1 (0.45 does in 28 of the 2097 cases swept here); configs refuse such
+    overlaps."""
     from vitok.config import MAX_TILE_OVERLAP
     from vitok.data.errors import VitokError
     from vitok.geometry import ramp
