@@ -24,6 +24,9 @@ def _list_configs(ctx: click.Context, _param: click.Parameter, value: bool) -> N
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/<config name>].")
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory from its latest checkpoint.")
+@click.option("--stop-at", "stop_at", type=click.IntRange(min=1), default=None, metavar="STEP",
+              help="End this session at STEP (checkpointed) with the schedule unchanged; --resume continues the "
+                   "same learning-rate curve.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="Compute device [default: the config's, auto].")
 @click.option("--list", "list_", is_flag=True, expose_value=False, is_eager=True, callback=_list_configs,
@@ -32,8 +35,8 @@ def _list_configs(ctx: click.Context, _param: click.Parameter, value: bool) -> N
 @overwrite_option
 @quiet_option
 @json_option
-def train(config: str, sets: tuple[str, ...], out_dir: str | None, resume: bool, device: str | None,
-          threads: int | None, overwrite: bool, quiet: bool, as_json: bool) -> None:
+def train(config: str, sets: tuple[str, ...], out_dir: str | None, resume: bool, stop_at: int | None,
+          device: str | None, threads: int | None, overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Train a tokenizer as CONFIG says (a packaged name such as vitok-grid, or a path to a JSON config).
 
     Writes checkpoints, metrics.jsonl, eval PNG grids and the exported EMA model (model/: config.json +
@@ -49,12 +52,13 @@ def train(config: str, sets: tuple[str, ...], out_dir: str | None, resume: bool,
     cfg = load_config(config, sets)
     if device:
         cfg["device"] = device
-    summary = run_training(cfg, out_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+    summary = run_training(cfg, out_dir, resume=resume, overwrite=overwrite, quiet=quiet, stop_at=stop_at)
     if os.environ.get("RANK", "0") != "0":
         return
     ev = summary["eval"]
     loss = summary["last"].get("loss")
     text = (f"trained {cfg['model']['name']} for {summary['steps']} steps"
+            + (f" of {cfg['schedule']['steps']} (--stop-at; continue with --resume)" if summary["stopped"] else "")
             + (f"; last loss {loss:.4f}" if loss is not None else "; no step run in this session")
             + (f"; held-out PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}" if ev else "")
             + f"\nmodel: {summary['model_dir']}")

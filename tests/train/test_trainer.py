@@ -51,6 +51,36 @@ def test_resume_continues_the_same_loss_curve(make_cfg, metrics, tmp_path):
     assert wa == vitok.load(b / "model").weights_hash
 
 
+def test_stop_at_ends_the_session_and_resume_continues_the_same_curve(make_cfg, metrics, tmp_path):
+    """--stop-at 3 of a 6-step schedule: checkpointed at 3 with no final evaluation, and --resume then runs steps 4-6
+    under the unchanged schedule, giving the uninterrupted run's losses and weights."""
+    cfg = make_cfg("tiny-vit1d", "schedule.steps=6", "schedule.warmup=2", "checkpoint.every=100")
+    train(cfg, tmp_path / "a", quiet=True)
+    b = tmp_path / "b"
+    first = train(cfg, b, quiet=True, stop_at=3)
+    assert first["stopped"] and first["steps"] == 3 and first["eval"] is None
+    assert json.loads((b / "checkpoints" / "latest.json").read_text())["step"] == 3
+    assert (b / "model" / "model.safetensors").is_file() and not (b / "train_info.json").exists()
+    assert not [r for r in metrics(b) if "eval_psnr" in r]
+    with pytest.raises(VitokError, match=r"--stop-at 2: the run in .* is already at step 3"):
+        train(cfg, b, resume=True, quiet=True, stop_at=2)
+    done = train(cfg, b, resume=True, quiet=True, stop_at=10)   # past the schedule: runs to its end
+    assert not done["stopped"] and done["steps"] == 6 and done["eval"] is not None
+    la, lb = ([(r["step"], r["loss"], r["lr"]) for r in metrics(run) if "loss" in r] for run in (tmp_path / "a", b))
+    assert [s for s, _, _ in lb] == [1, 2, 3, 4, 5, 6]
+    assert [v for _, *vs in la for v in vs] == pytest.approx([v for _, *vs in lb for v in vs], rel=1e-6, abs=1e-7)
+    assert vitok.load(tmp_path / "a" / "model").weights_hash == vitok.load(b / "model").weights_hash
+    sessions = json.loads((b / "train_info.json").read_text())["sessions"]
+    assert [(s["start_step"], s["end_step"], s["schedule_steps"]) for s in sessions] == [(0, 3, 6), (3, 6, 6)]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_stop_at_must_be_a_step_number(make_cfg, tmp_path, bad):
+    with pytest.raises(VitokError, match=r"--stop-at: a step number >= 1"):
+        train(make_cfg("tiny-vit", "schedule.steps=2"), tmp_path, quiet=True, stop_at=bad)
+    assert not tmp_path.joinpath("config.json").exists()
+
+
 def test_run_dir_rules(make_cfg, tmp_path):
     cfg = make_cfg("tiny-cnn", "schedule.steps=1", "eval.num_segments=1")
     train(cfg, tmp_path, quiet=True)

@@ -97,13 +97,15 @@ class TrainForward(nn.Module):
 
 
 def train(cfg: dict[str, Any], out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
-          quiet: bool = False) -> dict[str, Any]:
+          quiet: bool = False, stop_at: int | None = None) -> dict[str, Any]:
     """Train a tokenizer as ``cfg`` says, writing checkpoints, metrics, eval grids and ``model/`` into ``out_dir``
-    (default ``runs/<name>``). Returns a summary (steps, last losses, final evaluation, paths)."""
+    (default ``runs/<name>``). ``stop_at`` ends this session at that step (checkpointed, no final evaluation) with
+    the schedule unchanged, so ``resume`` continues the same curve. Returns a summary (steps, last losses, final
+    evaluation or None, ``stopped``, paths)."""
     info = D.setup(cfg["device"])
     try:
         return Trainer(cfg, Path(out_dir or Path("runs") / cfg["name"]), info, resume=resume, overwrite=overwrite,
-                       quiet=quiet).run()
+                       quiet=quiet, stop_at=stop_at).run()
     finally:
         D.teardown(info)
 
@@ -179,7 +181,7 @@ class Trainer:
     """One training run; ``run()`` does the work. Only rank 0 writes files or prints."""
 
     def __init__(self, cfg: dict[str, Any], out: Path, info: D.DistInfo, *, resume: bool, overwrite: bool,
-                 quiet: bool) -> None:
+                 quiet: bool, stop_at: int | None = None) -> None:
         self.cfg, self.out, self.info = cfg, out, info
         self.main = info.is_main
         self.quiet = quiet or not self.main
@@ -218,6 +220,9 @@ class Trainer:
         sched, lw = cfg["schedule"], cfg["loss"]
         self.batch_size = int(sched["batch_size"])
         self.total_steps = int(sched["steps"])
+        if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 1):
+            raise VitokError(f"--stop-at: a step number >= 1, got {stop_at!r}")
+        self.end_step = min(self.total_steps, stop_at or self.total_steps)   # where this session ends
         self.num_frames = int(cfg["data"]["num_frames"] or tok.clip_frames)
         self.dataset = TrainClips(cfg["data"], self.num_frames)
         self.loss_fn = TokenizerLoss(lw, frame_size=int(cfg["data"]["size"]), verbose=self.main).to(self.device)
@@ -329,6 +334,9 @@ class Trainer:
                              f"{self.info.world}; resume with {len(rngs)} (torchrun --nproc_per_node={len(rngs)}), or "
                              f"start a new --out from its weights with --set model.init={self.out / 'model'}")
         set_rng_state(rngs[self.info.rank])
+        if self.step >= self.end_step and self.end_step < self.total_steps:
+            raise VitokError(f"--stop-at {self.end_step}: the run in {self.out} is already at step {self.step}; give "
+                             f"a later step, or none to run to schedule.steps={self.total_steps}")
         if self.step > self.total_steps:   # equal: the run is finished at that step (final evaluation, model)
             raise VitokError(f"--resume: the run in {self.out} is already at step {self.step}; give "
                              f"schedule.steps >= {self.step} to continue or finish it")
@@ -354,7 +362,7 @@ class Trainer:
         eval_every, ckpt_every = int(cfg["eval"]["every"]), int(cfg["checkpoint"]["every"])
         log_every = max(1, int(cfg["log_every"]))
         with StopRequest(verbose=self.main) as stop, contextlib.closing(bar):
-            while self.step < self.total_steps:
+            while self.step < self.end_step:
                 t0 = time.perf_counter()
                 batch = next(it).to(self.device, non_blocking=True)
                 window_data += time.perf_counter() - t0   # waiting for the loader (and the copy to the device)
@@ -381,18 +389,21 @@ class Trainer:
                 stopping = self._any_rank(stop.signum is not None)
                 # a periodic checkpoint waits out a non-finite streak, so the latest one is always a good one
                 due = ckpt_every and self.step % ckpt_every == 0 and not self.bad_steps
-                if due or self.step == self.total_steps or stopping:
+                if due or self.step == self.end_step or stopping:
                     self._checkpoint()
                 if stopping and self.step < self.total_steps:
                     why = signal.Signals(stop.signum).name if stop.signum else "a signal to another process"
                     raise TrainingStopped(f"stopped at step {self.step} ({why}): "
                                           f"checkpoint and model saved in {self.out}; continue with --resume")
+        if self.step < self.total_steps:   # --stop-at: checkpointed above; the schedule's end evaluates
+            return {"steps": self.step, "last": last, "eval": None, "stopped": True, "out": str(self.out),
+                    "model_dir": str(self.out / "model")}
         if self.finished and self.main:   # a kill after the last checkpoint may have left model/ behind it
             self._export()
         final = self._evaluate()
         if self.main:
             self._write_info(final)
-        return {"steps": self.step, "last": last, "eval": final, "out": str(self.out),
+        return {"steps": self.step, "last": last, "eval": final, "stopped": False, "out": str(self.out),
                 "model_dir": str(self.out / "model")}
 
     def train_step(self, x: torch.Tensor) -> dict[str, float] | None:
