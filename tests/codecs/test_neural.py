@@ -88,8 +88,8 @@ def test_rate_estimate_agrees_with_real_bytes(tinygrid, clip):
 
 def test_step_is_the_rate_knob(codec1d, clip):
     frames, fps = clip
-    sizes = [len(codec1d.encode(frames, fps, step=s)) for s in (0.25, 0.5, 2.0, 4.0)]
-    assert sizes == sorted(sizes, reverse=True)
+    sizes = [len(codec1d.encode(frames, fps, step=s)) for s in (0.125, 0.25, 0.5, 1.0)]
+    assert all(a > b + 8 for a, b in zip(sizes, sizes[1:])), sizes   # more than the header's step text
 
 
 def test_rate_control_modes(codec1d, clip):
@@ -303,6 +303,7 @@ def test_rate_control_per_tile_round_trips(codec1d, tiled_clip):
     _, one = codec1d.encode_with_stats(frames, fps, psnr=0.0)
     assert one.tokens == [1, 1]  # any setting reaches 0 dB: the cheapest, written as one count
     data, st = codec1d.encode_with_stats(frames, fps, psnr=99.0)  # the least distortion each tile's bound sees
+    assert any(isinstance(k, tuple) and len(set(k)) > 1 for k in st.tokens), st.tokens   # tiles that differ
     for (info, q, tokens, _), chunk, rec in zip(codec1d.iter_symbols(data), (frames[:8], frames[8:]),
                                                 codec1d.iter_decode(data)):
         counts = tokens if isinstance(tokens, tuple) else (tokens,) * 4

@@ -22,7 +22,7 @@ def test_pixel_and_ssim_losses():
     assert ssim_loss(x, torch.rand_like(x)).item() > 0.5
 
 
-def test_weighted_total_and_subsampled_frames():
+def test_weighted_total():
     loss = TokenizerLoss(_cfg(l1=1.0, l2=2.0, ssim=0.5, kl=0.1, consistency=3.0, image_frames=2), frame_size=24)
     x = torch.rand(2, 3, 5, 24, 24) * 2 - 1
     r = (x + 0.1 * torch.randn_like(x)).requires_grad_()
@@ -32,6 +32,18 @@ def test_weighted_total_and_subsampled_frames():
     assert total.item() == pytest.approx(want.item(), rel=1e-5)
     total.backward()
     assert torch.isfinite(r.grad).all()
+
+
+def test_image_losses_see_only_the_subsampled_frames():
+    """image_frames=2 of 5 frames takes frames 0 and 4: an error in frame 2 alone shows in L1 but not in SSIM, while
+    with every frame (image_frames=0) SSIM sees it too."""
+    x = torch.rand(1, 3, 5, 24, 24) * 2 - 1
+    r = x.clone()
+    r[:, :, 2] = torch.rand(1, 3, 24, 24) * 2 - 1
+    _, sub = TokenizerLoss(_cfg(l1=1.0, ssim=1.0, image_frames=2), frame_size=24)(x, r)
+    _, full = TokenizerLoss(_cfg(l1=1.0, ssim=1.0, image_frames=0), frame_size=24)(x, r)
+    assert sub["l1"].item() == pytest.approx(full["l1"].item()) and sub["l1"].item() > 0.05
+    assert sub["ssim"].item() == pytest.approx(0.0, abs=1e-5) and full["ssim"].item() > 0.1
 
 
 def test_lpips_unavailable_prints_notice_and_weight_zero(tmp_path, monkeypatch, capsys):

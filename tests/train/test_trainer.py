@@ -140,13 +140,28 @@ def test_consistency_reencodes_the_whole_clip_as_the_first_pass_did(make_cfg, me
     assert all(r["consistency"] > 0 for r in metrics(tmp_path / "run") if "loss" in r)
 
 
-def test_gan_and_trainer_side_nested_dropout(make_cfg, metrics, tmp_path):
+def test_gan_and_trainer_side_nested_dropout(make_cfg, metrics, tmp_path, monkeypatch):
+    """The GAN joins at gan_start; the trainer draws each step's token count on the pow2 schedule, and the model
+    codes that many tokens (the logged count is the one the forward pass used)."""
+    from vitok.train.trainer import TrainForward
+
+    seen = []
+    real = TrainForward.forward
+
+    def spying(self, video, num_tokens=None):
+        res = real(self, video, num_tokens)
+        seen.append((num_tokens, int(res["mask"][0].sum())))
+        return res
+
+    monkeypatch.setattr(TrainForward, "forward", spying)
     cfg = make_cfg("tiny-vit1d", "schedule.steps=4", "loss.gan=0.1", "loss.gan_start=2", "loss.disc_channels=8",
                    "nested_dropout.mode=pow2", "checkpoint.every=2")
     train(cfg, tmp_path, quiet=True)
     recs = [r for r in metrics(tmp_path) if "loss" in r]
     assert ["disc" in r for r in recs] == [False, False, True, True]
-    assert all(r["num_tokens"] in (1, 2, 4, 8, 16) for r in recs)
+    counts = [r["num_tokens"] for r in recs]
+    assert set(counts) <= {1, 2, 4, 8, 16} and len(set(counts)) > 1, counts
+    assert [(k, k) for k in counts] == seen
     assert "gan" in recs[-1] and all(torch.isfinite(torch.tensor(r["loss"])) for r in recs)
 
 
