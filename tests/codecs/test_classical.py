@@ -75,12 +75,26 @@ def test_drop_user_data_sei_keeps_every_other_nal():
     assert drop_user_data_sei(b"no start code") == b"no start code"
 
 
-def test_frame_threading_and_gop_knobs(carphone_clip):
+def test_gop_knob(carphone_clip):
     codec = get_codec("h264")
     a = codec.encode(carphone_clip, 30, crf=30, gop=1)  # all intra: bigger
-    b = codec.encode(carphone_clip, 30, crf=30, gop=64, threads=1)
+    b = codec.encode(carphone_clip, 30, crf=30, gop=64)
     assert len(a) > len(b)
     assert codec.decode(a)[0].shape == codec.decode(b)[0].shape
+    assert set(_picture_types(a)) == {"I"} and "P" in _picture_types(b)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_threads_knob_reaches_the_encoder(carphone_clip, monkeypatch, threads):
+    """x264 states its thread count in the banner the codec cuts from the stream: read it before the cut."""
+    import vitok.codecs.classical as classical
+
+    banners = []
+    real = classical._without_banner
+    monkeypatch.setattr(classical, "_without_banner", lambda packet: (banners.append(bytes(packet)), real(packet))[1])
+    data = get_codec("h264").encode(carphone_clip, 30, crf=30, threads=threads)
+    assert len(banners) == 1 and f" threads={threads} ".encode() in banners[0]
+    assert b"x264 - core" not in data
 
 
 def _picture_types(data: bytes) -> str:

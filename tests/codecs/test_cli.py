@@ -53,14 +53,6 @@ def _error(capsys, *args: str) -> str:
     return err
 
 
-def test_encode_reports_stats(encoded, clip):
-    from vitok.codecs.container import read_vtok
-
-    header, chunks = read_vtok(encoded)
-    assert (header.frames, header.width, header.height) == (20, 64, 48)
-    assert len(chunks) == 3
-
-
 def test_encode_json_and_options(video, tiny1d, tmp_path):
     out = tmp_path / "a.vtok"
     res = _run("encode", str(video), "-o", str(out), "--model", str(tiny1d[2]), "--frames", "9", "--start", "2",
@@ -185,16 +177,17 @@ def test_errors_are_one_line(capsys, encoded, video, tiny1d, tmp_path):
     assert "input not found" in _error(capsys, "decode", str(tmp_path / "nope.vtok"), "-o", str(tmp_path / "e.npy"))
     assert "not bundled" in _error(capsys, "decode", str(encoded), "-o", str(tmp_path / "f.npy"))
     assert "input not found" in _error(capsys, "info", str(tmp_path / "nope.mp4"))
-    _error(capsys, "encode", str(video), "-o", str(tmp_path / "g.vtok"), "--model", model, "--tokens", "2",
-           "--psnr", "30")
-    _error(capsys, "encode", str(video), "-o", str(tmp_path / "h.vtok"), "--model", model, "--size", "abc")
+    assert "give at most one of --tokens, --bytes, --psnr" in _error(
+        capsys, "encode", str(video), "-o", str(tmp_path / "g.vtok"), "--model", model, "--tokens", "2", "--psnr", "30")
+    assert "expected WxH like 256x256, got 'abc'" in _error(capsys, "encode", str(video), "-o", str(tmp_path / "h.vtok"),
+                                                           "--model", model, "--size", "abc")
     assert "tokens must be" in _error(capsys, "encode", str(video), "-o", str(tmp_path / "i.vtok"), "--model",
                                       model, "--tokens", "999")
     assert "ffv1 needs a .mkv" in _error(capsys, "decode", str(encoded), "-o", str(tmp_path / "j.mp4"), "--model",
                                          model, "--codec", "ffv1")
     (tmp_path / "text.mp4").write_text("hello")
-    assert "error: " in _error(capsys, "encode", str(tmp_path / "text.mp4"), "-o", str(tmp_path / "k.vtok"),
-                               "--model", model)
+    assert "text.mp4: not a readable video or image" in _error(capsys, "encode", str(tmp_path / "text.mp4"), "-o",
+                                                               str(tmp_path / "k.vtok"), "--model", model)
     assert not (tmp_path / "k.vtok").exists()
 
 

@@ -64,23 +64,6 @@ def test_save_load_same_tables(synthetic, tmp_path):
         EntropyTables.load(tmp_path / "bad.safetensors")
 
 
-def test_decoding_is_independent_of_threads(synthetic):
-    """Integers come from the stored integer tables only: other thread counts / dtypes give identical integers."""
-    tables, scale = synthetic
-    z = torch.randn(300, 6, generator=torch.Generator().manual_seed(4)) * scale
-    q = tables.quantize(z.double(), 1.0, 1)
-    data = tables.encode(q, 1)
-    old = torch.get_num_threads()
-    try:
-        outs = []
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            outs.append(tables.decode(data, 300, 1))
-    finally:
-        torch.set_num_threads(old)
-    assert np.array_equal(outs[0], q) and np.array_equal(outs[1], q)
-
-
 def test_garbage_rans_data_is_bitstream_error_or_values(synthetic):
     tables, _ = synthetic
     rng = np.random.default_rng(0)

@@ -43,24 +43,17 @@ def test_clip_round_trip_1d_and_grid(codec1d, tinygrid, clip):
         assert np.array_equal(mid, out[8:16])
 
 
-def test_integers_identical_across_threads_and_float_tables(codec1d, stream1d):
-    """The decoder's integers depend only on the integer tables: other thread counts and other float quantizer
-    statistics (a stand-in for another machine's float details) give identical integers."""
+def test_integers_depend_only_on_the_integer_tables(codec1d, stream1d):
+    """The decoder's integers come from the integer tables alone: other float quantizer statistics (a stand-in for
+    another machine's float details) give identical integers."""
     header, chunks = read_vtok(stream1d)
     tables = codec1d.tables
     other = EntropyTables(tables.mean + 0.1, tables.std * 1.5, tables.tables, tables.meta, tables.context_radius)
-    old = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            results.append([codec1d.decode_symbols(p, i.frames, header.height, header.width)[0] for i, p in chunks])
-    finally:
-        torch.set_num_threads(old)
-    for (info, payload), a, b in zip(chunks, *results):
+    for info, payload in chunks:
+        a = codec1d.decode_symbols(payload, info.frames, header.height, header.width)[0]
         index, _, tokens, data = parse_chunk(payload)
         c = other.decode(data, a.shape[0], index, (tokens, 1, 1))  # a 1D unit: contexts run along its tokens
-        assert np.array_equal(a, b) and np.array_equal(a, c)
+        assert a.size > 0 and np.array_equal(a, c)
 
 
 def test_byte_accounting(codec1d, clip):
