@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -19,17 +20,23 @@ def test_model_stats_tiny():
     assert (stats["tokens"], stats["channels"]) == (2 * 3 * 8 * 8, 16)  # 16 frames = 2 chunks of 9 -> 3 each
 
 
-def test_flop_count_sees_attention_on_the_meta_device():
+def test_model_stats_counts_attention(monkeypatch):
     """model_stats counts on the meta device, where attention breaks into counted matmuls (QK^T and AV, 2 FLOPs per
-    multiply-add); on a real CPU tensor the fused kernel has no FLOP formula and attention would drop out unseen."""
-    import torch.nn.functional as F
-    from torch.utils.flop_counter import FlopCounterMode
+    multiply-add); on a real CPU tensor the fused kernel has no FLOP formula and attention would drop out unseen.
+    Taking attention out must lower vit-tiny's count by exactly units x blocks x 2 x (2 n^2 width)."""
+    import vitok.nn.attention as attention
 
-    heads, n, d = 4, 256, 32
-    q = torch.zeros(1, heads, n, d, device="meta")
-    with FlopCounterMode(display=False) as counter:
-        F.scaled_dot_product_attention(q, q, q)
-    assert counter.get_total_flops() == 2 * (2 * heads * n * n * d)
+    tok = vitok.create_model("vit-tiny")
+    cfg = tok.config
+    with_attention = vitok.model_stats(tok)["gflops"]
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda q, k, v: v)   # no FLOPs, same shape
+    without = vitok.model_stats(tok)["gflops"]
+    geo = tok.plan(16, 128, 128)
+    t, h, w = geo.unit_size
+    n = (t // cfg.patch_t) * (h // cfg.patch) * (w // cfg.patch)   # tokens per unit
+    blocks = cfg.enc_depth + cfg.dec_depth
+    assert with_attention - without == pytest.approx(geo.units * blocks * 2 * 2 * n * n * cfg.enc_width / 1e9)
+    assert cfg.enc_width == cfg.dec_width and n == 98 and geo.units == 18   # 3 x 3 tiles of 56 px, 2 chunks
 
 
 def test_model_stats_paper_size_reference():

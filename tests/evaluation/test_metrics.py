@@ -57,6 +57,9 @@ def test_psnr_is_mean_of_per_frame_values():
 def test_ms_ssim_needs_161_pixels():
     small = _gray(t=1, h=144, w=176)
     assert M.ms_ssim(small, small) is None
+    for h, w in ((160, 170), (170, 160)):   # one pixel short on either side
+        edge = np.random.default_rng(2).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+        assert M.ms_ssim(edge, edge) is None
     big = np.random.default_rng(1).integers(0, 256, (1, 161, 170, 3), dtype=np.uint8)
     assert M.ms_ssim(big, big) == pytest.approx(1.0, abs=1e-5)
     noisy = np.clip(big.astype(int) + 20 * _signs(big.shape), 0, 255).astype(np.uint8)
