@@ -79,7 +79,7 @@ def test_garbage_rans_data_is_bitstream_error_or_values(synthetic):
 def test_bad_step(synthetic):
     tables, _ = synthetic
     for bad in (0, -1.0, float("nan"), "x"):
-        with pytest.raises(CodecError):
+        with pytest.raises(CodecError, match="quantization step must be a positive number"):
             tables.table_index(bad)
     assert tables.table_index(0.3) == 0 and tables.table_index(3.0) == 2
 

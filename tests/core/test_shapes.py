@@ -70,9 +70,9 @@ def test_cnn_is_causal(models, clip):
 
 def test_bad_inputs(models):
     tok = models["vit-tiny"]
-    with pytest.raises(VitokError):
+    with pytest.raises(VitokError, match=r"float tensor \(B,3,T,H,W\) in \[-1,1\], got \(3, 4, 16, 16\)"):
         tok.encode(torch.zeros(3, 4, 16, 16))
-    with pytest.raises(VitokError):
+    with pytest.raises(VitokError, match=r"float tensor in \[-1,1\], got torch.uint8"):
         tok.encode(torch.zeros(1, 3, 4, 16, 16, dtype=torch.uint8))
     with pytest.raises(VitokError, match="num_tokens"):
         tok.encode(torch.zeros(1, 3, 4, 16, 16), num_tokens=3)

@@ -117,7 +117,19 @@ def test_make_loader_batches_and_seeds():
     assert len(workers) == 2 and workers[0].shape == (5, 3, 3, 16, 16)
 
 
-def test_make_loader_distributed(tmp_path):
+class _Indexed(torch.utils.data.Dataset):
+    """Item i is a (3, 1, 1, 1) clip filled with i: a batch says which items it holds."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.full((3, 1, 1, 1), float(i))
+
+
+def test_make_loader_distributed(tmp_path, monkeypatch):
+    """Under an initialised process group each rank reads its own half of the items (the two halves disjoint and
+    together the whole set), in the same order whenever the seed is the same."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
@@ -125,5 +137,13 @@ def test_make_loader_distributed(tmp_path):
         loader = make_loader(SyntheticMotion(6, 2, 8, sources=_sources()), 2, distributed=True)
         assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
         assert next(iter(loader)).shape == (2, 3, 2, 8, 8)
+        monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)   # as rank r of two processes
+        seen = []
+        for rank in (0, 1, 0):
+            monkeypatch.setattr(dist, "get_rank", lambda group=None, r=rank: r)
+            seen.append([int(b[j, 0, 0, 0, 0]) for b in make_loader(_Indexed(), 2, distributed=True, seed=3)
+                         for j in range(len(b))])
+        assert len(seen[0]) == len(seen[1]) == 6 and sorted(seen[0] + seen[1]) == list(range(12))
+        assert seen[0] == seen[2]
     finally:
         dist.destroy_process_group()

@@ -171,7 +171,7 @@ def test_start_stride_num_frames_crop_size(tiny_video, tiny_frames):
     assert np.array_equal(frames, resize_frames(tiny_frames[:, :, 4:28], (8, 8)))
     a, _ = read_video(tiny_video, size=(20, 10))
     assert a.shape == (9, 10, 20, 3) and np.array_equal(a, read_video(tiny_video, size=(20, 10))[0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r'crop="center" needs size'):
         read_video(tiny_video, crop="center")
     with pytest.raises(VideoReadError, match="outside"):
         read_video(tiny_video, crop=(30, 0, 10, 10))

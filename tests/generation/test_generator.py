@@ -11,6 +11,7 @@ import vitok
 from vitok.cli.main import cli, main
 from vitok.data.convert import frames_to_tensor
 from vitok.data.io import read_video
+from vitok.data.shards import ShardError
 from vitok.evaluation.generation import FlowDiT, GeneratorConfig, flow_loss, load_generator, sample_flow, \
     save_generator, train_generator
 from vitok.extract import read_clips
@@ -132,11 +133,11 @@ def test_a_failed_training_run_leaves_no_folder_and_an_earlier_run_whole(tmp_pat
         with open(shard, "r+b") as f:
             f.truncate(shard.stat().st_size // 2)
     args = dict(steps=4, batch_size=2, width=16, depth=1, heads=2, log_every=2)
-    with pytest.raises(Exception, match="damaged shard"):
+    with pytest.raises(ShardError, match="damaged shard"):
         train_generator(bad, tmp_path / "new" / "gen", **args)
     assert not (tmp_path / "new").exists()  # folders it made are gone
     train_generator(shards_dir, tmp_path / "gen", **args)
     before = {p.name: p.read_bytes() for p in (tmp_path / "gen").iterdir()}
-    with pytest.raises(Exception, match="damaged shard"):
+    with pytest.raises(ShardError, match="damaged shard"):
         train_generator(bad, tmp_path / "gen", **args)  # as `-y` over it would
     assert {p.name: p.read_bytes() for p in (tmp_path / "gen").iterdir()} == before

@@ -112,7 +112,7 @@ def test_nested_dropout_schedules():
     draws = [sample_num_tokens(16, "uniform", 2, g) for _ in range(200)]
     assert min(draws) == 2 and max(draws) == 16
     assert {sample_num_tokens(12, "pow2", 1, g) for _ in range(200)} == {1, 2, 4, 8, 12}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="model, uniform or pow2, got 'sometimes'"):
         sample_num_tokens(8, "sometimes", 1)
 
 

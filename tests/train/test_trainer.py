@@ -188,7 +188,7 @@ def test_a_non_finite_discriminator_loss_skips_its_update(make_cfg, metrics, tmp
 
 def test_init_continues_from_pretrained_weights(make_cfg, tmp_path):
     """model.init starts from saved weights (how a bundled model keeps training in a fresh clone); with lr 0 the
-    exported model is the initial one, and a model of another architecture is refused by name."""
+    exported model is the initial one, and a model of another shape is refused naming the fields that differ."""
     torch.manual_seed(123)
     start = vitok.create_model("vit-tiny")
     start.save_pretrained(tmp_path / "start")
@@ -206,11 +206,6 @@ def test_init_continues_from_pretrained_weights(make_cfg, tmp_path):
     train(make_cfg("tiny-vit", "schedule.steps=1", "data.synthetic.num_clips=2"), tmp_path / "run", overwrite=True,
           quiet=True)
     assert not (tmp_path / "run" / "init.json").exists()  # -y without model.init: no stale lineage left
-    vitok.create_model("cnn-tiny").save_pretrained(tmp_path / "other")
-    bad = make_cfg("tiny-vit", "schedule.steps=1", f"model.init={json.dumps(str(tmp_path / 'other'))}")
-    with pytest.raises(VitokError, match="model.init: .* does not fit the config's architecture"):
-        train(bad, tmp_path / "bad", quiet=True)
-    assert not (tmp_path / "bad").exists()  # a refused config leaves no run folder behind
     vitok.create_model("vit-tiny", dec_depth=3).save_pretrained(tmp_path / "deeper")
     shallower = make_cfg("tiny-vit", "schedule.steps=1", f"model.init={json.dumps(str(tmp_path / 'deeper'))}")
     with pytest.raises(VitokError, match=r"\(dec_depth 3 vs 2\); model.init can change a 1D model's token count and "
@@ -378,6 +373,7 @@ def test_init_from_another_kind_of_model_is_refused(make_cfg, tmp_path):
     cfg = make_cfg("tiny-vit", "schedule.steps=1", f"model.init={json.dumps(str(tmp_path / 'oned'))}")
     with pytest.raises(VitokError, match="model.init: .* does not fit the config's architecture"):
         train(cfg, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()  # a refused config leaves no run folder behind
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
