@@ -38,7 +38,8 @@ class LatentDistribution:
         return self.mean
 
     def kl(self) -> torch.Tensor:
-        """KL to N(0, I) per item, summed over the other dims (zeros when deterministic)."""
+        """KL to N(0, I) per item, summed over all other dims (diffusers sums dims 1-3 only: for a video latent its
+        values are these split per column); zeros when deterministic."""
         if self.deterministic:
             return self.mean.new_zeros(self.mean.shape[0])
         dims = tuple(range(1, self.mean.ndim))

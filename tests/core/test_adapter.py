@@ -1,12 +1,11 @@
 """The diffusers-shaped adapter: latent_dist / sample / config.scaling_factor, with the shapes pipelines expect."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 import vitok
+from vitok.adapters import LatentDistribution
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +70,21 @@ def test_1d_shapes(clip):
     assert two_units.decode(longer).sample.shape == (1, 3, 16, 32, 32)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="diffusers not installed")
 def test_matches_diffusers_distribution(grid, clip):
+    """The same mean, std and KL as diffusers' own class (the [test] extra installs it). diffusers sums the KL over
+    dims 1-3 only, which for a video latent (B, C, T, H, W) leaves one value per column; ours is one per item, the
+    same numbers summed over W, and identical for an image latent (B, C, H, W)."""
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
     dist = grid.encode(clip(5, 16, 16)).latent_dist
     ref = DiagonalGaussianDistribution(torch.cat([dist.mean, dist.logvar], dim=1))
-    assert ref.mode().shape == dist.mode().shape
-    torch.testing.assert_close(ref.kl(), dist.kl())
+    assert ref.mode().shape == dist.mode().shape and dist.kl().shape == (1,)
+    torch.testing.assert_close(ref.std, dist.std)
+    torch.testing.assert_close(ref.kl().sum(-1), dist.kl())
+    image = LatentDistribution(dist.mean[:, :, 0], dist.logvar[:, :, 0])
+    ref = DiagonalGaussianDistribution(torch.cat([image.mean, image.logvar], dim=1))
+    torch.testing.assert_close(ref.kl(), image.kl())
+    assert float(dist.kl()[0]) > 0
 
 
 def test_whole_frames_unless_tiling_enabled(clip):
