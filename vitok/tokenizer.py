@@ -252,6 +252,8 @@ class Tokenizer(nn.Module):
         """Decode unit by unit: ``(chunk, (row, col, y0, x0), tile)`` with ``tile`` (B,3,unit_frames,tile_h,tile_w),
         padding included, before blending (``decode`` blends them; rate control weighs each tile's error)."""
         self._check_latents(latents)
+        if not bool(torch.isfinite(latents.z).all()):   # else a NaN video, found only when it is written or scored
+            raise VitokError("latents hold NaN or infinite values")
         lat = latents.denormalized()
         g = self.plan(lat.frames, lat.height, lat.width, lat.tiled)
         n_unit = self.tokens_per_unit(*g.unit_size)

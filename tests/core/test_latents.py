@@ -166,6 +166,17 @@ def test_decode_refuses_another_models_latents_and_bare_tensors(grid_tok):
         grid_tok.decode(lat.z)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_decode_refuses_non_finite_latents(grid_tok, bad):
+    """A diverged generator's NaN latents gave a NaN video, found only when it was written or scored."""
+    lat = grid_tok.encode(torch.rand(1, 3, 8, 32, 32) * 2 - 1)
+    z = lat.z.clone()
+    z[0, 3, 1] = bad
+    with pytest.raises(VitokError, match="latents hold NaN or infinite values"):
+        grid_tok.decode(dataclasses.replace(lat, z=z))
+    assert torch.isfinite(grid_tok.decode(lat)).all()
+
+
 def test_encode_takes_any_integer_token_count_and_warns_on_a_0_255_video(tok1d):
     import numpy as np
 
