@@ -97,6 +97,12 @@ class DiffusersAdapter(nn.Module):
         return self.use_tiling or self.tok.max_tokens is not None
 
     @property
+    def _image_1d(self) -> bool:
+        """A 1D model's adapter made with sample_size=(1, H, W) codes images: its decode gives (B, 3, H, W), as the
+        grid path does for image latents (1D tokens carry no shape to tell an image from a one-frame video)."""
+        return self.tok.max_tokens is not None and self.sample_size is not None and self.sample_size[0] == 1
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.tok.dtype
 
@@ -151,7 +157,8 @@ class DiffusersAdapter(nn.Module):
         return t // full * tok.clip_frames, height, width
 
     def decode(self, z: torch.Tensor, return_dict: bool = True):
-        """Normalized latents in the layout `encode` gives -> DecoderOutput(sample) video (or image for 4D z)."""
+        """Normalized latents in the layout `encode` gives -> DecoderOutput(sample) video, or image (B, 3, H, W) for
+        4D grid latents and for a 1D adapter of sample_size (1, H, W)."""
         want = (3,) if self.tok.max_tokens is not None else (4, 5)
         if not isinstance(z, torch.Tensor) or z.ndim not in want or z.shape[1] != self.config.latent_channels:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
@@ -174,5 +181,5 @@ class DiffusersAdapter(nn.Module):
                              "latents were encoded at") from None
         lat = dataclasses.replace(lat, is_normalized=True)
         video = self.tok.decode(lat)
-        video = video[:, :, 0] if z.ndim == 4 else video
+        video = video[:, :, 0] if z.ndim == 4 or self._image_1d else video
         return DecoderOutput(video) if return_dict else (video,)

@@ -68,6 +68,11 @@ def test_1d_shapes(clip):
     with pytest.raises(vitok.VitokError, match=r"32 latent tokens do not fit sample_size=\(8, 32, 32\)"):
         adapter.decode(longer)
     assert two_units.decode(longer).sample.shape == (1, 3, 16, 32, 32)
+    images = vitok.DiffusersAdapter(tok, sample_size=(1, 32, 32))   # an image adapter: images in, images out
+    x = clip(1, 32, 32)[:, :, 0]
+    z = images.encode(x).latent_dist.mode()
+    assert z.shape == (1, 8, 16) and images.decode(z).sample.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(images.decode(z).sample, tok.decode(tok.encode(x.unsqueeze(2)))[:, :, 0])
 
 
 def test_matches_diffusers_distribution(grid, clip):
