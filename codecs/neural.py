@@ -162,6 +162,10 @@ class VitokCodec(Codec):
         if tables.unit_tokens not in (None, tok.max_tokens):
             raise CodecError(f"{self.model_ref}: entropy tables are for {tables.unit_tokens} tokens per unit, the "
                              f"model has {tok.max_tokens or 'a token grid'}")
+        calibrated = tables.meta.get("weights_hash")
+        if calibrated and calibrated != tok.weights_hash:   # e.g. new weights saved into a calibrated folder
+            raise CodecError(f"{self.model_ref}: entropy tables were calibrated for other weights ({calibrated[:12]}, "
+                             f"the model's are {tok.weights_hash[:12]}); refit them with `vitok calibrate DIR -y`")
         return tables
 
     @property

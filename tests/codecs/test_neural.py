@@ -139,15 +139,36 @@ def test_empty_video(codec1d):
         codec1d.encode_stream(iter([]), Fraction(25), io.BytesIO())
 
 
+def test_tables_of_other_weights_are_refused(tiny1d, clip, tmp_path):
+    """New weights saved into a calibrated folder keep its old entropy.safetensors (save_pretrained leaves other
+    files): the codec coded with the old quantizer statistics silently; now it names the mismatch."""
+    import shutil
+
+    import vitok
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny1d[2], folder)
+    assert VitokCodec(str(folder)).tables.meta["weights_hash"] == tiny1d[0].weights_hash
+    torch.manual_seed(7)
+    vitok.create_model("vit1d-tiny").save_pretrained(folder)
+    with pytest.raises(CodecError, match=r"calibrated for other weights \([0-9a-f]{12}, the model's are [0-9a-f]{12}\); "
+                                         r"refit them with `vitok calibrate DIR -y`"):
+        VitokCodec(str(folder)).encode(*clip)
+
+
 def test_model_mismatch_is_refused(tiny1d, stream1d):
     import vitok
 
     tok, tables, _ = tiny1d
     torch.manual_seed(123)
     other = vitok.create_model("vit1d-tiny").freeze()
+    with pytest.raises(CodecError, match=r"entropy tables were calibrated for other weights"):
+        VitokCodec(other, tables)
+    theirs = EntropyTables(tables.mean, tables.std, tables.tables, {**tables.meta, "weights_hash": other.weights_hash},
+                           tables.context_radius)   # the same tables as if calibrated for `other`
     with pytest.raises(BitstreamError, match=r"model mismatch: .*'vit1d-tiny' \(weights [0-9a-f]{16}\).*"
                                              r"'vit1d-tiny' \(weights [0-9a-f]{16}\)"):
-        VitokCodec(other, tables).decode(stream1d)
+        VitokCodec(other, theirs).decode(stream1d)
     renamed = vitok.create_model("vit1d-tiny")
     renamed.config.name = "other-name"  # same weights, another name
     renamed.load_state_dict(tok.state_dict())

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+
+import numpy as np
 import pytest
 
 from vitok.data.errors import VideoReadError, VitokError
@@ -179,8 +181,8 @@ def test_cache_key_follows_the_classical_codecs_build(sweep):
 
 def test_a_model_saved_again_is_read_again_and_lpips_once_available_is_measured(tmp_path, carphone9, tiny_model,
                                                                                 monkeypatch):
-    """Two sweeps in one process: the second reads a model saved again in between (new weights, new key, new
-    bytes), and records made while LPIPS was unavailable are measured again once it is."""
+    """Two sweeps in one process: the second reads a model saved again in between (new weights and tables, new key,
+    new bytes), and records made while LPIPS was unavailable are measured again once it is."""
     import shutil
 
     import torch
@@ -197,6 +199,9 @@ def test_a_model_saved_again_is_read_again_and_lpips_once_available_is_measured(
         for p in tok.parameters():
             p.mul_(0.5)
     tok.save_pretrained(model)
+    from vitok.codecs import calibrate_entropy, write_entropy_tables
+
+    write_entropy_tables(model, calibrate_entropy(tok, [np.ascontiguousarray(carphone9[0][:8, :64, :64])], iters=50))
     second = rd_sweep(clips, [f"vitok:{model}"], ops, progress=False, metrics=("psnr",))
     assert second[0]["key"] != first[0]["key"] and second[0]["psnr"] != first[0]["psnr"]
 
