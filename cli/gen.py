@@ -15,7 +15,8 @@ def gen() -> None:
 @gen.command()
 @click.argument("shards_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", default="generator", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for model.safetensors, config.json and log.jsonl.")
+              help="Folder for model.safetensors, config.json and log.jsonl (an earlier run's is replaced whole "
+                   "with -y; a folder holding anything else is refused).")
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
@@ -37,10 +38,12 @@ def train(shards_dir: str, out_dir: str, steps: int, batch_size: int, lr: float,
     """Train on SHARDS_DIR (normalized with the manifest's per-channel mean/std); the loss goes to log.jsonl."""
     from pathlib import Path
 
-    from vitok.evaluation.generation import CONFIG_NAME, train_generator
+    from vitok.evaluation.generation import CONFIG_NAME, LOG_NAME, WEIGHTS_NAME, train_generator
 
     set_threads(threads)
-    check_output(Path(out_dir) / CONFIG_NAME, overwrite)
+    out = Path(out_dir)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):   # replaced whole: only an earlier run's
+        check_output(out, overwrite, inputs=(shards_dir,), folder_of=(CONFIG_NAME, WEIGHTS_NAME, LOG_NAME))
 
     def on_log(entry: dict) -> None:
         if not quiet:

@@ -3,7 +3,7 @@
 The model sees normalized latents ``(B, N, C)`` (per-channel mean/std from the shard manifest) with a padding
 mask: padded tokens are masked out as attention keys and from the loss. Rectified flow: ``x_t = (1-t) x0 + t e``
 with ``e ~ N(0, I)``; the network predicts the velocity ``e - x0``; sampling integrates from ``t = 1`` to ``0``
-with Euler steps. Conditioning on a class (or on the clip index, to memorize a tiny set) is optional. Fixed
+with Euler steps. Conditioning on the clip index (to memorize a tiny set) is optional. Fixed
 small sizes let later work compare tokenizers by how well this same generator learns on their latents.
 """
 from __future__ import annotations
@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitok.data.atomic import atomic_path, write_bytes_atomic
+from vitok.data.atomic import atomic_dir, atomic_path, write_bytes_atomic
 from vitok.data.errors import VitokError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LOG_NAME = "log.jsonl"
+META_KEYS = ("tokenizer", "normalization", "template")   # what sampling reads besides the architecture
 
 
 class GeneratorError(VitokError):
@@ -158,7 +159,8 @@ def sample_flow(model: FlowDiT, num: int, length: int, mask: torch.Tensor | None
 
 
 def save_generator(model: FlowDiT, out_dir: str | os.PathLike, meta: dict[str, Any]) -> None:
-    """Write ``model.safetensors`` and ``config.json`` (architecture + ``meta``) atomically."""
+    """Write ``model.safetensors`` and ``config.json`` (architecture + ``meta``: ``tokenizer``, ``normalization``,
+    ``template``), each atomically (``train_generator`` writes into a new folder that replaces the old one whole)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -181,6 +183,11 @@ def load_generator(gen_dir: str | os.PathLike, device: str = "cpu") -> tuple[Flo
         meta = json.loads((gen / CONFIG_NAME).read_text())
         model = FlowDiT(GeneratorConfig(**meta["generator"]))
         model.load_state_dict(load_file(str(gen / WEIGHTS_NAME)))
+        missing = [k for k in META_KEYS if not isinstance(meta.get(k), dict)]
+        if "tokenizer" not in missing:
+            missing += [f"tokenizer.{k}" for k in ("source", "weights_hash") if k not in meta["tokenizer"]]
+        if missing:
+            raise KeyError(f"config.json lacks {', '.join(missing)}")
     except SafetensorError as e:
         raise GeneratorError(f"{gen / WEIGHTS_NAME}: unreadable generator weights ({e})") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -197,7 +204,8 @@ def _template(shards: Any) -> dict[str, Any]:
     (frames, height, width, num_tokens, length), members = max(counts.items(), key=lambda kv: len(kv[1]))
     rates = [shards.clips[i]["fps"] for i in members if shards.clips[i].get("fps")]  # older manifests have none
     return {"frames": frames, "height": height, "width": width, "num_tokens": num_tokens, "length": length,
-            "fps": max(set(rates), key=rates.count) if rates else None, "mask": shards[members[0]]["mask"].tolist()}
+            "fps": max(set(rates), key=rates.count) if rates else None, "mask": shards[members[0]]["mask"].tolist(),
+            "members": members}   # the clips of this geometry: the labels a clip-conditioned sample may take
 
 
 def template_fps(gen_dir: str | os.PathLike) -> Fraction | None:
@@ -221,6 +229,10 @@ def train_generator(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, *
 
     if cond not in ("none", "clip"):
         raise GeneratorError(f"--cond {cond!r}: expected 'none' or 'clip'")
+    if width % heads:
+        raise GeneratorError(f"--width {width} is not divisible by --heads {heads}")
+    out = Path(out_dir)
+    _check_out_dir(out)
     torch.manual_seed(seed)
     shards = LatentShards(shards_dir, normalize=True)
     if len(shards) == 0:
@@ -234,11 +246,12 @@ def train_generator(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     sampler = RandomSampler(shards, replacement=True, num_samples=steps * batch_size, generator=g)
     loader = DataLoader(shards, batch_size=batch_size, sampler=sampler, collate_fn=collate_latents)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    out = Path(out_dir)
-    made = [p for p in (out, *out.parents) if not p.exists()]  # folders this call creates, deepest first
+    made = [p for p in out.parents if not p.exists()]  # parent folders this call creates, deepest first
     history: list[dict[str, Any]] = []
-    try:  # the log is renamed into place only with the saved model: a failed run leaves an earlier one whole
-        with atomic_path(out / LOG_NAME) as log_path:
+    try:  # weights, config and log go into a new folder that replaces out_dir whole: a failed run leaves an
+        # earlier one as it was, and no run mixes another's files
+        with atomic_dir(out) as tmp:
+            log_path = tmp / LOG_NAME
             window, t0 = [], time.perf_counter()
             for step, batch in enumerate(loader, start=1):
                 labels = batch["index"].to(device) if cond == "clip" else None
@@ -264,7 +277,7 @@ def train_generator(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, *
                     "template": _template(shards), "shards_dir": str(Path(shards_dir).resolve()),
                     "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "cond": cond,
                               "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"]}}
-            save_generator(model.eval(), out, meta)
+            save_generator(model.eval(), tmp, meta)
     except BaseException:
         for folder in made:  # only folders left empty
             try:
@@ -274,6 +287,23 @@ def train_generator(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, *
         raise
     return {"out": str(out), "steps": steps, "clips": len(shards), "params": sum(p.numel() for p in model.parameters()),
             "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"], "seconds": time.perf_counter() - t0}
+
+
+def _check_out_dir(out: Path) -> None:
+    """``out`` is replaced whole: refuse a file, or a folder holding anything but an earlier generator's files."""
+    if out.exists() and not out.is_dir():
+        raise GeneratorError(f"--out {out} is a file; give a folder name")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        ours = "generator" in json.loads((out / CONFIG_NAME).read_text())
+    except (OSError, ValueError, TypeError):
+        ours = False
+    others = sorted(e.name for e in out.iterdir() if e.name not in (CONFIG_NAME, WEIGHTS_NAME, LOG_NAME))
+    if not ours or others:
+        what = (f"holds {', '.join(others[:3])}" if others
+                else "is not a generator folder (its config.json names no generator)")
+        raise GeneratorError(f"--out {out} {what}; training would replace it whole: choose another folder")
 
 
 def load_tokenizer_for(meta: dict[str, Any], model: str | None = None, device: str = "cpu") -> Any:
@@ -298,8 +328,9 @@ def sample_videos(gen_dir: str | os.PathLike, *, num: int = 4, steps: int = 32, 
     tpl = meta["template"]
     mask = torch.tensor(tpl["mask"], dtype=torch.bool)[None]
     label_t = None
-    if gen.config.num_classes:
-        ids = labels if labels is not None else [i % gen.config.num_classes for i in range(num)]
+    if gen.config.num_classes:   # by default the clips of the template's geometry, the one samples are drawn at
+        members = tpl.get("members") or list(range(gen.config.num_classes))
+        ids = labels if labels is not None else [members[i % len(members)] for i in range(num)]
         label_t = torch.tensor(ids, dtype=torch.long, device=device)
     g = torch.Generator(device=device).manual_seed(seed)
     z = sample_flow(gen, num, tpl["length"], mask, steps, label_t, g, on_step)

@@ -12,8 +12,8 @@ from vitok.cli.main import cli, main
 from vitok.data.convert import frames_to_tensor
 from vitok.data.io import read_video
 from vitok.data.shards import ShardError
-from vitok.evaluation.generation import FlowDiT, GeneratorConfig, flow_loss, load_generator, sample_flow, \
-    save_generator, train_generator
+from vitok.evaluation.generation import FlowDiT, GeneratorConfig, GeneratorError, flow_loss, load_generator, \
+    sample_flow, sample_videos, save_generator, train_generator
 from vitok.extract import read_clips
 
 SIDE = 32
@@ -141,3 +141,71 @@ def test_a_failed_training_run_leaves_no_folder_and_an_earlier_run_whole(tmp_pat
     with pytest.raises(ShardError, match="damaged shard"):
         train_generator(bad, tmp_path / "gen", **args)  # as `-y` over it would
     assert {p.name: p.read_bytes() for p in (tmp_path / "gen").iterdir()} == before
+
+
+def _one_line_error(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_gen_train_never_replaces_a_folder_it_did_not_write(tmp_path, shards_dir, model_dir, capsys):
+    """-y replaced config.json and model.safetensors of any folder, a tokenizer's included (the one the shards came
+    from, which sampling needs); the output folder is now replaced whole, so only an earlier run's is accepted."""
+    import shutil
+
+    tok = tmp_path / "tok"
+    shutil.copytree(model_dir, tok)
+    before = {p.name: p.read_bytes() for p in tok.iterdir()}
+    base = ["gen", "train", str(shards_dir), "--steps", "2", "--batch-size", "2", "--width", "16", "--depth", "1",
+            "--heads", "2", "-q", "-y"]
+    err = _one_line_error(capsys, [*base, "--out", str(tok)])
+    assert "is not a generator folder" in err and {p.name: p.read_bytes() for p in tok.iterdir()} == before
+    assert "is the input" in _one_line_error(capsys, [*base, "--out", str(shards_dir)])
+    gen = tmp_path / "gen"
+    gen.mkdir()   # an empty folder is fine
+    main_ok = CliRunner().invoke(cli, [*base, "--out", str(gen)])
+    assert main_ok.exit_code == 0, main_ok.output
+    (gen / "notes.txt").write_text("mine")
+    assert "holds other files (notes.txt)" in _one_line_error(capsys, [*base, "--out", str(gen)])
+    (gen / "notes.txt").unlink()
+    (gen / "stale.bin").write_bytes(b"x")
+    with pytest.raises(GeneratorError, match=r"holds stale.bin"):   # the API refuses too
+        train_generator(shards_dir, gen, steps=2, batch_size=2, width=16, depth=1, heads=2)
+    (gen / "stale.bin").unlink()
+    train_generator(shards_dir, gen, steps=2, batch_size=2, width=16, depth=1, heads=2)   # an earlier run: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen", "tok"]   # no temporary folder left beside it
+
+
+def test_gen_errors_are_one_line(tmp_path, shards_dir, capsys):
+    err = _one_line_error(capsys, ["gen", "train", str(shards_dir), "--out", str(tmp_path / "g"), "--width", "16",
+                                   "--heads", "3", "-q"])
+    assert "--width 16 is not divisible by --heads 3" in err and not (tmp_path / "g").exists()
+    gen = tmp_path / "gen"
+    train_generator(shards_dir, gen, steps=2, batch_size=2, width=16, depth=1, heads=2)
+    config = json.loads((gen / "config.json").read_text())
+    for key in ("tokenizer", "template", "normalization"):
+        broken = {k: v for k, v in config.items() if k != key}
+        (gen / "config.json").write_text(json.dumps(broken))
+        err = _one_line_error(capsys, ["gen", "sample", "--gen", str(gen), "-o", str(tmp_path / "s.mp4"), "-q"])
+        assert f"unreadable generator ('config.json lacks {key}')" in err and not (tmp_path / "s.mp4").exists()
+
+
+def test_clip_conditioned_samples_take_labels_of_the_template_geometry(tmp_path, shards_dir, monkeypatch):
+    """Samples are drawn at one geometry (the set's most common): clip labels of another geometry decoded garbage,
+    so by default samples cycle over the clips of that geometry only."""
+    import vitok.evaluation.generation as generation
+
+    gen = tmp_path / "gen"
+    train_generator(shards_dir, gen, steps=2, batch_size=2, width=16, depth=1, heads=2, cond="clip")
+    config = json.loads((gen / "config.json").read_text())
+    assert config["template"]["members"] == list(range(config["generator"]["num_classes"]))   # one geometry here
+    config["template"]["members"] = [4, 1]   # as if only clips 4 and 1 had it
+    (gen / "config.json").write_text(json.dumps(config))
+    seen = []
+    real = generation.sample_flow
+    monkeypatch.setattr(generation, "sample_flow", lambda *a: (seen.append(a[5].tolist()), real(*a))[1])
+    videos = sample_videos(gen, num=3, steps=1)
+    assert seen == [[4, 1, 4]] and videos.shape[0] == 3
