@@ -13,7 +13,8 @@ from vitok.cli.common import check_output, emit, json_option, overwrite_option, 
 @click.option("--clip", "clips", multiple=True,
               help="Video file or folder of videos to calibrate on (repeatable) [default: the sample clips' "
                    "training segments]. Keep the clips you evaluate on out of it.")
-@click.option("--frames", type=click.IntRange(min=1), default=None, help="At most this many frames of each clip.")
+@click.option("--frames", type=click.IntRange(min=1), default=None,
+              help="At most this many frames of each --clip video (the default segments are one chunk each).")
 @click.option("--context-radius", type=click.IntRange(0, 64), default=None,
               help="Code each value with the table of the value one step back (grid models: one latent frame; 1D "
                    "models: one token), clipped to this radius [default: 3 for grid models, 0 for 1D models]; 0: "
@@ -36,10 +37,19 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
     out = check_output(folder / FILENAME, overwrite)
     set_threads(threads)
     videos = None
+    if frames is not None and not clips:
+        raise VitokError("--frames limits --clip videos; without --clip the sample clips' training segments are used "
+                         "whole (one chunk each)")
     if clips:
         from vitok.evaluation.clips import resolve_clips
 
-        videos = [clip.load(frames)[0] for clip in resolve_clips(clips)]
+        resolved = resolve_clips(clips)
+        held_out = [c.name for c in resolved if c.source.startswith("sample:")]
+        if held_out:   # a sample name or `eval` means the evaluation segments, which tables must not be fitted on
+            raise VitokError(f"--clip {held_out[0]}: sample names, segment ids and 'eval' are the evaluation segments "
+                             f"that rd/bench measure on; give video files, or no --clip for the samples' training "
+                             f"segments")
+        videos = [clip.load(frames)[0] for clip in resolved]
     tables = calibrate_model_dir(folder, videos, iters=iters, context_radius=context_radius)
     report = tables.meta["calibration"]
     rows = [f"{step:>6}  {r['real_bits']:.3f}" for step, r in report["bits_per_symbol"].items()]

@@ -278,6 +278,10 @@ def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path
     before = (d / "entropy.safetensors").read_bytes()
     assert "clip not found" in _error(capsys, "calibrate", str(d), "-y", "--clip", str(tmp_path / "nope.mp4"))
     assert (d / "entropy.safetensors").read_bytes() == before  # a failed run leaves the tables as they were
+    for spec in ("carphone", "eval", "bikes:182-198"):   # the segments rd/bench measure on: never calibrated on
+        assert "are the evaluation segments" in _error(capsys, "calibrate", str(d), "-y", "--clip", spec)
+    assert "--frames limits --clip videos" in _error(capsys, "calibrate", str(d), "-y", "--frames", "2")
+    assert (d / "entropy.safetensors").read_bytes() == before
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
