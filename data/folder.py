@@ -21,7 +21,8 @@ class VideoFolder(torch.utils.data.Dataset):
     ``size`` (int or ``(W, H)``) and a random side between ``min_scale`` and 1 of the largest such region, at a
     random position; it is resized to ``size``. Output: float ``(3,T,H,W)`` in [-1, 1].
     Images (png/jpg/...) are still clips: the picture repeated ``num_frames`` times. Videos shorter than a clip
-    repeat their last frame. Hidden files (``.name``, e.g. macOS ``._clip.mp4``) are ignored. Unreadable files are
+    repeat their last frame. Hidden files and folders (``.name``, e.g. macOS ``._clip.mp4``, ``.ipynb_checkpoints``)
+    are ignored. Unreadable files are
     skipped with one warning each, at scan time or when a read fails later (then the next file stands in), so an
     epoch never crashes on a bad file. A start frame costs decoding from the file's beginning: suits short clips.
     """
@@ -39,8 +40,9 @@ class VideoFolder(torch.utils.data.Dataset):
         self._warned: set[Path] = set()
         self.items: list[VideoInfo] = []
         exts = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
-        for path in sorted(p for p in self.root.rglob("*")
-                           if p.suffix.lower() in exts and not p.name.startswith(".") and p.is_file()):
+        paths = (p for p in self.root.rglob("*") if p.suffix.lower() in exts and p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(self.root).parts))
+        for path in sorted(paths):
             try:
                 self.items.append(probe_video(path))
             except VideoReadError as e:
@@ -78,9 +80,13 @@ class VideoFolder(torch.utils.data.Dataset):
         return frames
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        return self.read_item(index, np.random.default_rng((self.seed, index)))
+
+    def read_item(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        """Item ``index``'s file with the start frame and crop drawn from ``rng`` (a trainer passes each draw's own,
+        so a file gives another window every epoch)."""
         if not 0 <= index < len(self):
             raise IndexError(f"item {index} out of range 0..{len(self) - 1}")
-        rng = np.random.default_rng((self.seed, index))
         item = index // self.clips_per_video
         for k in range(len(self.items)):
             info = self.items[(item + k) % len(self.items)]

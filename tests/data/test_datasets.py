@@ -26,6 +26,8 @@ def video_root(tmp_path, tiny_video, carphone_clip):
     Image.fromarray(carphone_clip[0]).save(root / "c_still.png")
     (root / "d_bad.mp4").write_bytes(b"not really a video" * 20)
     (root / "notes.txt").write_text("ignored: not a video extension")
+    (root / ".ipynb_checkpoints").mkdir()   # a hidden folder: its files are ignored
+    write_video(root / ".ipynb_checkpoints" / "hidden.mp4", carphone_clip, 30)
     return root
 
 

@@ -45,3 +45,18 @@ def test_clip_mix_samples_folder_and_augmentation(tmp_path):
     state = torch.get_rng_state()
     batch = next(iter(loader))
     assert batch.shape == (2, 3, 4, 16, 16) and torch.equal(state, torch.get_rng_state())   # global RNG untouched
+
+
+def test_folder_clips_take_a_new_window_each_draw(tmp_path):
+    """A folder video gave one fixed window for every draw (its start frame came from the item alone): now each draw
+    seed picks its own start, and the same draw gives the same clip."""
+    from vitok.data.io import write_video
+
+    frames = np.repeat(np.arange(0, 240, 6, dtype=np.uint8)[:, None, None, None], 3, axis=3)   # frame i is 6 * i
+    write_video(tmp_path / "count.mkv", np.ascontiguousarray(np.broadcast_to(frames, (40, 16, 16, 3))), 10)
+    cfg = {**DEFAULTS["data"], "size": 16, "synthetic": {"num_clips": 0, "seed": 0},
+           "samples": {"repeat": 0, "sizes": [32]}, "folder": str(tmp_path), "hflip": False}
+    ds = TrainClips(cfg, num_frames=8)
+    starts = {round(float((ds[(0, seed)][0, 0].mean() + 1) * 127.5) / 6) for seed in range(30)}
+    assert len(starts) > 10 and starts <= set(range(33)), starts
+    assert torch.equal(ds[(0, 5)], ds[(0, 5)])

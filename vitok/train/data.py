@@ -14,7 +14,8 @@ from vitok.data.errors import VitokError
 
 class TrainClips(Dataset):
     """Clips ``(3,T,H,W)`` in [-1,1] from several sources, indexed by ``(item, draw_seed)``: the seed drives the
-    random crop/flip, so augmentation depends only on the sampler's position, not on worker or global RNG."""
+    random window, crop and flip of sample and folder clips (procedural clips are fixed per item), so augmentation
+    depends only on the sampler's position, not on worker or global RNG."""
 
     def __init__(self, data_cfg: dict[str, Any], num_frames: int) -> None:
         self.num_frames = num_frames
@@ -61,10 +62,12 @@ class TrainClips(Dataset):
         if kind == "samples":
             clips, owner = payload
             clip = self._crop(clips[owner[local % len(owner)]], rng)
+        elif kind == "folder":   # the draw's own start frame and crop: each epoch another window of each file
+            clip = payload.read_item(local, rng)
+            if self.hflip and rng.random() < 0.5:
+                clip = clip.flip(-1)
         else:
             clip = payload[local]
-            if kind == "folder" and self.hflip and rng.random() < 0.5:
-                clip = clip.flip(-1)
         return clip.float().contiguous()
 
     def _crop(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
