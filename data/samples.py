@@ -99,7 +99,7 @@ def _segments(split: str, num_frames: int, size: int | None) -> list[Segment]:
         for s in range(0, (stop - first) // num_frames * num_frames, num_frames):
             out.append((f"{name}:{first + s:03d}-{first + s + num_frames - 1:03d}", frames[s:s + num_frames].copy()))
     if not out:
-        raise ValueError(f"no {split} segment of {num_frames} frames fits the sample clips")
+        raise VitokError(f"no {split} segment of {num_frames} frames fits the sample clips")
     return out
 
 

@@ -56,7 +56,7 @@ def test_load_sample_and_errors():
         load_sample("nope")
     with pytest.raises(VitokError, match="unknown split"):
         load_sample("carphone", "test")
-    with pytest.raises(ValueError, match="no eval segment of 100 frames fits"):
+    with pytest.raises(VitokError, match="no eval segment of 100 frames fits"):   # a user error: one line
         eval_segments(num_frames=100)
 
 

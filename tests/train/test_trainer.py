@@ -81,6 +81,15 @@ def test_stop_at_must_be_a_step_number(make_cfg, tmp_path, bad):
     assert not tmp_path.joinpath("config.json").exists()
 
 
+def test_held_out_clips_that_do_not_exist_stop_the_run_before_its_first_step(make_cfg, tmp_path):
+    """eval.num_frames longer than any held-out range crashed at the first evaluation (a ValueError traceback after
+    the training time was spent); now the config is refused before anything is written."""
+    cfg = make_cfg("tiny-vit", "schedule.steps=2", "eval.source=samples", "eval.num_frames=70")
+    with pytest.raises(VitokError, match="config eval: no eval segment of 70 frames fits the sample clips"):
+        train(cfg, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
 def test_run_dir_rules(make_cfg, tmp_path):
     cfg = make_cfg("tiny-cnn", "schedule.steps=1", "eval.num_segments=1")
     train(cfg, tmp_path, quiet=True)

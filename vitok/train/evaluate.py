@@ -88,6 +88,13 @@ def save_grid(path: str | Path, originals: Sequence[np.ndarray], recons: Sequenc
     return path
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m vitok.train.evaluate MODEL``: held-out PSNR/SSIM of a bundled model or a model directory."""
     parser = argparse.ArgumentParser(prog="python -m vitok.train.evaluate", description=main.__doc__)
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=17, help="frames per held-out segment (default 17)")
     parser.add_argument("--size", type=int, default=128, help="segment side in px (default 128)")
     parser.add_argument("--num-tokens", type=int, default=None, help="1D models: tokens per unit (default all)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N segments")
+    parser.add_argument("--limit", type=_positive, default=None, help="evaluate only the first N segments")
     parser.add_argument("--grid", default=None, help="also write a PNG grid of originals vs reconstructions")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)

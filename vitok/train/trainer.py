@@ -225,6 +225,10 @@ class Trainer:
         self.end_step = min(self.total_steps, stop_at or self.total_steps)   # where this session ends
         self.num_frames = int(cfg["data"]["num_frames"] or tok.clip_frames)
         self.dataset = TrainClips(cfg["data"], self.num_frames)
+        try:   # before any step, so a config whose held-out clips do not exist stops here, not at the first eval
+            self.eval_segments = eval_clips(cfg["eval"]) if self.main else []
+        except VitokError as e:
+            raise VitokError(f"config eval: {e}") from None
         self.loss_fn = TokenizerLoss(lw, frame_size=int(cfg["data"]["size"]), verbose=self.main).to(self.device)
         self.opt = build_optimizer(self.tok.parameters(), sched)
         self.forward = TrainForward(self.tok, consistency=self.loss_fn.w["consistency"] > 0)
@@ -542,11 +546,7 @@ class Trainer:
         if not self.main:
             return None
         ecfg = self.cfg["eval"]
-        try:
-            segments = eval_clips(ecfg)
-        except VitokError as e:
-            self.log(f"notice: evaluation skipped ({e})")
-            return None
+        segments = self.eval_segments
         with torch.random.fork_rng(devices=[]):
             res = evaluate_model(self.ema.model, segments, return_recons=True)
         save_grid(self.out / "eval" / f"step-{self.step:08d}.png", [f for _, f in segments], res.pop("recons"),
