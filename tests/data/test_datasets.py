@@ -129,6 +129,17 @@ class _Indexed(torch.utils.data.Dataset):
         return torch.full((3, 1, 1, 1), float(i))
 
 
+def test_make_loader_order_is_the_same_for_any_worker_count():
+    """The shuffle had shared its generator with the workers' base seed (drawn each epoch without persistent
+    workers): from the second epoch on, the order depended on num_workers."""
+    def epochs(num_workers: int) -> list[list[int]]:
+        loader = make_loader(_Indexed(), 4, seed=1, num_workers=num_workers)
+        return [[int(v) for b in loader for v in b[:, 0, 0, 0, 0]] for _ in range(3)]
+
+    serial = epochs(0)
+    assert serial == epochs(1) and serial[0] != serial[1] and sorted(serial[2]) == list(range(12))
+
+
 def test_make_loader_distributed(tmp_path, monkeypatch):
     """Under an initialised process group each rank reads its own half of the items (the two halves disjoint and
     together the whole set), in the same order whenever the seed is the same."""

@@ -90,6 +90,28 @@ def test_held_out_clips_that_do_not_exist_stop_the_run_before_its_first_step(mak
     assert not (tmp_path / "run").exists()
 
 
+def test_resume_refuses_a_changed_data_folder(make_cfg, tmp_path):
+    """A file added to data.folder between sessions silently reshuffled every later batch (the sampler's
+    permutation is of len(dataset) items): --resume now names the change."""
+    import numpy as np
+
+    from vitok.data.io import write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_video(videos / f"v{i}.mp4", rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), 10)
+    cfg = make_cfg("tiny-vit", "schedule.steps=2", "data.synthetic.num_clips=0",
+                   f"data.folder={json.dumps(str(videos))}")
+    train(cfg, tmp_path / "run", quiet=True, stop_at=1)
+    write_video(videos / "v3.mp4", rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), 10)
+    with pytest.raises(VitokError, match=r"--resume: the training data now holds 4 clips, the run's checkpoint 3"):
+        train(cfg, tmp_path / "run", resume=True, quiet=True)
+    (videos / "v3.mp4").unlink()
+    assert train(cfg, tmp_path / "run", resume=True, quiet=True)["steps"] == 2
+
+
 def test_run_dir_rules(make_cfg, tmp_path):
     cfg = make_cfg("tiny-cnn", "schedule.steps=1", "eval.num_segments=1")
     train(cfg, tmp_path, quiet=True)

@@ -315,6 +315,7 @@ class Trainer:
         state = {"model": self.tok.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
                  "scheduler": {"step": self.step, "kind": "warmup_cosine"}, "elapsed": self.elapsed,
                  "bad_steps": self.bad_steps, "world": self.info.world, "sessions": self._sessions_now(),
+                 "dataset_size": len(self.dataset),
                  "rng": D.gather_objects(rng_state(), self.info)}
         if self.disc is not None:
             state["disc"] = self.disc.state_dict()
@@ -337,6 +338,12 @@ class Trainer:
             raise VitokError(f"--resume: the checkpoint {path} was written by {len(rngs)} processes, this run has "
                              f"{self.info.world}; resume with {len(rngs)} (torchrun --nproc_per_node={len(rngs)}), or "
                              f"start a new --out from its weights with --set model.init={self.out / 'model'}")
+        was = state.get("dataset_size")   # checkpoints before the record have none
+        if was is not None and was != len(self.dataset):   # the sampler's permutation is of len(dataset) items
+            raise VitokError(f"--resume: the training data now holds {len(self.dataset)} clips, the run's checkpoint "
+                             f"{was} (files added to or removed from data.folder?), so its data position no longer "
+                             f"applies; restore the data, or start a new --out from its weights with --set "
+                             f"model.init={self.out / 'model'}")
         set_rng_state(rngs[self.info.rank])
         if self.step >= self.end_step and self.end_step < self.total_steps:
             raise VitokError(f"--stop-at {self.end_step}: the run in {self.out} is already at step {self.step}; give "
