@@ -50,10 +50,10 @@ class VideoFolder(torch.utils.data.Dataset):
         if not self.items:
             raise VideoReadError(f"{self.root}: no readable videos or images ({', '.join(exts)})")
 
-    def _warn(self, path: Path, error: Exception) -> None:
+    def _warn(self, path: Path, error: Exception | str, prefix: str = "skipping ") -> None:
         if path not in self._warned:
             self._warned.add(path)
-            warnings.warn(f"VideoFolder: skipping {error}", stacklevel=3)
+            warnings.warn(f"VideoFolder: {prefix}{error}", stacklevel=3)
 
     def __len__(self) -> int:
         return len(self.items) * self.clips_per_video
@@ -73,7 +73,10 @@ class VideoFolder(torch.utils.data.Dataset):
         except VideoReadError:
             if start == 0:
                 raise
-            # the frame count was an estimate (mkv/webm headers hold none): fall back to the first frames
+            # the frame count was an estimate (mkv/webm headers hold none) or the file is cut short: fall back to
+            # the first frames, and say so once, since every such draw now gives the same clip
+            self._warn(info.path, f"{info.path}: fewer frames than its header's {info.num_frames}; clips from its "
+                                  f"start only", prefix="")
             frames = np.concatenate(list(iter_video(info.path, **read)))
         if len(frames) < self.num_frames:
             frames = np.concatenate([frames, np.repeat(frames[-1:], self.num_frames - len(frames), axis=0)])

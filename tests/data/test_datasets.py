@@ -66,6 +66,21 @@ def test_video_folder_pads_short_videos_and_survives_lost_files(video_root, tmp_
         VideoFolder(tmp_path / "empty", 4, 16)
 
 
+def test_video_folder_says_when_a_file_is_shorter_than_its_header(tmp_path):
+    """A cut-short file probes at its header's frame count; a start past its real end fell back to frame 0 without a
+    word, so several draws of the file gave one clip: it now says so, once."""
+    root = tmp_path / "cut"
+    root.mkdir()
+    write_video(root / "long.mkv", np.random.default_rng(0).integers(0, 256, (60, 32, 32, 3), dtype=np.uint8), 10)
+    data = (root / "long.mkv").read_bytes()
+    (root / "long.mkv").write_bytes(data[:len(data) // 3])
+    ds = VideoFolder(root, num_frames=4, size=16, clips_per_video=8)
+    assert ds.items[0].num_frames == 60
+    with pytest.warns(UserWarning, match="long.mkv: fewer frames than its header's 60; clips from its start") as rec:
+        clips = [ds[i] for i in range(8)]
+    assert len(rec) == 1 and all(c.shape == (3, 4, 16, 16) for c in clips)
+
+
 def _sources() -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:96, 0:128]

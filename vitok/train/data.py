@@ -114,7 +114,8 @@ def make_train_loader(dataset: Dataset, batch_size: int, *, seed: int, rank: int
 
 def eval_clips(eval_cfg: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
     """Held-out ``(id, uint8 (T,H,W,3))`` segments: the sample clips' eval split, or procedural clips with a seed
-    no training config uses."""
+    no training config uses (their motion is unseen, their still pictures are the training ones: a smoke test for
+    tiny configs, not a held-out figure)."""
     n, frames, size = eval_cfg["num_segments"], eval_cfg["num_frames"], eval_cfg["size"]
     if eval_cfg["source"] == "samples":
         from vitok.data.samples import eval_segments
