@@ -22,9 +22,9 @@ class VideoFolder(torch.utils.data.Dataset):
     random position; it is resized to ``size``. Output: float ``(3,T,H,W)`` in [-1, 1].
     Images (png/jpg/...) are still clips: the picture repeated ``num_frames`` times. Videos shorter than a clip
     repeat their last frame. Hidden files and folders (``.name``, e.g. macOS ``._clip.mp4``, ``.ipynb_checkpoints``)
-    are ignored. Unreadable files are
-    skipped with one warning each, at scan time or when a read fails later (then the next file stands in), so an
-    epoch never crashes on a bad file. A start frame costs decoding from the file's beginning: suits short clips.
+    are ignored. Unreadable files are skipped with one warning each, at scan time or when a read fails later (then
+    the next file stands in), so an epoch never crashes on a bad file. A start frame costs decoding from the file's
+    beginning: suits short clips.
     """
 
     def __init__(self, root: str | os.PathLike, num_frames: int, size: int | tuple[int, int], *, stride: int = 1,

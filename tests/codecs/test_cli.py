@@ -179,8 +179,8 @@ def test_errors_are_one_line(capsys, encoded, video, tiny1d, tmp_path):
     assert "input not found" in _error(capsys, "info", str(tmp_path / "nope.mp4"))
     assert "give at most one of --tokens, --bytes, --psnr" in _error(
         capsys, "encode", str(video), "-o", str(tmp_path / "g.vtok"), "--model", model, "--tokens", "2", "--psnr", "30")
-    assert "expected WxH like 256x256, got 'abc'" in _error(capsys, "encode", str(video), "-o", str(tmp_path / "h.vtok"),
-                                                           "--model", model, "--size", "abc")
+    assert "expected WxH like 256x256, got 'abc'" in _error(
+        capsys, "encode", str(video), "-o", str(tmp_path / "h.vtok"), "--model", model, "--size", "abc")
     assert "tokens must be" in _error(capsys, "encode", str(video), "-o", str(tmp_path / "i.vtok"), "--model",
                                       model, "--tokens", "999")
     assert "ffv1 needs a .mkv" in _error(capsys, "decode", str(encoded), "-o", str(tmp_path / "j.mp4"), "--model",

@@ -151,8 +151,8 @@ def test_tables_of_other_weights_are_refused(tiny1d, clip, tmp_path):
     assert VitokCodec(str(folder)).tables.meta["weights_hash"] == tiny1d[0].weights_hash
     torch.manual_seed(7)
     vitok.create_model("vit1d-tiny").save_pretrained(folder)
-    with pytest.raises(CodecError, match=r"calibrated for other weights \([0-9a-f]{12}, the model's are [0-9a-f]{12}\); "
-                                         r"refit them with `vitok calibrate DIR -y`"):
+    with pytest.raises(CodecError, match=r"calibrated for other weights \([0-9a-f]{12}, the model's are "
+                                         r"[0-9a-f]{12}\); refit them with `vitok calibrate DIR -y`"):
         VitokCodec(str(folder)).encode(*clip)
 
 

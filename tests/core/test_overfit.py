@@ -1,4 +1,5 @@
-"""Each family overfits a clip quickly (loss falls 10x); the 1D model's prefixes of 1, 2, 4, 8 tokens improve in turn."""
+"""Each family overfits a clip quickly (loss falls 10x); the 1D model's prefixes of 1, 2, 4, 8 tokens improve in
+turn."""
 from __future__ import annotations
 
 import pytest
