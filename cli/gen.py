@@ -42,7 +42,7 @@ def train(shards_dir: str, out_dir: str, steps: int, batch_size: int, lr: float,
 
     set_threads(threads)
     out = Path(out_dir)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):   # replaced whole: only an earlier run's
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):   # replaced whole: only an earlier run's
         check_output(out, overwrite, inputs=(shards_dir,), folder_of=(CONFIG_NAME, WEIGHTS_NAME, LOG_NAME))
 
     def on_log(entry: dict) -> None:

@@ -46,14 +46,15 @@ class VideoFolder(torch.utils.data.Dataset):
             try:
                 self.items.append(probe_video(path))
             except VideoReadError as e:
-                self._warn(path, e)
+                self._warn(path, f"skipping {e}")
         if not self.items:
             raise VideoReadError(f"{self.root}: no readable videos or images ({', '.join(exts)})")
 
-    def _warn(self, path: Path, error: Exception | str, prefix: str = "skipping ") -> None:
+    def _warn(self, path: Path, message: str) -> None:
+        """One warning per file, however often it comes up."""
         if path not in self._warned:
             self._warned.add(path)
-            warnings.warn(f"VideoFolder: {prefix}{error}", stacklevel=3)
+            warnings.warn(f"VideoFolder: {message}", stacklevel=3)
 
     def __len__(self) -> int:
         return len(self.items) * self.clips_per_video
@@ -76,7 +77,7 @@ class VideoFolder(torch.utils.data.Dataset):
             # the frame count was an estimate (mkv/webm headers hold none) or the file is cut short: fall back to
             # the first frames, and say so once, since every such draw now gives the same clip
             self._warn(info.path, f"{info.path}: fewer frames than its header's {info.num_frames}; clips from its "
-                                  f"start only", prefix="")
+                                  f"start only")
             frames = np.concatenate(list(iter_video(info.path, **read)))
         if len(frames) < self.num_frames:
             frames = np.concatenate([frames, np.repeat(frames[-1:], self.num_frames - len(frames), axis=0)])
@@ -96,5 +97,5 @@ class VideoFolder(torch.utils.data.Dataset):
             try:
                 return frames_to_tensor(self._read(info, rng))[0]
             except VideoReadError as e:
-                self._warn(info.path, e)
+                self._warn(info.path, f"skipping {e}")
         raise VideoReadError(f"{self.root}: no file could be read")

@@ -406,15 +406,14 @@ class Trainer:
                     why = signal.Signals(stop.signum).name if stop.signum else "a signal to another process"
                     raise TrainingStopped(f"stopped at step {self.step} ({why}): "
                                           f"checkpoint and model saved in {self.out}; continue with --resume")
-        if self.step < self.total_steps:   # --stop-at: checkpointed above; the schedule's end evaluates
-            return {"steps": self.step, "last": last, "eval": None, "stopped": True, "out": str(self.out),
-                    "model_dir": str(self.out / "model")}
-        if self.finished and self.main:   # a kill after the last checkpoint may have left model/ behind it
-            self._export()
-        final = self._evaluate()
-        if self.main:
-            self._write_info(final)
-        return {"steps": self.step, "last": last, "eval": final, "stopped": False, "out": str(self.out),
+        stopped, final = self.step < self.total_steps, None   # --stop-at: checkpointed above, evaluated at the end
+        if not stopped:
+            if self.finished and self.main:   # a kill after the last checkpoint may have left model/ behind it
+                self._export()
+            final = self._evaluate()
+            if self.main:
+                self._write_info(final)
+        return {"steps": self.step, "last": last, "eval": final, "stopped": stopped, "out": str(self.out),
                 "model_dir": str(self.out / "model")}
 
     def train_step(self, x: torch.Tensor) -> dict[str, float] | None:
