@@ -47,6 +47,23 @@ def tiny_video(tmp_path: Path, tiny_frames: np.ndarray) -> Path:
 
 
 @pytest.fixture
+def cli_error(capsys):
+    """``cli_error(args)`` runs the ``vitok`` entry point, checks it failed with exit code 1 and one line
+    ``error: ...`` on stderr (no traceback), and returns that line."""
+    from vitok.cli.main import main
+
+    def run(args: list[str]) -> str:
+        with pytest.raises(SystemExit) as e:
+            main(list(args))
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+        return err
+
+    return run
+
+
+@pytest.fixture
 def one_torch_thread():
     """Run the test on one torch thread (restored afterwards): steadier timings and no oversubscription on 2 cores."""
     threads = torch.get_num_threads()

@@ -49,7 +49,7 @@ def test_rd_sweeps_reports_resumes_and_replots(tmp_path, small_clip, tiny_model,
     assert is_png(out / "plots" / "rd_mean_psnr.png")
 
 
-def test_rd_errors_are_one_line(tmp_path, capsys, carphone_path):
+def test_rd_errors_are_one_line(tmp_path, cli_error, carphone_path):
     cases = [
         (["rd", str(carphone_path), "--codec", "nope", "-o", str(tmp_path / "a")], "unknown codec 'nope'"),
         (["rd", "--codec", "h264", "-o", str(tmp_path / "b")], "no clips given"),
@@ -61,10 +61,7 @@ def test_rd_errors_are_one_line(tmp_path, capsys, carphone_path):
     (busy / "notes.txt").write_text("mine")
     cases.append((["rd", str(carphone_path), "-o", str(busy)], "is not empty"))
     for args, message in cases:
-        with pytest.raises(SystemExit) as e:
-            main(args)
-        err = capsys.readouterr().err
-        assert e.value.code == 1 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+        assert message in cli_error(args)
 
 
 def test_compare_matches_h264_psnr_and_writes_png(tmp_path, small_clip, tiny_model, is_png):
@@ -173,26 +170,18 @@ def test_bench_codec_refuses_an_unknown_codec_before_timing_any(small_clip, monk
     assert "error: unknown codec 'nosuch'" in capsys.readouterr().err
 
 
-def _one_line_error(capsys, args) -> str:
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    err = capsys.readouterr().err
-    assert e.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
-    return err
-
-
-def test_compare_refuses_vitok_codecs_and_names_it_would_not_write(tmp_path, capsys, small_clip, tiny_model):
+def test_compare_refuses_vitok_codecs_and_names_it_would_not_write(tmp_path, cli_error, small_clip, tiny_model):
     """--codec takes classical codecs only (vitok goes in --model), and -o must be the PNG actually written."""
     keep = tmp_path / "keep.png"
     keep.write_bytes(b"mine")
     base = ["compare", str(small_clip), "--model", tiny_model, "--frames", "4"]
-    assert "ending in .png" in _one_line_error(capsys, [*base, "-o", str(tmp_path / "keep.jpg")])
+    assert "ending in .png" in cli_error([*base, "-o", str(tmp_path / "keep.jpg")])
     assert keep.read_bytes() == b"mine" and not (tmp_path / "keep.jpg").exists()
-    err = _one_line_error(capsys, [*base, "--codec", f"vitok:{tiny_model}", "-o", str(tmp_path / "c.png")])
+    err = cli_error([*base, "--codec", f"vitok:{tiny_model}", "-o", str(tmp_path / "c.png")])
     assert "classical codecs" in err and "--model" in err
 
 
-def test_op_keys_and_codecs_are_checked_before_any_work(tmp_path, capsys, small_clip, tiny_model, monkeypatch):
+def test_op_keys_and_codecs_are_checked_before_any_work(tmp_path, cli_error, small_clip, tiny_model, monkeypatch):
     from vitok.evaluation import bench
 
     monkeypatch.setattr(rd_mod, "run_job", lambda job: pytest.fail("encoded"))
@@ -208,11 +197,11 @@ def test_op_keys_and_codecs_are_checked_before_any_work(tmp_path, capsys, small_
         ([*bench_args, "--codec", neural, "--op", "h264:crf=20"], "codec h264 is not selected"),
     ]
     for args, message in cases:
-        assert message in _one_line_error(capsys, args)
+        assert message in cli_error(args)
     assert not (tmp_path / "rd").exists()
 
 
-def test_rd_plot_checks_the_fields_it_reads(tmp_path, capsys):
+def test_rd_plot_checks_the_fields_it_reads(tmp_path, cli_error):
     good = {"clip": "a", "codec": "h264", "op": {"crf": 20}, "bytes": 900, "bpp": 0.1, "psnr": 31.5}
     cases = [({"bpp": "x"}, "record 1: field 'bpp' must be a number, got \"x\""),
              ({"codec": []}, "record 1: field 'codec' must be a string"),
@@ -222,7 +211,7 @@ def test_rd_plot_checks_the_fields_it_reads(tmp_path, capsys):
     for i, (change, message) in enumerate(cases):
         path = tmp_path / f"records{i}.json"
         path.write_text(json.dumps([good, {**good, **change}]))
-        assert message in _one_line_error(capsys, ["rd", "plot", str(path)])
+        assert message in cli_error(["rd", "plot", str(path)])
 
 
 def test_rd_help_says_what_eval_means():

@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 import vitok
-from vitok.cli.main import cli, main
+from vitok.cli.main import cli
 from vitok.data.convert import frames_to_tensor
 from vitok.data.io import read_video
 from vitok.data.shards import ShardError
@@ -112,14 +112,11 @@ def test_cli_extract_stats_train_sample(tmp_path, video_dir, model_dir):
     assert result.exit_code != 0 and "exists" in str(result.exception)  # main() prints it as `error: ...`
 
 
-def test_damaged_generator_weights_are_one_line(tmp_path, capsys):
+def test_damaged_generator_weights_are_one_line(tmp_path, cli_error):
     gen = tmp_path / "gen"
     save_generator(FlowDiT(GeneratorConfig(latent_channels=4, max_tokens=8, width=16, depth=1, heads=2)), gen, {})
     (gen / "model.safetensors").write_text("hi\n")
-    with pytest.raises(SystemExit) as e:
-        main(["gen", "sample", "--gen", str(gen), "-o", str(tmp_path / "s.mp4"), "-q"])
-    err = capsys.readouterr().err
-    assert e.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+    err = cli_error(["gen", "sample", "--gen", str(gen), "-o", str(tmp_path / "s.mp4"), "-q"])
     assert f"{gen / 'model.safetensors'}: unreadable generator weights" in err
     assert not (tmp_path / "s.mp4").exists()
 
@@ -143,15 +140,7 @@ def test_a_failed_training_run_leaves_no_folder_and_an_earlier_run_whole(tmp_pat
     assert {p.name: p.read_bytes() for p in (tmp_path / "gen").iterdir()} == before
 
 
-def _one_line_error(capsys, args: list[str]) -> str:
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    err = capsys.readouterr().err
-    assert e.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
-
-
-def test_gen_train_never_replaces_a_folder_it_did_not_write(tmp_path, shards_dir, model_dir, capsys):
+def test_gen_train_never_replaces_a_folder_it_did_not_write(tmp_path, shards_dir, model_dir, cli_error):
     """-y replaced config.json and model.safetensors of any folder, a tokenizer's included (the one the shards came
     from, which sampling needs); the output folder is now replaced whole, so only an earlier run's is accepted."""
     import shutil
@@ -161,15 +150,15 @@ def test_gen_train_never_replaces_a_folder_it_did_not_write(tmp_path, shards_dir
     before = {p.name: p.read_bytes() for p in tok.iterdir()}
     base = ["gen", "train", str(shards_dir), "--steps", "2", "--batch-size", "2", "--width", "16", "--depth", "1",
             "--heads", "2", "-q", "-y"]
-    err = _one_line_error(capsys, [*base, "--out", str(tok)])
+    err = cli_error([*base, "--out", str(tok)])
     assert "is not a generator folder" in err and {p.name: p.read_bytes() for p in tok.iterdir()} == before
-    assert "is the input" in _one_line_error(capsys, [*base, "--out", str(shards_dir)])
+    assert "is the input" in cli_error([*base, "--out", str(shards_dir)])
     gen = tmp_path / "gen"
     gen.mkdir()   # an empty folder is fine
     main_ok = CliRunner().invoke(cli, [*base, "--out", str(gen)])
     assert main_ok.exit_code == 0, main_ok.output
     (gen / "notes.txt").write_text("mine")
-    assert "holds other files (notes.txt)" in _one_line_error(capsys, [*base, "--out", str(gen)])
+    assert "holds other files (notes.txt)" in cli_error([*base, "--out", str(gen)])
     (gen / "notes.txt").unlink()
     (gen / "stale.bin").write_bytes(b"x")
     with pytest.raises(GeneratorError, match=r"holds stale.bin"):   # the API refuses too
@@ -179,8 +168,8 @@ def test_gen_train_never_replaces_a_folder_it_did_not_write(tmp_path, shards_dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gen", "tok"]   # no temporary folder left beside it
 
 
-def test_gen_errors_are_one_line(tmp_path, shards_dir, capsys):
-    err = _one_line_error(capsys, ["gen", "train", str(shards_dir), "--out", str(tmp_path / "g"), "--width", "16",
+def test_gen_errors_are_one_line(tmp_path, shards_dir, cli_error):
+    err = cli_error(["gen", "train", str(shards_dir), "--out", str(tmp_path / "g"), "--width", "16",
                                    "--heads", "3", "-q"])
     assert "--width 16 is not divisible by --heads 3" in err and not (tmp_path / "g").exists()
     gen = tmp_path / "gen"
@@ -189,7 +178,7 @@ def test_gen_errors_are_one_line(tmp_path, shards_dir, capsys):
     for key in ("tokenizer", "template", "normalization"):
         broken = {k: v for k, v in config.items() if k != key}
         (gen / "config.json").write_text(json.dumps(broken))
-        err = _one_line_error(capsys, ["gen", "sample", "--gen", str(gen), "-o", str(tmp_path / "s.mp4"), "-q"])
+        err = cli_error(["gen", "sample", "--gen", str(gen), "-o", str(tmp_path / "s.mp4"), "-q"])
         assert f"unreadable generator ('config.json lacks {key}')" in err and not (tmp_path / "s.mp4").exists()
 
 
