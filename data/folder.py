@@ -23,8 +23,9 @@ class VideoFolder(torch.utils.data.Dataset):
     Images (png/jpg/...) are still clips: the picture repeated ``num_frames`` times. Videos shorter than a clip
     repeat their last frame. Hidden files and folders (``.name``, e.g. macOS ``._clip.mp4``, ``.ipynb_checkpoints``)
     are ignored. Unreadable files are skipped with one warning each, at scan time or when a read fails later (then
-    the next file stands in), so an epoch never crashes on a bad file. A start frame costs decoding from the file's
-    beginning: suits short clips.
+    the next file stands in), so an epoch never crashes on a bad file. A window is reached by seeking to the
+    keyframe before it (mp4/mov/mkv/webm; other containers are decoded from their start up to it), so long videos
+    cost no more per clip than short ones.
     """
 
     def __init__(self, root: str | os.PathLike, num_frames: int, size: int | tuple[int, int], *, stride: int = 1,
@@ -70,7 +71,7 @@ class VideoFolder(torch.utils.data.Dataset):
         read = dict(num_frames=1 if info.is_image else self.num_frames, stride=self.stride, crop=(x, y, w, h),
                     size=self.size, chunk_frames=self.num_frames)
         try:
-            frames = np.concatenate(list(iter_video(info.path, start=start, **read)))
+            frames = np.concatenate(list(iter_video(info.path, start_time=float(start / info.fps), **read)))
         except VideoReadError:
             if start == 0:
                 raise

@@ -220,6 +220,7 @@ def _to_rgb(frame: av.VideoFrame, coded_size: tuple[int, int]) -> np.ndarray:
 
 
 _SIZED_FORMATS = {"mov", "matroska", "avi"}  # containers whose header states the true length (mpegts only guesses)
+_TIMED_FORMATS = {"mov", "matroska"}  # containers whose frames carry true presentation times (avi's are decode times)
 
 
 def _check_complete(path: str | os.PathLike, container: av.container.InputContainer,
@@ -236,28 +237,57 @@ def _check_complete(path: str | os.PathLike, container: av.container.InputContai
 
 
 def iter_video(path: str | os.PathLike, *, chunk_frames: int = 16, start: int = 0, num_frames: int | None = None,
-               stride: int = 1, size: Size | None = None, crop: Crop | str | None = None) -> Iterator[np.ndarray]:
+               stride: int = 1, size: Size | None = None, crop: Crop | str | None = None,
+               start_time: float | None = None) -> Iterator[np.ndarray]:
     """Stream uint8 RGB chunks ``(<=chunk_frames,H,W,3)`` of ``path``; memory stays flat however long the video.
 
     Frames ``start, start+stride, ...`` (at most ``num_frames``; fewer if the video ends first). Frames before
-    ``start`` are decoded but not converted. Errors (truncated, start past the end) raise VideoReadError.
+    ``start`` are decoded but not converted. ``start_time`` (seconds after the stream's first frame; ``start``
+    then counts from there) seeks to the keyframe before it instead, so a window late in a long file costs no
+    more than one at its start: the first frame taken is the first shown at or after it. In containers without
+    true presentation times (avi, y4m, raw streams) it is frame ``round(start_time x fps)``, decoded up to as
+    before. Errors (truncated, start past the end) raise VideoReadError.
     """
     _check_args(start, num_frames, stride, chunk_frames, crop, size)
+    if start_time is not None and not start_time >= 0:
+        raise ValueError(f"start_time must be >= 0 seconds, got {start_time}")
     container, stream = _open(path)
-    return _decode(path, container, stream, chunk_frames, start, num_frames, stride, size, crop)
+    return _decode(path, container, stream, chunk_frames, start, num_frames, stride, size, crop, start_time)
+
+
+def _seek(path: str | os.PathLike, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+          start_time: float) -> float:
+    """Seek to the keyframe at or before ``start_time`` seconds after the stream's start; return that instant's
+    presentation time (frames shown before it are to be dropped)."""
+    tb = stream.time_base
+    origin = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+    target = origin + start_time
+    if tb:
+        try:
+            container.seek(int(target / tb), backward=True, stream=stream)
+        except _AV_ERRORS as e:
+            raise VideoReadError(f"{path}: cannot seek to {start_time:.3f} s ({_reason(e)})") from e
+    return target
 
 
 def _decode(path: str | os.PathLike, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
             chunk_frames: int, start: int, num_frames: int | None, stride: int, size: Size | None,
-            crop: Crop | str | None) -> Iterator[np.ndarray]:
+            crop: Crop | str | None, start_time: float | None = None) -> Iterator[np.ndarray]:
     with container:
         chunk: list[np.ndarray] = []
         box: Crop | None = None
         index = taken = 0
         first = span = None
         step = 1 / _fps(stream)
+        after = None
+        if start_time is not None and container.format.name.split(",")[0] in _TIMED_FORMATS:
+            after = _seek(path, container, stream, start_time) - step / 2
+        elif start_time is not None:
+            start += round(start_time * _fps(stream))
         try:
             for frame in container.decode(stream):
+                if after is not None and frame.time is not None and frame.time < after:
+                    continue
                 first, index = frame if first is None else first, index + 1
                 if frame.time is not None:  # [earliest start, latest end] of the frames, in seconds
                     duration = getattr(frame, "duration", None)
@@ -280,7 +310,8 @@ def _decode(path: str | os.PathLike, container: av.container.InputContainer, str
         except _AV_ERRORS as e:
             raise VideoReadError(f"{path}: corrupt or truncated after frame {index} ({_reason(e)})") from e
         if index == 0:
-            raise VideoReadError(f"{path}: no decodable frames")
+            raise VideoReadError(f"{path}: no decodable frames" if after is None else
+                                 f"{path}: start_time={start_time} s is past the end")
         if taken == 0:
             raise VideoReadError(f"{path}: start={start} is past the end (the video has {index} frames)")
         if chunk:

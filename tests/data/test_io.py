@@ -21,11 +21,15 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def write_raw(path: Path, frames: np.ndarray, codec: str, pix_fmt: str, *, src_format: str = "rgb24",
-              rotation: int | None = None, pts: list[int] | None = None, options: dict | None = None) -> Path:
-    """Write a test file directly with PyAV (what write_video does not offer: gray, alpha, rotation, VFR, faststart)."""
+              rotation: int | None = None, pts: list[int] | None = None, options: dict | None = None,
+              gop: int | None = None) -> Path:
+    """Write a test file directly with PyAV (what write_video does not offer: gray, alpha, rotation, VFR, faststart,
+    a keyframe every ``gop`` frames)."""
     with av.open(str(path), "w", options=options or {}) as c:
         s = c.add_stream(codec, rate=25)
         s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        if gop is not None:
+            s.codec_context.gop_size = gop
         if pts is not None:
             s.codec_context.time_base = Fraction(1, 1000)
         if rotation is not None:
@@ -336,6 +340,52 @@ def test_start_past_the_end(tiny_video):
     with pytest.raises(VideoReadError, match=r"start=9 is past the end \(the video has 9 frames\)") as err:
         read_video(tiny_video, start=9)
     assert str(tiny_video) in str(err.value)
+
+
+class _CountingContainer:
+    """An av input container that counts the frames its decode() gives."""
+
+    def __init__(self, container: av.container.InputContainer, counts: list[int]) -> None:
+        self._c, self._counts = container, counts
+
+    def __getattr__(self, name: str):
+        return getattr(self._c, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._c.close()
+
+    def decode(self, *args, **kwargs):
+        self._counts.append(0)
+        for frame in self._c.decode(*args, **kwargs):
+            self._counts[-1] += 1
+            yield frame
+
+
+@pytest.mark.parametrize("suffix, codec, offset", [(".mp4", "libx264", 0), (".mkv", "libx264", 2000),
+                                                    (".webm", "libvpx-vp9", 0), (".avi", "libx264", 0)])
+def test_start_time_seeks_to_the_frames_start_would_read(tmp_path, monkeypatch, suffix, codec, offset):
+    """A window late in a long file decoded every frame before it; start_time seeks to the keyframe before it and
+    gives the frames of the matching frame index (B-frames, a stream starting 2 s in). Avi's frames carry decode
+    times, so there it counts frames as start does."""
+    frames = np.repeat(noise((25, 1, 32, 48, 3)), 4, axis=1).reshape(100, 32, 48, 3)
+    path = write_raw(tmp_path / f"v{suffix}", frames, codec, "yuv420p", gop=10,
+                     pts=[offset + 40 * i for i in range(100)] if offset else None)
+    for seconds in (0, 0.5, 1.96, 3.0, 3.96):
+        index = np.concatenate(list(iter_video(path, start=round(seconds * 25), num_frames=4, stride=2)))
+        timed = np.concatenate(list(iter_video(path, start_time=seconds, num_frames=4, stride=2)))
+        assert np.array_equal(index, timed), seconds
+    counts: list[int] = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: _CountingContainer(real_open(*a, **k), counts))
+    list(iter_video(path, start_time=3.0, num_frames=4))
+    assert counts[-1] >= 79 if suffix == ".avi" else counts[-1] <= 4 + 10 + 4  # up to a GOP before, B-frame delay
+    with pytest.raises(VideoReadError, match=r"start_time=4.5 s is past the end|start=112 is past the end"):
+        list(iter_video(path, start_time=4.5))
+    with pytest.raises(ValueError, match="start_time must be >= 0"):
+        iter_video(path, start_time=-1)
 
 
 def test_write_errors_leave_no_file(tmp_path, tiny_frames):
