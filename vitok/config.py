@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,22 @@ from typing import Any
 from vitok.data.errors import VitokError
 
 MAX_TILE_OVERLAP = 0.4  # the largest fraction whose blend weights sum to 1 for every size (tests/core/test_tiling.py)
+
+
+def _is(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's type hint (int, float, str, bool, list[...], X | None)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is(value, h) for h in typing.get_args(hint))
+    if origin is list:
+        return isinstance(value, list) and all(_is(v, typing.get_args(hint)[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
 
 
 @dataclass
@@ -35,6 +53,12 @@ class TokenizerConfig:
 
     def validate(self) -> None:
         """Raise VitokError when the fields do not describe a buildable model."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _is(value, hints[f.name]):
+                hint = getattr(hints[f.name], "__name__", None) if isinstance(hints[f.name], type) else None
+                raise VitokError(f"config {self.name}: {f.name} must be {hint or hints[f.name]}, got {value!r}")
         if self.latent_channels < 1 or self.clip_frames < 1:
             raise VitokError(f"config {self.name}: latent_channels and clip_frames must be >= 1")
         if not 0.0 <= self.tile_overlap <= MAX_TILE_OVERLAP:  # above it, tiles shrunk to fit overlap 3 deep somewhere
@@ -74,6 +98,12 @@ class ViTConfig(TokenizerConfig):
 
     def validate(self) -> None:
         super().validate()
+        sizes = ("patch_t", "patch", "enc_width", "enc_heads", "dec_width", "dec_heads")
+        small = [f"{key}={getattr(self, key)}" for key in sizes if getattr(self, key) < 1]
+        small += [f"{key}={getattr(self, key)}" for key in ("enc_depth", "dec_depth") if getattr(self, key) < 0]
+        if small or self.mlp_ratio <= 0 or self.rope_theta <= 0:
+            raise VitokError(f"config {self.name}: sizes must be >= 1 (depths >= 0) and mlp_ratio, rope_theta > 0, "
+                             f"got {', '.join(small) or f'mlp_ratio={self.mlp_ratio}, rope_theta={self.rope_theta}'}")
         if self.clip_frames % self.patch_t:
             raise VitokError(f"config {self.name}: clip_frames {self.clip_frames} must be a multiple of "
                              f"patch_t {self.patch_t}")
@@ -126,6 +156,8 @@ class CNNConfig(TokenizerConfig):
                              f"got {self.clip_frames}")
         if len(self.enc_channels) != 3 or len(self.dec_channels) != 3:
             raise VitokError(f"config {self.name}: enc_channels and dec_channels need 3 entries")
+        if min(self.enc_channels + self.dec_channels) < 1 or min(self.enc_blocks, self.dec_blocks) < 0:
+            raise VitokError(f"config {self.name}: channels must be >= 1 and enc_blocks, dec_blocks >= 0")
         self._check_tile(8)
 
 

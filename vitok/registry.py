@@ -13,7 +13,7 @@ PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
 # Paper sizes (ViTok): width, depth, heads.
 SIZES = {"S": (768, 6, 12), "B": (768, 12, 12), "L": (1152, 24, 16)}
-PAPER_NAME = re.compile(r"^(vit|vit1d)-([SBL])-([SBL])/(\d+)x(\d+)$")
+PAPER_NAME = re.compile(r"(vit|vit1d)-([SBL])-([SBL])/(\d+)x(\d+)")  # matched whole (fullmatch)
 
 # Small architectures: tiny ones for tests, *-s-cpu ones that the bundled models are trained from.
 ARCHITECTURES: dict[str, TokenizerConfig] = {
@@ -36,7 +36,7 @@ PAPER_EXAMPLES = ["vit-S-B/4x8", "vit-S-B/8x8", "vit-S-B/4x16", "vit-S-L/4x8", "
 
 
 def _paper_config(name: str) -> TokenizerConfig | None:
-    m = PAPER_NAME.match(name)
+    m = PAPER_NAME.fullmatch(name)
     if m is None:
         return None
     kind, enc, dec, pt, p = m.groups()
@@ -87,6 +87,8 @@ def create_model(name: str, /, **overrides) -> Tokenizer:
 
 def resolve(name_or_dir: str | Path) -> Path:
     """The directory holding config.json + model.safetensors for a path or a bundled name."""
+    if not str(name_or_dir).strip():
+        raise VitokError("empty model name: give a bundled name or a directory")
     path = Path(name_or_dir)
     if path.is_dir():
         return path
@@ -117,8 +119,11 @@ def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> T
     except Exception as e:  # safetensors raises several types for truncated/garbled files
         raise VitokError(f"{weights}: corrupt weights file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                          ) from None
-    state = restored(tensors, metadata, str(weights))
     expected_hash = metadata.get("weights_hash")
+    if expected_hash is None:
+        raise VitokError(f"{weights}: no weights_hash in its metadata (not written by vitok's save_pretrained), so it "
+                         f"cannot be checked")
+    state = restored(tensors, metadata, str(weights))
     model_state = tok.state_dict()
     missing = sorted(set(model_state) - set(state))
     extra = sorted(set(state) - set(model_state))
@@ -129,7 +134,7 @@ def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> T
                            if keys)
         raise VitokError(f"{weights}: weights do not match config.json ({detail})")
     tok.load_state_dict(state)
-    if expected_hash is not None and tok.weights_hash != expected_hash:
+    if tok.weights_hash != expected_hash:
         raise VitokError(f"{weights}: weights hash mismatch (file corrupt or edited)")
     tok.to(device)
     return tok.freeze() if frozen else tok

@@ -2,8 +2,9 @@
 
 int8 keeps each weight matrix (every floating tensor of two or more dimensions) as int8 values and one float32
 scale per output row (``name`` and ``name.scale``: symmetric, ``w = q * scale``, |q| <= 127), the other floating
-tensors (biases, norms) as float16: about a quarter of float32's bytes. Loading rebuilds float32 tensors, so a
-model runs and hashes the same whichever way it was stored.
+tensors (biases, norms) as float16: about a quarter of float32's bytes. Loading rebuilds float32 tensors, exactly
+the ones whose hash the file records (saving computes it from the stored tensors), so an int8 or float16 file
+loads as a model slightly unlike the one saved, with its own hash.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def stored(state: dict[str, torch.Tensor], dtype: torch.dtype | None
            ) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, torch.Tensor]]:
     """For ``state`` at ``dtype`` (None: as it is; a float dtype; or torch.int8): the tensors to write, the file's
     metadata entries, and the state loading will rebuild from them (``state`` itself is left as it is)."""
+    if dtype is not None and dtype != torch.int8 and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise VitokError(f"weights dtype must be None, a floating dtype or torch.int8, got {dtype!r}")
     if dtype is None:
         return dict(state), {}, dict(state)
     out: dict[str, torch.Tensor] = {}
@@ -73,8 +76,8 @@ def restored(tensors: dict[str, torch.Tensor], metadata: dict[str, str], where: 
             state[name] = t.float() if t.is_floating_point() else t
             continue
         scale = tensors.get(name + SCALE)
-        if scale is None or scale.shape != (t.shape[0],) or not scale.is_floating_point() or \
-                not torch.isfinite(scale).all() or t.ndim < 2:
+        if scale is None or t.ndim < 2 or scale.shape != (t.shape[0],) or not scale.is_floating_point() or \
+                not torch.isfinite(scale).all():
             raise VitokError(f"{where}: corrupt weights file (int8 tensor {name} without a valid per-row scale)")
         state[name] = dequantize_rows(t, scale.float())
     return state

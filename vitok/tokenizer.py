@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from vitok.config import TokenizerConfig
-from vitok.data.atomic import atomic_path, write_bytes_atomic
+from vitok.data.atomic import atomic_path
 from vitok.data.errors import VitokError
 from vitok.geometry import Geometry, blend_weights, pad_chunk, plan
 from vitok.latents import Latents
@@ -336,7 +336,7 @@ class Tokenizer(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write model.safetensors then config.json into `directory`, each atomically (other files are kept).
+        """Write model.safetensors and config.json into `directory`, atomically (other files are kept).
 
         `dtype` shrinks the file: a float dtype (e.g. torch.float16) stores floating weights at that precision,
         torch.int8 stores weight matrices as int8 with a scale per row (``vitok.storage``). The model itself is left
@@ -346,14 +346,17 @@ class Tokenizer(nn.Module):
         from vitok.storage import restored, stored
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tensors, meta, _ = stored(self.state_dict(), dtype)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        with atomic_path(directory / "model.safetensors") as tmp:
-            # the hash of what load() rebuilds from the file: a float32 model, whatever this one's dtype
-            as_loaded = {k: v.float() if v.is_floating_point() else v
-                         for k, v in restored(tensors, meta, str(directory)).items()}
-            save_file(tensors, str(tmp), metadata={"format": "pt", "kind": self.config.kind,
-                                                   "weights_hash": state_hash(as_loaded), **meta})
-        write_bytes_atomic(directory / "config.json", (json.dumps(self.config.to_dict(), indent=2) + "\n").encode())
+        directory.mkdir(parents=True, exist_ok=True)
+        # both files are written before either is renamed into place, back to back, so an interruption cannot
+        # leave new weights beside an old config (latent statistics, tiling)
+        with atomic_path(directory / "config.json") as config_tmp:
+            config_tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            with atomic_path(directory / "model.safetensors") as tmp:
+                # the hash of what load() rebuilds from the file: a float32 model, whatever this one's dtype
+                as_loaded = {k: v.float() if v.is_floating_point() else v
+                             for k, v in restored(tensors, meta, str(directory)).items()}
+                save_file(tensors, str(tmp), metadata={"format": "pt", "kind": self.config.kind,
+                                                       "weights_hash": state_hash(as_loaded), **meta})
         return directory

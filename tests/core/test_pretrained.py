@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 
+from safetensors.torch import load_file, save_file
+
 import vitok
 from vitok.data.errors import VitokError
 
@@ -93,6 +95,8 @@ def test_load_errors(tmp_path):
         vitok.load("no-such-model")
     with pytest.raises(VitokError, match="create_model"):
         vitok.load("vit-tiny")
+    with pytest.raises(VitokError, match="empty model name"):
+        vitok.load("")   # was the current directory
     with pytest.raises(VitokError, match="unknown model"):
         vitok.create_model("no-such-model")
     with pytest.raises(VitokError, match="unknown config field"):
@@ -123,6 +127,67 @@ def test_load_errors(tmp_path):
     (directory / "config.json").write_text(json.dumps({"kind": "vit", "bogus": 1}))
     with pytest.raises(VitokError, match="bogus"):
         vitok.load(directory)
+
+
+def test_an_interrupted_save_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    """Weights were renamed into place before the config was written: an interruption between the two left new
+    weights loading with the old config's latent statistics."""
+    torch.manual_seed(0)
+    old = vitok.create_model("vit-tiny")
+    old.save_pretrained(tmp_path / "m")
+    new = vitok.create_model("vit-tiny")
+    new.set_latent_stats([0.5] * 8, [2.0] * 8)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dumps", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        new.save_pretrained(tmp_path / "m")
+    monkeypatch.undo()
+    back = vitok.load(tmp_path / "m")
+    assert back.weights_hash == old.weights_hash and back.config.latent_std is None
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_a_file_without_its_hash_is_refused(tmp_path):
+    """A weights file without vitok's hash loaded unchecked, tampered weights included."""
+    vitok.create_model("vit-tiny").save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors[next(iter(tensors))].fill_(123.0)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    with pytest.raises(VitokError, match="no weights_hash in its metadata"):
+        vitok.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("enc_width", "64", "enc_width must be int, got '64'"),
+    ("patch", None, "patch must be int, got None"),
+    ("enc_depth", 2.5, "enc_depth must be int, got 2.5"),
+    ("variational", 1, "variational must be bool"),
+    ("latent_std", [1.0, "a"] + [1.0] * 6, r"latent_std must be list\[float\] \| None"),
+    ("patch", 0, "sizes must be >= 1 .* got patch=0"),
+    ("dec_depth", -1, "got dec_depth=-1"),
+    ("mlp_ratio", -1.0, "mlp_ratio, rope_theta > 0"),
+])
+def test_config_fields_of_the_wrong_type_are_one_line_errors(tmp_path, cli_error, field, value, message):
+    """Mistyped config.json fields were TypeErrors from deep in the model (or a ZeroDivisionError)."""
+    vitok.create_model("vit-tiny").save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(VitokError, match=message):
+        vitok.load(tmp_path / "m")
+    assert field in cli_error(["calibrate", "--iters", "1", str(tmp_path / "m")])
+
+
+def test_paper_names_parse_whole_and_refuse_zero_sizes():
+    with pytest.raises(VitokError, match="got patch=0"):
+        vitok.create_model("vit-S-B/4x0")
+    with pytest.raises(VitokError, match="unknown model"):
+        vitok.create_model("vit-S-B/4x8\n")
+    with pytest.raises(VitokError, match="must be int"):
+        vitok.create_model("cnn-tiny", enc_blocks=1.5)
 
 
 def test_public_api():

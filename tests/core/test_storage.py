@@ -74,6 +74,24 @@ def test_malformed_int8_files_are_refused(tmp_path, damage, message):
         vitok.load(tmp_path / "m")
 
 
+def test_a_matrix_stored_as_a_scalar_is_refused(tmp_path):
+    path, tensors, meta = _int8_file(tmp_path)
+    name = next(k[:-6] for k in tensors if k.endswith(".scale"))
+    tensors[name] = torch.tensor(3, dtype=torch.int8)   # a 0-d int8 tensor with its row scales: an IndexError
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(VitokError, match="without a valid per-row scale"):
+        vitok.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.bool, "int8"])
+def test_save_refuses_a_dtype_no_file_can_hold(tmp_path, dtype):
+    """An integer dtype wrote a file every load refused as 'corrupt or edited'; a string was a RuntimeError after
+    the folder was made."""
+    with pytest.raises(VitokError, match="weights dtype must be None, a floating dtype or torch.int8"):
+        vitok.create_model("vit-tiny").save_pretrained(tmp_path / "m", dtype=dtype)
+    assert not (tmp_path / "m").exists()
+
+
 def test_unknown_storage_is_refused(tmp_path):
     path, tensors, meta = _int8_file(tmp_path)
     save_file(tensors, str(path), metadata={**meta, "storage": "int4"})
