@@ -31,8 +31,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dest", type=Path, help="folder to write [default: vitok/pretrained/NAME in this repo]")
     parser.add_argument("--note", help="a word on this stage's hardware, e.g. that another run shared the cores")
     args = parser.parse_args(argv)
-    dest = bundle(args.run, args.name, args.command, dest=args.dest, storage="int8" if args.int8 else
-                  "float16" if args.half else None, note=args.note, calibration_iters=args.calibration_iters)
+    from vitok.data.errors import VitokError
+
+    try:
+        dest = bundle(args.run, args.name, args.command, dest=args.dest, storage="int8" if args.int8 else
+                      "float16" if args.half else None, note=args.note, calibration_iters=args.calibration_iters)
+    except VitokError as e:   # a model folder that does not load, a bad config: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
     print(f"bundled {args.name} -> {dest}")
 
 
@@ -43,18 +48,17 @@ def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, stor
     from vitok.codecs.entropy import calibrate_model_dir
     from vitok.data.atomic import atomic_dir
 
+    import vitok
+
     dest = dest or REPO / "vitok" / "pretrained" / name
-    if not (run / "train_info.json").is_file():
-        raise SystemExit(f"error: {run} has no train_info.json: not a finished training run")
-    info = json.loads((run / "train_info.json").read_text())
+    info = _finished_run(run)
     prior = _prior_training(run, info["config"]["model"].get("init"))
+    model = vitok.load(run / "model", frozen=False)   # checks the weights against their hash and config
     with atomic_dir(dest) as tmp:
         if storage:
             import torch
 
-            import vitok
-            dtype = {"float16": torch.float16, "int8": torch.int8}[storage]
-            vitok.load(run / "model", frozen=False).save_pretrained(tmp, dtype=dtype)
+            model.save_pretrained(tmp, dtype={"float16": torch.float16, "int8": torch.int8}[storage])
         else:
             for f in ("model.safetensors", "config.json"):
                 shutil.copy2(run / "model" / f, tmp / f)
@@ -74,6 +78,25 @@ def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, stor
         (tmp / "training.json").write_text(json.dumps(training, indent=2) + "\n")
         calibrate_model_dir(tmp, iters=calibration_iters)
     return dest
+
+
+def _finished_run(run: Path) -> dict:
+    """``run``'s train_info.json, once it is sure to describe RUN/model: a run resumed for more steps keeps the
+    train_info.json of its earlier end while every checkpoint rewrites model/, so the steps must agree (a run
+    unpacked by tools/offline_train.py has no checkpoints)."""
+    pointer = run / "checkpoints" / "latest.json"
+    try:
+        info = json.loads((run / "train_info.json").read_text())
+        latest = json.loads(pointer.read_text())["step"] if pointer.is_file() else info["steps"]
+        info["config"]["model"]["name"], info["steps"], info["hardware"]   # the fields bundling reads
+    except FileNotFoundError:
+        raise SystemExit(f"error: {run} has no train_info.json: not a finished training run") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"error: {run}: unreadable train_info.json or checkpoints/latest.json ({e!r})") from None
+    if latest != info["steps"]:
+        raise SystemExit(f"error: {run} was resumed past the end its train_info.json records (checkpoint step "
+                         f"{latest}, train_info step {info['steps']}): finish the run (--resume) before bundling it")
+    return info
 
 
 def _prior_training(run: Path, init: str | None) -> dict:

@@ -8,8 +8,9 @@
 KIT/samples.npz. `run` (there; it needs torch, timm, safetensors, piq, numpy, tqdm and scikit-image, and runs from a
 checkout) serves those arrays instead of decoding any file, sizes schedule.steps to the time budget from a short
 trial of the same config (unless --steps is given), trains with `vitok.train.trainer.train`, and writes the model's
-weights in shards under 16 MiB plus train_info.json and metrics.jsonl to OUT (SIGTERM at the budget's end stops the
-run at a checkpoint and finishes it there). `unpack` joins the shards back into RUN/model.
+weights in shards under 16 MiB plus train_info.json, metrics.jsonl (and init.json) to OUT, then manifest.json with
+the shards' sha256 (SIGTERM at the budget's end stops the run at a checkpoint and finishes it there). `unpack`
+checks the shards against the manifest and joins them back into RUN/model with the weights file's metadata.
 """
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHARD_BYTES = 15 * 2**20
 RESERVE_S = 75.0   # model build, final evaluation, latent statistics and export after the last step
 COPIED = {"model/config.json": "model-config.json", "train_info.json": "train_info.json",
-          "metrics.jsonl": "metrics.jsonl"}   # a run's files besides its weights -> their names in OUT
+          "metrics.jsonl": "metrics.jsonl", "init.json": "init.json"}   # a run's other files -> their names in OUT
+OPTIONAL = {"init.json"}   # only a run started from other weights (model.init) has it
+MANIFEST = "manifest.json"   # written last by `run`: the shards' names and sha256, the weights file's metadata
 
 
 def fit_steps(clips_per_s: list[float], batch_size: int, seconds: float) -> int:
@@ -79,9 +82,19 @@ def pack(config: str, kit: Path, sets: list[str]) -> Path:
         _read_all_frames(cfg)
     finally:
         samples._decoded = original
-    kit.mkdir(parents=True, exist_ok=True)
-    path = kit / "samples.npz"
-    np.savez_compressed(path, keys=np.array(list(decoded)), **{f"a{i}": a for i, a in enumerate(decoded.values())})
+    from vitok.data.atomic import atomic_path
+
+    path = _folder(kit) / "samples.npz"
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:   # an interrupted pack leaves no half kit
+        np.savez_compressed(f, keys=np.array(list(decoded)), **{f"a{i}": a for i, a in enumerate(decoded.values())})
+    return path
+
+
+def _folder(path: Path) -> Path:
+    """``path`` as a folder (made if missing); a file there is a one-line error."""
+    if path.exists() and not path.is_dir():
+        raise SystemExit(f"error: {path} is a file, not a folder")
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -148,7 +161,7 @@ def run(config: str, kit: Path, out: Path, sets: list[str], budget: float, steps
         _read_all_frames(load_config(config, sets))
     except VitokError as e:
         raise SystemExit(f"error: {e}") from None
-    out.mkdir(parents=True, exist_ok=True)
+    _folder(out)
     work = Path(tempfile.mkdtemp(prefix="offline-train-"))
     try:
         return _train_in(work, config, out, sets, budget, steps, trial_steps, reserve, start)
@@ -194,10 +207,28 @@ def _train_in(work: Path, config: str, out: Path, sets: list[str], budget: float
     return result
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _export(run_dir: Path, out: Path) -> None:
+    """Write the run's weights to OUT in shards under SHARD_BYTES, its other files beside them, then the manifest
+    (an OUT holding an earlier export is cleared of it first, so no stale shard joins this one)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    weights = load_file(str(run_dir / "model" / "model.safetensors"))
+    source = run_dir / "model" / "model.safetensors"
+    with safe_open(str(source), framework="pt") as f:
+        metadata = f.metadata() or {}
+    weights = load_file(str(source))
+    for old in [*out.glob("weights-*.safetensors"), out / MANIFEST]:
+        old.unlink(missing_ok=True)
     shards, size = [{}], 0
     for name in sorted(weights):
         n = weights[name].numel() * weights[name].element_size()
@@ -205,29 +236,39 @@ def _export(run_dir: Path, out: Path) -> None:
             shards.append({})
             size = 0
         shards[-1][name], size = weights[name].contiguous(), size + n
+    names = []
     for i, shard in enumerate(shards):
-        save_file(shard, str(out / f"weights-{i:02d}.safetensors"))
+        names.append(f"weights-{i:02d}.safetensors")
+        save_file(shard, str(out / names[-1]))
     for in_run, in_out in COPIED.items():
-        shutil.copy(run_dir / in_run, out / in_out)
+        if (run_dir / in_run).is_file() or in_run not in OPTIONAL:
+            shutil.copy(run_dir / in_run, out / in_out)
+    manifest = {"shards": {n: _sha256(out / n) for n in names}, "metadata": metadata}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def unpack(out: Path, run_dir: Path) -> Path:
-    """Rebuild RUN/model (weights joined), RUN/train_info.json and RUN/metrics.jsonl from `run`'s output."""
+    """Rebuild RUN/model (weights joined, with the file's metadata and so its hash), RUN/train_info.json,
+    RUN/metrics.jsonl and RUN/init.json from `run`'s output, after checking every shard against the manifest."""
     from safetensors.torch import load_file, save_file
 
-    shards = sorted(out.glob("weights-*.safetensors"))
-    if not shards or not (out / "train_info.json").is_file():
-        raise SystemExit(f"error: {out} holds no weights-*.safetensors or no train_info.json: not a run's output")
     from vitok.data.atomic import atomic_path
 
+    if not (out / MANIFEST).is_file() or not (out / "train_info.json").is_file():
+        raise SystemExit(f"error: {out} holds no {MANIFEST} or no train_info.json: not a finished run's output")
+    manifest = json.loads((out / MANIFEST).read_text())
     weights = {}
-    for shard in shards:
+    for name, digest in manifest["shards"].items():
+        shard = out / name
+        if not shard.is_file() or _sha256(shard) != digest:
+            raise SystemExit(f"error: {shard} is missing or differs from the manifest (incomplete or mixed copy)")
         weights.update(load_file(str(shard)))
     with atomic_path(run_dir / "model" / "model.safetensors") as tmp:   # an interrupted unpack leaves no half file
-        save_file(weights, str(tmp))
+        save_file(weights, str(tmp), metadata=manifest["metadata"])
     for in_run, in_out in COPIED.items():
-        with atomic_path(run_dir / in_run) as tmp:
-            shutil.copy(out / in_out, tmp)
+        if (out / in_out).is_file() or in_run not in OPTIONAL:
+            with atomic_path(run_dir / in_run) as tmp:
+                shutil.copy(out / in_out, tmp)
     return run_dir
 
 

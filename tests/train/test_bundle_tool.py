@@ -67,3 +67,30 @@ def test_history_of_a_run_whose_source_is_gone_or_has_none(make_cfg, tmp_path, c
     (tmp_path / "start").rmdir()
     with pytest.raises(SystemExit, match=r"model.init=.*start, which is gone .* cannot be chained"):
         tool._prior_training(tmp_path / "run", init)
+
+
+@pytest.mark.skipif(not TOOL.is_file(), reason="tools/ is not in this checkout")
+def test_a_run_resumed_past_its_end_or_broken_is_refused_in_one_line(make_cfg, tmp_path, capsys):
+    """A finished run resumed for more steps kept its old train_info.json while model/ moved on: bundling recorded
+    the old steps for the new weights. A run without model/ or with a train_info.json lacking a field was a
+    traceback."""
+    cfg = make_cfg("tiny-vit", "schedule.steps=2", "data.synthetic.num_clips=2")
+    train(cfg, tmp_path / "run", quiet=True)
+    longer = make_cfg("tiny-vit", "schedule.steps=4", "data.synthetic.num_clips=2")
+    assert train(longer, tmp_path / "run", resume=True, quiet=True, stop_at=3)["stopped"]
+    with pytest.raises(SystemExit, match=r"resumed past the end .* \(checkpoint step 3, train_info step 2\)"):
+        _bundle(tmp_path / "run", tmp_path / "b", "c")
+    train(longer, tmp_path / "run", resume=True, quiet=True)   # finished at 4: bundles
+    _bundle(tmp_path / "run", tmp_path / "b", "c")
+    assert json.loads((tmp_path / "b" / "training.json").read_text())["steps"] == 4
+
+    info = json.loads((tmp_path / "run" / "train_info.json").read_text())
+    (tmp_path / "run" / "train_info.json").write_text(json.dumps({k: v for k, v in info.items() if k != "config"}))
+    with pytest.raises(SystemExit, match="unreadable train_info.json"):
+        _bundle(tmp_path / "run", tmp_path / "b2", "c")
+    (tmp_path / "run" / "train_info.json").write_text(json.dumps(info))
+    for f in (tmp_path / "run" / "model").iterdir():
+        f.unlink()
+    with pytest.raises(SystemExit, match=r"^error: .*missing config.json$"):
+        _bundle(tmp_path / "run", tmp_path / "b2", "c")
+    assert not (tmp_path / "b2").exists()

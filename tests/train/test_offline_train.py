@@ -63,7 +63,7 @@ def test_a_run_without_pyav_stops_at_its_budget_and_unpacks(tmp_path):
     model = vitok.load(run / "model")
     assert model.config.name == "vit1d-tiny"
     assert json.loads((run / "train_info.json").read_text())["steps"] == info["steps"]
-    with pytest.raises(SystemExit, match="not a run's output"):
+    with pytest.raises(SystemExit, match="not a finished run's output"):
         tool.unpack(tmp_path / "kit", tmp_path / "nothing")
 
     # a run whose held-out frames the kit lacks is refused before it trains, and leaves no output folder
@@ -82,3 +82,40 @@ def test_user_errors_are_one_line(tmp_path):
     with pytest.raises(SystemExit, match="error: config not found: no-such-config"):
         tool.main(["pack", "no-such-config", str(tmp_path / "kit")])
     assert not (tmp_path / "out").exists() and not (tmp_path / "kit").exists()
+    (tmp_path / "kitfile").write_text("a file")
+    with pytest.raises(SystemExit, match="kitfile is a file, not a folder"):
+        tool.main(["pack", "tiny-vit1d", str(tmp_path / "kitfile"), *[a for s in SETS for a in ("--set", s)]])
+
+
+def test_export_replaces_an_earlier_one_and_unpack_checks_every_shard(make_cfg, tmp_path, monkeypatch):
+    """An OUT holding an earlier export with more shards kept them and unpack joined them all; shards were joined
+    unchecked, without the weights file's metadata (its hash), and init.json was dropped."""
+    from vitok.train.trainer import train
+
+    tool = _tool()
+    vitok.create_model("vit-tiny").save_pretrained(tmp_path / "start")
+    init = json.dumps(str(tmp_path / "start"))
+    train(make_cfg("tiny-vit", "schedule.steps=1", "data.synthetic.num_clips=2", f"model.init={init}"),
+          tmp_path / "run", quiet=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(tool, "SHARD_BYTES", 20_000)
+    tool._export(tmp_path / "run", out)
+    many = sorted(p.name for p in out.glob("weights-*"))
+    monkeypatch.setattr(tool, "SHARD_BYTES", 200_000)
+    tool._export(tmp_path / "run", out)   # fewer shards: the earlier ones must go
+    few = sorted(p.name for p in out.glob("weights-*"))
+    assert len(few) < len(many) and list(json.loads((out / "manifest.json").read_text())["shards"]) == few
+
+    run = tool.unpack(out, tmp_path / "back")
+    assert vitok.load(run / "model").weights_hash == vitok.load(tmp_path / "run" / "model").weights_hash
+    assert (run / "init.json").read_text() == (tmp_path / "run" / "init.json").read_text()
+
+    shard = out / few[-1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(SystemExit, match=f"{few[-1]} is missing or differs from the manifest"):
+        tool.unpack(out, tmp_path / "again")
+    (out / "manifest.json").unlink()
+    with pytest.raises(SystemExit, match="no manifest.json"):
+        tool.unpack(out, tmp_path / "again")
+    assert not (tmp_path / "again").exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import pytest
 import torch
@@ -439,6 +440,22 @@ def test_each_session_of_a_run_is_recorded(make_cfg, tmp_path):
     assert [(s["start_step"], s["end_step"], s["schedule_steps"]) for s in sessions] == [(0, 2, 2), (2, 3, 3)]
     assert all(s["precision"] == "fp32" and s["processes"] == 1 and s["device"].startswith("cpu") for s in sessions)
     assert sum(s["seconds"] for s in sessions) == pytest.approx(info["train_seconds"], abs=0.2)
+
+
+def test_checkpoint_time_counts_as_training_time(make_cfg, tmp_path, monkeypatch):
+    """train_seconds (the model table's training time) stopped its clock before each checkpoint and export."""
+    import vitok.train.trainer as trainer
+
+    save = trainer.save_checkpoint
+
+    def slow_save(*args, **kwargs):
+        time.sleep(1.0)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", slow_save)
+    train(make_cfg("tiny-vit", "schedule.steps=2", "checkpoint.every=1", "data.synthetic.num_clips=2"),
+          tmp_path / "run", quiet=True)
+    assert json.loads((tmp_path / "run" / "train_info.json").read_text())["train_seconds"] >= 2.0
 
 
 def test_a_stop_asked_of_another_process_names_no_signal(make_cfg, tmp_path, monkeypatch):
