@@ -1,29 +1,12 @@
 """``vitok latents``: extract latent shards from a folder of videos (alone or under torchrun), print their stats."""
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-from typing import Any, Iterator
 
 import click
 
 from vitok.cli.common import device_option, emit, json_option, overwrite_option, quiet_option, set_threads, \
     threads_option
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's or torchrun's stop) raises KeyboardInterrupt like Ctrl-C: partial files are removed
-    and the command ends with ``error: interrupted``."""
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group()
@@ -72,10 +55,9 @@ def extract(input_dir: str, out_dir: str, model: str, frames: int | None, size: 
             click.echo(f"rank {rank}: shard {index}: {len(record['clips'])} clips, {len(record['skipped'])} skipped",
                        err=True)
 
-    with sigterm_as_interrupt():
-        summary = extract_latents(input_dir, out_dir, model, frames=frames, size=parse_size(size), tokens=tokens,
-                                  clips_per_video=clips_per_video, shard_size=shard_size, batch_size=batch_size,
-                                  device=resolve_device(device), overwrite=overwrite, on_shard=on_shard)
+    summary = extract_latents(input_dir, out_dir, model, frames=frames, size=parse_size(size), tokens=tokens,
+                              clips_per_video=clips_per_video, shard_size=shard_size, batch_size=batch_size,
+                              device=resolve_device(device), overwrite=overwrite, on_shard=on_shard)
     if rank != 0:
         return
     text = (f"{summary['clips']} clips in {summary['shards']} shards ({summary['skipped']} files skipped) -> "

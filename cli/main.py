@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 import warnings
 
@@ -75,6 +76,20 @@ def one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+def _sigterm_as_interrupt(main_pid: int):
+    """A SIGTERM handler (``kill``, a scheduler's or torchrun's stop) that raises KeyboardInterrupt as Ctrl-C does,
+    so partial outputs are removed and the command ends with ``error: aborted``; a forked worker (data loader,
+    process pool) dies of it as it would have."""
+    def handle(signum, frame) -> None:
+        if os.getpid() != main_pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt
+
+    return handle
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one line ``error: ...`` and exit non-zero, no traceback."""
     from vitok.data.errors import VitokError
@@ -83,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("VITOK_DEBUG") == "1"
     if not debug:
         one_line_warnings()
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt(os.getpid()))   # `vitok train`: its own way
     try:
         rv = cli.main(args=args, prog_name="vitok", standalone_mode=False)
     except click.exceptions.Abort:
@@ -91,10 +107,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         sys.exit(130)
-    except click.ClickException as e:
+    except click.ClickException as e:   # bad options and arguments too: one line, like every user error
         if debug:
             raise
-        e.show()
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if isinstance(e, click.UsageError) and ctx else ""
+        click.echo(f"error: {' '.join(e.format_message().split())}{hint}", err=True)
         sys.exit(e.exit_code)
     except VitokError as e:
         if debug:
@@ -107,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), err=True)
         sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -78,11 +78,23 @@ def test_os_errors_are_one_line_naming_the_path(capsys, monkeypatch):
         assert e.value.code == 1 and capsys.readouterr().err == line
 
 
-def test_unknown_command_fails(capsys):
+@pytest.mark.parametrize("args, message", [
+    (["no-such-command"], "No such command 'no-such-command'. (see 'vitok --help')"),
+    (["rd", "plot", "missing/"], "Invalid value for 'RESULTS': Path 'missing/' does not exist. (see 'vitok rd plot "
+                                 "--help')"),
+    (["encode", "x.mp4", "-o", "x.vtok", "--psnr", "28", "--bytes", "1000"], "give at most one of --tokens, "
+                                                                             "--bytes, --psnr"),
+    (["demo", "--clip", "foo"], "Invalid value for '--clip': 'foo' is not one of"),
+    (["encode"], "Missing argument 'INPUT'. (see 'vitok encode --help')"),
+])
+def test_bad_options_are_one_line_errors(capsys, tmp_path, monkeypatch, args, message):
+    """Click's usage errors printed its three-line block (usage, hint, error) where every other user error is one
+    line."""
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
-        main(["no-such-command"])
-    assert e.value.code != 0
-    assert "No such command" in capsys.readouterr().err
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
 
 
 def test_console_script_runs(tmp_path: Path):

@@ -442,6 +442,15 @@ def test_each_session_of_a_run_is_recorded(make_cfg, tmp_path):
     assert sum(s["seconds"] for s in sessions) == pytest.approx(info["train_seconds"], abs=0.2)
 
 
+def test_resume_without_a_checkpoint_is_refused(make_cfg, tmp_path):
+    """--resume with a mistyped --out (or a run killed before its first checkpoint) started the whole schedule from
+    step 0 after a notice."""
+    cfg = make_cfg("tiny-vit", "schedule.steps=1", "data.synthetic.num_clips=2")
+    with pytest.raises(VitokError, match=r"--resume: no checkpoint in .*typo/checkpoints to carry on from"):
+        train(cfg, tmp_path / "typo", resume=True, quiet=True)
+    assert not (tmp_path / "typo").exists()
+
+
 def test_checkpoint_time_counts_as_training_time(make_cfg, tmp_path, monkeypatch):
     """train_seconds (the model table's training time) stopped its clock before each checkpoint and export."""
     import vitok.train.trainer as trainer

@@ -198,8 +198,9 @@ class Trainer:
                      f"learning rate never reaches schedule.lr={sched['lr']:g}")
         self._check_out_dir(resume, overwrite)
         ckpt = latest_checkpoint(out) if resume else None
-        if resume and ckpt is None:
-            self.log(f"notice: no checkpoint in {out}/checkpoints; starting from step 0")
+        if resume and ckpt is None:   # a mistyped --out must not start hours of training from scratch
+            raise VitokError(f"--resume: no checkpoint in {out}/checkpoints to carry on from; start the run without "
+                             f"--resume (with -y if {out} holds one)")
 
         seed = int(cfg["seed"])
         _seed_all(seed)
