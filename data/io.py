@@ -278,12 +278,13 @@ def _decode(path: str | os.PathLike, container: av.container.InputContainer, str
         box: Crop | None = None
         index = taken = 0
         first = span = None
-        step = 1 / _fps(stream)
+        fps = _fps(stream)
+        step = 1 / fps
         after = None
         if start_time is not None and container.format.name.split(",")[0] in _TIMED_FORMATS:
             after = _seek(path, container, stream, start_time) - step / 2
         elif start_time is not None:
-            start += round(start_time * _fps(stream))
+            start += round(start_time * fps)
         try:
             for frame in container.decode(stream):
                 if after is not None and frame.time is not None and frame.time < after:

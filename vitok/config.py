@@ -55,10 +55,10 @@ class TokenizerConfig:
         """Raise VitokError when the fields do not describe a buildable model."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not _is(value, hints[f.name]):
-                hint = getattr(hints[f.name], "__name__", None) if isinstance(hints[f.name], type) else None
-                raise VitokError(f"config {self.name}: {f.name} must be {hint or hints[f.name]}, got {value!r}")
+            value, hint = getattr(self, f.name), hints[f.name]
+            if not _is(value, hint):
+                expected = hint.__name__ if isinstance(hint, type) else hint   # "int", or "list[float] | None"
+                raise VitokError(f"config {self.name}: {f.name} must be {expected}, got {value!r}")
         if self.latent_channels < 1 or self.clip_frames < 1:
             raise VitokError(f"config {self.name}: latent_channels and clip_frames must be >= 1")
         if not 0.0 <= self.tile_overlap <= MAX_TILE_OVERLAP:  # above it, tiles shrunk to fit overlap 3 deep somewhere
