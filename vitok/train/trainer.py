@@ -397,14 +397,12 @@ class Trainer:
                 self._check_diverged()
                 if eval_every and self.step % eval_every == 0 and self.step < self.total_steps:
                     self._evaluate()
-                self.elapsed += time.perf_counter() - t0      # wall time, evaluations and checkpoints included
+                self.elapsed += time.perf_counter() - t0      # wall time, evaluations included
                 stopping = self._any_rank(stop.signum is not None)
                 # a periodic checkpoint waits out a non-finite streak, so the latest one is always a good one
                 due = ckpt_every and self.step % ckpt_every == 0 and not self.bad_steps
                 if due or self.step == self.end_step or stopping:
-                    t0 = time.perf_counter()
                     self._checkpoint()
-                    self.elapsed += time.perf_counter() - t0   # after the checkpoint recorded it: counted on
                 if stopping and self.step < self.total_steps:
                     why = signal.Signals(stop.signum).name if stop.signum else "a signal to another process"
                     raise TrainingStopped(f"stopped at step {self.step} ({why}): "
