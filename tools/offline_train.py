@@ -7,7 +7,7 @@
 `pack` decodes what the config's training data and held-out evaluation read from the sample clips and stores it in
 KIT/samples.npz. `run` (there; it needs torch, timm, safetensors, piq, numpy, tqdm and scikit-image, and runs from a
 checkout) serves those arrays instead of decoding any file, sizes schedule.steps to the time budget from a short
-trial of the same config (unless --steps is given), trains with `vitok.train.trainer.train`, and writes the model's
+trial of the same config that also times an evaluation and a checkpoint (unless --steps is given), trains with `vitok.train.trainer.train`, and writes the model's
 weights in shards under 16 MiB plus train_info.json, metrics.jsonl (and init.json) to OUT, then manifest.json with
 the shards' sha256 (SIGTERM at the budget's end stops the run at a checkpoint and finishes it there). `unpack`
 checks the shards against the manifest and joins them back into RUN/model with the weights file's metadata.
@@ -37,12 +37,24 @@ OPTIONAL = {"init.json"}   # only a run started from other weights (model.init) 
 MANIFEST = "manifest.json"   # written last by `run`: the shards' names and sha256, the weights file's metadata
 
 
-def fit_steps(clips_per_s: list[float], batch_size: int, seconds: float) -> int:
-    """Steps that fit `seconds` at the trial's median speed (its first two log windows hold start-up), less 7 %."""
+def fit_steps(clips_per_s: list[float], batch_size: int, seconds: float, overhead_per_step: float = 0.0) -> int:
+    """Steps that fit `seconds` at the trial's median speed (its first two log windows hold start-up) plus each
+    step's share of the run's evaluations and checkpoints (`overhead_per_step` seconds), less 7 %."""
     import numpy as np
 
     rate = float(np.median(clips_per_s[2:] or clips_per_s))
-    return max(1, int(0.93 * seconds * rate / batch_size))
+    return max(1, int(0.93 * seconds / (batch_size / rate + overhead_per_step)))
+
+
+def overhead_per_step(trial_metrics: list[dict], cfg: dict) -> float:
+    """Seconds per step the run's periodic evaluations and checkpoints take, from the trial's final evaluation and
+    checkpoint (their `eval_s`, `checkpoint_s` in metrics.jsonl) and the run's `eval.every`, `checkpoint.every`."""
+    share = 0.0
+    for key, every in (("eval_s", cfg["eval"]["every"]), ("checkpoint_s", cfg["checkpoint"]["every"])):
+        seconds = [r[key] for r in trial_metrics if key in r]
+        if every and seconds:
+            share += max(seconds) / int(every)
+    return share
 
 
 def _read_all_frames(cfg: dict) -> None:
@@ -176,14 +188,17 @@ def _train_in(work: Path, config: str, out: Path, sets: list[str], budget: float
     from vitok.train.trainer import TrainingStopped, train
 
     if steps is None:
+        # no periodic evaluation or checkpoint: the final ones (which every run makes) time them
         trial = load_config(config, sets + [f"schedule.steps={trial_steps}", "eval.every=0", "checkpoint.every=0",
-                                            "export.stats_clips=2", "log_every=10"])
+                                            "log_every=10"])
         train(trial, work / "trial", quiet=True)
-        rates = [r["clips_per_s"] for r in map(json.loads, open(work / "trial" / "metrics.jsonl"))
-                 if "clips_per_s" in r]
+        recs = [json.loads(line) for line in open(work / "trial" / "metrics.jsonl")]
+        rates = [r["clips_per_s"] for r in recs if "clips_per_s" in r]
+        extra = overhead_per_step(recs, load_config(config, sets))
         left = budget - (time.monotonic() - start) - reserve
-        steps = fit_steps(rates, trial["schedule"]["batch_size"], left)
-        print(f"trial: clips/s {[round(r, 1) for r in rates]}; {steps} steps fit the {left:.0f} s left", flush=True)
+        steps = fit_steps(rates, trial["schedule"]["batch_size"], left, extra)
+        print(f"trial: clips/s {[round(r, 1) for r in rates]}, evaluations and checkpoints {extra:.3f} s per step; "
+              f"{steps} steps fit the {left:.0f} s left", flush=True)
 
     trained = threading.Event()
 

@@ -31,6 +31,19 @@ def test_steps_fit_the_time_left_at_the_trial_speed():
     assert fit([1.0, 2.0, 10.0, 12.0, 11.0], batch_size=2, seconds=100) == int(0.93 * 100 * 11 / 2)
     assert fit([30.0], batch_size=8, seconds=10) == int(0.93 * 10 * 30 / 8)
     assert fit([5.0, 5.0, 5.0], batch_size=64, seconds=1) == 1
+    # each step's share of the evaluations and checkpoints counts: 0.5 s of compute + 0.5 s halves the steps
+    assert fit([4.0], batch_size=2, seconds=100, overhead_per_step=0.5) == int(0.93 * 100 / 1.0)
+
+
+def test_the_trial_times_the_runs_evaluations_and_checkpoints():
+    """The speed trial ran without them, so a run with evaluations every few steps planned more steps than its budget
+    held, and SIGTERM then cut its cosine schedule before the learning rate decayed."""
+    tool = _tool()
+    recs = [{"step": 10, "loss": 1.0, "clips_per_s": 4.0}, {"step": 60, "checkpoint_s": 3.0},
+            {"step": 60, "eval_psnr": 20.0, "eval_ssim": 0.5, "eval_s": 12.0}]
+    cfg = {"eval": {"every": 100}, "checkpoint": {"every": 50}}
+    assert tool.overhead_per_step(recs, cfg) == pytest.approx(12.0 / 100 + 3.0 / 50)
+    assert tool.overhead_per_step(recs, {"eval": {"every": 0}, "checkpoint": {"every": 0}}) == 0.0
 
 
 def test_a_run_without_pyav_stops_at_its_budget_and_unpacks(tmp_path):

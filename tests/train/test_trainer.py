@@ -136,7 +136,7 @@ def test_nan_guard_skips_then_stops(make_cfg, metrics, tmp_path, monkeypatch, ca
     monkeypatch.setattr(TokenizerLoss, "forward", flaky)
     train(make_cfg("tiny-vit", "schedule.steps=5", "max_bad_steps=3", "checkpoint.every=0"), tmp_path / "a",
           quiet=True)
-    recs = [r for r in metrics(tmp_path / "a") if "eval_psnr" not in r]
+    recs = [r for r in metrics(tmp_path / "a") if not {"eval_psnr", "checkpoint_s"} & r.keys()]
     assert [r.get("skipped", False) for r in recs] == [False, True, True, False, False]
     assert "step 2: non-finite loss" in capsys.readouterr().err
 
@@ -439,6 +439,27 @@ def test_each_session_of_a_run_is_recorded(make_cfg, tmp_path):
     assert [(s["start_step"], s["end_step"], s["schedule_steps"]) for s in sessions] == [(0, 2, 2), (2, 3, 3)]
     assert all(s["precision"] == "fp32" and s["processes"] == 1 and s["device"].startswith("cpu") for s in sessions)
     assert sum(s["seconds"] for s in sessions) == pytest.approx(info["train_seconds"], abs=0.2)
+
+
+def test_checkpoint_and_evaluation_time_is_logged_and_counted(make_cfg, metrics, tmp_path, monkeypatch):
+    """Checkpoints (and evaluations) are part of a run's wall time: each one's seconds go to metrics.jsonl and into
+    train_seconds from the next step on; the last one, which its own state cannot hold, is left out."""
+    import time
+
+    from vitok.train import trainer
+
+    real = trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda *a, **k: (time.sleep(0.4), real(*a, **k))[1])
+    run = tmp_path / "run"
+    train(make_cfg("tiny-vit", "schedule.steps=4", "checkpoint.every=1", "eval.every=2",
+                   "data.synthetic.num_clips=2"), run, quiet=True)
+    recs = metrics(run)
+    ckpt = [(r["step"], r["checkpoint_s"]) for r in recs if "checkpoint_s" in r]
+    assert [s for s, _ in ckpt] == [1, 2, 3, 4] and all(t >= 0.4 for _, t in ckpt)
+    assert [r["step"] for r in recs if "eval_s" in r and r["eval_s"] > 0] == [2, 4]
+    info = json.loads((run / "train_info.json").read_text())
+    assert info["train_seconds"] >= sum(t for _, t in ckpt[:3]) - 0.05
+    assert info["sessions"][0]["seconds"] == info["train_seconds"]
 
 
 def test_resume_without_a_checkpoint_is_refused(make_cfg, tmp_path):

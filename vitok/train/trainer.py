@@ -373,8 +373,10 @@ class Trainer:
         window_t, window_n, window_data, rate = time.perf_counter(), 0, 0.0, float("nan")
         eval_every, ckpt_every = int(cfg["eval"]["every"]), int(cfg["checkpoint"]["every"])
         log_every = max(1, int(cfg["log_every"]))
+        checkpoint_s = 0.0   # the last checkpoint's duration: counted from the next step on (see _checkpoint)
         with StopRequest(verbose=self.main) as stop, contextlib.closing(bar):
             while self.step < self.end_step:
+                self.elapsed, checkpoint_s = self.elapsed + checkpoint_s, 0.0
                 t0 = time.perf_counter()
                 batch = next(it).to(self.device, non_blocking=True)
                 window_data += time.perf_counter() - t0   # waiting for the loader (and the copy to the device)
@@ -402,7 +404,7 @@ class Trainer:
                 # a periodic checkpoint waits out a non-finite streak, so the latest one is always a good one
                 due = ckpt_every and self.step % ckpt_every == 0 and not self.bad_steps
                 if due or self.step == self.end_step or stopping:
-                    self._checkpoint()
+                    checkpoint_s = self._checkpoint()
                 if stopping and self.step < self.total_steps:
                     why = signal.Signals(stop.signum).name if stop.signum else "a signal to another process"
                     raise TrainingStopped(f"stopped at step {self.step} ({why}): "
@@ -531,13 +533,19 @@ class Trainer:
                 keep.append(line)
         write_bytes_atomic(path, "".join(k + "\n" for k in keep).encode())
 
-    def _checkpoint(self) -> None:
-        """Checkpoint (all ranks contribute RNG states; rank 0 writes) and export the EMA model."""
+    def _checkpoint(self) -> float:
+        """Checkpoint (all ranks contribute RNG states; rank 0 writes) and export the EMA model; returns its seconds,
+        logged to metrics.jsonl. A checkpoint cannot hold its own duration, so the run's wall time counts it from the
+        next step on: the last checkpoint of a session is left out, and a finished run's time is its last state's."""
+        t0 = time.perf_counter()
         state = self._state()
         if self.main:
             save_checkpoint(self.out, self.step, state, keep=int(self.cfg["checkpoint"]["keep"]))
             self._export()
         D.barrier(self.info)
+        seconds = time.perf_counter() - t0
+        self._write_metrics({"step": self.step, "checkpoint_s": round(seconds, 3)})
+        return seconds
 
     def _export(self) -> None:
         """EMA model + per-channel latent mean/std over training clips -> ``<out>/model`` (save_pretrained)."""
@@ -554,11 +562,13 @@ class Trainer:
             return None
         ecfg = self.cfg["eval"]
         segments = self.eval_segments
+        t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             res = evaluate_model(self.ema.model, segments, return_recons=True)
         save_grid(self.out / "eval" / f"step-{self.step:08d}.png", [f for _, f in segments], res.pop("recons"),
                   int(ecfg["grid_frames"]))
-        self._write_metrics({"step": self.step, "eval_psnr": res["psnr"], "eval_ssim": res["ssim"]})
+        self._write_metrics({"step": self.step, "eval_psnr": res["psnr"], "eval_ssim": res["ssim"],
+                             "eval_s": round(time.perf_counter() - t0, 3)})
         self.log(f"eval step {self.step}: PSNR {res['psnr']:.2f} dB, SSIM {res['ssim']:.4f} "
                  f"({res['num_segments']} {ecfg['source']} clips)")
         return res
@@ -580,7 +590,7 @@ class Trainer:
     def _write_info(self, final: dict[str, Any] | None) -> None:
         """``train_info.json``: what trained the model, how long, on what hardware, with what held-out result, and
         each session of the run (steps, schedule length, device, precision, seconds)."""
-        # train_seconds: wall time over all sessions of the run
+        # train_seconds: wall time over all sessions of the run (evaluations and all but each session's last checkpoint)
         info = {"config": self.cfg, "steps": self.step, "train_seconds": round(self.elapsed, 1),
                 "hardware": {"device": self._device_text(), "processes": self.info.world,
                              "cpu_count": os.cpu_count(), "precision": self.precision, "torch": torch.__version__},
