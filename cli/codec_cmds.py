@@ -159,6 +159,11 @@ def decode(input, output, model, video_codec, crf, overwrite, quiet, as_json, de
                           f"{result['fps']} fps (model {codec.model_ref})")
 
 
+def _aspect_text(sar: str) -> str:
+    """' (pixel aspect 128:117)' for non-square pixels, else nothing."""
+    return "" if sar == "1" else f" (pixel aspect {sar.replace('/', ':')})"
+
+
 def _head(path: Path) -> bytes:
     with path.open("rb") as f:
         return f.read(4)
@@ -182,8 +187,8 @@ def info(file, as_json) -> None:
         lines = [f"{file}: vitok stream v{d['format_version']}, {d['file_bytes']} bytes",
                  f"  model {meta.get('model')} ({meta.get('kind')}, weights {meta.get('weights')}), "
                  f"tables {meta.get('tables')}, step {meta.get('step') or 'chosen per chunk'}",
-                 f"  {d['frames']} frames {d['width']}x{d['height']} @ {d['fps']} fps, {d['chunks']} chunks of "
-                 f"{d['chunk_frames']} frames",
+                 f"  {d['frames']} frames {d['width']}x{d['height']}{_aspect_text(d['sample_aspect_ratio'])} @ "
+                 f"{d['fps']} fps, {d['chunks']} chunks of {d['chunk_frames']} frames",
                  f"  {d['bpp']:.4f} bpp, {d['kbps']:.1f} kbps, payload {d['payload_bytes']} bytes",
                  "  chunk  frames  bytes  tokens  step"]
         lines += [f"  {c['index']:>5}  {c['frames']:>6}  {c['bytes']:>5}  {_tokens_text(c['tokens']):>6}  {c['step']:g}"
@@ -195,10 +200,11 @@ def info(file, as_json) -> None:
     v = probe_video(path)
     d = {"file": str(path), "width": v.width, "height": v.height, "fps": str(v.fps), "frames": v.num_frames,
          "duration": v.duration, "codec": v.codec, "pix_fmt": v.pix_fmt, "rotation": v.rotation,
-         "is_image": v.is_image, "file_bytes": path.stat().st_size}
+         "is_image": v.is_image, "sample_aspect_ratio": str(v.sample_aspect_ratio), "file_bytes": path.stat().st_size}
     if v.duration:
         d["kbps"] = round(8 * d["file_bytes"] / v.duration / 1000, 3)
-    text = (f"{file}: {'image' if v.is_image else 'video'} {v.codec} {v.pix_fmt} {v.width}x{v.height} @ "
+    text = (f"{file}: {'image' if v.is_image else 'video'} {v.codec} {v.pix_fmt} {v.width}x{v.height}"
+            f"{_aspect_text(d['sample_aspect_ratio'])} @ "
             f"{float(v.fps):.4g} fps, {v.num_frames} frames, "
             f"{'?' if v.duration is None else f'{v.duration:.2f}'} s, {d['file_bytes']} bytes"
             + (f", {d['kbps']:.1f} kbps" if "kbps" in d else "") + (f", rotation {v.rotation}" if v.rotation else ""))

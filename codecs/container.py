@@ -32,6 +32,15 @@ MAX_CHUNKS = 1 << 22
 MAX_CHUNK_BYTES = 64 << 20
 MAX_META_BYTES = 64 << 10
 MAX_CHUNK_PIXELS = 1 << 28  # width x height x chunk_frames: bounds the frames one decoded chunk allocates
+MAX_SAR_TERM = 65535  # a pixel aspect's numerator and denominator, 16 bits each as in h264's VUI
+
+
+def sar_record(sar: Fraction) -> list[int] | None:
+    """The header's ``sar`` for a pixel aspect (shown width over height): ``[num, den]`` of at most 16 bits each,
+    the nearest such fraction; None for square pixels, which the header leaves out."""
+    f = min(max(Fraction(sar), Fraction(1, MAX_SAR_TERM)), Fraction(MAX_SAR_TERM))
+    f = f.limit_denominator(MAX_SAR_TERM) if f <= 1 else 1 / (1 / f).limit_denominator(MAX_SAR_TERM)
+    return None if f == 1 else [f.numerator, f.denominator]
 
 
 @dataclass
@@ -73,6 +82,15 @@ class VtokHeader:
 
     def expected_chunks(self) -> int:
         return -(-self.frames // self.chunk_frames)
+
+    @property
+    def sample_aspect_ratio(self) -> Fraction:
+        """How wide a pixel shows over its height: meta ``sar`` (``[num, den]``), 1 when absent."""
+        sar = self.meta.get("sar", [1, 1])
+        if not (isinstance(sar, list) and len(sar) == 2
+                and all(type(v) is int and 1 <= v <= MAX_SAR_TERM for v in sar)):
+            raise BitstreamError(f"bad sar record in the header: {sar!r}")
+        return Fraction(*sar)
 
 
 @dataclass
@@ -194,6 +212,10 @@ class VtokReader:
                 raise ValueError("not an object")
         except (UnicodeDecodeError, ValueError) as e:
             raise self._fail(f"bad header metadata: {e}") from None
+        try:
+            header.sample_aspect_ratio
+        except BitstreamError as e:
+            raise self._fail(str(e)) from None
         if chunks == 0 or frames == 0:
             raise self._fail(f"{'zero frames' if frames == 0 else 'zero chunks'}: the file holds no video")
         if chunks != header.expected_chunks():

@@ -33,7 +33,8 @@ def encode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
                 start: int = 0, num_frames: int | None = None, size: tuple[int, int] | None = None,
                 fps: Fraction | None = None, on_chunk: Callable[[int], None] | None = None,
                 **knobs: Any) -> EncodeStats:
-    """Encode a video file (or a folder/glob of frames) to ``output_path`` (.vtok), atomically and streaming."""
+    """Encode a video file (or a folder/glob of frames) to ``output_path`` (.vtok), atomically and streaming. The
+    header keeps a video's pixel aspect (resizing to ``size`` keeps the picture's shown shape, as ffmpeg's scale)."""
     from vitok.data.atomic import atomic_path
     from vitok.data.io import frame_files, iter_frames_dir, iter_video, probe_video
 
@@ -42,16 +43,18 @@ def encode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
         first = probe_video(frame_files(input_path)[0])  # the first frame's header: its size, before any is decoded
         _check_size(codec, size or (first.width, first.height))
         chunks: Any = iter_frames_dir(input_path, chunk_frames=chunk, start=start, num_frames=num_frames, size=size)
-        fps = fps or Fraction(25)
+        fps, sar = fps or Fraction(25), Fraction(1)
     else:
         info = probe_video(input_path)
         _check_size(codec, size or (info.width, info.height))
-        fps = fps or info.fps
+        fps, sar = fps or info.fps, info.sample_aspect_ratio
+        if size is not None:
+            sar *= Fraction(info.width * size[1], info.height * size[0])
         chunks = iter_video(input_path, chunk_frames=chunk, start=start, num_frames=num_frames, size=size)
     if fps is None or fps <= 0:
         fps = Fraction(25)
     with atomic_path(output_path) as tmp, open(tmp, "wb") as f:
-        return codec.encode_stream(chunks, Fraction(fps), f, on_chunk=on_chunk, **knobs)
+        return codec.encode_stream(chunks, Fraction(fps), f, on_chunk=on_chunk, sample_aspect_ratio=sar, **knobs)
 
 
 def _check_size(codec: VitokCodec, size: tuple[int, int]) -> None:
@@ -83,7 +86,7 @@ def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
         if suffix in (".mp4", ".mkv", ".webm", ".mov"):
             if video_codec == "ffv1" and suffix != ".mkv":
                 raise CodecError(f"{out}: lossless ffv1 needs a .mkv output (or use --codec h264)")
-            write_video(out, frames(), h.fps, codec=video_codec, crf=crf)
+            write_video(out, frames(), h.fps, codec=video_codec, crf=crf, sample_aspect_ratio=h.sample_aspect_ratio)
         elif suffix == ".npy":
             with atomic_path(out) as tmp:
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(h.frames, h.height, h.width, 3))
@@ -106,7 +109,8 @@ def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
             raise CodecError(f"{out}: unknown output type {suffix!r}; use .mp4, .mkv, .npy or a folder name")
     finally:
         reader.close()
-    return {"output": str(out), "frames": h.frames, "width": h.width, "height": h.height, "fps": str(h.fps)}
+    return {"output": str(out), "frames": h.frames, "width": h.width, "height": h.height, "fps": str(h.fps),
+            "sample_aspect_ratio": str(h.sample_aspect_ratio)}
 
 
 def describe_vtok(path: str | os.PathLike) -> dict[str, Any]:
@@ -126,6 +130,7 @@ def describe_vtok(path: str | os.PathLike) -> dict[str, Any]:
     pixels = h.frames * h.width * h.height
     seconds = h.frames / float(h.fps)
     return {"file": str(path), "format_version": VERSION, "file_bytes": size, "width": h.width, "height": h.height,
-            "frames": h.frames, "fps": str(h.fps), "chunk_frames": h.chunk_frames, "chunks": len(chunks),
+            "frames": h.frames, "fps": str(h.fps), "sample_aspect_ratio": str(h.sample_aspect_ratio),
+            "chunk_frames": h.chunk_frames, "chunks": len(chunks),
             "payload_bytes": sum(c["bytes"] for c in chunks), "bpp": round(8 * size / pixels, 5),
             "kbps": round(8 * size / seconds / 1000, 3), "meta": h.meta, "chunk_list": chunks}

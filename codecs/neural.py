@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 import numpy as np
 
 from vitok.codecs.base import Codec, check_frames
-from vitok.codecs.container import ChunkInfo, VtokHeader, VtokReader, VtokWriter
+from vitok.codecs.container import ChunkInfo, VtokHeader, VtokReader, VtokWriter, sar_record
 from vitok.codecs.entropy import (DEFAULT_STEP, FILENAME as ENTROPY_FILE, EntropyTables, context_grid,
                                   load_entropy_tables)
 from vitok.codecs.errors import BitstreamError, CodecError
@@ -423,24 +423,31 @@ class VitokCodec(Codec):
             yield codes[i]
 
     # ---- whole clips ----------------------------------------------------------------------------------------
-    def header_meta(self, step: float | None, width: int, height: int) -> dict[str, Any]:
-        """The header's JSON: model identity, tables, the step asked for (None when rate control picks it), and the
-        tiling when frames span more than one tile (every tiling cuts a one-tile frame alike)."""
+    def header_meta(self, step: float | None, width: int, height: int,
+                    sample_aspect_ratio: Fraction = Fraction(1)) -> dict[str, Any]:
+        """The header's JSON: model identity, tables, the step asked for (None when rate control picks it), the
+        tiling when frames span more than one tile (every tiling cuts a one-tile frame alike), and the pixel aspect
+        when pixels are not square."""
         tok = self.tok
         meta = {"codec": "vitok", "model": tok.config.name, "weights": tok.weights_hash[:WEIGHTS_ID_CHARS],
                 "kind": tok.config.kind, "channels": tok.latent_channels, "tables": self.tables.table_id,
                 "step": None if step is None else float(np.float32(step))}
         if tok.plan(1, height, width).layout[1:] != (1, 1):
             meta["tiling"] = tok.tiling
+        sar = sar_record(sample_aspect_ratio)
+        if sar is not None:
+            meta["sar"] = sar
         return meta
 
     def encode_stream(self, chunks: Iterable[np.ndarray], fps: Fraction, out: BinaryIO, *,
                       step: float | None = None, tokens: int | None = None, bytes: int | None = None,
                       psnr: float | None = None, adapt_units: bool = True,
-                      on_chunk: Callable[[int], None] | None = None) -> EncodeStats:
+                      on_chunk: Callable[[int], None] | None = None,
+                      sample_aspect_ratio: Fraction = Fraction(1)) -> EncodeStats:
         """Encode frames arriving in arrays of any length into ``out`` (a seekable binary file), chunk by chunk.
         ``adapt_units``: with ``bytes``/``psnr``, a 1D model whose frames span several tiles picks a token count
-        per tile (else one per chunk)."""
+        per tile (else one per chunk). ``sample_aspect_ratio``: the source's pixel shape, kept in the header for
+        the decoded video."""
         t0 = time.perf_counter()
         if step is not None:
             self.tables.table_index(_float32_step(step))
@@ -449,13 +456,15 @@ class VitokCodec(Codec):
         if psnr is not None and not (isinstance(psnr, (int, float)) and math.isfinite(psnr)):
             raise CodecError(f"psnr must be a number, got {psnr!r}")
         self._check_tokens(tokens)
+        if not sample_aspect_ratio > 0:
+            raise CodecError(f"sample_aspect_ratio must be positive, got {sample_aspect_ratio!r}")
         it = _rechunk(chunks, self.tok.clip_frames)
         first = next(it, None)
         if first is None:
             raise BitstreamError("empty input video: no frames to encode")
         h, w = first.shape[1:3]
         asked = DEFAULT_STEP if step is None and bytes is None and psnr is None else step
-        header = VtokHeader(w, h, fps, self.tok.clip_frames, meta=self.header_meta(asked, w, h))
+        header = VtokHeader(w, h, fps, self.tok.clip_frames, meta=self.header_meta(asked, w, h, sample_aspect_ratio))
         header.check()
         head_len = len(header.pack())
         writer = VtokWriter(out, header)

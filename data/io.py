@@ -4,6 +4,8 @@ Reading always gives uint8 RGB ``(T,H,W,3)`` in display orientation:
 - grayscale, alpha (dropped), 10/12-bit and full-range sources are converted to 8-bit RGB by FFmpeg's swscale;
 - rotation metadata (the display matrix that PyAV exposes as ``frame.rotation``) is applied, like ffmpeg's
   autorotate, so ``VideoInfo.width/height`` and crops refer to the rotated picture;
+- non-square pixels are kept as stored (no resampling, like ffmpeg): ``VideoInfo.sample_aspect_ratio`` says how
+  wide a pixel shows (carphone's 176x144 is 128:117), and ``write_video(sample_aspect_ratio=)`` records it again;
 - variable frame rate files give every decoded frame once, in presentation order (no resampling);
   ``VideoInfo.fps`` is the stream's average rate and ``frame_times`` gives the real timestamps;
 - still images (png/jpg/...) read as a 1-frame video (``is_image=True``, nominal fps from the demuxer).
@@ -19,6 +21,7 @@ import math
 import numbers
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -56,6 +59,7 @@ class VideoInfo:
     pix_fmt: str
     rotation: int  # counter-clockwise degrees applied to the coded picture: 0, 90, 180 or 270
     is_image: bool
+    sample_aspect_ratio: Fraction = Fraction(1)  # a pixel's shown width over its height (1: square pixels)
 
 
 def _reason(e: BaseException) -> str:
@@ -133,6 +137,14 @@ def _rotation(frame: av.VideoFrame) -> int:
     return int(round(getattr(frame, "rotation", 0) / 90)) * 90 % 360  # PyAV < 14 exposes no rotation
 
 
+def _sample_aspect_ratio(stream: av.video.stream.VideoStream, rotation: int) -> Fraction:
+    """The stream's pixel aspect in display orientation (inverted by a quarter turn); 1 when unset."""
+    sar = stream.sample_aspect_ratio
+    if not sar or sar <= 0:
+        return Fraction(1)
+    return 1 / Fraction(sar) if rotation % 180 else Fraction(sar)
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Read the header and decode the first frame of ``path``: geometry, rate, length, codec, orientation."""
     container, stream = _open(path, threads=False)
@@ -149,7 +161,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         duration = None if is_image else _duration(container, stream)
         num = 1 if is_image else (stream.frames or (round(duration * fps) if duration else None))
         return VideoInfo(Path(path), width, height, fps, num, duration, stream.codec_context.name,
-                         first.format.name, rot, is_image)
+                         first.format.name, rot, is_image, _sample_aspect_ratio(stream, rot))
 
 
 def frame_times(path: str | os.PathLike) -> np.ndarray:
@@ -419,12 +431,14 @@ def _pix_fmt(path: str | os.PathLike, encoder: str, pix_fmt: str | None, width: 
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarray], fps: Fraction | float | int,
-                *, codec: str = "h264", crf: int = 18, preset: str = "medium", pix_fmt: str | None = None) -> None:
+                *, codec: str = "h264", crf: int = 18, preset: str = "medium", pix_fmt: str | None = None,
+                sample_aspect_ratio: Fraction | None = None) -> None:
     """Encode uint8 RGB frames (one ``(T,H,W,3)`` array, or an iterable of chunks/frames) to ``path`` atomically.
 
     ``codec``: h264, h265, vp9, av1, ffv1 (lossless RGB, use .mkv) or an FFmpeg encoder name. Lossy codecs use
     ``crf`` and yuv420p (yuv444p for odd sizes in x264/x265, which cannot subsample odd sizes); ``preset`` is the
-    x264/x265 name, or a number for av1/vp9. The container comes from the suffix.
+    x264/x265 name, or a number for av1/vp9. The container comes from the suffix. ``sample_aspect_ratio``: the
+    pixels' shape for players (a source's ``VideoInfo.sample_aspect_ratio``); None or 1 writes square pixels.
     """
     encoder = CODECS.get(codec, codec)
     if encoder not in av.codecs_available:
@@ -446,10 +460,14 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
     rate = Fraction(fps).limit_denominator(1_000_000) if finite else Fraction(0)
     if rate <= 0:   # also a positive fps too small for the container's time base
         raise VideoWriteError(f"{path}: fps must be a positive number, got {fps!r}")
+    if sample_aspect_ratio is not None and not sample_aspect_ratio > 0:
+        raise VideoWriteError(f"{path}: sample_aspect_ratio must be positive, got {sample_aspect_ratio!r}")
     try:
         with atomic_path(path) as tmp, av.open(str(tmp), "w") as container:
             stream = container.add_stream(encoder, rate=rate, options=options)
             stream.width, stream.height, stream.pix_fmt = width, height, pix
+            if sample_aspect_ratio is not None and sample_aspect_ratio != 1:
+                stream.codec_context.sample_aspect_ratio = Fraction(sample_aspect_ratio)
             if encoder == "libx264":
                 stream.codec_context.thread_type = "FRAME"  # slice threads make x264 streams larger
             index = 0
@@ -465,3 +483,16 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
             container.mux(stream.encode(None))
     except _AV_ERRORS as e:
         raise VideoWriteError(f"{path}: cannot write {codec} ({_reason(e)})") from e
+    if sample_aspect_ratio is not None and sample_aspect_ratio != 1:
+        _check_aspect_kept(path, codec, Fraction(sample_aspect_ratio))
+
+
+def _check_aspect_kept(path: str | os.PathLike, codec: str, sar: Fraction) -> None:
+    """Warn when the written file lost the pixel aspect: containers such as mkv/webm take it from the stream
+    header, which PyAV cannot set, so only codecs whose bitstream carries it (h264, h265) keep it there."""
+    with av.open(str(path)) as container:
+        kept = container.streams.video[0].sample_aspect_ratio
+    if kept != sar:
+        warnings.warn(f"{path}: {codec} in {Path(path).suffix or 'this container'} does not keep the pixel aspect "
+                      f"{sar.numerator}:{sar.denominator}; players will show square pixels (an .mp4 keeps it)",
+                      stacklevel=3)

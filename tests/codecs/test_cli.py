@@ -372,3 +372,56 @@ def test_sigterm_mid_encode_leaves_no_file(video, tiny1d, tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 130 and proc.stderr.strip() == "error: aborted", proc.stderr[-3000:]
     assert list(out.iterdir()) == []
+
+
+def test_non_square_pixels_survive_encode_and_decode(clip, tiny1d, tmp_path):
+    """An anamorphic source (carphone itself: 176x144 at 128:117) decoded back to video showed square pixels: the
+    header keeps the pixel aspect, decode writes it again, and a resize keeps the picture's shown shape."""
+    from fractions import Fraction
+
+    from vitok.data.io import probe_video, write_video
+
+    frames, fps = clip
+    src = tmp_path / "anamorphic.mp4"
+    write_video(src, frames, fps, sample_aspect_ratio=Fraction(128, 117))
+    assert probe_video(src).sample_aspect_ratio == Fraction(128, 117)
+    model = str(tiny1d[2])
+    _run("encode", str(src), "-o", str(tmp_path / "a.vtok"), "--model", model, "--tokens", "8", "-q")
+    shown = _run("info", str(tmp_path / "a.vtok"))
+    assert shown["meta"]["sar"] == [128, 117] and shown["sample_aspect_ratio"] == "128/117"
+    _run("decode", str(tmp_path / "a.vtok"), "-o", str(tmp_path / "a.mp4"), "--model", model, "-q")
+    assert probe_video(tmp_path / "a.mp4").sample_aspect_ratio == Fraction(128, 117)
+    r = CliRunner().invoke(cli, ["info", str(tmp_path / "a.mp4")])
+    assert r.exit_code == 0 and "64x48 (pixel aspect 128:117)" in r.output
+
+    # resized to 32x32, the picture keeps its shown shape: 128/117 x 64/48 per pixel
+    _run("encode", str(src), "-o", str(tmp_path / "b.vtok"), "--model", model, "--tokens", "8", "--size", "32x32", "-q")
+    assert _run("info", str(tmp_path / "b.vtok"))["meta"]["sar"] == [512, 351]
+    write_video(tmp_path / "wide.mp4", frames, fps, sample_aspect_ratio=Fraction(3, 2))   # shown 96x48
+    _run("encode", str(tmp_path / "wide.mp4"), "-o", str(tmp_path / "c.vtok"), "--model", model, "--tokens", "8",
+         "-q", "--size", "96x48")   # resized to its shown shape: square pixels, no record
+    assert "sar" not in _run("info", str(tmp_path / "c.vtok"))["meta"]
+    with pytest.warns(UserWarning, match="ffv1 in .mkv does not keep the pixel aspect 128:117"):
+        _run("decode", str(tmp_path / "a.vtok"), "-o", str(tmp_path / "a.mkv"), "--model", model, "-q")
+
+
+def test_a_tampered_pixel_aspect_is_refused(codec1d, clip):
+    """The header's sar is checked like every field: a bad record is a one-line BitstreamError naming it."""
+    import dataclasses
+    from fractions import Fraction
+
+    from vitok.codecs.container import read_vtok, sar_record
+    from vitok.codecs.errors import BitstreamError
+
+    frames, fps = clip
+    data = codec1d.encode(frames[:8], fps, tokens=8)
+    header, _ = read_vtok(data)
+    assert "sar" not in header.meta and header.sample_aspect_ratio == 1
+    for bad in ([0, 1], [1, 70000], [4, 3, 1], "4:3", [1.5, 1], [True, 1]):
+        edited = dataclasses.replace(header, meta={**header.meta, "sar": bad}).pack() + data[len(header.pack()):]
+        with pytest.raises(BitstreamError, match="bad sar record in the header"):
+            codec1d.decode(edited)
+    assert sar_record(Fraction(128, 117)) == [128, 117] and sar_record(Fraction(1)) is None
+    assert sar_record(Fraction(10**6, 1)) == [65535, 1] and sar_record(Fraction(1, 10**9)) == [1, 65535]
+    num, den = sar_record(Fraction(100003, 99991))   # 16 bits each, the nearest such fraction
+    assert max(num, den) <= 65535 and abs(Fraction(num, den) - Fraction(100003, 99991)) < 1e-8

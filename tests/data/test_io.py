@@ -54,6 +54,7 @@ def test_real_clip_probe_and_read(carphone_path, carphone_clip):
     info = probe_video(carphone_path)
     assert (info.width, info.height, info.num_frames, info.fps) == (176, 144, 120, Fraction(30000, 1001))
     assert info.codec == "h264" and info.rotation == 0 and not info.is_image
+    assert info.sample_aspect_ratio == Fraction(128, 117)   # QCIF's pixels show wider than tall; read as stored
     assert info.duration == pytest.approx(4.004)
     assert carphone_clip.shape == (8, 144, 176, 3) and carphone_clip.dtype == np.uint8
 
@@ -140,6 +141,27 @@ def test_rotation_metadata_is_applied(tmp_path, tiny_frames):
     assert np.array_equal(frames, np.rot90(tiny_frames, 1, axes=(1, 2)))  # counter-clockwise, like ffmpeg
     crop, _ = read_video(tmp_path / "rot.mkv", crop=(2, 3, 10, 12))
     assert np.array_equal(crop, frames[:, 3:15, 2:12])
+
+
+def test_pixel_aspect_is_read_in_display_orientation_and_written(tmp_path, tiny_frames):
+    """Frames are read as stored; the pixel aspect is reported (inverted by a quarter turn) and written again."""
+    with av.open(str(tmp_path / "rot.mp4"), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = tiny_frames.shape[2], tiny_frames.shape[1], "yuv444p"
+        s.codec_context.sample_aspect_ratio = Fraction(4, 3)
+        s.set_display_rotation(90)
+        for f in tiny_frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode(None))
+    frames, info = read_video(tmp_path / "rot.mp4")
+    assert info.rotation == 90 and info.sample_aspect_ratio == Fraction(3, 4)
+    assert frames.shape[1:3] == (tiny_frames.shape[2], tiny_frames.shape[1])   # no resampling
+    write_video(tmp_path / "out.mp4", frames, 25, sample_aspect_ratio=info.sample_aspect_ratio)
+    assert probe_video(tmp_path / "out.mp4").sample_aspect_ratio == Fraction(3, 4)
+    assert probe_video(write_raw(tmp_path / "square.mkv", tiny_frames, "ffv1", "bgr0")).sample_aspect_ratio == 1
+    with pytest.raises(VideoWriteError, match="sample_aspect_ratio must be positive"):
+        write_video(tmp_path / "bad.mp4", frames, 25, sample_aspect_ratio=Fraction(0))
+    assert not (tmp_path / "bad.mp4").exists()
 
 
 def test_variable_frame_rate(tmp_path, tiny_frames):
