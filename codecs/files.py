@@ -40,19 +40,20 @@ def encode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
 
     chunk = codec.tok.clip_frames
     if is_frames_source(input_path):
-        first = probe_video(frame_files(input_path)[0])  # the first frame's header: its size, before any is decoded
-        _check_size(codec, size or (first.width, first.height))
+        info = probe_video(frame_files(input_path)[0])  # the first frame's header: its size, before any is decoded
+        _check_size(codec, size or (info.width, info.height))
         chunks: Any = iter_frames_dir(input_path, chunk_frames=chunk, start=start, num_frames=num_frames, size=size)
-        fps, sar = fps or Fraction(25), Fraction(1)
+        fps = fps or Fraction(25)
     else:
         info = probe_video(input_path)
         _check_size(codec, size or (info.width, info.height))
-        fps, sar = fps or info.fps, info.sample_aspect_ratio
-        if size is not None:
-            sar *= Fraction(info.width * size[1], info.height * size[0])
+        fps = fps or info.fps
         chunks = iter_video(input_path, chunk_frames=chunk, start=start, num_frames=num_frames, size=size)
     if fps is None or fps <= 0:
         fps = Fraction(25)
+    sar = info.sample_aspect_ratio   # a folder's: its first frame's
+    if size is not None:
+        sar *= Fraction(info.width * size[1], info.height * size[0])
     with atomic_path(output_path) as tmp, open(tmp, "wb") as f:
         return codec.encode_stream(chunks, Fraction(fps), f, on_chunk=on_chunk, sample_aspect_ratio=sar, **knobs)
 

@@ -488,11 +488,11 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
 
 
 def _check_aspect_kept(path: str | os.PathLike, codec: str, sar: Fraction) -> None:
-    """Warn when the written file lost the pixel aspect: containers such as mkv/webm take it from the stream
-    header, which PyAV cannot set, so only codecs whose bitstream carries it (h264, h265) keep it there."""
+    """Warn when the written file lost the pixel aspect: mkv/webm take it from the stream header, which PyAV cannot
+    set, so there only codecs whose bitstream carries it (h264, h265) keep it; mp4 keeps it for every codec."""
     with av.open(str(path)) as container:
         kept = container.streams.video[0].sample_aspect_ratio
     if kept != sar:
-        warnings.warn(f"{path}: {codec} in {Path(path).suffix or 'this container'} does not keep the pixel aspect "
-                      f"{sar.numerator}:{sar.denominator}; players will show square pixels (an .mp4 keeps it)",
-                      stacklevel=3)
+        warnings.warn(f"{path}: the pixel aspect {sar.numerator}:{sar.denominator} was not kept ({codec} in "
+                      f"{Path(path).suffix or 'this container'}); players will show square pixels (h264 keeps it, "
+                      f"in .mp4 or .mkv)", stacklevel=3)

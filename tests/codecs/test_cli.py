@@ -401,8 +401,17 @@ def test_non_square_pixels_survive_encode_and_decode(clip, tiny1d, tmp_path):
     _run("encode", str(tmp_path / "wide.mp4"), "-o", str(tmp_path / "c.vtok"), "--model", model, "--tokens", "8",
          "-q", "--size", "96x48")   # resized to its shown shape: square pixels, no record
     assert "sar" not in _run("info", str(tmp_path / "c.vtok"))["meta"]
-    with pytest.warns(UserWarning, match="ffv1 in .mkv does not keep the pixel aspect 128:117"):
+    with pytest.warns(UserWarning, match=r"pixel aspect 128:117 was not kept \(ffv1 in .mkv\)"):
         _run("decode", str(tmp_path / "a.vtok"), "-o", str(tmp_path / "a.mkv"), "--model", model, "-q")
+
+    # a frame folder takes its first frame's aspect, as a single image does (FFmpeg reads a PNG's pHYs as x:y)
+    from PIL import Image
+
+    (tmp_path / "pngs").mkdir()
+    for i, f in enumerate(frames[:3]):
+        Image.fromarray(f).save(tmp_path / "pngs" / f"f{i}.png", dpi=(72, 48))
+    _run("encode", str(tmp_path / "pngs"), "-o", str(tmp_path / "d.vtok"), "--model", model, "--tokens", "8", "-q")
+    assert _run("info", str(tmp_path / "d.vtok"))["meta"]["sar"] == [3, 2]
 
 
 def test_a_tampered_pixel_aspect_is_refused(codec1d, clip):
