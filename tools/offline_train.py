@@ -46,13 +46,14 @@ def fit_steps(clips_per_s: list[float], batch_size: int, seconds: float, overhea
     return max(1, int(0.93 * seconds / (batch_size / rate + overhead_per_step)))
 
 
-def overhead_per_step(trial_metrics: list[dict], cfg: dict) -> float:
+def overhead_per_step(trial_metrics: list[dict], cfg: dict, max_steps: int) -> float:
     """Seconds per step the run's periodic evaluations and checkpoints take, from the trial's final evaluation and
-    checkpoint (their `eval_s`, `checkpoint_s` in metrics.jsonl) and the run's `eval.every`, `checkpoint.every`."""
+    checkpoint (their `eval_s`, `checkpoint_s` in metrics.jsonl) and the run's `eval.every`, `checkpoint.every`;
+    none for those that `max_steps` steps would not reach."""
     share = 0.0
     for key, every in (("eval_s", cfg["eval"]["every"]), ("checkpoint_s", cfg["checkpoint"]["every"])):
         seconds = [r[key] for r in trial_metrics if key in r]
-        if every and seconds:
+        if every and seconds and int(every) <= max_steps:
             share += max(seconds) / int(every)
     return share
 
@@ -194,8 +195,9 @@ def _train_in(work: Path, config: str, out: Path, sets: list[str], budget: float
         train(trial, work / "trial", quiet=True)
         recs = [json.loads(line) for line in open(work / "trial" / "metrics.jsonl")]
         rates = [r["clips_per_s"] for r in recs if "clips_per_s" in r]
-        extra = overhead_per_step(recs, load_config(config, sets))
         left = budget - (time.monotonic() - start) - reserve
+        most = fit_steps(rates, trial["schedule"]["batch_size"], left)   # without them: an upper bound
+        extra = overhead_per_step(recs, load_config(config, sets), most)
         steps = fit_steps(rates, trial["schedule"]["batch_size"], left, extra)
         print(f"trial: clips/s {[round(r, 1) for r in rates]}, evaluations and checkpoints {extra:.3f} s per step; "
               f"{steps} steps fit the {left:.0f} s left", flush=True)

@@ -42,8 +42,9 @@ def test_the_trial_times_the_runs_evaluations_and_checkpoints():
     recs = [{"step": 10, "loss": 1.0, "clips_per_s": 4.0}, {"step": 60, "checkpoint_s": 3.0},
             {"step": 60, "eval_psnr": 20.0, "eval_ssim": 0.5, "eval_s": 12.0}]
     cfg = {"eval": {"every": 100}, "checkpoint": {"every": 50}}
-    assert tool.overhead_per_step(recs, cfg) == pytest.approx(12.0 / 100 + 3.0 / 50)
-    assert tool.overhead_per_step(recs, {"eval": {"every": 0}, "checkpoint": {"every": 0}}) == 0.0
+    assert tool.overhead_per_step(recs, cfg, 1000) == pytest.approx(12.0 / 100 + 3.0 / 50)
+    assert tool.overhead_per_step(recs, cfg, 80) == pytest.approx(3.0 / 50)   # 80 steps hold no evaluation
+    assert tool.overhead_per_step(recs, {"eval": {"every": 0}, "checkpoint": {"every": 0}}, 1000) == 0.0
 
 
 def test_a_run_without_pyav_stops_at_its_budget_and_unpacks(tmp_path):
