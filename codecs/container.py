@@ -213,7 +213,7 @@ class VtokReader:
         except (UnicodeDecodeError, ValueError) as e:
             raise self._fail(f"bad header metadata: {e}") from None
         try:
-            header.sample_aspect_ratio
+            header.sample_aspect_ratio   # reading it checks the sar record
         except BitstreamError as e:
             raise self._fail(str(e)) from None
         if chunks == 0 or frames == 0:
