@@ -7,10 +7,11 @@
 `pack` decodes what the config's training data and held-out evaluation read from the sample clips and stores it in
 KIT/samples.npz. `run` (there; it needs torch, timm, safetensors, piq, numpy, tqdm and scikit-image, and runs from a
 checkout) serves those arrays instead of decoding any file, sizes schedule.steps to the time budget from a short
-trial of the same config that also times an evaluation and a checkpoint (unless --steps is given), trains with `vitok.train.trainer.train`, and writes the model's
-weights in shards under 16 MiB plus train_info.json, metrics.jsonl (and init.json) to OUT, then manifest.json with
-the shards' sha256 (SIGTERM at the budget's end stops the run at a checkpoint and finishes it there). `unpack`
-checks the shards against the manifest and joins them back into RUN/model with the weights file's metadata.
+trial of the same config that also times an evaluation and a checkpoint (unless --steps is given), trains with
+`vitok.train.trainer.train`, and writes the model's weights in shards under 16 MiB plus train_info.json,
+metrics.jsonl (and init.json) to OUT, then manifest.json with the shards' sha256 (SIGTERM at the budget's end stops
+the run at a checkpoint and finishes it there). `unpack` checks the shards against the manifest and joins them back
+into RUN/model with the weights file's metadata.
 """
 from __future__ import annotations
 
