@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -89,6 +90,7 @@ def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
                 raise CodecError(f"{out}: lossless ffv1 needs a .mkv output (or use --codec h264)")
             write_video(out, frames(), h.fps, codec=video_codec, crf=crf, sample_aspect_ratio=h.sample_aspect_ratio)
         elif suffix == ".npy":
+            _warn_aspect_dropped(out, "a .npy array", h.sample_aspect_ratio)
             with atomic_path(out) as tmp:
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(h.frames, h.height, h.width, 3))
                 i = 0
@@ -100,6 +102,7 @@ def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
         elif suffix == "":
             from PIL import Image
 
+            _warn_aspect_dropped(out, "PNG frames", h.sample_aspect_ratio)
             with atomic_dir(out) as tmp:
                 i = 0
                 for chunk in frames():
@@ -112,6 +115,14 @@ def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
         reader.close()
     return {"output": str(out), "frames": h.frames, "width": h.width, "height": h.height, "fps": str(h.fps),
             "sample_aspect_ratio": str(h.sample_aspect_ratio)}
+
+
+def _warn_aspect_dropped(out: Path, what: str, sar: Fraction) -> None:
+    """Outputs with no field for the pixel aspect say so rather than drop it silently (PNG's pHYs is read
+    inverted by FFmpeg against its spec, so writing one would mislead one reader or the other)."""
+    if sar != 1:
+        warnings.warn(f"{out}: {what} cannot keep the pixel aspect {sar.numerator}:{sar.denominator}; viewers "
+                      f"will show square pixels (decode to .mp4 to keep it)", stacklevel=3)
 
 
 def describe_vtok(path: str | os.PathLike) -> dict[str, Any]:

@@ -403,6 +403,10 @@ def test_non_square_pixels_survive_encode_and_decode(clip, tiny1d, tmp_path):
     assert "sar" not in _run("info", str(tmp_path / "c.vtok"))["meta"]
     with pytest.warns(UserWarning, match=r"pixel aspect 128:117 was not kept \(ffv1 in .mkv\)"):
         _run("decode", str(tmp_path / "a.vtok"), "-o", str(tmp_path / "a.mkv"), "--model", model, "-q")
+    for out, what in (("a.npy", "a .npy array"), ("pngs_out", "PNG frames")):   # no field for it: said, not dropped
+        with pytest.warns(UserWarning, match=rf"{what} cannot keep the pixel aspect 128:117"):
+            _run("decode", str(tmp_path / "a.vtok"), "-o", str(tmp_path / out), "--model", model, "-q")
+        assert (tmp_path / out).exists()
 
     # a frame folder takes its first frame's aspect, as a single image does (FFmpeg reads a PNG's pHYs as x:y)
     from PIL import Image
