@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SHARD_BYTES = 15 * 2**20
-RESERVE_S = 75.0   # model build, final evaluation, latent statistics and export after the last step
+RESERVE_S = 75.0   # model build, final evaluation, latent statistics and export (at least what the trial took)
 COPIED = {"model/config.json": "model-config.json", "train_info.json": "train_info.json",
           "metrics.jsonl": "metrics.jsonl", "init.json": "init.json"}   # a run's other files -> their names in OUT
 OPTIONAL = {"init.json"}   # only a run started from other weights (model.init) has it
@@ -57,6 +57,17 @@ def overhead_per_step(trial_metrics: list[dict], cfg: dict, max_steps: int) -> f
         if every and seconds and int(every) <= max_steps:
             share += max(seconds) / int(every)
     return share
+
+
+def seconds_outside_steps(trial_metrics: list[dict], batch_size: int, trial_seconds: float) -> float:
+    """What the trial spent outside its steps (start-up, the final evaluation and checkpoint, latent statistics):
+    the run spends as much outside its own, which the reserve must hold."""
+    stepping, last = 0.0, 0
+    for r in trial_metrics:
+        if "clips_per_s" in r:
+            stepping += (r["step"] - last) * batch_size / r["clips_per_s"]
+            last = r["step"]
+    return max(0.0, trial_seconds - stepping)
 
 
 def _read_all_frames(cfg: dict) -> None:
@@ -193,9 +204,15 @@ def _train_in(work: Path, config: str, out: Path, sets: list[str], budget: float
         # no periodic evaluation or checkpoint: the final ones (which every run makes) time them
         trial = load_config(config, sets + [f"schedule.steps={trial_steps}", "eval.every=0", "checkpoint.every=0",
                                             "log_every=10"])
+        t0 = time.monotonic()
         train(trial, work / "trial", quiet=True)
         recs = [json.loads(line) for line in open(work / "trial" / "metrics.jsonl")]
         rates = [r["clips_per_s"] for r in recs if "clips_per_s" in r]
+        outside = seconds_outside_steps(recs, trial["schedule"]["batch_size"], time.monotonic() - t0)
+        if outside > reserve:
+            print(f"trial: {outside:.0f} s outside its steps, more than the {reserve:.0f} s reserve: reserving "
+                  f"{outside:.0f} s", flush=True)
+            reserve = outside
         left = budget - (time.monotonic() - start) - reserve
         most = fit_steps(rates, trial["schedule"]["batch_size"], left)   # without them: an upper bound
         extra = overhead_per_step(recs, load_config(config, sets), most)

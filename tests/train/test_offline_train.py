@@ -47,6 +47,17 @@ def test_the_trial_times_the_runs_evaluations_and_checkpoints():
     assert tool.overhead_per_step(recs, {"eval": {"every": 0}, "checkpoint": {"every": 0}}, 1000) == 0.0
 
 
+def test_the_reserve_holds_what_the_trial_spent_outside_its_steps():
+    """The reserve for start-up and the final evaluation, checkpoint and export was a fixed 75 s, unchecked: a model
+    whose evaluation took longer overran the budget."""
+    tool = _tool()
+    recs = [{"step": 10, "clips_per_s": 4.0}, {"step": 20, "clips_per_s": 8.0}, {"step": 20, "eval_s": 30.0},
+            {"step": 20, "checkpoint_s": 2.0}]
+    assert tool.seconds_outside_steps(recs, 2, 100.0) == pytest.approx(100.0 - 5.0 - 2.5)
+    assert tool.seconds_outside_steps(recs, 2, 5.0) == 0.0
+    assert tool.seconds_outside_steps([], 2, 40.0) == 40.0
+
+
 def test_a_run_without_pyav_stops_at_its_budget_and_unpacks(tmp_path):
     tool = _tool()
     from vitok.data.synthetic import default_stills
