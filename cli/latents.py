@@ -42,7 +42,8 @@ def extract(input_dir: str, out_dir: str, model: str, frames: int | None, size: 
     Unreadable files are listed as skipped (an error only when no file can be read). Scale out with torchrun, e.g.
     `torchrun --nproc_per_node=4 --no-python vitok latents extract ...`: shard i goes to rank i % world size.
     -y replaces shards left by a different extraction (other model, options or input files) instead of refusing,
-    and writes into a folder that holds other files (which it leaves alone). SIGTERM stops like Ctrl-C.
+    and writes into a folder that holds other files (which it leaves alone, unless named as it names its own:
+    shard-NNNNN.safetensors/.json, manifest.json). SIGTERM stops like Ctrl-C.
     """
     from vitok.cli.common import resolve_device
     from vitok.extract import extract_latents, parse_size

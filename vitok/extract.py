@@ -1,16 +1,17 @@
 """Latent extraction at scale: a folder of videos -> safetensors shards + one manifest, over torchrun ranks.
 
-Plan: the video files under INPUT_DIR are sorted by relative path and cut into shards of ``shard_size`` videos;
-shard ``i`` belongs to rank ``i % world_size``. Each video gives up to ``clips_per_video`` consecutive clips of
-``frames`` frames from its start (a video shorter than ``frames`` gives one shorter clip), resized to cover
-``size`` and center-cropped to it. Clip ids are ``video_index * clips_per_video + j`` and do not depend on the
-number of ranks. A rank writes ``shard-XXXXX.safetensors`` and then its record ``shard-XXXXX.json`` (both atomic;
-the record marks the shard done, so a rerun skips it while the options, the input folder and each source's size
-and mtime are unchanged), then a partial manifest ``manifest.rank-XXXXX.json``. A rank that (re)makes a shard first
-removes ``manifest.json``, so a folder half way through a new extraction has none. After a barrier rank 0 merges the
-partials into ``manifest.json`` with per-channel latent mean/std over every present token. Files that cannot be
-read are listed under ``skipped`` with the reason. Multi-node runs need INPUT_DIR and SHARDS_DIR on a shared file
-system. The format of the files is described in ``vitok.data.shards``.
+Plan: the video files under INPUT_DIR (as rank 0 lists them) are sorted by relative path and cut into shards of
+``shard_size`` videos; shard ``i`` belongs to rank ``i % world_size``. Each video gives up to ``clips_per_video``
+consecutive clips of ``frames`` frames from its start (a video shorter than ``frames`` gives one shorter clip),
+resized to cover ``size`` and center-cropped to it. Clip ids are ``video_index * clips_per_video + j`` and do not
+depend on the number of ranks. A rank removes a shard's old record, writes ``shard-XXXXX.safetensors`` and then its
+record ``shard-XXXXX.json`` (both atomic; the record marks the shard done, so a rerun skips it while the options,
+the input folder and each source's size and mtime are unchanged), then a partial manifest
+``manifest.rank-XXXXX.json``. A rank that (re)makes a shard first removes ``manifest.json``, so a folder half way
+through a new extraction has none. After a barrier rank 0 merges the partials into ``manifest.json`` with
+per-channel latent mean/std over every present token. Files that cannot be read are listed under ``skipped`` with
+the reason. Multi-node runs need INPUT_DIR and SHARDS_DIR on a shared file system. The format of the files is
+described in ``vitok.data.shards``.
 """
 from __future__ import annotations
 
@@ -163,8 +164,8 @@ def extract_shard(tok: Any, input_dir: Path, files: list[Path], first_video: int
                           "frames": int(arr.shape[0]), "height": int(arr.shape[1]), "width": int(arr.shape[2]),
                           "fps": str(fps), "num_tokens": tokens})
             pending.setdefault(arr.shape, []).append((cid, arr))
-            if len(pending[arr.shape]) >= batch_size:
-                flush(arr.shape)
+            if sum(map(len, pending.values())) >= batch_size:   # at most a batch of decoded clips held, whatever
+                flush(max(pending, key=lambda k: len(pending[k])))   # the mix of sizes (native size: one per video)
     for shape in list(pending):
         flush(shape)
 
@@ -237,18 +238,41 @@ def _shard_done(out_dir: Path, index: int, job: dict[str, Any], inputs: dict[str
     raise ExtractError(f"{rec_path}: {why}; use another output folder or -y to replace it")
 
 
+def _is_own(path: Path) -> bool:
+    """Whether ``path`` is a file this code wrote: named as it names them *and* marked as a latent shard set's
+    (a shard's metadata, a record's or manifest's format); a user's file that only shares a name is not."""
+    if not (_OWN_FILE.fullmatch(path.name) and path.is_file()):
+        return False
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return (f.metadata() or {}).get("format") == FORMAT_NAME
+        except Exception:  # noqa: BLE001 - not readable as safetensors: not ours
+            return False
+    if _SHARD_FILE.fullmatch(path.name):
+        return _read_record(path) is not None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and FORMAT_NAME in (doc.get("format"), (doc.get("job") or {}).get("format"))
+
+
 def _check_out_dir(out_dir: Path, input_dir: Path, overwrite: bool) -> None:
     """Refuse an output folder that is the input folder or inside it, that is not a folder, or (without
-    ``overwrite``) that holds files other than a shard set's."""
+    ``overwrite``) that holds files other than a shard set's, those named like one's included."""
     if out_dir.resolve().is_relative_to(input_dir):
         raise ExtractError(f"output folder {out_dir} is the input folder or inside it; choose another folder")
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
         raise ExtractError(f"output {out_dir} is not a folder")
-    foreign = sorted(e.name for e in out_dir.iterdir() if not (_OWN_FILE.fullmatch(e.name)
-                                                                or _TEMP_FILE.fullmatch(e.name)))
-    if foreign and not overwrite:
+    if overwrite:
+        return
+    foreign = sorted(e.name for e in out_dir.iterdir() if not (_TEMP_FILE.fullmatch(e.name) or _is_own(e)))
+    if foreign:
         raise ExtractError(f"output folder {out_dir} holds other files ({', '.join(foreign[:3])}"
                            f"{', ...' if len(foreign) > 3 else ''}); choose another folder, or -y to write the "
                            "shards beside them")
@@ -282,6 +306,18 @@ def distributed_context(timeout_s: float = 86400.0) -> Iterator[tuple[int, int]]
     finally:
         if created:
             dist.destroy_process_group()
+
+
+def _rank0_files(files: list[Path], world: int) -> list[Path]:
+    """Rank 0's listing of the input folder on every rank: ranks that listed it apart could see a file that
+    arrived in between and plan different shards (clips duplicated or lost)."""
+    if world <= 1:
+        return files
+    import torch.distributed as dist
+
+    shared = [[str(p) for p in files]]
+    dist.broadcast_object_list(shared, src=0)
+    return [Path(p) for p in shared[0]]
 
 
 def _barrier(world: int) -> None:
@@ -353,6 +389,7 @@ def extract_latents(input_dir: str | os.PathLike, out_dir: str | os.PathLike, mo
                "size": list(size) if size else None, "tokens": tokens, "clips_per_video": clips_per_video,
                "shard_size": shard_size, "batch_size": batch_size}
         metadata = {"format": FORMAT_NAME, "weights_hash": tok.weights_hash, "params": json.dumps(_params(job))}
+        files = _rank0_files(files, world)
         plan = [files[i:i + shard_size] for i in range(0, len(files), shard_size)]
         if rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -365,6 +402,9 @@ def extract_latents(input_dir: str | os.PathLike, out_dir: str | os.PathLike, mo
             record = _shard_done(out_dir, index, job, inputs, overwrite)
             if record is None:
                 (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # the folder no longer holds that manifest's set
+                # nor a record of the shard about to be replaced: killed between the two writes, a rerun of that
+                # record's extraction would otherwise take this run's shard as its own
+                (out_dir / f"{shard_name(index)}.json").unlink(missing_ok=True)
                 t_shard = time.perf_counter()
                 tensors, record = extract_shard(tok, input_dir, plan[index], index * shard_size, job, device)
                 record.update(inputs, index=index, rank=rank, file=None, seconds=time.perf_counter() - t_shard)
@@ -390,7 +430,7 @@ def extract_latents(input_dir: str | os.PathLike, out_dir: str | os.PathLike, mo
         summary = {"rank": rank, "world_size": world, "shards_made": made, "shards_reused": len(records) - made,
                    "clips_made": made_clips, "load_seconds": load_s, "work_seconds": work_s}
         if rank == 0:
-            manifest = merge_manifests(out_dir, world, len(plan), job, input_dir, model, tok, overwrite)
+            manifest = merge_manifests(out_dir, world, plan, job, input_dir, model, tok, overwrite)
             wall_s = time.perf_counter() - t0
             summary.update(manifest=str(out_dir / MANIFEST_NAME), clips=manifest["num_clips"],
                            skipped=len(manifest["skipped"]), shards=len(manifest["shards"]),
@@ -401,9 +441,11 @@ def extract_latents(input_dir: str | os.PathLike, out_dir: str | os.PathLike, mo
     return summary
 
 
-def merge_manifests(out_dir: Path, world: int, num_shards: int, job: dict[str, Any], input_dir: Path,
+def merge_manifests(out_dir: Path, world: int, plan: list[list[Path]], job: dict[str, Any], input_dir: Path,
                     model: str, tok: Any, overwrite: bool = False) -> dict[str, Any]:
-    """Rank 0: fold the per-rank partial manifests into ``manifest.json`` (clips sorted by id, global stats)."""
+    """Rank 0: fold the per-rank partial manifests into ``manifest.json`` (clips sorted by id, global stats);
+    every shard must hold the videos rank 0's ``plan`` gives it."""
+    num_shards = len(plan)
     shards: dict[int, dict[str, Any]] = {}
     ranks = []
     for r in range(world):
@@ -417,6 +459,10 @@ def merge_manifests(out_dir: Path, world: int, num_shards: int, job: dict[str, A
     missing = sorted(set(range(num_shards)) - set(shards))
     if missing:
         raise ExtractError(f"{out_dir}: shards {missing[:5]} missing after all ranks finished")
+    for index in range(num_shards):
+        if shards[index]["sources"] != [p.relative_to(input_dir).as_posix() for p in plan[index]]:
+            raise ExtractError(f"{out_dir}: {shard_name(index)} holds other videos than planned (the input folder "
+                               "changed during the run?); run again")
     stats = _Stats(tok.latent_channels)
     clips, skipped, shard_list = [], [], []
     for index in range(num_shards):
@@ -448,8 +494,7 @@ def merge_manifests(out_dir: Path, world: int, num_shards: int, job: dict[str, A
     if overwrite:  # shards (and their records) of an earlier extraction, never files this code did not write
         keep = {f"{shard_name(i)}.json" for i in range(num_shards)} | {r["file"] for r in shards.values()}
         for stale in out_dir.iterdir():
-            if _SHARD_FILE.fullmatch(stale.name) and stale.name not in keep \
-                    and (stale.suffix == ".safetensors" or _read_record(stale) is not None):
+            if _SHARD_FILE.fullmatch(stale.name) and stale.name not in keep and _is_own(stale):
                 stale.unlink()
     return manifest
 

@@ -62,9 +62,18 @@ def test_round_trip_is_bit_exact(shards_dir, video_dir):
     assert torch.equal(lat.z, batch["z"]) and (lat.frames, lat.height, lat.width) == (4, SIDE, SIDE)
     with torch.inference_mode():
         assert tok.decode(lat).shape == (3, 3, 4, SIDE, SIDE)
-    # normalized reading undoes exactly enough to come back through latents_from_batch
-    norm = collate_latents([LatentShards(shards_dir, normalize=True)[i] for i in range(3)])
+    # normalized reading is (z - mean) / std with the manifest's statistics: zero mean, unit std over the set
+    normed = LatentShards(shards_dir, normalize=True)
+    present = torch.cat([it["z"][it["mask"]] for it in normed]).double()
+    torch.testing.assert_close(present.mean(0), torch.zeros(present.shape[1], dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(present.std(0, correction=0), torch.ones(present.shape[1], dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(normed[0]["z"][normed[0]["mask"]],
+                               (ds[0]["z"][ds[0]["mask"]] - ds.mean) / ds.std)
+    # ... and latents_from_batch undoes exactly that
+    norm = collate_latents([normed[i] for i in range(3)])
     torch.testing.assert_close(latents_from_batch(tok, norm, ds.mean, ds.std).z, batch["z"])
+    assert not torch.allclose(latents_from_batch(tok, norm).z, batch["z"])   # without them it stays normalized
     with pytest.raises(ValueError, match="pass both mean and std"):   # the mean alone was ignored
         latents_from_batch(tok, norm, mean=ds.mean)
 
@@ -151,11 +160,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# rank 1 lists the folder without clip0.mp4, as when a file lands while ranks start: the ranks must still agree
+RANK1_MISSES_A_FILE = """import os, sys
+import vitok.extract as ex
+listed = ex.list_videos
+if os.environ["RANK"] == "1":
+    ex.list_videos = lambda root: [p for p in listed(root) if p.name != "clip0.mp4"]
+from vitok.cli.main import main
+main(sys.argv[1:])
+"""
+
+
 def test_torchrun_two_processes_split_disjoint_shards(tmp_path, video_dir, model_dir, shards_dir):
     out = tmp_path / "shards"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    (tmp_path / "run_extract.py").write_text(RANK1_MISSES_A_FILE)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", "-m", "vitok.cli.main", "latents", "extract", str(video_dir),
+           f"--master_port={_free_port()}", str(tmp_path / "run_extract.py"), "latents", "extract", str(video_dir),
            "-o", str(out), "--model", str(model_dir), "--frames", "4", "--size", f"{SIDE}x{SIDE}",
            "--shard-size", "1", "--batch-size", "1", "--json", "-q"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
@@ -167,11 +188,28 @@ def test_torchrun_two_processes_split_disjoint_shards(tmp_path, video_dir, model
     assert len(files) == len(set(files)) == NUM_GOOD
     ids = sorted(c["id"] for c in m["clips"])
     assert ids == sorted(c["id"] for c in _manifest(shards_dir)["clips"])  # every clip exactly once
+    assert [(c["id"], c["source"]) for c in m["clips"]] == \
+        [(c["id"], c["source"]) for c in _manifest(shards_dir)["clips"]]   # ... from its own video
     assert [s["source"] for s in m["skipped"]] == ["broken.mp4"]
     # same latents as the single-process extraction
     one = {it["source"]: it["z"] for it in LatentShards(shards_dir)}
     for it in LatentShards(out):
         torch.testing.assert_close(it["z"], one[it["source"]])
+
+
+def test_shards_holding_other_videos_than_planned_are_not_merged(tmp_path, video_dir, model_dir):
+    from vitok.extract import list_videos, merge_manifests
+
+    out = tmp_path / "shards"
+    extract_latents(video_dir, out, str(model_dir), **KW)
+    records = [json.loads((out / f"shard-0000{i}.json").read_text()) for i in range(3)]
+    partial = {"rank": 0, "world_size": 1, "job": records[0]["job"], "clips_made": 0, "shards": records}
+    (out / "manifest.rank-00000.json").write_text(json.dumps(partial))
+    files = list_videos(video_dir)
+    files[0], files[3] = files[3], files[0]   # a plan another rank could have made from another listing
+    plan = [files[i:i + 3] for i in range(0, len(files), 3)]
+    with pytest.raises(ExtractError, match="shard-00000 holds other videos than planned"):
+        merge_manifests(out, 1, plan, records[0]["job"], video_dir.resolve(), str(model_dir), vitok.load(model_dir))
 
 
 def test_damaged_shards_are_one_line_errors_naming_the_shard(tmp_path, shards_dir, capsys):
@@ -244,6 +282,68 @@ def test_interrupted_overwrite_with_other_options_leaves_no_manifest(tmp_path, v
     assert json.loads((out / "shard-00000.json").read_text())["job"]["frames"] == 2
     with pytest.raises(ShardError, match="manifest.json: no manifest"):
         LatentShards(out)
+
+
+def test_a_shard_replaced_by_an_interrupted_overwrite_is_not_taken_for_the_old_one(tmp_path, video_dir, model_dir,
+                                                                                    monkeypatch):
+    """-y replaced a shard before its record: killed between the two writes, the old record stayed beside the new
+    shard, and a rerun of the old extraction reused that shard, another run's latents, unnoticed."""
+    import vitok.extract as extract
+
+    other = tmp_path / "other"
+    shutil.copytree(video_dir, other)
+    shutil.copy(video_dir / "clip1.mp4", other / "clip0.mp4")
+    out = tmp_path / "shards"
+    extract_latents(video_dir, out, str(model_dir), **KW)
+    clip0 = next(it["z"] for it in LatentShards(out) if it["source"] == "clip0.mp4")
+    real_write = extract.write_bytes_atomic
+
+    def killed_at_the_record(path, data):
+        if Path(path).name == "shard-00000.json":
+            raise KeyboardInterrupt
+        real_write(path, data)
+
+    monkeypatch.setattr(extract, "write_bytes_atomic", killed_at_the_record)
+    with pytest.raises(KeyboardInterrupt):
+        extract_latents(other, out, str(model_dir), overwrite=True, **KW)
+    monkeypatch.setattr(extract, "write_bytes_atomic", real_write)
+    summary = extract_latents(video_dir, out, str(model_dir), **KW)
+    assert (summary["shards_made"], summary["shards_reused"]) == (1, 2)
+    assert torch.equal(next(it["z"] for it in LatentShards(out) if it["source"] == "clip0.mp4"), clip0)
+
+
+def test_decoded_clips_held_at_once_are_bounded_by_the_batch(tmp_path, model_dir, monkeypatch):
+    """At native size each video has its own shape, so no group filled a batch and every clip of the shard stayed
+    decoded in memory until the shard ended."""
+    import vitok.extract as extract
+
+    import numpy as np
+
+    from vitok.data.io import write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):   # five sizes
+        write_video(videos / f"v{i}.mp4", rng.integers(0, 256, (4, 32, 24 + 8 * i, 3), dtype=np.uint8), 8)
+    held, peak, real_encode = [0], [0], extract._encode
+
+    def counting_read(*args, **kwargs):
+        parts, fps = real_read(*args, **kwargs)
+        held[0] += len(parts)
+        peak[0] = max(peak[0], held[0])
+        return parts, fps
+
+    def counting_encode(tok, clips, *args):
+        held[0] -= len(clips)
+        return real_encode(tok, clips, *args)
+
+    real_read = extract.read_clips
+    monkeypatch.setattr(extract, "read_clips", counting_read)
+    monkeypatch.setattr(extract, "_encode", counting_encode)
+    extract_latents(videos, tmp_path / "shards", str(model_dir), frames=4, shard_size=5, batch_size=2)
+    assert peak[0] == 2 and held[0] == 0
+    assert _manifest(tmp_path / "shards")["num_clips"] == 5
 
 
 def test_shards_of_another_extraction_are_refused(tmp_path, shards_dir, video_dir, model_dir):
@@ -381,6 +481,8 @@ def test_too_many_tokens_are_refused_before_any_output(tmp_path, video_dir):
 
 
 def test_output_folder_rules(tmp_path, video_dir, model_dir):
+    from safetensors.torch import save_file
+
     videos = tmp_path / "videos"
     shutil.copytree(video_dir, videos)
     for out in (videos, videos / "sub" / "shards"):
@@ -391,15 +493,26 @@ def test_output_folder_rules(tmp_path, video_dir, model_dir):
     extract_latents(videos, out, str(model_dir), **{**KW, "shard_size": 2})  # 4 shards
     (out / "notes.txt").write_text("mine")
     (out / "shard-99999.json").write_text('{"mine": true}')  # named like a shard record, but not one
-    with pytest.raises(ExtractError, match=r"holds other files \(notes.txt\); choose another folder, or -y"):
+    save_file({"w": torch.ones(3)}, str(out / "shard-00042.safetensors"))   # ... like a shard, but not one
+    with pytest.raises(ExtractError, match=r"holds other files \(notes.txt, shard-00042.safetensors, "
+                                           r"shard-99999.json\); choose another folder, or -y"):
         extract_latents(videos, out, str(model_dir), **{**KW, "shard_size": 2})
     extract_latents(videos, out, str(model_dir), overwrite=True, **KW)  # 3 shards: shard 3 is stale
     shards = [f"shard-0000{i}.{s}" for i in range(3) for s in ("json", "safetensors")]
-    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", "notes.txt", "shard-99999.json", *shards])
-    (out / "notes.txt").unlink()
-    (out / "shard-00001.json").write_text("my notes")  # a record name is no licence to overwrite it without -y
-    with pytest.raises(ExtractError, match=r"shard-00001.json: not a vitok shard record; .* or -y to replace it"):
+    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", "notes.txt", "shard-99999.json",
+                                                            "shard-00042.safetensors", *shards])
+    for name in ("notes.txt", "shard-99999.json", "shard-00042.safetensors"):
+        (out / name).unlink()
+    # a name as this code writes them is no licence to overwrite the file without -y
+    (out / "shard-00001.json").write_text("my notes")
+    with pytest.raises(ExtractError, match=r"holds other files \(shard-00001.json\)"):
         extract_latents(videos, out, str(model_dir), **KW)
+    (out / "shard-00001.json").unlink()
+    save_file({"w": torch.ones(3)}, str(out / "shard-00001.safetensors"))   # a shard whose record is gone
+    (out / "manifest.json").write_text('{"my": "dataset index"}')
+    with pytest.raises(ExtractError, match=r"holds other files \(manifest.json, shard-00001.safetensors\)"):
+        extract_latents(videos, out, str(model_dir), **KW)
+    assert json.loads((out / "manifest.json").read_text()) == {"my": "dataset index"}
 
 
 def test_size_is_width_by_height_as_in_encode(tmp_path, video_dir, model_dir):
