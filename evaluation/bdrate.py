@@ -24,13 +24,15 @@ LOWER_IS_BETTER = frozenset({"lpips"})
 
 
 def rd_points(records: Iterable[dict], metric: str = "psnr", rate: str = "bytes") -> tuple[np.ndarray, np.ndarray]:
-    """``(rates, quality)`` of one curve, sorted by rate, reduced to strictly rising rate and quality.
+    """``(rates, quality)`` of one curve, sorted by rate, reduced to strictly rising rate and quality (of points at
+    one rate, the best).
 
     Quality is the metric itself, or its negation for metrics where lower is better.
     """
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    pts = sorted((float(r[rate]), sign * float(r[metric])) for r in records
-                 if r.get(rate) is not None and r.get(metric) is not None and float(r[rate]) > 0)
+    pts = sorted(((float(r[rate]), sign * float(r[metric])) for r in records
+                  if r.get(rate) is not None and r.get(metric) is not None and float(r[rate]) > 0),
+                 key=lambda p: (p[0], -p[1]))
     keep: list[tuple[float, float]] = []
     for x, y in pts:
         if not keep or (x > keep[-1][0] and y > keep[-1][1]):

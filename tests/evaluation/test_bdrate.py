@@ -46,6 +46,12 @@ def test_non_monotone_points_are_dropped():
     assert list(rates) == [5, 10, 30] and list(values) == [25, 30, 35]
 
 
+def test_of_points_at_one_rate_the_best_is_kept():
+    """Sorted by rate alone, equal rates kept the worst point, unlike the plots and the matched-bytes anchor."""
+    rates, quality = rd_points([{"bytes": b, "psnr": p} for b, p in [(100, 30), (100, 32), (200, 33), (200, 31)]])
+    assert rates.tolist() == [100, 200] and quality.tolist() == [32, 33]
+
+
 def test_errors_are_clear():
     anchor = _recs(RATE_A, PSNR_A)
     with pytest.raises(EvaluationError, match="test curve has 2 usable psnr points"):

