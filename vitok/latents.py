@@ -147,7 +147,8 @@ def collate(items: list[Latents]) -> Latents:
     if len({it.logvar is None for it in items}) > 1:
         raise VitokError("collate: mix of latents with and without log-variance (call mode() on all)")
     n = max(it.z.shape[1] for it in items)
-    same = len({(it.frames, it.height, it.width, it.layout, it.grid, it.tiled) for it in items}) == 1
+    same = len({(it.frames, it.height, it.width, it.layout, it.grid, it.tiled) for it in items}) == 1 \
+        and all(it.sizes is None for it in items)   # batches of mixed sizes: rebuilt below, item by item
 
     def pad(t: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.pad(t, (0, 0, 0, n - t.shape[1]))

@@ -165,9 +165,15 @@ class Tokenizer(nn.Module):
         n_unit = self.tokens_per_unit(*g.unit_size)
         B, N, C = z.shape
         unit_mask = self.token_mask(B, num_tokens, z.device)
+        if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (B, N)):
+            raise VitokError(f"{self.config.name}: mask must be a bool tensor (B, N) = {(B, N)} like z's, got "
+                             f"{mask.dtype} {tuple(mask.shape)}")
         if num_tokens is not None and N == g.units * num_tokens and num_tokens < n_unit:
             z = nn.functional.pad(z.reshape(B, g.units, num_tokens, C), (0, 0, 0, n_unit - num_tokens))
             z = z.reshape(B, g.units * n_unit, C)
+            if mask is not None:   # the prefix's mask, padded like z
+                mask = nn.functional.pad(mask.reshape(B, g.units, num_tokens), (0, n_unit - num_tokens))
+                mask = mask.reshape(B, g.units * n_unit)
             N = z.shape[1]
         if (N, C) != (g.units * n_unit, self.latent_channels):
             raise VitokError(f"{self.config.name}: latents of shape {tuple(z.shape[1:])} do not fit a "
@@ -210,6 +216,9 @@ class Tokenizer(nn.Module):
         if peak > VALUE_WARN:
             warnings.warn(f"video values reach {peak:g}: vitok models take [-1, 1] (vitok.data.frames_to_tensor "
                           f"converts uint8 frames)", stacklevel=2)
+        if video.shape[-1] == 3 < video.shape[-2]:   # 3 px wide and taller: most likely channels last
+            warnings.warn(f"video of shape {tuple(video.shape)} is read as (B,3,T,H,W) 3 pixels wide; if it is "
+                          f"(B,T,H,W,3), convert it with vitok.data.frames_to_tensor", stacklevel=2)
         num_tokens = _count(num_tokens)
         g = self.plan(*video.shape[2:], tiled=tiled)
         self.token_mask(video.shape[0], num_tokens, self.device)  # validates num_tokens before any work
@@ -279,6 +288,13 @@ class Tokenizer(nn.Module):
                              f"them with the model that encoded them")
         if latents.sizes is not None:
             raise VitokError("cannot decode a batch of mixed geometries in one call; decode items separately")
+        z = latents.z
+        if latents.mask is not None and tuple(latents.mask.shape) != tuple(z.shape[:2]):
+            raise VitokError(f"latents' mask has shape {tuple(latents.mask.shape)}, their z {tuple(z.shape)}: a "
+                             f"mask must be (B, N) of z's batch and tokens (replaced z without its mask?)")
+        if latents.logvar is not None and latents.logvar.shape != z.shape:
+            raise VitokError(f"latents' logvar has shape {tuple(latents.logvar.shape)}, their z {tuple(z.shape)}: "
+                             f"they must match (replaced z without its logvar? call mode() first)")
 
     def encode_whole(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int, int]]:
         """The training pass's encode: ``x`` (B,3,T,H,W) padded to one unit, no tiles, no checks. Returns the

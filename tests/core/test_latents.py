@@ -68,8 +68,14 @@ def test_as_grid_refuses_1d(tok1d, clip):
 
 
 def test_to_device(grid_tok, clip):
-    lat = grid_tok.encode(clip(4, 16, 16)).to("cpu")
-    assert lat.z.device.type == "cpu" and lat.logvar.device.type == "cpu"
+    lat = grid_tok.encode(clip(4, 16, 16))
+    moved = lat.to("meta")   # a device the latents are not on, so a .to that did nothing fails
+    assert moved.z.device.type == moved.logvar.device.type == "meta" and lat.z.device.type == "cpu"
+    cast = lat.normalized().to(torch.float64)
+    assert cast.z.dtype == cast.logvar.dtype == torch.float64 and cast.is_normalized
+    assert (cast.frames, cast.height, cast.width, cast.layout, cast.grid, cast.model) == \
+        (lat.frames, lat.height, lat.width, lat.layout, lat.grid, lat.model)
+    torch.testing.assert_close(cast.z, lat.normalized().z.double())
 
 
 def test_gradients_flow_through_a_frozen_model(grid_tok, clip):
@@ -122,6 +128,10 @@ def test_collate_mixed_geometry(grid_tok, clip):
     assert (batch.z[0, a.z.shape[1]:] == 0).all()
     with pytest.raises(VitokError, match="mixed"):
         grid_tok.decode(batch)
+    # batches of mixed sizes collated again, with equal largest sizes: every item keeps its own
+    c = grid_tok.encode(clip(4, 16, 20)).mode()
+    again = collate([batch, collate([c, b])])
+    assert again.batch_size == 4 and again.sizes == [(4, 16, 16), (12, 16, 24), (4, 16, 20), (12, 16, 24)]
     with pytest.raises(VitokError, match="log-variance"):
         collate([a, grid_tok.encode(clip(4, 16, 16))])
 
@@ -145,6 +155,32 @@ def test_make_latents_roundtrip(grid_tok, tok1d, clip):
     prefix = lat.z.view(1, units, 16, 8)[:, :, :5].reshape(1, units * 5, 8)
     again = tok1d.make_latents(prefix, 9, 20, 30, num_tokens=5)
     assert torch.equal(again.z, lat.z) and torch.equal(again.mask, lat.mask)
+    # ... and its (B, units * k) mask with it
+    masked = tok1d.make_latents(prefix, 9, 20, 30, num_tokens=5, mask=torch.ones(1, units * 5, dtype=torch.bool))
+    assert torch.equal(masked.z, lat.z) and torch.equal(masked.mask, lat.mask)
+    with pytest.raises(VitokError, match=r"mask must be a bool tensor \(B, N\)"):
+        tok1d.make_latents(prefix, 9, 20, 30, num_tokens=5, mask=torch.ones(1, units * 16, dtype=torch.bool))
+
+
+def test_a_batch_codes_as_its_clips_alone(grid_tok, tok1d, clip):
+    """Clips in one batch get the latents and reconstructions each gets alone (odd size, several tiles)."""
+    video = torch.cat([clip(5, 20, 37, seed=1), clip(5, 20, 37, seed=2)])
+    for tok in (grid_tok, tok1d):
+        both = tok.encode(video).mode()
+        out = tok.decode(both)
+        for i in range(2):
+            one = tok.encode(video[i:i + 1]).mode()
+            torch.testing.assert_close(both.z[i:i + 1], one.z, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out[i:i + 1], tok.decode(one), atol=1e-5, rtol=1e-5)
+
+
+def test_decode_refuses_a_mask_or_logvar_that_does_not_fit_z(tok1d, clip):
+    """z replaced by a generator's fewer samples kept the template's mask, which broadcast them to its batch."""
+    lat = tok1d.encode(torch.cat([clip(4, 16, 16, seed=1), clip(4, 16, 16, seed=2)]), num_tokens=4)
+    with pytest.raises(VitokError, match=r"mask has shape \(2, 16\), their z \(1, 16, 8\)"):
+        tok1d.decode(dataclasses.replace(lat.mode().normalized(), z=lat.z[:1]))
+    with pytest.raises(VitokError, match=r"logvar has shape \(2, 16, 8\), their z \(1, 16, 8\)"):
+        tok1d.decode(dataclasses.replace(lat, z=lat.z[:1], mask=lat.mask[:1]))
 
 
 def test_latents_is_plain_dataclass():
@@ -184,7 +220,10 @@ def test_encode_takes_any_integer_token_count_and_warns_on_a_0_255_video(tok1d):
     ref = tok1d.encode(video, num_tokens=4)
     for k in (np.int64(4), torch.tensor(4)):
         assert torch.equal(tok1d.encode(video, num_tokens=k).z, ref.z)
-    with pytest.raises(VitokError, match="num_tokens must be an integer"):
-        tok1d.encode(video, num_tokens=4.5)
+    for bad in (4.5, True):
+        with pytest.raises(VitokError, match="num_tokens must be an integer"):
+            tok1d.encode(video, num_tokens=bad)
+    with pytest.warns(UserWarning, match=r"read as \(B,3,T,H,W\) 3 pixels wide; if it is \(B,T,H,W,3\)"):
+        tok1d.encode(torch.zeros(1, 3, 32, 32, 3))   # 3 frames, channels last
     with pytest.warns(UserWarning, match="video values reach 25[0-9.]*: vitok models take \\[-1, 1\\]"):
         tok1d.encode((video + 1) * 127.5)

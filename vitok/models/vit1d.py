@@ -67,7 +67,7 @@ class ViT1DTokenizer(ViTTokenizer):
             keep = self._sample_keep(batch, device)
         elif num_tokens is None or num_tokens == K:
             return None
-        elif isinstance(num_tokens, int) and 1 <= num_tokens <= K:
+        elif isinstance(num_tokens, int) and not isinstance(num_tokens, bool) and 1 <= num_tokens <= K:
             keep = torch.full((batch,), num_tokens, device=device)
         else:
             raise VitokError(f"{self.config.name}: num_tokens must be an integer in 1..{K}, got {num_tokens!r}")
