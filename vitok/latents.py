@@ -124,15 +124,18 @@ class Latents:
         z = self.z.view(self.batch_size, chunks, t, h, w, self.channels)
         return z.permute(0, 5, 1, 2, 3, 4).reshape(self.batch_size, self.channels, chunks * t, h, w)
 
-    def to(self, device: torch.device | str | torch.dtype | None = None, dtype: torch.dtype | None = None) -> Latents:
+    def to(self, device: torch.device | str | torch.dtype | None = None, dtype: torch.dtype | None = None, *,
+           non_blocking: bool = False) -> Latents:
         """Move to `device` and/or cast `z` and `logvar` to a floating `dtype` (``to(torch.bfloat16)`` works too);
-        the mask stays boolean."""
+        the mask stays boolean. `non_blocking` as for ``Tensor.to`` (copies from pinned memory overlap compute)."""
         if isinstance(device, torch.dtype):
             device, dtype = None, device
         if dtype is not None and not dtype.is_floating_point:
             raise VitokError(f"Latents.to: latents are floating point, got dtype {dtype}")
-        cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
-        mask = None if self.mask is None else self.mask.to(device=device)
+        def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device=device, dtype=dtype, non_blocking=non_blocking)
+
+        mask = None if self.mask is None else self.mask.to(device=device, non_blocking=non_blocking)
         return self._replace(z=cast(self.z), mask=mask, logvar=cast(self.logvar))
 
 

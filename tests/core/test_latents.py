@@ -69,7 +69,7 @@ def test_as_grid_refuses_1d(tok1d, clip):
 
 def test_to_device(grid_tok, clip):
     lat = grid_tok.encode(clip(4, 16, 16))
-    moved = lat.to("meta")   # a device the latents are not on, so a .to that did nothing fails
+    moved = lat.to("meta", non_blocking=True)   # a device the latents are not on: a .to that did nothing fails
     assert moved.z.device.type == moved.logvar.device.type == "meta" and lat.z.device.type == "cpu"
     cast = lat.normalized().to(torch.float64)
     assert cast.z.dtype == cast.logvar.dtype == torch.float64 and cast.is_normalized
