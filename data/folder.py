@@ -1,6 +1,8 @@
 """VideoFolder: a torch Dataset of random clips from a user's folder of videos and images."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -10,7 +12,7 @@ import torch
 
 from .convert import frames_to_tensor
 from .errors import VideoReadError
-from .io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoInfo, center_crop_box, iter_video, probe_video
+from .io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoInfo, center_crop_box, frame_times, iter_video, probe_video
 
 
 class VideoFolder(torch.utils.data.Dataset):
@@ -45,7 +47,10 @@ class VideoFolder(torch.utils.data.Dataset):
                  and not any(part.startswith(".") for part in p.relative_to(self.root).parts))
         for path in sorted(paths):
             try:
-                self.items.append(probe_video(path))
+                info = probe_video(path)
+                if info.num_frames is None and not info.is_image:   # no count, no duration (a live webm): count
+                    info = dataclasses.replace(info, num_frames=len(frame_times(path)))   # packets, no decoding
+                self.items.append(info)
             except VideoReadError as e:
                 self._warn(path, f"skipping {e}")
         if not self.items:
@@ -59,6 +64,13 @@ class VideoFolder(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.items) * self.clips_per_video
+
+    def fingerprint(self) -> str:
+        """The files this folder serves (relative paths and sizes): a resumed run checks its data is the same."""
+        h = hashlib.sha1()
+        for info in self.items:
+            h.update(f"{info.path.relative_to(self.root).as_posix()}\0{info.path.stat().st_size}\0".encode())
+        return h.hexdigest()[:16]
 
     def _read(self, info: VideoInfo, rng: np.random.Generator) -> np.ndarray:
         span = (self.num_frames - 1) * self.stride + 1

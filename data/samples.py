@@ -32,6 +32,8 @@ SPLITS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
     "bikes": ((0, 174), (182, 250)),
     "carphone": ((0, 80), (86, 120)),
 }
+SIZES = {"bigbuckbunny": (1280, 720), "bikes": (640, 272), "carphone": (176, 144)}   # (W, H) as stored: known
+# without opening the files, which a run served from arrays (tools/offline_train.py) does not have
 Segment = tuple[str, np.ndarray]
 
 

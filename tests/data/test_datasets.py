@@ -81,6 +81,28 @@ def test_video_folder_says_when_a_file_is_shorter_than_its_header(tmp_path):
     assert len(rec) == 1 and all(c.shape == (3, 4, 16, 16) for c in clips)
 
 
+def test_video_folder_counts_the_frames_of_a_file_whose_header_has_none(tmp_path):
+    """A webm written live holds no frame count or duration: every draw took its first window, unsaid."""
+    import av
+
+    root = tmp_path / "live"
+    root.mkdir()
+    with av.open(str(root / "live.webm"), "w", options={"live": "1"}) as out:
+        stream = out.add_stream("libvpx-vp9", rate=25)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i in range(60):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 4 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    ds = VideoFolder(root, num_frames=8, size=16)
+    assert ds.items[0].num_frames == 60
+    starts = {round(float(ds.read_item(0, np.random.default_rng(seed))[:, 0].mean() + 1) * 127.5 / 4)
+              for seed in range(12)}
+    assert len(starts) > 3 and max(starts) <= 52
+
+
 def _sources() -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:96, 0:128]

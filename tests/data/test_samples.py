@@ -6,7 +6,7 @@ import pytest
 
 from vitok.data.errors import VitokError
 from vitok.data.io import read_video
-from vitok.data.samples import (SAMPLE_CLIPS, SPLITS, eval_segments, load_sample, sample_info, sample_path,
+from vitok.data.samples import (SAMPLE_CLIPS, SIZES, SPLITS, eval_segments, load_sample, sample_info, sample_path,
                                 split_range, train_segments, train_stills)
 
 
@@ -21,6 +21,7 @@ def test_clips_exist_and_split_is_disjoint():
         assert sample_path(name).is_file()
         (t0, t1), (e0, e1) = SPLITS[name]
         assert 0 == t0 < t1 < e0 < e1 == sample_info(name).num_frames  # a gap between train and eval
+        assert SIZES[name] == (sample_info(name).width, sample_info(name).height)
         assert split_range(name, "all") == (0, e1)
 
 

@@ -47,6 +47,22 @@ def test_clip_mix_samples_folder_and_augmentation(tmp_path):
     assert batch.shape == (2, 3, 4, 16, 16) and torch.equal(state, torch.get_rng_state())   # global RNG untouched
 
 
+def test_sample_clips_left_out_or_upsampled_are_named():
+    """A sizes entry under data.size, or a clip too short, was dropped unsaid; sizes over a clip's own height
+    upsampled it unsaid (carphone is 144 px high)."""
+    import pytest
+
+    cfg = {**DEFAULTS["data"], "size": 48, "synthetic": {"num_clips": 0, "seed": 0},
+           "samples": {"repeat": 1, "sizes": [32, 48, 160]}}
+    with pytest.warns(UserWarning) as rec:
+        ds = TrainClips(cfg, num_frames=4)
+    said = " | ".join(str(w.message) for w in rec)
+    assert "left out bigbuckbunny at 32 px, bikes at 32 px, carphone at 32 px (fewer than 4 frames or smaller than " \
+           "data.size 48)" in said
+    assert "upsamples carphone (144 px) to 160 px squares" in said and "bikes" not in said.split("upsamples")[1]
+    assert len(ds.sources[0][1][0]) == 6   # the 48 and 160 px clips
+
+
 def test_folder_clips_take_a_new_window_each_draw(tmp_path):
     """A folder video gave one fixed window for every draw (its start frame came from the item alone): now each draw
     seed picks its own start, and the same draw gives the same clip."""

@@ -108,7 +108,11 @@ def test_resume_refuses_a_changed_data_folder(make_cfg, tmp_path):
     write_video(videos / "v3.mp4", rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), 10)
     with pytest.raises(VitokError, match=r"--resume: the training data now holds 4 clips, the run's checkpoint 3"):
         train(cfg, tmp_path / "run", resume=True, quiet=True)
+    (videos / "v1.mp4").rename(tmp_path / "v1.mp4")   # as many files, one of them another: refused too
+    with pytest.raises(VitokError, match=r"--resume: the files in data.folder changed since the checkpoint"):
+        train(cfg, tmp_path / "run", resume=True, quiet=True)
     (videos / "v3.mp4").unlink()
+    (tmp_path / "v1.mp4").rename(videos / "v1.mp4")
     assert train(cfg, tmp_path / "run", resume=True, quiet=True)["steps"] == 2
 
 

@@ -2,6 +2,7 @@
 drawn by a step-indexed sampler so that a resumed run sees exactly the batches the uninterrupted run would have."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
@@ -30,10 +31,20 @@ class TrainClips(Dataset):
             self.sources.append(("synthetic", ds, len(ds)))
         smp = data_cfg["samples"]
         if smp["repeat"] > 0:
-            from vitok.data.samples import SAMPLE_CLIPS, load_sample
+            from vitok.data.samples import SAMPLE_CLIPS, SIZES, load_sample
 
-            clips = [load_sample(name, "train", size=int(s)) for s in smp["sizes"] for name in SAMPLE_CLIPS]
-            clips = [c for c in clips if c.shape[0] >= num_frames and min(c.shape[1:3]) >= self.size]
+            named = [(f"{name} at {s} px", load_sample(name, "train", size=int(s)))
+                     for s in smp["sizes"] for name in SAMPLE_CLIPS]
+            dropped = [n for n, c in named if c.shape[0] < num_frames or min(c.shape[1:3]) < self.size]
+            clips = [c for n, c in named if n not in dropped]
+            if dropped and clips:
+                warnings.warn(f"data.samples: left out {', '.join(dropped)} (fewer than {num_frames} frames or "
+                              f"smaller than data.size {self.size})", stacklevel=2)
+            side = {name: min(SIZES[name]) for name in SAMPLE_CLIPS}
+            raised = [f"{name} ({side[name]} px) to {s}" for s in smp["sizes"] for name in SAMPLE_CLIPS
+                      if int(s) > side[name]]
+            if raised:
+                warnings.warn(f"data.samples.sizes upsamples {', '.join(raised)} px squares", stacklevel=2)
             if not clips:
                 raise VitokError(f"data.samples: no training clip has {num_frames} frames of >= {self.size} px; "
                                  f"lower data.size or data.num_frames")
@@ -52,6 +63,10 @@ class TrainClips(Dataset):
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    def fingerprint(self) -> str | None:
+        """The folder's files, when a folder is among the sources (the others are fixed by the config)."""
+        return next((ds.fingerprint() for kind, ds, _ in self.sources if kind == "folder"), None)
 
     def __getitem__(self, key: tuple[int, int] | int) -> torch.Tensor:
         item, seed = key if isinstance(key, tuple) else (key, key)

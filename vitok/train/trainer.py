@@ -312,11 +312,15 @@ class Trainer:
                 write_bytes_atomic(self.out / "init.json", json.dumps(self.lineage, indent=2).encode())
         D.barrier(self.info)
 
+    def _data_fingerprint(self) -> str | None:
+        fingerprint = getattr(self.dataset, "fingerprint", None)
+        return fingerprint() if fingerprint is not None else None
+
     def _state(self) -> dict[str, Any]:
         state = {"model": self.tok.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
                  "scheduler": {"step": self.step, "kind": "warmup_cosine"}, "elapsed": self.elapsed,
                  "bad_steps": self.bad_steps, "world": self.info.world, "sessions": self._sessions_now(),
-                 "dataset_size": len(self.dataset),
+                 "dataset_size": len(self.dataset), "dataset_fingerprint": self._data_fingerprint(),
                  "rng": D.gather_objects(rng_state(), self.info)}
         if self.disc is not None:
             state["disc"] = self.disc.state_dict()
@@ -345,6 +349,11 @@ class Trainer:
                              f"{was} (files added to or removed from data.folder?), so its data position no longer "
                              f"applies; restore the data, or start a new --out from its weights with --set "
                              f"model.init={self.out / 'model'}")
+        was = state.get("dataset_fingerprint")   # None: no folder, or a checkpoint from before the record
+        if was is not None and was != self._data_fingerprint():
+            raise VitokError(f"--resume: the files in data.folder changed since the checkpoint {path} (as many, but "
+                             f"other names or sizes), so its data position no longer applies; restore them, or "
+                             f"start a new --out from its weights with --set model.init={self.out / 'model'}")
         set_rng_state(rngs[self.info.rank])
         if self.step >= self.end_step and self.end_step < self.total_steps:
             raise VitokError(f"--stop-at {self.end_step}: the run in {self.out} is already at step {self.step}; give "
