@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from vitok.cli.common import emit, json_option, quiet_option
+from vitok.data.errors import VitokError
 
 
 @click.command("codec")
@@ -33,7 +34,12 @@ def bench_codec(codecs, clip, frames, ops, repeat, threads, isolate, quiet, as_j
         from vitok.codecs.neural import bundled_codec_names
 
         codecs = bundled_codec_names()
-    parsed = {name: points[0] for name, points in parse_ops(ops, codecs).items()}
+    points = parse_ops(ops, codecs)
+    several = [name for name, ps in points.items() if len(ps) > 1]
+    if several:   # one row per codec: a second point was dropped unsaid
+        raise VitokError(f"--op: one operating point per codec here, {several[0]} has {len(points[several[0]])} "
+                         f"(`vitok rd` sweeps several)")
+    parsed = {name: ps[0] for name, ps in points.items()}
     name, video, fps = load_clip(clip, frames)
     rows = bench_codecs(list(codecs), video, fps, parsed, repeat=repeat, progress=not quiet, isolate=isolate,
                         threads=threads)

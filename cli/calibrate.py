@@ -59,4 +59,4 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
     text = "\n".join([f"wrote {out}: tables {tables.table_id}, {report['tokens']} calibration tokens, {model}",
                       "  step  bits/value", *rows])
     emit({"path": str(out), "table_id": tables.table_id, "unit_tokens": tables.unit_tokens,
-          "contexts": tables.contexts, **report}, as_json, text)
+          "channels": tables.channels, "contexts": tables.contexts, **report}, as_json, text)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -66,8 +67,20 @@ def resolve_device(device: str) -> str:
 
 
 def emit(result: Any, as_json: bool, text: str) -> None:
-    """Results go to stdout: JSON with ``--json``, else the human text."""
-    click.echo(json.dumps(result, indent=2, default=str) if as_json else text)
+    """Results go to stdout: JSON with ``--json`` (NaN and infinities as null: JSON has no such numbers), else the
+    human text."""
+    click.echo(json.dumps(_finite(result), indent=2, default=str, allow_nan=False) if as_json else text)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None, through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def progress(iterable=None, *, total=None, desc: str = "", quiet: bool = False, unit: str = "it"):

@@ -46,4 +46,5 @@ def compare(input, model, codecs, frames, output, overwrite, as_json) -> None:
     text = f"{name}: {t} frames {w}x{h} @ {float(fps):.3g} fps\n" + format_table(rows, [
         ("label", "codec", ""), ("bytes", "bytes", "d"), ("bpp", "bpp", ".4f"), ("psnr", "PSNR", ".2f"),
         ("ssim", "SSIM", ".4f"), ("encode_s", "enc s", ".3f"), ("decode_s", "dec s", ".3f")])
-    emit({"clip": name, "rows": rows, "image": str(out)}, as_json, text + unmatched_note(rows) + f"\nwrote {out}")
+    emit({"clip": name, "frames": t, "width": w, "height": h, "fps": str(fps), "rows": rows, "image": str(out)},
+         as_json, text + unmatched_note(rows) + f"\nwrote {out}")

@@ -89,4 +89,4 @@ def sample(gen_dir: str, output: str, num: int, steps: int, seed: int, fps: int 
     write_video(output, frames, Fraction(fps) if fps else template_fps(gen_dir) or Fraction(8))
     t, h, w = frames.shape[:3]
     emit({"output": output, "num": num, "frames": t, "height": h, "width": w, "steps": steps}, as_json,
-         f"wrote {num} samples ({t} frames, {h}x{w} mosaic) to {output}")
+         f"wrote {num} samples ({t} frames, {w}x{h} mosaic) to {output}")

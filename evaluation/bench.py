@@ -81,14 +81,14 @@ def _bench_in_child(name: str, frames: np.ndarray, fps: Fraction, op: dict, repe
 
 
 def _bench_isolated(name: str, frames: np.ndarray, fps: Fraction, op: dict, repeat: int, warmup: bool) -> dict:
-    """``bench_one`` in a fresh (spawned) process with this process's torch thread count."""
+    """``bench_one`` in a fresh (spawned) process with this process's torch thread count; leaving the pool
+    terminates it, so Ctrl-C or SIGTERM stops the worker at once, not after its whole benchmark."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     import torch
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_bench_in_child, name, frames, fps, op, repeat, warmup, torch.get_num_threads()).result()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_bench_in_child, (name, frames, fps, op, repeat, warmup, torch.get_num_threads()))
 
 
 def _with_threads(codec: Any, op: dict, threads: int | None) -> dict:

@@ -100,6 +100,7 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
     from vitok.codecs import get_codec
 
     name = default_model_codec() if model is None else (model if model.startswith("vitok:") else f"vitok:{model}")
+    classical = [get_codec(c) for c in codecs]   # an unknown name fails before any encode
     neural = get_codec(name).load()  # the model's load is not its encode time
     op = dict(model_op or {})
     t0 = time.perf_counter()
@@ -111,8 +112,7 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
     mid = len(frames) // 2
     shown = {"reference": frames[mid], name: decoded[mid]}
     streams = {name: (data, decoded)}
-    for cname in codecs:
-        codec = get_codec(cname)
+    for cname, codec in zip(codecs, classical):
         cop, cdata, cdec, _, matched = match_psnr(codec, frames, fps, rows[0]["psnr"])
         t0 = time.perf_counter()
         codec.encode(frames, fps, **cop)

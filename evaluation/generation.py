@@ -256,6 +256,8 @@ def train_generator(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, *
             for step, batch in enumerate(loader, start=1):
                 labels = batch["index"].to(device) if cond == "clip" else None
                 loss = flow_loss(model, batch["z"].to(device), batch["mask"].to(device), labels, noise_gen)
+                if not torch.isfinite(loss):   # diverged: say so, and write no generator of NaN weights
+                    raise GeneratorError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

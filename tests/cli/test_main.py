@@ -120,3 +120,13 @@ def test_warnings_are_one_line(capsys):
         warnings.warn("LPIPS unavailable: backbone weights not found", RuntimeWarning)
     err = capsys.readouterr().err
     assert err == "warning: LPIPS unavailable: backbone weights not found\n"
+
+
+def test_json_output_is_valid_json_when_a_figure_is_not_finite(capsys):
+    """NaN and infinities printed as NaN/Infinity, which JSON parsers refuse: now null."""
+    import json
+
+    from vitok.cli.common import emit
+
+    emit({"loss": float("nan"), "rows": [{"fps": float("inf")}, (1.5, -float("inf"))], "n": 3}, True, "")
+    assert json.loads(capsys.readouterr().out) == {"loss": None, "rows": [{"fps": None}, [1.5, None]], "n": 3}

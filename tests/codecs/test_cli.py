@@ -264,7 +264,7 @@ def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path
     report = _run("calibrate", str(d), "--clip", str(video), "--iters", "20")
     assert report["unit_tokens"] == 16 and report["tokens"] == 3 * 16  # 20 frames: chunks of 8, 8 and 4
     assert set(report["bits_per_symbol"]) == {"0.25", "0.5", "1.0", "2.0", "4.0"}
-    assert report["contexts"] == 1  # 1D default: factorized tables
+    assert report["contexts"] == 1 and report["channels"] == 8  # 1D default: factorized tables
     assert "use -y to overwrite" in _error(capsys, "calibrate", str(d), "--clip", str(video))
     ctx = _run("calibrate", str(d), "--clip", str(video), "--context-radius", "2", "-y")
     assert ctx["contexts"] == 6 and ctx["table_id"] != report["table_id"]  # the previous token picks the table

@@ -163,11 +163,48 @@ def test_bench_codec_refuses_an_unknown_codec_before_timing_any(small_clip, monk
 
     timed = []
     monkeypatch.setattr(bench, "bench_one", lambda *a, **k: timed.append(a[0]))
+    monkeypatch.setattr(bench, "_bench_isolated", lambda *a, **k: timed.append(a[0]))   # the default: a child
     with pytest.raises(SystemExit) as e:
         main(["bench", "codec", "--codec", "h265", "--codec", "nosuch", "--clip", str(small_clip), "--frames", "3",
               "-q"])
     assert e.value.code != 0 and timed == []
     assert "error: unknown codec 'nosuch'" in capsys.readouterr().err
+
+
+def test_sigterm_stops_bench_codec_and_its_worker_at_once(small_clip, tmp_path):
+    """The benchmark runs in a spawned worker; SIGTERM left the command waiting for its whole benchmark."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "vitok.cli.main", "bench", "codec", "--clip", str(small_clip),
+                             "--frames", "3", "--repeat", "100000", "--threads", "1", "--codec", "h264", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    time.sleep(8)   # past the worker's start: it is in its 100000 rounds
+    assert proc.poll() is None
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "error: aborted" in err and time.monotonic() - t0 < 10
+
+
+def test_compare_checks_codecs_before_encoding_and_its_json_holds_the_clip(small_clip, tiny_model, tmp_path,
+                                                                           cli_error, monkeypatch):
+    from vitok.codecs.neural import VitokCodec
+
+    def encoded(*args, **kwargs):
+        pytest.fail("vitok encoded before the codecs were checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(VitokCodec, "encode", encoded)
+        assert "unknown codec 'nosuch'" in cli_error(["compare", str(small_clip), "--model", tiny_model, "--codec",
+                                                     "h264", "--codec", "nosuch", "-o", str(tmp_path / "c.png")])
+    result = json.loads(_invoke(["compare", str(small_clip), "--model", tiny_model, "--frames", "4", "-o",
+                                 str(tmp_path / "c.png"), "--json"]))
+    assert (result["frames"], result["width"], result["height"]) == (4, 64, 64) and result["fps"]
 
 
 def test_compare_refuses_vitok_codecs_and_names_it_would_not_write(tmp_path, cli_error, small_clip, tiny_model):
@@ -195,6 +232,8 @@ def test_op_keys_and_codecs_are_checked_before_any_work(tmp_path, cli_error, sma
         ([*rd, "--codec", "h264", "--op", "h265:crf=20"], "codec h265 is not selected"),
         ([*bench_args, "--codec", "h264", "--op", "h264:zzz=1"], "h264 has no knob 'zzz'"),
         ([*bench_args, "--codec", neural, "--op", "h264:crf=20"], "codec h264 is not selected"),
+        ([*bench_args, "--codec", "h265", "--op", "h265:crf=20", "--op", "h265:crf=40"],
+         "--op: one operating point per codec here, h265 has 2"),   # the second was dropped unsaid
     ]
     for args, message in cases:
         assert message in cli_error(args)

@@ -94,7 +94,7 @@ def test_cli_extract_stats_train_sample(tmp_path, video_dir, model_dir):
     result = runner.invoke(cli, ["gen", "sample", "--gen", str(tmp_path / "gen"), "-o", str(out), "--num", "2",
                                  "--steps", "3"], catch_exceptions=False)
     assert result.exit_code == 0 and "sampling: " in result.stderr and "/3 " in result.stderr   # progress bar
-    assert "wrote 2 samples" in result.stdout
+    assert f"wrote 2 samples (4 frames, {2 * SIDE}x{SIDE} mosaic)" in result.stdout   # width x height
     frames, info = read_video(out)
     assert frames.shape == (4, SIDE, 2 * SIDE, 3) and info.fps == 8  # the training clips' rate
     config = json.loads((tmp_path / "gen" / "config.json").read_text())
@@ -168,10 +168,25 @@ def test_gen_train_never_replaces_a_folder_it_did_not_write(tmp_path, shards_dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gen", "tok"]   # no temporary folder left beside it
 
 
-def test_gen_errors_are_one_line(tmp_path, shards_dir, cli_error):
+def test_gen_errors_are_one_line(tmp_path, shards_dir, cli_error, monkeypatch):
     err = cli_error(["gen", "train", str(shards_dir), "--out", str(tmp_path / "g"), "--width", "16",
                                    "--heads", "3", "-q"])
     assert "--width 16 is not divisible by --heads 3" in err and not (tmp_path / "g").exists()
+    # a diverging run wrote NaN losses as invalid JSON, exited 0 and saved NaN weights
+    from vitok.evaluation import generation
+
+    real_loss, calls = generation.flow_loss, []
+
+    def diverging(*args):
+        calls.append(1)
+        loss = real_loss(*args)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    with monkeypatch.context() as m:
+        m.setattr(generation, "flow_loss", diverging)
+        err = cli_error(["gen", "train", str(shards_dir), "--out", str(tmp_path / "g"), "--steps", "6",
+                         "--batch-size", "2", "--width", "16", "--depth", "1", "--heads", "2", "-q", "--json"])
+    assert "training diverged at step 3 (loss nan); lower --lr" in err and not (tmp_path / "g").exists()
     gen = tmp_path / "gen"
     train_generator(shards_dir, gen, steps=2, batch_size=2, width=16, depth=1, heads=2)
     config = json.loads((gen / "config.json").read_text())
