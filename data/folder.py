@@ -55,6 +55,10 @@ class VideoFolder(torch.utils.data.Dataset):
                 self._warn(path, f"skipping {e}")
         if not self.items:
             raise VideoReadError(f"{self.root}: no readable videos or images ({', '.join(exts)})")
+        h = hashlib.sha1()
+        for info in self.items:
+            h.update(f"{info.path.relative_to(self.root).as_posix()}\0{info.path.stat().st_size}\0".encode())
+        self._fingerprint = h.hexdigest()[:16]
 
     def _warn(self, path: Path, message: str) -> None:
         """One warning per file, however often it comes up."""
@@ -66,11 +70,9 @@ class VideoFolder(torch.utils.data.Dataset):
         return len(self.items) * self.clips_per_video
 
     def fingerprint(self) -> str:
-        """The files this folder serves (relative paths and sizes): a resumed run checks its data is the same."""
-        h = hashlib.sha1()
-        for info in self.items:
-            h.update(f"{info.path.relative_to(self.root).as_posix()}\0{info.path.stat().st_size}\0".encode())
-        return h.hexdigest()[:16]
+        """The files this folder served when scanned (relative paths and sizes): a resumed run checks its data is
+        the same. Taken at scan time, so a file lost during the run (skipped then) does not fail a checkpoint."""
+        return self._fingerprint
 
     def _read(self, info: VideoInfo, rng: np.random.Generator) -> np.ndarray:
         span = (self.num_frames - 1) * self.stride + 1

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vitok.evaluation.errors import EvaluationError
 from vitok.evaluation.memory import PeakMemory
 from vitok.evaluation.metrics import psnr
 from vitok.evaluation.rd import codec_name
@@ -80,15 +81,43 @@ def _bench_in_child(name: str, frames: np.ndarray, fps: Fraction, op: dict, repe
     return bench_one(name, frames, fps, op, repeat=repeat, warmup=warmup)
 
 
+def _child_main(send: Any, *args: Any) -> None:
+    """The spawned process: ``(True, row)`` or ``(False, exception)`` back through ``send``."""
+    try:
+        send.send((True, _bench_in_child(*args)))
+    except BaseException as e:  # noqa: BLE001 - the parent raises it
+        send.send((False, e))
+
+
 def _bench_isolated(name: str, frames: np.ndarray, fps: Fraction, op: dict, repeat: int, warmup: bool) -> dict:
-    """``bench_one`` in a fresh (spawned) process with this process's torch thread count; leaving the pool
-    terminates it, so Ctrl-C or SIGTERM stops the worker at once, not after its whole benchmark."""
+    """``bench_one`` in a fresh (spawned) process with this process's torch thread count. Ctrl-C or SIGTERM
+    terminates it at once (not after its whole benchmark), and a process that dies (killed for memory, a crashed
+    encoder) is an error, not a wait."""
     import multiprocessing
 
     import torch
 
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_bench_in_child, (name, frames, fps, op, repeat, warmup, torch.get_num_threads()))
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_main, args=(send, name, frames, fps, op, repeat, warmup, torch.get_num_threads()),
+                       daemon=True)
+    proc.start()
+    send.close()
+    try:
+        while not recv.poll(0.2):   # short waits: a signal's handler runs between them
+            pass
+        try:
+            ok, value = recv.recv()
+        except EOFError:   # the process ended without a word: its end of the pipe closed
+            proc.join()
+            raise EvaluationError(f"{name}: the benchmark process died (exit code {proc.exitcode})") from None
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+        proc.join()
+    if not ok:
+        raise value
+    return value
 
 
 def _with_threads(codec: Any, op: dict, threads: int | None) -> dict:

@@ -252,8 +252,9 @@ def rd_sweep(clips: Iterable, codecs: Sequence, operating_points: Any = None, *,
 
     idents = {name: codec_identity(obj) for name, obj in objs.items()}
     jobs: list[_Job] = []
+    once = list({codec_name(c): c for c in codecs}.values())   # a codec named twice runs once
     for clip in clip_list:
-        for c in codecs:
+        for c in once:
             name = codec_name(c)
             for op in _ops_for(c, objs[name], operating_points):
                 key = record_key(clip, name, op, measured, max_frames, idents[name])

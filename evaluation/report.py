@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -56,26 +57,28 @@ def write_records(records: Sequence[dict], out_dir: str | os.PathLike) -> tuple[
 
 
 def load_records(path: str | os.PathLike) -> list[dict]:
-    """Records from ``records.json``, a ``records.jsonl`` cache (its last line may be torn by an interrupted
-    sweep), or a results folder holding either; one record per clip, codec and operating point."""
+    """Records from ``records.json``, a ``records.jsonl`` cache (lines torn by interrupted sweeps are skipped, with
+    a warning), or a results folder holding either; one record per clip, codec and operating point."""
     p = Path(path)
     if p.is_dir():
         p = p / "records.json" if (p / "records.json").is_file() else p / "records.jsonl"
     if not p.is_file():
         raise EvaluationError(f"no RD records at {path} (expected records.json or records.jsonl)")
     text = p.read_text()
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()] if p.suffix == ".jsonl" \
-        else [(1, text)]
-    records = []
-    for n, line in lines:
+    if p.suffix == ".jsonl":   # torn lines of interrupted sweeps are skipped, as the sweep's own cache reading does
+        records, torn = [], 0
+        for line in filter(str.strip, text.splitlines()):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                torn += 1
+        if torn:
+            warnings.warn(f"{p}: skipped {torn} line(s) that are not JSON (cut by interrupted sweeps)", stacklevel=2)
+    else:
         try:
-            records.append(json.loads(line))
+            records = json.loads(text)
         except json.JSONDecodeError as e:
-            if p.suffix == ".jsonl" and n == lines[-1][0] and not text.endswith("\n"):
-                break   # the torn last line of an interrupted sweep, as the sweep's own cache reading skips it
-            raise EvaluationError(f"{p}: not valid JSON ({e.msg}, line {n + e.lineno - 1})") from None
-    if p.suffix != ".jsonl":
-        records = records[0]
+            raise EvaluationError(f"{p}: not valid JSON ({e.msg}, line {e.lineno})") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise EvaluationError(f"{p}: not a list of RD records")
     seen: dict[tuple, int] = {}
@@ -368,8 +371,8 @@ def format_bd_table(rows: Sequence[dict]) -> str:
     if not rows:
         return "BD-rate: no test codecs"
     head = f"BD vs {rows[0]['anchor']} ({rows[0]['metric']}, {rows[0]['method']}; negative BD-rate = fewer bytes)"
-    table = format_table(rows, [("codec", "codec", ""), ("bd_rate", "BD-rate %", "+.2f"),
-                                ("bd_metric", f"BD-{rows[0]['metric']}", "+.3f"), ("clips", "clips", "d")])
+    table = format_table(rows, [("codec", "codec", ""), ("bd_rate", "BD-rate %", "+.2f"), ("clips", "clips", "d"),
+                                ("bd_metric", f"BD-{rows[0]['metric']}", "+.3f"), ("clips_metric", "clips", "d")])
     notes = [f"  n/a {r['codec']}: {next(v['rate_error'] for v in r['per_clip'].values())}" for r in rows
              if r["bd_rate"] is None and r["per_clip"]]
     return "\n".join([head, table, *notes])

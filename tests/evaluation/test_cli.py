@@ -191,6 +191,41 @@ def test_sigterm_stops_bench_codec_and_its_worker_at_once(small_clip, tmp_path):
     assert proc.returncode == 130 and "error: aborted" in err and time.monotonic() - t0 < 10
 
 
+def test_a_codec_named_twice_is_swept_once_and_its_records_plot(tmp_path, small_clip):
+    out = tmp_path / "rd"
+    _invoke(["rd", str(small_clip), "--codec", "h264", "--codec", "h265", "--codec", "h264", "--frames", "3",
+             "--op", "h264:crf=30", "--op", "h265:crf=30", "-o", str(out), "-q"])
+    records = json.loads((out / "records.json").read_text())
+    assert sorted(r["codec"] for r in records) == ["h264", "h265"]
+    assert "bytes as a multiple of h264" in _invoke(["rd", "plot", str(out)])   # refused as two sweeps before
+
+
+def test_a_bench_process_that_dies_is_an_error_not_a_wait():
+    """Killed for memory or crashed in an encoder, the worker took its task with it and the command waited forever."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+    from fractions import Fraction
+
+    from vitok.evaluation import bench
+    from vitok.evaluation.errors import EvaluationError
+
+    def kill_the_worker():
+        deadline = time.monotonic() + 60
+        while not multiprocessing.active_children() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(3)   # inside its rounds
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGKILL)
+
+    threading.Thread(target=kill_the_worker, daemon=True).start()
+    frames = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    with pytest.raises(EvaluationError, match=r"h264: the benchmark process died \(exit code -9\)"):
+        bench._bench_isolated("h264", frames, Fraction(8), {}, 100000, False)
+
+
 def test_compare_checks_codecs_before_encoding_and_its_json_holds_the_clip(small_clip, tiny_model, tmp_path,
                                                                            cli_error, monkeypatch):
     from vitok.codecs.neural import VitokCodec

@@ -116,6 +116,31 @@ def test_resume_refuses_a_changed_data_folder(make_cfg, tmp_path):
     assert train(cfg, tmp_path / "run", resume=True, quiet=True)["steps"] == 2
 
 
+def test_a_folder_file_lost_during_training_does_not_fail_a_checkpoint(make_cfg, tmp_path, monkeypatch):
+    """The data fingerprint read every file's size at each checkpoint: a file gone since the scan (which the folder
+    skips, standing in the next) crashed the run there."""
+    import numpy as np
+
+    from vitok.data.folder import VideoFolder
+    from vitok.data.io import write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_video(videos / f"v{i}.mp4", rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), 10)
+    read = VideoFolder.read_item
+
+    def losing_a_file(self, index, rng):
+        (videos / "v1.mp4").unlink(missing_ok=True)   # gone after the scan, before the first checkpoint
+        return read(self, index, rng)
+
+    monkeypatch.setattr(VideoFolder, "read_item", losing_a_file)
+    cfg = make_cfg("tiny-vit", "schedule.steps=3", "checkpoint.every=1", "data.synthetic.num_clips=0",
+                   f"data.folder={json.dumps(str(videos))}", "data.num_workers=0")
+    assert train(cfg, tmp_path / "run", quiet=True)["steps"] == 3
+
+
 def test_run_dir_rules(make_cfg, tmp_path):
     cfg = make_cfg("tiny-cnn", "schedule.steps=1", "eval.num_segments=1")
     train(cfg, tmp_path, quiet=True)
