@@ -45,19 +45,23 @@ class VideoFolder(torch.utils.data.Dataset):
         exts = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
         paths = (p for p in self.root.rglob("*") if p.suffix.lower() in exts and p.is_file()
                  and not any(part.startswith(".") for part in p.relative_to(self.root).parts))
+        h = hashlib.sha1()   # the files served, by relative path and size: see fingerprint()
         for path in sorted(paths):
             try:
                 info = probe_video(path)
                 if info.num_frames is None and not info.is_image:   # no count, no duration (a live webm): count
                     info = dataclasses.replace(info, num_frames=len(frame_times(path)))   # packets, no decoding
-                self.items.append(info)
+                size = path.stat().st_size
             except VideoReadError as e:
                 self._warn(path, f"skipping {e}")
+                continue
+            except OSError as e:   # gone since the listing
+                self._warn(path, f"skipping {path}: {e.strerror}")
+                continue
+            self.items.append(info)
+            h.update(f"{path.relative_to(self.root).as_posix()}\0{size}\0".encode())
         if not self.items:
             raise VideoReadError(f"{self.root}: no readable videos or images ({', '.join(exts)})")
-        h = hashlib.sha1()
-        for info in self.items:
-            h.update(f"{info.path.relative_to(self.root).as_posix()}\0{info.path.stat().st_size}\0".encode())
         self._fingerprint = h.hexdigest()[:16]
 
     def _warn(self, path: Path, message: str) -> None:
