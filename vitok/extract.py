@@ -196,13 +196,18 @@ def _params(job: dict[str, Any]) -> dict[str, Any]:
     return {k: job[k] for k in ("frames", "size", "tokens", "clips_per_video", "shard_size")}
 
 
+def _sources(input_dir: Path, files: list[Path]) -> list[str]:
+    """The files' paths relative to the input folder, as shard records name their sources."""
+    return [p.relative_to(input_dir).as_posix() for p in files]
+
+
 def _shard_inputs(input_dir: Path, files: list[Path]) -> dict[str, Any]:
     """What a shard was made from: the input folder, its sources' relative paths and their (size, mtime_ns).
 
     Size and mtime, not a content hash: hashing every video on each resume would read the whole data set again.
     """
     stats = [p.stat() for p in files]
-    return {"input_dir": str(input_dir), "sources": [p.relative_to(input_dir).as_posix() for p in files],
+    return {"input_dir": str(input_dir), "sources": _sources(input_dir, files),
             "stamps": [[st.st_size, st.st_mtime_ns] for st in stats]}
 
 
@@ -460,7 +465,7 @@ def merge_manifests(out_dir: Path, world: int, plan: list[list[Path]], job: dict
     if missing:
         raise ExtractError(f"{out_dir}: shards {missing[:5]} missing after all ranks finished")
     for index in range(num_shards):
-        if shards[index]["sources"] != [p.relative_to(input_dir).as_posix() for p in plan[index]]:
+        if shards[index]["sources"] != _sources(input_dir, plan[index]):
             raise ExtractError(f"{out_dir}: {shard_name(index)} holds other videos than planned (the input folder "
                                "changed during the run?); run again")
     stats = _Stats(tok.latent_channels)

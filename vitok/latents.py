@@ -132,6 +132,7 @@ class Latents:
             device, dtype = None, device
         if dtype is not None and not dtype.is_floating_point:
             raise VitokError(f"Latents.to: latents are floating point, got dtype {dtype}")
+
         def cast(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device=device, dtype=dtype, non_blocking=non_blocking)
 
