@@ -66,6 +66,8 @@ def test_bad_overrides_are_user_errors(item, needle):
     ("compile=1", "compile must be true or false"),
     ("data.samples.sizes=128", "data.samples.sizes must be a list"),
     ("model.init=5", "model.init must be a string"),
+    ("model.freeze=decoder", "model.freeze must be a list"),
+    ('model.freeze=[""]', "model.freeze must be a list of parameter-name prefixes"),
     ("seed=-1", "seed must be at least 0"),
     ("ema.decay=1", "ema.decay must be below 1"),
     ('eval={"every": "often"}', "eval.every must be an integer"),

@@ -274,6 +274,31 @@ def test_init_continues_from_pretrained_weights(make_cfg, tmp_path):
         train(shallower, tmp_path / "bad", quiet=True)
 
 
+def test_freeze_keeps_named_parameters_fixed(make_cfg, tmp_path):
+    """model.freeze trains the rest of the model and leaves the named parts exactly as model.init gave them (an
+    encoder trained for a fixed decoder); a prefix naming nothing, or everything, is refused before a file is
+    written."""
+    torch.manual_seed(5)
+    start = vitok.create_model("vit1d-tiny")
+    start.save_pretrained(tmp_path / "start")
+    init = f"model.init={json.dumps(str(tmp_path / 'start'))}"
+    frozen = ["decoder", "from_latent", "to_pixels", "latent_pos", "tail_token", "patch_token"]
+    cfg = make_cfg("tiny-vit1d", "schedule.steps=2", "schedule.warmup=0", "schedule.lr=1e-2", "ema.decay=0",
+                   "data.synthetic.num_clips=2", init, f"model.freeze={json.dumps(frozen)}")
+    train(cfg, tmp_path / "run", quiet=True)
+    before, after = start.state_dict(), vitok.load(tmp_path / "run" / "model").state_dict()
+    fixed = [k for k in before if k.split(".")[0] in frozen]
+    moved = [k for k in before if k not in fixed and not torch.equal(before[k], after[k])]
+    assert fixed and all(torch.equal(before[k], after[k]) for k in fixed)
+    assert any(k.startswith("encoder.") for k in moved) and "latent_tokens" in moved
+    for names, needle in ((["decoder", "decodr"], r"'decodr' names no parameter of .*its parts: .*decoder"),
+                          ([n.split(".")[0] for n in before], "covers every parameter")):
+        bad = make_cfg("tiny-vit1d", "schedule.steps=1", f"model.freeze={json.dumps(sorted(set(names)))}")
+        with pytest.raises(VitokError, match=needle):
+            train(bad, tmp_path / "bad", quiet=True)
+        assert not (tmp_path / "bad").exists()
+
+
 def test_precision_bf16_autocasts_on_cpu(make_cfg, metrics, tmp_path):
     """precision=bf16 runs the training forward under CPU autocast (linear layers compute in bfloat16) and the
     losses in float32, and records it in train_info.json; auto stays fp32 on CPU; an unknown precision is refused

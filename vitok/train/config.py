@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
         "init": None,                # start from these weights: a bundled model name or a save_pretrained folder
                                      # (a 1D model may change its token count; a ViT may grow deeper, new blocks
                                      # starting as identities)
+        "freeze": [],                # parameter-name prefixes kept fixed, e.g. ["decoder", "to_pixels"] trains the
+                                     # encoder for a decoder that stays as it is
     },
     "data": {
         "num_frames": None,          # clip length; None = the model's clip_frames
@@ -178,6 +180,8 @@ def _check_choices_and_ranges(flat: dict[str, Any], where: str) -> None:
     sizes = flat["data.samples.sizes"]
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
         raise VitokError(f"{where}: data.samples.sizes must be a list of positive integers, got {sizes!r}")
+    if not all(isinstance(name, str) and name for name in flat["model.freeze"]):
+        raise VitokError(f"{where}: model.freeze must be a list of parameter-name prefixes, got {flat['model.freeze']!r}")
     if flat["loss.disc_channels"] < 1:
         raise VitokError(f"{where}: loss.disc_channels must be at least 1, got {flat['loss.disc_channels']!r}")
     if not flat["schedule.min_lr_ratio"] <= 1:

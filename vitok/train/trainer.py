@@ -166,6 +166,30 @@ def _init_from(tok: nn.Module, source: str) -> tuple[str, dict[str, Any]]:
     return done, lineage
 
 
+def freeze(tok: nn.Module, prefixes: list[str]) -> str:
+    """Keep the parameters named by ``prefixes`` (a module path such as ``decoder`` or ``decoder.blocks.3``, or a
+    parameter's full name) fixed in training; returns what was frozen, for the log. A prefix naming nothing, or one
+    that would leave nothing to train, is an error (a typo must not train the whole model or none of it)."""
+    names = [name for name, _ in tok.named_parameters()]
+    chosen = set()
+    for prefix in prefixes:
+        hit = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        if not hit:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise VitokError(f"model.freeze: {prefix!r} names no parameter of {tok.config.name} (its parts: "
+                             f"{', '.join(tops)})")
+        chosen.update(hit)
+    params = dict(tok.named_parameters())
+    if len(chosen) == len(names):
+        raise VitokError(f"model.freeze: {', '.join(prefixes)} covers every parameter of {tok.config.name}; "
+                         "nothing would train")
+    for name in chosen:
+        params[name].requires_grad_(False)
+    fixed = sum(params[n].numel() for n in chosen)
+    total = sum(p.numel() for p in params.values())
+    return f"frozen: {', '.join(prefixes)} ({fixed / 1e6:.2f}M of {total / 1e6:.2f}M parameters stay fixed)"
+
+
 def _mismatch(source: str, src: nn.Module, tok: nn.Module) -> VitokError:
     """The error for a model.init whose weights cannot go into the config's architecture, naming what differs."""
     theirs, ours = src.config.to_dict(), tok.config.to_dict()
@@ -214,6 +238,8 @@ class Trainer:
         if cfg["model"]["init"] and ckpt is None:
             done, self.lineage = _init_from(tok, cfg["model"]["init"])
             self.log(done)
+        if cfg["model"]["freeze"]:
+            self.log(freeze(tok, cfg["model"]["freeze"]))
         self.tok = tok.to(self.device).train()
         self.ema = EMA(self.tok, cfg["ema"]["decay"])
         _seed_all(seed + 1000 * info.rank)   # per-rank randomness (sampling, nested dropout) after a shared init
