@@ -84,27 +84,31 @@ class ClassicalCodec(Codec):
             raise CodecError(f"{self.name}: frames must be at least 64x64, got {w}x{h}")
         pad = ((0, h % 2), (0, w % 2), (0, 0))  # per frame
         buf = io.BytesIO()
-        with av.open(buf, "w", format="mp4") as out:
-            out.metadata["comment"] = f"vitok size={w}x{h} fps={fps.numerator}/{fps.denominator}"
-            stream = out.add_stream(self.spec.encoder, rate=fps, options=self._options(int(crf), preset, gop, bframes))
-            stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
-            stream.time_base = 1 / fps
-            cc = stream.codec_context
-            cc.gop_size = gop
-            if bframes is not None:
-                cc.max_b_frames = bframes
-            cc.thread_type, cc.thread_count = "FRAME", threads
-            banner_left = self.spec.encoder == "libx264"  # x264 writes its banner into its first packet only
-            for i in [*range(t), None]:
-                frame = None
-                if i is not None:
-                    frame = av.VideoFrame.from_ndarray(np.pad(frames[i], pad, mode="edge") if (h | w) % 2
-                                                       else np.ascontiguousarray(frames[i]), format="rgb24")
-                    frame.pts = i
-                packets = stream.encode(frame)
-                if banner_left and packets:
-                    packets[0], banner_left = _without_banner(packets[0]), False
-                out.mux(packets)
+        try:
+            with av.open(buf, "w", format="mp4") as out:
+                out.metadata["comment"] = f"vitok size={w}x{h} fps={fps.numerator}/{fps.denominator}"
+                options = self._options(int(crf), preset, gop, bframes)
+                stream = out.add_stream(self.spec.encoder, rate=fps, options=options)
+                stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
+                stream.time_base = 1 / fps
+                cc = stream.codec_context
+                cc.gop_size = gop
+                if bframes is not None:
+                    cc.max_b_frames = bframes
+                cc.thread_type, cc.thread_count = "FRAME", threads
+                banner_left = self.spec.encoder == "libx264"  # x264 writes its banner into its first packet only
+                for i in [*range(t), None]:
+                    frame = None
+                    if i is not None:
+                        frame = av.VideoFrame.from_ndarray(np.pad(frames[i], pad, mode="edge") if (h | w) % 2
+                                                           else np.ascontiguousarray(frames[i]), format="rgb24")
+                        frame.pts = i
+                    packets = stream.encode(frame)
+                    if banner_left and packets:
+                        packets[0], banner_left = _without_banner(packets[0]), False
+                    out.mux(packets)
+        except av.error.FFmpegError as e:   # e.g. an encoder that will not open on frames this small
+            raise CodecError(f"{self.name}: {self.spec.encoder} cannot encode these {w}x{h} frames: {e}") from None
         return buf.getvalue()
 
     def _options(self, crf: int, preset: str, gop: int, bframes: int | None) -> dict[str, str]:

@@ -69,6 +69,8 @@ _ans = _load_ans()
 RansEncoder, RansDecoder = _ans.RansEncoder, _ans.RansDecoder
 
 STEPS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+MAX_CLIPPED = 1e-3   # share of values a step finer than every table's may push past the range (clamped) before
+                     # quantize refuses it; at the calibrated steps outliers clamp as they are
 DEFAULT_STEP = 0.5
 PRECISION = 16  # CompressAI's rANS probability precision (bits)
 ESCAPE_RANGE = 120  # beyond a table's range by more than this, values clamp: every symbol stays under 32 bits
@@ -170,9 +172,14 @@ class EntropyTables:
         z = z.detach().cpu().double().numpy() if isinstance(z, torch.Tensor) else np.asarray(z, np.float64)
         if z.ndim != 2 or z.shape[1] != self.channels:
             raise CodecError(f"latents must be (N, {self.channels}), got {z.shape}")
-        y = (z - self.offsets(z.shape[0], tokens)) / (self.std.astype(np.float64) * step)
+        y = np.rint(np.nan_to_num((z - self.offsets(z.shape[0], tokens)) / (self.std.astype(np.float64) * step)))
         lo, hi = self._channel_range(table)
-        return np.clip(np.rint(np.nan_to_num(y)), lo, hi).astype(np.int32)
+        clipped = float(((y < lo) | (y > hi)).mean()) if y.size and step < min(self.steps) else 0.0
+        if clipped > MAX_CLIPPED:   # a step far finer than the tables': quality would fall as the bytes grow
+            raise CodecError(f"quantization step {step:g} is too fine for these entropy tables (calibrated for steps "
+                             f"{min(self.steps):g} to {max(self.steps):g}): {clipped:.1%} of the latent values fall "
+                             f"outside what they code; use a coarser step")
+        return np.clip(y, lo, hi).astype(np.int32)
 
     def dequantize(self, q: np.ndarray, step: float, tokens: UnitTokens = None) -> torch.Tensor:
         """int ``(N, C)`` -> float32 latents ``(N, C)`` (``tokens`` as for ``quantize``)."""

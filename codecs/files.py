@@ -90,7 +90,6 @@ def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
                 raise CodecError(f"{out}: lossless ffv1 needs a .mkv output (or use --codec h264)")
             write_video(out, frames(), h.fps, codec=video_codec, crf=crf, sample_aspect_ratio=h.sample_aspect_ratio)
         elif suffix == ".npy":
-            _warn_aspect_dropped(out, "a .npy array", h.sample_aspect_ratio)
             with atomic_path(out) as tmp:
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(h.frames, h.height, h.width, 3))
                 i = 0
@@ -99,16 +98,17 @@ def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
                     i += chunk.shape[0]
                 arr.flush()
                 del arr
+            _warn_aspect_dropped(out, "a .npy array", h.sample_aspect_ratio)
         elif suffix == "":
             from PIL import Image
 
-            _warn_aspect_dropped(out, "PNG frames", h.sample_aspect_ratio)
             with atomic_dir(out) as tmp:
                 i = 0
                 for chunk in frames():
                     for frame in chunk:
                         Image.fromarray(frame).save(tmp / f"frame_{i:06d}.png")
                         i += 1
+            _warn_aspect_dropped(out, "PNG frames", h.sample_aspect_ratio)
         else:
             raise CodecError(f"{out}: unknown output type {suffix!r}; use .mp4, .mkv, .npy or a folder name")
     finally:

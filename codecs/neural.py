@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
@@ -62,7 +62,7 @@ class ChunkCode:
     (1D models; a tuple when units keep different counts), None for grid models."""
 
     payload: bytes
-    q: np.ndarray
+    q: np.ndarray | None   # None once only the payload is kept (a byte budget's candidates)
     tokens: int | tuple[int, ...] | None
     step: float
     table: int
@@ -416,7 +416,7 @@ class VitokCodec(Codec):
         for chunk in chunks:
             pairs = [self._evaluate(chunk, *g) for g in grid]
             options.append([p[0] for p in pairs])
-            codes_all.append([p[1] for p in pairs])
+            codes_all.append([replace(p[1], q=None) for p in pairs])   # the integers are coded: drop them
         reserved = overhead(len(options))
         pick = allocate_bytes(options, target_bytes - reserved, reserved=reserved)
         for codes, i in zip(codes_all, pick):
@@ -527,8 +527,8 @@ class VitokCodec(Codec):
             yield self.reconstruct(q, tokens, step, info.frames, h.height, h.width)
 
     def check_header(self, header: VtokHeader) -> None:
-        """Refuse streams from another model (name or weights differ, or a kind or channel count that is not the
-        model's), other entropy tables or other tiles."""
+        """Refuse streams from another model (name or weights differ, or a kind, channel count or chunk length that
+        is not the model's), other entropy tables or other tiles."""
         meta = header.meta
         if meta.get("codec") != "vitok":
             raise BitstreamError(f"not a vitok stream (codec {meta.get('codec')!r})")
@@ -545,6 +545,9 @@ class VitokCodec(Codec):
         if meta.get("tables") != self.tables.table_id:
             raise BitstreamError(f"entropy table mismatch: the stream used tables {meta.get('tables')!r}, the model "
                                  f"has {self.tables.table_id!r}")
+        if header.chunk_frames != tok.clip_frames:   # the encoder always cuts clip_frames; an edit would decode longer
+            raise BitstreamError(f"header says chunks of {header.chunk_frames} frames, the model {tok.config.name!r} "
+                                 f"codes chunks of {tok.clip_frames}")
         self._check_tiling(header)
 
     def _check_tiling(self, header: VtokHeader) -> None:
@@ -567,7 +570,8 @@ class VitokCodec(Codec):
             return [plan_axis(n, stride, t["tile"], t["overlap"], t["fit"]) for n in (header.height, header.width)]
 
         if axes(theirs) != axes(ours):
-            how = theirs if "tiling" in header.meta else "fixed tiles (no tiling record: an earlier vitok wrote it)"
+            how = theirs if "tiling" in header.meta else ("one whole-frame tile (the stream holds no tiling record; "
+                                                          "an earlier vitok also left it out for fixed tiles)")
             raise BitstreamError(f"tiling mismatch: the stream cut {header.width}x{header.height} frames into {how}, "
                                  f"the model cuts them {ours}; encode the video again with this model")
 

@@ -126,6 +126,12 @@ def test_bad_frames_are_codec_errors(bad):
         get_codec("h264").encode(bad, 25)
 
 
+def test_an_encoder_that_will_not_open_is_a_codec_error():
+    """SVT-AV1 refuses 2x2 frames when it opens: a CodecError naming the encoder and size, not PyAV's own."""
+    with pytest.raises(CodecError, match=r"av1: libsvtav1 cannot encode these 2x2 frames: .*avcodec_open2"):
+        get_codec("av1").encode(np.zeros((2, 2, 2, 3), np.uint8), 25)
+
+
 @pytest.mark.parametrize("name", CLASSICAL)
 def test_empty_video_is_bitstream_error(name):
     with pytest.raises(BitstreamError, match="empty input video"):

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,16 @@ def test_encode_frame_folder(clip, tiny1d, tmp_path, capsys):
     assert "start=5 is past the end (5 frames)" in _error(capsys, "encode", str(folder), "-o", str(tmp_path / "j.vtok"),
                                                           "--model", str(tiny1d[2]), "-q", "--start", "5")
     assert not (tmp_path / "j.vtok").exists()
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(encoded, video, tiny1d, tmp_path):
+    """Without -q, bars show on a terminal only: a log that captures stderr gets no carriage-return bar lines
+    beside its messages."""
+    for args in (["encode", str(video), "-o", str(tmp_path / "b.vtok")], ["decode", str(encoded), "-o",
+                                                                          str(tmp_path / "b.npy")]):
+        r = CliRunner().invoke(cli, [*args, "--model", str(tiny1d[2])])
+        assert r.exit_code == 0, r.output
+        assert "\r" not in r.stderr and "%|" not in r.stderr
 
 
 @pytest.mark.parametrize("suffix", [".mkv", ".mp4", ".npy", ""])
@@ -374,7 +385,7 @@ def test_sigterm_mid_encode_leaves_no_file(video, tiny1d, tmp_path):
     assert list(out.iterdir()) == []
 
 
-def test_non_square_pixels_survive_encode_and_decode(clip, tiny1d, tmp_path):
+def test_non_square_pixels_survive_encode_and_decode(clip, tiny1d, tinygrid, tmp_path):
     """An anamorphic source (carphone itself: 176x144 at 128:117) decoded back to video showed square pixels: the
     header keeps the pixel aspect, decode writes it again, and a resize keeps the picture's shown shape."""
     from fractions import Fraction
@@ -407,6 +418,12 @@ def test_non_square_pixels_survive_encode_and_decode(clip, tiny1d, tmp_path):
         with pytest.warns(UserWarning, match=rf"{what} cannot keep the pixel aspect 128:117"):
             _run("decode", str(tmp_path / "a.vtok"), "-o", str(tmp_path / out), "--model", model, "-q")
         assert (tmp_path / out).exists()
+    with warnings.catch_warnings(record=True) as seen:   # a decode that fails says why, not what it would drop
+        warnings.simplefilter("always")
+        r = CliRunner().invoke(cli, ["decode", str(tmp_path / "a.vtok"), "-o", str(tmp_path / "m.npy"), "--model",
+                                     str(tinygrid[2]), "-q"])
+    assert "model mismatch" in str(r.exception) and not (tmp_path / "m.npy").exists()
+    assert not [w for w in seen if "pixel aspect" in str(w.message)]
 
     # a frame folder takes its first frame's aspect, as a single image does (FFmpeg reads a PNG's pHYs as x:y)
     from PIL import Image

@@ -134,12 +134,15 @@ def test_chunk_length_beyond_file(good):
 
 
 def test_bad_json_meta():
+    """Metadata that is not JSON, or JSON nested past Python's recursion limit, is one error naming it."""
     h = _header()
-    data = bytearray(write_vtok(h, [(b"x", 8)]))
-    meta_len = struct.unpack_from("<I", data, 36)[0]
-    data[40:40 + meta_len] = b"[" + b" " * (meta_len - 1)
-    struct.pack_into("<I", data, 40 + meta_len, zlib.crc32(bytes(data[:40 + meta_len])))
-    _fail(bytes(data), "bad header metadata")
+    h.meta["pad"] = "x" * 60000
+    for bad in (b"[", b"[" * 60000):
+        data = bytearray(write_vtok(h, [(b"x", 8)]))
+        meta_len = struct.unpack_from("<I", data, 36)[0]
+        data[40:40 + meta_len] = bad + b" " * (meta_len - len(bad))
+        struct.pack_into("<I", data, 40 + meta_len, zlib.crc32(bytes(data[:40 + meta_len])))
+        _fail(bytes(data), "bad header metadata")
 
 
 def test_missing_file(tmp_path):

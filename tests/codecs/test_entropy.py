@@ -51,6 +51,18 @@ def test_outliers_and_tiny_streams_round_trip(synthetic):
     assert np.array_equal(tables.decode(tables.encode(one, 1), 1, 1), one)
 
 
+def test_step_finer_than_the_tables_is_refused_when_it_clamps(synthetic):
+    """A step far below the finest calibrated one pushes values past its table's range, where they clamp (quality
+    falls as the bytes grow): refused by name; a step a little finer, whose values still fit, codes as before."""
+    tables, scale = synthetic
+    z = torch.randn(400, 6, generator=torch.Generator().manual_seed(4)) * scale
+    with pytest.raises(CodecError, match=r"step 0.001 is too fine for these entropy tables \(calibrated for steps "
+                                         r"0.25 to 4\): [0-9.]+% of the latent values"):
+        tables.quantize(z, 0.001)
+    q = tables.quantize(z, 0.2)
+    assert np.array_equal(tables.decode(tables.encode(q, 0), len(q), 0), q)
+
+
 def test_save_load_same_tables(synthetic, tmp_path):
     tables, _ = synthetic
     path = tables.save(tmp_path / "entropy.safetensors")

@@ -114,6 +114,9 @@ def test_grid_rate_control_picks_steps(tinygrid, clip):
     small = len(codec.encode(frames, fps, step=2.0))
     data, st = codec.encode_with_stats(frames, fps, bytes=small + 5)
     assert len(data) <= small + 5 and codec.decode(data)[0].shape == frames.shape
+    # a byte budget holds every chunk's candidates until it allocates: their payloads, not their integers
+    codes = list(codec._code_chunks([frames[:8], frames[8:16]], None, None, small + 5, None, lambda n: 0))
+    assert len(codes) == 2 and all(c.q is None and c.payload for c in codes)
     with pytest.raises(CodecError, match=r"byte budget too small: 60 bytes; .* about (\d+) \(\d+ of them") as err:
         codec.encode(frames, fps, bytes=60)
     cheapest = int(re.search(r"takes about (\d+)", str(err.value)).group(1))
@@ -218,8 +221,9 @@ def test_tiling_is_recorded_and_checked(tinygrid):
     data = codec.encode(frames, 25)
     assert read_vtok(data)[0].meta["tiling"] == codec.tok.tiling
     assert codec.decode(data)[0].shape == frames.shape
-    with pytest.raises(BitstreamError, match=r"tiling mismatch: the stream cut 88x48 frames into fixed tiles \(no "
-                                             r"tiling record.*encode the video again"):
+    with pytest.raises(BitstreamError, match=r"tiling mismatch: the stream cut 88x48 frames into one whole-frame "
+                                             r"tile \(the stream holds no tiling record; an earlier vitok also left "
+                                             r"it out for fixed tiles\).*encode the video again"):
         codec.decode(_with_meta(data, tiling=None))
     with pytest.raises(BitstreamError, match=r"into \{'fit': True, 'overlap': 0.4, 'tile': 64\}, the model cuts"):
         codec.decode(_with_meta(data, tiling={"fit": True, "overlap": 0.4, "tile": 64}))
@@ -297,6 +301,15 @@ def test_header_records_geometry_and_model(codec1d, stream1d, clip):
     assert (h.width, h.height, h.frames, h.fps, h.chunk_frames) == (64, 48, 20, fps, 8)
     assert h.meta["model"] == "vit1d-tiny" and h.meta["weights"] == codec1d.tok.weights_hash[:16]
     assert h.meta["tables"] == codec1d.tables.table_id and h.meta["kind"] == "vit1d"
+    # a chunk length edited to fit the chunks (CRC fixed) is not the model's: refused, not decoded as other units
+    import dataclasses
+
+    short = codec1d.encode(frames[:4], fps)   # one chunk of 4 frames, in chunks of 8
+    header, _ = read_vtok(short)
+    edited = dataclasses.replace(header, chunk_frames=4).pack() + short[len(header.pack()):]
+    with pytest.raises(BitstreamError, match=r"header says chunks of 4 frames, the model 'vit1d-tiny' codes chunks "
+                                             r"of 8"):
+        codec1d.decode(edited)
 
 
 @pytest.fixture(scope="module")
