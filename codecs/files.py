@@ -85,7 +85,7 @@ def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
 
     try:
         suffix = out.suffix.lower()
-        if suffix in (".mp4", ".mkv", ".webm", ".mov"):
+        if suffix in (".mp4", ".mkv", ".mov"):   # .webm takes neither ffv1 nor h264, the two output codecs
             if video_codec == "ffv1" and suffix != ".mkv":
                 raise CodecError(f"{out}: lossless ffv1 needs a .mkv output (or use --codec h264)")
             write_video(out, frames(), h.fps, codec=video_codec, crf=crf, sample_aspect_ratio=h.sample_aspect_ratio)
