@@ -87,7 +87,9 @@ def progress(iterable=None, *, total=None, desc: str = "", quiet: bool = False, 
     """A tqdm bar on stderr, silent with ``-q`` or when stderr is not a terminal and nothing asks for it."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, disable=True if quiet else None, file=sys.stderr, unit=unit, leave=False)
+    # disable=None: tqdm's own test, off when stderr is not a terminal (a log then holds no bar lines)
+    return tqdm(iterable, total=total, desc=desc, disable=True if quiet else None, file=sys.stderr, unit=unit,
+                leave=False)
 
 
 # Reusable decorators so every command spells the common options the same way.

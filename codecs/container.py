@@ -210,8 +210,10 @@ class VtokReader:
             header.meta = json.loads(meta.decode())
             if not isinstance(header.meta, dict):
                 raise ValueError("not an object")
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:   # RecursionError: absurdly nested JSON
-            raise self._fail(f"bad header metadata: {type(e).__name__ if isinstance(e, RecursionError) else e}") from None
+        except (UnicodeDecodeError, ValueError) as e:
+            raise self._fail(f"bad header metadata: {e}") from None
+        except RecursionError:
+            raise self._fail("bad header metadata: nested too deeply") from None
         try:
             header.sample_aspect_ratio   # reading it checks the sar record
         except BitstreamError as e:

@@ -36,7 +36,8 @@ def fit_pca(videos: list[np.ndarray], patch: int, keep: int) -> tuple[np.ndarray
     """Mean ``(D,)`` and the ``keep`` leading principal directions ``(keep, D)`` of the videos' tubelets."""
     rows = np.concatenate([tubelets(v[:len(v) // FRAMES_PER_TUBELET * FRAMES_PER_TUBELET], patch) for v in videos])
     if keep > rows.shape[1]:
-        raise SystemExit(f"error: {keep} coefficients is more than a 4x{patch}x{patch} tubelet's {rows.shape[1]} values")
+        raise SystemExit(f"error: {keep} coefficients is more than a 4x{patch}x{patch} tubelet's "
+                         f"{rows.shape[1]} values")
     mean = rows.mean(0)
     centred = rows - mean
     values, vectors = np.linalg.eigh(centred.T @ centred)

@@ -44,7 +44,7 @@ def test_set_overrides_dotted_keys():
                                    'eval={"every": 7}', "data.samples.sizes=[64]"])
     assert cfg["schedule"]["steps"] == 42 and cfg["loss"]["kl"] == 1e-5
     assert cfg["data"]["synthetic"] == {"num_clips": 3, "seed": 0}
-    assert cfg["model"] == {"name": "cnn-tiny", "overrides": {"latent_channels": 4}, "init": None}
+    assert cfg["model"] == {"name": "cnn-tiny", "overrides": {"latent_channels": 4}, "init": None, "freeze": []}
     assert cfg["eval"]["every"] == 7 and cfg["eval"]["source"] == "synthetic"  # section merge keeps the rest
     assert cfg["data"]["samples"]["sizes"] == [64]
 
@@ -128,3 +128,7 @@ def test_incompatible_changes_allow_extending_a_run():
     assert incompatible_changes(a, load_config("tiny-vit", ["schedule.lr=1"])) == []  # the way out of a divergence
     c = load_config("tiny-vit", ["schedule.warmup=3", "model.overrides.latent_channels=4"])
     assert incompatible_changes(a, c) == ["model.overrides", "schedule.warmup"]
+    older = load_config("tiny-vit")   # saved before model.freeze existed: it ran with the default, nothing frozen
+    del older["model"]["freeze"]
+    assert incompatible_changes(older, a) == []
+    assert incompatible_changes(older, load_config("tiny-vit", ['model.freeze=["decoder"]'])) == ["model.freeze"]

@@ -181,7 +181,8 @@ def _check_choices_and_ranges(flat: dict[str, Any], where: str) -> None:
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
         raise VitokError(f"{where}: data.samples.sizes must be a list of positive integers, got {sizes!r}")
     if not all(isinstance(name, str) and name for name in flat["model.freeze"]):
-        raise VitokError(f"{where}: model.freeze must be a list of parameter-name prefixes, got {flat['model.freeze']!r}")
+        raise VitokError(f"{where}: model.freeze must be a list of parameter-name prefixes, got "
+                         f"{flat['model.freeze']!r}")
     if flat["loss.disc_channels"] < 1:
         raise VitokError(f"{where}: loss.disc_channels must be at least 1, got {flat['loss.disc_channels']!r}")
     if not flat["schedule.min_lr_ratio"] <= 1:
@@ -258,8 +259,9 @@ def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def incompatible_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Keys whose change would make a resumed run diverge from the one it continues."""
-    a, b = flatten(saved), flatten(new)
+    """Keys whose change would make a resumed run diverge from the one it continues. A key the saved config lacks
+    (a run from before the key existed) ran with its default."""
+    a, b = {**flatten(DEFAULTS), **flatten(saved)}, flatten(new)
     keys = sorted(set(a) | set(b))
     return [k for k in keys if a.get(k) != b.get(k)
             and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
