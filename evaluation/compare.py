@@ -94,8 +94,9 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
 
     Returns the rows (vitok first; classical rows also carry the ``crf`` found, ``matched``: False when vitok's
     PSNR lies outside what the codec's CRF range reaches, so the row is its closest setting; their encode time is
-    that of the final CRF only; vitok's excludes loading the model), each codec's decoded middle frame (plus
-    ``reference``) for a side-by-side figure, and each codec's ``(bytes, decoded frames)``.
+    that of the final CRF only; vitok's excludes loading the model and a first frame coded to warm it), each
+    codec's decoded middle frame (plus ``reference``) for a side-by-side figure, and each codec's ``(bytes,
+    decoded frames)``.
     """
     from vitok.codecs import get_codec
 
@@ -103,6 +104,9 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
     classical = [get_codec(c) for c in codecs]   # an unknown name fails before any encode
     neural = get_codec(name).load()  # the model's load is not its encode time
     op = dict(model_op or {})
+    # a frame through encode and decode first: the classical codecs are timed after match_psnr's encodes, so
+    # vitok's timing must not carry torch's first-call costs either
+    neural.decode(neural.encode(frames[:1], fps))
     t0 = time.perf_counter()
     data = neural.encode(frames, fps, **op)
     t1 = time.perf_counter()

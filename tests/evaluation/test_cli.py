@@ -89,6 +89,28 @@ def test_compare_marks_a_psnr_inside_the_crf_range_matched(small_clip):
     assert rows[1]["matched"] is True and 10 < rows[1]["op"]["crf"] < 51
 
 
+def test_compare_times_vitok_warm_like_the_classical_codecs(small_clip, monkeypatch):
+    """The classical codecs are timed after match_psnr's encodes; vitok's timed encode and decode come after a
+    first frame through both, so neither side carries first-call costs."""
+    from vitok.codecs.neural import VitokCodec
+    from vitok.data import read_video
+    from vitok.evaluation.compare import compare_codecs
+
+    calls = []
+    for method in ("encode", "decode"):
+        real = getattr(VitokCodec, method)
+
+        def spy(self, data, *args, _real=real, _method=method, **kw):
+            calls.append((_method, len(data)))
+            return _real(self, data, *args, **kw)
+
+        monkeypatch.setattr(VitokCodec, method, spy)
+    frames, info = read_video(small_clip)
+    compare_codecs(frames, info.fps, model="vitok-grid", codecs=("h264",))
+    assert [c[0] for c in calls] == ["encode", "decode", "encode", "decode"]
+    assert calls[0][1] == 1 and calls[2][1] == len(frames)   # the warm-up is a frame, the timed encode the clip
+
+
 def test_match_psnr_bisects_to_the_nearest_crf(carphone9):
     from vitok.codecs import get_codec
 
