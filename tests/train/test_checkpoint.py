@@ -45,6 +45,24 @@ def test_rng_state_restores_every_generator(tmp_path):
     assert torch.equal(expect[0], got[0]) and np.array_equal(expect[1], got[1]) and expect[2] == got[2]
 
 
+def test_cuda_rng_is_this_devices_so_fewer_gpus_can_resume(monkeypatch, tmp_path):
+    """A checkpoint keeps the CUDA generator of its process's device only; one from a machine with more GPUs (every
+    visible device's state, as earlier checkpoints held) restores the entry of this device, or none past the list."""
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": seen.append(int(state[0])))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    save_checkpoint(tmp_path, 1, {"rng": rng_state()})
+    state = load_checkpoint(latest_checkpoint(tmp_path))[1]["rng"]
+    assert torch.equal(state["cuda"], torch.tensor([7], dtype=torch.uint8))
+    set_rng_state(state)
+    set_rng_state({**state, "cuda": [torch.tensor([i], dtype=torch.uint8) for i in range(8)]})   # an 8-GPU run
+    set_rng_state({**state, "cuda": [torch.tensor([0], dtype=torch.uint8)]})   # device 1 is past its list
+    assert seen == [7, 1]
+
+
 def test_latest_pointer_prunes_and_falls_back(tmp_path):
     for step in (1, 2, 3):
         save_checkpoint(tmp_path, step, {"x": torch.tensor([step])}, keep=2)

@@ -35,6 +35,25 @@ def test_tiny_run_learns_and_exports(make_cfg, metrics, tmp_path):
     assert info["steps"] == 12 and info["hardware"]["processes"] == 1 and info["eval"]["psnr"] > 0
 
 
+def test_clips_per_s_leaves_out_evaluations_and_checkpoints(make_cfg, metrics, monkeypatch, tmp_path):
+    """An evaluation or a checkpoint has its own record (eval_s, checkpoint_s): the step after one must not count
+    its time again as slower training."""
+    import time
+
+    from vitok.train.trainer import Trainer
+
+    slow = lambda real: lambda self, *a, **kw: (time.sleep(1.5), real(self, *a, **kw))[1]
+    monkeypatch.setattr(Trainer, "_evaluate", slow(Trainer._evaluate))
+    monkeypatch.setattr(Trainer, "_checkpoint", slow(Trainer._checkpoint))
+    cfg = make_cfg("tiny-vit", "schedule.steps=5", "data.synthetic.num_clips=2", "loss.consistency=0",
+                   "checkpoint.every=2", "eval.every=2")
+    train(cfg, tmp_path / "run", quiet=True)
+    recs = [r for r in metrics(tmp_path / "run") if "loss" in r]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5]
+    # steps 3 and 5 came after a slowed evaluation and checkpoint (step 1 carries the start, whatever it costs)
+    assert all(cfg["schedule"]["batch_size"] / r["clips_per_s"] < 1.0 for r in recs[1:])
+
+
 def test_resume_continues_the_same_loss_curve(make_cfg, metrics, tmp_path):
     """1D model: nested dropout and the posterior sample draw random numbers, so RNG state must come back too."""
     cfg = make_cfg("tiny-vit1d", "schedule.steps=6", "checkpoint.every=3")

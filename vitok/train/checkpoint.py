@@ -59,12 +59,11 @@ def join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) generator states of this process."""
     np_state = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": {"name": np_state[0], "keys": np_state[1].astype(np.int64), "pos": int(np_state[2]),
-                                                     "has_gauss": int(np_state[3]),
-                                                     "cached_gaussian": float(np_state[4])},
-             "torch": torch.get_rng_state()}
+    numpy_state = {"name": np_state[0], "keys": np_state[1].astype(np.int64), "pos": int(np_state[2]),
+                   "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()   # this process's device only: a resume may see fewer GPUs
     return state
 
 
@@ -77,7 +76,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):   # earlier checkpoints kept every visible device's state
+            i = torch.cuda.current_device()
+            cuda = cuda[i] if i < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:

@@ -24,8 +24,9 @@ DEFAULTS: dict[str, Any] = {
         "init": None,                # start from these weights: a bundled model name or a save_pretrained folder
                                      # (a 1D model may change its token count; a ViT may grow deeper, new blocks
                                      # starting as identities)
-        "freeze": [],                # parameter-name prefixes kept fixed, e.g. ["decoder", "to_pixels"] trains the
-                                     # encoder for a decoder that stays as it is
+        "freeze": [],                # parameter-name prefixes kept fixed: ["from_latent", "decoder", "to_pixels"]
+                                     # keeps a grid ViT's decoder as it is (a 1D model's also has latent_pos,
+                                     # tail_token, patch_token) and trains the encoder for it
     },
     "data": {
         "num_frames": None,          # clip length; None = the model's clip_frames
@@ -128,7 +129,9 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
 
 # Counts that must be at least 1; every other number in a config must be at least 0.
 POSITIVE = ("schedule.steps", "schedule.batch_size", "eval.num_segments", "eval.num_frames", "eval.size", "data.size",
-            "checkpoint.keep", "max_bad_steps", "data.num_frames")
+            "checkpoint.keep", "max_bad_steps", "data.num_frames", "eval.grid_frames", "log_every",
+            "export.stats_clips")
+SSIM_MIN_SIDE = 11   # piq's SSIM window: frames held out (always scored by SSIM) or trained with loss.ssim need it
 # What the keys that default to None take when set.
 NULLABLE = {"name": "", "model.init": "", "data.folder": "", "data.num_frames": 0}
 # Keys that take one of a few strings (what pick_device, the trainer, eval_clips and lpips accept).
@@ -183,6 +186,15 @@ def _check_choices_and_ranges(flat: dict[str, Any], where: str) -> None:
     if not all(isinstance(name, str) and name for name in flat["model.freeze"]):
         raise VitokError(f"{where}: model.freeze must be a list of parameter-name prefixes, got "
                          f"{flat['model.freeze']!r}")
+    if flat["eval.size"] < SSIM_MIN_SIDE:
+        raise VitokError(f"{where}: eval.size must be at least {SSIM_MIN_SIDE} (the held-out SSIM's window), got "
+                         f"{flat['eval.size']!r}")
+    if flat["loss.ssim"] > 0 and flat["data.size"] < SSIM_MIN_SIDE:
+        raise VitokError(f"{where}: data.size must be at least {SSIM_MIN_SIDE} with loss.ssim > 0 (SSIM's window), "
+                         f"got {flat['data.size']!r}")
+    if flat["nested_dropout.mode"] == "model" and flat["nested_dropout.min_tokens"] != 1:
+        raise VitokError(f"{where}: nested_dropout.min_tokens is the trainer's draw (mode uniform or pow2); with mode "
+                         f"'model' the model draws with its own: set model.overrides.min_tokens instead")
     if flat["loss.disc_channels"] < 1:
         raise VitokError(f"{where}: loss.disc_channels must be at least 1, got {flat['loss.disc_channels']!r}")
     if not flat["schedule.min_lr_ratio"] <= 1:

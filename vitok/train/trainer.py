@@ -433,13 +433,17 @@ class Trainer:
                 bar.update(1)
                 self._check_diverged()
                 if eval_every and self.step % eval_every == 0 and self.step < self.total_steps:
+                    e0 = time.perf_counter()
                     self._evaluate()
+                    window_t += time.perf_counter() - e0   # recorded as eval_s, not in the next clips_per_s
                 self.elapsed += time.perf_counter() - t0      # wall time, evaluations included
                 stopping = self._any_rank(stop.signum is not None)
                 # a periodic checkpoint waits out a non-finite streak, so the latest one is always a good one
                 due = ckpt_every and self.step % ckpt_every == 0 and not self.bad_steps
                 if due or self.step == self.end_step or stopping:
+                    c0 = time.perf_counter()
                     checkpoint_s = self._checkpoint()
+                    window_t += time.perf_counter() - c0   # recorded as checkpoint_s, likewise
                 if stopping and self.step < self.total_steps:
                     why = signal.Signals(stop.signum).name if stop.signum else "a signal to another process"
                     raise TrainingStopped(f"stopped at step {self.step} ({why}): "
