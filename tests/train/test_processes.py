@@ -44,9 +44,17 @@ def test_sigkill_then_resume_completes(tmp_path, cli_cmd, sub_env, metrics):
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path, sub_env, metrics):
+    """Two processes with a data folder among the sources (rank 0 scans it, the other trains on its listing)."""
+    import numpy as np
+
+    from vitok.data import write_video
+
+    (tmp_path / "clips").mkdir()
+    write_video(tmp_path / "clips" / "a.mkv", np.random.default_rng(0).integers(0, 256, (12, 24, 24, 3), np.uint8),
+                25, codec="ffv1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "vitok.cli.main", "train", "tiny-vit", "--out", "run", "--set", "schedule.steps=4",
-           "--set", "checkpoint.every=2", "--set", "log_every=1", *TINY]
+           "--set", "checkpoint.every=2", "--set", "log_every=1", "--set", "data.folder=clips", *TINY]
     done = subprocess.run(cmd, cwd=tmp_path, env=sub_env, capture_output=True, timeout=300)
     out, err = done.stdout.decode(), done.stderr.decode()
     assert done.returncode == 0, err[-3000:]

@@ -54,6 +54,38 @@ def test_clips_per_s_leaves_out_evaluations_and_checkpoints(make_cfg, metrics, m
     assert all(cfg["schedule"]["batch_size"] / r["clips_per_s"] < 1.0 for r in recs[1:])
 
 
+def test_folder_is_scanned_by_rank_0_and_shared(monkeypatch, tmp_path):
+    """Under a process group only rank 0 scans data.folder and every rank trains on its listing (ranks that scanned
+    apart could index different files); a scan that fails fails on every rank with rank 0's message."""
+    from types import SimpleNamespace
+
+    from vitok.train import distributed as D
+    from vitok.train import trainer as T
+
+    scans, sent = [], {}
+    monkeypatch.setattr(T, "scan_folder", lambda cfg, n: scans.append(n) or "rank-0 listing")
+    monkeypatch.setattr(D, "broadcast_object", lambda obj, info: sent.setdefault("obj", obj))
+    data_cfg = {"folder": str(tmp_path)}
+    for rank in (1, 0):
+        me = SimpleNamespace(info=D.DistInfo(rank=rank, world=2), main=rank == 0, num_frames=8)
+        sent.clear()
+        if rank == 1:
+            sent["obj"] = "rank-0 listing"   # what rank 0 broadcast
+        assert T.Trainer._shared_folder_scan(me, data_cfg) == "rank-0 listing"
+    assert scans == [8]   # rank 1 never scanned
+    monkeypatch.setattr(T, "scan_folder", lambda cfg, n: (_ for _ in ()).throw(VitokError("no readable videos")))
+    sent.clear()
+    with pytest.raises(VitokError, match="no readable videos"):
+        T.Trainer._shared_folder_scan(SimpleNamespace(info=D.DistInfo(rank=0, world=2), main=True, num_frames=8),
+                                      data_cfg)
+    sent["obj"] = VitokError("no readable videos")   # a rank other than 0 raises what it was sent
+    with pytest.raises(VitokError, match="no readable videos"):
+        T.Trainer._shared_folder_scan(SimpleNamespace(info=D.DistInfo(rank=1, world=2), main=False, num_frames=8),
+                                      data_cfg)
+    assert T.Trainer._shared_folder_scan(SimpleNamespace(info=D.DistInfo(), main=True, num_frames=8),
+                                         data_cfg) is None   # one process: TrainClips scans it itself
+
+
 def test_resume_continues_the_same_loss_curve(make_cfg, metrics, tmp_path):
     """1D model: nested dropout and the posterior sample draw random numbers, so RNG state must come back too."""
     cfg = make_cfg("tiny-vit1d", "schedule.steps=6", "checkpoint.every=3")

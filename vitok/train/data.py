@@ -13,12 +13,21 @@ from vitok.data.convert import frames_to_tensor, tensor_to_frames
 from vitok.data.errors import VitokError
 
 
+def scan_folder(data_cfg: dict[str, Any], num_frames: int) -> Any:
+    """The ``data.folder`` of a config as a VideoFolder of training crops."""
+    from vitok.data.folder import VideoFolder
+
+    return VideoFolder(data_cfg["folder"], num_frames=num_frames, size=int(data_cfg["size"]))
+
+
 class TrainClips(Dataset):
     """Clips ``(3,T,H,W)`` in [-1,1] from several sources, indexed by ``(item, draw_seed)``: the seed drives the
     random window, crop and flip of sample and folder clips (procedural clips are fixed per item), so augmentation
     depends only on the sampler's position, not on worker or global RNG."""
 
-    def __init__(self, data_cfg: dict[str, Any], num_frames: int) -> None:
+    def __init__(self, data_cfg: dict[str, Any], num_frames: int, folder: Any = None) -> None:
+        """``folder``: the ``data.folder`` scan when the caller made it (one rank scans, the others share it);
+        else it is scanned here."""
         self.num_frames = num_frames
         self.size = int(data_cfg["size"])
         self.hflip = bool(data_cfg["hflip"])
@@ -52,9 +61,7 @@ class TrainClips(Dataset):
             owner = np.repeat(np.arange(len(clips)), windows)   # item -> clip, in proportion to clip length
             self.sources.append(("samples", (clips, owner), len(owner) * int(smp["repeat"])))
         if data_cfg["folder"]:
-            from vitok.data.folder import VideoFolder
-
-            ds = VideoFolder(data_cfg["folder"], num_frames=num_frames, size=self.size)
+            ds = folder if folder is not None else scan_folder(data_cfg, num_frames)
             self.sources.append(("folder", ds, len(ds)))
         if not self.sources:
             raise VitokError("config data: no training clips (set data.synthetic.num_clips, data.samples.repeat "

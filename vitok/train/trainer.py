@@ -25,7 +25,7 @@ from vitok.train import distributed as D
 from vitok.train.checkpoint import (clear_partial_writes, latest_checkpoint, load_checkpoint, rng_state,
                                     save_checkpoint, set_rng_state)
 from vitok.train.config import incompatible_changes
-from vitok.train.data import TrainClips, eval_clips, make_train_loader
+from vitok.train.data import TrainClips, eval_clips, make_train_loader, scan_folder
 from vitok.train.evaluate import evaluate_model, save_grid
 from vitok.train.losses import PatchDiscriminator, TokenizerLoss, consistency_loss, hinge_d_loss, hinge_g_loss, \
     sample_num_tokens
@@ -251,7 +251,7 @@ class Trainer:
             raise VitokError(f"--stop-at: a step number >= 1, got {stop_at!r}")
         self.end_step = min(self.total_steps, stop_at or self.total_steps)   # where this session ends
         self.num_frames = int(cfg["data"]["num_frames"] or tok.clip_frames)
-        self.dataset = TrainClips(cfg["data"], self.num_frames)
+        self.dataset = TrainClips(cfg["data"], self.num_frames, folder=self._shared_folder_scan(cfg["data"]))
         try:   # before any step, so a config whose held-out clips do not exist stops here, not at the first eval
             self.eval_segments = eval_clips(cfg["eval"]) if self.main else []
         except VitokError as e:
@@ -571,6 +571,23 @@ class Trainer:
             if step <= self.step and not redone:
                 keep.append(line)
         write_bytes_atomic(path, "".join(k + "\n" for k in keep).encode())
+
+    def _shared_folder_scan(self, data_cfg: dict[str, Any]) -> Any:
+        """Rank 0's scan of ``data.folder`` on every rank (None without a folder or a process group): ranks that
+        scanned it apart could list a file that arrived in between and index different clips. A scan that fails
+        fails on every rank, with rank 0's message."""
+        if not data_cfg["folder"] or not self.info.enabled:
+            return None
+        scanned: Any = None
+        if self.main:
+            try:
+                scanned = scan_folder(data_cfg, self.num_frames)
+            except VitokError as e:
+                scanned = VitokError(str(e))
+        scanned = D.broadcast_object(scanned, self.info)
+        if isinstance(scanned, VitokError):
+            raise scanned
+        return scanned
 
     def _checkpoint(self) -> float:
         """Checkpoint (all ranks contribute RNG states; rank 0 writes) and export the EMA model; returns its seconds,
