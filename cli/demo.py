@@ -33,7 +33,8 @@ def demo(output, model, clip, frames, overwrite, quiet, as_json, threads) -> Non
     set_threads(threads)
     out = check_output(output, overwrite, folder_of=("*.vtok", "*_vitok.mkv", "*_h264.mp4", "side_by_side.png"))
     video = load_sample(clip, "eval")[:frames]
-    fps = sample_info(clip).fps
+    info = sample_info(clip)
+    fps, sar = info.fps, info.sample_aspect_ratio
     if not quiet:
         click.echo(f"demo: {clip} (held-out frames), {len(video)} frames {video.shape[2]}x{video.shape[1]}; "
                    "encoding with vitok, then h264 at the same PSNR ...", err=True)
@@ -56,5 +57,8 @@ def demo(output, model, clip, frames, overwrite, quiet, as_json, threads) -> Non
     matched = "at matched PSNR" if rows[1]["matched"] else "(PSNR not matched)"
     text += f"{unmatched_note(rows)}\nvitok bytes / h264 bytes {matched}: {ratio:.2f}x\nwrote {out}/: {clip}.vtok, " \
             f"{clip}_vitok.mkv (decoded, lossless ffv1), {clip}_h264.mp4, side_by_side.png"
-    emit({"clip": clip, "frames": len(video), "rows": rows, "bytes_ratio_vs_h264": ratio, "output": str(out)},
-         as_json, text)
+    if sar != 1:   # the demo codes arrays: its outputs hold no aspect (vitok encode/decode of the file keep it)
+        text += (f"\nnote: {clip}'s pixels are {sar.numerator}:{sar.denominator}; the demo's outputs show them square "
+                 f"(`vitok encode` and `vitok decode` of a video file keep the aspect)")
+    emit({"clip": clip, "frames": len(video), "rows": rows, "bytes_ratio_vs_h264": ratio, "output": str(out),
+          "source_sample_aspect_ratio": str(sar)}, as_json, text)

@@ -15,7 +15,8 @@ its frames; averaging over clips is left to the report). Conventions:
   ("not applicable").
 - LPIPS is the ``lpips`` package with the AlexNet backbone. Its linear layers ship with the package, but the
   backbone comes from torchvision's download cache; the network is never touched. If the checkpoint is not in
-  ``torch.hub.get_dir()/checkpoints`` the metric is ``None`` ("unavailable") and a warning is issued once.
+  ``torch.hub.get_dir()/checkpoints`` the metric is ``None`` ("unavailable") and a warning is issued once. AlexNet's
+  pooling needs 31 px a side: smaller frames return ``None`` ("not applicable"), as SSIM and MS-SSIM do.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ METRICS = ("psnr", "psnr_y", "ssim", "ms_ssim", "lpips")
 BT709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float64)
 SSIM_MIN_SIDE = 11
 MS_SSIM_MIN_SIDE = 161
+LPIPS_MIN_SIDE = {"alex": 31}   # per backbone: the smallest side its pooling stack takes (others: no limit known)
 _BATCH = 8  # frames per torch batch: bounds memory on long or large clips
 
 _lpips_cache: dict[str, object] = {}
@@ -138,7 +140,8 @@ def lpips_model(net: str = "alex"):
 
 
 def lpips(ref: np.ndarray, dist: np.ndarray, model=None) -> float | None:
-    """Mean per-frame LPIPS (AlexNet) on inputs scaled to [-1, 1]; ``None`` when the backbone is unavailable.
+    """Mean per-frame LPIPS (AlexNet) on inputs scaled to [-1, 1]; ``None`` when the backbone is unavailable or the
+    frames are too small for it.
 
     ``model`` overrides the default pretrained module (any ``lpips.LPIPS``, e.g. one with a random backbone).
     """
@@ -146,7 +149,7 @@ def lpips(ref: np.ndarray, dist: np.ndarray, model=None) -> float | None:
 
     ref, dist = _check(ref, dist)
     model = lpips_model() if model is None else model
-    if model is None:
+    if model is None or min(ref.shape[1:3]) < LPIPS_MIN_SIDE.get(getattr(model, "pnet_type", "alex"), 1):
         return None
     device = next(model.parameters()).device
     vals = []

@@ -50,3 +50,7 @@ def test_demo_writes_outputs_and_refuses_overwrite(tmp_path: Path):
 
     again = runner.invoke(cli, ["demo", "-o", str(out), "--model", str(model), "--frames", "8", "-q"])
     assert again.exit_code != 0 and "output exists" in str(again.exception or again.output)
+    # carphone's pixels are 128:117; the demo's array outputs cannot show that, and it says so
+    assert result["source_sample_aspect_ratio"] == "128/117"
+    text = runner.invoke(cli, ["demo", "-o", str(out), "--model", str(model), "--frames", "8", "-q", "-y"]).stdout
+    assert "note: carphone's pixels are 128:117; the demo's outputs show them square" in text

@@ -78,6 +78,9 @@ def test_lpips_real_code_path_with_random_backbone():
     assert M.lpips(ref, ref, model=net) == pytest.approx(0.0, abs=1e-6)
     value = M.compute_metrics(ref, noisy, which=("lpips",), lpips_net=net)["lpips"]
     assert math.isfinite(value) and value > 0
+    # AlexNet's pooling needs 31 px a side: smaller frames are "not applicable", as for SSIM, not a crash
+    assert M.lpips(ref[:, :30], noisy[:, :30], model=net) is None
+    assert math.isfinite(M.lpips(ref[:, :31], noisy[:, :31], model=net))
 
 
 def test_lpips_loads_a_cached_backbone_without_network(tmp_path, monkeypatch):
