@@ -1,10 +1,15 @@
 """``vitok gen``: train the tiny rectified-flow generator on latent shards, sample it through the tokenizer."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from vitok.cli.common import check_output, device_option, emit, json_option, overwrite_option, progress, \
     quiet_option, resolve_device, set_threads, threads_option
+from vitok.data.errors import VitokError
+
+SAMPLE_SUFFIXES = (".mp4", ".mkv", ".mov")   # containers that take the h264 video gen sample writes
 
 
 @click.group()
@@ -82,6 +87,8 @@ def sample(gen_dir: str, output: str, num: int, steps: int, seed: int, fps: int 
 
     set_threads(threads)
     check_output(output, overwrite)
+    if Path(output).suffix.lower() not in SAMPLE_SUFFIXES:   # before the sampling, not after it
+        raise VitokError(f"{output}: gen sample writes an h264 video; name it {', '.join(SAMPLE_SUFFIXES)}")
     with progress(total=steps, desc="sampling", quiet=quiet, unit="step") as bar:
         videos = sample_videos(gen_dir, num=num, steps=steps, seed=seed, model=model, device=resolve_device(device),
                                on_step=lambda: bar.update(1))

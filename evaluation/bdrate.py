@@ -78,7 +78,10 @@ def _clip_delta(anchor: Sequence[dict], test: Sequence[dict], clip: str, metric:
     ra, da = rd_points(anchor, metric, rate)
     rt, dt = rd_points(test, metric, rate)
     where = f" on clip {clip!r}" if clip else ""
-    for name, n in (("anchor", len(ra)), ("test", len(rt))):
+    for name, n, records in (("anchor", len(ra), anchor), ("test", len(rt), test)):
+        if not any(r.get(metric) is not None for r in records):   # e.g. LPIPS without its backbone weights
+            raise EvaluationError(f"BD-{kind}{where}: the {name} curve has no {metric} values (unavailable or not "
+                                  f"applicable when it was measured)")
         if n < MIN_POINTS:
             raise EvaluationError(f"BD-{kind}{where}: the {name} curve has {n} usable {metric} points "
                                   f"(need {MIN_POINTS} with rising rate and quality)")

@@ -56,6 +56,9 @@ def test_errors_are_clear():
     anchor = _recs(RATE_A, PSNR_A)
     with pytest.raises(EvaluationError, match="test curve has 2 usable psnr points"):
         bd_rate(anchor, _recs(RATE_T[:2], PSNR_T[:2]))
+    unmeasured = [{**r, "lpips": None} for r in anchor]   # LPIPS without its backbone: every value None
+    with pytest.raises(EvaluationError, match=r"the anchor curve has no lpips values \(unavailable or not applicable"):
+        bd_rate(unmeasured, unmeasured, metric="lpips")
     with pytest.raises(EvaluationError, match="do not overlap"):
         bd_rate(anchor, _recs(RATE_T, [p + 20 for p in PSNR_T]))
     with pytest.raises(EvaluationError, match="do not overlap"):

@@ -119,6 +119,9 @@ def test_damaged_generator_weights_are_one_line(tmp_path, cli_error):
     err = cli_error(["gen", "sample", "--gen", str(gen), "-o", str(tmp_path / "s.mp4"), "-q"])
     assert f"{gen / 'model.safetensors'}: unreadable generator weights" in err
     assert not (tmp_path / "s.mp4").exists()
+    # a name no h264 container takes is refused before any sampling (the damaged weights are never read)
+    err = cli_error(["gen", "sample", "--gen", str(gen), "-o", str(tmp_path / "s.png"), "-q"])
+    assert f"{tmp_path / 's.png'}: gen sample writes an h264 video; name it .mp4, .mkv, .mov" in err
 
 
 def test_a_failed_training_run_leaves_no_folder_and_an_earlier_run_whole(tmp_path, shards_dir):
