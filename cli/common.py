@@ -84,10 +84,9 @@ def _finite(value: Any) -> Any:
 
 
 def progress(iterable=None, *, total=None, desc: str = "", quiet: bool = False, unit: str = "it"):
-    """A tqdm bar on stderr, silent with ``-q`` or when stderr is not a terminal and nothing asks for it."""
+    """A tqdm bar on stderr, silent with ``-q`` or when stderr is not a terminal (a log then holds no bar lines)."""
     from tqdm.auto import tqdm
 
-    # disable=None: tqdm's own test, off when stderr is not a terminal (a log then holds no bar lines)
     return tqdm(iterable, total=total, desc=desc, disable=True if quiet else None, file=sys.stderr, unit=unit,
                 leave=False)
 

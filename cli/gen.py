@@ -9,7 +9,7 @@ from vitok.cli.common import check_output, device_option, emit, json_option, ove
     quiet_option, resolve_device, set_threads, threads_option
 from vitok.data.errors import VitokError
 
-SAMPLE_SUFFIXES = (".mp4", ".mkv", ".mov")   # containers that take the h264 video gen sample writes
+SAMPLE_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".ts")   # containers that take gen sample's h264 video
 
 
 @click.group()

@@ -31,6 +31,7 @@ MAX_CHUNK_FRAMES = 1024
 MAX_CHUNKS = 1 << 22
 MAX_CHUNK_BYTES = 64 << 20
 MAX_META_BYTES = 64 << 10
+MAX_META_DEPTH = 32   # nesting of the header's JSON (vitok writes 2): deeper is refused before anything recurses
 MAX_CHUNK_PIXELS = 1 << 28  # width x height x chunk_frames: bounds the frames one decoded chunk allocates
 MAX_SAR_TERM = 65535  # a pixel aspect's numerator and denominator, 16 bits each as in h264's VUI
 
@@ -154,6 +155,17 @@ def write_vtok(header: VtokHeader, chunks: list[tuple[bytes, int]]) -> bytes:
     return buf.getvalue()
 
 
+def _depth(value: object) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), counted without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 class VtokReader:
     """Streams a ``.vtok`` from a path, bytes or a seekable binary file: header first, then ``chunks()``."""
 
@@ -210,6 +222,8 @@ class VtokReader:
             header.meta = json.loads(meta.decode())
             if not isinstance(header.meta, dict):
                 raise ValueError("not an object")
+            if _depth(header.meta) > MAX_META_DEPTH:   # every reader of meta (info --json, tools) recurses
+                raise RecursionError
         except (UnicodeDecodeError, ValueError) as e:
             raise self._fail(f"bad header metadata: {e}") from None
         except RecursionError:

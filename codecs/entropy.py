@@ -165,7 +165,8 @@ class EntropyTables:
     # quantization -----------------------------------------------------------------------------------------
     def quantize(self, z: torch.Tensor | np.ndarray, step: float, index: int | None = None,
                  tokens: UnitTokens = None) -> np.ndarray:
-        """Latent tokens ``(N, C)`` -> int32 ``(N, C)``, clamped to what the step's table can code. ``tokens``: for
+        """Latent tokens ``(N, C)`` -> int32 ``(N, C)``, clamped to what the step's table can code (a step finer than
+        every table's that would clamp more than ``MAX_CLIPPED`` of them is refused). ``tokens``: for
         per-position tables, the tokens each unit keeps (rows are units of that many, in order; default K), or one
         count per unit."""
         table = self.tables[self.table_index(step) if index is None else index]

@@ -137,7 +137,7 @@ def test_bad_json_meta():
     """Metadata that is not JSON, or JSON nested past Python's recursion limit, is one error naming it."""
     h = _header()
     h.meta["pad"] = "x" * 60000
-    for bad in (b"[", b"[" * 60000):
+    for bad in (b"[", b"[" * 60000, b'{"x": ' + b"[" * 40 + b"]" * 40 + b"}"):   # the last parses, 41 deep
         data = bytearray(write_vtok(h, [(b"x", 8)]))
         meta_len = struct.unpack_from("<I", data, 36)[0]
         data[40:40 + meta_len] = bad + b" " * (meta_len - len(bad))

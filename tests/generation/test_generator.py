@@ -121,7 +121,7 @@ def test_damaged_generator_weights_are_one_line(tmp_path, cli_error):
     assert not (tmp_path / "s.mp4").exists()
     # a name no h264 container takes is refused before any sampling (the damaged weights are never read)
     err = cli_error(["gen", "sample", "--gen", str(gen), "-o", str(tmp_path / "s.png"), "-q"])
-    assert f"{tmp_path / 's.png'}: gen sample writes an h264 video; name it .mp4, .mkv, .mov" in err
+    assert f"{tmp_path / 's.png'}: gen sample writes an h264 video; name it .mp4, .mkv, .mov, .m4v, .avi, .ts" in err
 
 
 def test_a_failed_training_run_leaves_no_folder_and_an_earlier_run_whole(tmp_path, shards_dir):

@@ -98,6 +98,12 @@ def test_values_of_the_wrong_type_or_range_are_user_errors(item, needle):
     assert needle in str(e.value)
 
 
+def test_lpips_loss_needs_frames_its_backbone_can_pool():
+    with pytest.raises(VitokError, match="data.size must be at least 31 with loss.lpips > 0"):
+        load_config("tiny-vit", ["loss.lpips=1", "data.size=16"])
+    load_config("tiny-vit", ["loss.lpips=1", "data.size=16", "loss.lpips_net=vgg"])   # AlexNet's limit only
+
+
 def test_values_that_fit_pass():
     cfg = load_config("tiny-vit", ["ema.decay=0", "schedule.lr=1", "model.init=vitok-grid", "data.num_frames=null",
                                    "precision=bf16", "model.overrides.patch=4"])
@@ -138,3 +144,6 @@ def test_incompatible_changes_allow_extending_a_run():
     del older["model"]["freeze"]
     assert incompatible_changes(older, a) == []
     assert incompatible_changes(older, load_config("tiny-vit", ['model.freeze=["decoder"]'])) == ["model.freeze"]
+    ignored = load_config("tiny-vit")   # saved when min_tokens under mode "model" was accepted (and never read)
+    ignored["nested_dropout"]["min_tokens"] = 4
+    assert incompatible_changes(ignored, a) == []

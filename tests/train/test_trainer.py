@@ -84,6 +84,13 @@ def test_folder_is_scanned_by_rank_0_and_shared(monkeypatch, tmp_path):
                                       data_cfg)
     assert T.Trainer._shared_folder_scan(SimpleNamespace(info=D.DistInfo(), main=True, num_frames=8),
                                          data_cfg) is None   # one process: TrainClips scans it itself
+    # any other failure on rank 0 still reaches the other ranks (as a message), so none waits for a listing
+    monkeypatch.setattr(T, "scan_folder", lambda cfg, n: (_ for _ in ()).throw(MemoryError("out of memory")))
+    sent.clear()
+    with pytest.raises(MemoryError):
+        T.Trainer._shared_folder_scan(SimpleNamespace(info=D.DistInfo(rank=0, world=2), main=True, num_frames=8),
+                                      data_cfg)
+    assert isinstance(sent["obj"], VitokError) and "rank 0's scan failed: MemoryError" in str(sent["obj"])
 
 
 def test_resume_continues_the_same_loss_curve(make_cfg, metrics, tmp_path):

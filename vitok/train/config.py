@@ -132,6 +132,7 @@ POSITIVE = ("schedule.steps", "schedule.batch_size", "eval.num_segments", "eval.
             "checkpoint.keep", "max_bad_steps", "data.num_frames", "eval.grid_frames", "log_every",
             "export.stats_clips")
 SSIM_MIN_SIDE = 11   # piq's SSIM window: frames held out (always scored by SSIM) or trained with loss.ssim need it
+LPIPS_MIN_SIDE = 31  # the LPIPS loss's AlexNet (vitok.evaluation.metrics.LPIPS_MIN_SIDE)
 # What the keys that default to None take when set.
 NULLABLE = {"name": "", "model.init": "", "data.folder": "", "data.num_frames": 0}
 # Keys that take one of a few strings (what pick_device, the trainer, eval_clips and lpips accept).
@@ -192,6 +193,9 @@ def _check_choices_and_ranges(flat: dict[str, Any], where: str) -> None:
     if flat["loss.ssim"] > 0 and flat["data.size"] < SSIM_MIN_SIDE:
         raise VitokError(f"{where}: data.size must be at least {SSIM_MIN_SIDE} with loss.ssim > 0 (SSIM's window), "
                          f"got {flat['data.size']!r}")
+    if flat["loss.lpips"] > 0 and flat["loss.lpips_net"] == "alex" and flat["data.size"] < LPIPS_MIN_SIDE:
+        raise VitokError(f"{where}: data.size must be at least {LPIPS_MIN_SIDE} with loss.lpips > 0 (AlexNet's "
+                         f"pooling), got {flat['data.size']!r}")
     if flat["nested_dropout.mode"] == "model" and flat["nested_dropout.min_tokens"] != 1:
         raise VitokError(f"{where}: nested_dropout.min_tokens is the trainer's draw (mode uniform or pow2); with mode "
                          f"'model' the model draws with its own: set model.overrides.min_tokens instead")
@@ -274,6 +278,8 @@ def incompatible_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str
     """Keys whose change would make a resumed run diverge from the one it continues. A key the saved config lacks
     (a run from before the key existed) ran with its default."""
     a, b = {**flatten(DEFAULTS), **flatten(saved)}, flatten(new)
+    if a["nested_dropout.mode"] == "model" == b["nested_dropout.mode"]:   # never read then (now refused if set)
+        a["nested_dropout.min_tokens"] = b["nested_dropout.min_tokens"]
     keys = sorted(set(a) | set(b))
     return [k for k in keys if a.get(k) != b.get(k)
             and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]

@@ -579,12 +579,17 @@ class Trainer:
         if not data_cfg["folder"] or not self.info.enabled:
             return None
         scanned: Any = None
+        failure: Exception | None = None
         if self.main:
             try:
                 scanned = scan_folder(data_cfg, self.num_frames)
-            except VitokError as e:
-                scanned = VitokError(str(e))
+            except Exception as e:   # whatever it is, the other ranks must not wait for a listing that never comes
+                failure = e
+                why = str(e) if isinstance(e, VitokError) else f"data.folder: rank 0's scan failed: {e!r}"
+                scanned = VitokError(why)
         scanned = D.broadcast_object(scanned, self.info)
+        if failure is not None:
+            raise failure
         if isinstance(scanned, VitokError):
             raise scanned
         return scanned
