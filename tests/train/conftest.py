@@ -44,3 +44,18 @@ def read_metrics(run: Path) -> list[dict]:
 @pytest.fixture
 def metrics():
     return read_metrics
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """``load_tool("linear_baseline")`` -> the script tools/linear_baseline.py as a module (tools are not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[2] / "tools" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,22 +1,14 @@
 """tools/amortization_gap.py: latents optimised through the frozen decoder rebuild a clip better than encoded ones."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "amortization_gap.py"
-
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("amortization_gap", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(load_tool):
+    return load_tool("amortization_gap")
 
 
 def test_refined_latents_rebuild_better_and_leave_the_model_alone(tool):

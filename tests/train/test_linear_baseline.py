@@ -1,21 +1,13 @@
 """tools/linear_baseline.py: PCA of tubelets, the linear reference for a tokenizer's latent count."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "linear_baseline.py"
-
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("linear_baseline", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(load_tool):
+    return load_tool("linear_baseline")
 
 
 def test_tubelets_round_trip_and_layout(tool):
