@@ -57,8 +57,11 @@ def train(shards_dir: str, out_dir: str, steps: int, batch_size: int, lr: float,
     s = train_generator(shards_dir, out_dir, steps=steps, batch_size=batch_size, lr=lr, width=width, depth=depth,
                         heads=heads, cond=cond, seed=seed, log_every=log_every, device=resolve_device(device),
                         on_log=on_log)
+    # one log window (steps <= --log-every): its mean is the only figure, not a first and a last one
+    loss = f"loss {s['first_loss']:.4f} -> {s['final_loss']:.4f}" if s["log_windows"] > 1 else \
+        f"mean loss {s['final_loss']:.4f} over the {s['steps']} steps (one --log-every window)"
     emit(s, as_json, f"trained {s['params']:,}-parameter generator on {s['clips']} clips for {s['steps']} steps "
-                     f"({s['seconds']:.1f}s): loss {s['first_loss']:.4f} -> {s['final_loss']:.4f}; saved to {s['out']}")
+                     f"({s['seconds']:.1f}s): {loss}; saved to {s['out']}")
 
 
 @gen.command()

@@ -288,7 +288,8 @@ def train_generator(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, *
                 break
         raise
     return {"out": str(out), "steps": steps, "clips": len(shards), "params": sum(p.numel() for p in model.parameters()),
-            "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"], "seconds": time.perf_counter() - t0}
+            "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"], "log_windows": len(history),
+            "seconds": time.perf_counter() - t0}
 
 
 def _check_out_dir(out: Path) -> None:

@@ -160,6 +160,8 @@ def test_gen_train_never_replaces_a_folder_it_did_not_write(tmp_path, shards_dir
     gen.mkdir()   # an empty folder is fine
     main_ok = CliRunner().invoke(cli, [*base, "--out", str(gen)])
     assert main_ok.exit_code == 0, main_ok.output
+    # 2 steps are one --log-every window: its mean, not "loss X -> X" as if nothing had been learned
+    assert "mean loss" in main_ok.stdout and "over the 2 steps (one --log-every window)" in main_ok.stdout
     (gen / "notes.txt").write_text("mine")
     assert "holds other files (notes.txt)" in cli_error([*base, "--out", str(gen)])
     (gen / "notes.txt").unlink()

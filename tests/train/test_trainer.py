@@ -284,11 +284,17 @@ def test_gan_and_trainer_side_nested_dropout(make_cfg, metrics, tmp_path, monkey
     assert "gan" in recs[-1] and all(torch.isfinite(torch.tensor(r["loss"])) for r in recs)
 
 
-def test_a_non_finite_discriminator_loss_skips_its_update(make_cfg, metrics, tmp_path, monkeypatch):
+@pytest.mark.parametrize("broken", ["loss", "gradient"])
+def test_a_non_finite_discriminator_step_skips_its_update(make_cfg, metrics, tmp_path, monkeypatch, broken):
+    """A NaN loss, or a finite loss whose gradient is infinite (sqrt at 0), leaves the discriminator as it was."""
     import vitok.train.trainer as trainer_mod
 
     real = trainer_mod.hinge_d_loss
-    monkeypatch.setattr(trainer_mod, "hinge_d_loss", lambda a, b: real(a, b) * float("nan"))
+    if broken == "loss":
+        monkeypatch.setattr(trainer_mod, "hinge_d_loss", lambda a, b: real(a, b) * float("nan"))
+    else:
+        monkeypatch.setattr(trainer_mod, "hinge_d_loss",
+                            lambda a, b: real(a, b) + torch.sqrt((a.mean() - a.mean().detach()).abs()))
     seen = {}
     real_step = trainer_mod.Trainer._disc_step
 

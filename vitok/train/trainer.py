@@ -512,13 +512,17 @@ class Trainer:
         return bool(self.tok.max_tokens) and self.cfg["nested_dropout"]["mode"] != "model"
 
     def _disc_step(self, real: torch.Tensor, fake: torch.Tensor) -> float | None:
-        """One discriminator update; skipped (None) when its loss is non-finite on any process."""
+        """One discriminator update; skipped (None) when its loss or gradients are non-finite on any process (a
+        finite loss can still have a non-finite gradient, and one such step would leave NaN weights to checkpoint)."""
         with self._autocast():
             d_loss = hinge_d_loss(self.disc_fwd(real), self.disc_fwd(fake))
         self.disc_opt.zero_grad(set_to_none=True)
         d_loss.backward()
-        value = D.all_reduce_mean(d_loss.detach().float().nan_to_num(float("inf")), self.info)
-        if not bool(torch.isfinite(value)):
+        grads = [p.grad for p in self.disc.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])) if grads else d_loss * 0
+        stats = torch.stack([d_loss.detach().float(), norm.detach().float().to(d_loss.device)])
+        value, grad_norm = D.all_reduce_mean(stats.nan_to_num(float("inf")), self.info)
+        if not bool(torch.isfinite(value) and torch.isfinite(grad_norm)):
             self.disc_opt.zero_grad(set_to_none=True)
             return None
         self.disc_opt.step()
