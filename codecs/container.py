@@ -222,12 +222,12 @@ class VtokReader:
             header.meta = json.loads(meta.decode())
             if not isinstance(header.meta, dict):
                 raise ValueError("not an object")
-            if _depth(header.meta) > MAX_META_DEPTH:   # every reader of meta (info --json, tools) recurses
-                raise RecursionError
         except (UnicodeDecodeError, ValueError) as e:
             raise self._fail(f"bad header metadata: {e}") from None
-        except RecursionError:
+        except RecursionError:   # deeper than the parser goes
             raise self._fail("bad header metadata: nested too deeply") from None
+        if _depth(header.meta) > MAX_META_DEPTH:   # every reader of meta (info --json, tools) recurses
+            raise self._fail("bad header metadata: nested too deeply")
         try:
             header.sample_aspect_ratio   # reading it checks the sar record
         except BitstreamError as e:

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from vitok.data.errors import VitokError
+# the smallest frame sides the metrics take: held-out frames (always scored by SSIM), frames trained with SSIM/LPIPS
+from vitok.evaluation.metrics import LPIPS_MIN_SIDE, SSIM_MIN_SIDE
 
 # Every key a config may hold, with its default. Comments say what each means; losses are weights (0 = off).
 DEFAULTS: dict[str, Any] = {
@@ -131,8 +133,6 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
 POSITIVE = ("schedule.steps", "schedule.batch_size", "eval.num_segments", "eval.num_frames", "eval.size", "data.size",
             "checkpoint.keep", "max_bad_steps", "data.num_frames", "eval.grid_frames", "log_every",
             "export.stats_clips")
-SSIM_MIN_SIDE = 11   # piq's SSIM window: frames held out (always scored by SSIM) or trained with loss.ssim need it
-LPIPS_MIN_SIDE = 31  # the LPIPS loss's AlexNet (vitok.evaluation.metrics.LPIPS_MIN_SIDE)
 # What the keys that default to None take when set.
 NULLABLE = {"name": "", "model.init": "", "data.folder": "", "data.num_frames": 0}
 # Keys that take one of a few strings (what pick_device, the trainer, eval_clips and lpips accept).
@@ -193,9 +193,10 @@ def _check_choices_and_ranges(flat: dict[str, Any], where: str) -> None:
     if flat["loss.ssim"] > 0 and flat["data.size"] < SSIM_MIN_SIDE:
         raise VitokError(f"{where}: data.size must be at least {SSIM_MIN_SIDE} with loss.ssim > 0 (SSIM's window), "
                          f"got {flat['data.size']!r}")
-    if flat["loss.lpips"] > 0 and flat["loss.lpips_net"] == "alex" and flat["data.size"] < LPIPS_MIN_SIDE:
-        raise VitokError(f"{where}: data.size must be at least {LPIPS_MIN_SIDE} with loss.lpips > 0 (AlexNet's "
-                         f"pooling), got {flat['data.size']!r}")
+    lpips_side = LPIPS_MIN_SIDE.get(flat["loss.lpips_net"], 1)
+    if flat["loss.lpips"] > 0 and flat["data.size"] < lpips_side:
+        raise VitokError(f"{where}: data.size must be at least {lpips_side} with loss.lpips > 0 (the "
+                         f"{flat['loss.lpips_net']} backbone's pooling), got {flat['data.size']!r}")
     if flat["nested_dropout.mode"] == "model" and flat["nested_dropout.min_tokens"] != 1:
         raise VitokError(f"{where}: nested_dropout.min_tokens is the trainer's draw (mode uniform or pow2); with mode "
                          f"'model' the model draws with its own: set model.overrides.min_tokens instead")

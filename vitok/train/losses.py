@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitok.data.errors import VitokError
+from vitok.evaluation.metrics import MS_SSIM_MIN_SIDE   # piq's MS-SSIM: 5 scales of an 11-px window
 
 RECONSTRUCTION_TERMS = ("l1", "l2", "charbonnier", "ssim", "ms_ssim", "lpips")
-MS_SSIM_MIN_SIDE = 161   # piq's MS-SSIM needs this many pixels a side with its default 5 scales and 11-px kernel
 _LPIPS_BACKBONES = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze": "SqueezeNet1_1_Weights"}
 
 

@@ -518,9 +518,8 @@ class Trainer:
             d_loss = hinge_d_loss(self.disc_fwd(real), self.disc_fwd(fake))
         self.disc_opt.zero_grad(set_to_none=True)
         d_loss.backward()
-        grads = [p.grad for p in self.disc.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])) if grads else d_loss * 0
-        stats = torch.stack([d_loss.detach().float(), norm.detach().float().to(d_loss.device)])
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self.disc.parameters() if p.grad is not None])
+        stats = torch.stack([d_loss.detach().float(), norm.float().to(d_loss.device)])
         value, grad_norm = D.all_reduce_mean(stats.nan_to_num(float("inf")), self.info)
         if not bool(torch.isfinite(value) and torch.isfinite(grad_norm)):
             self.disc_opt.zero_grad(set_to_none=True)
