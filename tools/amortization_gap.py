@@ -47,12 +47,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps < 1 or args.every < 1 or not args.lr > 0:
         raise SystemExit("error: --steps and --every must be at least 1 and --lr positive")
     import vitok
+    from vitok.data.errors import VitokError
     from vitok.data.samples import eval_segments
     from vitok.train.evaluate import frame_psnr
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    tok = vitok.load(args.model).float().eval()
+    try:
+        tok = vitok.load(args.model).float().eval()
+    except VitokError as e:   # an unknown name, a folder that holds no model: one line
+        raise SystemExit(f"error: {e}") from None
     tok.requires_grad_(False)
     rows = []
     for seg_id, frames in eval_segments(num_frames=17, size=128)[::args.every]:

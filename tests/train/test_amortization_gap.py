@@ -29,3 +29,5 @@ def test_refined_latents_rebuild_better_and_leave_the_model_alone(tool):
 def test_bad_arguments_are_one_line(tool):
     with pytest.raises(SystemExit, match="--steps and --every must be at least 1"):
         tool.main(["vitok-grid", "--steps", "0"])
+    with pytest.raises(SystemExit, match="error: unknown model 'no-such-model'"):
+        tool.main(["no-such-model"])
