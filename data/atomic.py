@@ -17,6 +17,17 @@ def _name_output(e: BaseException, dest: Path) -> None:
         e.filename = str(dest)
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's list of entries (so a rename inside it survives a power loss), to the disk."""
+    if path.is_dir() and os.name != "posix":   # folders cannot be opened for syncing elsewhere
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _umask() -> int:
     """The process umask (reading it means setting it, so it is set straight back)."""
     umask = os.umask(0)
@@ -25,11 +36,12 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str | None = None, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on clean exit rename it onto ``path``, else delete it.
 
     The temporary name keeps the destination's suffix (or ``suffix``) so format-sniffing writers
-    such as FFmpeg's muxers pick the right container. Ctrl-C and errors leave no partial file.
+    such as FFmpeg's muxers pick the right container. Ctrl-C and errors leave no partial file. ``durable`` also
+    flushes the file before the rename and the folder after it, so a power loss keeps the old file or the new one.
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +53,11 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp_path
         if tmp_path.exists():  # mkstemp makes files owner-only; give outputs the usual umask permissions
             os.chmod(tmp_path, 0o666 & ~_umask())
+            if durable:
+                fsync_path(tmp_path)
         os.replace(tmp_path, dest)
+        if durable:
+            fsync_path(dest.parent)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -50,9 +66,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` (an old folder there is moved
-    aside first and removed only once the new one is in place), on any failure it is removed."""
+    aside first and removed only once the new one is in place), on any failure it is removed. ``durable`` flushes
+    the folder's files and entries before the rename and the parent folder after it (see ``atomic_path``)."""
     import shutil
 
     dest = Path(path)
@@ -62,10 +79,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes owner-only folders; a finished one gets the usual mode
+        if durable:
+            for item in tmp.iterdir():
+                fsync_path(item)
+            fsync_path(tmp)
         if dest.is_dir():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
             os.replace(dest, old / dest.name)
         os.replace(tmp, dest)
+        if durable:
+            fsync_path(dest.parent)
     except BaseException as e:
         if old is not None and not dest.exists():
             os.replace(old / dest.name, dest)
@@ -78,7 +101,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (``durable``: see ``atomic_path``)."""
+    with atomic_path(path, durable=durable) as tmp:
         tmp.write_bytes(data)

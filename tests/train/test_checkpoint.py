@@ -1,14 +1,17 @@
 """Pickle-free checkpoints: tensors in safetensors, structure in JSON; RNG capture; the latest pointer."""
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from vitok.data.errors import VitokError
-from vitok.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from vitok.train.checkpoint import (complete_checkpoints, latest_checkpoint, load_checkpoint, rng_state,
+                                    save_checkpoint, set_rng_state)
 
 
 def _equal(a, b) -> bool:
@@ -83,3 +86,37 @@ def test_a_damaged_checkpoint_is_a_user_error_naming_the_file(tmp_path):
         f.truncate(tensors.stat().st_size // 2)
     with pytest.raises(VitokError, match="tensors.safetensors: unreadable"):
         load_checkpoint(latest_checkpoint(tmp_path))
+
+
+def test_checkpoints_are_flushed_before_latest_names_them(tmp_path, monkeypatch):
+    """A power loss must not leave latest.json naming a checkpoint whose files never reached the disk: the files, the
+    checkpoint folder and the folder holding it are flushed before latest.json is written, latest.json after."""
+    import os
+
+    synced = []
+    real = os.fsync
+
+    def record(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    save_checkpoint(tmp_path, 7, {"w": torch.ones(3)})
+    root = tmp_path / "checkpoints"
+    names = [Path(p).name for p in synced]
+    assert {"tensors.safetensors", "state.json"} <= set(names[:3])          # the files and their folder, then
+    assert names[3] == "checkpoints"                                        # the rename into checkpoints/,
+    assert names[4].startswith(".latest.json.") and names[5] == "checkpoints"   # then latest.json and its rename
+    assert Path(synced[5]) == root.resolve()
+
+
+def test_complete_checkpoints_put_latest_first_then_newest(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"x": torch.tensor([step])}, keep=3)
+    root = tmp_path / "checkpoints"
+    (root / "latest.json").write_text(json.dumps({"step": 2, "dir": "step-00000002"}))
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000002", "step-00000003", "step-00000001"]
+    (root / "latest.json").write_text(json.dumps(["not", "an", "object"]))
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000003", "step-00000002", "step-00000001"]
+    (root / "step-00000003" / "tensors.safetensors").unlink()
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000002", "step-00000001"]

@@ -661,3 +661,45 @@ def test_a_diverged_run_keeps_a_good_checkpoint_and_resumes_with_a_lower_lr(make
         monkeypatch.setattr(TokenizerLoss, "forward", lambda self, *a, **k: (real(self, *a, **k)[0] * float("nan"), {}))
         train(make_cfg("tiny-vit", "schedule.steps=6", "checkpoint.every=0", "max_bad_steps=2"), tmp_path / "b",
               quiet=True)
+
+
+def test_resume_falls_back_from_an_unreadable_checkpoint(make_cfg, metrics, tmp_path, capsys):
+    """A newest checkpoint that does not read (a disk fault, a power loss) is named, and the run resumes from the
+    one before it and continues that curve; when none reads, the newest one's error stops the run."""
+    cfg = make_cfg("tiny-vit", "schedule.steps=6", "checkpoint.every=2", "checkpoint.keep=2")
+    train(cfg, tmp_path / "a", quiet=True)
+    b = tmp_path / "b"
+    train(cfg, b, quiet=True, stop_at=4)                  # checkpoints at steps 2 and 4
+    newest = b / "checkpoints" / "step-00000004" / "tensors.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    capsys.readouterr()
+    assert train(cfg, b, resume=True, quiet=True)["steps"] == 6
+    err = capsys.readouterr().err
+    assert "step-00000004/tensors.safetensors: unreadable" in err
+    assert "resuming from the checkpoint before it, step-00000002" in err
+    sessions = json.loads((b / "train_info.json").read_text())["sessions"]
+    assert [(s["start_step"], s["end_step"]) for s in sessions] == [(0, 2), (2, 6)]   # as step 2 recorded it
+    la, lb = ([(r["step"], r["loss"]) for r in metrics(run) if "loss" in r] for run in (tmp_path / "a", b))
+    assert [s for s, _ in lb] == [1, 2, 3, 4, 5, 6]
+    assert [v for _, v in la] == pytest.approx([v for _, v in lb], rel=1e-6, abs=1e-7)
+    c = tmp_path / "c"
+    train(cfg, c, quiet=True, stop_at=4)
+    for ckpt in (c / "checkpoints").glob("step-*"):
+        (ckpt / "tensors.safetensors").write_bytes(b"\0" * 10)
+    with pytest.raises(VitokError, match="step-00000004/tensors.safetensors: unreadable .*no earlier checkpoint reads"):
+        train(cfg, c, resume=True, quiet=True)
+
+
+def test_resume_takes_a_checkpoint_a_kill_left_set_aside(make_cfg, tmp_path):
+    """A kill while a checkpoint replaced one of the same step leaves it moved aside (``.step-N.old.*/step-N``) with
+    latest.json naming it: --resume puts it back and continues from it, not from the checkpoint before."""
+    cfg = make_cfg("tiny-vit", "schedule.steps=6", "checkpoint.every=2", "checkpoint.keep=2")
+    train(cfg, tmp_path, quiet=True, stop_at=4)
+    root = tmp_path / "checkpoints"
+    aside = root / ".step-00000004.old.x1"
+    aside.mkdir()
+    (root / "step-00000004").rename(aside / "step-00000004")
+    assert train(cfg, tmp_path, resume=True, quiet=True)["steps"] == 6
+    sessions = json.loads((tmp_path / "train_info.json").read_text())["sessions"]
+    assert [(s["start_step"], s["end_step"]) for s in sessions] == [(0, 4), (4, 6)]
+    assert not list(root.glob(".step-*"))

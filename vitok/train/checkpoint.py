@@ -91,10 +91,10 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep:
     dest = root / f"step-{step:08d}"
     tensors: dict[str, torch.Tensor] = {}
     meta = split_tensors(state, tensors)
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, durable=True) as tmp:   # on disk before latest.json names it, even across a power loss
         save_file(tensors, str(tmp / "tensors.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"step": step, "state": meta}))
-    write_bytes_atomic(root / "latest.json", json.dumps({"step": step, "dir": dest.name}).encode())
+    write_bytes_atomic(root / "latest.json", json.dumps({"step": step, "dir": dest.name}).encode(), durable=True)
     for old in sorted(root.glob("step-*"))[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return dest
@@ -116,19 +116,23 @@ def clear_partial_writes(run_dir: str | Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run's complete checkpoint directories to resume from, in order of preference: the one ``latest.json`` names,
+    then the others newest first (the fallbacks when a newer one does not read)."""
+    root = Path(run_dir) / "checkpoints"
+    done = [d for d in sorted(root.glob("step-*"), reverse=True) if (d / "state.json").is_file()
+            and (d / "tensors.safetensors").is_file()]
+    try:
+        named = root / json.loads((root / "latest.json").read_text())["dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return done
+    return [named] + [d for d in done if d != named] if named in done else done
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint directory of a run (``latest.json``, else the highest complete step dir)."""
-    root = Path(run_dir) / "checkpoints"
-    try:
-        pointer = json.loads((root / "latest.json").read_text())
-        cand = root / pointer["dir"]
-        if (cand / "state.json").is_file():
-            return cand
-    except (OSError, ValueError, KeyError):
-        pass
-    done = [d for d in sorted(root.glob("step-*")) if (d / "state.json").is_file()
-            and (d / "tensors.safetensors").is_file()]
-    return done[-1] if done else None
+    done = complete_checkpoints(run_dir)
+    return done[0] if done else None
 
 
 def load_checkpoint(path: str | Path) -> tuple[int, dict[str, Any]]:
@@ -137,8 +141,8 @@ def load_checkpoint(path: str | Path) -> tuple[int, dict[str, Any]]:
     try:
         meta = json.loads((path / "state.json").read_text())
         tensors = load_file(str(path / "tensors.safetensors"))
+        return int(meta["step"]), join_tensors(meta["state"], tensors)
     except SafetensorError as e:
         raise VitokError(f"checkpoint {path / 'tensors.safetensors'}: unreadable ({e})") from None
-    except (OSError, ValueError) as e:
-        raise VitokError(f"checkpoint {path}: unreadable ({e})") from None
-    return int(meta["step"]), join_tensors(meta["state"], tensors)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise VitokError(f"checkpoint {path}: unreadable ({type(e).__name__}: {e})") from None

@@ -22,8 +22,8 @@ from torch import nn
 from vitok.data.atomic import atomic_dir, write_bytes_atomic
 from vitok.data.errors import VitokError
 from vitok.train import distributed as D
-from vitok.train.checkpoint import (clear_partial_writes, latest_checkpoint, load_checkpoint, rng_state,
-                                    save_checkpoint, set_rng_state)
+from vitok.train.checkpoint import (clear_partial_writes, complete_checkpoints, latest_checkpoint, load_checkpoint,
+                                    rng_state, save_checkpoint, set_rng_state)
 from vitok.train.config import incompatible_changes
 from vitok.train.data import TrainClips, eval_clips, make_train_loader, scan_folder
 from vitok.train.evaluate import evaluate_model, save_grid
@@ -221,7 +221,11 @@ class Trainer:
             self.log(f"notice: schedule.warmup={sched['warmup']} is not below schedule.steps={sched['steps']}: the "
                      f"learning rate never reaches schedule.lr={sched['lr']:g}")
         self._check_out_dir(resume, overwrite)
-        ckpt = latest_checkpoint(out) if resume else None
+        if resume and self.main:   # before choosing: a kill mid-replace left a checkpoint set aside
+            clear_partial_writes(out)
+        D.barrier(info)
+        ckpts = complete_checkpoints(out) if resume else []
+        ckpt = ckpts[0] if ckpts else None
         if resume and ckpt is None:   # a mistyped --out must not start hours of training from scratch
             raise VitokError(f"--resume: no checkpoint in {out}/checkpoints to carry on from; start the run without "
                              f"--resume (with -y if {out} holds one)")
@@ -265,8 +269,8 @@ class Trainer:
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=float(lw["disc_lr"]),
                                               betas=tuple(sched["betas"]), weight_decay=0.0)
         self.step, self.elapsed, self.bad_steps, self.sessions = 0, 0.0, 0, []
-        if ckpt is not None:
-            self._load(ckpt)
+        if ckpts:
+            self._load_newest_readable(ckpts)
         # this session (a start or a --resume): what a replay of the run needs that the last config does not say
         self.finished = ckpt is not None and self.step == self.total_steps  # killed before its end, or done
         if not self.finished:
@@ -330,8 +334,6 @@ class Trainer:
                     shutil.rmtree(self.out / name, ignore_errors=True)
                 for name in ("metrics.jsonl", "train_info.json", "init.json"):
                     (self.out / name).unlink(missing_ok=True)
-            if resume:
-                clear_partial_writes(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(saved, json.dumps(self.cfg, indent=2).encode())
             if self.lineage is not None:
@@ -353,8 +355,24 @@ class Trainer:
             state["disc_optimizer"] = self.disc_opt.state_dict()
         return state
 
-    def _load(self, path: Path) -> None:
-        self.step, state = load_checkpoint(path)
+    def _load_newest_readable(self, paths: list[Path]) -> None:
+        """Resume from the first of ``paths`` that reads; one that does not (a disk fault, a power loss before
+        checkpoints were flushed) is named and the one before it taken."""
+        newest_error = None
+        for i, path in enumerate(paths):
+            try:
+                step, state = load_checkpoint(path)
+            except VitokError as e:
+                newest_error = newest_error or e
+                if i + 1 == len(paths):
+                    raise VitokError(f"{newest_error}" + ("; no earlier checkpoint reads either" if i else "")) \
+                        from None
+                self.log(f"warning: {e}; resuming from the checkpoint before it, {paths[i + 1].name}")
+                continue
+            return self._load(path, step, state)
+
+    def _load(self, path: Path, step: int, state: dict[str, Any]) -> None:
+        self.step = step
         self.tok.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
