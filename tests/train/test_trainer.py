@@ -363,6 +363,22 @@ def test_freeze_keeps_named_parameters_fixed(make_cfg, tmp_path):
         assert not (tmp_path / "bad").exists()
 
 
+def test_freezing_what_init_just_created_is_said(make_cfg, tmp_path, capsys):
+    """model.init that adds decoder blocks and tokens, with model.freeze covering them: they would stay at their
+    starting values (identity blocks, untrained tokens) for the whole run, so the log names them; freezing only the
+    source's own parameters says nothing."""
+    torch.manual_seed(5)
+    vitok.create_model("vit1d-tiny").save_pretrained(tmp_path / "start")
+    grow = [f"model.init={json.dumps(str(tmp_path / 'start'))}", "model.overrides.dec_depth=3",
+            "model.overrides.num_latents=24", "schedule.steps=1", "data.synthetic.num_clips=2", "eval.num_segments=1"]
+    train(make_cfg("tiny-vit1d", *grow, 'model.freeze=["decoder","latent_tokens"]'), tmp_path / "a", quiet=True)
+    err = capsys.readouterr().err
+    assert "warning: model.freeze keeps what model.init just created at its starting values (decoder.blocks.2, " \
+           "latent_tokens): it will not learn" in err
+    train(make_cfg("tiny-vit1d", *grow, 'model.freeze=["to_pixels","encoder.blocks.0"]'), tmp_path / "b", quiet=True)
+    assert "model.freeze keeps what" not in capsys.readouterr().err
+
+
 def test_precision_bf16_autocasts_on_cpu(make_cfg, metrics, tmp_path):
     """precision=bf16 runs the training forward under CPU autocast (linear layers compute in bfloat16) and the
     losses in float32, and records it in train_info.json; auto stays fp32 on CPU; an unknown precision is refused

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import sys
@@ -128,11 +129,12 @@ def cpu_has_native_bf16() -> bool:
     return any(check() for check in checks)
 
 
-def _init_from(tok: nn.Module, source: str) -> tuple[str, dict[str, Any]]:
+def _init_from(tok: nn.Module, source: str) -> tuple[str, dict[str, Any], list[str]]:
     """Load a pretrained model's weights into the freshly built ``tok`` (continue training a bundled model; a 1D
     model may change its token count, a ViT may grow deeper). Returns what was done, for the log, and the record a
     run keeps of its starting weights (``init.json``): the source, its weights hash and its training.json as it was
-    then, so bundling the run later chains the history it really continues even if the source was replaced since."""
+    then, so bundling the run later chains the history it really continues even if the source was replaced since; and
+    the names of the parameters it had no values for (new blocks, added tokens)."""
     import vitok
     from vitok.registry import resolve
 
@@ -154,6 +156,8 @@ def _init_from(tok: nn.Module, source: str) -> tuple[str, dict[str, Any]]:
         was, now = getattr(src.config, key, None), getattr(tok.config, key, None)
         if was is not None and now is not None and now > was:
             changes.append(f"{stack} {was} -> {now} blocks; the new ones start as identities")
+    # parameters the source had no values for (new blocks, added tokens): model.freeze must not keep them at init
+    fresh = sorted(k for k, v in ours.items() if k not in theirs or theirs[k].numel() < v.numel())
     if hasattr(tok, "adapt_state_dict"):  # a no-op when the architectures already match
         theirs = tok.adapt_state_dict(theirs)
     done = f"initialised from {source}" + (f" ({'; '.join(changes)})" if changes else "")
@@ -163,7 +167,7 @@ def _init_from(tok: nn.Module, source: str) -> tuple[str, dict[str, Any]]:
     history = resolve(source) / "training.json"
     lineage = {"source": str(source), "weights_hash": src.weights_hash,
                "training": json.loads(history.read_text()) if history.is_file() else None}
-    return done, lineage
+    return done, lineage, fresh
 
 
 def freeze(tok: nn.Module, prefixes: list[str]) -> str:
@@ -188,6 +192,13 @@ def freeze(tok: nn.Module, prefixes: list[str]) -> str:
     fixed = sum(params[n].numel() for n in chosen)
     total = sum(p.numel() for p in params.values())
     return f"frozen: {', '.join(prefixes)} ({fixed / 1e6:.2f}M of {total / 1e6:.2f}M parameters stay fixed)"
+
+
+def _frozen_fresh(tok: nn.Module, fresh: list[str]) -> list[str]:
+    """The names among ``fresh`` (parameters ``model.init`` created) that are frozen, a new block as one name."""
+    params = dict(tok.named_parameters())
+    stuck = [n for n in fresh if n in params and not params[n].requires_grad]
+    return sorted({re.sub(r"^(\w+\.blocks\.\d+)\..*", r"\1", n) for n in stuck})
 
 
 def _mismatch(source: str, src: nn.Module, tok: nn.Module) -> VitokError:
@@ -238,12 +249,16 @@ class Trainer:
             tok = vitok.create_model(cfg["model"]["name"], **cfg["model"]["overrides"])
         except (KeyError, ValueError, TypeError) as e:
             raise VitokError(f"config model: cannot create {cfg['model']['name']!r} ({e})") from None
-        self.lineage = None
+        self.lineage, fresh = None, []
         if cfg["model"]["init"] and ckpt is None:
-            done, self.lineage = _init_from(tok, cfg["model"]["init"])
+            done, self.lineage, fresh = _init_from(tok, cfg["model"]["init"])
             self.log(done)
         if cfg["model"]["freeze"]:
             self.log(freeze(tok, cfg["model"]["freeze"]))
+            stuck = _frozen_fresh(tok, fresh)
+            if stuck:
+                self.log(f"warning: model.freeze keeps what model.init just created at its starting values "
+                         f"({', '.join(stuck)}): it will not learn; freeze less to train it")
         self.tok = tok.to(self.device).train()
         self.ema = EMA(self.tok, cfg["ema"]["decay"])
         _seed_all(seed + 1000 * info.rank)   # per-rank randomness (sampling, nested dropout) after a shared init
