@@ -28,6 +28,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LOG_NAME = "log.jsonl"
 META_KEYS = ("tokenizer", "normalization", "template")   # what sampling reads besides the architecture
+META_FIELDS = {"tokenizer": ("source", "weights_hash"), "normalization": ("mean", "std"),
+               "template": ("frames", "height", "width", "num_tokens", "length", "mask")}
 
 
 class GeneratorError(VitokError):
@@ -184,8 +186,8 @@ def load_generator(gen_dir: str | os.PathLike, device: str = "cpu") -> tuple[Flo
         model = FlowDiT(GeneratorConfig(**meta["generator"]))
         model.load_state_dict(load_file(str(gen / WEIGHTS_NAME)))
         missing = [k for k in META_KEYS if not isinstance(meta.get(k), dict)]
-        if "tokenizer" not in missing:
-            missing += [f"tokenizer.{k}" for k in ("source", "weights_hash") if k not in meta["tokenizer"]]
+        missing += [f"{part}.{k}" for part, keys in META_FIELDS.items() if part not in missing
+                    for k in keys if k not in meta[part]]
         if missing:
             raise KeyError(f"config.json lacks {', '.join(missing)}")
     except SafetensorError as e:

@@ -200,6 +200,11 @@ def test_gen_errors_are_one_line(tmp_path, shards_dir, cli_error, monkeypatch):
         (gen / "config.json").write_text(json.dumps(broken))
         err = cli_error(["gen", "sample", "--gen", str(gen), "-o", str(tmp_path / "s.mp4"), "-q"])
         assert f"unreadable generator ('config.json lacks {key}')" in err and not (tmp_path / "s.mp4").exists()
+    for key, field in (("template", "length"), ("template", "mask"), ("normalization", "std")):
+        broken = {**config, key: {k: v for k, v in config[key].items() if k != field}}
+        (gen / "config.json").write_text(json.dumps(broken))
+        err = cli_error(["gen", "sample", "--gen", str(gen), "-o", str(tmp_path / "s.mp4"), "-q"])
+        assert f"('config.json lacks {key}.{field}')" in err and not (tmp_path / "s.mp4").exists()
 
 
 def test_clip_conditioned_samples_take_labels_of_the_template_geometry(tmp_path, shards_dir, monkeypatch):
