@@ -108,6 +108,7 @@ def test_values_that_fit_pass():
     cfg = load_config("tiny-vit", ["ema.decay=0", "schedule.lr=1", "model.init=vitok-grid", "data.num_frames=null",
                                    "precision=bf16", "model.overrides.patch=4"])
     assert (cfg["ema"]["decay"], cfg["schedule"]["lr"], cfg["model"]["init"]) == (0, 1, "vitok-grid")
+    assert (cfg["data"]["num_frames"], cfg["precision"], cfg["model"]["overrides"]["patch"]) == (None, "bf16", 4)
 
 
 def test_config_files_errors(tmp_path):

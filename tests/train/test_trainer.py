@@ -35,6 +35,22 @@ def test_tiny_run_learns_and_exports(make_cfg, metrics, tmp_path):
     assert info["steps"] == 12 and info["hardware"]["processes"] == 1 and info["eval"]["psnr"] > 0
 
 
+def test_data_wait_is_the_time_spent_waiting_for_batches(make_cfg, metrics, monkeypatch, tmp_path):
+    """data_wait_s measures the loader: clips that take 0.1 s each to read (in process, batch 2) are a wait of at
+    least 0.2 s per step."""
+    import time
+
+    from vitok.train.data import TrainClips
+
+    real = TrainClips.__getitem__
+    monkeypatch.setattr(TrainClips, "__getitem__", lambda self, key: (time.sleep(0.1), real(self, key))[1])
+    cfg = make_cfg("tiny-vit", "schedule.steps=2", "data.synthetic.num_clips=2", "data.num_workers=0",
+                   "checkpoint.every=0", "eval.every=0")
+    train(cfg, tmp_path / "run", quiet=True)
+    waits = [r["data_wait_s"] for r in metrics(tmp_path / "run") if "loss" in r]
+    assert len(waits) == 2 and all(w >= 0.2 for w in waits)
+
+
 def test_clips_per_s_leaves_out_evaluations_and_checkpoints(make_cfg, metrics, monkeypatch, tmp_path):
     """An evaluation or a checkpoint has its own record (eval_s, checkpoint_s): the step after one must not count
     its time again as slower training."""
@@ -146,6 +162,28 @@ def test_held_out_clips_that_do_not_exist_stop_the_run_before_its_first_step(mak
     with pytest.raises(VitokError, match="config eval: no eval segment of 70 frames fits the sample clips"):
         train(cfg, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_trainer_trains_on_the_shared_listing(make_cfg, tmp_path, monkeypatch):
+    """The listing ``_shared_folder_scan`` returns (rank 0's, under torchrun) is the one the run trains on: a
+    trainer that rescanned data.folder itself would see the config's folder (2 videos), not the listing (3)."""
+    import numpy as np
+
+    from vitok.data.io import write_video
+    from vitok.train import trainer as T
+
+    rng = np.random.default_rng(0)
+    for name, count in (("videos", 2), ("rank0", 3)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            write_video(tmp_path / name / f"v{i}.mp4", rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), 10)
+    cfg = make_cfg("tiny-vit", "schedule.steps=1", "data.synthetic.num_clips=0", "data.num_workers=0",
+                   f"data.folder={json.dumps(str(tmp_path / 'videos'))}")
+    listing = T.scan_folder({**cfg["data"], "folder": str(tmp_path / "rank0")}, 8)
+    monkeypatch.setattr(T.Trainer, "_shared_folder_scan", lambda self, data_cfg: listing)
+    train(cfg, tmp_path / "run", quiet=True)
+    state = json.loads(next((tmp_path / "run" / "checkpoints").glob("step-*/state.json")).read_text())
+    assert state["state"]["dataset_size"] == 3
 
 
 def test_resume_refuses_a_changed_data_folder(make_cfg, tmp_path):
@@ -593,7 +631,11 @@ def test_checkpoint_and_evaluation_time_is_logged_and_counted(make_cfg, metrics,
     assert [s for s, _ in ckpt] == [1, 2, 3, 4] and all(t >= 0.4 for _, t in ckpt)
     assert [r["step"] for r in recs if "eval_s" in r and r["eval_s"] > 0] == [2, 4]
     info = json.loads((run / "train_info.json").read_text())
-    assert info["train_seconds"] >= sum(t for _, t in ckpt[:3]) - 0.05
+    # the steps' own time (log_every is 1: batch / clips_per_s each), the evaluation at step 2 and checkpoints 1-3:
+    # a machine of any speed, as each is measured on it
+    steps = sum(2 / r["clips_per_s"] for r in recs if "loss" in r)
+    evals = sum(r["eval_s"] for r in recs if r.get("eval_s") and r["step"] < 4)
+    assert info["train_seconds"] >= steps + evals + sum(t for _, t in ckpt[:3]) - 0.05
     assert info["sessions"][0]["seconds"] == info["train_seconds"]
 
 
