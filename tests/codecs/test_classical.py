@@ -35,6 +35,42 @@ def test_round_trip_real_clip(name, carphone_clip):
     assert 0 < codec.rate_bytes(data) == codec.stream_bytes(data) < len(data)
 
 
+def _mp4_boxes(data: bytes, start: int = 0, end: int | None = None) -> list[tuple[str, int, int]]:
+    """(type, payload start, end) of the ISO-BMFF boxes in ``data[start:end]``, read from their headers."""
+    import struct
+
+    end, boxes = len(data) if end is None else end, []
+    while start < end:
+        size, kind = struct.unpack(">I4s", data[start:start + 8])
+        head = 8
+        if size == 1:
+            size, head = struct.unpack(">Q", data[start + 8:start + 16])[0], 16
+        elif size == 0:
+            size = end - start
+        boxes.append((kind.decode("latin-1"), start + head, start + size))
+        start += size
+    return boxes
+
+
+def test_h264_rate_is_the_mdat_samples_plus_the_parameter_sets(carphone_clip):
+    """The rate counts every coded byte: the samples (mdat's payload) and the SPS/PPS the mp4 keeps apart in its
+    avcC record; read here from the file's boxes, not through the codec's own accounting."""
+    codec = get_codec("h264")
+    data = codec.encode(np.ascontiguousarray(carphone_clip[:3, :48, :64]), 25)
+    top = _mp4_boxes(data)
+    assert [k for k, _, _ in top].count("mdat") == 1
+    samples = sum(e - s for k, s, e in top if k == "mdat")
+    moov = [(s, e) for k, s, e in top if k == "moov"]
+    assert len(moov) == 1
+    at = data.index(b"avcC", *moov[0])   # the decoder configuration record, in moov's sample description
+    avcc = data[at + 4:at - 4 + int.from_bytes(data[at - 4:at], "big")]
+    sps = int.from_bytes(avcc[6:8], "big")
+    assert avcc[0] == 1 and avcc[5] & 0x1F >= 1 and avcc[8] & 0x1F == 7   # version 1, an SPS (NAL type 7)
+    assert avcc[8 + sps] >= 1 and avcc[8 + sps + 3] & 0x1F == 8            # then a PPS (NAL type 8)
+    assert samples > 0
+    assert codec.rate_bytes(data) == codec.stream_bytes(data) == samples + len(avcc) < len(data)
+
+
 @pytest.mark.parametrize("name", ["h264", "av1", "vp9"])
 def test_odd_size_pads_and_crops_back(name, carphone_clip):
     codec = get_codec(name)

@@ -78,6 +78,26 @@ def test_to_device(grid_tok, clip):
     torch.testing.assert_close(cast.z, lat.normalized().z.double())
 
 
+def test_to_passes_non_blocking_to_every_tensor(grid_tok, clip, monkeypatch):
+    """non_blocking reaches each tensor's own .to (z, logvar and the mask): a copy dropping it would block on
+    every pinned-memory transfer, with nothing on a CPU-only run to show it."""
+    lat = grid_tok.encode(clip(4, 16, 16))
+    lat = dataclasses.replace(lat, mask=torch.ones(lat.z.shape[:2], dtype=torch.bool))
+    seen = {}
+    real = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        seen[id(self)] = kwargs.get("non_blocking")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    for flag in (True, False):
+        seen.clear()
+        moved = lat.to(torch.float64, non_blocking=flag)
+        assert moved.z.dtype == moved.logvar.dtype == torch.float64 and moved.mask.dtype == torch.bool
+        assert [seen.get(id(t)) for t in (lat.z, lat.logvar, lat.mask)] == [flag] * 3, flag
+
+
 def test_gradients_flow_through_a_frozen_model(grid_tok, clip):
     """A loss through the frozen decoder (or encoder) reaches its input; the weights get no gradient, and inputs
     without one still run under inference_mode."""

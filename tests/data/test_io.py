@@ -430,3 +430,27 @@ def test_write_errors_leave_no_file(tmp_path, tiny_frames):
     (tmp_path / "file").write_text("a file, not a folder")
     with pytest.raises(VideoWriteError, match="cannot write"):
         write_video(tmp_path / "file" / "out.mkv", tiny_frames, 25, codec="ffv1")
+
+
+def test_video_folder_seeks_to_a_late_window(tmp_path, monkeypatch):
+    """A clip late in a long video is reached by seeking to the keyframe before it: decoding every frame from the
+    file's start would cost a long video's whole head per clip. Frame i is flat gray 20 + 2i, so the clip says
+    which frames it holds."""
+    from vitok.data.folder import VideoFolder
+
+    root = tmp_path / "long"
+    root.mkdir()
+    levels = 20 + 2 * np.arange(100)
+    frames = np.broadcast_to(levels[:, None, None, None], (100, 32, 32, 3)).astype(np.uint8)
+    write_raw(root / "long.mp4", frames, "libx264", "yuv420p", gop=10)   # 25 fps, a keyframe every 10 frames
+    ds = VideoFolder(root, num_frames=4, size=16)
+    assert ds.items[0].num_frames == 100
+    seed = 7   # its first draw starts the clip at frame 91 of 0..96
+    assert np.random.default_rng(seed).integers(0, 97) == 91
+    counts: list[int] = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: _CountingContainer(real_open(*a, **k), counts))
+    clip = ds.read_item(0, np.random.default_rng(seed))
+    shown = ((clip.mean(dim=(0, 2, 3)).numpy() + 1) * 127.5 - 20) / 2   # the frame index each clip frame shows
+    assert np.abs(shown - np.arange(91, 95)).max() <= 1, shown
+    assert len(counts) == 1 and 4 <= counts[0] <= 4 + 10 + 4, counts   # the clip, up to a GOP before, B-frames

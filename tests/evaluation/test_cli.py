@@ -91,24 +91,37 @@ def test_compare_marks_a_psnr_inside_the_crf_range_matched(small_clip):
 
 def test_compare_times_vitok_warm_like_the_classical_codecs(small_clip, monkeypatch):
     """The classical codecs are timed after match_psnr's encodes; vitok's timed encode and decode come after a
-    first frame through both, so neither side carries first-call costs."""
+    first frame through both, so neither side carries first-call costs. The warm-up moves compare's clock on by
+    1000 s: a timing that took it in would show it."""
+    import time
+    import types
+
     from vitok.codecs.neural import VitokCodec
     from vitok.data import read_video
+    from vitok.evaluation import compare
     from vitok.evaluation.compare import compare_codecs
 
+    warm_s = 1000.0
+    skew = [0.0]   # added to the real clock while and after the warm-up runs
+    monkeypatch.setattr(compare, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + skew[0]))
     calls = []
     for method in ("encode", "decode"):
         real = getattr(VitokCodec, method)
 
         def spy(self, data, *args, _real=real, _method=method, **kw):
             calls.append((_method, len(data)))
+            if len(calls) <= 2:   # the warm-up's encode and decode: a slow first call
+                skew[0] += warm_s / 2
             return _real(self, data, *args, **kw)
 
         monkeypatch.setattr(VitokCodec, method, spy)
     frames, info = read_video(small_clip)
-    compare_codecs(frames, info.fps, model="vitok-grid", codecs=("h264",))
+    rows, _, _ = compare_codecs(frames, info.fps, model="vitok-grid", codecs=("h264",))
     assert [c[0] for c in calls] == ["encode", "decode", "encode", "decode"]
     assert calls[0][1] == 1 and calls[2][1] == len(frames)   # the warm-up is a frame, the timed encode the clip
+    assert skew[0] == warm_s   # the warm-up did move the clock
+    assert rows[0]["codec"] == "vitok:vitok-grid"
+    assert 0 < rows[0]["encode_s"] < warm_s / 4 and 0 < rows[0]["decode_s"] < warm_s / 4   # neither timed it
 
 
 def test_match_psnr_bisects_to_the_nearest_crf(carphone9):
