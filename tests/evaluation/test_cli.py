@@ -1,6 +1,7 @@
 """`vitok rd`, `vitok rd plot`, `vitok compare` and the `bench codec` command on tiny inputs."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -217,13 +218,18 @@ def test_sigterm_stops_bench_codec_and_its_worker_at_once(small_clip, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "vitok.cli.main", "bench", "codec", "--clip", str(small_clip),
                              "--frames", "3", "--repeat", "100000", "--threads", "1", "--codec", "h264", "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    time.sleep(8)   # past the worker's start: it is in its 100000 rounds
-    assert proc.poll() is None
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "error: aborted" in err and time.monotonic() - t0 < 10
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        time.sleep(8)   # past the worker's start: it is in its 100000 rounds
+        assert proc.poll() is None
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "error: aborted" in err and time.monotonic() - t0 < 10
+    finally:   # a failure must not leave the command or its worker running (they share its session)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def test_a_codec_named_twice_is_swept_once_and_its_records_plot(tmp_path, small_clip):
@@ -255,10 +261,21 @@ def test_a_bench_process_that_dies_is_an_error_not_a_wait():
         for child in multiprocessing.active_children():
             os.kill(child.pid, signal.SIGKILL)
 
+    def hung(signum, frame):
+        raise AssertionError("still waiting for the dead worker after 120 s")
+
     threading.Thread(target=kill_the_worker, daemon=True).start()
     frames = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
-    with pytest.raises(EvaluationError, match=r"h264: the benchmark process died \(exit code -9\)"):
-        bench._bench_isolated("h264", frames, Fraction(8), {}, 100000, False)
+    was = signal.signal(signal.SIGALRM, hung)   # the bug this guards is a wait without end: fail it, not hang
+    signal.alarm(120)
+    try:
+        with pytest.raises(EvaluationError, match=r"h264: the benchmark process died \(exit code -9\)"):
+            bench._bench_isolated("h264", frames, Fraction(8), {}, 100000, False)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, was)
+        for child in multiprocessing.active_children():
+            child.kill()
 
 
 def test_compare_checks_codecs_before_encoding_and_its_json_holds_the_clip(small_clip, tiny_model, tmp_path,
