@@ -48,14 +48,15 @@ def _check_input(path: str) -> None:
 @click.option("--step", type=float, default=None, help="Quantization step (in latent std units; larger = smaller).")
 @click.option("--tokens", type=click.IntRange(min=1), default=None, help="1D models: tokens per chunk unit.")
 @click.option("--bytes", "target_bytes", type=click.IntRange(min=1), default=None,
-              help="Target file size in bytes (rate control picks tokens/step per chunk).")
+              help="Target file size in bytes (rate control picks tokens/step per chunk, and with --per-tile per tile).")
 @click.option("--psnr", type=float, default=None, help="Target PSNR (dB) per chunk: the cheapest setting reaching it.")
 @click.option("--per-tile/--per-chunk", "per_tile", default=True, show_default=True,
               help="With --bytes/--psnr, a 1D model whose frames span several tiles picks a token count per tile "
                    "(else one per chunk).")
 @click.option("--frames", "num_frames", type=click.IntRange(min=1), default=None, help="Encode at most N frames.")
 @click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First frame to encode.")
-@click.option("--size", callback=_size, default=None, help="Resize frames to WxH first.")
+@click.option("--size", callback=_size, default=None,
+              help="Resize (stretch) frames to WxH first; the .vtok header keeps the shown shape as a pixel aspect.")
 @click.option("--fps", callback=_fps, default=None, help="Frame rate to record (e.g. 25 or 30000/1001); default: "
               "the input's (25 for frame folders).")
 @overwrite_option

@@ -22,16 +22,19 @@ def gen() -> None:
 @click.option("--out", "out_dir", default="generator", show_default=True, type=click.Path(file_okay=False),
               help="Folder for model.safetensors, config.json and log.jsonl (an earlier run's is replaced whole "
                    "with -y; a folder holding anything else is refused).")
-@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--width", type=click.IntRange(min=8), default=64, show_default=True)
-@click.option("--depth", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Optimizer steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Clips per step.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="AdamW learning rate.")
+@click.option("--width", type=click.IntRange(min=8), default=64, show_default=True, help="Transformer width.")
+@click.option("--depth", type=click.IntRange(min=1), default=4, show_default=True, help="Transformer blocks.")
+@click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Attention heads (must divide --width).")
 @click.option("--cond", type=click.Choice(["none", "clip"]), default="none", show_default=True,
               help="Condition on nothing or on the clip's index in the set.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and the batches.")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Steps per logged mean loss (log.jsonl and stderr).")
 @device_option
 @threads_option
 @overwrite_option
@@ -70,7 +73,7 @@ def train(shards_dir: str, out_dir: str, steps: int, batch_size: int, lr: float,
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Video file (e.g. out.mp4).")
 @click.option("--num", type=click.IntRange(min=1), default=4, show_default=True, help="Samples, tiled in one video.")
 @click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="Euler steps.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled noise.")
 @click.option("--fps", type=click.IntRange(min=1), default=None,
               help="Frame rate of the video [default: that of the clips the generator learned from, else 8].")
 @click.option("--model", default=None, help="Tokenizer to decode with [default: the one named in the manifest].")

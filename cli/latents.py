@@ -23,7 +23,8 @@ def latents() -> None:
 @click.option("--frames", type=click.IntRange(min=1), default=None,
               help="Frames per clip [default: the model's clip length].")
 @click.option("--size", default=None,
-              help="WxH (or S), as in `vitok encode`: resize to cover, then center-crop [default: native size].")
+              help="WxH (or S for SxS): resize to cover it keeping the aspect, then center-crop (unlike `vitok "
+                   "encode --size`, which stretches) [default: native size].")
 @click.option("--tokens", type=click.IntRange(min=1), default=None, help="Tokens per unit for 1D models.")
 @click.option("--clips-per-video", type=click.IntRange(min=1), default=1, show_default=True,
               help="Consecutive clips taken from the start of each video.")

@@ -194,6 +194,12 @@ def freeze(tok: nn.Module, prefixes: list[str]) -> str:
     return f"frozen: {', '.join(prefixes)} ({fixed / 1e6:.2f}M of {total / 1e6:.2f}M parameters stay fixed)"
 
 
+def _count_noun(n: int, noun: str) -> str:
+    """``noun`` for one, else its plural ("samples clip" reads "sample clip(s)": the source names a set)."""
+    noun = noun.replace("samples clip", "sample clip")
+    return noun if n == 1 else noun + "s"
+
+
 def _frozen_fresh(tok: nn.Module, fresh: list[str]) -> list[str]:
     """The names among ``fresh`` (parameters ``model.init`` created) that are frozen, a new block as one name."""
     params = dict(tok.named_parameters())
@@ -667,7 +673,7 @@ class Trainer:
         self._write_metrics({"step": self.step, "eval_psnr": res["psnr"], "eval_ssim": res["ssim"],
                              "eval_s": round(time.perf_counter() - t0, 3)})
         self.log(f"eval step {self.step}: PSNR {res['psnr']:.2f} dB, SSIM {res['ssim']:.4f} "
-                 f"({res['num_segments']} {ecfg['source']} clips)")
+                 f"({res['num_segments']} {_count_noun(res['num_segments'], ecfg['source'] + ' clip')})")
         return res
 
     def _device_text(self) -> str:
