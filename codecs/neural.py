@@ -374,7 +374,7 @@ class VitokCodec(Codec):
                 at += units
             over = sum(len(c.payload) for c in codes) - budget
             if over <= 0:
-                return codes
+                return [replace(c, q=None) for c in codes]   # the integers are coded: drop them
             target -= over
         raise CodecError(f"byte budget too small: {budget} payload bytes could not hold the chunks' tokens")
 
@@ -634,4 +634,4 @@ def _counts_text(tokens: ChunkTokens) -> str:
 
 def _sse(rec: np.ndarray, frames: np.ndarray) -> float:
     """Summed squared error of decoded uint8 frames against the originals."""
-    return float(((rec.astype(np.float64) - frames) ** 2).sum())
+    return sum(float(((r.astype(np.float64) - f) ** 2).sum()) for r, f in zip(rec, frames))   # a frame at a time

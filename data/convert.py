@@ -27,6 +27,8 @@ def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
         x = x.unsqueeze(0)
     if x.ndim != 5 or x.shape[1] != 3:
         raise ValueError(f"tensor must be (3,T,H,W) or (B,3,T,H,W), got {tuple(x.shape)}")
-    y = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round_().to(torch.uint8)
+    y = x.detach()   # one float temporary at most: a float32 input is clamped into a copy, another dtype's cast
+    y = y.clamp(-1, 1) if y.dtype == torch.float32 else y.float().clamp_(-1, 1)   # is that copy; then in place
+    y = y.add_(1.0).mul_(127.5).round_().to(torch.uint8)
     y = y.permute(0, 2, 3, 4, 1).cpu().numpy()
     return y[0] if y.shape[0] == 1 else y

@@ -115,6 +115,25 @@ def pad_chunk(x: torch.Tensor, frames: int, height: int, width: int) -> torch.Te
     return x
 
 
+def _source_rows(start: int, count: int, size: int, reflect: bool, device: torch.device) -> torch.Tensor:
+    """Indices into an axis of ``size`` that rows ``start .. start + count`` of its padded form copy (see
+    ``pad_chunk``: reflection without repeating the edge, or replication)."""
+    r = torch.arange(start, start + count, device=device)
+    return torch.where(r < size, r, 2 * size - 2 - r if reflect else torch.full_like(r, size - 1))
+
+
+def pad_region(x: torch.Tensor, frames: int, height: int, width: int, y0: int, x0: int, tile_h: int,
+               tile_w: int) -> torch.Tensor:
+    """``pad_chunk(x, frames, height, width)[..., y0:y0 + tile_h, x0:x0 + tile_w]``, the same values, built from
+    the tile's own pixels: memory for one tile, not for the whole padded chunk (a 4-frame 1080p chunk padded to a
+    20-frame unit is 0.5 GB of float32)."""
+    T, H, W = x.shape[-3:]
+    reflect = height - H < H and width - W < W   # pad_chunk's rule, for the whole frame
+    x = x.index_select(-2, _source_rows(y0, tile_h, H, reflect, x.device))
+    x = x.index_select(-1, _source_rows(x0, tile_w, W, reflect, x.device))
+    return x.index_select(-3, torch.arange(frames, device=x.device).clamp_(max=T - 1)) if T < frames else x
+
+
 def ramp(axis: Axis, index: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Blend weights along one axis for tile `index`: linear ramps over the overlaps with its neighbours."""
     w = torch.ones(axis.tile, device=device)

@@ -21,7 +21,7 @@ from torch import nn
 from vitok.config import TokenizerConfig
 from vitok.data.atomic import atomic_path
 from vitok.data.errors import VitokError
-from vitok.geometry import Geometry, blend_weights, pad_chunk, plan
+from vitok.geometry import Geometry, blend_weights, pad_chunk, pad_region, plan
 from vitok.latents import Latents
 
 
@@ -210,13 +210,16 @@ class Tokenizer(nn.Module):
         The video may stay on the CPU: chunks move to the model's device one at a time. `tiled=False` (grid models)
         codes whole frames in one pass instead of the config's tiles; the Latents remember it for `decode`."""
         self._check_video(video)
-        peak = float(video.detach().abs().amax())  # one pass for both checks: a NaN or inf value shows in the peak
+        low, high = (float(v) for v in torch.aminmax(video.detach()))   # no copy of the video (abs() made one)
+        peak = max(-low, high)   # a NaN or inf value shows in the peak
         if not math.isfinite(peak):  # here, not in the training forward: the trainer guards its steps
             raise VitokError("video holds NaN or infinite values")
         if peak > VALUE_WARN:
             warnings.warn(f"video values reach {peak:g}: vitok models take [-1, 1] (vitok.data.frames_to_tensor "
                           f"converts uint8 frames)", stacklevel=2)
-        if video.shape[-1] == 3 < video.shape[-2]:   # 3 px wide and taller: most likely channels last
+        # 3 px wide and taller: most likely channels last, unless its channels are innermost in memory, as
+        # frames_to_tensor leaves them (then it is a 3-px-wide video, as the codecs and extract pass it)
+        if video.shape[-1] == 3 < video.shape[-2] and video.stride(1) != 1:
             warnings.warn(f"video of shape {tuple(video.shape)} is read as (B,3,T,H,W) 3 pixels wide; if it is "
                           f"(B,T,H,W,3), convert it with vitok.data.frames_to_tensor", stacklevel=2)
         num_tokens = _count(num_tokens)
@@ -226,10 +229,11 @@ class Tokenizer(nn.Module):
         with self._context(video):
             for c in range(g.chunks):
                 start, stop = g.chunk_range(c)
-                chunk = video[:, :, start:stop].to(self.device, self.dtype)
-                chunk = pad_chunk(chunk, g.unit_frames, g.rows.padded, g.cols.padded)
-                for _, _, y0, x0 in g.tiles():
-                    mean, logvar = self.encode_unit(chunk[..., y0:y0 + g.rows.tile, x0:x0 + g.cols.tile])
+                chunk = video[:, :, start:stop]
+                for _, _, y0, x0 in g.tiles():   # each tile padded on its own (see pad_region)
+                    tile = pad_region(chunk, g.unit_frames, g.rows.padded, g.cols.padded, y0, x0, g.rows.tile,
+                                      g.cols.tile)
+                    mean, logvar = self.encode_unit(tile.to(self.device, self.dtype))
                     means.append(mean)
                     logvars.append(logvar)
             z = torch.cat(means, dim=1)
@@ -243,19 +247,26 @@ class Tokenizer(nn.Module):
         """Latents -> video (B,3,T,H,W) cropped to the original geometry (tiles blended, chunks concatenated)."""
         self._check_latents(latents)
         g = self.plan(latents.frames, latents.height, latents.width, latents.tiled)
-        out, acc = [], None
+        out, acc = [], None   # chunks; one chunk alone is returned as it is, several fill one output tensor
         for c, (i, j, y0, x0), tile in self.decode_tiles(latents):
+            start, stop = g.chunk_range(c)
             if g.rows.count * g.cols.count == 1:
                 acc = tile
             else:
-                if i == j == 0:
-                    acc = tile.new_zeros(*tile.shape[:3], g.rows.padded, g.cols.padded)
-                acc[..., y0:y0 + g.rows.tile, x0:x0 + g.cols.tile] += tile * blend_weights(g, i, j, tile.device)
+                if i == j == 0:   # the chunk's real frames only: a short last chunk's padding is never kept
+                    acc = tile.new_zeros(*tile.shape[:2], stop - start, g.rows.padded, g.cols.padded)
+                acc[..., y0:y0 + g.rows.tile, x0:x0 + g.cols.tile] += \
+                    tile[:, :, :stop - start] * blend_weights(g, i, j, tile.device)
             if (i, j) == (g.rows.count - 1, g.cols.count - 1):
-                start, stop = g.chunk_range(c)
-                out.append(acc[:, :, :stop - start, :g.height, :g.width])
-        video = torch.cat(out, dim=2) if len(out) > 1 else out[0]
-        return video.clone() if torch.is_inference(video) else video
+                part = acc[:, :, :stop - start, :g.height, :g.width]
+                if g.chunks == 1:
+                    out = part
+                else:
+                    if c == 0:
+                        out = part.new_empty(*part.shape[:2], g.frames, g.height, g.width)
+                    out[:, :, start:stop] = part
+                acc = None
+        return out.clone() if torch.is_inference(out) else out
 
     def decode_tiles(self, latents: Latents) -> Iterator[tuple[int, tuple[int, int, int, int], torch.Tensor]]:
         """Decode unit by unit: ``(chunk, (row, col, y0, x0), tile)`` with ``tile`` (B,3,unit_frames,tile_h,tile_w),

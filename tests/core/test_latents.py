@@ -245,5 +245,12 @@ def test_encode_takes_any_integer_token_count_and_warns_on_a_0_255_video(tok1d):
             tok1d.encode(video, num_tokens=bad)
     with pytest.warns(UserWarning, match=r"read as \(B,3,T,H,W\) 3 pixels wide; if it is \(B,T,H,W,3\)"):
         tok1d.encode(torch.zeros(1, 3, 32, 32, 3))   # 3 frames, channels last
+    import warnings
+
+    from vitok.data import frames_to_tensor
+
+    with warnings.catch_warnings():   # a 3-px-wide video as frames_to_tensor gives it (the codecs, extract) is one
+        warnings.simplefilter("error")
+        tok1d.encode(frames_to_tensor(np.zeros((4, 32, 3, 3), dtype=np.uint8)))
     with pytest.warns(UserWarning, match="video values reach 25[0-9.]*: vitok models take \\[-1, 1\\]"):
         tok1d.encode((video + 1) * 127.5)

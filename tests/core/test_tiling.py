@@ -105,3 +105,19 @@ def test_untiled_call_matches_untiled_model(clip):
     assert tok.encode(video).layout[1:] == (3, 4)
     with pytest.raises(vitok.VitokError, match="1D models"):
         vitok.create_model("vit1d-tiny").freeze().encode(video, tiled=False)
+
+
+@pytest.mark.parametrize("T,H,W,frames,ph,pw", [(4, 16, 16, 20, 0, 0), (3, 5, 16, 4, 3, 9), (1, 2, 3, 4, 9, 30),
+                                                (4, 16, 3, 8, 15, 2), (2, 1, 1, 4, 7, 7)])
+def test_a_tile_padded_on_its_own_equals_its_part_of_the_padded_chunk(T, H, W, frames, ph, pw):
+    """encode pads each tile from its own pixels (memory for one tile, not a whole padded chunk): the values must
+    be those of pad_chunk, reflection and replication alike, for every tile position."""
+    from vitok.geometry import pad_chunk, pad_region
+
+    x = torch.randn(1, 3, T, H, W)
+    full = pad_chunk(x, frames, H + ph, W + pw)
+    for th, tw in ((1, 1), ((H + ph) // 2 or 1, (W + pw) // 2 or 1), (H + ph, W + pw)):
+        for y0 in range(H + ph - th + 1):
+            for x0 in range(W + pw - tw + 1):
+                assert torch.equal(pad_region(x, frames, H + ph, W + pw, y0, x0, th, tw),
+                                   full[..., y0:y0 + th, x0:x0 + tw]), (y0, x0, th, tw)
