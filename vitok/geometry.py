@@ -129,9 +129,12 @@ def pad_region(x: torch.Tensor, frames: int, height: int, width: int, y0: int, x
     20-frame unit is 0.5 GB of float32)."""
     T, H, W = x.shape[-3:]
     reflect = height - H < H and width - W < W   # pad_chunk's rule, for the whole frame
-    x = x.index_select(-2, _source_rows(y0, tile_h, H, reflect, x.device))
-    x = x.index_select(-1, _source_rows(x0, tile_w, W, reflect, x.device))
-    return x.index_select(-3, torch.arange(frames, device=x.device).clamp_(max=T - 1)) if T < frames else x
+    # inside the frame a view; past its edge the copied rows (a tile's worth)
+    x = x[..., y0:y0 + tile_h, :] if y0 + tile_h <= H else x.index_select(-2, _source_rows(y0, tile_h, H, reflect,
+                                                                                            x.device))
+    x = x[..., x0:x0 + tile_w] if x0 + tile_w <= W else x.index_select(-1, _source_rows(x0, tile_w, W, reflect,
+                                                                                         x.device))
+    return F.pad(x, (0, 0, 0, 0, 0, frames - T), mode="replicate") if T < frames else x
 
 
 def ramp(axis: Axis, index: int, device: torch.device | str | None = None) -> torch.Tensor:
