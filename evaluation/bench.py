@@ -156,7 +156,8 @@ def bench_codecs(codecs: Sequence[Any], frames: np.ndarray, fps: Fraction,
     if threads is not None:
         torch.set_num_threads(threads)
     rows = []
-    for spec, c, op, is_ref in tqdm(todo, desc="bench", unit="codec", disable=not progress, leave=False):
+    # a bar on a terminal only (None: tqdm leaves it out when stderr is not one)
+    for spec, c, op, is_ref in tqdm(todo, desc="bench", unit="codec", disable=None if progress else True, leave=False):
         run_op = _with_threads(c, op, threads)
         if isolate:
             row = _bench_isolated(spec, frames, fps, run_op, repeat, warmup)

@@ -264,7 +264,8 @@ def rd_sweep(clips: Iterable, codecs: Sequence, operating_points: Any = None, *,
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(jobs), initial=len(done), desc="rd", unit="pt", disable=not progress, leave=False)
+    bar = tqdm(total=len(jobs), initial=len(done), desc="rd", unit="pt", disable=None if progress else True,
+               leave=False)   # a bar on a terminal only (None: tqdm leaves it out when stderr is not one)
     try:
         for rec in _execute(todo, workers):
             done[rec["key"]] = rec

@@ -343,3 +343,16 @@ def test_rd_plot_checks_the_fields_it_reads(tmp_path, cli_error):
 def test_rd_help_says_what_eval_means():
     text = CliRunner().invoke(cli, ["rd", "--help"]).output
     assert "vitok rd eval" in text and "the 8 held-out sample segments" in text
+
+
+@pytest.mark.filterwarnings("ignore:LPIPS unavailable")
+def test_rd_and_bench_show_no_bars_when_stderr_is_not_a_terminal(tmp_path, small_clip):
+    """Without -q, bars show on a terminal only (as encode's and decode's): a captured stderr holds no
+    carriage-return bar lines."""
+    for args in (["rd", str(small_clip), "--codec", "h264", "--frames", "3", "--op", "h264:crf=30", "-o",
+                  str(tmp_path / "rd")],
+                 ["bench", "codec", "--clip", str(small_clip), "--frames", "3", "--repeat", "1", "--codec", "h264",
+                  "--same-process"]):
+        r = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        assert "\r" not in r.stderr and "%|" not in r.stderr, args
