@@ -48,7 +48,8 @@ def _check_input(path: str) -> None:
 @click.option("--step", type=float, default=None, help="Quantization step (in latent std units; larger = smaller).")
 @click.option("--tokens", type=click.IntRange(min=1), default=None, help="1D models: tokens per chunk unit.")
 @click.option("--bytes", "target_bytes", type=click.IntRange(min=1), default=None,
-              help="Target file size in bytes (rate control picks tokens/step per chunk, and with --per-tile per tile).")
+              help="Target file size in bytes (rate control picks tokens/step per chunk; for a 1D model whose frames "
+                   "span several tiles, with --per-tile, per tile).")
 @click.option("--psnr", type=float, default=None, help="Target PSNR (dB) per chunk: the cheapest setting reaching it.")
 @click.option("--per-tile/--per-chunk", "per_tile", default=True, show_default=True,
               help="With --bytes/--psnr, a 1D model whose frames span several tiles picks a token count per tile "

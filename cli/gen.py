@@ -32,7 +32,7 @@ def gen() -> None:
               help="Attention heads (must divide --width).")
 @click.option("--cond", type=click.Choice(["none", "clip"]), default="none", show_default=True,
               help="Condition on nothing or on the clip's index in the set.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and the batches.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights, the batches and the flow noise.")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True,
               help="Steps per logged mean loss (log.jsonl and stderr).")
 @device_option

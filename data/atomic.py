@@ -17,13 +17,21 @@ def _name_output(e: BaseException, dest: Path) -> None:
         e.filename = str(dest)
 
 
+_NO_FOLDER_SYNC = (errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM)
+
+
 def fsync_path(path: Path) -> None:
-    """Flush a file, or a folder's list of entries (so a rename inside it survives a power loss), to the disk."""
-    if path.is_dir() and os.name != "posix":   # folders cannot be opened for syncing elsewhere
+    """Flush a file, or a folder's list of entries (so a rename inside it survives a power loss), to the disk. A
+    folder is flushed where the system allows it (some file systems refuse, as PostgreSQL also tolerates)."""
+    folder = path.is_dir()
+    if folder and os.name != "posix":   # folders cannot be opened for syncing elsewhere
         return
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY if folder else os.O_RDWR)   # Windows flushes only files open for writing
     try:
         os.fsync(fd)
+    except OSError as e:
+        if not (folder and e.errno in _NO_FOLDER_SYNC):
+            raise
     finally:
         os.close(fd)
 

@@ -121,3 +121,22 @@ def test_a_tile_padded_on_its_own_equals_its_part_of_the_padded_chunk(T, H, W, f
             for x0 in range(W + pw - tw + 1):
                 assert torch.equal(pad_region(x, frames, H + ph, W + pw, y0, x0, th, tw),
                                    full[..., y0:y0 + th, x0:x0 + tw]), (y0, x0, th, tw)
+
+
+@pytest.mark.parametrize("arch", ["vit-tiny", "cnn-tiny"])
+def test_several_chunks_of_tiles_decode_as_each_chunk_alone(clip, arch):
+    """Chunks code independently: a video of two whole chunks and a short last one, cut into tiles, decodes to
+    each chunk's own decode laid end to end (the decoder fills one output with each chunk's real frames); the short
+    chunk is coded padded to a whole one by repeating its last frame."""
+    torch.manual_seed(0)
+    tok = vitok.create_model(arch, tile_size=32).freeze()
+    n = tok.clip_frames
+    video = clip(2 * n + 3, 40, 56)
+    lat = tok.encode(video)
+    assert lat.layout[0] == 3 and lat.layout[1] * lat.layout[2] > 1
+    out = tok.decode(lat)
+    last = video[:, :, 2 * n:]
+    last = torch.cat([last, last[:, :, -1:].expand(-1, -1, n - 3, -1, -1)], dim=2)
+    parts = [tok.decode(tok.encode(part)) for part in (video[:, :, :n], video[:, :, n:2 * n], last)]
+    assert out.shape == video.shape
+    torch.testing.assert_close(out, torch.cat(parts, dim=2)[:, :, :2 * n + 3], atol=1e-6, rtol=1e-6)

@@ -120,3 +120,25 @@ def test_complete_checkpoints_put_latest_first_then_newest(tmp_path):
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000003", "step-00000002", "step-00000001"]
     (root / "step-00000003" / "tensors.safetensors").unlink()
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000002", "step-00000001"]
+
+
+def test_a_file_system_that_cannot_flush_folders_still_checkpoints(tmp_path, monkeypatch):
+    """Some file systems refuse fsync on a folder (EINVAL): the folder flush is best effort there, a file's is not."""
+    import errno
+    import os
+    import stat
+
+    real = os.fsync
+
+    def refuse_folders(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", refuse_folders)
+    save_checkpoint(tmp_path, 1, {"w": torch.ones(2)})
+    assert load_checkpoint(latest_checkpoint(tmp_path))[0] == 1
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(OSError, match="I/O error"):
+        save_checkpoint(tmp_path, 2, {"w": torch.ones(2)})
+    assert latest_checkpoint(tmp_path).name == "step-00000001"

@@ -734,7 +734,10 @@ def test_resume_falls_back_from_an_unreadable_checkpoint(make_cfg, metrics, tmp_
     assert train(cfg, b, resume=True, quiet=True)["steps"] == 6
     err = capsys.readouterr().err
     assert "step-00000004/tensors.safetensors: unreadable" in err
-    assert "resuming from the checkpoint before it, step-00000002" in err
+    assert "moved it to unreadable-step-00000004 and trying step-00000002" in err
+    # moved out of the checkpoints, so rotation keeps good ones (it had kept the unreadable one as the newest)
+    assert sorted(p.name for p in (b / "checkpoints").glob("*step-*")) == ["step-00000004", "step-00000006",
+                                                                           "unreadable-step-00000004"]
     sessions = json.loads((b / "train_info.json").read_text())["sessions"]
     assert [(s["start_step"], s["end_step"]) for s in sessions] == [(0, 2), (2, 6)]   # as step 2 recorded it
     la, lb = ([(r["step"], r["loss"]) for r in metrics(run) if "loss" in r] for run in (tmp_path / "a", b))
@@ -744,7 +747,7 @@ def test_resume_falls_back_from_an_unreadable_checkpoint(make_cfg, metrics, tmp_
     train(cfg, c, quiet=True, stop_at=4)
     for ckpt in (c / "checkpoints").glob("step-*"):
         (ckpt / "tensors.safetensors").write_bytes(b"\0" * 10)
-    with pytest.raises(VitokError, match="step-00000004/tensors.safetensors: unreadable .*no earlier checkpoint reads"):
+    with pytest.raises(VitokError, match="step-00000004/tensors.safetensors: unreadable .*no other checkpoint reads"):
         train(cfg, c, resume=True, quiet=True)
 
 
@@ -761,3 +764,38 @@ def test_resume_takes_a_checkpoint_a_kill_left_set_aside(make_cfg, tmp_path):
     sessions = json.loads((tmp_path / "train_info.json").read_text())["sessions"]
     assert [(s["start_step"], s["end_step"]) for s in sessions] == [(0, 4), (4, 6)]
     assert not list(root.glob(".step-*"))
+
+
+def test_every_rank_resumes_from_rank_0s_choice(monkeypatch, tmp_path):
+    """Under torchrun rank 0 picks the checkpoint (past an unreadable one) and the others load that one, even where
+    their own read of the newest would have worked: ranks at different steps would diverge or hang."""
+    from types import SimpleNamespace
+
+    import torch as th
+
+    from vitok.train import distributed as D
+    from vitok.train import trainer as T
+    from vitok.train.checkpoint import save_checkpoint
+
+    paths = [save_checkpoint(tmp_path, step, {"w": th.ones(1) * step}, keep=3) for step in (2, 4)][::-1]
+    sent = {}
+    monkeypatch.setattr(D, "broadcast_object", lambda obj, info: sent.setdefault("obj", obj))
+    loaded = []
+    me = SimpleNamespace(info=D.DistInfo(rank=1, world=2), main=False, log=print,
+                         _load=lambda path, step, state: loaded.append((path.name, step)))
+    sent["obj"] = paths[1]   # rank 0 found step 4 unreadable on its disk and chose step 2
+    T.Trainer._load_newest_readable(me, paths)
+    assert loaded == [("step-00000002", 2)]
+    sent["obj"] = VitokError("checkpoint step-00000004: unreadable; no other checkpoint reads either")
+    with pytest.raises(VitokError, match="no other checkpoint reads either"):
+        T.Trainer._load_newest_readable(me, paths)
+    # rank 0 itself: the unreadable newest is moved aside, the next one chosen and sent
+    (paths[0] / "tensors.safetensors").write_bytes(b"\0" * 10)
+    sent.clear()
+    logs, loaded[:] = [], []
+    rank0 = SimpleNamespace(info=D.DistInfo(rank=0, world=2), main=True, log=logs.append,
+                            _load=lambda path, step, state: loaded.append((path.name, step)))
+    T.Trainer._load_newest_readable(rank0, paths)
+    assert sent["obj"] == paths[1] and loaded == [("step-00000002", 2)]
+    assert "moved it to unreadable-step-00000004 and trying step-00000002" in logs[0]
+    assert not paths[0].exists() and (tmp_path / "checkpoints" / "unreadable-step-00000004").is_dir()

@@ -299,7 +299,8 @@ class Trainer:
                                   "lr": float(sched["lr"]), "device": self._device_text(), "processes": info.world,
                                   "precision": self.precision, "seconds": 0.0})
         self._elapsed_at_start = self.elapsed
-        # only once everything the config builds exists: a bad config leaves the folder as it was
+        # only once everything the config builds exists: a bad config leaves the folder as it was (a --resume has at
+        # most put back a checkpoint a kill set aside and removed partial writes)
         self._prepare_out_dir(resume, overwrite)
         self.fwd, self.disc_fwd = self.forward, self.disc
         if info.enabled:
@@ -378,19 +379,32 @@ class Trainer:
 
     def _load_newest_readable(self, paths: list[Path]) -> None:
         """Resume from the first of ``paths`` that reads; one that does not (a disk fault, a power loss before
-        checkpoints were flushed) is named and the one before it taken."""
-        newest_error = None
-        for i, path in enumerate(paths):
-            try:
-                step, state = load_checkpoint(path)
-            except VitokError as e:
-                newest_error = newest_error or e
-                if i + 1 == len(paths):
-                    raise VitokError(f"{newest_error}" + ("; no earlier checkpoint reads either" if i else "")) \
-                        from None
-                self.log(f"warning: {e}; resuming from the checkpoint before it, {paths[i + 1].name}")
-                continue
-            return self._load(path, step, state)
+        checkpoints were flushed) is named, moved out of the run's checkpoints (so rotation cannot keep it in place
+        of a good one) and the next taken. Rank 0 chooses and every rank loads its choice, so no rank resumes at
+        another step."""
+        chosen: Any = None
+        if self.main:
+            newest_error = None
+            for i, path in enumerate(paths):
+                try:
+                    loaded = load_checkpoint(path)
+                except VitokError as e:
+                    newest_error = newest_error or e
+                    if i + 1 < len(paths):
+                        aside = path.with_name(f"unreadable-{path.name}")
+                        shutil.rmtree(aside, ignore_errors=True)
+                        os.replace(path, aside)
+                        self.log(f"warning: {e}; moved it to {aside.name} and trying {paths[i + 1].name}")
+                    continue
+                chosen = path
+                break
+            else:
+                chosen = VitokError(f"{newest_error}" + ("; no other checkpoint reads either" if len(paths) > 1
+                                                         else ""))
+        chosen = D.broadcast_object(chosen, self.info)
+        if isinstance(chosen, VitokError):
+            raise chosen
+        self._load(chosen, *(loaded if self.main else load_checkpoint(chosen)))
 
     def _load(self, path: Path, step: int, state: dict[str, Any]) -> None:
         self.step = step
