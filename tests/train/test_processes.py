@@ -70,6 +70,16 @@ def test_torchrun_two_cpu_processes(tmp_path, sub_env, metrics):
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "eval", "metrics.jsonl", "model",
                                                      "train_info.json"]
     assert not [p for p in run.rglob(".*")]                           # no stray temp files
+    # the newest checkpoint unreadable: rank 0 moves it aside and both ranks resume from step 2, to step 6
+    (run / "checkpoints" / "step-00000004" / "tensors.safetensors").write_bytes(b"\0" * 10)
+    resumed = [a if a != "schedule.steps=4" else "schedule.steps=6" for a in cmd] + ["--resume"]
+    done = subprocess.run(resumed, cwd=tmp_path, env=sub_env, capture_output=True, timeout=300)
+    err = done.stderr.decode()
+    assert done.returncode == 0, err[-3000:]
+    assert err.count("moved it to unreadable-step-00000004 and trying step-00000002") == 1
+    assert [r["step"] for r in metrics(run) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    sessions = json.loads((run / "train_info.json").read_text())["sessions"]
+    assert [(s["start_step"], s["end_step"], s["processes"]) for s in sessions] == [(0, 2, 2), (2, 6, 2)]
 
 
 @pytest.mark.slow
