@@ -88,7 +88,10 @@ def encode(input, output, model, step, tokens, target_bytes, psnr, per_tile, num
     text = (f"{out}: {stats.frames} frames {stats.width}x{stats.height} @ {float(stats.fps):.4g} fps -> "
             f"{stats.file_bytes} bytes ({stats.bpp:.4f} bpp, {stats.kbps:.1f} kbps), {stats.chunks} chunks{tok}; "
             f"entropy-coded {stats.entropy_bytes} bytes (model estimate {stats.estimated_bytes:.0f})")
-    short = [] if psnr is None else [p for p in stats.chunk_psnr if p is not None and p < psnr]
+    reached = [] if psnr is None else [p for p in stats.chunk_psnr if p is not None]
+    if reached:   # what the target gave, chunk by chunk
+        text += f"\nPSNR {min(reached):.2f} to {max(reached):.2f} dB over the {len(reached)} chunks (target {psnr:g})"
+    short = [p for p in reached if p < psnr]
     if short:
         text += (f"\n{len(short)} of {stats.chunks} chunks could not reach {psnr:g} dB even at the finest setting "
                  f"(lowest {min(short):.2f} dB)")

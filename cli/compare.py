@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from vitok.cli.common import check_output, emit, json_option, overwrite_option
+from vitok.cli.common import check_output, emit, json_option, overwrite_option, set_threads, threads_option
 from vitok.codecs.models import DEFAULT_MODEL
 from vitok.data.errors import VitokError
 
@@ -19,9 +19,10 @@ from vitok.data.errors import VitokError
 @click.option("--frames", type=click.IntRange(min=1), default=17, show_default=True, help="Frames to code.")
 @click.option("-o", "--output", default=None,
               help="Side-by-side PNG [default: <clip name>_compare.png in the current folder].")
+@threads_option
 @overwrite_option
 @json_option
-def compare(input, model, codecs, frames, output, overwrite, as_json) -> None:
+def compare(input, model, codecs, frames, output, threads, overwrite, as_json) -> None:
     """Encode INPUT (file or sample name) with vitok, then each codec at the CRF that matches vitok's PSNR."""
     from vitok.evaluation.clips import load_clip
     from vitok.evaluation.compare import compare_codecs, unmatched_note
@@ -34,6 +35,7 @@ def compare(input, model, codecs, frames, output, overwrite, as_json) -> None:
                              "give the vitok model with --model")
     if output is not None and Path(output).suffix != ".png":
         raise VitokError(f"output {output}: the side-by-side image is a PNG; give a name ending in .png")
+    set_threads(threads)
     name, video, fps = load_clip(input, frames)
     out = check_output(output or f"{Path(name).name.replace(':', '_')}_compare.png", overwrite, inputs=[input])
     rows, shown, _ = compare_codecs(video, fps, model=model, codecs=codecs)
@@ -43,7 +45,7 @@ def compare(input, model, codecs, frames, output, overwrite, as_json) -> None:
     plot_side_by_side([(labels.get(k, k), v) for k, v in shown.items()], out,
                       title=f"{name}: middle frame at matched PSNR")
     t, h, w = video.shape[:3]
-    text = f"{name}: {t} frames {w}x{h} @ {float(fps):.3g} fps\n" + format_table(rows, [
+    text = f"{name}: {t} frames {w}x{h} @ {float(fps):.4g} fps\n" + format_table(rows, [
         ("label", "codec", ""), ("bytes", "bytes", "d"), ("bpp", "bpp", ".4f"), ("psnr", "PSNR", ".2f"),
         ("ssim", "SSIM", ".4f"), ("encode_s", "enc s", ".3f"), ("decode_s", "dec s", ".3f")])
     emit({"clip": name, "frames": t, "width": w, "height": h, "fps": str(fps), "rows": rows, "image": str(out)},

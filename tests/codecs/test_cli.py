@@ -90,6 +90,16 @@ def test_encode_text_output(video, tiny1d, tmp_path):
     r = CliRunner().invoke(cli, ["encode", str(video), "-o", str(tmp_path / "p.vtok"), "--model", str(tiny1d[2]),
                                  "--psnr", "99", "-q"])
     assert r.exit_code == 0 and "3 of 3 chunks could not reach 99 dB even at the finest setting" in r.stdout
+    r = CliRunner().invoke(cli, ["encode", str(video), "-o", str(tmp_path / "q.vtok"), "--model", str(tiny1d[2]),
+                                 "--psnr", "5", "-q", "--json"])
+    reached = json.loads(r.stdout)["chunk_psnr"]
+    r = CliRunner().invoke(cli, ["encode", str(video), "-o", str(tmp_path / "q.vtok"), "--model", str(tiny1d[2]),
+                                 "--psnr", "5", "-q", "-y"])   # the text says what the target gave
+    assert len(reached) == 3 and min(reached) >= 5
+    import re
+
+    said = re.search(r"PSNR ([\d.]+) to ([\d.]+) dB over the 3 chunks \(target 5\)", r.stdout)
+    assert said and [float(v) for v in said.groups()] == pytest.approx([min(reached), max(reached)], abs=0.006)
 
 
 def test_encode_frame_folder(clip, tiny1d, tmp_path, capsys):
