@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from vitok.cli.common import emit, json_option, set_threads, threads_option
+from vitok.cli.common import count, emit, json_option, set_threads, threads_option
 
 
 @click.command("train")
@@ -28,7 +28,7 @@ def bench_train(config: str, sets: tuple[str, ...], steps: int, warmup: int, dev
         cfg["device"] = device
     r = run_bench(cfg, steps=steps, warmup=warmup)
     text = (f"{r['config']} ({r['model']}, {r['params'] / 1e6:.2f}M params) on {r['device']} "
-            f"({r['threads']} threads, {r['precision']}): {r['clips_per_s']:.2f} clips/s "
+            f"({count(r['threads'], 'thread')}, {r['precision']}): {r['clips_per_s']:.2f} clips/s "
             f"(batch {r['batch_size']} of {'x'.join(map(str, r['clip']))}; step {r['step_s']:.3f} s, "
             f"data {r['data_s']:.3f} s); one data worker makes {r['worker_clips_per_s']:.1f} clips/s")
     emit(r, as_json, text)

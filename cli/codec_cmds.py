@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vitok.cli.common import (check_output, device_option, emit, json_option, overwrite_option, progress,
+from vitok.cli.common import (check_output, count, device_option, emit, json_option, overwrite_option, progress,
                               quiet_option, resolve_device, set_threads, threads_option)
 from vitok.codecs.models import DEFAULT_MODEL
 from vitok.data.errors import VitokError
@@ -86,11 +86,12 @@ def encode(input, output, model, step, tokens, target_bytes, psnr, per_tile, num
     result = {"output": str(out), "model": codec.model_ref, **stats.to_dict()}
     tok = "" if stats.tokens[0] is None else f", tokens/chunk {_runs(stats.tokens)}"
     text = (f"{out}: {stats.frames} frames {stats.width}x{stats.height} @ {float(stats.fps):.4g} fps -> "
-            f"{stats.file_bytes} bytes ({stats.bpp:.4f} bpp, {stats.kbps:.1f} kbps), {stats.chunks} chunks{tok}; "
-            f"entropy-coded {stats.entropy_bytes} bytes (model estimate {stats.estimated_bytes:.0f})")
+            f"{stats.file_bytes} bytes ({stats.bpp:.4f} bpp, {stats.kbps:.1f} kbps), {count(stats.chunks, 'chunk')}"
+            f"{tok}; entropy-coded {stats.entropy_bytes} bytes (model estimate {stats.estimated_bytes:.0f})")
     reached = [] if psnr is None else [p for p in stats.chunk_psnr if p is not None]
     if reached:   # what the target gave, chunk by chunk
-        text += f"\nPSNR {min(reached):.2f} to {max(reached):.2f} dB over the {len(reached)} chunks (target {psnr:g})"
+        text += (f"\nPSNR {min(reached):.2f} to {max(reached):.2f} dB over {count(len(reached), 'chunk')} "
+                 f"(target {psnr:g})")
     short = [p for p in reached if p < psnr]
     if short:
         text += (f"\n{len(short)} of {stats.chunks} chunks could not reach {psnr:g} dB even at the finest setting "
@@ -193,7 +194,7 @@ def info(file, as_json) -> None:
                  f"  model {meta.get('model')} ({meta.get('kind')}, weights {meta.get('weights')}), "
                  f"tables {meta.get('tables')}, step {meta.get('step') or 'chosen per chunk'}",
                  f"  {d['frames']} frames {d['width']}x{d['height']}{_aspect_text(d['sample_aspect_ratio'])} @ "
-                 f"{d['fps']} fps, {d['chunks']} chunks of {d['chunk_frames']} frames",
+                 f"{d['fps']} fps, {count(d['chunks'], 'chunk')} of {d['chunk_frames']} frames",
                  f"  {d['bpp']:.4f} bpp, {d['kbps']:.1f} kbps, payload {d['payload_bytes']} bytes",
                  "  chunk  frames  bytes  tokens  step"]
         lines += [f"  {c['index']:>5}  {c['frames']:>6}  {c['bytes']:>5}  {_tokens_text(c['tokens']):>6}  {c['step']:g}"

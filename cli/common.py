@@ -66,6 +66,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def count(n: int, noun: str) -> str:
+    """'1 chunk', '3 chunks': a count and its noun, plural unless one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def emit(result: Any, as_json: bool, text: str) -> None:
     """Results go to stdout: JSON with ``--json`` (NaN and infinities as null: JSON has no such numbers), else the
     human text."""

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from vitok.cli.common import check_output, device_option, emit, json_option, overwrite_option, progress, \
+from vitok.cli.common import check_output, count, device_option, emit, json_option, overwrite_option, progress, \
     quiet_option, resolve_device, set_threads, threads_option
 from vitok.data.errors import VitokError
 
@@ -32,7 +32,8 @@ def gen() -> None:
               help="Attention heads (must divide --width).")
 @click.option("--cond", type=click.Choice(["none", "clip"]), default="none", show_default=True,
               help="Condition on nothing or on the clip's index in the set.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights, the batches and the flow noise.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the weights, the batches and the flow noise.")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True,
               help="Steps per logged mean loss (log.jsonl and stderr).")
 @device_option
@@ -63,8 +64,8 @@ def train(shards_dir: str, out_dir: str, steps: int, batch_size: int, lr: float,
     # one log window (steps <= --log-every): its mean is the only figure, not a first and a last one
     loss = f"loss {s['first_loss']:.4f} -> {s['final_loss']:.4f}" if s["log_windows"] > 1 else \
         f"mean loss {s['final_loss']:.4f} over the {s['steps']} steps (one --log-every window)"
-    emit(s, as_json, f"trained {s['params']:,}-parameter generator on {s['clips']} clips for {s['steps']} steps "
-                     f"({s['seconds']:.1f}s): {loss}; saved to {s['out']}")
+    emit(s, as_json, f"trained {s['params']:,}-parameter generator on {count(s['clips'], 'clip')} for "
+                     f"{count(s['steps'], 'step')} ({s['seconds']:.1f}s): {loss}; saved to {s['out']}")
 
 
 @gen.command()

@@ -5,7 +5,7 @@ import os
 
 import click
 
-from vitok.cli.common import device_option, emit, json_option, overwrite_option, quiet_option, set_threads, \
+from vitok.cli.common import count, device_option, emit, json_option, overwrite_option, quiet_option, set_threads, \
     threads_option
 
 
@@ -54,16 +54,17 @@ def extract(input_dir: str, out_dir: str, model: str, frames: int | None, size: 
 
     def on_shard(index: int, record: dict) -> None:
         if not quiet:
-            click.echo(f"rank {rank}: shard {index}: {len(record['clips'])} clips, {len(record['skipped'])} skipped",
-                       err=True)
+            click.echo(f"rank {rank}: shard {index}: {count(len(record['clips']), 'clip')}, "
+                       f"{len(record['skipped'])} skipped", err=True)
 
     summary = extract_latents(input_dir, out_dir, model, frames=frames, size=parse_size(size), tokens=tokens,
                               clips_per_video=clips_per_video, shard_size=shard_size, batch_size=batch_size,
                               device=resolve_device(device), overwrite=overwrite, on_shard=on_shard)
     if rank != 0:
         return
-    text = (f"{summary['clips']} clips in {summary['shards']} shards ({summary['skipped']} files skipped) -> "
-            f"{summary['manifest']}\n{summary['clips_made_total']} clips encoded by {summary['world_size']} "
+    text = (f"{count(summary['clips'], 'clip')} in {count(summary['shards'], 'shard')} "
+            f"({summary['skipped']} files skipped) -> "
+            f"{summary['manifest']}\n{count(summary['clips_made_total'], 'clip')} encoded by {summary['world_size']} "
             f"process(es) in {summary['wall_seconds']:.2f}s ({summary['clips_per_s']:.2f} clips/s)")
     emit(summary, as_json, text)
 

@@ -79,6 +79,9 @@ def test_encode_per_tile_rate_control(video, tiny1d, tmp_path):
 
     assert _tokens_text([64, 8]) == "64/8" and _tokens_text(None) == "all"
     assert _runs([(64, 8), (64, 8), 16]) == "64/8x2 16"
+    from vitok.cli.common import count
+
+    assert (count(1, "chunk"), count(0, "chunk"), count(3, "thread")) == ("1 chunk", "0 chunks", "3 threads")
 
 
 def test_encode_text_output(video, tiny1d, tmp_path):
@@ -98,7 +101,7 @@ def test_encode_text_output(video, tiny1d, tmp_path):
     assert len(reached) == 3 and min(reached) >= 5
     import re
 
-    said = re.search(r"PSNR ([\d.]+) to ([\d.]+) dB over the 3 chunks \(target 5\)", r.stdout)
+    said = re.search(r"PSNR ([\d.]+) to ([\d.]+) dB over 3 chunks \(target 5\)", r.stdout)
     assert said and [float(v) for v in said.groups()] == pytest.approx([min(reached), max(reached)], abs=0.006)
 
 
