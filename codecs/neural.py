@@ -634,4 +634,4 @@ def _counts_text(tokens: ChunkTokens) -> str:
 
 def _sse(rec: np.ndarray, frames: np.ndarray) -> float:
     """Summed squared error of decoded uint8 frames against the originals."""
-    return sum(float(((r.astype(np.float64) - f) ** 2).sum()) for r, f in zip(rec, frames, strict=True))   # a frame at a time
+    return sum(float(((r.astype(np.float64) - f) ** 2).sum()) for r, f in zip(rec, frames, strict=True))   # by frame

@@ -157,7 +157,8 @@ def bench_codecs(codecs: Sequence[Any], frames: np.ndarray, fps: Fraction,
         torch.set_num_threads(threads)
     rows = []
     # a bar on a terminal only (None: tqdm leaves it out when stderr is not one)
-    for spec, c, op, is_ref in tqdm(todo, desc="bench", unit="codec", disable=None if progress else True, leave=False):
+    bar = tqdm(todo, desc="bench", unit="codec", disable=None if progress else True, leave=False)
+    for spec, c, op, is_ref in bar:
         run_op = _with_threads(c, op, threads)
         if isolate:
             row = _bench_isolated(spec, frames, fps, run_op, repeat, warmup)

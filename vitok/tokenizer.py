@@ -247,7 +247,8 @@ class Tokenizer(nn.Module):
         """Latents -> video (B,3,T,H,W) cropped to the original geometry (tiles blended, chunks concatenated)."""
         self._check_latents(latents)
         g = self.plan(latents.frames, latents.height, latents.width, latents.tiled)
-        out, acc = [], None   # chunks; one chunk alone is returned as it is, several fill one output tensor
+        out: torch.Tensor | None = None   # one chunk: returned as it is; several fill one output tensor
+        acc = None
         for c, (i, j, y0, x0), tile in self.decode_tiles(latents):
             start, stop = g.chunk_range(c)
             if g.rows.count * g.cols.count == 1:

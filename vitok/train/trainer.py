@@ -195,7 +195,7 @@ def freeze(tok: nn.Module, prefixes: list[str]) -> str:
 
 
 def _count_noun(n: int, noun: str) -> str:
-    """``noun`` for one, else its plural ("samples clip" reads "sample clip(s)": the source names a set)."""
+    """``noun`` for one, else its plural; the eval source "samples" makes "sample clips"."""
     noun = noun.replace("samples clip", "sample clip")
     return noun if n == 1 else noun + "s"
 
