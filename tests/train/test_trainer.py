@@ -799,3 +799,12 @@ def test_every_rank_resumes_from_rank_0s_choice(monkeypatch, tmp_path):
     assert sent["obj"] == paths[1] and loaded == [("step-00000002", 2)]
     assert "moved it to unreadable-step-00000004 and trying step-00000002" in logs[0]
     assert not paths[0].exists() and (tmp_path / "checkpoints" / "unreadable-step-00000004").is_dir()
+    # any other failure on rank 0 reaches the other ranks as a message, so none waits for a choice
+    (paths[1] / "tensors.safetensors").write_bytes(b"\0" * 10)
+    older = save_checkpoint(tmp_path / "x", 1, {"w": th.ones(1)})
+    sent.clear()
+    monkeypatch.setattr(T.os, "replace", lambda *a: (_ for _ in ()).throw(PermissionError("read-only")))
+    with pytest.raises(PermissionError):
+        T.Trainer._load_newest_readable(rank0, [paths[1], older])
+    assert isinstance(sent["obj"], VitokError)
+    assert "--resume: rank 0's choice of a checkpoint failed: PermissionError" in str(sent["obj"])

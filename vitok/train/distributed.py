@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+
+from vitok.data.errors import VitokError
 
 
 @dataclass
@@ -85,3 +87,23 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def from_rank_0(compute: Callable[[], Any], info: DistInfo, what: str) -> Any:
+    """``compute()`` run on rank 0 alone, its result on every rank. Whatever it raises is raised on every rank, so
+    none waits for a result that never comes: rank 0 its own exception, the others a VitokError with its message
+    (``"{what} failed: ..."`` for an exception that is not a VitokError)."""
+    result: Any = None
+    failure: Exception | None = None
+    if info.is_main:
+        try:
+            result = compute()
+        except Exception as e:
+            failure = e
+            result = VitokError(str(e) if isinstance(e, VitokError) else f"{what} failed: {e!r}")
+    result = broadcast_object(result, info)
+    if failure is not None:
+        raise failure
+    if isinstance(result, VitokError):
+        raise result
+    return result

@@ -194,12 +194,6 @@ def freeze(tok: nn.Module, prefixes: list[str]) -> str:
     return f"frozen: {', '.join(prefixes)} ({fixed / 1e6:.2f}M of {total / 1e6:.2f}M parameters stay fixed)"
 
 
-def _count_noun(n: int, noun: str) -> str:
-    """``noun`` for one, else its plural; the eval source "samples" makes "sample clips"."""
-    noun = noun.replace("samples clip", "sample clip")
-    return noun if n == 1 else noun + "s"
-
-
 def _frozen_fresh(tok: nn.Module, fresh: list[str]) -> list[str]:
     """The names among ``fresh`` (parameters ``model.init`` created) that are frozen, a new block as one name."""
     params = dict(tok.named_parameters())
@@ -382,29 +376,25 @@ class Trainer:
         checkpoints were flushed) is named, moved out of the run's checkpoints (so rotation cannot keep it in place
         of a good one) and the next taken. Rank 0 chooses and every rank loads its choice, so no rank resumes at
         another step."""
-        chosen: Any = None
-        if self.main:
-            newest_error = None
+        loaded: list[tuple[int, dict[str, Any]]] = []   # rank 0's read of its choice, not read twice
+
+        def choose() -> Path:
+            errors: list[VitokError] = []
             for i, path in enumerate(paths):
                 try:
-                    loaded = load_checkpoint(path)
+                    loaded.append(load_checkpoint(path))
+                    return path
                 except VitokError as e:
-                    newest_error = newest_error or e
-                    if i + 1 < len(paths):
-                        aside = path.with_name(f"unreadable-{path.name}")
-                        shutil.rmtree(aside, ignore_errors=True)
-                        os.replace(path, aside)
-                        self.log(f"warning: {e}; moved it to {aside.name} and trying {paths[i + 1].name}")
-                    continue
-                chosen = path
-                break
-            else:
-                chosen = VitokError(f"{newest_error}" + ("; no other checkpoint reads either" if len(paths) > 1
-                                                         else ""))
-        chosen = D.broadcast_object(chosen, self.info)
-        if isinstance(chosen, VitokError):
-            raise chosen
-        self._load(chosen, *(loaded if self.main else load_checkpoint(chosen)))
+                    errors.append(e)
+                if i + 1 < len(paths):
+                    aside = path.with_name(f"unreadable-{path.name}")
+                    shutil.rmtree(aside, ignore_errors=True)
+                    os.replace(path, aside)
+                    self.log(f"warning: {errors[-1]}; moved it to {aside.name} and trying {paths[i + 1].name}")
+            raise VitokError(f"{errors[0]}" + ("; no other checkpoint reads either" if len(paths) > 1 else ""))
+
+        chosen = D.from_rank_0(choose, self.info, "--resume: rank 0's choice of a checkpoint")
+        self._load(chosen, *(loaded[0] if loaded else load_checkpoint(chosen)))
 
     def _load(self, path: Path, step: int, state: dict[str, Any]) -> None:
         self.step = step
@@ -634,21 +624,8 @@ class Trainer:
         fails on every rank, with rank 0's message."""
         if not data_cfg["folder"] or not self.info.enabled:
             return None
-        scanned: Any = None
-        failure: Exception | None = None
-        if self.main:
-            try:
-                scanned = scan_folder(data_cfg, self.num_frames)
-            except Exception as e:   # whatever it is, the other ranks must not wait for a listing that never comes
-                failure = e
-                why = str(e) if isinstance(e, VitokError) else f"data.folder: rank 0's scan failed: {e!r}"
-                scanned = VitokError(why)
-        scanned = D.broadcast_object(scanned, self.info)
-        if failure is not None:
-            raise failure
-        if isinstance(scanned, VitokError):
-            raise scanned
-        return scanned
+        return D.from_rank_0(lambda: scan_folder(data_cfg, self.num_frames), self.info,
+                             "data.folder: rank 0's scan")
 
     def _checkpoint(self) -> float:
         """Checkpoint (all ranks contribute RNG states; rank 0 writes) and export the EMA model; returns its seconds,
@@ -686,8 +663,9 @@ class Trainer:
                   int(ecfg["grid_frames"]))
         self._write_metrics({"step": self.step, "eval_psnr": res["psnr"], "eval_ssim": res["ssim"],
                              "eval_s": round(time.perf_counter() - t0, 3)})
+        source = "sample" if ecfg["source"] == "samples" else ecfg["source"]   # "2 sample clips", "1 synthetic clip"
         self.log(f"eval step {self.step}: PSNR {res['psnr']:.2f} dB, SSIM {res['ssim']:.4f} "
-                 f"({res['num_segments']} {_count_noun(res['num_segments'], ecfg['source'] + ' clip')})")
+                 f"({res['num_segments']} {source} clip{'' if res['num_segments'] == 1 else 's'})")
         return res
 
     def _device_text(self) -> str:
