@@ -110,9 +110,13 @@ def pad_chunk(x: torch.Tensor, frames: int, height: int, width: int) -> torch.Te
         x = F.pad(x, (0, 0, 0, 0, 0, frames - T), mode="replicate")
     ph, pw = height - H, width - W
     if ph or pw:
-        mode = "reflect" if ph < H and pw < W else "replicate"
-        x = F.pad(x, (0, pw, 0, ph, 0, 0), mode=mode)
+        x = F.pad(x, (0, pw, 0, ph, 0, 0), mode="reflect" if _reflects(H, W, height, width) else "replicate")
     return x
+
+
+def _reflects(H: int, W: int, height: int, width: int) -> bool:
+    """Whether an H x W frame padded to height x width reflects (each pad shorter than its side) or replicates."""
+    return height - H < H and width - W < W
 
 
 def _source_rows(start: int, count: int, size: int, reflect: bool, device: torch.device) -> torch.Tensor:
@@ -128,7 +132,7 @@ def pad_region(x: torch.Tensor, frames: int, height: int, width: int, y0: int, x
     the tile's own pixels: memory for one tile, not for the whole padded chunk (a 4-frame 1080p chunk padded to a
     20-frame unit is 0.5 GB of float32)."""
     T, H, W = x.shape[-3:]
-    reflect = height - H < H and width - W < W   # pad_chunk's rule, for the whole frame
+    reflect = _reflects(H, W, height, width)   # pad_chunk's rule, for the whole frame
     # inside the frame a view; past its edge the copied rows (a tile's worth)
     x = x[..., y0:y0 + tile_h, :] if y0 + tile_h <= H else x.index_select(-2, _source_rows(y0, tile_h, H, reflect,
                                                                                             x.device))
