@@ -29,8 +29,9 @@ from vitok.codecs.entropy import (DEFAULT_STEP, FILENAME as ENTROPY_FILE, Entrop
 from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names, find_bundled
 from vitok.codecs.payload import ChunkTokens, header_size, pack_chunk, parse_chunk
-from vitok.codecs.ratecontrol import (Candidate, UnitCosts, allocate_bytes, pick_psnr, pick_units_psnr, psnr_from_sse,
-                                     token_grid)
+from vitok.codecs.ratecontrol import (Candidate, Cost, UnitCosts, allocate_bytes, pick_psnr, pick_units_psnr,
+                                     psnr_from_sse, token_grid)
+from vitok.codecs.spill import Spill
 
 __all__ = ["VitokCodec", "DEFAULT_MODEL", "EncodeStats", "ChunkCode", "bundled_codec_names", "model_for_stream"]
 
@@ -358,25 +359,44 @@ class VitokCodec(Codec):
         return best
 
     def _units_to_bytes(self, chunks: Iterable[np.ndarray], step: float, target_bytes: int,
-                        overhead: Callable[[int], int]) -> list[ChunkCode]:
+                        overhead: Callable[[int], int]) -> Iterator[ChunkCode]:
         """Token counts for every unit of every chunk so the file fits ``target_bytes`` with the least total
-        distortion (allocation on the entropy model's estimates, tightened until the real payloads fit)."""
-        evaluated = [(chunk.shape[0], *self._unit_costs(chunk, step)) for chunk in chunks]
-        budget = target_bytes - overhead(len(evaluated))
-        options = [opt for _, costs, _ in evaluated for opt in costs.options()]
-        # room for headers with a count per unit (distinct counts, so header_size gives that form)
-        target = budget - sum(header_size(range(1, len(costs.bits) + 1)) for _, costs, _ in evaluated)
-        for _ in range(8):
-            pick, codes, at = allocate_bytes(options, target, reserved=target_bytes - target), [], 0
-            for frames, costs, z in evaluated:
-                units = len(costs.bits)
-                codes.append(self._code_units(z, costs.tokens(pick[at:at + units]), step, frames))
-                at += units
-            over = sum(len(c.payload) for c in codes) - budget
-            if over <= 0:
-                return [replace(c, q=None) for c in codes]   # the integers are coded: drop them
-            target -= over
-        raise CodecError(f"byte budget too small: {budget} payload bytes could not hold the chunks' tokens")
+        distortion (allocation on the entropy model's estimates, tightened until the real payloads fit). Each
+        chunk's latents and payloads wait in a spill file, so memory does not grow with the video."""
+        import torch
+
+        with Spill() as spill:
+            evaluated = []
+            for chunk in chunks:
+                costs, z = self._unit_costs(chunk, step)
+                evaluated.append((chunk.shape[0], costs, spill.put_array(z.cpu().numpy())))
+            budget = target_bytes - overhead(len(evaluated))
+            options = [opt for _, costs, _ in evaluated for opt in costs.options()]
+            # room for headers with a count per unit (distinct counts, so header_size gives that form)
+            target = budget - sum(header_size(range(1, len(costs.bits) + 1)) for _, costs, _ in evaluated)
+            floor = sum(min(o.nbytes for o in opts) for opts in options)
+            target = max(target, floor)   # below the estimates' floor, the fewest tokens are coded to tell
+            for attempt in range(8):
+                pick, coded, at = allocate_bytes(options, target), [], 0
+                for frames, costs, latents in evaluated:
+                    units = len(costs.bits)
+                    z = torch.from_numpy(spill.get_array(latents)).to(self.tok.device)
+                    code = self._code_units(z, costs.tokens(pick[at:at + units]), step, frames)
+                    coded.append((spill.put(code.payload), replace(code, q=None, payload=b"")))
+                    at += units
+                real = sum(item.nbytes for item, _ in coded)
+                if real <= budget:
+                    for item, code in coded:
+                        yield replace(code, payload=spill.get(item))
+                    return
+                estimated = sum(opts[i].nbytes for opts, i in zip(options, pick))
+                if estimated <= floor:
+                    break
+                # aim the estimate below this pick's by what the real bytes ran over (doubled each round), so every
+                # round picks fewer tokens; the last round tries the fewest
+                target = floor if attempt == 6 else max(floor, estimated - (real - budget) * 2 ** attempt)
+        raise CodecError(f"byte budget too small: {target_bytes} bytes; the cheapest setting takes "
+                         f"{real + target_bytes - budget}")
 
     def _code_chunks(self, chunks: Iterable[np.ndarray], step: float | None, tokens: int | None,
                      target_bytes: int | None, psnr: float | None, overhead: Callable[[int], int],
@@ -412,15 +432,17 @@ class VitokCodec(Codec):
                 chosen = pick_psnr(len(grid), evaluate, psnr)
                 yield next(c for c in codes.values() if c.payload is chosen.payload)
             return
-        options, codes_all = [], []  # byte budget: all chunks' candidates first (payloads only), then allocate
-        for chunk in chunks:
-            pairs = [self._evaluate(chunk, *g) for g in grid]
-            options.append([p[0] for p in pairs])
-            codes_all.append([replace(p[1], q=None) for p in pairs])   # the integers are coded: drop them
-        reserved = overhead(len(options))
-        pick = allocate_bytes(options, target_bytes - reserved, reserved=reserved)
-        for codes, i in zip(codes_all, pick):
-            yield codes[i]
+        with Spill() as spill:  # byte budget: every chunk's candidates first (payloads in the spill), then allocate
+            options, codes_all = [], []
+            for chunk in chunks:
+                pairs = [self._evaluate(chunk, *g) for g in grid]
+                options.append([Cost(cand.nbytes, cand.sse) for cand, _ in pairs])
+                codes_all.append([(spill.put(code.payload), replace(code, q=None, payload=b"")) for _, code in pairs])
+            reserved = overhead(len(options))
+            pick = allocate_bytes(options, target_bytes - reserved, reserved=reserved)
+            for codes, i in zip(codes_all, pick):
+                item, code = codes[i]
+                yield replace(code, payload=spill.get(item))
 
     # ---- whole clips ----------------------------------------------------------------------------------------
     def header_meta(self, step: float | None, width: int, height: int,

@@ -96,13 +96,14 @@ def allocate_bytes(options: Sequence[Sequence[Option]], budget: float, reserved:
     def total(pick: list[int]) -> int:
         return sum(o[i].nbytes for o, i in zip(options, pick))
 
-    lo, hi = 0.0, 1.0
-    while total(choose(hi)) > budget and hi < 1e30:
-        hi *= 16
-    best = choose(hi)
-    if total(choose(lo)) <= budget:
-        best = choose(lo)
-    else:
+    best = choose(0.0)
+    if total(best) > budget:
+        lo, hi = 0.0, 1.0
+        while total(choose(hi)) > budget and hi < 1e30:
+            hi *= 16
+        # the cheapest candidates fit (floor); lambda may not reach them when distortions dwarf it
+        best = choose(hi) if total(choose(hi)) <= budget else [min(range(len(o)), key=lambda i: o[i].nbytes)
+                                                                 for o in options]
         for _ in range(60):
             mid = (lo + hi) / 2
             pick = choose(mid)
@@ -110,8 +111,6 @@ def allocate_bytes(options: Sequence[Sequence[Option]], budget: float, reserved:
                 hi, best = mid, pick
             else:
                 lo = mid
-    if total(best) > budget:  # lambda never got there (non-monotone candidates): fall back to the cheapest
-        best = [min(range(len(o)), key=lambda i: o[i].nbytes) for o in options]
     return _spend_rest(options, best, budget - total(best))
 
 
@@ -135,8 +134,9 @@ def _spend_rest(options: Sequence[Sequence[Option]], pick: list[int], left: floa
 
 
 @dataclass
-class UnitOption:
-    """One token count for one unit: its estimated bytes and blend-weighted squared error."""
+class Cost:
+    """A candidate as byte allocation sees it: its bytes and squared error (a unit's: estimated bytes and
+    blend-weighted error)."""
 
     nbytes: float
     sse: float
@@ -153,8 +153,8 @@ class UnitCosts:
     sse: np.ndarray
     pixels: int
 
-    def options(self) -> list[list[UnitOption]]:
-        return [[UnitOption(b / 8, e) for b, e in zip(bits, sse)] for bits, sse in zip(self.bits, self.sse)]
+    def options(self) -> list[list[Cost]]:
+        return [[Cost(b / 8, e) for b, e in zip(bits, sse)] for bits, sse in zip(self.bits, self.sse)]
 
     def tokens(self, pick: Sequence[int]) -> tuple[int, ...]:
         """Token count of every unit for a pick of candidate indices."""

@@ -1,6 +1,7 @@
 """vitok codecs: exact integer round trips, byte accounting, rate control knobs, model refusal, streaming."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import struct
@@ -200,8 +201,6 @@ def test_tables_of_another_token_count_are_refused(tiny1d, tinygrid):
 
 def _with_meta(data: bytes, **changes) -> bytes:
     """The stream with its header's meta changed (a key set to None is removed), framing and CRC fixed."""
-    import dataclasses
-
     header, _ = read_vtok(data)
     meta = {k: v for k, v in {**header.meta, **changes}.items() if v is not None}
     return dataclasses.replace(header, meta=meta).pack() + data[len(header.pack()):]
@@ -294,6 +293,38 @@ def test_streaming_keeps_memory_flat(codec1d, tmp_path):
     assert peaks[1] < 1.5 * peaks[0] + (256 << 10), peaks
 
 
+@pytest.mark.parametrize("model", ["grid", "1d"])
+def test_byte_budget_keeps_memory_flat(model, codec1d, tinygrid, tmp_path, monkeypatch):
+    """A byte budget plans over the whole video, but what it keeps of each chunk (every candidate's payload; a 1D
+    model's latents and per-tile payloads) waits on disk: 10x the chunks do not raise the Python allocation peak.
+    Payloads are padded to 256 KiB so that holding them would show."""
+    pad = b"\0" * (256 << 10)
+    if model == "grid":
+        codec, size, coder = VitokCodec(tinygrid[0], tinygrid[1]), (48, 64), "_evaluate"
+    else:
+        codec, size, coder = codec1d, (72, 96), "_code_units"   # 2x2 tiles: a token count per tile
+    real = getattr(codec, coder)
+
+    def padded(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if model == "grid":
+            cand, code = out
+            return cand, dataclasses.replace(code, payload=code.payload + pad)
+        return dataclasses.replace(out, payload=out.payload + pad)
+
+    monkeypatch.setattr(codec, coder, padded)
+    peaks = []
+    for n in (3, 30):
+        tracemalloc.start()
+        with open(tmp_path / f"long{n}.vtok", "wb") as f:
+            stats = codec.encode_stream(_moving(n, size), Fraction(25), f, bytes=10 ** 9)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert stats.chunks == n and min(stats.chunk_bytes) > len(pad)
+    limit = peaks[0] + 8 * len(pad)   # holding the payloads: 27 to 54 more of them
+    assert peaks[1] < limit, peaks
+
+
 def test_header_records_geometry_and_model(codec1d, stream1d, clip):
     with VtokReader(stream1d) as r:
         h = r.header
@@ -302,8 +333,6 @@ def test_header_records_geometry_and_model(codec1d, stream1d, clip):
     assert h.meta["model"] == "vit1d-tiny" and h.meta["weights"] == codec1d.tok.weights_hash[:16]
     assert h.meta["tables"] == codec1d.tables.table_id and h.meta["kind"] == "vit1d"
     # a chunk length edited to fit the chunks (CRC fixed) is not the model's: refused, not decoded as other units
-    import dataclasses
-
     short = codec1d.encode(frames[:4], fps)   # one chunk of 4 frames, in chunks of 8
     header, _ = read_vtok(short)
     edited = dataclasses.replace(header, chunk_frames=4).pack() + short[len(header.pack()):]
@@ -352,6 +381,33 @@ def test_rate_control_per_tile_round_trips(codec1d, tiled_clip):
     one_of_four = CHUNK_HEAD.pack(0, 0.5, PER_UNIT) + COUNT.pack(1) + COUNT.pack(3) + b"\0" * 40  # the per-unit form
     with pytest.raises(BitstreamError, match="token counts for 1 units, its frames make 4"):
         codec1d.decode_symbols(one_of_four, 8, h, w)
+
+
+def test_per_tile_byte_budget_is_met_whenever_it_can_be(codec1d, tiled_clip, monkeypatch):
+    """Per-tile counts are allocated on the entropy model's estimates, which the real payloads can exceed: every
+    budget from the cheapest setting up is met (the allocation is tightened until it fits), and a budget below it
+    is refused, naming what it takes. (Each tile's costs are measured once and reused.)"""
+    frames, fps = tiled_clip
+    real, measured = codec1d._unit_costs, {}
+
+    def once(chunk, step):
+        key = (chunk.tobytes(), step)
+        if key not in measured:
+            measured[key] = real(chunk, step)
+        return measured[key]
+
+    monkeypatch.setattr(codec1d, "_unit_costs", once)
+    with pytest.raises(CodecError, match=r"byte budget too small: 200 bytes; the cheapest setting takes (\d+)$") as err:
+        codec1d.encode(frames, fps, bytes=200)
+    cheapest = int(re.search(r"takes (\d+)", str(err.value)).group(1))
+    with pytest.raises(CodecError, match=f"takes {cheapest}$"):
+        codec1d.encode(frames, fps, bytes=cheapest - 1)
+    full = len(codec1d.encode(frames, fps, tokens=16))
+    met = []
+    for budget in [cheapest, *range(cheapest + 1, full + 40, 3)]:
+        data = codec1d.encode(frames, fps, bytes=budget)
+        met.append(len(data) <= budget)
+    assert all(met) and len(met) > 50, met
 
 
 def test_bundled_1d_spends_tokens_where_the_tiles_need_them():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from vitok.codecs import CodecError
-from vitok.codecs.ratecontrol import Candidate, allocate_bytes, pick_psnr, token_grid
+from vitok.codecs.ratecontrol import Candidate, Cost, allocate_bytes, pick_psnr, token_grid
 
 PIXELS = 1000
 
@@ -34,6 +34,15 @@ def test_budget_goes_to_busy_chunks():
 def test_budget_too_small():
     with pytest.raises(CodecError, match="byte budget too small"):
         allocate_bytes([STATIC, BUSY], budget=19)
+
+
+def test_budget_fits_when_distortions_dwarf_lambda():
+    """Lambda stops growing at 1e30: with errors beyond it, the budget is still met (by the cheapest candidates,
+    then what is left is spent), never exceeded."""
+    huge = [[Cost(10, 1e42), Cost(20, 1e41), Cost(40, 1e40)], [Cost(10, 5e41), Cost(30, 1e40)]]
+    pick = allocate_bytes(huge, budget=45)
+    assert sum(o[i].nbytes for o, i in zip(huge, pick)) <= 45
+    assert pick == [1, 0]   # of the 25 bytes over the floor, 10 buy the best drop per byte; nothing else fits
 
 
 def test_psnr_floor_bisection():

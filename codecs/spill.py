@@ -1,0 +1,62 @@
+"""Bytes set aside on disk while a byte budget is planned over the whole video, so memory stays flat with length.
+
+A byte budget cannot choose any chunk's operating point before it has seen every chunk; what it must keep of each
+(candidate payloads, a 1D model's latents) goes to an unnamed temporary file, which the system deletes on close.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from types import TracebackType
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Spilled:
+    """Where one item lies in the spill file; ``dtype``/``shape`` are set for arrays."""
+
+    offset: int
+    nbytes: int
+    dtype: str | None = None
+    shape: tuple[int, ...] | None = None
+
+
+class Spill:
+    """An append-only store of bytes and arrays in a temporary file; use it as a context manager."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()
+        self._end = 0
+
+    def put(self, data: bytes) -> Spilled:
+        self._file.seek(self._end)
+        self._file.write(data)
+        item = Spilled(self._end, len(data))
+        self._end += len(data)
+        return item
+
+    def put_array(self, array: np.ndarray) -> Spilled:
+        item = self.put(np.ascontiguousarray(array).tobytes())
+        return Spilled(item.offset, item.nbytes, array.dtype.str, tuple(array.shape))
+
+    def get(self, item: Spilled) -> bytes:
+        self._file.seek(item.offset)
+        data = self._file.read(item.nbytes)
+        if len(data) != item.nbytes:
+            raise OSError(f"spill file lost data: read {len(data)} of {item.nbytes} bytes")
+        return data
+
+    def get_array(self, item: Spilled) -> np.ndarray:
+        """A writable copy of an array put with ``put_array``."""
+        return np.frombuffer(bytearray(self.get(item)), dtype=np.dtype(item.dtype)).reshape(item.shape)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "Spill":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
