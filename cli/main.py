@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import signal
 import sys
 import warnings
@@ -90,6 +91,18 @@ def _sigterm_as_interrupt(main_pid: int):
     return handle
 
 
+def out_of_memory(e: BaseException) -> str | None:
+    """What ran out, when ``e`` says memory did (Python's MemoryError, torch's CPU allocator or CUDA): an oversized
+    ``--size`` or batch is the user's to fix, so it gets one line, not a traceback; None for any other error."""
+    text = " ".join(str(e).split())
+    if isinstance(e, MemoryError):
+        return text or "MemoryError"
+    if not isinstance(e, RuntimeError) or not ("can't allocate memory" in text or "out of memory" in text):
+        return None
+    tried = re.search(r"tried to allocate ([\d.]+ ?\w+)", text, re.IGNORECASE)
+    return f"tried to allocate {tried.group(1)}" if tried else text[:200]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one line ``error: ...`` and exit non-zero, no traceback."""
     from vitok.data.errors import VitokError
@@ -124,6 +137,12 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         click.echo(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), err=True)
+        sys.exit(1)
+    except (MemoryError, RuntimeError) as e:
+        reason = out_of_memory(e)
+        if debug or reason is None:
+            raise
+        click.echo(f"error: out of memory ({reason})", err=True)
         sys.exit(1)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -3,10 +3,10 @@
 Written by ``vitok.extract`` (``vitok latents extract``). Each shard file holds, for ``n`` clips padded to the
 longest clip in the shard: ``z`` float32 ``(n, N, C)``, ``mask`` bool ``(n, N)`` (True = token present),
 ``length`` int64 ``(n,)`` (tokens of each clip before padding) and ``clip`` int64 ``(n,)`` (clip ids); its
-metadata holds the tokenizer's ``weights_hash`` and the extraction ``params`` (JSON), as in the manifest. The
-manifest lists shards, clips (id, shard, row, source video, geometry, frame rate), skipped files and per-channel
-statistics. This module knows no models: it yields dicts of tensors; ``vitok.extract.latents_from_batch`` makes
-``Latents``.
+metadata holds the tokenizer's ``weights_hash`` and ``config_hash`` and the extraction ``params`` (JSON), as in the
+manifest. The manifest lists shards, clips (id, shard, row, source video, geometry, frame rate), skipped files and
+per-channel statistics. This module knows no models: it yields dicts of tensors; ``vitok.extract.latents_from_batch``
+makes ``Latents``.
 """
 from __future__ import annotations
 
@@ -136,6 +136,10 @@ class LatentShards(Dataset):
             if meta.get("weights_hash", weights) != weights:
                 raise ShardError(f"{path}: shard made with other tokenizer weights than the manifest's "
                                  f"({meta['weights_hash'][:12]} != {weights[:12]})")
+            config = self.manifest["model"].get("config_hash")
+            if config is not None and meta.get("config_hash", config) != config:
+                raise ShardError(f"{path}: shard made with another model config than the manifest's "
+                                 f"({meta['config_hash']} != {config})")
             if "params" in meta and json.loads(meta["params"]) != self.manifest["params"]:
                 raise ShardError(f"{path}: shard made with other extraction options than the manifest's "
                                  f"({meta['params']})")

@@ -5,18 +5,19 @@ Plan: the video files under INPUT_DIR (as rank 0 lists them) are sorted by relat
 consecutive clips of ``frames`` frames from its start (a video shorter than ``frames`` gives one shorter clip),
 resized to cover ``size`` and center-cropped to it. Clip ids are ``video_index * clips_per_video + j`` and do not
 depend on the number of ranks. A rank removes a shard's old record, writes ``shard-XXXXX.safetensors`` and then its
-record ``shard-XXXXX.json`` (both atomic; the record marks the shard done, so a rerun skips it while the options,
-the input folder and each source's size and mtime are unchanged), then a partial manifest
-``manifest.rank-XXXXX.json``. A rank that (re)makes a shard first removes ``manifest.json``, so a folder half way
-through a new extraction has none. After a barrier rank 0 merges the partials into ``manifest.json`` with
-per-channel latent mean/std over every present token. Files that cannot be read are listed under ``skipped`` with
-the reason. Multi-node runs need INPUT_DIR and SHARDS_DIR on a shared file system. The format of the files is
-described in ``vitok.data.shards``.
+record ``shard-XXXXX.json`` (both atomic; the record marks the shard done, so a rerun skips it while the model's
+name, weights and config, the options, the input folder and each source's size and mtime are unchanged), then a
+partial manifest ``manifest.rank-XXXXX.json``. A rank that (re)makes a shard first removes ``manifest.json``, so a
+folder half way through a new extraction has none. After a barrier rank 0 merges the partials into ``manifest.json``
+with per-channel latent mean/std over every present token. Files that cannot be read are listed under ``skipped``
+with the reason (other errors, such as running out of memory, stop the run). Multi-node runs need INPUT_DIR and
+SHARDS_DIR on a shared file system. The format of the files is described in ``vitok.data.shards``.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -47,11 +48,18 @@ class ExtractError(VitokError):
     """Extraction cannot run: empty input folder, foreign shards in the output folder, bad options."""
 
 
+class ExtractOptionError(ExtractError):
+    """A bad option, input or output folder, found alike by every rank before any writes: under torchrun rank 0
+    alone prints it (the command line skips ``all_ranks`` errors on other ranks), not one line per rank."""
+
+    all_ranks = True
+
+
 def list_videos(root: str | os.PathLike) -> list[Path]:
     """Video files under ``root`` (recursive, hidden names skipped), sorted by relative path: every rank agrees."""
     base = Path(root)
     if not base.is_dir():
-        raise ExtractError(f"{base}: input is not a folder")
+        raise ExtractOptionError(f"{base}: input is not a folder")
     files = [p for p in base.rglob("*")
              if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
              and not any(part.startswith(".") for part in p.relative_to(base).parts)]
@@ -67,21 +75,37 @@ def rank_shards(num_shards: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank, num_shards, world_size))
 
 
+def iter_clips(path: Path, frames: int, size: tuple[int, int] | None,
+               clips_per_video: int) -> tuple[Fraction, Iterator[tuple[int, np.ndarray]]]:
+    """The frame rate of ``path`` and its clips ``(start_frame, uint8 (T,H,W,3))``, decoded one at a time as the
+    iterator advances, so a long video's clips are never all held: up to ``clips_per_video`` consecutive clips of
+    ``frames`` frames from the start (a video shorter than ``frames`` gives one shorter clip, a shorter tail none).
+
+    ``size`` = (H, W): the largest centred region with that aspect ratio, resized to it. An unreadable file raises
+    VideoReadError, at once or (truncated part way) from the iterator.
+    """
+    from vitok.data.io import iter_video, probe_video
+
+    fps = probe_video(path).fps
+    resize = (size[1], size[0]) if size is not None else None
+    chunks = iter_video(path, chunk_frames=frames, num_frames=frames * clips_per_video, size=resize,
+                        crop="center" if size is not None else None)
+    return fps, _whole_clips(chunks, frames)
+
+
+def _whole_clips(chunks: Iterator[np.ndarray], frames: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start_frame, chunk)`` of the first chunk and of each later one of ``frames`` frames (a short tail is no clip;
+    the chunks are still read to their end, where a truncated file is found)."""
+    for j, chunk in enumerate(chunks):
+        if j == 0 or len(chunk) == frames:
+            yield j * frames, chunk
+
+
 def read_clips(path: Path, frames: int, size: tuple[int, int] | None,
                clips_per_video: int) -> tuple[list[tuple[int, np.ndarray]], Fraction]:
-    """Up to ``clips_per_video`` consecutive clips ``(start_frame, uint8 (T,H,W,3))`` from the start of ``path``,
-    and the video's frame rate.
-
-    ``size`` = (H, W): the largest centred region with that aspect ratio, resized to it.
-    """
-    from vitok.data.io import read_video
-
-    resize = (size[1], size[0]) if size is not None else None
-    video, info = read_video(path, num_frames=frames * clips_per_video, size=resize,
-                             crop="center" if size is not None else None)
-    if len(video) < frames:
-        return [(0, video)], info.fps
-    return [(j * frames, video[j * frames:(j + 1) * frames]) for j in range(len(video) // frames)], info.fps
+    """``iter_clips``'s clips all at once, and the frame rate: for a few short clips (tests, samples)."""
+    fps, clips = iter_clips(path, frames, size, clips_per_video)
+    return list(clips), fps
 
 
 class _Stats:
@@ -133,57 +157,100 @@ def _encode(tok: Any, clips: list[np.ndarray], tokens: int | None, device: str) 
     return z, mask
 
 
+class _Unreadable(Exception):
+    """A video file's own read error, kept apart from errors of encoding the clips already read from it."""
+
+
+def _file_clips(path: Path, frames: int, size: tuple[int, int] | None,
+                clips_per_video: int) -> Iterator[tuple[Fraction, int, np.ndarray]]:
+    """``(fps, start_frame, clip)`` of each clip of ``path`` (``iter_clips``); its read errors come as _Unreadable."""
+    try:
+        fps, clips = iter_clips(path, frames, size, clips_per_video)
+        for start, clip in clips:
+            yield fps, start, clip
+    except VitokError as e:   # the file is unreadable (corrupt, truncated, not a video, no frames); any other error
+        raise _Unreadable(str(e)) from e   # (out of memory) is not the file's and must not mark it skipped
+
+
+class _Batches:
+    """Decoded clips encoded in same-shape batches as they come, holding at most ``batch_size`` of them whatever the
+    mix of shapes (at native size each video has its own); ``latents`` maps clip id -> (z (N, C), mask (N,))."""
+
+    def __init__(self, tok: Any, tokens: int | None, device: str, batch_size: int) -> None:
+        self.tok, self.tokens, self.device, self.batch_size = tok, tokens, device, batch_size
+        self.pending: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+        self.latents: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def add(self, clip_id: int, clip: np.ndarray) -> None:
+        """Queue a clip; with a batch's worth held, encode the largest same-shape group."""
+        self.pending.setdefault(clip.shape, []).append((clip_id, clip))
+        if sum(map(len, self.pending.values())) >= self.batch_size:
+            self.flush(max(self.pending, key=lambda shape: len(self.pending[shape])))
+
+    def flush(self, shape: tuple[int, ...]) -> None:
+        """Encode the queued clips of ``shape``."""
+        group = self.pending.pop(shape, [])
+        if group:
+            z, mask = _encode(self.tok, [clip for _, clip in group], self.tokens, self.device)
+            for (clip_id, _), zi, mi in zip(group, z, mask):
+                self.latents[clip_id] = (zi, mi)
+
+    def flush_all(self) -> None:
+        """Encode every queued clip (the shard's videos are all read)."""
+        for shape in list(self.pending):
+            self.flush(shape)
+
+    def drop(self, clip_ids: set[int]) -> None:
+        """Unqueue these clips (a file found unreadable part way: not to be encoded; latents of its clips already
+        encoded are left unused, as the shard's rows come from its clip list)."""
+        groups = {shape: [item for item in group if item[0] not in clip_ids] for shape, group in self.pending.items()}
+        self.pending = {shape: group for shape, group in groups.items() if group}
+
+
 def extract_shard(tok: Any, input_dir: Path, files: list[Path], first_video: int, job: dict[str, Any],
                   device: str = "cpu") -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
     """Encode one shard's videos; returns its tensors (None when every file was skipped) and its record."""
-    frames, size, tokens = job["frames"], job["size"], job["tokens"]
-    per_video, batch_size = job["clips_per_video"], job["batch_size"]
+    frames, tokens, per_video = job["frames"], job["tokens"], job["clips_per_video"]
+    size = tuple(job["size"]) if job["size"] else None
     clips: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    latents: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    pending: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
-
-    def flush(shape: tuple[int, ...]) -> None:
-        group = pending.pop(shape, [])
-        if group:
-            z, mask = _encode(tok, [a for _, a in group], tokens, device)
-            for (cid, _), zi, mi in zip(group, z, mask):
-                latents[cid] = (zi, mi)
-
+    batches = _Batches(tok, tokens, device, job["batch_size"])
     for k, path in enumerate(files):
-        rel = path.relative_to(input_dir).as_posix()
+        rel, first_row = path.relative_to(input_dir).as_posix(), len(clips)
         try:
-            parts, fps = read_clips(path, frames, tuple(size) if size else None, per_video)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is recorded and skipped, never fatal
-            reason = str(e) if isinstance(e, VitokError) else f"{type(e).__name__}: {e}"
-            skipped.append({"source": rel, "reason": reason})
-            continue
-        for j, (start, arr) in enumerate(parts):
-            cid = (first_video + k) * per_video + j
-            clips.append({"id": cid, "source": rel, "clip": j, "start": start,
-                          "frames": int(arr.shape[0]), "height": int(arr.shape[1]), "width": int(arr.shape[2]),
-                          "fps": str(fps), "num_tokens": tokens})
-            pending.setdefault(arr.shape, []).append((cid, arr))
-            if sum(map(len, pending.values())) >= batch_size:   # at most a batch of decoded clips held, whatever
-                flush(max(pending, key=lambda k: len(pending[k])))   # the mix of sizes (native size: one per video)
-    for shape in list(pending):
-        flush(shape)
-
-    stats = _Stats(tok.latent_channels)
-    tensors = None
-    if clips:
-        n_max, channels = max(latents[c["id"]][0].shape[0] for c in clips), tok.latent_channels
-        z = torch.zeros(len(clips), n_max, channels)
-        mask = torch.zeros(len(clips), n_max, dtype=torch.bool)
-        for row, clip in enumerate(clips):
-            zi, mi = latents[clip["id"]]
-            z[row, :zi.shape[0]], mask[row, :mi.shape[0]] = zi, mi
-            clip.update(row=row, tokens=int(zi.shape[0]), present=int(mi.sum()))
-            stats.add(zi[mi])
-        tensors = {"z": z, "mask": mask, "clip": torch.tensor([c["id"] for c in clips], dtype=torch.int64),
-                   "length": torch.tensor([c["tokens"] for c in clips], dtype=torch.int64)}
+            for j, (fps, start, arr) in enumerate(_file_clips(path, frames, size, per_video)):
+                cid = (first_video + k) * per_video + j
+                clips.append({"id": cid, "source": rel, "clip": j, "start": start,
+                              "frames": int(arr.shape[0]), "height": int(arr.shape[1]), "width": int(arr.shape[2]),
+                              "fps": str(fps), "num_tokens": tokens})
+                batches.add(cid, arr)
+        except _Unreadable as e:   # a file is all skipped, never some of its clips kept
+            batches.drop({c["id"] for c in clips[first_row:]})
+            del clips[first_row:]
+            skipped.append({"source": rel, "reason": str(e)})
+    batches.flush_all()
+    tensors, stats = _shard_tensors(clips, batches.latents, tok.latent_channels)
     record = {"job": _job_key(job), "clips": clips, "skipped": skipped, "stats": stats.state()}
     return tensors, record
+
+
+def _shard_tensors(clips: list[dict[str, Any]], latents: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                   channels: int) -> tuple[dict[str, torch.Tensor] | None, _Stats]:
+    """The shard's padded tensors (None without clips) and its token statistics; fills each clip's row and counts."""
+    stats = _Stats(channels)
+    if not clips:
+        return None, stats
+    n_max = max(latents[c["id"]][0].shape[0] for c in clips)
+    z = torch.zeros(len(clips), n_max, channels)
+    mask = torch.zeros(len(clips), n_max, dtype=torch.bool)
+    for row, clip in enumerate(clips):
+        zi, mi = latents[clip["id"]]
+        z[row, :zi.shape[0]], mask[row, :mi.shape[0]] = zi, mi
+        clip.update(row=row, tokens=int(zi.shape[0]), present=int(mi.sum()))
+        stats.add(zi[mi])
+    tensors = {"z": z, "mask": mask, "clip": torch.tensor([c["id"] for c in clips], dtype=torch.int64),
+               "length": torch.tensor([c["tokens"] for c in clips], dtype=torch.int64)}
+    return tensors, stats
 
 
 def _job_key(job: dict[str, Any]) -> dict[str, Any]:
@@ -269,18 +336,18 @@ def _check_out_dir(out_dir: Path, input_dir: Path, overwrite: bool) -> None:
     """Refuse an output folder that is the input folder or inside it, that is not a folder, or (without
     ``overwrite``) that holds files other than a shard set's, those named like one's included."""
     if out_dir.resolve().is_relative_to(input_dir):
-        raise ExtractError(f"output folder {out_dir} is the input folder or inside it; choose another folder")
+        raise ExtractOptionError(f"output folder {out_dir} is the input folder or inside it; choose another folder")
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
-        raise ExtractError(f"output {out_dir} is not a folder")
+        raise ExtractOptionError(f"output {out_dir} is not a folder")
     if overwrite:
         return
     foreign = sorted(e.name for e in out_dir.iterdir() if not (_TEMP_FILE.fullmatch(e.name) or _is_own(e)))
     if foreign:
-        raise ExtractError(f"output folder {out_dir} holds other files ({', '.join(foreign[:3])}"
-                           f"{', ...' if len(foreign) > 3 else ''}); choose another folder, or -y to write the "
-                           "shards beside them")
+        raise ExtractOptionError(f"output folder {out_dir} holds other files ({', '.join(foreign[:3])}"
+                                 f"{', ...' if len(foreign) > 3 else ''}); choose another folder, or -y to write "
+                                 "the shards beside them")
 
 
 def _remove_temporaries(out_dir: Path) -> None:
@@ -339,6 +406,14 @@ def _resolve_device(device: str) -> str:
     return device
 
 
+def _config_hash(tok: Any) -> str:
+    """sha256 (16 hex digits) of the model's config as canonical JSON: an edited config.json (tile size, clip
+    frames, ...) changes what encode gives under the same name and weights. The latent statistics are left out:
+    stored for ``Latents.normalized``, they do not change the latents extracted."""
+    config = {k: v for k, v in tok.config.to_dict().items() if k not in ("latent_mean", "latent_std")}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _model_source(model: str) -> str:
     """What ``vitok.load`` should be given later: an absolute folder path, or the registry name."""
     p = Path(model)
@@ -356,7 +431,7 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     if len(parts) == 1:
         parts = parts * 2
     if len(parts) != 2 or min(parts) <= 0:
-        raise ExtractError(f"--size {text!r}: expected WxH (e.g. 128x128) or one number")
+        raise ExtractOptionError(f"--size {text!r}: expected WxH (e.g. 128x128) or one number")
     return parts[1], parts[0]
 
 
@@ -374,11 +449,11 @@ def extract_latents(input_dir: str | os.PathLike, out_dir: str | os.PathLike, mo
     import vitok
 
     if shard_size < 1 or batch_size < 1 or clips_per_video < 1:
-        raise ExtractError("--shard-size, --batch-size and --clips-per-video must be >= 1")
+        raise ExtractOptionError("--shard-size, --batch-size and --clips-per-video must be >= 1")
     input_dir, out_dir = Path(input_dir).resolve(), Path(out_dir)
     files = list_videos(input_dir)
     if not files:
-        raise ExtractError(f"{input_dir}: no video files found")
+        raise ExtractOptionError(f"{input_dir}: no video files found")
     _check_out_dir(out_dir, input_dir, overwrite)
     device = _resolve_device(device)
     with distributed_context() as (rank, world):
@@ -386,14 +461,17 @@ def extract_latents(input_dir: str | os.PathLike, out_dir: str | os.PathLike, mo
         tok = tok if tok is not None else vitok.load(model, device=device, frozen=True)
         load_s = time.perf_counter() - t_load
         if tokens is not None and tok.max_tokens is None:
-            raise ExtractError(f"--tokens is only for 1D models; {tok.config.name} is a {tok.config.kind} model")
+            raise ExtractOptionError(f"--tokens is only for 1D models; {tok.config.name} is a {tok.config.kind} "
+                                     "model")
         if tokens is not None and not 1 <= tokens <= tok.max_tokens:
-            raise ExtractError(f"--tokens {tokens}: {tok.config.name} takes 1 to {tok.max_tokens} tokens per unit")
+            raise ExtractOptionError(f"--tokens {tokens}: {tok.config.name} takes 1 to {tok.max_tokens} tokens "
+                                     "per unit")
         job = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": tok.config.name,
-               "weights_hash": tok.weights_hash, "frames": int(frames or tok.clip_frames),
-               "size": list(size) if size else None, "tokens": tokens, "clips_per_video": clips_per_video,
-               "shard_size": shard_size, "batch_size": batch_size}
-        metadata = {"format": FORMAT_NAME, "weights_hash": tok.weights_hash, "params": json.dumps(_params(job))}
+               "weights_hash": tok.weights_hash, "config_hash": _config_hash(tok),
+               "frames": int(frames or tok.clip_frames), "size": list(size) if size else None, "tokens": tokens,
+               "clips_per_video": clips_per_video, "shard_size": shard_size, "batch_size": batch_size}
+        metadata = {"format": FORMAT_NAME, "weights_hash": tok.weights_hash, "config_hash": job["config_hash"],
+                    "params": json.dumps(_params(job))}
         files = _rank0_files(files, world)
         plan = [files[i:i + shard_size] for i in range(0, len(files), shard_size)]
         if rank == 0:
@@ -478,6 +556,7 @@ def merge_manifests(out_dir: Path, world: int, plan: list[list[Path]], job: dict
         shard_list.append({"index": index, "file": record["file"], "rank": record["rank"],
                            "num_clips": len(record["clips"]), "sources": record["sources"]})
     if not clips:  # every file unreadable: a manifest of nothing would only fail later, in training
+        _remove_clipless_set(out_dir, num_shards)
         first = f"; first: {skipped[0]['source']}: {' '.join(skipped[0]['reason'].split())}" if skipped else ""
         raise ExtractError(f"{input_dir}: no clip could be read ({len(skipped)} files skipped{first})")
     clips.sort(key=lambda c: c["id"])
@@ -486,7 +565,7 @@ def merge_manifests(out_dir: Path, world: int, plan: list[list[Path]], job: dict
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "input_dir": str(input_dir),
         "model": {"name": tok.config.name, "source": _model_source(model), "weights_hash": tok.weights_hash,
-                  "kind": getattr(tok.config, "kind", None)},
+                  "config_hash": job["config_hash"], "kind": getattr(tok.config, "kind", None)},
         "latent_channels": tok.latent_channels,
         "params": _params(job),
         "world_size": world, "ranks": ranks,
@@ -494,14 +573,27 @@ def merge_manifests(out_dir: Path, world: int, plan: list[list[Path]], job: dict
         "stats": stats.summary(),
     }
     write_bytes_atomic(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
-    for partial in out_dir.glob("manifest.rank-*.json"):  # also those of an earlier run with more ranks
-        partial.unlink(missing_ok=True)
+    _remove_partial_manifests(out_dir)
     if overwrite:  # shards (and their records) of an earlier extraction, never files this code did not write
         keep = {f"{shard_name(i)}.json" for i in range(num_shards)} | {r["file"] for r in shards.values()}
         for stale in out_dir.iterdir():
             if _SHARD_FILE.fullmatch(stale.name) and stale.name not in keep and _is_own(stale):
                 stale.unlink()
     return manifest
+
+
+def _remove_partial_manifests(out_dir: Path) -> None:
+    """Remove every rank's partial manifest, those of an earlier run with more ranks too: merged, or of no use."""
+    for partial in out_dir.glob("manifest.rank-*.json"):
+        partial.unlink(missing_ok=True)
+
+
+def _remove_clipless_set(out_dir: Path, num_shards: int) -> None:
+    """Remove what a run that read no clip wrote (shard records without a shard file, partial manifests): left
+    behind, they would refuse the rerun after the input is fixed as a different extraction's."""
+    for index in range(num_shards):
+        (out_dir / f"{shard_name(index)}.json").unlink(missing_ok=True)
+    _remove_partial_manifests(out_dir)
 
 
 def latent_stats(root: str | os.PathLike) -> dict[str, Any]:

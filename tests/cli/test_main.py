@@ -78,6 +78,33 @@ def test_os_errors_are_one_line_naming_the_path(capsys, monkeypatch):
         assert e.value.code == 1 and capsys.readouterr().err == line
 
 
+def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
+    """Out of memory (an oversized --size: torch's CPU allocator; Python's MemoryError; CUDA) is one line, exit 1;
+    any other RuntimeError is a bug and keeps its traceback."""
+    import torch
+
+    cases = [(RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 120000000000 bytes. Error code 12 (Cannot allocate memory)"),
+              "error: out of memory (tried to allocate 120000000000 bytes)\n"),
+             (MemoryError(), "error: out of memory (MemoryError)\n"),
+             (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity"),
+              "error: out of memory (tried to allocate 20.00 GiB)\n")]
+    monkeypatch.setitem(cli.lazy_commands, "boom", "vitok.cli.main:cli")
+    for exc, line in [*cases, (RuntimeError("shape mismatch"), None)]:
+        @click.command()
+        def boom(exc=exc) -> None:
+            raise exc
+
+        monkeypatch.setattr(type(cli), "get_command", lambda self, ctx, name, cmd=boom: cmd if name == "boom" else None)
+        if line is None:
+            with pytest.raises(RuntimeError, match="shape mismatch"):
+                main(["boom"])
+            continue
+        with pytest.raises(SystemExit) as e:
+            main(["boom"])
+        assert e.value.code == 1 and capsys.readouterr().err == line
+
+
 @pytest.mark.parametrize("args, message", [
     (["no-such-command"], "No such command 'no-such-command'. (see 'vitok --help')"),
     (["rd", "plot", "missing/"], "Invalid value for 'RESULTS': Path 'missing/' does not exist. (see 'vitok rd plot "

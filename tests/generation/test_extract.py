@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -226,18 +227,50 @@ def test_damaged_shards_are_one_line_errors_naming_the_shard(tmp_path, shards_di
     assert e.value.code == 1 and err.startswith("error: ") and "damaged shard" in err and err.count("\n") == 1, err
 
 
-def test_extract_fails_when_no_clip_can_be_read(tmp_path, model_dir):
-    """A folder of nothing but unreadable files is an error (like a folder with no videos), not a set of 0 clips."""
-    videos = tmp_path / "videos"
+def test_extract_fails_when_no_clip_can_be_read(tmp_path, video_dir, model_dir):
+    """A folder of nothing but unreadable files is an error (like a folder with no videos), not a set of 0 clips;
+    the run leaves nothing behind, where its shard records used to refuse the rerun after the input was fixed."""
+    videos, out = tmp_path / "videos", tmp_path / "out"
     videos.mkdir()
     for name in ("a.mp4", "b.mkv"):
         (videos / name).write_bytes(b"not a video" * 50)
     with pytest.raises(ExtractError, match=r"no clip could be read \(2 files skipped; first: a.mp4: "):
-        extract_latents(videos, tmp_path / "out", str(model_dir), frames=4, size=(SIDE, SIDE))
-    assert not (tmp_path / "out" / "manifest.json").exists()
+        extract_latents(videos, out, str(model_dir), frames=4, size=(SIDE, SIDE))
+    assert list(out.iterdir()) == []
+    shutil.copy(video_dir / "clip0.mp4", videos / "a.mp4")   # the user fixes the input
+    extract_latents(videos, out, str(model_dir), frames=4, size=(SIDE, SIDE))
+    m = _manifest(out)
+    assert m["num_clips"] == 1 and [s["source"] for s in m["skipped"]] == ["b.mkv"]
 
 
 KW = dict(frames=4, size=(SIDE, SIDE), shard_size=3, batch_size=4)  # 7 files -> 3 shards, one encode call each
+
+
+@pytest.mark.parametrize("error", [MemoryError("out of memory"), RuntimeError("DefaultCPUAllocator: can't allocate")],
+                         ids=["memory", "allocator"])
+def test_a_transient_read_error_stops_the_run_instead_of_skipping_the_video(tmp_path, video_dir, model_dir,
+                                                                          monkeypatch, error):
+    """Running out of memory while decoding a readable video is not the file's fault: it was recorded as skipped,
+    its shard marked done, and no rerun, even with -y, ever extracted the video."""
+    import vitok.data.io as io
+
+    real_iter = io.iter_video
+
+    def failing_on_clip2(path, **kwargs):
+        if Path(path).name == "clip2.mp4":   # the first video of shard 1 (broken, clip0, clip1 | clip2, ...)
+            raise error
+        return real_iter(path, **kwargs)
+
+    out = tmp_path / "shards"
+    monkeypatch.setattr(io, "iter_video", failing_on_clip2)
+    with pytest.raises(type(error)):
+        extract_latents(video_dir, out, str(model_dir), **KW)
+    assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.json", "shard-00000.safetensors"]
+    monkeypatch.setattr(io, "iter_video", real_iter)   # the memory is back
+    summary = extract_latents(video_dir, out, str(model_dir), **KW)
+    assert (summary["shards_made"], summary["shards_reused"]) == (2, 1)
+    m = _manifest(out)
+    assert m["num_clips"] == NUM_GOOD and [s["source"] for s in m["skipped"]] == ["broken.mp4"]
 
 
 def test_rerun_redoes_shards_whose_input_videos_changed(tmp_path, video_dir, model_dir):
@@ -312,13 +345,31 @@ def test_a_shard_replaced_by_an_interrupted_overwrite_is_not_taken_for_the_old_o
     assert torch.equal(next(it["z"] for it in LatentShards(out) if it["source"] == "clip0.mp4"), clip0)
 
 
+def _count_held_frames(monkeypatch) -> list[int]:
+    """Count decoded frames not yet encoded, as [now, peak], by wrapping the video reader and the encoder."""
+    import vitok.data.io as io
+    import vitok.extract as extract
+
+    held, real_iter, real_encode = [0, 0], io.iter_video, extract._encode
+
+    def counting_iter(*args, **kwargs):
+        for chunk in real_iter(*args, **kwargs):
+            held[0] += len(chunk)
+            held[1] = max(held)
+            yield chunk
+
+    def counting_encode(tok, clips, *args):
+        held[0] -= sum(map(len, clips))
+        return real_encode(tok, clips, *args)
+
+    monkeypatch.setattr(io, "iter_video", counting_iter)
+    monkeypatch.setattr(extract, "_encode", counting_encode)
+    return held
+
+
 def test_decoded_clips_held_at_once_are_bounded_by_the_batch(tmp_path, model_dir, monkeypatch):
     """At native size each video has its own shape, so no group filled a batch and every clip of the shard stayed
     decoded in memory until the shard ended."""
-    import vitok.extract as extract
-
-    import numpy as np
-
     from vitok.data.io import write_video
 
     videos = tmp_path / "videos"
@@ -326,24 +377,108 @@ def test_decoded_clips_held_at_once_are_bounded_by_the_batch(tmp_path, model_dir
     rng = np.random.default_rng(0)
     for i in range(5):   # five sizes
         write_video(videos / f"v{i}.mp4", rng.integers(0, 256, (4, 32, 24 + 8 * i, 3), dtype=np.uint8), 8)
-    held, peak, real_encode = [0], [0], extract._encode
-
-    def counting_read(*args, **kwargs):
-        parts, fps = real_read(*args, **kwargs)
-        held[0] += len(parts)
-        peak[0] = max(peak[0], held[0])
-        return parts, fps
-
-    def counting_encode(tok, clips, *args):
-        held[0] -= len(clips)
-        return real_encode(tok, clips, *args)
-
-    real_read = extract.read_clips
-    monkeypatch.setattr(extract, "read_clips", counting_read)
-    monkeypatch.setattr(extract, "_encode", counting_encode)
+    held = _count_held_frames(monkeypatch)
     extract_latents(videos, tmp_path / "shards", str(model_dir), frames=4, shard_size=5, batch_size=2)
-    assert peak[0] == 2 and held[0] == 0
+    assert held == [0, 2 * 4]
     assert _manifest(tmp_path / "shards")["num_clips"] == 5
+
+
+def test_clips_per_video_are_decoded_one_at_a_time(tmp_path, model_dir, monkeypatch):
+    """All --clips-per-video clips of a video were decoded into one array, held at once whatever --batch-size."""
+    from vitok.data.io import write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "long.mp4", np.random.default_rng(0).integers(0, 256, (26, 32, 32, 3), dtype=np.uint8), 8)
+    held = _count_held_frames(monkeypatch)
+    extract_latents(videos, tmp_path / "shards", str(model_dir), frames=4, clips_per_video=6, batch_size=2)
+    assert held == [0, 2 * 4]
+    clips = _manifest(tmp_path / "shards")["clips"]
+    assert [(c["id"], c["clip"], c["start"], c["frames"]) for c in clips] == [(j, j, 4 * j, 4) for j in range(6)]
+
+
+def test_clips_are_the_videos_consecutive_windows(tmp_path):
+    """Clips read one at a time hold exactly the frames of the whole video read at once: consecutive windows from
+    its start, a shorter tail dropped, and a video shorter than a clip gives one shorter clip."""
+    from vitok.data.io import read_video, write_video
+
+    rng = np.random.default_rng(0)
+    long, short = tmp_path / "long.mp4", tmp_path / "short.mp4"
+    write_video(long, rng.integers(0, 256, (11, 24, 40, 3), dtype=np.uint8), 8)
+    write_video(short, rng.integers(0, 256, (3, 24, 40, 3), dtype=np.uint8), 8)
+    whole, _ = read_video(long, size=(24, 16), crop="center")   # (W, H)
+    clips, fps = read_clips(long, 4, (16, 24), 5)                # (H, W)
+    assert fps == 8 and [start for start, _ in clips] == [0, 4]
+    for start, clip in clips:
+        assert np.array_equal(clip, whole[start:start + 4])
+    ((start, clip),), _ = read_clips(short, 4, None, 5)
+    assert start == 0 and np.array_equal(clip, read_video(short)[0])
+
+
+@pytest.mark.parametrize("batch_size", [1, 4], ids=["encoded", "queued"])
+def test_a_video_unreadable_part_way_is_skipped_whole(tmp_path, video_dir, model_dir, monkeypatch, batch_size):
+    """Clips read before a file's error (already encoded, or still queued) are not kept: the file is skipped, as
+    when it is read at once."""
+    import vitok.data.io as io
+    from vitok.data.errors import VideoReadError
+
+    real_iter = io.iter_video
+
+    def truncated_after_one_clip(path, **kwargs):
+        chunks = real_iter(path, **kwargs)
+        if Path(path).name == "clip1.mp4":
+            yield next(chunks)
+            raise VideoReadError(f"{path}: truncated")
+        yield from chunks
+
+    monkeypatch.setattr(io, "iter_video", truncated_after_one_clip)
+    out, tok = tmp_path / "shards", _Counting(vitok.load(model_dir))
+    extract_latents(video_dir, out, str(model_dir), tok=tok,
+                    **{**KW, "frames": 2, "clips_per_video": 2, "batch_size": batch_size})
+    m = _manifest(out)
+    wasted = 1 if batch_size == 1 else 0   # the file's first clip, encoded before its error; a queued one is not
+    assert tok.clips == m["num_clips"] + wasted
+    assert [s["source"] for s in m["skipped"]] == ["broken.mp4", "clip1.mp4"]
+    assert "clip1.mp4" not in {c["source"] for c in m["clips"]} and m["num_clips"] == 2 * (NUM_GOOD - 1)
+    assert m["stats"]["count"] == sum(it["mask"].sum().item() for it in LatentShards(out))
+
+
+def test_an_edited_model_config_is_another_extraction(tmp_path, video_dir, model_dir):
+    """Editing the model folder's config.json (here the tile size) changes what encode gives under the same name and
+    weights, yet a rerun reused the shards of the old config."""
+    from safetensors import safe_open
+
+    model, out, fresh = tmp_path / "model", tmp_path / "shards", tmp_path / "fresh"
+    shutil.copytree(model_dir, model)
+    extract_latents(video_dir, out, str(model), **KW)
+    before, old_hash = {it["source"]: it["z"] for it in LatentShards(out)}, _manifest(out)["model"]["config_hash"]
+    config = json.loads((model / "config.json").read_text())
+    stats = {"latent_mean": [0.5] * config["latent_channels"], "latent_std": [2.0] * config["latent_channels"]}
+    (model / "config.json").write_text(json.dumps({**config, **stats}))   # measured statistics: same latents
+    assert extract_latents(video_dir, out, str(model), **KW)["shards_reused"] == 3
+    (model / "config.json").write_text(json.dumps({**config, "tile_size": 16}))   # 32x32 frames now in tiles
+    with pytest.raises(ExtractError, match=r"shard-00000.json: shard from a different extraction \(model or options"):
+        extract_latents(video_dir, out, str(model), **KW)
+    assert extract_latents(video_dir, out, str(model), overwrite=True, **KW)["shards_made"] == 3
+    extract_latents(video_dir, fresh, str(model), **KW)
+    after = {it["source"]: it["z"] for it in LatentShards(out)}
+    assert all(torch.equal(after[it["source"]], it["z"]) for it in LatentShards(fresh))   # as a fresh extraction
+    assert not any(torch.equal(after[source], z) for source, z in before.items())
+    with safe_open(str(out / "shard-00000.safetensors"), framework="pt") as f:   # the shard says which config too
+        assert f.metadata()["config_hash"] == _manifest(out)["model"]["config_hash"] != old_hash
+
+
+def test_shards_recorded_before_config_hashes_are_refused(tmp_path, video_dir, model_dir):
+    """A record without the model's config hash cannot tell which config made it: refused, and -y replaces it."""
+    out = tmp_path / "shards"
+    extract_latents(video_dir, out, str(model_dir), **KW)
+    for path in out.glob("shard-*.json"):
+        record = json.loads(path.read_text())
+        del record["job"]["config_hash"]
+        path.write_text(json.dumps(record))
+    with pytest.raises(ExtractError, match=r"shard-00000.json: shard from a different extraction \(model or options"):
+        extract_latents(video_dir, out, str(model_dir), **KW)
+    assert extract_latents(video_dir, out, str(model_dir), overwrite=True, **KW)["shards_made"] == 3
 
 
 def test_shards_of_another_extraction_are_refused(tmp_path, shards_dir, video_dir, model_dir):
@@ -362,6 +497,14 @@ def test_shards_of_another_extraction_are_refused(tmp_path, shards_dir, video_di
         LatentShards(root)[0]
     shutil.copy(other_options / shard.name, shard)
     with pytest.raises(ShardError, match="shard-00000.safetensors: shard made with other extraction options"):
+        LatentShards(root)[0]
+    from safetensors import safe_open
+
+    with safe_open(str(shards_dir / shard.name), framework="pt") as f:
+        meta = f.metadata()
+    save_file(load_file(shards_dir / shard.name), str(shard), metadata={**meta, "config_hash": "0" * 16})
+    with pytest.raises(ShardError, match="shard-00000.safetensors: shard made with another model config than the "
+                                         "manifest's"):
         LatentShards(root)[0]
     save_file(load_file(other_options / shard.name), str(shard))  # as written before shards had metadata
     with pytest.raises(ShardError, match=r"shard-00000.safetensors: row 0 does not hold clip 1 of 16 tokens"):
@@ -486,8 +629,9 @@ def test_output_folder_rules(tmp_path, video_dir, model_dir):
     videos = tmp_path / "videos"
     shutil.copytree(video_dir, videos)
     for out in (videos, videos / "sub" / "shards"):
-        with pytest.raises(ExtractError, match="is the input folder or inside it"):
+        with pytest.raises(ExtractError, match="is the input folder or inside it") as e:
             extract_latents(videos, out, str(model_dir), **KW)
+        assert e.value.all_ranks   # every rank finds it: under torchrun rank 0 alone prints it
     assert sorted(p.name for p in videos.rglob("*")) == sorted(p.name for p in video_dir.rglob("*"))
     out = tmp_path / "shards"
     extract_latents(videos, out, str(model_dir), **{**KW, "shard_size": 2})  # 4 shards
@@ -495,8 +639,9 @@ def test_output_folder_rules(tmp_path, video_dir, model_dir):
     (out / "shard-99999.json").write_text('{"mine": true}')  # named like a shard record, but not one
     save_file({"w": torch.ones(3)}, str(out / "shard-00042.safetensors"))   # ... like a shard, but not one
     with pytest.raises(ExtractError, match=r"holds other files \(notes.txt, shard-00042.safetensors, "
-                                           r"shard-99999.json\); choose another folder, or -y"):
+                                           r"shard-99999.json\); choose another folder, or -y") as e:
         extract_latents(videos, out, str(model_dir), **{**KW, "shard_size": 2})
+    assert e.value.all_ranks
     extract_latents(videos, out, str(model_dir), overwrite=True, **KW)  # 3 shards: shard 3 is stale
     shards = [f"shard-0000{i}.{s}" for i in range(3) for s in ("json", "safetensors")]
     assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", "notes.txt", "shard-99999.json",
@@ -526,3 +671,27 @@ def test_size_is_width_by_height_as_in_encode(tmp_path, video_dir, model_dir):
     assert e.value.code == 0
     clips = json.loads((out / "manifest.json").read_text())["clips"]
     assert {(c["width"], c["height"]) for c in clips} == {(32, 16)}
+
+
+def test_errors_every_rank_raises_are_printed_by_rank_0_alone(tmp_path, video_dir, model_dir, capsys, monkeypatch):
+    """Under torchrun each rank raised the same option error and printed it: one line per rank for one mistake.
+    An error about a rank's own shards is still printed by that rank."""
+    empty, out = tmp_path / "empty", tmp_path / "shards"
+    empty.mkdir()
+    command = ["latents", "extract", "-o", str(out), "--model", str(model_dir), "--frames", "4", "-q"]
+    mistakes = {"--size 'abc': expected WxH": [str(video_dir), "--size", "abc"],
+                "--tokens is only for 1D models": [str(video_dir), "--tokens", "2"],
+                f"{empty.resolve()}: no video files found": [str(empty)]}
+    for rank, lines in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        for message, args in mistakes.items():
+            with pytest.raises(SystemExit) as e:
+                main([*command, *args])
+            err = capsys.readouterr().err
+            assert e.value.code == 1 and err.count("\n") == err.count(f"error: {message}") == lines, (rank, err)
+    extract_latents(video_dir, out, str(model_dir), **KW)
+    monkeypatch.setenv("RANK", "1")   # alone, rank 1 owns every shard: the refusal of shard 0 is its own to print
+    with pytest.raises(SystemExit) as e:
+        main([*command, str(video_dir), "--size", "16"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "shard from a different extraction" in err and err.count("\n") == 1, err
