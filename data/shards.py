@@ -164,7 +164,9 @@ class LatentShards(Dataset):
             raise ShardError(f"{self.root / clip['shard']}: row {row} does not hold clip {clip['id']} of {n} tokens "
                              "as the manifest says (a shard of another extraction?)")
         try:
-            return handle.get_slice("z")[row][:n].clone(), handle.get_slice("mask")[row][:n].clone()
+            # only the clip's n tokens, not its padded row; copied out of the memory map
+            z, mask = handle.get_slice("z")[row:row + 1, :n][0], handle.get_slice("mask")[row:row + 1, :n][0]
+            return z.clone(), mask.clone()
         except (OSError, SafetensorError, IndexError) as e:
             raise ShardError(f"{self.root / clip['shard']}: damaged shard ({e})") from None
 
