@@ -91,6 +91,16 @@ def _sigterm_as_interrupt(main_pid: int):
     return handle
 
 
+def _debug_asked(args: list[str]) -> bool:
+    """Whether ``--debug`` comes before the subcommand (the group's option; after it, it is a bad option)."""
+    for arg in args:
+        if arg == "--debug":
+            return True
+        if not arg.startswith("-"):
+            return False
+    return False
+
+
 def out_of_memory(e: BaseException) -> str | None:
     """What ran out, when ``e`` says memory did (Python's MemoryError, torch's CPU allocator or CUDA): an oversized
     ``--size`` or batch is the user's to fix, so it gets one line, not a traceback; None for any other error."""
@@ -108,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     from vitok.data.errors import VitokError
 
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args or os.environ.get("VITOK_DEBUG") == "1"
+    debug = _debug_asked(args) or os.environ.get("VITOK_DEBUG") == "1"
     if not debug:
         one_line_warnings()
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt(os.getpid()))   # `vitok train`: its own way
@@ -120,11 +130,16 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as e:   # `vitok`, `vitok bench`: the help, as laid out
+        click.echo(e.ctx.get_help(), err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:   # bad options and arguments too: one line, like every user error
         if debug:
             raise
         ctx = getattr(e, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if isinstance(e, click.UsageError) and ctx else ""
+        if isinstance(e, click.NoSuchOption) and e.option_name == "--debug":
+            hint = " (it goes before the command: vitok --debug ...)"
         click.echo(f"error: {' '.join(e.format_message().split())}{hint}", err=True)
         sys.exit(e.exit_code)
     except VitokError as e:

@@ -25,6 +25,16 @@ def test_version_and_help(capsys):
         assert name in out
 
 
+@pytest.mark.parametrize("args", [[], ["bench"], ["latents"]])
+def test_a_group_without_a_command_shows_its_help_as_laid_out(capsys, args):
+    """`vitok` or `vitok bench` alone: click's help, line by line on stderr, exit 2; not one flattened error line."""
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"Usage: vitok {' '.join(args)}".rstrip() + " [OPTIONS] COMMAND")
+    assert "\nCommands:\n" in err and not err.startswith("error")
+
+
 def test_user_error_is_one_line_without_traceback(capsys, monkeypatch):
     @click.command()
     def boom() -> None:
@@ -113,6 +123,8 @@ def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
                                                                              "--bytes, --psnr"),
     (["demo", "--clip", "foo"], "Invalid value for '--clip': 'foo' is not one of"),
     (["encode"], "Missing argument 'INPUT'. (see 'vitok encode --help')"),
+    (["encode", "x.mp4", "-o", "x.vtok", "--debug"], "No such option '--debug'. (it goes before the command: vitok "
+                                                     "--debug ...)"),
 ])
 def test_bad_options_are_one_line_errors(capsys, tmp_path, monkeypatch, args, message):
     """Click's usage errors printed its three-line block (usage, hint, error) where every other user error is one
