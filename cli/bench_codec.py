@@ -11,7 +11,7 @@ from vitok.data.errors import VitokError
 @click.option("--codec", "codecs", multiple=True, help="Codec to time (repeatable); default: every bundled vitok "
                                                        "model. x264 medium is always timed as the reference line.")
 @click.option("--clip", default="carphone", show_default=True,
-              help="Video file, folder, or sample name / eval segment id (the first clip found is used).")
+              help="Video file, folder (its first video file), or sample name / eval segment id (its first clip).")
 @click.option("--frames", type=click.IntRange(min=1), default=33, show_default=True, help="Frames to code.")
 @click.option("--op", "ops", multiple=True, metavar="CODEC:K=V[,K=V]", help="Knobs for a codec (one per codec).")
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True, help="Timed rounds (best kept).")

@@ -88,12 +88,7 @@ def resolve_clips(specs: Iterable) -> list[Clip]:
             if path.is_file():
                 out.append(_file_clip(path))
             elif path.is_dir():
-                from vitok.data import VIDEO_EXTENSIONS
-
-                files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
-                if not files:
-                    raise EvaluationError(f"clip folder {path} holds no video files")
-                out.extend(_file_clip(p) for p in files)
+                out.extend(_file_clip(p) for p in _folder_videos(path))
             else:
                 samples = _sample_clips(str(spec))
                 if samples is None:
@@ -123,12 +118,27 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _folder_videos(path: Path) -> list[Path]:
+    """The video files directly inside folder ``path``, sorted; an EvaluationError when there are none."""
+    from vitok.data import VIDEO_EXTENSIONS
+
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    if not files:
+        raise EvaluationError(f"clip folder {path} holds no video files")
+    return files
+
+
 def load_clip(spec: str, max_frames: int | None = None) -> tuple[str, np.ndarray, Fraction]:
     """One clip's ``(name, frames, fps)`` for single-clip tools: a sample clip name means its whole file at native
-    size; otherwise the first clip ``resolve_clips`` finds. At most ``max_frames`` frames."""
+    size, a folder its first video file (the others are not read); otherwise the first clip ``resolve_clips``
+    finds. At most ``max_frames`` frames."""
     from vitok.data import SAMPLE_CLIPS, sample_path
 
-    clip = _file_clip(sample_path(spec)) if spec in SAMPLE_CLIPS and not Path(spec).exists() \
-        else resolve_clips([spec])[0]
+    if spec in SAMPLE_CLIPS and not Path(spec).exists():
+        clip = _file_clip(sample_path(spec))
+    elif Path(spec).is_dir():
+        clip = _file_clip(_folder_videos(Path(spec))[0])
+    else:
+        clip = resolve_clips([spec])[0]
     frames, fps = clip.load(max_frames)
     return clip.name, frames[:max_frames], fps
