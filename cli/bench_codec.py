@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from vitok.cli.common import emit, json_option, quiet_option
+from vitok.cli.common import count, emit, json_option, quiet_option
 from vitok.data.errors import VitokError
 
 
@@ -47,7 +47,7 @@ def bench_codec(codecs, clip, frames, ops, repeat, threads, isolate, quiet, as_j
         r["label"] = f"{r['codec']} {op_label(r['op'])}" + (" (reference)" if r["reference"] else "")
     t, h, w = video.shape[:3]
     coders = f"classical encoder threads {threads}" if threads else "classical encoder threads auto"
-    text = f"{name}: {t} frames {w}x{h}; torch threads {rows[0]['threads']}, {coders}\n" + format_table(rows, [
+    text = f"{name}: {count(t, 'frame')} {w}x{h}; torch threads {rows[0]['threads']}, {coders}\n" + format_table(rows, [
         ("label", "codec", ""), ("encode_fps", "enc fps", ".1f"), ("decode_fps", "dec fps", ".1f"),
         ("load_peak_mb", "load MiB", ".0f"), ("encode_peak_mb", "enc MiB", ".0f"), ("decode_peak_mb", "dec MiB", ".0f"),
         ("bytes", "bytes", "d"),

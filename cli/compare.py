@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from vitok.cli.common import check_output, emit, json_option, overwrite_option, set_threads, threads_option
+from vitok.cli.common import check_output, count, emit, json_option, overwrite_option, set_threads, threads_option
 from vitok.codecs.models import DEFAULT_MODEL
 from vitok.data.errors import VitokError
 
@@ -45,7 +45,7 @@ def compare(input, model, codecs, frames, output, threads, overwrite, as_json) -
     plot_side_by_side([(labels.get(k, k), v) for k, v in shown.items()], out,
                       title=f"{name}: middle frame at matched PSNR")
     t, h, w = video.shape[:3]
-    text = f"{name}: {t} frames {w}x{h} @ {float(fps):.4g} fps\n" + format_table(rows, [
+    text = f"{name}: {count(t, 'frame')} {w}x{h} @ {float(fps):.4g} fps\n" + format_table(rows, [
         ("label", "codec", ""), ("bytes", "bytes", "d"), ("bpp", "bpp", ".4f"), ("psnr", "PSNR", ".2f"),
         ("ssim", "SSIM", ".4f"), ("encode_s", "enc s", ".3f"), ("decode_s", "dec s", ".3f")])
     emit({"clip": name, "frames": t, "width": w, "height": h, "fps": str(fps), "rows": rows, "image": str(out)},

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from vitok.cli.common import check_output, emit, json_option, overwrite_option, quiet_option, set_threads, threads_option
+from vitok.cli.common import (check_output, count, emit, json_option, overwrite_option, quiet_option, set_threads,
+                              threads_option)
 
 DEMO_CLIP = "carphone"  # 176x144: small enough for a fast CPU demo, real camera content
 
@@ -36,7 +37,7 @@ def demo(output, model, clip, frames, overwrite, quiet, as_json, threads) -> Non
     info = sample_info(clip)
     fps, sar = info.fps, info.sample_aspect_ratio
     if not quiet:
-        click.echo(f"demo: {clip} (held-out frames), {len(video)} frames {video.shape[2]}x{video.shape[1]}; "
+        click.echo(f"demo: {clip} (held-out frames), {count(len(video), 'frame')} {video.shape[2]}x{video.shape[1]}; "
                    "encoding with vitok, then h264 at the same PSNR ...", err=True)
     rows, shown, streams = compare_codecs(video, fps, model=model, codecs=("h264",))
     neural = rows[0]["codec"]

@@ -5,7 +5,7 @@ import os
 
 import click
 
-from vitok.cli.common import emit, json_option, overwrite_option, quiet_option, set_threads, threads_option
+from vitok.cli.common import count, emit, json_option, overwrite_option, quiet_option, set_threads, threads_option
 
 
 def _list_configs(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -57,7 +57,7 @@ def train(config: str, sets: tuple[str, ...], out_dir: str | None, resume: bool,
         return
     ev = summary["eval"]
     loss = summary["last"].get("loss")
-    text = (f"trained {cfg['model']['name']} for {summary['steps']} steps"
+    text = (f"trained {cfg['model']['name']} for {count(summary['steps'], 'step')}"
             + (f" of {cfg['schedule']['steps']} (--stop-at; continue with --resume)" if summary["stopped"] else "")
             + (f"; last loss {loss:.4f}" if loss is not None else "; no step run in this session")
             + (f"; held-out PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}" if ev else "")

@@ -37,7 +37,7 @@ def test_train_stop_at_says_how_to_go_on(tmp_path):
     res = runner.invoke(train, ["tiny-cnn", "--out", str(tmp_path / "r"), "--set", "schedule.steps=3", "--stop-at", "1",
                                 "-q", *FAST])
     assert res.exit_code == 0, res.output
-    assert "trained cnn-tiny for 1 steps of 3 (--stop-at; continue with --resume)" in res.stdout, res.stdout
+    assert "trained cnn-tiny for 1 step of 3 (--stop-at; continue with --resume)" in res.stdout, res.stdout
     res = runner.invoke(train, ["tiny-cnn", "--out", str(tmp_path / "r"), "--set", "schedule.steps=3", "--resume",
                                 "--stop-at", "0", *FAST])
     assert res.exit_code == 2 and "0 is not in the range x>=1" in res.output
