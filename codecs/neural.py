@@ -476,7 +476,7 @@ class VitokCodec(Codec):
         if bytes is not None and (not isinstance(bytes, (int, np.integer)) or bytes <= 0):
             raise CodecError(f"bytes must be a positive integer, got {bytes!r}")
         if psnr is not None and not (isinstance(psnr, (int, float)) and math.isfinite(psnr)):
-            raise CodecError(f"psnr must be a number, got {psnr!r}")
+            raise CodecError(f"psnr must be a finite number of dB, got {psnr!r}")
         self._check_tokens(tokens)
         if not sample_aspect_ratio > 0:
             raise CodecError(f"sample_aspect_ratio must be positive, got {sample_aspect_ratio!r}")

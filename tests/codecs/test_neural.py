@@ -130,6 +130,7 @@ def test_grid_rate_control_picks_steps(tinygrid, clip):
                                          ({"step": -1.0}, "step"), ({"bytes": -5}, "bytes"),
                                          ({"step": 1e-50}, r"step 1e-50 is out of float32"),
                                          ({"step": 1e39}, r"step 1e\+39 is out of float32"),
+                                         ({"psnr": float("inf")}, "psnr must be a finite number of dB, got inf"),
                                          ({"tokens": 4, "psnr": 30.0}, "at most one")])
 def test_bad_knobs(codec1d, clip, knobs, match):
     with pytest.raises(CodecError, match=match):
