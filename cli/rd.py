@@ -5,8 +5,9 @@
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import click
 
@@ -120,7 +121,8 @@ def _plot_options(f):
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Parallel processes.")
 @click.option("--frames", "max_frames", type=click.IntRange(min=1), default=None,
               help="Use at most this many frames of each file clip.")
-@click.option("--fresh", is_flag=True, help="Ignore and replace cached records in the results folder.")
+@click.option("--fresh", is_flag=True,
+              help="Measure every point again; its records replace the cached ones once the sweep finishes.")
 @click.option("--rate-control/--no-rate-control", "rate_control", default=True, show_default=True,
               help="For 1D vitok models swept without --op, also run PSNR-target rate control (token study).")
 @overwrite_option
@@ -133,22 +135,31 @@ def run(clips, codecs, ops, metrics, x, anchor, method, output, workers, max_fra
     Writes records.csv/.json, plots/ (RD curves per clip and mean, PNG+SVG; side-by-side frames; token budget),
     bdrate.json, summary.json and report.txt into the output folder, and prints the BD-rate table.
     """
-    from vitok.evaluation.rd import CACHE_FILE, rate_control_ops, rd_sweep
+    from vitok.evaluation.rd import CACHE_FILE, fresh_cache
 
     out = Path(output)
     if out.exists() and any(out.iterdir()) and not (out / CACHE_FILE).exists() and not overwrite:
         raise VitokError(f"output folder {out} is not empty and holds no RD cache (use -y to write into it)")
-    if fresh and (out / CACHE_FILE).exists():
-        (out / CACHE_FILE).unlink()
     codec_list = list(codecs) or _default_codecs()
     op_map = parse_ops(ops, codec_list)
-    kw = dict(workers=workers, cache_dir=out, progress=not quiet, max_frames=max_frames)
-    records = rd_sweep(list(clips), codec_list, op_map or None, **kw)
-    rc = {c: rate_control_ops(records, c) for c in codec_list if rate_control and c not in op_map}
-    rc = {c: v for c, v in rc.items() if v}
-    if rc:  # second pass: rate control at qualities the fixed-token points reached
-        records += rd_sweep(list(clips), list(rc), rc, **kw)
+    with fresh_cache(out) if fresh else nullcontext(CACHE_FILE) as cache_name:  # the old cache stays until the end
+        kw = dict(workers=workers, cache_dir=out, cache_name=cache_name, progress=not quiet, max_frames=max_frames)
+        records = _sweep(list(clips), codec_list, op_map, rate_control, kw)
     _report(records, out, metrics, x, anchor, method, as_json)
+
+
+def _sweep(clips: list[str], codecs: list[str], op_map: dict[str, list[dict]], rate_control: bool,
+           kw: dict[str, Any]) -> list[dict]:
+    """The sweep's records; with ``rate_control``, a second pass adds PSNR-target rate control for the 1D vitok
+    codecs swept at their own points, at qualities their fixed-token points reached."""
+    from vitok.evaluation.rd import rate_control_ops, rd_sweep
+
+    records = rd_sweep(clips, codecs, op_map or None, **kw)
+    rc = {c: rate_control_ops(records, c) for c in codecs if rate_control and c not in op_map}
+    rc = {c: v for c, v in rc.items() if v}
+    if rc:
+        records += rd_sweep(clips, list(rc), rc, **kw)
+    return records
 
 
 @rd.command("plot")

@@ -27,11 +27,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -42,6 +44,7 @@ from vitok.evaluation.memory import PeakMemory
 from vitok.evaluation.metrics import METRICS, compute_metrics, lpips_available
 
 CACHE_FILE = "records.jsonl"
+FRESH_FILE = "records.fresh.jsonl"   # a fresh sweep's records, until they replace the cache
 FRAMES_DIR = "frames"
 
 
@@ -91,23 +94,31 @@ def record_key(clip: Clip, codec: str, op: dict, metrics: Sequence[str], max_fra
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
 
-def load_cache(cache_dir: str | os.PathLike) -> dict[str, dict]:
-    """Records already finished in ``cache_dir`` by key; a torn last line (interrupted run) is ignored."""
-    path = Path(cache_dir) / CACHE_FILE
-    out: dict[str, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and "key" in rec and "file_bytes" in rec:   # older records counted mp4 boxes
-                out[rec["key"]] = rec
-    return out
+def read_json_lines(data: bytes) -> tuple[list, int]:
+    """The JSON values of the lines of a ``.jsonl`` file, and how many non-blank lines were skipped because they
+    are not JSON: torn by an interrupted sweep, or bytes that are not UTF-8 text."""
+    values, skipped = [], 0
+    for line in filter(bytes.strip, data.splitlines()):
+        try:
+            values.append(json.loads(line.decode()))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            skipped += 1
+    return values, skipped
 
 
-def _append_cache(cache_dir: str | os.PathLike, record: dict) -> None:
-    path = Path(cache_dir) / CACHE_FILE
+def load_cache(cache_dir: str | os.PathLike, name: str = CACHE_FILE) -> dict[str, dict]:
+    """Records already finished in ``cache_dir`` (in its file ``name``) by key; lines that are not JSON (a torn last
+    line of an interrupted run, undecodable bytes) are ignored."""
+    path = Path(cache_dir) / name
+    if not path.is_file():
+        return {}
+    records, _ = read_json_lines(path.read_bytes())
+    # older records (no file_bytes) counted mp4 boxes: measured again
+    return {rec["key"]: rec for rec in records if isinstance(rec, dict) and "key" in rec and "file_bytes" in rec}
+
+
+def _append_cache(cache_dir: str | os.PathLike, record: dict, name: str = CACHE_FILE) -> None:
+    path = Path(cache_dir) / name
     with open(path, "ab+") as f:
         torn = False                         # a last line cut by an interrupt: end it before appending
         if f.seek(0, os.SEEK_END) > 0:
@@ -116,6 +127,44 @@ def _append_cache(cache_dir: str | os.PathLike, record: dict) -> None:
         f.write((("\n" if torn else "") + json.dumps(record) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
+
+
+@contextmanager
+def fresh_cache(cache_dir: str | os.PathLike) -> Iterator[str]:
+    """The cache file name for sweeps that measure everything again: over an existing cache, a file aside that
+    replaces the cache only when the block ends without error, so a failed or interrupted fresh run keeps the old
+    records usable."""
+    cache = Path(cache_dir) / CACHE_FILE
+    if not cache.is_file():   # no records to keep: write the cache itself
+        yield CACHE_FILE
+        return
+    aside = cache.with_name(FRESH_FILE)
+    aside.unlink(missing_ok=True)   # left by a fresh run that was killed
+    try:
+        yield FRESH_FILE
+    except BaseException:
+        aside.unlink(missing_ok=True)
+        raise
+    os.replace(aside, cache)
+
+
+@contextmanager
+def _cache_folder(cache_dir: Path | None) -> Iterator[None]:
+    """Make the cache folder (and missing parents) for the block; if the block fails before a file landed in them,
+    remove what it made, so a failed run leaves no empty output folder behind."""
+    if cache_dir is None or cache_dir.is_dir():
+        yield
+        return
+    top = cache_dir
+    while not top.parent.exists():
+        top = top.parent
+    cache_dir.mkdir(parents=True)
+    try:
+        yield
+    except BaseException:
+        if not any(p.is_file() for p in top.rglob("*")):
+            shutil.rmtree(top, ignore_errors=True)
+        raise
 
 
 # -- work done in the worker processes (or inline when workers == 1) -----------------------------------------
@@ -223,14 +272,15 @@ def run_job(job: _Job) -> dict:
 
 # -- the sweep --------------------------------------------------------------------------------------------------
 def rd_sweep(clips: Iterable, codecs: Sequence, operating_points: Any = None, *, workers: int = 1,
-             cache_dir: str | os.PathLike | None = None, progress: bool = True,
+             cache_dir: str | os.PathLike | None = None, cache_name: str = CACHE_FILE, progress: bool = True,
              metrics: Sequence[str] = METRICS, max_frames: int | None = None) -> list[dict]:
     """Run every (clip, codec, operating point) and return the records, ordered by clip, codec, point.
 
     ``clips``: specs for ``resolve_clips`` (files, folders, ``"eval"``, segment ids, ``(name, frames[, fps])``).
     ``codecs``: names for ``vitok.codecs.get_codec`` (or Codec objects when ``workers == 1``).
     ``operating_points``: ``None`` (each codec's own list), one list of knob dicts for every codec, or a dict
-    ``{codec name: list}`` (codecs not in it use their own). ``max_frames`` truncates file clips.
+    ``{codec name: list}`` (codecs not in it use their own). ``max_frames`` truncates file clips. ``cache_name``: the
+    file in ``cache_dir`` that records are resumed from and appended to (``fresh_cache`` gives one aside).
     """
     if not codecs:
         raise EvaluationError("no codecs given")
@@ -245,9 +295,7 @@ def rd_sweep(clips: Iterable, codecs: Sequence, operating_points: Any = None, *,
     objs = {codec_name(c): _codec_obj(c) for c in codecs}  # unknown names fail here, before any work
     # metrics as they can be measured now: a record made while LPIPS was unavailable is measured again once it is
     measured = [f"{m}:available" if m == "lpips" and lpips_available() else m for m in metrics]
-    cache = load_cache(cache_dir) if cache_dir is not None else {}
-    if cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    cache = load_cache(cache_dir, cache_name) if cache_dir is not None else {}
     cache_str = None if cache_dir is None else str(cache_dir)
 
     idents = {name: codec_identity(obj) for name, obj in objs.items()}
@@ -267,11 +315,12 @@ def rd_sweep(clips: Iterable, codecs: Sequence, operating_points: Any = None, *,
     bar = tqdm(total=len(jobs), initial=len(done), desc="rd", unit="pt", disable=None if progress else True,
                leave=False)   # a bar on a terminal only (None: tqdm leaves it out when stderr is not one)
     try:
-        for rec in _execute(todo, workers):
-            done[rec["key"]] = rec
-            if cache_dir is not None:
-                _append_cache(cache_dir, rec)
-            bar.update(1)
+        with _cache_folder(None if cache_dir is None else Path(cache_dir)):
+            for rec in _execute(todo, workers):
+                done[rec["key"]] = rec
+                if cache_dir is not None:
+                    _append_cache(cache_dir, rec, cache_name)
+                bar.update(1)
     finally:
         bar.close()
     return [done[j.key] for j in jobs]

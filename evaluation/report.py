@@ -24,6 +24,7 @@ from vitok.data.atomic import atomic_path, write_bytes_atomic
 from vitok.evaluation.bdrate import LOWER_IS_BETTER, bd_psnr, bd_rate, rd_points
 from vitok.evaluation.errors import EvaluationError
 from vitok.evaluation.plots import plot_rd, plot_side_by_side, plot_token_budget, plot_token_histogram
+from vitok.evaluation.rd import read_json_lines
 
 FIELDS = ("clip", "codec", "op", "bytes", "stream_bytes", "bpp", "kbps", "psnr", "psnr_y", "ssim", "ms_ssim", "lpips",
           "tokens", "tokens_per_s", "tokens_per_chunk", "encode_s", "decode_s", "peak_mem_mb", "frames", "width",
@@ -64,21 +65,7 @@ def load_records(path: str | os.PathLike) -> list[dict]:
         p = p / "records.json" if (p / "records.json").is_file() else p / "records.jsonl"
     if not p.is_file():
         raise EvaluationError(f"no RD records at {path} (expected records.json or records.jsonl)")
-    text = p.read_text()
-    if p.suffix == ".jsonl":   # torn lines of interrupted sweeps are skipped, as the sweep's own cache reading does
-        records, torn = [], 0
-        for line in filter(str.strip, text.splitlines()):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                torn += 1
-        if torn:
-            warnings.warn(f"{p}: skipped {torn} line(s) that are not JSON (cut by interrupted sweeps)", stacklevel=2)
-    else:
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise EvaluationError(f"{p}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    records = _jsonl_records(p) if p.suffix == ".jsonl" else _json_records(p)
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise EvaluationError(f"{p}: not a list of RD records")
     seen: dict[tuple, int] = {}
@@ -92,6 +79,25 @@ def load_records(path: str | os.PathLike) -> list[dict]:
                                   f"{point[0]!r} (several sweeps in one cache?); report one sweep's records.json")
         seen[point] = i
     return records
+
+
+def _jsonl_records(p: Path) -> list:
+    """The values of a ``.jsonl`` cache's lines; lines that are not JSON (torn by interrupted sweeps, or not UTF-8)
+    are skipped with a warning, as the sweep's own cache reading skips them."""
+    records, torn = read_json_lines(p.read_bytes())
+    if torn:
+        warnings.warn(f"{p}: skipped {torn} line(s) that are not JSON (cut by interrupted sweeps)", stacklevel=3)
+    return records
+
+
+def _json_records(p: Path) -> Any:
+    """The value of a ``records.json`` file; a file that is not UTF-8 JSON text (a video, say) is not records."""
+    try:
+        return json.loads(p.read_bytes().decode())
+    except UnicodeDecodeError:
+        raise EvaluationError(f"{p}: not RD records (not text; expected records.json or records.jsonl)") from None
+    except json.JSONDecodeError as e:
+        raise EvaluationError(f"{p}: not valid JSON ({e.msg}, line {e.lineno})") from None
 
 
 def _number(value: Any) -> bool:

@@ -56,6 +56,7 @@ def test_rd_errors_are_one_line(tmp_path, cli_error, carphone_path):
         (["rd", "--codec", "h264", "-o", str(tmp_path / "b")], "no clips given"),
         (["rd", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "c")], "clip not found"),
         (["rd", "plot", str(tmp_path)], "no RD records"),
+        (["rd", "plot", str(carphone_path)], "carphone_pristine.mp4: not RD records (not text"),   # was a traceback
     ]
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -357,3 +358,54 @@ def test_rd_and_bench_show_no_bars_when_stderr_is_not_a_terminal(tmp_path, small
         r = CliRunner().invoke(cli, args, catch_exceptions=False)
         assert r.exit_code == 0, r.output
         assert "\r" not in r.stderr and "%|" not in r.stderr, args
+
+
+def test_rd_fresh_keeps_the_old_cache_until_its_sweep_finishes(tmp_path, small_clip, cli_error, monkeypatch):
+    """--fresh deleted the cache before anything was checked: a typo lost it, and the next run was refused."""
+    from vitok.codecs.classical import ClassicalCodec
+    from vitok.codecs.errors import CodecError
+
+    out = tmp_path / "rd"
+    run = ["rd", str(small_clip), "--codec", "h264", "--frames", "3", "-o", str(out), "-q"]
+    _invoke([*run, "--op", "h264:crf=30"])
+    cache = (out / rd_mod.CACHE_FILE).read_bytes()
+    for typo, message in ((["--codec", "h265x"], "unknown codec 'h265x'"), (["--op", "h264:zzz=1"], "no knob 'zzz'")):
+        assert message in cli_error([*run, *typo, "--fresh"])
+        assert (out / rd_mod.CACHE_FILE).read_bytes() == cache, typo
+    real = ClassicalCodec.encode
+
+    def fails_at_crf_40(self, frames, fps, **op):
+        if op.get("crf") == 40:
+            raise CodecError("encoder failed")
+        return real(self, frames, fps, **op)
+
+    with monkeypatch.context() as m:   # a fresh run that fails after it measured crf=30 again
+        m.setattr(ClassicalCodec, "encode", fails_at_crf_40)
+        assert "encoder failed" in cli_error([*run, "--op", "h264:crf=30", "--op", "h264:crf=40", "--fresh"])
+    assert (out / rd_mod.CACHE_FILE).read_bytes() == cache and not (out / rd_mod.FRESH_FILE).exists()
+    with monkeypatch.context() as m:
+        m.setattr(rd_mod, "run_job", lambda job: pytest.fail("re-encoded"))
+        _invoke([*run, "--op", "h264:crf=30"])   # the old cache still serves the plain run
+    _invoke([*run, "--op", "h264:crf=40", "--fresh"])
+    assert [r["op"] for r in rd_mod.load_cache(out).values()] == [{"crf": 40}]
+
+
+def test_a_failed_rd_run_leaves_no_folder_it_made(tmp_path, small_clip, cli_error):
+    """An error in the first point left the empty output folder behind; a folder that was there stays."""
+    bad = ["rd", str(small_clip), "--codec", "h264", "--op", "h264:crf=abc", "--frames", "3", "-q", "-o"]
+    assert "crf must be an integer" in cli_error([*bad, str(tmp_path / "new" / "rd")])
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    assert "crf must be an integer" in cli_error([*bad, str(tmp_path / "mine")])
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_a_cache_line_that_is_not_utf8_is_skipped(tmp_path, small_clip, monkeypatch):
+    """A stray byte that does not decode stopped every later run with a traceback."""
+    out = tmp_path / "rd"
+    run = ["rd", str(small_clip), "--codec", "h264", "--op", "h264:crf=30", "--frames", "3", "-o", str(out), "-q"]
+    _invoke(run)
+    with open(out / rd_mod.CACHE_FILE, "ab") as f:
+        f.write(b"\xff\n")
+    monkeypatch.setattr(rd_mod, "run_job", lambda job: pytest.fail("re-encoded"))
+    assert "wrote" in _invoke(run)

@@ -150,6 +150,15 @@ def test_a_cache_of_several_sweeps_is_refused_and_a_torn_last_line_skipped(tmp_p
         load_records(tmp_path / "records.json")
 
 
+def test_lines_that_are_not_utf8_are_skipped_like_torn_ones(tmp_path):
+    """Undecodable bytes in a cache raised UnicodeDecodeError in the sweep's cache reading and in `rd plot`."""
+    lines = [json.dumps(_rec("c", "h264", b, p, key=f"k{b}", file_bytes=b)).encode() for b, p in [(1, 30), (2, 33)]]
+    (tmp_path / CACHE_FILE).write_bytes(lines[0] + b"\n\xff\xfe\n" + lines[1] + b"\n")
+    assert sorted(rd_mod.load_cache(tmp_path)) == ["k1", "k2"]
+    with pytest.warns(UserWarning, match=r"skipped 1 line\(s\) that are not JSON"):
+        assert len(load_records(tmp_path / CACHE_FILE)) == 2
+
+
 def test_a_mean_curve_over_fewer_clips_says_so(tmp_path, monkeypatch):
     from vitok.evaluation import report
 
