@@ -34,6 +34,21 @@ def _fps(ctx: click.Context, param: click.Parameter, value: str | None) -> Fract
     return fps
 
 
+def _refuse_special_file(path: Path) -> None:
+    """Say an input that is a pipe, socket or device is one (it was reported missing, or a probe waited on it)."""
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise VitokError(f"input {path} is not a regular file")
+
+
+def _check_vtok_input(path: str) -> None:
+    """Refuse a decode input that is a folder, a pipe or device, or missing, each said as what it is."""
+    if Path(path).is_dir():
+        raise VitokError(f"input {path} is a folder, not a .vtok file")
+    _refuse_special_file(Path(path))
+    if not Path(path).is_file():
+        raise VitokError(f"input not found: {path}")
+
+
 def _check_input(path: str) -> None:
     from vitok.codecs.files import is_frames_source
 
@@ -74,9 +89,9 @@ def encode(input, output, model, step, tokens, target_bytes, psnr, per_tile, num
     if sum(v is not None for v in (tokens, target_bytes, psnr)) > 1:
         raise click.UsageError("give at most one of --tokens, --bytes, --psnr")
     _check_input(input)
-    out = check_output(output, overwrite, inputs=[input])
     if Path(output).suffix.lower() != ".vtok":  # a .vtok named .mp4 would look like a video no player opens
         raise VitokError(f"{output}: the output of encode is a .vtok file (decode makes videos)")
+    out = check_output(output, overwrite, inputs=[input])
     set_threads(threads)
     codec = VitokCodec(model, device=resolve_device(device)).load()  # model errors before any video is read
     with progress(desc="encode", quiet=quiet, unit="frame", total=_total(input, start, num_frames)) as bar:
@@ -142,22 +157,19 @@ def _runs(values: list) -> str:
 def decode(input, output, model, video_codec, crf, overwrite, quiet, as_json, device, threads) -> None:
     """Decode a .vtok file to a video, a folder of PNGs or a .npy array."""
     from vitok.codecs.container import VtokReader
-    from vitok.codecs.files import decode_file
+    from vitok.codecs.files import decode_file, decode_output_kind
     from vitok.codecs.neural import VitokCodec, model_for_stream
 
-    if Path(input).is_dir():
-        raise VitokError(f"input {input} is a folder, not a .vtok file")
-    if not Path(input).is_file():
-        raise VitokError(f"input not found: {input}")
-    out = check_output(output, overwrite, inputs=[input],
-                       folder_of=("frame_*.png",) if Path(output).suffix == "" else None)
+    _check_vtok_input(input)
+    if video_codec is None:
+        video_codec = "ffv1" if Path(output).suffix.lower() == ".mkv" else "h264"
+    kind = decode_output_kind(output, video_codec)   # a name decode cannot write: before -y is asked for
+    out = check_output(output, overwrite, inputs=[input], folder_of=("frame_*.png",) if kind == "frames" else None)
     set_threads(threads)
     dev = resolve_device(device)
     with VtokReader(input) as r:
         total = r.header.frames
     codec = VitokCodec(model, device=dev) if model else model_for_stream(input, device=dev)
-    if video_codec is None:
-        video_codec = "ffv1" if out.suffix.lower() == ".mkv" else "h264"
     with progress(desc="decode", quiet=quiet, unit="frame", total=total) as bar:
         result = decode_file(codec, input, out, video_codec=video_codec, crf=crf, on_chunk=bar.update)
     result["model"] = codec.model_ref
@@ -185,6 +197,7 @@ def info(file, as_json) -> None:
     path = Path(file)
     if not path.exists():
         raise VitokError(f"input not found: {file}")
+    _refuse_special_file(path)
     if path.suffix.lower() == ".vtok" or (path.is_file() and _head(path) == MAGIC):
         from vitok.codecs.files import describe_vtok
 

@@ -93,9 +93,9 @@ def sample(gen_dir: str, output: str, num: int, steps: int, seed: int, fps: int 
     from vitok.evaluation.generation import sample_videos, template_fps, tile_videos
 
     set_threads(threads)
-    check_output(output, overwrite)
-    if Path(output).suffix.lower() not in SAMPLE_SUFFIXES:   # before the sampling, not after it
+    if Path(output).suffix.lower() not in SAMPLE_SUFFIXES:   # before the sampling, and before asking for -y
         raise VitokError(f"{output}: gen sample writes an h264 video; name it {', '.join(SAMPLE_SUFFIXES)}")
+    check_output(output, overwrite)
     with progress(total=steps, desc="sampling", quiet=quiet, unit="step") as bar:
         videos = sample_videos(gen_dir, num=num, steps=steps, seed=seed, model=model, device=resolve_device(device),
                                on_step=lambda: bar.update(1))

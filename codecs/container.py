@@ -166,6 +166,17 @@ def _depth(value: object) -> int:
     return deepest
 
 
+def _open_vtok(path: Path) -> BinaryIO:
+    """Open a ``.vtok`` path for reading; a folder or a pipe/device is said to be one, not reported missing."""
+    if not path.exists():
+        raise BitstreamError(f"no such .vtok file: {path}")
+    if path.is_dir():
+        raise BitstreamError(f"{path} is a folder, not a .vtok file")
+    if not path.is_file():
+        raise BitstreamError(f"{path} is not a regular file (a .vtok is read by seeking)")
+    return open(path, "rb")
+
+
 class VtokReader:
     """Streams a ``.vtok`` from a path, bytes or a seekable binary file: header first, then ``chunks()``."""
 
@@ -174,9 +185,7 @@ class VtokReader:
             self.f, self.name, self._own = io.BytesIO(bytes(source)), "<bytes>", False
         elif isinstance(source, (str, os.PathLike)):
             path = Path(source)
-            if not path.is_file():
-                raise BitstreamError(f"no such .vtok file: {path}")
-            self.f, self.name, self._own = open(path, "rb"), str(path), True
+            self.f, self.name, self._own = _open_vtok(path), str(path), True
         else:
             self.f, self.name, self._own = source, getattr(source, "name", "<stream>"), False
         try:

@@ -10,7 +10,7 @@ import os
 import warnings
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
 import numpy as np
 
@@ -65,6 +65,22 @@ def _check_size(codec: VitokCodec, size: tuple[int, int]) -> None:
     VtokHeader(size[0], size[1], Fraction(25), codec.tok.clip_frames).check()
 
 
+def decode_output_kind(output_path: str | os.PathLike, video_codec: str) -> Literal["video", "npy", "frames"]:
+    """What a decode to ``output_path`` writes: "video", "npy" or "frames" (a folder of PNGs); a name it cannot
+    write is refused here, before a model loads or an existing output is weighed."""
+    out = Path(output_path)
+    suffix = out.suffix.lower()
+    if suffix in (".mp4", ".mkv", ".mov"):   # .webm takes neither ffv1 nor h264, the two output codecs
+        if video_codec == "ffv1" and suffix != ".mkv":
+            raise CodecError(f"{out}: lossless ffv1 needs a .mkv output (or use --codec h264)")
+        return "video"
+    if suffix == ".npy":
+        return "npy"
+    if suffix == "":
+        return "frames"
+    raise CodecError(f"{out}: unknown output type {suffix!r}; use .mp4, .mkv, .npy or a folder name")
+
+
 def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: str | os.PathLike, *,
                 video_codec: str = "ffv1", crf: int = 18,
                 on_chunk: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -74,6 +90,7 @@ def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
     from vitok.data.io import write_video
 
     out = Path(output_path)
+    kind = decode_output_kind(out, video_codec)
     reader = VtokReader(input_path)
     h = reader.header
 
@@ -84,12 +101,9 @@ def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
             yield chunk
 
     try:
-        suffix = out.suffix.lower()
-        if suffix in (".mp4", ".mkv", ".mov"):   # .webm takes neither ffv1 nor h264, the two output codecs
-            if video_codec == "ffv1" and suffix != ".mkv":
-                raise CodecError(f"{out}: lossless ffv1 needs a .mkv output (or use --codec h264)")
+        if kind == "video":
             write_video(out, frames(), h.fps, codec=video_codec, crf=crf, sample_aspect_ratio=h.sample_aspect_ratio)
-        elif suffix == ".npy":
+        elif kind == "npy":
             with atomic_path(out) as tmp:
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(h.frames, h.height, h.width, 3))
                 i = 0
@@ -99,7 +113,7 @@ def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
                 arr.flush()
                 del arr
             _warn_aspect_dropped(out, "a .npy array", h.sample_aspect_ratio)
-        elif suffix == "":
+        else:
             from PIL import Image
 
             with atomic_dir(out) as tmp:
@@ -109,8 +123,6 @@ def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
                         Image.fromarray(frame).save(tmp / f"frame_{i:06d}.png")
                         i += 1
             _warn_aspect_dropped(out, "PNG frames", h.sample_aspect_ratio)
-        else:
-            raise CodecError(f"{out}: unknown output type {suffix!r}; use .mp4, .mkv, .npy or a folder name")
     finally:
         reader.close()
     return {"output": str(out), "frames": h.frames, "width": h.width, "height": h.height, "fps": str(h.fps),

@@ -17,6 +17,27 @@ def _name_output(e: BaseException, dest: Path) -> None:
         e.filename = str(dest)
 
 
+def _file_in_the_way(dest: Path) -> Path | None:
+    """The nearest existing ancestor of ``dest`` when it is not a folder (a file used as one), else None."""
+    for parent in dest.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+@contextlib.contextmanager
+def _naming_the_output(dest: Path) -> Iterator[None]:
+    """Reword an OSError while making the output's folder or temporary to name the output the user asked for (the
+    hidden temporary's name, or a parent's alone, does not say which output failed)."""
+    try:
+        yield
+    except OSError as e:
+        blocker = _file_in_the_way(dest)
+        if blocker is not None:
+            raise NotADirectoryError(errno.ENOTDIR, f"cannot write {dest}: {blocker} is not a folder") from e
+        raise OSError(e.errno, f"cannot write {dest}: {e.strerror or e}") from e
+
+
 _NO_FOLDER_SYNC = (errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM)
 
 
@@ -52,9 +73,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, durable: boo
     flushes the file before the rename and the folder after it, so a power loss keeps the old file or the new one.
     """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=dest.suffix if suffix is None else suffix,
-                               dir=dest.parent)
+    with _naming_the_output(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=dest.suffix if suffix is None else suffix,
+                                   dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -81,8 +103,9 @@ def atomic_dir(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]
     import shutil
 
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    with _naming_the_output(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     old = None
     try:
         yield tmp

@@ -223,9 +223,13 @@ def test_outputs_never_replace_inputs_or_foreign_files(capsys, encoded, video, t
     src = tmp_path / "src.vtok"
     shutil.copy(encoded, src)
     data = src.read_bytes()
-    assert "is the input" in _error(capsys, "decode", str(src), "-o", str(src), "-y", "--model", model)
+    assert "unknown output type '.vtok'" in _error(capsys, "decode", str(src), "-o", str(src), "-y", "--model", model)
+    as_npy = tmp_path / "src.npy"   # a .vtok under a name decode writes
+    shutil.copy(encoded, as_npy)
+    assert "is the input" in _error(capsys, "decode", str(as_npy), "-o", str(as_npy), "-y", "--model", model)
+    assert as_npy.read_bytes() == data
     assert "holds the input" in _error(capsys, "decode", str(src), "-o", str(tmp_path), "-y", "--model", model)
-    own = tmp_path / "own.mkv"
+    own = tmp_path / "own.vtok"   # a video under the name encode writes (another suffix is refused first)
     shutil.copy(video, own)
     assert "is the input" in _error(capsys, "encode", str(own), "-o", str(own), "-y", "--model", model)
     assert src.read_bytes() == data and own.read_bytes() == video.read_bytes()
@@ -236,7 +240,9 @@ def test_outputs_never_replace_inputs_or_foreign_files(capsys, encoded, video, t
     assert "holds other files (notes.txt)" in _error(capsys, "decode", str(src), "-o", str(folder), "-y",
                                                      "--model", model)
     assert (folder / "notes.txt").read_text() == "keep me"
-    assert "is a folder" in _error(capsys, "encode", str(video), "-o", str(folder), "-y", "--model", model)
+    (tmp_path / "dir.vtok").mkdir()
+    assert "is a folder" in _error(capsys, "encode", str(video), "-o", str(tmp_path / "dir.vtok"), "-y", "--model",
+                                   model)
     plain = tmp_path / "plain"
     plain.write_text("not a folder")
     assert "is a file" in _error(capsys, "decode", str(src), "-o", str(plain), "-y", "--model", model)
@@ -346,10 +352,10 @@ def test_path_and_disk_errors_are_one_line(capsys, monkeypatch, encoded, video, 
     from vitok.codecs.container import VtokWriter
 
     model = str(tiny1d[2])
-    assert f"File exists: {video}" in _error(capsys, "encode", str(video), "-o", str(video / "x.vtok"), "-q",
-                                             "--model", model)
-    assert f"File exists: {video}" in _error(capsys, "decode", str(encoded), "-o", str(video / "y.npy"), "-q",
-                                             "--model", model)
+    assert _error(capsys, "encode", str(video), "-o", str(video / "x.vtok"), "-q", "--model", model) == \
+        f"error: cannot write {video / 'x.vtok'}: {video} is not a folder\n"   # was "File exists: <video>"
+    assert _error(capsys, "decode", str(encoded), "-o", str(video / "y.npy"), "-q", "--model", model) == \
+        f"error: cannot write {video / 'y.npy'}: {video} is not a folder\n"
 
     def full(self, payload, frames):
         raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
@@ -365,6 +371,63 @@ def test_decode_of_a_folder_says_it_is_a_folder(capsys, tmp_path):
     (tmp_path / "adir").mkdir()
     assert "adir is a folder, not a .vtok file" in _error(capsys, "decode", str(tmp_path / "adir"), "-o",
                                                           str(tmp_path / "y.mkv"))
+
+
+def test_an_unwritable_folder_names_the_output(capsys, monkeypatch, encoded, video, tiny1d, tmp_path):
+    """The error named the hidden temporary ("Operation not permitted: ro/.x.vtok.uu4lxhw4.vtok"), not the output;
+    a read-only folder is simulated (root writes through a chmod)."""
+    import tempfile
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = {name: getattr(tempfile, name) for name in ("mkstemp", "mkdtemp")}
+
+    def refusing(name):
+        def make(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir) == ro:
+                raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), os.path.join(dir, ".x.vtok.uu4lxhw4"))
+            return real[name](*args, dir=dir, **kwargs)
+        return make
+
+    for name in real:
+        monkeypatch.setattr(tempfile, name, refusing(name))
+    model = str(tiny1d[2])
+    denied = os.strerror(errno.EPERM)
+    assert _error(capsys, "encode", str(video), "-o", str(ro / "x.vtok"), "-q", "--model", model) == \
+        f"error: cannot write {ro / 'x.vtok'}: {denied}\n"
+    for out in (ro / "f", ro / "f.npy"):   # a folder of PNGs, an array
+        assert _error(capsys, "decode", str(encoded), "-o", str(out), "-q", "--model", model) == \
+            f"error: cannot write {out}: {denied}\n"
+    err = _error(capsys, "decode", str(encoded), "-o", str(ro / "f.mkv"), "-q", "--model", model)
+    assert f"cannot write {ro / 'f.mkv'}: {denied}" in err and "uu4lxhw4" not in err   # within the video writer's
+    assert list(ro.iterdir()) == []
+
+
+def test_a_wrong_output_suffix_is_said_before_asking_for_y(capsys, encoded, video, tiny1d, tmp_path):
+    """An existing output the command cannot write said "use -y to overwrite", and only with -y that its suffix is
+    wrong; the suffix is now checked first, and the file is left alone."""
+    model = str(tiny1d[2])
+    for name in ("out.mp4", "ex.avi", "ex.mp4"):
+        (tmp_path / name).write_bytes(b"keep")
+    assert "the output of encode is a .vtok file" in _error(capsys, "encode", str(video), "-o",
+                                                            str(tmp_path / "out.mp4"), "--model", model)
+    assert "unknown output type '.avi'" in _error(capsys, "decode", str(encoded), "-o", str(tmp_path / "ex.avi"),
+                                                  "--model", model)
+    assert "ffv1 needs a .mkv" in _error(capsys, "decode", str(encoded), "-o", str(tmp_path / "ex.mp4"),
+                                         "--model", model, "--codec", "ffv1")
+    assert all((tmp_path / name).read_bytes() == b"keep" for name in ("out.mp4", "ex.avi", "ex.mp4"))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_inputs_that_are_not_regular_files_are_not_called_missing(capsys, tmp_path):
+    """A folder or a pipe named .vtok was reported as "no such .vtok file" / "input not found"."""
+    (tmp_path / "d.vtok").mkdir()
+    os.mkfifo(tmp_path / "p.vtok")
+    os.mkfifo(tmp_path / "p.mkv")
+    assert "d.vtok is a folder, not a .vtok file" in _error(capsys, "info", str(tmp_path / "d.vtok"))
+    pipe, video_pipe = str(tmp_path / "p.vtok"), str(tmp_path / "p.mkv")
+    for args in (["decode", pipe, "-o", str(tmp_path / "p2.mkv")], ["info", pipe], ["info", video_pipe]):
+        assert "is not a regular file" in _error(capsys, *args)   # a video probe of a pipe waited on it forever
 
 
 _SIGTERM_MID_WRITE = """

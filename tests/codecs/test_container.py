@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from fractions import Fraction
@@ -148,3 +149,14 @@ def test_bad_json_meta():
 def test_missing_file(tmp_path):
     with pytest.raises(BitstreamError, match="no such .vtok file"):
         VtokReader(tmp_path / "nope.vtok")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_folder_or_pipe_is_not_called_missing(tmp_path):
+    """Both were "no such .vtok file"; a pipe is refused before it is opened (opening one waits for a writer)."""
+    (tmp_path / "d.vtok").mkdir()
+    os.mkfifo(tmp_path / "p.vtok")
+    with pytest.raises(BitstreamError, match="d.vtok is a folder, not a .vtok file"):
+        VtokReader(tmp_path / "d.vtok")
+    with pytest.raises(BitstreamError, match="p.vtok is not a regular file"):
+        VtokReader(tmp_path / "p.vtok")

@@ -124,6 +124,14 @@ def test_damaged_generator_weights_are_one_line(tmp_path, cli_error):
     assert f"{tmp_path / 's.png'}: gen sample writes an h264 video; name it .mp4, .mkv, .mov, .m4v, .avi, .ts" in err
 
 
+def test_a_wrong_sample_suffix_is_said_before_asking_for_y(tmp_path, cli_error):
+    """An existing output no h264 container takes said "use -y to overwrite", and only with -y that it was wrong."""
+    out = tmp_path / "ex.gif"
+    out.write_bytes(b"keep")
+    err = cli_error(["gen", "sample", "--gen", str(tmp_path / "gen"), "-o", str(out), "-q"])
+    assert f"{out}: gen sample writes an h264 video" in err and out.read_bytes() == b"keep"
+
+
 def test_a_failed_training_run_leaves_no_folder_and_an_earlier_run_whole(tmp_path, shards_dir):
     import shutil
 
