@@ -183,17 +183,22 @@ def load_generator(gen_dir: str | os.PathLike, device: str = "cpu") -> tuple[Flo
         raise GeneratorError(f"{gen}: not a generator folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
     try:
         meta = json.loads((gen / CONFIG_NAME).read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise GeneratorError(f"{gen / CONFIG_NAME}: unreadable generator config ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("generator"), dict):
+        raise GeneratorError(f"{gen / CONFIG_NAME}: unreadable generator config (lacks generator)")
+    try:
         model = FlowDiT(GeneratorConfig(**meta["generator"]))
         model.load_state_dict(load_file(str(gen / WEIGHTS_NAME)))
-        missing = [k for k in META_KEYS if not isinstance(meta.get(k), dict)]
-        missing += [f"{part}.{k}" for part, keys in META_FIELDS.items() if part not in missing
-                    for k in keys if k not in meta[part]]
-        if missing:
-            raise KeyError(f"config.json lacks {', '.join(missing)}")
     except SafetensorError as e:
         raise GeneratorError(f"{gen / WEIGHTS_NAME}: unreadable generator weights ({e})") from None
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:
         raise GeneratorError(f"{gen}: unreadable generator ({e})") from None
+    missing = [k for k in META_KEYS if not isinstance(meta.get(k), dict)]
+    missing += [f"{part}.{k}" for part, keys in META_FIELDS.items() if part not in missing
+                for k in keys if k not in meta[part]]
+    if missing:
+        raise GeneratorError(f"{gen / CONFIG_NAME}: unreadable generator config (lacks {', '.join(missing)})")
     return model.to(device).eval(), meta
 
 

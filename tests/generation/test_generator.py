@@ -203,16 +203,21 @@ def test_gen_errors_are_one_line(tmp_path, shards_dir, cli_error, monkeypatch):
     gen = tmp_path / "gen"
     train_generator(shards_dir, gen, steps=2, batch_size=2, width=16, depth=1, heads=2)
     config = json.loads((gen / "config.json").read_text())
-    for key in ("tokenizer", "template", "normalization"):
+    for key in ("generator", "tokenizer", "template", "normalization"):
         broken = {k: v for k, v in config.items() if k != key}
         (gen / "config.json").write_text(json.dumps(broken))
         err = cli_error(["gen", "sample", "--gen", str(gen), "-o", str(tmp_path / "s.mp4"), "-q"])
-        assert f"unreadable generator ('config.json lacks {key}')" in err and not (tmp_path / "s.mp4").exists()
+        assert f"config.json: unreadable generator config (lacks {key})" in err and not (tmp_path / "s.mp4").exists()
     for key, field in (("template", "length"), ("template", "mask"), ("normalization", "std")):
         broken = {**config, key: {k: v for k, v in config[key].items() if k != field}}
         (gen / "config.json").write_text(json.dumps(broken))
         err = cli_error(["gen", "sample", "--gen", str(gen), "-o", str(tmp_path / "s.mp4"), "-q"])
-        assert f"('config.json lacks {key}.{field}')" in err and not (tmp_path / "s.mp4").exists()
+        assert f"(lacks {key}.{field})" in err and not (tmp_path / "s.mp4").exists()
+    for text, reason in (("{}", "lacks generator"), ("[1]", "lacks generator"),
+                         ("{", "Expecting property name")):
+        (gen / "config.json").write_text(text)
+        err = cli_error(["gen", "sample", "--gen", str(gen), "-o", str(tmp_path / "s.mp4"), "-q"])
+        assert "config.json: unreadable generator config (" in err and reason in err, err
 
 
 def test_clip_conditioned_samples_take_labels_of_the_template_geometry(tmp_path, shards_dir, monkeypatch):
