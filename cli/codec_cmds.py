@@ -144,10 +144,10 @@ def _runs(values: list) -> str:
 
 @click.command()
 @click.argument("input")
-@click.option("-o", "--output", required=True, help="Output: .mp4/.mkv video, .npy array, or a folder for PNGs.")
+@click.option("-o", "--output", required=True, help="Output: .mp4/.mkv/.mov video, .npy array, or a folder for PNGs.")
 @click.option("--model", default=None, help="Model directory or bundled name (default: the one the file names).")
 @click.option("--codec", "video_codec", type=click.Choice(["ffv1", "h264"]), default=None,
-              help="Video codec for .mp4/.mkv output (default: ffv1 lossless for .mkv, h264 for .mp4).")
+              help="Video codec for video output (default: ffv1 lossless for .mkv, h264 for .mp4/.mov).")
 @click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="CRF for h264 output.")
 @overwrite_option
 @quiet_option

@@ -78,7 +78,7 @@ def decode_output_kind(output_path: str | os.PathLike, video_codec: str) -> Lite
         return "npy"
     if suffix == "":
         return "frames"
-    raise CodecError(f"{out}: unknown output type {suffix!r}; use .mp4, .mkv, .npy or a folder name")
+    raise CodecError(f"{out}: unknown output type {suffix!r}; use .mp4, .mkv, .mov, .npy or a folder name")
 
 
 def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: str | os.PathLike, *,

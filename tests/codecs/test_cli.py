@@ -206,7 +206,7 @@ def test_errors_are_one_line(capsys, encoded, video, tiny1d, tmp_path):
                                       model, "--tokens", "999")
     assert "ffv1 needs a .mkv" in _error(capsys, "decode", str(encoded), "-o", str(tmp_path / "j.mp4"), "--model",
                                          model, "--codec", "ffv1")
-    assert "unknown output type '.webm'; use .mp4, .mkv, .npy" in _error(
+    assert "unknown output type '.webm'; use .mp4, .mkv, .mov, .npy" in _error(
         capsys, "decode", str(encoded), "-o", str(tmp_path / "k.webm"), "--model", model, "--codec", "h264")
     assert not (tmp_path / "k.webm").exists()
     (tmp_path / "text.mp4").write_text("hello")
