@@ -460,6 +460,9 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
     rate = Fraction(fps).limit_denominator(1_000_000) if finite else Fraction(0)
     if rate <= 0:   # also a positive fps too small for the container's time base
         raise VideoWriteError(f"{path}: fps must be a positive number, got {fps!r}")
+    if rate > 1000 and Path(path).suffix.lower() in (".mkv", ".webm"):   # frames would share timestamps
+        raise VideoWriteError(f"{path}: Matroska times frames in milliseconds, so {float(rate):g} fps cannot be "
+                              "written to it; use .mp4")
     if sample_aspect_ratio is not None and not sample_aspect_ratio > 0:
         raise VideoWriteError(f"{path}: sample_aspect_ratio must be positive, got {sample_aspect_ratio!r}")
     try:

@@ -358,6 +358,20 @@ def test_write_refuses_a_rate_that_is_not_a_positive_number(tmp_path, tiny_frame
     assert not list(tmp_path.iterdir())
 
 
+def test_matroska_refuses_rates_its_millisecond_clock_cannot_tell_apart(tmp_path, tiny_frames):
+    """Above 1000 fps, frames in .mkv shared timestamps ([0, 0, 1, 1, ...]) without a word; .mp4 keeps them."""
+    with pytest.raises(VideoWriteError, match=r"x.mkv: Matroska times frames in milliseconds, so 2400 fps cannot be "
+                                              r"written to it; use .mp4"):
+        write_video(tmp_path / "x.mkv", tiny_frames, 2400, codec="ffv1")
+    assert not list(tmp_path.iterdir())
+    write_video(tmp_path / "x.mp4", tiny_frames, 2400)
+    write_video(tmp_path / "k.mkv", tiny_frames, 1000, codec="ffv1")   # 1 ms apart: still distinct
+    with av.open(str(tmp_path / "k.mkv")) as c:
+        pts = [f.pts for f in c.decode(video=0)]
+    assert len(set(pts)) == len(pts) == len(tiny_frames)
+    assert probe_video(tmp_path / "x.mp4").fps == 2400
+
+
 def test_start_past_the_end(tiny_video):
     with pytest.raises(VideoReadError, match=r"start=9 is past the end \(the video has 9 frames\)") as err:
         read_video(tiny_video, start=9)
