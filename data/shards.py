@@ -1,12 +1,19 @@
 """Latent shards on disk: a manifest JSON plus safetensors files, read as a torch Dataset of plain tensors.
 
-Written by ``vitok.extract`` (``vitok latents extract``). Each shard file holds, for ``n`` clips padded to the
-longest clip in the shard: ``z`` float32 ``(n, N, C)``, ``mask`` bool ``(n, N)`` (True = token present),
-``length`` int64 ``(n,)`` (tokens of each clip before padding) and ``clip`` int64 ``(n,)`` (clip ids); its
+Written by ``vitok.extract`` (``vitok latents extract``), format version 2 (``FORMAT_VERSION``). Each shard file
+holds its ``n`` clips ragged, their tokens one after another (none padded): ``z`` float32 ``(T, C)``, ``mask`` bool
+``(T,)`` (True = token present), ``offset`` int64 ``(n + 1,)`` (the clip at row ``r`` is tokens
+``offset[r]:offset[r + 1]``; ``offset[0] == 0``, ``offset[n] == T``), ``length`` int64 ``(n,)`` (tokens of each
+clip, ``offset[r + 1] - offset[r]``) and ``clip`` int64 ``(n,)`` (clip ids); ``T`` is the sum of the lengths. Its
 metadata holds the tokenizer's ``weights_hash`` and ``config_hash`` and the extraction ``params`` (JSON), as in the
 manifest. The manifest lists shards, clips (id, shard, row, source video, geometry, frame rate), skipped files and
 per-channel statistics. This module knows no models: it yields dicts of tensors; ``vitok.extract.latents_from_batch``
 makes ``Latents``.
+
+Sets of version 1 still read, as before: their shards pad every clip to the shard's longest, ``z`` ``(n, N, C)`` and
+``mask`` ``(n, N)``, with no ``offset`` (``length`` gives each row's tokens before padding). The manifest's
+``version`` decides the layout of all its shards (< 2: padded, 2: ragged); a shard that does not have it (holds
+``offset`` in a version-1 set, or none in a version-2 set) is a ShardError naming the shard.
 """
 from __future__ import annotations
 
@@ -23,7 +30,8 @@ from vitok.data.errors import VitokError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "vitok-latent-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ragged shards (``offset``); 1 (rows padded to the shard's longest clip) still reads
+RAGGED_VERSION = 2  # the first version whose shards are ragged
 MAX_OPEN_SHARDS = 256  # memory-mapped shards a Dataset keeps open; a process may hold only ~65k maps in all
 
 # What the readers use, with its type: the manifest's keys, its model's, its stats' and each clip's.
@@ -80,8 +88,9 @@ class LatentShards(Dataset):
     ``height``/``width``/``num_tokens`` (int64 scalars; ``num_tokens`` is -1 when no token count was asked for)
     and ``source`` (str); the tensors are the item's own (copies). Shards are opened lazily with
     ``safetensors.safe_open`` (memory-mapped; at most ``MAX_OPEN_SHARDS`` at a time, least recently used closed
-    first) and one row is read per item, so the set may exceed RAM. A shard is checked against the manifest when
-    opened (tokenizer and options) and each row when read (clip id and length). ``normalize=True`` applies the
+    first) and only the item's own tokens are read (its slice of a ragged shard, the start of its row in a padded
+    version-1 one), so the set may exceed RAM. A shard is checked against the manifest when opened (tokenizer,
+    options, layout) and each row when read (clip id and length). ``normalize=True`` applies the
     manifest's per-channel mean/std to ``z`` (``std`` floored at 1e-6; absent tokens stay zero).
     Works with ``DistributedSampler`` and DataLoader workers (open handles are not pickled).
     """
@@ -97,7 +106,8 @@ class LatentShards(Dataset):
         for name in sorted({clip["shard"] for clip in self.clips}):  # one look per file, not per clip
             if not (self.root / name).is_file():
                 raise ShardError(f"{self.root / name}: shard listed in the manifest is missing")
-        self._handles: OrderedDict[str, tuple[Any, list[int], list[int]]] = OrderedDict()
+        self._ragged = self.manifest["version"] >= RAGGED_VERSION   # the layout of every shard of the set
+        self._handles: OrderedDict[str, tuple[Any, list[int], list[int], list[int] | None]] = OrderedDict()
 
     @property
     def latent_channels(self) -> int:
@@ -116,8 +126,9 @@ class LatentShards(Dataset):
         state["_handles"] = OrderedDict()
         return state
 
-    def _open(self, name: str) -> tuple[Any, list[int], list[int]]:
-        """Shard ``name`` as (handle, clip ids, lengths), checked against the manifest when first opened."""
+    def _open(self, name: str) -> tuple[Any, list[int], list[int], list[int] | None]:
+        """Shard ``name`` as (handle, clip ids, lengths, offsets (None in a padded version-1 shard)), checked against
+        the manifest when first opened."""
         from safetensors import SafetensorError, safe_open
 
         if name in self._handles:
@@ -143,9 +154,12 @@ class LatentShards(Dataset):
             if "params" in meta and json.loads(meta["params"]) != self.manifest["params"]:
                 raise ShardError(f"{path}: shard made with other extraction options than the manifest's "
                                  f"({meta['params']})")
-            if handle.get_slice("z").get_shape()[-1] != self.latent_channels:
+            z_shape = handle.get_slice("z").get_shape()
+            if z_shape[-1] != self.latent_channels:
                 raise ShardError(f"{path}: shard latents do not have the manifest's {self.latent_channels} channels")
-            entry = (handle, handle.get_tensor("clip").tolist(), handle.get_tensor("length").tolist())
+            ids, lengths = handle.get_tensor("clip").tolist(), handle.get_tensor("length").tolist()
+            offsets = self._check_layout(path, handle, z_shape, ids, lengths)
+            entry = (handle, ids, lengths, offsets)
         except (SafetensorError, ValueError, IndexError) as e:
             raise ShardError(f"{path}: damaged shard ({e})") from None
         self._handles[name] = entry
@@ -153,19 +167,46 @@ class LatentShards(Dataset):
             self._handles.popitem(last=False)
         return entry
 
+    def _check_layout(self, path: Path, handle: Any, z_shape: list[int], ids: list[int],
+                      lengths: list[int]) -> list[int] | None:
+        """The shard's offsets (None for a padded version-1 shard) once its layout is the manifest version's and its
+        tensors agree; else a ShardError naming ``path``."""
+        version, ragged = self.manifest["version"], "offset" in handle.keys()
+        if ragged != self._ragged:
+            layout = "ragged layout of version 2 or later" if ragged else "padded layout of version 1"
+            raise ShardError(f"{path}: shard has the {layout}, not that of the manifest's version {version} "
+                             "(a shard of another extraction?)")
+        mask_shape = handle.get_slice("mask").get_shape()
+        if len(ids) != len(lengths):
+            raise ShardError(f"{path}: damaged shard ({len(ids)} clip ids but {len(lengths)} lengths)")
+        if not ragged:
+            if len(z_shape) != 3 or z_shape[0] != len(ids) or mask_shape != z_shape[:2]:
+                raise ShardError(f"{path}: damaged shard (z {z_shape} and mask {mask_shape} are not padded rows)")
+            return None
+        offsets = handle.get_tensor("offset").tolist()
+        if not (len(z_shape) == 2 and mask_shape == z_shape[:1] and len(offsets) == len(lengths) + 1
+                and offsets[0] == 0 and offsets[-1] == z_shape[0]
+                and all(b - a == n for a, b, n in zip(offsets, offsets[1:], lengths))):
+            raise ShardError(f"{path}: damaged shard (z {z_shape}, mask {mask_shape}, offsets and lengths do not "
+                             "agree)")
+        return offsets
+
     def _read(self, clip: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``clip``'s tokens (``z``, ``mask``), copied out of its shard; a shard that is damaged or does not hold
         the clip the manifest says is a ShardError naming it."""
         from safetensors import SafetensorError
 
-        handle, ids, lengths = self._open(clip["shard"])
+        handle, ids, lengths, offsets = self._open(clip["shard"])
         row, n = clip["row"], clip["tokens"]
         if not (0 <= row < len(ids) and ids[row] == clip["id"] and lengths[row] == n):
             raise ShardError(f"{self.root / clip['shard']}: row {row} does not hold clip {clip['id']} of {n} tokens "
                              "as the manifest says (a shard of another extraction?)")
-        try:
-            # only the clip's n tokens, not its padded row; copied out of the memory map
-            z, mask = handle.get_slice("z")[row:row + 1, :n][0], handle.get_slice("mask")[row:row + 1, :n][0]
+        try:  # only the clip's n tokens (in a version-1 shard not its padded row), copied out of the memory map
+            if offsets is None:
+                z, mask = handle.get_slice("z")[row:row + 1, :n][0], handle.get_slice("mask")[row:row + 1, :n][0]
+            else:
+                a = offsets[row]
+                z, mask = handle.get_slice("z")[a:a + n], handle.get_slice("mask")[a:a + n]
             return z.clone(), mask.clone()
         except (OSError, SafetensorError, IndexError) as e:
             raise ShardError(f"{self.root / clip['shard']}: damaged shard ({e})") from None

@@ -11,7 +11,10 @@ partial manifest ``manifest.rank-XXXXX.json``. A rank that (re)makes a shard fir
 folder half way through a new extraction has none. After a barrier rank 0 merges the partials into ``manifest.json``
 with per-channel latent mean/std over every present token. Files that cannot be read are listed under ``skipped``
 with the reason (other errors, such as running out of memory, stop the run). Multi-node runs need INPUT_DIR and
-SHARDS_DIR on a shared file system. The format of the files is described in ``vitok.data.shards``.
+SHARDS_DIR on a shared file system. The format of the files is described in ``vitok.data.shards``: this writes
+format version 2, each shard's clips stored ragged (their tokens one after another, located by ``offset``, none
+padded to the shard's longest clip); sets of version 1 (padded rows) still read with ``LatentShards``, and a rerun
+over one is another extraction's folder (refused without ``-y``, replaced with it).
 """
 from __future__ import annotations
 
@@ -236,20 +239,25 @@ def extract_shard(tok: Any, input_dir: Path, files: list[Path], first_video: int
 
 def _shard_tensors(clips: list[dict[str, Any]], latents: dict[int, tuple[torch.Tensor, torch.Tensor]],
                    channels: int) -> tuple[dict[str, torch.Tensor] | None, _Stats]:
-    """The shard's padded tensors (None without clips) and its token statistics; fills each clip's row and counts."""
+    """The shard's ragged tensors (None without clips) and its token statistics; fills each clip's row and counts.
+
+    The clips' tokens lie one after another (``z`` (T, C), ``mask`` (T,)), row ``r`` at ``offset[r]:offset[r+1]``:
+    no clip is padded to the shard's longest, which at native size with mixed resolutions stored many times the
+    real tokens."""
     stats = _Stats(channels)
     if not clips:
         return None, stats
-    n_max = max(latents[c["id"]][0].shape[0] for c in clips)
-    z = torch.zeros(len(clips), n_max, channels)
-    mask = torch.zeros(len(clips), n_max, dtype=torch.bool)
+    zs, masks = [], []
     for row, clip in enumerate(clips):
         zi, mi = latents[clip["id"]]
-        z[row, :zi.shape[0]], mask[row, :mi.shape[0]] = zi, mi
+        zs.append(zi)
+        masks.append(mi.bool())
         clip.update(row=row, tokens=int(zi.shape[0]), present=int(mi.sum()))
         stats.add(zi[mi])
-    tensors = {"z": z, "mask": mask, "clip": torch.tensor([c["id"] for c in clips], dtype=torch.int64),
-               "length": torch.tensor([c["tokens"] for c in clips], dtype=torch.int64)}
+    lengths = torch.tensor([c["tokens"] for c in clips], dtype=torch.int64)
+    offset = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    tensors = {"z": torch.cat(zs).float().contiguous(), "mask": torch.cat(masks).contiguous(), "offset": offset,
+               "clip": torch.tensor([c["id"] for c in clips], dtype=torch.int64), "length": lengths}
     return tensors, stats
 
 
@@ -299,6 +307,9 @@ def _shard_done(out_dir: Path, index: int, job: dict[str, Any], inputs: dict[str
     record = _read_record(rec_path)
     if record is None:
         why = "not a vitok shard record"
+    elif record["job"].get("version") != job["version"]:   # a version-1 (padded) set reads, but is not resumed
+        why = (f"shard from a different extraction (shard format version {record['job'].get('version')}; "
+               f"this vitok writes {job['version']})")
     elif record["job"] != _job_key(job):
         why = "shard from a different extraction (model or options differ)"
     elif any(record.get(k) != v for k, v in inputs.items()):

@@ -695,3 +695,144 @@ def test_errors_every_rank_raises_are_printed_by_rank_0_alone(tmp_path, video_di
         main([*command, str(video_dir), "--size", "16"])
     err = capsys.readouterr().err
     assert e.value.code == 1 and "shard from a different extraction" in err and err.count("\n") == 1, err
+
+
+MIXED = [(32, 32), (16, 16), (48, 32), (16, 24)]   # (H, W) of the videos of a native-size extraction
+MIXED_KW = dict(frames=4, shard_size=3, batch_size=1)   # 2 shards, the first of three sizes; no --size
+
+
+@pytest.fixture(scope="module")
+def mixed_set(tmp_path_factory, model_dir) -> tuple[Path, Path]:
+    """(videos, shards) of a native-size extraction of videos of different sizes. Read-only for tests."""
+    from vitok.data.io import write_video
+
+    videos, out = tmp_path_factory.mktemp("mixed"), tmp_path_factory.mktemp("mixed_shards")
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(MIXED):
+        write_video(videos / f"v{i}.mp4", rng.integers(0, 256, (4, h, w, 3), dtype=np.uint8), 8)
+    torch.set_num_threads(1)
+    extract_latents(videos, out, str(model_dir), **MIXED_KW)
+    return videos, out
+
+
+def _as_version_1(src: Path, dst: Path) -> None:
+    """Copy shard set ``src`` to ``dst`` as version 1 wrote it: each shard's rows padded to its longest clip
+    (``z`` (n, N, C), ``mask`` (n, N), no ``offset``), version 1 in the manifest and in each shard record's job."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dst)
+    m = _manifest(dst)
+    for name in sorted({c["shard"] for c in m["clips"]}):
+        with safe_open(str(dst / name), framework="pt") as f:
+            meta, t = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        if "offset" in t:   # (a set already padded, as the code before version 2 wrote, is kept as it is)
+            offset, lengths = t.pop("offset").tolist(), t["length"].tolist()
+            z = torch.zeros(len(lengths), max(lengths), t["z"].shape[1])
+            mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
+            for row, (a, b) in enumerate(zip(offset, offset[1:])):
+                z[row, :b - a], mask[row, :b - a] = t["z"][a:b], t["mask"][a:b]
+            t.update(z=z, mask=mask)
+        save_file(t, str(dst / name), metadata=meta)
+    for path in dst.glob("shard-*.json"):
+        record = json.loads(path.read_text())
+        record["job"]["version"] = 1
+        path.write_text(json.dumps(record))
+    (dst / "manifest.json").write_text(json.dumps({**m, "version": 1}))
+
+
+def _items_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+                                        for k in a)
+
+
+def test_mixed_sizes_are_stored_ragged_without_padding(mixed_set, model_dir):
+    """At native size every row of a shard was padded to the shard's largest clip (one 512x512 video beside 32x32
+    ones stored 15x the real tokens): a shard now holds exactly its clips' tokens, one clip after another."""
+    from safetensors.torch import load_file
+
+    videos, out = mixed_set
+    m = _manifest(out)
+    assert len({(c["height"], c["width"]) for c in m["clips"]}) == len(MIXED)
+    stored = 0
+    for shard in m["shards"]:
+        t = load_file(out / shard["file"])
+        clips = sorted((c for c in m["clips"] if c["shard"] == shard["file"]), key=lambda c: c["row"])
+        lengths = [c["tokens"] for c in clips]
+        assert len(set(lengths)) == len(lengths)   # mixed sizes within one shard, not only across shards
+        assert t["z"].shape == (sum(lengths), m["latent_channels"]) and t["mask"].shape == (sum(lengths),)
+        assert t["offset"].tolist() == np.cumsum([0, *lengths]).tolist()
+        assert t["length"].tolist() == lengths and t["clip"].tolist() == [c["id"] for c in clips]
+        stored += t["z"].shape[0]
+    assert stored == sum(c["tokens"] for c in m["clips"]) and m["version"] == 2
+    tok = vitok.load(model_dir)
+    for item in LatentShards(out):
+        ((_, frames),), _ = read_clips(videos / item["source"], 4, None, 1)
+        with torch.inference_mode():
+            lat = tok.encode(frames_to_tensor(frames))
+        assert torch.equal(item["z"], lat.z[0])
+        expected_mask = lat.mask[0] if lat.mask is not None else torch.ones(lat.z.shape[1], dtype=torch.bool)
+        assert torch.equal(item["mask"], expected_mask)
+        assert (item["height"].item(), item["width"].item()) == tuple(frames.shape[1:3])
+
+
+def test_version_1_padded_sets_still_read(tmp_path, mixed_set):
+    """Sets extracted before shards were ragged (manifest version 1, rows padded) read the same items; a shard whose
+    layout is not its manifest's version, or a row not holding the manifest's clip, is a ShardError naming it."""
+    from safetensors.torch import load_file, save_file
+
+    _, out = mixed_set
+    old = tmp_path / "v1"
+    _as_version_1(out, old)
+    padded = load_file(old / "shard-00000.safetensors")
+    assert "offset" not in padded and padded["z"].dim() == 3 and not padded["mask"].all()   # really padded
+    new_ds, old_ds = LatentShards(out), LatentShards(old)
+    assert len(old_ds) == len(new_ds) == len(MIXED) and old_ds.max_tokens == new_ds.max_tokens
+    for i in range(len(new_ds)):
+        assert _items_equal(old_ds[i], new_ds[i])
+    for normalize in (False, True):   # collated batches too
+        batch = [collate_latents([LatentShards(r, normalize=normalize)[i] for i in range(3)]) for r in (out, old)]
+        assert _items_equal(*batch)
+    first = old_ds[0]   # items of a padded set are copies too
+    first["z"].add_(100)
+    assert torch.equal(old_ds[0]["z"], new_ds[0]["z"])
+    # the manifest's version decides the layout; a shard of the other layout is refused, not misread
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out, mixed)
+    shutil.copy(old / "shard-00000.safetensors", mixed / "shard-00000.safetensors")
+    with pytest.raises(ShardError, match="shard-00000.safetensors: shard has the padded layout of version 1, not "
+                                         "that of the manifest's version 2"):
+        LatentShards(mixed)[0]
+    shutil.copy(out / "shard-00000.safetensors", old / "shard-00001.safetensors")
+    with pytest.raises(ShardError, match="shard-00001.safetensors: shard has the ragged layout of version 2 or "
+                                         "later, not that of the manifest's version 1"):
+        LatentShards(old)[len(MIXED) - 1]
+    t = load_file(out / "shard-00000.safetensors")   # a ragged shard whose offsets do not fit its lengths
+    save_file({**t, "offset": t["offset"] + 1}, str(mixed / "shard-00000.safetensors"))
+    with pytest.raises(ShardError, match=r"shard-00000.safetensors: damaged shard \(z .*offsets and lengths do not"):
+        LatentShards(mixed)[0]
+    m = _manifest(old)   # ... and each padded row is still checked against the manifest
+    m["clips"][0]["row"] = 1
+    (old / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ShardError, match=r"shard-00000.safetensors: row 1 does not hold clip 0 of 16 tokens"):
+        LatentShards(old)[0]
+
+
+def test_a_rerun_over_a_version_1_set_is_another_extraction(tmp_path, mixed_set, model_dir):
+    """Version-1 shards are not resumed into a version-2 set: refused without -y (naming the version), replaced
+    with it."""
+    from safetensors.torch import load_file
+
+    videos, out = mixed_set
+    old = tmp_path / "v1"
+    _as_version_1(out, old)
+    with pytest.raises(ExtractError, match=r"shard-00000.json: shard from a different extraction \(shard format "
+                                           r"version 1; this vitok writes 2\); use another output folder or -y"):
+        extract_latents(videos, old, str(model_dir), **MIXED_KW)
+    assert _manifest(old)["version"] == 1 and len(LatentShards(old)) == len(MIXED)   # left as it was
+    summary = extract_latents(videos, old, str(model_dir), overwrite=True, **MIXED_KW)
+    assert (summary["shards_made"], summary["shards_reused"]) == (2, 0)
+    assert _manifest(old)["version"] == 2 and "offset" in load_file(old / "shard-00000.safetensors")
+    assert all(_items_equal(a, b) for a, b in zip(LatentShards(old), LatentShards(out)))
+    for path in old.glob("shard-*.json"):
+        assert json.loads(path.read_text())["job"]["version"] == 2
