@@ -34,17 +34,13 @@ def _fps(ctx: click.Context, param: click.Parameter, value: str | None) -> Fract
     return fps
 
 
-def _refuse_special_file(path: Path) -> None:
-    """Say an input that is a pipe, socket or device is one (it was reported missing, or a probe waited on it)."""
-    if path.exists() and not (path.is_file() or path.is_dir()):
-        raise VitokError(f"input {path} is not a regular file")
-
-
 def _check_vtok_input(path: str) -> None:
-    """Refuse a decode input that is a folder, a pipe or device, or missing, each said as what it is."""
+    """Refuse a decode input that is a folder, a pipe or device (a .vtok is read by seeking), or missing, each said
+    as what it is."""
     if Path(path).is_dir():
         raise VitokError(f"input {path} is a folder, not a .vtok file")
-    _refuse_special_file(Path(path))
+    if Path(path).exists() and not Path(path).is_file():
+        raise VitokError(f"input {path} is not a regular file")
     if not Path(path).is_file():
         raise VitokError(f"input not found: {path}")
 
@@ -159,16 +155,19 @@ def decode(input, output, model, video_codec, crf, overwrite, quiet, as_json, de
     from vitok.codecs.container import VtokReader
     from vitok.codecs.files import decode_file, decode_output_kind
     from vitok.codecs.neural import VitokCodec, model_for_stream
+    from vitok.data.io import check_frame_rate
 
     _check_vtok_input(input)
     if video_codec is None:
         video_codec = "ffv1" if Path(output).suffix.lower() == ".mkv" else "h264"
     kind = decode_output_kind(output, video_codec)   # a name decode cannot write: before -y is asked for
+    with VtokReader(input) as r:
+        total, rate = r.header.frames, r.header.fps
+    if kind == "video":
+        check_frame_rate(output, rate)   # a rate the container cannot time: said before -y too
     out = check_output(output, overwrite, inputs=[input], folder_of=("frame_*.png",) if kind == "frames" else None)
     set_threads(threads)
     dev = resolve_device(device)
-    with VtokReader(input) as r:
-        total = r.header.frames
     codec = VitokCodec(model, device=dev) if model else model_for_stream(input, device=dev)
     with progress(desc="decode", quiet=quiet, unit="frame", total=total) as bar:
         result = decode_file(codec, input, out, video_codec=video_codec, crf=crf, on_chunk=bar.update)
@@ -197,7 +196,6 @@ def info(file, as_json) -> None:
     path = Path(file)
     if not path.exists():
         raise VitokError(f"input not found: {file}")
-    _refuse_special_file(path)
     if path.suffix.lower() == ".vtok" or (path.is_file() and _head(path) == MAGIC):
         from vitok.codecs.files import describe_vtok
 

@@ -89,12 +89,14 @@ def sample(gen_dir: str, output: str, num: int, steps: int, seed: int, fps: int 
     from fractions import Fraction
 
     from vitok.data.convert import tensor_to_frames
-    from vitok.data.io import write_video
+    from vitok.data.io import check_frame_rate, write_video
     from vitok.evaluation.generation import sample_videos, template_fps, tile_videos
 
     set_threads(threads)
     if Path(output).suffix.lower() not in SAMPLE_SUFFIXES:   # before the sampling, and before asking for -y
         raise VitokError(f"{output}: gen sample writes an h264 video; name it {', '.join(SAMPLE_SUFFIXES)}")
+    if fps:
+        check_frame_rate(output, fps)   # before the sampling (the template's own rate is a real clip's)
     check_output(output, overwrite)
     with progress(total=steps, desc="sampling", quiet=quiet, unit="step") as bar:
         videos = sample_videos(gen_dir, num=num, steps=steps, seed=seed, model=model, device=resolve_device(device),

@@ -135,11 +135,13 @@ def run(clips, codecs, ops, metrics, x, anchor, method, output, workers, max_fra
     Writes records.csv/.json, plots/ (RD curves per clip and mean, PNG+SVG; side-by-side frames; token budget),
     bdrate.json, summary.json and report.txt into the output folder, and prints the BD-rate table.
     """
-    from vitok.evaluation.rd import CACHE_FILE, fresh_cache
+    from vitok.evaluation.rd import CACHE_FILE, FRESH_FILE, fresh_cache
 
     out = Path(output)
     if out.exists() and any(out.iterdir()) and not (out / CACHE_FILE).exists() and not overwrite:
         raise VitokError(f"output folder {out} is not empty and holds no RD cache (use -y to write into it)")
+    if not fresh:
+        (out / FRESH_FILE).unlink(missing_ok=True)   # what a killed fresh run measured: never to be used
     codec_list = list(codecs) or _default_codecs()
     op_map = parse_ops(ops, codec_list)
     with fresh_cache(out) if fresh else nullcontext(CACHE_FILE) as cache_name:  # the old cache stays until the end

@@ -21,8 +21,6 @@ from vitok.codecs.payload import parse_chunk
 if TYPE_CHECKING:
     from vitok.codecs.neural import EncodeStats, VitokCodec
 
-DECODE_FORMATS = (".mp4", ".mkv", ".npy", "<folder of PNGs>")
-
 
 def is_frames_source(path: str | os.PathLike) -> bool:
     """A folder or a glob pattern of image frames (rather than one video file)."""

@@ -25,7 +25,7 @@ import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import av
 import av.error
@@ -430,6 +430,19 @@ def _pix_fmt(path: str | os.PathLike, encoder: str, pix_fmt: str | None, width: 
     return pix_fmt
 
 
+def check_frame_rate(path: str | os.PathLike, fps: Any) -> Fraction:
+    """``fps`` as the exact rate ``write_video`` gives ``path``; a VideoWriteError when it is not a positive number or
+    the container cannot time it (callers check before long work, not after)."""
+    finite = isinstance(fps, numbers.Real) and not isinstance(fps, bool) and math.isfinite(fps)
+    rate = Fraction(fps).limit_denominator(1_000_000) if finite else Fraction(0)
+    if rate <= 0:   # also a positive fps too small for the container's time base
+        raise VideoWriteError(f"{path}: fps must be a positive number, got {fps!r}")
+    if rate > 1000 and Path(path).suffix.lower() in (".mkv", ".webm"):   # frames would share timestamps
+        raise VideoWriteError(f"{path}: Matroska times frames in milliseconds, so {float(rate):g} fps cannot be "
+                              "written to it; use .mp4")
+    return rate
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarray], fps: Fraction | float | int,
                 *, codec: str = "h264", crf: int = 18, preset: str = "medium", pix_fmt: str | None = None,
                 sample_aspect_ratio: Fraction | None = None) -> None:
@@ -456,13 +469,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
     pix = _pix_fmt(path, encoder, pix_fmt, width, height)
     if encoder == "libsvtav1":
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints warnings straight to stderr otherwise
-    finite = isinstance(fps, numbers.Real) and not isinstance(fps, bool) and math.isfinite(fps)
-    rate = Fraction(fps).limit_denominator(1_000_000) if finite else Fraction(0)
-    if rate <= 0:   # also a positive fps too small for the container's time base
-        raise VideoWriteError(f"{path}: fps must be a positive number, got {fps!r}")
-    if rate > 1000 and Path(path).suffix.lower() in (".mkv", ".webm"):   # frames would share timestamps
-        raise VideoWriteError(f"{path}: Matroska times frames in milliseconds, so {float(rate):g} fps cannot be "
-                              "written to it; use .mp4")
+    rate = check_frame_rate(path, fps)
     if sample_aspect_ratio is not None and not sample_aspect_ratio > 0:
         raise VideoWriteError(f"{path}: sample_aspect_ratio must be positive, got {sample_aspect_ratio!r}")
     try:

@@ -423,11 +423,28 @@ def test_inputs_that_are_not_regular_files_are_not_called_missing(capsys, tmp_pa
     """A folder or a pipe named .vtok was reported as "no such .vtok file" / "input not found"."""
     (tmp_path / "d.vtok").mkdir()
     os.mkfifo(tmp_path / "p.vtok")
-    os.mkfifo(tmp_path / "p.mkv")
     assert "d.vtok is a folder, not a .vtok file" in _error(capsys, "info", str(tmp_path / "d.vtok"))
-    pipe, video_pipe = str(tmp_path / "p.vtok"), str(tmp_path / "p.mkv")
-    for args in (["decode", pipe, "-o", str(tmp_path / "p2.mkv")], ["info", pipe], ["info", video_pipe]):
-        assert "is not a regular file" in _error(capsys, *args)   # a video probe of a pipe waited on it forever
+    pipe = str(tmp_path / "p.vtok")   # (a video through a pipe is probed, as `vitok info <(cat clip.mkv)` wants)
+    for args in (["decode", pipe, "-o", str(tmp_path / "p2.mkv")], ["info", pipe]):
+        assert "is not a regular file" in _error(capsys, *args)
+
+
+def test_a_frame_rate_the_output_cannot_time_is_said_before_the_model_loads(capsys, tiny1d, tmp_path, monkeypatch):
+    """A 2400 fps .vtok decoded to .mkv (Matroska's millisecond clock) was refused only after the model loaded;
+    now before, and before -y is asked for an existing output."""
+    from fractions import Fraction
+
+    from vitok.codecs.neural import VitokCodec
+
+    codec = VitokCodec(tiny1d[0], tiny1d[1])
+    fast = tmp_path / "fast.vtok"
+    fast.write_bytes(codec.encode(np.zeros((4, 48, 64, 3), np.uint8), Fraction(2400), tokens=2))
+    (tmp_path / "out.mkv").write_bytes(b"keep")
+    monkeypatch.setattr(VitokCodec, "__init__", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("vitok.codecs.neural.model_for_stream", lambda *a, **k: pytest.fail("the model was loaded"))
+    err = _error(capsys, "decode", str(fast), "-o", str(tmp_path / "out.mkv"))
+    assert "out.mkv: Matroska times frames in milliseconds, so 2400 fps cannot be written to it; use .mp4" in err
+    assert (tmp_path / "out.mkv").read_bytes() == b"keep"
 
 
 _SIGTERM_MID_WRITE = """

@@ -6,6 +6,7 @@ import io
 import re
 import struct
 import tracemalloc
+import weakref
 import zlib
 from fractions import Fraction
 
@@ -297,8 +298,8 @@ def test_streaming_keeps_memory_flat(codec1d, tmp_path):
 @pytest.mark.parametrize("model", ["grid", "1d"])
 def test_byte_budget_keeps_memory_flat(model, codec1d, tinygrid, tmp_path, monkeypatch):
     """A byte budget plans over the whole video, but what it keeps of each chunk (every candidate's payload; a 1D
-    model's latents and per-tile payloads) waits on disk: 10x the chunks do not raise the Python allocation peak.
-    Payloads are padded to 256 KiB so that holding them would show."""
+    model's latents and per-tile payloads) waits on disk: 10x the chunks do not raise the Python allocation peak
+    (payloads padded to 256 KiB so that holding them would show), and the 1D latents are let go chunk by chunk."""
     pad = b"\0" * (256 << 10)
     if model == "grid":
         codec, size, coder = VitokCodec(tinygrid[0], tinygrid[1]), (48, 64), "_evaluate"
@@ -314,6 +315,21 @@ def test_byte_budget_keeps_memory_flat(model, codec1d, tinygrid, tmp_path, monke
         return dataclasses.replace(out, payload=out.payload + pad)
 
     monkeypatch.setattr(codec, coder, padded)
+    latents, alive = [], []   # 1D: the chunks' float latents (torch memory, which tracemalloc does not see)
+    if model == "1d":
+        measure = codec._unit_costs
+
+        def costs_seen(*args, **kwargs):
+            costs, z = measure(*args, **kwargs)
+            latents.append(weakref.ref(z))
+            return costs, z
+
+        def coding(*args, **kwargs):   # allocation done, every chunk measured: how many latents are still held
+            alive.append(sum(ref() is not None for ref in latents))
+            return padded(*args, **kwargs)
+
+        monkeypatch.setattr(codec, "_unit_costs", costs_seen)
+        monkeypatch.setattr(codec, "_code_units", coding)
     peaks = []
     for n in (3, 30):
         tracemalloc.start()
@@ -324,6 +340,7 @@ def test_byte_budget_keeps_memory_flat(model, codec1d, tinygrid, tmp_path, monke
         assert stats.chunks == n and min(stats.chunk_bytes) > len(pad)
     limit = peaks[0] + 8 * len(pad)   # holding the payloads: 27 to 54 more of them
     assert peaks[1] < limit, peaks
+    assert model == "grid" or (len(latents) == 33 and max(alive) <= 1), alive   # the last chunk's, at most
 
 
 def test_header_records_geometry_and_model(codec1d, stream1d, clip):

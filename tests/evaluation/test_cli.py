@@ -383,9 +383,11 @@ def test_rd_fresh_keeps_the_old_cache_until_its_sweep_finishes(tmp_path, small_c
         m.setattr(ClassicalCodec, "encode", fails_at_crf_40)
         assert "encoder failed" in cli_error([*run, "--op", "h264:crf=30", "--op", "h264:crf=40", "--fresh"])
     assert (out / rd_mod.CACHE_FILE).read_bytes() == cache and not (out / rd_mod.FRESH_FILE).exists()
+    (out / rd_mod.FRESH_FILE).write_text("{}\n")   # as a fresh run killed with SIGKILL leaves it
     with monkeypatch.context() as m:
         m.setattr(rd_mod, "run_job", lambda job: pytest.fail("re-encoded"))
         _invoke([*run, "--op", "h264:crf=30"])   # the old cache still serves the plain run
+    assert not (out / rd_mod.FRESH_FILE).exists()   # and the plain run cleared the leftover
     _invoke([*run, "--op", "h264:crf=40", "--fresh"])
     assert [r["op"] for r in rd_mod.load_cache(out).values()] == [{"crf": 40}]
 

@@ -130,6 +130,9 @@ def test_a_wrong_sample_suffix_is_said_before_asking_for_y(tmp_path, cli_error):
     out.write_bytes(b"keep")
     err = cli_error(["gen", "sample", "--gen", str(tmp_path / "gen"), "-o", str(out), "-q"])
     assert f"{out}: gen sample writes an h264 video" in err and out.read_bytes() == b"keep"
+    # a --fps its container cannot time (Matroska: 1 ms) is said before sampling (the folder does not even exist)
+    err = cli_error(["gen", "sample", "--gen", str(tmp_path / "gen"), "-o", str(tmp_path / "s.mkv"), "--fps", "2000"])
+    assert "s.mkv: Matroska times frames in milliseconds, so 2000 fps cannot be written" in err
 
 
 def test_a_failed_training_run_leaves_no_folder_and_an_earlier_run_whole(tmp_path, shards_dir):
