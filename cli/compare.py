@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from vitok.cli.common import check_output, count, emit, json_option, overwrite_option, set_threads, threads_option
+from vitok.cli.common import (check_output, count, device_option, emit, json_option, overwrite_option, resolve_device,
+                              set_threads, threads_option)
 from vitok.codecs.models import DEFAULT_MODEL
 from vitok.data.errors import VitokError
 
@@ -19,10 +20,11 @@ from vitok.data.errors import VitokError
 @click.option("--frames", type=click.IntRange(min=1), default=17, show_default=True, help="Frames to code.")
 @click.option("-o", "--output", default=None,
               help="Side-by-side PNG [default: <clip name>_compare.png in the current folder].")
+@device_option
 @threads_option
 @overwrite_option
 @json_option
-def compare(input, model, codecs, frames, output, threads, overwrite, as_json) -> None:
+def compare(input, model, codecs, frames, output, device, threads, overwrite, as_json) -> None:
     """Encode INPUT (file or sample name) with vitok, then each codec at the CRF that matches vitok's PSNR."""
     from vitok.evaluation.clips import load_clip
     from vitok.evaluation.compare import compare_codecs, unmatched_note
@@ -38,7 +40,7 @@ def compare(input, model, codecs, frames, output, threads, overwrite, as_json) -
     set_threads(threads)
     name, video, fps = load_clip(input, frames)
     out = check_output(output or f"{Path(name).name.replace(':', '_')}_compare.png", overwrite, inputs=[input])
-    rows, shown, _ = compare_codecs(video, fps, model=model, codecs=codecs)
+    rows, shown, _ = compare_codecs(video, fps, model=model, codecs=codecs, device=resolve_device(device))
     for r in rows:
         r["label"] = f"{r['codec']} {op_label(r['op'])}"
     labels = {r["codec"]: f"{r['codec']}\n{r['bytes']} B, {r['psnr']:.2f} dB" for r in rows}

@@ -87,10 +87,10 @@ def unmatched_note(rows: Sequence[dict]) -> str:
 
 
 def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
-                   codecs: Sequence[str] = ("h264",), model_op: Mapping[str, Any] | None = None
+                   codecs: Sequence[str] = ("h264",), model_op: Mapping[str, Any] | None = None, device: str = "cpu"
                    ) -> tuple[list[dict], dict[str, np.ndarray], dict[str, tuple[bytes, np.ndarray]]]:
-    """Encode ``frames`` with ``vitok:<model>`` (default: the default bundled model), then each codec at the
-    matching PSNR.
+    """Encode ``frames`` with ``vitok:<model>`` (default: the default bundled model) on ``device``, then each
+    codec at the matching PSNR.
 
     Returns the rows (vitok first; classical rows also carry the ``crf`` found, ``matched``: False when vitok's
     PSNR lies outside what the codec's CRF range reaches, so the row is its closest setting; their encode time is
@@ -99,10 +99,11 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
     decoded frames)``.
     """
     from vitok.codecs import get_codec
+    from vitok.codecs.neural import VitokCodec
 
     name = default_model_codec() if model is None else (model if model.startswith("vitok:") else f"vitok:{model}")
     classical = [get_codec(c) for c in codecs]   # an unknown name fails before any encode
-    neural = get_codec(name).load()  # the model's load is not its encode time
+    neural = VitokCodec(name[len("vitok:"):], device=device).load()  # the model's load is not its encode time
     op = dict(model_op or {})
     # a frame through encode and decode first: the classical codecs are timed after match_psnr's encodes, so
     # vitok's timing must not carry torch's first-call costs either

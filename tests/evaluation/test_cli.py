@@ -66,7 +66,7 @@ def test_rd_errors_are_one_line(tmp_path, cli_error, carphone_path):
         assert message in cli_error(args)
 
 
-def test_compare_matches_h264_psnr_and_writes_png(tmp_path, small_clip, tiny_model, is_png):
+def test_compare_matches_h264_psnr_and_writes_png(tmp_path, small_clip, tiny_model, is_png, monkeypatch):
     png = tmp_path / "cmp.png"
     text = _invoke(["compare", str(small_clip), "--model", tiny_model, "-o", str(png), "--json"])
     result = json.loads(text)
@@ -77,7 +77,15 @@ def test_compare_matches_h264_psnr_and_writes_png(tmp_path, small_clip, tiny_mod
     vitok_row, h264 = result["rows"]
     # the tiny model's PSNR is below anything x264 makes up to CRF 51: its row is the closest, not a match
     assert h264["op"]["crf"] == 51 and h264["psnr"] > vitok_row["psnr"] and h264["matched"] is False
-    text = _invoke(["compare", str(small_clip), "--model", tiny_model, "-o", str(png), "-y", "--threads", "1"])
+    from vitok.codecs.neural import VitokCodec
+
+    devices, init = [], VitokCodec.__init__   # --device reaches the model (a GPU's name, run here on the CPU)
+    monkeypatch.setattr("vitok.cli.compare.resolve_device", lambda device: f"{device}:7")
+    monkeypatch.setattr(VitokCodec, "__init__", lambda self, *a, device="cpu", **k: (devices.append(device),
+                                                                                    init(self, *a, **k))[1])
+    text = _invoke(["compare", str(small_clip), "--model", tiny_model, "-o", str(png), "-y", "--threads", "1",
+                    "--device", "cuda"])
+    assert devices == ["cuda:7"]
     assert "9 frames 64x64 @ 29.97 fps" in text   # carphone's 30000/1001, not rounded to 30
     assert f"note: h264 crf=51 gives {h264['psnr']:.2f} dB, the closest its CRF range comes to vitok's " \
            f"{vitok_row['psnr']:.2f} dB: not a match at equal PSNR" in text
