@@ -5,11 +5,24 @@ A byte budget cannot choose any chunk's operating point before it has seen every
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Iterator
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def _naming_the_folder() -> Iterator[None]:
+    """Say where the spill file is when it cannot be made or written (a full or read-only $TMPDIR): the bare OSError
+    named no file, and the user's fix is there, not in the output's folder."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write the byte budget's temporary file in {tempfile.gettempdir()} "
+                               f"($TMPDIR): {e.strerror or e}") from e
 
 
 @dataclass(frozen=True)
@@ -26,12 +39,14 @@ class Spill:
     """An append-only store of bytes and arrays in a temporary file; use it as a context manager."""
 
     def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile()
+        with _naming_the_folder():
+            self._file = tempfile.TemporaryFile()
         self._end = 0
 
     def put(self, data: bytes) -> Spilled:
-        self._file.seek(self._end)
-        self._file.write(data)
+        with _naming_the_folder():
+            self._file.seek(self._end)
+            self._file.write(data)
         item = Spilled(self._end, len(data))
         self._end += len(data)
         return item

@@ -23,3 +23,19 @@ def test_a_short_read_is_an_error_not_short_data():
         spill.put(b"abc")
         with pytest.raises(OSError, match="spill file lost data: read 3 of 10 bytes"):
             spill.get(Spilled(0, 10))
+
+
+def test_a_full_temporary_folder_is_named(monkeypatch):
+    """ENOSPC while spilling said only "No space left on device": the user's fix ($TMPDIR) was not named."""
+    import errno
+    import tempfile
+
+    with Spill() as spill:
+        def full(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(spill._file, "write", full)
+        with pytest.raises(OSError, match=r"cannot write the byte budget's temporary file in .+ \(\$TMPDIR\): No "
+                                          r"space left on device") as err:
+            spill.put(b"payload")
+        assert err.value.errno == errno.ENOSPC and tempfile.gettempdir() in str(err.value)
