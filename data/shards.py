@@ -85,8 +85,8 @@ class LatentShards(Dataset):
     """Map-style Dataset over extracted latents; item ``i`` is the ``i``-th clip of the manifest (sorted by id).
 
     Items are dicts: ``z`` float32 ``(N_i, C)``, ``mask`` bool ``(N_i,)``, ``clip_id``/``index``/``frames``/
-    ``height``/``width``/``num_tokens`` (int64 scalars; ``num_tokens`` is -1 when no token count was asked for)
-    and ``source`` (str); the tensors are the item's own (copies). Shards are opened lazily with
+    ``height``/``width``/``num_tokens`` (int64 scalars; ``num_tokens`` is -1 when no token count was asked for),
+    ``normalized`` (bool scalar: read with ``normalize=True``) and ``source`` (str); the tensors are the item's own (copies). Shards are opened lazily with
     ``safetensors.safe_open`` (memory-mapped; at most ``MAX_OPEN_SHARDS`` at a time, least recently used closed
     first) and only the item's own tokens are read (its slice of a ragged shard, the start of its row in a padded
     version-1 one), so the set may exceed RAM. A shard is checked against the manifest when opened (tokenizer,
@@ -225,6 +225,7 @@ class LatentShards(Dataset):
             "height": torch.tensor(clip["height"], dtype=torch.int64),
             "width": torch.tensor(clip["width"], dtype=torch.int64),
             "num_tokens": torch.tensor(-1 if clip.get("num_tokens") is None else clip["num_tokens"], dtype=torch.int64),
+            "normalized": torch.tensor(self.normalize),
             "source": clip["source"],
         }
 

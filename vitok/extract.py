@@ -621,7 +621,8 @@ def latents_from_batch(tok: Any, batch: dict[str, Any], mean: torch.Tensor | Non
     """A ``LatentShards`` batch (from ``collate_latents``) -> ``vitok.Latents`` for ``tok.decode``, in one call.
 
     All clips of the batch must share one geometry (frames, height, width, token count). Pass the manifest's
-    ``mean``/``std`` (``LatentShards.mean``/``.std``) when the batch was read with ``normalize=True``.
+    ``mean``/``std`` (``LatentShards.mean``/``.std``) when the batch was read with ``normalize=True``, and only
+    then: a batch that says how it was read (``normalized``) is checked, since either mistake decodes garbage.
     """
     geometry = {}
     for key in ("frames", "height", "width", "num_tokens"):
@@ -631,6 +632,15 @@ def latents_from_batch(tok: Any, batch: dict[str, Any], mean: torch.Tensor | Non
         geometry[key] = int(values[0])
     if (mean is None) != (std is None):
         raise ValueError("latents_from_batch: pass both mean and std (LatentShards.mean, .std) or neither")
+    if "normalized" in batch:
+        read = torch.as_tensor(batch["normalized"]).flatten().unique().tolist()
+        if len(read) != 1:
+            raise ValueError("latents_from_batch: the batch mixes normalized and raw clips")
+        if read[0] and std is None:
+            raise ValueError("latents_from_batch: the batch was read with normalize=True; pass the set's mean and "
+                             "std (LatentShards.mean, .std) to undo it")
+        if not read[0] and std is not None:
+            raise ValueError("latents_from_batch: the batch was read without normalize=True; do not pass mean/std")
     z = batch["z"]
     if std is not None:
         z = z * std.to(z) + mean.to(z)

@@ -74,9 +74,17 @@ def test_round_trip_is_bit_exact(shards_dir, video_dir):
     # ... and latents_from_batch undoes exactly that
     norm = collate_latents([normed[i] for i in range(3)])
     torch.testing.assert_close(latents_from_batch(tok, norm, ds.mean, ds.std).z, batch["z"])
-    assert not torch.allclose(latents_from_batch(tok, norm).z, batch["z"])   # without them it stays normalized
     with pytest.raises(ValueError, match="pass both mean and std"):   # the mean alone was ignored
         latents_from_batch(tok, norm, mean=ds.mean)
+    # forgetting them (or passing them for a raw batch) decoded garbage silently: the batch says how it was read
+    with pytest.raises(ValueError, match="the batch was read with normalize=True; pass the set's mean and std"):
+        latents_from_batch(tok, norm)
+    with pytest.raises(ValueError, match="the batch was read without normalize=True; do not pass mean/std"):
+        latents_from_batch(tok, batch, ds.mean, ds.std)
+    with pytest.raises(ValueError, match="mixes normalized and raw clips"):
+        latents_from_batch(tok, collate_latents([ds[0], normed[1]]))
+    made_by_hand = {k: v for k, v in norm.items() if k != "normalized"}   # a batch that does not say: as asked
+    assert not torch.allclose(latents_from_batch(tok, made_by_hand).z, batch["z"])
 
 
 def test_collate_pads_variable_length():
