@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ class TokenizerConfig:
             stats = getattr(self, key)
             if stats is not None and len(stats) != self.latent_channels:
                 raise VitokError(f"config {self.name}: {key} has {len(stats)} values, expected {self.latent_channels}")
+            if stats is not None and not all(math.isfinite(v) for v in stats):
+                raise VitokError(f"config {self.name}: {key} must be finite numbers")
         if self.latent_std is not None and min(self.latent_std) <= 0:
             raise VitokError(f"config {self.name}: latent_std must be positive")
 

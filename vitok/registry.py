@@ -90,9 +90,9 @@ def resolve(name_or_dir: str | Path) -> Path:
     if not str(name_or_dir).strip():
         raise VitokError("empty model name: give a bundled name or a directory")
     path = Path(name_or_dir)
-    if path.is_dir():
-        return path
     name = str(name_or_dir)
+    if path.is_dir() and not (name in bundled_models() and not (path / "config.json").is_file()):
+        return path   # a folder named like a bundled model (an output folder, say) is the model only if it is one
     if name in bundled_models():
         return PRETRAINED_DIR / name
     if name in ARCHITECTURES or _paper_config(name) is not None:

@@ -7,6 +7,7 @@ Subclasses implement one *unit* (a padded chunk/tile): `unit_frames`, `unit_grid
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -122,10 +123,12 @@ class Tokenizer(nn.Module):
         return self
 
     def set_latent_stats(self, mean: list[float] | torch.Tensor, std: list[float] | torch.Tensor) -> None:
-        """Store per-channel latent statistics in the config (used by Latents.normalized, saved with the model)."""
-        self.config.latent_mean = [float(v) for v in torch.as_tensor(mean).flatten()]
-        self.config.latent_std = [float(v) for v in torch.as_tensor(std).flatten()]
-        self.config.validate()
+        """Store per-channel latent statistics in the config (used by Latents.normalized, saved with the model);
+        statistics the config refuses leave it as it was."""
+        checked = dataclasses.replace(self.config, latent_mean=[float(v) for v in torch.as_tensor(mean).flatten()],
+                                      latent_std=[float(v) for v in torch.as_tensor(std).flatten()])
+        checked.validate()
+        self.config.latent_mean, self.config.latent_std = checked.latent_mean, checked.latent_std
 
     # ---- geometry -------------------------------------------------------------------------------------------
     @property
@@ -325,6 +328,7 @@ class Tokenizer(nn.Module):
         kl is the mean over present tokens and channels of KL(q(z|x) || N(0, I)) (0 without a KL bottleneck).
         """
         self._check_video(video)
+        num_tokens = _count(num_tokens)
         x = video.to(self.device, self.dtype)
         B, _, T, H, W = x.shape
         mean, logvar, size = self.encode_whole(x)
@@ -337,7 +341,8 @@ class Tokenizer(nn.Module):
         recon = self.decode_unit(z, mask, size)[:, :, :T, :H, :W]
         lat = Latents(z=mean if mask is None else mean * mask[..., None].to(mean.dtype), frames=T, height=H,
                       width=W, layout=(1, 1, 1), grid=self.unit_grid(*size), mask=mask, logvar=logvar,
-                      model=self.config.name, latent_mean=self.config.latent_mean, latent_std=self.config.latent_std)
+                      model=self.config.name, latent_mean=self.config.latent_mean, latent_std=self.config.latent_std,
+                      tiled=self.max_tokens is not None)   # one unit: a grid model's whole frames, as decode plans
         kl = x.new_zeros(())
         if logvar is not None:
             per = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
@@ -347,9 +352,13 @@ class Tokenizer(nn.Module):
     # ---- weights --------------------------------------------------------------------------------------------
     @property
     def weights_hash(self) -> str:
-        """sha256 hex over the state dict (see `state_hash`); cached until a tensor changes (an in-place edit or an
-        optimizer step bumps its version counter; `.to()` or a load replaces it)."""
+        """sha256 hex over the state dict (see `state_hash`). A frozen model (no parameter requires grad) caches it
+        until a tensor changes (an in-place op bumps its version counter; `.to()` or a load replaces it; edits
+        through ``.data`` bypass the counter: unfreeze or reload after them); a trainable one is hashed each time,
+        since fused optimizers update weights in place without bumping versions."""
         state = self.state_dict()
+        if any(p.requires_grad for p in self.parameters()):
+            return state_hash(state)
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in state.values())
         if self._hash_cache is None or self._hash_cache[0] != key:
             self._hash_cache = (key, state_hash(state))
@@ -373,6 +382,7 @@ class Tokenizer(nn.Module):
 
         from vitok.storage import restored, stored
 
+        self.config.validate()   # a config `load` would refuse is not written
         directory = Path(directory)
         tensors, meta, _ = stored(self.state_dict(), dtype)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}

@@ -38,8 +38,14 @@ def test_normalized_roundtrip(clip):
     back = norm.denormalized()
     torch.testing.assert_close(back.z, lat.z)
     torch.testing.assert_close(tok.decode(norm), tok.decode(lat))  # decode accepts either space
-    with pytest.raises(VitokError):
+    with pytest.raises(VitokError, match="latent_mean has 3 values"):
         tok.set_latent_stats([0.0] * 3, [1.0] * 3)
+    with pytest.raises(VitokError, match="latent_std must be finite"):
+        tok.set_latent_stats(mean, [float("nan")] * len(mean))
+    # a refused call leaves the statistics as they were (a refused 3-channel call left 3 values: normalizing broke)
+    assert tok.config.latent_mean == pytest.approx(mean.tolist()) and tok.config.latent_std == pytest.approx(std.tolist())
+    again = tok.encode(clip(4, 16, 16))
+    torch.testing.assert_close(again.normalized().z, (again.z - mean) / std)
 
 
 def test_sample_mode_kl(grid_tok, clip):

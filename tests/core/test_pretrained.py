@@ -61,6 +61,40 @@ def test_weights_hash_tracks_weights():
     assert a.weights_hash != b.weights_hash
 
 
+def test_a_folder_named_like_a_bundled_model_does_not_hide_it(tmp_path, monkeypatch):
+    """An output folder called vitok-grid in the working directory made `vitok.load("vitok-grid")` fail with
+    "missing config.json"; a folder that holds a model is still that model."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vitok-grid").mkdir()
+    assert vitok.load("vitok-grid").weights_hash == vitok.load(vitok.registry.PRETRAINED_DIR / "vitok-grid").weights_hash
+    torch.manual_seed(0)
+    vitok.create_model("vit-tiny").save_pretrained(tmp_path / "vitok-grid")
+    assert vitok.load("vitok-grid").config.name == "vit-tiny"
+    edited = vitok.create_model("vit-tiny")
+    edited.config.latent_mean = [0.0] * 3   # a config `load` refuses is not written either
+    with pytest.raises(VitokError, match="latent_mean has 3 values"):
+        edited.save_pretrained(tmp_path / "edited")
+    assert not (tmp_path / "edited").exists()
+
+
+def test_forward_latents_decode_and_take_any_integer_count(clip):
+    """`forward` (the training pass) codes whole frames as one unit: its Latents must say so (a grid model's frames
+    larger than the tile were planned as tiles and refused), and num_tokens takes numpy/tensor integers as encode
+    does."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    grid = vitok.create_model("vit-tiny", tile_size=32).freeze()
+    video = clip(4, 48, 64)
+    out = grid(video)
+    assert out["latents"].tiled is False and grid.decode(out["latents"]).shape == video.shape
+    torch.testing.assert_close(grid.decode(out["latents"]), out["recon"].clamp(-1, 1), atol=1e-5, rtol=0)
+    torch.manual_seed(0)
+    one_d = vitok.create_model("vit1d-tiny").freeze()
+    for k in (np.int64(4), torch.tensor(4)):
+        assert one_d(clip(4, 32, 32), num_tokens=k)["latents"].num_tokens == 4
+
+
 def test_frozen_encoder_stays_frozen(tmp_path, clip):
     torch.manual_seed(0)
     vitok.create_model("vit-tiny").save_pretrained(tmp_path / "m")

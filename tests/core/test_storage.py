@@ -133,3 +133,10 @@ def test_weights_hash_follows_in_place_changes():
     tok.encode_whole(torch.rand(1, 3, 8, 32, 32))[0].sum().backward()
     opt.step()
     assert tok.freeze().weights_hash not in (after_edit, before)
+    # a fused AdamW step updates in place without bumping versions: a trainable model is hashed afresh each time
+    tok.requires_grad_(True)
+    fused = torch.optim.AdamW(tok.parameters(), lr=0.1, fused=True)
+    stepped = tok.weights_hash
+    tok.encode_whole(torch.rand(1, 3, 8, 32, 32))[0].sum().backward()
+    fused.step()
+    assert tok.weights_hash != stepped and tok.weights_hash == state_hash(tok.state_dict())
