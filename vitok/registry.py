@@ -82,6 +82,9 @@ def create_model(name: str, /, **overrides) -> Tokenizer:
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise VitokError(f"{name}: unknown config field(s) {', '.join(unknown)}")
+    if overrides.get("latent_channels", config.latent_channels) != config.latent_channels:
+        # statistics measured for the other channel count no longer apply (unless given anew)
+        overrides = {"latent_mean": None, "latent_std": None, **overrides}
     return build(dataclasses.replace(config, **overrides))
 
 

@@ -77,6 +77,15 @@ def test_a_folder_named_like_a_bundled_model_does_not_hide_it(tmp_path, monkeypa
     assert not (tmp_path / "edited").exists()
 
 
+def test_another_channel_count_drops_the_bundled_statistics():
+    """`create_model("vitok-grid", latent_channels=8)` failed on "latent_mean has 16 values", a field not set."""
+    tok = vitok.create_model("vitok-grid", latent_channels=8)
+    assert tok.latent_channels == 8 and tok.config.latent_mean is None and tok.config.latent_std is None
+    given = vitok.create_model("vitok-grid", latent_channels=8, latent_mean=[0.0] * 8, latent_std=[1.0] * 8)
+    assert given.config.latent_std == [1.0] * 8
+    assert vitok.create_model("vitok-grid").config.latent_mean is not None   # the same count keeps them
+
+
 def test_forward_latents_decode_and_take_any_integer_count(clip):
     """`forward` (the training pass) codes whole frames as one unit: its Latents must say so (a grid model's frames
     larger than the tile were planned as tiles and refused), and num_tokens takes numpy/tensor integers as encode
