@@ -86,9 +86,9 @@ class LatentShards(Dataset):
 
     Items are dicts: ``z`` float32 ``(N_i, C)``, ``mask`` bool ``(N_i,)``, ``clip_id``/``index``/``frames``/
     ``height``/``width``/``num_tokens`` (int64 scalars; ``num_tokens`` is -1 when no token count was asked for),
-    ``normalized`` (bool scalar: read with ``normalize=True``) and ``source`` (str); the tensors are the item's own (copies). Shards are opened lazily with
-    ``safetensors.safe_open`` (memory-mapped; at most ``MAX_OPEN_SHARDS`` at a time, least recently used closed
-    first) and only the item's own tokens are read (its slice of a ragged shard, the start of its row in a padded
+    ``normalized`` (bool scalar: read with ``normalize=True``) and ``source`` (str); the tensors are the item's own
+    (copies). Shards are opened lazily with ``safetensors.safe_open`` (memory-mapped; at most ``MAX_OPEN_SHARDS`` at
+    a time, least recently used closed first) and only the item's own tokens are read (its slice of a ragged shard, the start of its row in a padded
     version-1 one), so the set may exceed RAM. A shard is checked against the manifest when opened (tokenizer,
     options, layout) and each row when read (clip id and length). ``normalize=True`` applies the
     manifest's per-channel mean/std to ``z`` (``std`` floored at 1e-6; absent tokens stay zero).

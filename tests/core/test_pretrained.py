@@ -66,7 +66,8 @@ def test_a_folder_named_like_a_bundled_model_does_not_hide_it(tmp_path, monkeypa
     "missing config.json"; a folder that holds a model is still that model."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "vitok-grid").mkdir()
-    assert vitok.load("vitok-grid").weights_hash == vitok.load(vitok.registry.PRETRAINED_DIR / "vitok-grid").weights_hash
+    bundled = vitok.load(vitok.registry.PRETRAINED_DIR / "vitok-grid")
+    assert vitok.load("vitok-grid").weights_hash == bundled.weights_hash
     torch.manual_seed(0)
     vitok.create_model("vit-tiny").save_pretrained(tmp_path / "vitok-grid")
     assert vitok.load("vitok-grid").config.name == "vit-tiny"
