@@ -93,7 +93,7 @@ def _sigterm_as_interrupt(main_pid: int):
 
 def _other_rank() -> bool:
     """Whether this process is a torchrun rank other than 0 (a RANK inherited by a single process is not one)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0"
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") and os.environ.get("RANK", "0") != "0"
 
 
 def _debug_asked(args: list[str]) -> bool:

@@ -45,8 +45,10 @@ def bundled_codec_names() -> list[str]:
 
 def model_dir(model: str) -> Path:
     """The folder of a model given by bundled name or path; CodecError when it is neither or has no tables."""
-    path = Path(model)
-    d = path if path.is_dir() else bundled_dir(model)
+    from vitok.registry import local_model_dir
+
+    local = local_model_dir(model)   # a folder named like a bundled model is that model only if it is one
+    d = local if local is not None else bundled_dir(model)
     if d is None:
         known = ", ".join(bundled_names()) or "none installed"
         raise CodecError(f"unknown vitok model {model!r}: not a model directory or a bundled model ({known})")

@@ -47,6 +47,7 @@ class Spill:
         with _naming_the_folder():
             self._file.seek(self._end)
             self._file.write(data)
+            self._file.flush()   # a full disk is found here, named, not at a later read
         item = Spilled(self._end, len(data))
         self._end += len(data)
         return item

@@ -103,6 +103,8 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
 
     name = default_model_codec() if model is None else (model if model.startswith("vitok:") else f"vitok:{model}")
     classical = [get_codec(c) for c in codecs]   # an unknown name fails before any encode
+    if not name[len("vitok:"):].strip():
+        raise EvaluationError("--model needs a model: a bundled name or a model folder")
     neural = VitokCodec(name[len("vitok:"):], device=device).load()  # the model's load is not its encode time
     op = dict(model_op or {})
     # a frame through encode and decode first: the classical codecs are timed after match_psnr's encodes, so

@@ -427,8 +427,10 @@ def _config_hash(tok: Any) -> str:
 
 def _model_source(model: str) -> str:
     """What ``vitok.load`` should be given later: an absolute folder path, or the registry name."""
-    p = Path(model)
-    return str(p.resolve()) if p.is_dir() else model
+    from vitok.registry import local_model_dir
+
+    local = local_model_dir(model)
+    return str(local.resolve()) if local is not None else model
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:

@@ -88,14 +88,30 @@ def create_model(name: str, /, **overrides) -> Tokenizer:
     return build(dataclasses.replace(config, **overrides))
 
 
+def local_model_dir(name_or_dir: str | Path) -> Path | None:
+    """The folder ``name_or_dir`` names when it is the model meant, else None (a bundled name). A folder named like
+    a bundled model is that model only with a config.json; empty (an output folder made before), it yields to the
+    bundled model; holding other files, it is an error naming both, since either could be meant."""
+    path, name = Path(name_or_dir), str(name_or_dir)
+    if not path.is_dir():
+        return None
+    if name not in bundled_models() or (path / "config.json").is_file():
+        return path
+    if any(path.iterdir()):
+        raise VitokError(f"{name}: the folder {path.resolve()} holds no config.json, and {name} is also a bundled "
+                         f"model; give the model folder's path (e.g. {path / 'model'} for a training run) or move "
+                         "the folder")
+    return None
+
+
 def resolve(name_or_dir: str | Path) -> Path:
     """The directory holding config.json + model.safetensors for a path or a bundled name."""
     if not str(name_or_dir).strip():
         raise VitokError("empty model name: give a bundled name or a directory")
-    path = Path(name_or_dir)
+    local = local_model_dir(name_or_dir)
+    if local is not None:
+        return local
     name = str(name_or_dir)
-    if path.is_dir() and not (name in bundled_models() and not (path / "config.json").is_file()):
-        return path   # a folder named like a bundled model (an output folder, say) is the model only if it is one
     if name in bundled_models():
         return PRETRAINED_DIR / name
     if name in ARCHITECTURES or _paper_config(name) is not None:

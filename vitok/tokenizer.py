@@ -120,6 +120,7 @@ class Tokenizer(nn.Module):
         """eval() + requires_grad_(False): encode/decode then run under torch.inference_mode."""
         self.eval()
         self.requires_grad_(False)
+        self._hash_cache = None   # weights may have changed unseen while trainable (fused optimizer steps)
         return self
 
     def set_latent_stats(self, mean: list[float] | torch.Tensor, std: list[float] | torch.Tensor) -> None:
@@ -353,11 +354,12 @@ class Tokenizer(nn.Module):
     @property
     def weights_hash(self) -> str:
         """sha256 hex over the state dict (see `state_hash`). A frozen model (no parameter requires grad) caches it
-        until a tensor changes (an in-place op bumps its version counter; `.to()` or a load replaces it; edits
-        through ``.data`` bypass the counter: unfreeze or reload after them); a trainable one is hashed each time,
+        until a tensor changes (an in-place op bumps its version counter; `.to()`, a load or `freeze()` resets it;
+        edits through ``.data`` bypass the counter: call `freeze()` after them); a trainable one is hashed each time,
         since fused optimizers update weights in place without bumping versions."""
         state = self.state_dict()
         if any(p.requires_grad for p in self.parameters()):
+            self._hash_cache = None   # nor trusted once frozen again: fused steps leave the versions as they were
             return state_hash(state)
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in state.values())
         if self._hash_cache is None or self._hash_cache[0] != key:

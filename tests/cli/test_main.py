@@ -57,7 +57,8 @@ def test_a_stop_every_torchrun_process_raises_is_said_once(capsys, monkeypatch):
     for exc, rank, line in [(TrainingStopped("stopped at step 3"), "0", "error: stopped at step 3\n"),
                             (TrainingStopped("stopped at step 3"), "1", ""),
                             (VitokError("rank-only trouble"), "1", "error: rank-only trouble\n"),
-                            (TrainingStopped("stopped at step 3"), "1 alone", "error: stopped at step 3\n")]:
+                            (TrainingStopped("stopped at step 3"), "1 alone", "error: stopped at step 3\n"),
+                            (TrainingStopped("stopped at step 3"), "1 unset", "error: stopped at step 3\n")]:
         @click.command()
         def boom(exc=exc) -> None:
             raise exc
@@ -65,7 +66,7 @@ def test_a_stop_every_torchrun_process_raises_is_said_once(capsys, monkeypatch):
         monkeypatch.setitem(cli.lazy_commands, "boom", "vitok.cli.main:cli")
         monkeypatch.setattr(type(cli), "get_command", lambda self, ctx, name, cmd=boom: cmd if name == "boom" else None)
         monkeypatch.setenv("RANK", rank.split()[0])   # "1 alone": a RANK a single process inherited, not torchrun's
-        monkeypatch.setenv("WORLD_SIZE", "1" if rank.endswith("alone") else "2")
+        monkeypatch.setenv("WORLD_SIZE", {"alone": "1", "unset": ""}.get(rank.split()[-1], "2"))
         with pytest.raises(SystemExit) as e:
             main(["boom"])
         assert e.value.code == exc.exit_code and capsys.readouterr().err == line

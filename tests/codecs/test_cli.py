@@ -429,6 +429,23 @@ def test_inputs_that_are_not_regular_files_are_not_called_missing(capsys, tmp_pa
         assert "is not a regular file" in _error(capsys, *args)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_info_probes_a_video_through_a_pipe(capsys, video, tmp_path):
+    """`vitok info <(cat clip.mkv)`: a video read through a pipe is described; a pipe has no size, so no bytes or
+    kbps are made up (it said "0 bytes, 0.0 kbps")."""
+    import threading
+
+    pipe = tmp_path / "p.mkv"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_bytes(video.read_bytes()))
+    writer.start()
+    try:
+        out = _run("info", str(pipe))
+    finally:
+        writer.join(timeout=30)
+    assert out["frames"] > 0 and out["file_bytes"] is None and "kbps" not in out
+
+
 def test_a_frame_rate_the_output_cannot_time_is_said_before_the_model_loads(capsys, tiny1d, tmp_path, monkeypatch):
     """A 2400 fps .vtok decoded to .mkv (Matroska's millisecond clock) was refused only after the model loaded;
     now before, and before -y is asked for an existing output."""

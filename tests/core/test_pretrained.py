@@ -71,6 +71,16 @@ def test_a_folder_named_like_a_bundled_model_does_not_hide_it(tmp_path, monkeypa
     torch.manual_seed(0)
     vitok.create_model("vit-tiny").save_pretrained(tmp_path / "vitok-grid")
     assert vitok.load("vitok-grid").config.name == "vit-tiny"
+    (tmp_path / "vitok-1d" / "model").mkdir(parents=True)   # a training run's folder: either could be meant
+    with pytest.raises(VitokError, match=r"vitok-1d: the folder .*vitok-1d holds no config.json, and vitok-1d is also "
+                                         r"a bundled model; give the model folder's path \(e.g. vitok-1d/model"):
+        vitok.load("vitok-1d")
+    from vitok.codecs.neural import model_dir
+    from vitok.extract import _model_source
+
+    (tmp_path / "vitok-cnn").mkdir()   # empty: the codec and extraction's recorded source mean the bundled model too
+    assert model_dir("vitok-cnn") == vitok.registry.PRETRAINED_DIR / "vitok-cnn" and _model_source("vitok-cnn") == \
+        "vitok-cnn"
     edited = vitok.create_model("vit-tiny")
     edited.config.latent_mean = [0.0] * 3   # a config `load` refuses is not written either
     with pytest.raises(VitokError, match="latent_mean has 3 values"):

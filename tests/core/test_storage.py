@@ -140,3 +140,10 @@ def test_weights_hash_follows_in_place_changes():
     tok.encode_whole(torch.rand(1, 3, 8, 32, 32))[0].sum().backward()
     fused.step()
     assert tok.weights_hash != stepped and tok.weights_hash == state_hash(tok.state_dict())
+    # frozen (hash cached), trained a fused step without asking, frozen again: the cache is not trusted
+    tok.freeze()
+    cached = tok.weights_hash
+    tok.requires_grad_(True)
+    tok.encode_whole(torch.rand(1, 3, 8, 32, 32))[0].sum().backward()
+    fused.step()
+    assert tok.freeze().weights_hash != cached and tok.weights_hash == state_hash(tok.state_dict())

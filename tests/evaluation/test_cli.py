@@ -91,6 +91,16 @@ def test_compare_matches_h264_psnr_and_writes_png(tmp_path, small_clip, tiny_mod
            f"{vitok_row['psnr']:.2f} dB: not a match at equal PSNR" in text
 
 
+def test_compare_refuses_an_empty_model(carphone9):
+    """An empty --model was taken as the current folder (".: not a model directory", or that folder's model)."""
+    from vitok.evaluation.compare import compare_codecs
+    from vitok.evaluation.errors import EvaluationError
+
+    for model in ("", "vitok:", " "):
+        with pytest.raises(EvaluationError, match="--model needs a model: a bundled name or a model folder"):
+            compare_codecs(carphone9[0][:2], carphone9[1], model=model)
+
+
 def test_compare_marks_a_psnr_inside_the_crf_range_matched(small_clip):
     from vitok.data import read_video
     from vitok.evaluation.compare import compare_codecs
