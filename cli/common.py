@@ -66,6 +66,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def torchrun_rank() -> int:
+    """This process's rank in a torchrun job (WORLD_SIZE > 1), else 0: a RANK a single process inherited from a
+    job's environment does not make it another rank (its summary and errors are its own to print)."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "0", "1"):
+        return 0
+    return int(os.environ.get("RANK") or 0)
+
+
 def count(n: int, noun: str) -> str:
     """'1 chunk', '3 chunks': a count and its noun, plural unless one."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -1,12 +1,11 @@
 """``vitok latents``: extract latent shards from a folder of videos (alone or under torchrun), print their stats."""
 from __future__ import annotations
 
-import os
 
 import click
 
 from vitok.cli.common import count, device_option, emit, json_option, overwrite_option, quiet_option, set_threads, \
-    threads_option
+    threads_option, torchrun_rank
 
 
 @click.group()
@@ -50,7 +49,7 @@ def extract(input_dir: str, out_dir: str, model: str, frames: int | None, size: 
     from vitok.extract import extract_latents, parse_size
 
     set_threads(threads)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = torchrun_rank()
 
     def on_shard(index: int, record: dict) -> None:
         if not quiet:

@@ -91,11 +91,6 @@ def _sigterm_as_interrupt(main_pid: int):
     return handle
 
 
-def _other_rank() -> bool:
-    """Whether this process is a torchrun rank other than 0 (a RANK inherited by a single process is not one)."""
-    return os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") and os.environ.get("RANK", "0") != "0"
-
-
 def _debug_asked(args: list[str]) -> bool:
     """Whether ``--debug`` comes before the subcommand (the group's option; after it, it is a bad option)."""
     for arg in args:
@@ -120,6 +115,7 @@ def out_of_memory(e: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one line ``error: ...`` and exit non-zero, no traceback."""
+    from vitok.cli.common import torchrun_rank
     from vitok.data.errors import VitokError
 
     args = sys.argv[1:] if argv is None else argv
@@ -150,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     except VitokError as e:
         if debug:
             raise
-        if not (getattr(e, "all_ranks", False) and _other_rank()):  # one line per torchrun job
+        if not (getattr(e, "all_ranks", False) and torchrun_rank() != 0):  # one line per torchrun job
             click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
     except OSError as e:  # a missing, unwritable or full path: the user's to fix

@@ -1,11 +1,11 @@
 """``vitok train CONFIG``: train a tokenizer from a packaged config name or a JSON file (also under torchrun)."""
 from __future__ import annotations
 
-import os
 
 import click
 
-from vitok.cli.common import count, emit, json_option, overwrite_option, quiet_option, set_threads, threads_option
+from vitok.cli.common import (count, emit, json_option, overwrite_option, quiet_option, set_threads, threads_option,
+                              torchrun_rank)
 
 
 def _list_configs(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -53,7 +53,7 @@ def train(config: str, sets: tuple[str, ...], out_dir: str | None, resume: bool,
     if device:
         cfg["device"] = device
     summary = run_training(cfg, out_dir, resume=resume, overwrite=overwrite, quiet=quiet, stop_at=stop_at)
-    if os.environ.get("RANK", "0") != "0":
+    if torchrun_rank() != 0:
         return
     ev = summary["eval"]
     loss = summary["last"].get("loss")

@@ -691,14 +691,14 @@ def test_errors_every_rank_raises_are_printed_by_rank_0_alone(tmp_path, video_di
                 "--tokens is only for 1D models": [str(video_dir), "--tokens", "2"],
                 f"{empty.resolve()}: no video files found": [str(empty)]}
     for other_rank, lines in ((True, 0), (False, 1)):   # as rank 1 of a torchrun job would, then rank 0
-        monkeypatch.setattr("vitok.cli.main._other_rank", lambda other=other_rank: other)
+        monkeypatch.setattr("vitok.cli.common.torchrun_rank", lambda other=other_rank: int(other))
         for message, args in mistakes.items():
             with pytest.raises(SystemExit) as e:
                 main([*command, *args])
             err = capsys.readouterr().err
             assert e.value.code == 1 and err.count("\n") == err.count(f"error: {message}") == lines, (lines, err)
     extract_latents(video_dir, out, str(model_dir), **KW)
-    monkeypatch.setattr("vitok.cli.main._other_rank", lambda: True)   # a refusal of a rank's own shard: it says it
+    monkeypatch.setattr("vitok.cli.common.torchrun_rank", lambda: 1)   # a refusal of a rank's own shard: it says it
     with pytest.raises(SystemExit) as e:
         main([*command, str(video_dir), "--size", "16"])
     err = capsys.readouterr().err

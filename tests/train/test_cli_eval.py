@@ -32,12 +32,14 @@ def test_train_command_json_and_errors(tmp_path):
     assert res.exit_code == 0 and "vitok-grid" in res.stdout.split()
 
 
-def test_train_stop_at_says_how_to_go_on(tmp_path):
+def test_train_stop_at_says_how_to_go_on(tmp_path, monkeypatch):
     runner = CliRunner()
+    monkeypatch.setenv("RANK", "1")   # inherited by a single process (no WORLD_SIZE): its summary is still printed
     res = runner.invoke(train, ["tiny-cnn", "--out", str(tmp_path / "r"), "--set", "schedule.steps=3", "--stop-at", "1",
                                 "-q", *FAST])
     assert res.exit_code == 0, res.output
     assert "trained cnn-tiny for 1 step of 3 (--stop-at; continue with --resume)" in res.stdout, res.stdout
+    monkeypatch.delenv("RANK")
     res = runner.invoke(train, ["tiny-cnn", "--out", str(tmp_path / "r"), "--set", "schedule.steps=3", "--resume",
                                 "--stop-at", "0", *FAST])
     assert res.exit_code == 2 and "0 is not in the range x>=1" in res.output
