@@ -34,17 +34,6 @@ def _fps(ctx: click.Context, param: click.Parameter, value: str | None) -> Fract
     return fps
 
 
-def _check_vtok_input(path: str) -> None:
-    """Refuse a decode input that is a folder, a pipe or device (a .vtok is read by seeking), or missing, each said
-    as what it is."""
-    if Path(path).is_dir():
-        raise VitokError(f"input {path} is a folder, not a .vtok file")
-    if Path(path).exists() and not Path(path).is_file():
-        raise VitokError(f"input {path} is not a regular file")
-    if not Path(path).is_file():
-        raise VitokError(f"input not found: {path}")
-
-
 def _check_input(path: str) -> None:
     from vitok.codecs.files import is_frames_source
 
@@ -152,12 +141,14 @@ def _runs(values: list) -> str:
 @threads_option
 def decode(input, output, model, video_codec, crf, overwrite, quiet, as_json, device, threads) -> None:
     """Decode a .vtok file to a video, a folder of PNGs or a .npy array."""
-    from vitok.codecs.container import VtokReader
+    from vitok.codecs.container import VtokReader, check_vtok_path
     from vitok.codecs.files import decode_file, decode_output_kind
     from vitok.codecs.neural import VitokCodec, model_for_stream
     from vitok.data.io import check_frame_rate
 
-    _check_vtok_input(input)
+    if not Path(input).exists():
+        raise VitokError(f"input not found: {input}")
+    check_vtok_path(Path(input))   # a folder or a pipe: said before the output is weighed
     if video_codec is None:
         video_codec = "ffv1" if Path(output).suffix.lower() == ".mkv" else "h264"
     kind = decode_output_kind(output, video_codec)   # a name decode cannot write: before -y is asked for

@@ -166,15 +166,15 @@ def _depth(value: object) -> int:
     return deepest
 
 
-def _open_vtok(path: Path) -> BinaryIO:
-    """Open a ``.vtok`` path for reading; a folder or a pipe/device is said to be one, not reported missing."""
+def check_vtok_path(path: Path) -> None:
+    """Refuse a ``.vtok`` path that is missing, a folder, or a pipe/device (a .vtok is read by seeking; opening a
+    pipe waits for a writer), each said as what it is."""
     if not path.exists():
         raise BitstreamError(f"no such .vtok file: {path}")
     if path.is_dir():
         raise BitstreamError(f"{path} is a folder, not a .vtok file")
     if not path.is_file():
         raise BitstreamError(f"{path} is not a regular file (a .vtok is read by seeking)")
-    return open(path, "rb")
 
 
 class VtokReader:
@@ -185,7 +185,8 @@ class VtokReader:
             self.f, self.name, self._own = io.BytesIO(bytes(source)), "<bytes>", False
         elif isinstance(source, (str, os.PathLike)):
             path = Path(source)
-            self.f, self.name, self._own = _open_vtok(path), str(path), True
+            check_vtok_path(path)
+            self.f, self.name, self._own = open(path, "rb"), str(path), True
         else:
             self.f, self.name, self._own = source, getattr(source, "name", "<stream>"), False
         try:

@@ -8,10 +8,8 @@ chunk by chunk, so memory stays flat for long videos.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
-import json
 import math
 import os
 import time
@@ -29,8 +27,8 @@ from vitok.codecs.entropy import (DEFAULT_STEP, FILENAME as ENTROPY_FILE, Entrop
 from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names, find_bundled
 from vitok.codecs.payload import ChunkTokens, header_size, pack_chunk, parse_chunk
-from vitok.codecs.ratecontrol import (Candidate, Cost, UnitCosts, allocate_bytes, pick_psnr, pick_units_psnr,
-                                     psnr_from_sse, token_grid)
+from vitok.codecs.ratecontrol import (Candidate, Cost, UnitCosts, allocate_bytes, cheapest_bytes, pick_psnr,
+                                     pick_units_psnr, psnr_from_sse, token_grid)
 from vitok.codecs.spill import Spill
 
 __all__ = ["VitokCodec", "DEFAULT_MODEL", "EncodeStats", "ChunkCode", "bundled_codec_names", "model_for_stream"]
@@ -175,8 +173,7 @@ class VitokCodec(Codec):
     def identity(self) -> str:
         """The model's weights, its config (tiling, clip length) and the entropy tables: a model retrained or
         reconfigured in place codes differently."""
-        config = json.dumps(self.tok.config.to_dict(), sort_keys=True).encode()
-        return f"{self.tok.weights_hash[:16]}-{hashlib.sha256(config).hexdigest()[:12]}-{self.tables.table_id}"
+        return f"{self.tok.weights_hash[:16]}-{self.tok.config.digest()[:12]}-{self.tables.table_id}"
 
     def load(self) -> "VitokCodec":
         """Load the model and its tables now (errors surface before any video is read)."""
@@ -376,7 +373,7 @@ class VitokCodec(Codec):
             options = [opt for _, costs, _ in evaluated for opt in costs.options()]
             # room for headers with a count per unit (distinct counts, so header_size gives that form)
             target = budget - sum(header_size(range(1, len(costs.bits) + 1)) for _, costs, _ in evaluated)
-            floor = sum(min(o.nbytes for o in opts) for opts in options)
+            floor = cheapest_bytes(options)
             target = max(target, floor)   # below the estimates' floor, the fewest tokens are coded to tell
             for attempt in range(8):
                 pick, coded, at = allocate_bytes(options, target), [], 0

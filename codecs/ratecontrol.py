@@ -79,13 +79,18 @@ def pick_psnr(n: int, evaluate: Callable[[int], Candidate], target: float) -> Ca
     return get(lo)
 
 
+def cheapest_bytes(options: Sequence[Sequence[Option]]) -> float:
+    """The bytes of every chunk's cheapest candidate: the least any allocation can spend."""
+    return sum(min(c.nbytes for c in o) for o in options)
+
+
 def allocate_bytes(options: Sequence[Sequence[Option]], budget: float, reserved: float = 0) -> list[int]:
     """Per chunk the index of the candidate to use so that the payloads fit ``budget`` bytes with the least total
     distortion (Lagrangian bisection on lambda, then a greedy pass that spends what is left). ``reserved``: the
     bytes the caller took off the user's budget for headers, so a budget too small is told in the user's terms."""
     if not options or any(not o for o in options):
         raise CodecError("rate control needs at least one candidate per chunk")
-    floor = sum(min(c.nbytes for c in o) for o in options)
+    floor = cheapest_bytes(options)
     if floor > budget:
         raise CodecError(f"byte budget too small: {budget + reserved:.0f} bytes; the cheapest setting takes about "
                          f"{floor + reserved:.0f} ({reserved:.0f} of them headers)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import types
@@ -81,6 +82,12 @@ class TokenizerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def digest(self, without: tuple[str, ...] = ()) -> str:
+        """sha256 hex of the config as canonical JSON, fields ``without`` left out: what tells two configs apart
+        when name and weights agree (an edited tile size or clip length codes differently)."""
+        config = {k: v for k, v in self.to_dict().items() if k not in without}
+        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -421,8 +420,7 @@ def _config_hash(tok: Any) -> str:
     """sha256 (16 hex digits) of the model's config as canonical JSON: an edited config.json (tile size, clip
     frames, ...) changes what encode gives under the same name and weights. The latent statistics are left out:
     stored for ``Latents.normalized``, they do not change the latents extracted."""
-    config = {k: v for k, v in tok.config.to_dict().items() if k not in ("latent_mean", "latent_std")}
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return tok.config.digest(without=("latent_mean", "latent_std"))[:16]
 
 
 def _model_source(model: str) -> str:
