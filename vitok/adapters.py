@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vitok.data.errors import VitokError
+from vitok.latents import gaussian_noise
 from vitok.tokenizer import Tokenizer
 
 
@@ -31,8 +32,7 @@ class LatentDistribution:
         self.var = self.std.pow(2)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + self.std * eps
+        return self.mean + self.std * gaussian_noise(self.mean, generator)
 
     def mode(self) -> torch.Tensor:
         return self.mean

@@ -9,6 +9,14 @@ import torch
 from vitok.data.errors import VitokError
 
 
+def gaussian_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``, drawn on the generator's device and moved to ``like``'s, so a CPU
+    generator reproduces the same draw whatever device the latents are on (as diffusers' ``randn_tensor``)."""
+    device = like.device if generator is None else generator.device
+    eps = torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype)
+    return eps.to(like.device)
+
+
 @dataclass
 class Latents:
     """Tokens `z` (B, N, C) of a video, N = units * tokens_per_unit (see vitok.geometry for the layout).
@@ -75,7 +83,7 @@ class Latents:
         """A draw z + sigma * eps from the posterior (the mode when there is no log-variance)."""
         if self.logvar is None:
             return self
-        eps = torch.randn(self.z.shape, generator=generator, device=self.z.device, dtype=self.z.dtype)
+        eps = gaussian_noise(self.z, generator)
         return self._replace(z=self._masked(self.z + torch.exp(0.5 * self.logvar) * eps), logvar=None)
 
     def kl(self) -> torch.Tensor:

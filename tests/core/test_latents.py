@@ -8,7 +8,8 @@ import torch
 
 import vitok
 from vitok.data.errors import VitokError
-from vitok.latents import Latents, collate
+from vitok.adapters import LatentDistribution
+from vitok.latents import Latents, collate, gaussian_noise
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,23 @@ def test_sample_mode_kl(grid_tok, clip):
     assert torch.equal(lat.mode().z, lat.z) and lat.mode().logvar is None
     assert lat.kl().shape == (1,) and lat.kl().item() > 0
     assert lat.mode().kl().item() == 0
+
+
+def test_sample_draws_from_the_generator_whatever_the_latents_device(grid_tok, clip):
+    """A CPU generator drives the noise of latents on another device (drawn there, then moved), as diffusers does;
+    'meta' stands in for a GPU: drawing on the latents' device ignored the CPU generator."""
+    lat = grid_tok.encode(clip(4, 16, 16))
+    far = dataclasses.replace(lat, z=lat.z.to("meta"), logvar=lat.logvar.to("meta"))
+    g = torch.Generator().manual_seed(3)
+    before = g.get_state().clone()
+    assert far.sample(g).z.device.type == "meta"
+    assert not torch.equal(g.get_state(), before)
+    dist = LatentDistribution(lat.z.to("meta"), lat.logvar.to("meta"))
+    again = g.get_state().clone()
+    assert dist.sample(generator=g).device.type == "meta" and not torch.equal(g.get_state(), again)
+    # the draw is the generator's: the same seed gives the same noise on the latents' own device
+    eps = gaussian_noise(lat.z, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(eps, torch.randn(lat.z.shape, generator=torch.Generator().manual_seed(3)))
 
 
 def test_as_grid(grid_tok, clip):
