@@ -108,7 +108,8 @@ class ClipTable:
                    for v in [c.get(key)]):
                 null, absent = self._INT_NULL, self._INT_ABSENT
                 self._ints[key] = np.fromiter(
-                    (absent if key not in c else null if c[key] is None else c[key] for c in clips), np.int64, len(clips))
+                    (absent if key not in c else null if c[key] is None else c[key] for c in clips), np.int64,
+                    len(clips))
             else:
                 self._coded[key] = self._codes(c.get(key, _ABSENT) for c in clips)
         encoded = [c["source"].encode("utf-8", "surrogatepass") for c in clips]
@@ -182,8 +183,8 @@ class LatentShards(Dataset):
     ``height``/``width``/``num_tokens`` (int64 scalars; ``num_tokens`` is -1 when no token count was asked for),
     ``normalized`` (bool scalar: read with ``normalize=True``) and ``source`` (str); the tensors are the item's own
     (copies). Shards are opened lazily with ``safetensors.safe_open`` (memory-mapped; at most ``MAX_OPEN_SHARDS`` at
-    a time, least recently used closed first) and only the item's own tokens are read (its slice of a ragged shard, the start of its row in a padded
-    version-1 one), so the set may exceed RAM. A shard is checked against the manifest when opened (tokenizer,
+    a time, least recently used closed first) and only the item's own tokens are read (its slice of a ragged shard,
+    the start of its row in a padded version-1 one), so the set may exceed RAM. A shard is checked against the manifest when opened (tokenizer,
     options, layout) and each row when read (clip id and length). ``normalize=True`` applies the
     manifest's per-channel mean/std to ``z`` (``std`` floored at 1e-6; absent tokens stay zero).
     Works with ``DistributedSampler`` and DataLoader workers (open handles are not pickled). ``clips`` is the
