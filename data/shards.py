@@ -184,9 +184,9 @@ class LatentShards(Dataset):
     ``normalized`` (bool scalar: read with ``normalize=True``) and ``source`` (str); the tensors are the item's own
     (copies). Shards are opened lazily with ``safetensors.safe_open`` (memory-mapped; at most ``MAX_OPEN_SHARDS`` at
     a time, least recently used closed first) and only the item's own tokens are read (its slice of a ragged shard,
-    the start of its row in a padded version-1 one), so the set may exceed RAM. A shard is checked against the manifest when opened (tokenizer,
-    options, layout) and each row when read (clip id and length). ``normalize=True`` applies the
-    manifest's per-channel mean/std to ``z`` (``std`` floored at 1e-6; absent tokens stay zero).
+    the start of its row in a padded version-1 one), so the set may exceed RAM. A shard is checked against the
+    manifest when opened (tokenizer, options, layout) and each row when read (clip id and length). ``normalize=True``
+    applies the manifest's per-channel mean/std to ``z`` (``std`` floored at 1e-6; absent tokens stay zero).
     Works with ``DistributedSampler`` and DataLoader workers (open handles are not pickled). ``clips`` is the
     manifest's clip list as a `ClipTable` (``clips[i]`` is clip ``i``'s dict); ``manifest`` holds the rest.
     """
