@@ -1,12 +1,12 @@
 """Classical codecs (h264, h265, av1, vp9) through PyAV, in memory, behind the ``Codec`` interface.
 
-Every stream is 8-bit yuv420p in an mp4 file, with an explicit GOP (a keyframe every 64 frames by default), the
-preset's own B-frames (``bframes=0`` gives the low-delay IPPP setting) and frame threading (PyAV's default slice
-threading inflates x264 streams by 1-3%). yuv420p needs even sizes: odd frames are padded by replicating the last
-row/column and the true size (and exact fps) is kept in the mp4's ``comment`` tag (``vitok size=WxH fps=N/D``);
-``decode`` crops back to it. Encoder self-descriptions carry no picture data and are left out so bytes compare
-fairly: x265 runs with ``info=0``, and x264's version SEI (its settings as text, ~600 bytes, which libx264 cannot
-switch off) is cut from the first packet.
+Every stream is 8-bit yuv420p (swscale's BT.601 limited range, tagged as such for players) in an mp4 file, with an
+explicit GOP (a keyframe every 64 frames by default), the preset's own B-frames (``bframes=0`` gives the low-delay
+IPPP setting) and frame threading (PyAV's default slice threading inflates x264 streams by 1-3%). yuv420p needs
+even sizes: odd frames are padded by replicating the last row/column and the true size (and exact fps) is kept in
+the mp4's ``comment`` tag (``vitok size=WxH fps=N/D``); ``decode`` crops back to it. Encoder self-descriptions
+carry no picture data and are left out so bytes compare fairly: x265 runs with ``info=0``, and x264's version SEI
+(its settings as text, ~600 bytes, which libx264 cannot switch off) is cut from the first packet.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from vitok.codecs.base import Codec, check_frames, register
 from vitok.codecs.errors import BitstreamError, CodecError
+from vitok.data.io import flushed_packets, frame_size_problem, tag_color
 
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config to stderr otherwise (1 = errors only)
 
@@ -42,9 +43,9 @@ class _Spec:
 
 
 SPECS = (
-    _Spec("h264", "libx264", 23, 51, "medium", X26X_PRESETS, (18, 22, 26, 30, 34, 38, 42)),
-    _Spec("h265", "libx265", 28, 51, "medium", X26X_PRESETS, (20, 24, 28, 32, 36, 40, 44)),
-    _Spec("av1", "libsvtav1", 35, 63, "8", tuple(str(i) for i in range(14)), (22, 28, 34, 40, 46, 52, 58)),
+    _Spec("h264", "libx264", 23, 51, "medium", X26X_PRESETS, (18, 22, 26, 30, 34, 38, 42, 46, 51)),
+    _Spec("h265", "libx265", 28, 51, "medium", X26X_PRESETS, (20, 24, 28, 32, 36, 40, 44, 48, 51)),
+    _Spec("av1", "libsvtav1", 35, 63, "8", tuple(str(i) for i in range(14)), (22, 28, 34, 40, 46, 52, 58, 63)),
     _Spec("vp9", "libvpx-vp9", 31, 63, "4", tuple(str(i) for i in range(9)), (20, 27, 34, 41, 48, 55, 62)),
 )
 
@@ -63,7 +64,7 @@ class ClassicalCodec(Codec):
     def identity(self) -> str:
         """The FFmpeg build, and the byte accounting (encoder banners cut)."""
         return (f"libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}, no encoder banner, "
-                "B-frames: the preset's")
+                "B-frames: the preset's, tagged BT.601 limited range")
 
     def operating_points(self) -> list[dict[str, Any]]:
         return [{"crf": c} for c in self.spec.points]
@@ -80,8 +81,9 @@ class ClassicalCodec(Codec):
         if gop < 1 or (bframes is not None and bframes < 0):
             raise CodecError(f"{self.name}: gop must be >= 1 and bframes >= 0, got gop={gop} bframes={bframes}")
         t, h, w, _ = frames.shape
-        if self.spec.encoder == "libx265" and min(h, w) < 64:  # x265 corrupts its heap on some tiny frames
-            raise CodecError(f"{self.name}: frames must be at least 64x64, got {w}x{h}")
+        problem = frame_size_problem(self.spec.encoder, w, h)
+        if problem:
+            raise CodecError(f"{self.name}: {problem}")
         pad = ((0, h % 2), (0, w % 2), (0, 0))  # per frame
         buf = io.BytesIO()
         try:
@@ -90,6 +92,7 @@ class ClassicalCodec(Codec):
                 options = self._options(int(crf), preset, gop, bframes)
                 stream = out.add_stream(self.spec.encoder, rate=fps, options=options)
                 stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
+                tag_color(stream)
                 stream.time_base = 1 / fps
                 cc = stream.codec_context
                 cc.gop_size = gop
@@ -100,10 +103,12 @@ class ClassicalCodec(Codec):
                 for i in [*range(t), None]:
                     frame = None
                     if i is not None:
-                        frame = av.VideoFrame.from_ndarray(np.pad(frames[i], pad, mode="edge") if (h | w) % 2
-                                                           else np.ascontiguousarray(frames[i]), format="rgb24")
+                        rgb = av.VideoFrame.from_ndarray(np.pad(frames[i], pad, mode="edge") if (h | w) % 2
+                                                         else np.ascontiguousarray(frames[i]), format="rgb24")
+                        frame = rgb.reformat(format="yuv420p")   # the encoder's own conversion, tagged as it is
+                        tag_color(frame)
                         frame.pts = i
-                    packets = stream.encode(frame)
+                    packets = stream.encode(frame) if frame is not None else flushed_packets(stream, t)
                     if banner_left and packets:
                         packets[0], banner_left = _without_banner(packets[0]), False
                     out.mux(packets)

@@ -2,13 +2,16 @@
 
 Reading always gives uint8 RGB ``(T,H,W,3)`` in display orientation:
 - grayscale, alpha (dropped), 10/12-bit and full-range sources are converted to 8-bit RGB by FFmpeg's swscale;
-- rotation metadata (the display matrix that PyAV exposes as ``frame.rotation``) is applied, like ffmpeg's
-  autorotate, so ``VideoInfo.width/height`` and crops refer to the rotated picture;
+- the display matrix (a container's rotation or mirroring, a JPEG's EXIF orientation) is applied as ffmpeg's
+  autorotate applies it (to the nearest quarter turn), so ``VideoInfo.width/height`` and crops refer to the
+  picture as shown;
 - non-square pixels are kept as stored (no resampling, like ffmpeg): ``VideoInfo.sample_aspect_ratio`` says how
   wide a pixel shows (carphone's 176x144 is 128:117), and ``write_video(sample_aspect_ratio=)`` records it again;
 - variable frame rate files give every decoded frame once, in presentation order (no resampling);
-  ``VideoInfo.fps`` is the stream's average rate and ``frame_times`` gives the real timestamps;
+  ``VideoInfo.fps`` is the stream's average rate and ``frame_times`` gives the real timestamps; a read whose frame
+  times jump (frames lost to damage, or a varying rate) or go back says so once with a ``FrameTimingWarning``;
 - still images (png/jpg/...) read as a 1-frame video (``is_image=True``, nominal fps from the demuxer).
+Written YUV is tagged as what the RGB->YUV conversion makes (BT.601, limited range; see ``tag_color``).
 Options apply in this order: ``start``/``stride``/``num_frames`` pick frames, ``crop`` cuts a region of the
 source, ``size=(W,H)`` resizes it (bilinear with antialiasing, deterministic). ``crop="center"`` needs ``size``
 and takes the largest centred region with the aspect ratio of ``size``.
@@ -29,6 +32,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import av
 import av.error
+import av.filter
 import numpy as np
 
 from .atomic import atomic_path
@@ -60,6 +64,7 @@ class VideoInfo:
     rotation: int  # counter-clockwise degrees applied to the coded picture: 0, 90, 180 or 270
     is_image: bool
     sample_aspect_ratio: Fraction = Fraction(1)  # a pixel's shown width over its height (1: square pixels)
+    mirrored: bool = False  # the coded picture is flipped left-right before the rotation (a mirroring matrix)
 
 
 def _reason(e: BaseException) -> str:
@@ -133,8 +138,48 @@ def _is_image(container: av.container.InputContainer) -> bool:
     return name == "image2" or name.endswith("_pipe")
 
 
-def _rotation(frame: av.VideoFrame) -> int:
-    return int(round(getattr(frame, "rotation", 0) / 90)) * 90 % 360  # PyAV < 14 exposes no rotation
+_AV_FRAME_DATA_EXIF = 31  # FFmpeg 8's EXIF side data: PyAV 18 cannot name it, so it cannot list a still's side data
+
+
+def _without_side_data(frame: av.VideoFrame, kind: int) -> av.VideoFrame:
+    """``frame`` less its side data of type ``kind`` (FFmpeg's ``sidedata`` filter)."""
+    graph = av.filter.Graph()
+    source = graph.add_buffer(template=frame, time_base=frame.time_base or Fraction(1, 25))
+    drop, sink = graph.add("sidedata", f"mode=delete:type={kind}"), graph.add("buffersink")
+    source.link_to(drop)
+    drop.link_to(sink)
+    graph.configure()
+    graph.push(frame)
+    return graph.pull()
+
+
+def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
+    """The frame's 3x3 display matrix in FFmpeg's layout (9 int32, row by row), or None when it has none."""
+    try:
+        data = frame.side_data.get("DISPLAYMATRIX")
+    except ValueError:  # a type PyAV cannot name: FFmpeg 8's EXIF, whose orientation the decoder moved to the matrix
+        try:
+            data = _without_side_data(frame, _AV_FRAME_DATA_EXIF).side_data.get("DISPLAYMATRIX")
+        except ValueError:  # yet another one: only the angle (``frame.rotation``) is known
+            return None
+    return None if data is None else np.frombuffer(bytes(data), np.int32)
+
+
+def _orientation(frame: av.VideoFrame) -> tuple[int, bool]:
+    """(counter-clockwise degrees, mirrored) that show ``frame`` upright, as ffmpeg's autorotate reads the display
+    matrix: the angle to a quarter turn, plus its flips (transpose's ``*_flip`` modes; hflip or vflip at a half or
+    no turn). Mirrored: flipped left-right before the rotation."""
+    ccw = int(round(getattr(frame, "rotation", 0) / 90)) * 90 % 360  # PyAV < 14 exposes no rotation
+    m = _display_matrix(frame)
+    if m is None:
+        return ccw, False
+    if ccw == 90:  # ffmpeg's clockwise theta 270: transpose=clock_flip if m[3] < 0, else cclock
+        return (270, True) if m[3] < 0 else (90, False)
+    if ccw == 270:  # theta 90: transpose=cclock_flip if m[3] > 0, else clock
+        return (90, True) if m[3] > 0 else (270, False)
+    if ccw == 180:  # hflip if m[0] < 0, vflip if m[4] < 0: both make a half turn, one a mirror
+        return (180 if m[4] < 0 else 0), bool((m[0] < 0) != (m[4] < 0))
+    return (180, True) if m[4] < 0 else (0, False)  # theta 0: vflip if m[4] < 0
 
 
 def _sample_aspect_ratio(stream: av.video.stream.VideoStream, rotation: int) -> Fraction:
@@ -155,13 +200,13 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             raise VideoReadError(f"{path}: corrupt or truncated: cannot decode the first frame ({_reason(e)})") from e
         if first is None:
             raise VideoReadError(f"{path}: no decodable frames")
-        rot = _rotation(first)
+        rot, mirrored = _orientation(first)
         width, height = (first.height, first.width) if rot % 180 else (first.width, first.height)
         fps, is_image = _fps(stream), _is_image(container)
         duration = None if is_image else _duration(container, stream)
         num = 1 if is_image else (stream.frames or (round(duration * fps) if duration else None))
         return VideoInfo(Path(path), width, height, fps, num, duration, stream.codec_context.name,
-                         first.format.name, rot, is_image, _sample_aspect_ratio(stream, rot))
+                         first.format.name, rot, is_image, _sample_aspect_ratio(stream, rot), mirrored)
 
 
 def frame_times(path: str | os.PathLike) -> np.ndarray:
@@ -221,18 +266,20 @@ def resize_frames(frames: np.ndarray, size: Size) -> np.ndarray:
     return y.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def _to_rgb(frame: av.VideoFrame, coded_size: tuple[int, int]) -> np.ndarray:
-    """RGB in display orientation; a frame whose size changed mid-stream is scaled to the first one's, like ffmpeg."""
+def _to_rgb(frame: av.VideoFrame, coded_size: tuple[int, int], orientation: tuple[int, bool]) -> np.ndarray:
+    """RGB shown as ``orientation`` (the first frame's, see `_orientation`) says; a frame whose size changed
+    mid-stream is scaled to the first one's, like ffmpeg."""
     if (frame.width, frame.height) != coded_size:
         rgb = frame.reformat(width=coded_size[0], height=coded_size[1], format="rgb24").to_ndarray()
     else:
         rgb = frame.to_ndarray(format="rgb24")
-    k = _rotation(frame) // 90
-    return np.rot90(rgb, k) if k else rgb
+    ccw, mirrored = orientation
+    return np.rot90(rgb[:, ::-1] if mirrored else rgb, ccw // 90)
 
 
 _SIZED_FORMATS = {"mov", "matroska", "avi"}  # containers whose header states the true length (mpegts only guesses)
 _TIMED_FORMATS = {"mov", "matroska"}  # containers whose frames carry true presentation times (avi's are decode times)
+_CHECKED_FORMATS = _TIMED_FORMATS | {"mpegts"}  # those whose frame times a read checks for jumps (mpegts's are true)
 
 
 def _check_complete(path: str | os.PathLike, container: av.container.InputContainer,
@@ -246,6 +293,42 @@ def _check_complete(path: str | os.PathLike, container: av.container.InputContai
     if stated is not None and span[1] < stated[1] - 0.5 / _fps(stream) - 1e-3:
         raise VideoReadError(f"{path}: truncated: decoded {decoded} frames, ending at {span[1]:.2f} s of a stated "
                              f"{stated[1]:.2f} s")
+
+
+class FrameTimingWarning(UserWarning):
+    """A video's frame times jump or go back: frames lost to damage, or a variable frame rate. The frames are still
+    read in order and counted at the stream's stated rate."""
+
+
+class _Timeline:
+    """The presentation times of the frames a read decodes: their span (for `_check_complete`), and one
+    FrameTimingWarning when a frame comes well over a frame duration after the one before it, or not after it
+    (checked where frames carry presentation times: mov/mp4, matroska/webm, mpegts; avi's are decode times)."""
+
+    def __init__(self, path: str | os.PathLike, container: av.container.InputContainer,
+                 stream: av.video.stream.VideoStream) -> None:
+        self.path, self.fps = path, _fps(stream)
+        self.watch = container.format.name.split(",")[0] in _CHECKED_FORMATS
+        self.step = float(1 / self.fps)
+        self.limit = 1.5 * self.step + float(stream.time_base or 0)  # a coarse clock (mkv's 1 ms) rounds each step
+        self.span: tuple[float, float] | None = None  # [earliest start, latest end], in seconds
+        self.last: float | None = None
+
+    def add(self, frame: av.VideoFrame) -> None:
+        t = frame.time
+        if t is None:
+            return
+        duration = getattr(frame, "duration", None)
+        end = t + float(duration * frame.time_base if duration and frame.time_base else self.step)
+        self.span = (t, end) if self.span is None else (min(self.span[0], t), max(self.span[1], end))
+        if self.watch and self.last is not None and not 0 < t - self.last <= self.limit:
+            self.watch = False  # once per read
+            fps = f"{float(self.fps):.4g} fps"
+            warnings.warn(f"{self.path}: frame times {'jump' if t > self.last else 'go back'} from {self.last:.3f} s "
+                          f"to {t:.3f} s ({fps} frames are {self.step:.3f} s apart): frames are missing (a damaged "
+                          f"file) or the frame rate varies; frames are read in order, as if at {fps}",
+                          FrameTimingWarning, stacklevel=3)
+        self.last = t
 
 
 def iter_video(path: str | os.PathLike, *, chunk_frames: int = 16, start: int = 0, num_frames: int | None = None,
@@ -289,26 +372,24 @@ def _decode(path: str | os.PathLike, container: av.container.InputContainer, str
         chunk: list[np.ndarray] = []
         box: Crop | None = None
         index = taken = 0
-        first = span = None
-        fps = _fps(stream)
-        step = 1 / fps
+        first = orientation = None
+        timeline = _Timeline(path, container, stream)
         after = None
         if start_time is not None and container.format.name.split(",")[0] in _TIMED_FORMATS:
-            after = _seek(path, container, stream, start_time) - step / 2
+            after = _seek(path, container, stream, start_time) - timeline.step / 2
         elif start_time is not None:
-            start += round(start_time * fps)
+            start += round(start_time * timeline.fps)
         try:
             for frame in container.decode(stream):
                 if after is not None and frame.time is not None and frame.time < after:
                     continue
-                first, index = frame if first is None else first, index + 1
-                if frame.time is not None:  # [earliest start, latest end] of the frames, in seconds
-                    duration = getattr(frame, "duration", None)
-                    end = frame.time + float(duration * frame.time_base if duration and frame.time_base else step)
-                    span = (frame.time, end) if span is None else (min(span[0], frame.time), max(span[1], end))
+                if first is None:
+                    first, orientation = frame, _orientation(frame)
+                index += 1
+                timeline.add(frame)
                 if index - 1 < start or (index - 1 - start) % stride:
                     continue
-                rgb = _to_rgb(frame, (first.width, first.height))
+                rgb = _to_rgb(frame, (first.width, first.height), orientation)
                 if taken == 0:
                     box = _crop_box(path, crop, size, rgb.shape[1], rgb.shape[0])
                 chunk.append(rgb)
@@ -319,7 +400,7 @@ def _decode(path: str | os.PathLike, container: av.container.InputContainer, str
                 if taken == num_frames:
                     break
             else:
-                _check_complete(path, container, stream, span, index)
+                _check_complete(path, container, stream, timeline.span, index)
         except _AV_ERRORS as e:
             raise VideoReadError(f"{path}: corrupt or truncated after frame {index} ({_reason(e)})") from e
         if index == 0:
@@ -430,6 +511,48 @@ def _pix_fmt(path: str | os.PathLike, encoder: str, pix_fmt: str | None, width: 
     return pix_fmt
 
 
+_SMPTE170M = 6  # AVCOL_SPC_, AVCOL_PRI_ and AVCOL_TRC_SMPTE170M: SD BT.601 (525-line) in all three FFmpeg enums
+_TV_RANGE = 1  # AVCOL_RANGE_MPEG: limited range, 16-235 for 8-bit luma
+
+
+def tag_color(target: av.video.stream.VideoStream | av.VideoFrame) -> None:
+    """Tag an output video stream (its encoder, before the first frame) or a YUV frame as what swscale's default
+    RGB->YUV conversion makes: the BT.601 matrix, limited (tv) range, and SD BT.601 primaries and transfer (all
+    smpte170m). Untagged, players guess, and they guess BT.709 for HD, which shifts the colours."""
+    tags = getattr(target, "codec_context", target)
+    tags.colorspace = tags.color_primaries = tags.color_trc = _SMPTE170M
+    tags.color_range = _TV_RANGE
+
+
+def _limited_yuv(pix_fmt: str) -> bool:
+    """Whether swscale turns RGB into limited-range BT.601 YUV in ``pix_fmt`` (not RGB, gray or full-range yuvj)."""
+    fmt = av.VideoFormat(pix_fmt)
+    return not fmt.is_rgb and len(fmt.components) >= 3 and not fmt.name.startswith("yuvj")
+
+
+def frame_size_problem(encoder: str, width: int, height: int) -> str | None:
+    """Why ``encoder`` must not be given frames of this size here, or None: x265 corrupts its heap on some frames
+    under 64x64, and SVT-AV1 never returns from frames thinner than 25 px and longer than 64 (16x80, 72x24; SIGTERM
+    cannot stop it then)."""
+    short, long = sorted((width, height))
+    if encoder == "libx265" and short < 64:
+        return f"frames must be at least 64x64, got {width}x{height}"
+    if encoder == "libsvtav1" and short < 32 and long > 64:
+        return f"frames with a side under 32 px must be at most 64x64 (SVT-AV1 hangs on thin ones), got " \
+               f"{width}x{height}"
+    return None
+
+
+def flushed_packets(stream: av.video.stream.VideoStream, frames_sent: int) -> list[av.Packet]:
+    """The encoder's last packets. x265 gives a stream of one or two frames uninitialised decode times (garbage the
+    mp4 muxer refuses, or writes); such a stream has no reordering, so they are its presentation times."""
+    packets = stream.encode(None)
+    if stream.codec_context.name == "libx265" and frames_sent <= 2:
+        for packet in packets:
+            packet.dts = packet.pts
+    return packets
+
+
 def check_frame_rate(path: str | os.PathLike, fps: Any) -> Fraction:
     """``fps`` as the exact rate ``write_video`` gives ``path``; a VideoWriteError when it is not a positive number or
     the container cannot time it (callers check before long work, not after)."""
@@ -452,6 +575,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
     ``crf`` and yuv420p (yuv444p for odd sizes in x264/x265, which cannot subsample odd sizes); ``preset`` is the
     x264/x265 name, or a number for av1/vp9. The container comes from the suffix. ``sample_aspect_ratio``: the
     pixels' shape for players (a source's ``VideoInfo.sample_aspect_ratio``); None or 1 writes square pixels.
+    YUV output is converted from RGB here and tagged as BT.601 limited range (``tag_color``), stream and frames.
     """
     encoder = CODECS.get(codec, codec)
     if encoder not in av.codecs_available:
@@ -463,8 +587,9 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
     if head.ndim != 4:
         raise VideoWriteError(f"{path}: frames must be uint8 RGB (T,H,W,3), got shape {tuple(head.shape)}")
     height, width = head.shape[1:3]
-    if encoder == "libx265" and min(width, height) < 64:  # x265 corrupts its heap on some tiny frames here
-        raise VideoWriteError(f"{path}: h265 needs frames of at least 64x64, got {width}x{height}")
+    problem = frame_size_problem(encoder, width, height)
+    if problem:
+        raise VideoWriteError(f"{path}: {codec}: {problem}")
     options = _encoder_options(path, encoder, crf, preset)
     pix = _pix_fmt(path, encoder, pix_fmt, width, height)
     if encoder == "libsvtav1":
@@ -476,6 +601,9 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
         with atomic_path(path) as tmp, av.open(str(tmp), "w") as container:
             stream = container.add_stream(encoder, rate=rate, options=options)
             stream.width, stream.height, stream.pix_fmt = width, height, pix
+            yuv = _limited_yuv(pix)
+            if yuv:
+                tag_color(stream)
             if sample_aspect_ratio is not None and sample_aspect_ratio != 1:
                 stream.codec_context.sample_aspect_ratio = Fraction(sample_aspect_ratio)
             if encoder == "libx264":
@@ -487,10 +615,13 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
                                           f"{chunk.dtype} {tuple(chunk.shape)}")
                 for rgb in chunk:
                     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                    if yuv:  # the conversion the encoder would make, done here to hand it frames tagged as it is
+                        frame = frame.reformat(format=pix)
+                        tag_color(frame)
                     frame.pts = index
                     index += 1
                     container.mux(stream.encode(frame))
-            container.mux(stream.encode(None))
+            container.mux(flushed_packets(stream, index))
     except _AV_ERRORS as e:
         raise VideoWriteError(f"{path}: cannot write {codec} ({_reason(e)})") from e
     if sample_aspect_ratio is not None and sample_aspect_ratio != 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections import Counter
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -79,6 +80,31 @@ def test_video_folder_says_when_a_file_is_shorter_than_its_header(tmp_path):
     with pytest.warns(UserWarning, match="long.mkv: fewer frames than its header's 60; clips from its start") as rec:
         clips = [ds[i] for i in range(8)]
     assert len(rec) == 1 and all(c.shape == (3, 4, 16, 16) for c in clips)
+
+
+def test_video_folder_says_once_that_a_files_frame_times_are_uneven(tmp_path):
+    """Every draw reads the file again, and each read of a variable-rate file gives a timing notice: a folder of
+    them printed one per clip while training; now one per file."""
+    import av
+
+    root = tmp_path / "vfr"
+    root.mkdir()
+    with av.open(str(root / "vfr.mkv"), "w") as c:
+        s = c.add_stream("ffv1", rate=25)
+        s.width, s.height, s.pix_fmt = 32, 32, "bgr0"
+        s.codec_context.time_base = Fraction(1, 1000)
+        times = sorted([*range(0, 1440, 120), *range(40, 1440, 120)])   # 40 ms then 80 ms apart, in turn
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 10 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    ds = VideoFolder(root, num_frames=4, size=16, clips_per_video=6)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        clips = [ds[i] for i in range(6)]
+    assert [str(w.message).split(":")[0] for w in rec] == ["VideoFolder"], [str(w.message) for w in rec]
+    assert "frame times jump" in str(rec[0].message) and all(c.shape == (3, 4, 16, 16) for c in clips)
 
 
 def test_video_folder_counts_the_frames_of_a_file_whose_header_has_none(tmp_path):

@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import tracemalloc
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from vitok.data.errors import VideoReadError, VideoWriteError, VitokError
-from vitok.data.io import (frame_times, iter_video, probe_video, read_frames_dir, read_video, resize_frames,
-                           write_video)
+from vitok.data.io import (FrameTimingWarning, frame_times, iter_video, probe_video, read_frames_dir, read_video,
+                           resize_frames, write_video)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -143,6 +144,59 @@ def test_rotation_metadata_is_applied(tmp_path, tiny_frames):
     assert np.array_equal(crop, frames[:, 3:15, 2:12])
 
 
+def shown(frames: np.ndarray, matrix: list[int]) -> np.ndarray:
+    """``frames`` as a display matrix shows them, by its definition (FFmpeg's display.h, QuickTime's tkhd): coded
+    pixel (x, y) goes to (a*x + c*y, b*x + d*y), shifted to start at 0."""
+    a, b, _, c, d = (v // 65536 for v in matrix[:5])
+    y, x = np.mgrid[0:frames.shape[1], 0:frames.shape[2]]
+    sx, sy = a * x + c * y, b * x + d * y
+    sx, sy = sx - sx.min(), sy - sy.min()
+    out = np.empty((len(frames), sy.max() + 1, sx.max() + 1, 3), frames.dtype)
+    out[:, sy, sx] = frames[:, y, x]
+    return out
+
+
+@pytest.mark.parametrize("abcd", [(1, 0, 0, 1), (0, 1, -1, 0), (-1, 0, 0, -1), (0, -1, 1, 0),   # rotations
+                                  (-1, 0, 0, 1), (1, 0, 0, -1), (0, 1, 1, 0), (0, -1, -1, 0)])  # mirrors
+def test_display_matrix_rotations_and_mirrors(tmp_path, tiny_frames, abcd):
+    """A mirroring matrix (a horizontal flip: a=-1, d=1) was read as a half turn; every one of the eight is shown as
+    the matrix says (lossless PNG in .mov, so the pixels compare exactly)."""
+    a, b, c, d = abcd
+    matrix = [a << 16, b << 16, 0, c << 16, d << 16, 0, 0, 0, 1 << 30]
+    path = tmp_path / "m.mov"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("png", rate=25)
+        s.width, s.height, s.pix_fmt = tiny_frames.shape[2], tiny_frames.shape[1], "rgb24"
+        s.set_display_matrix(matrix)
+        for k, f in enumerate(tiny_frames[:3]):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = k
+            out.mux(s.encode(vf))
+        out.mux(s.encode(None))
+    frames, info = read_video(path)
+    expected = shown(tiny_frames[:3], matrix)
+    assert np.array_equal(frames, expected)
+    assert (info.height, info.width) == expected.shape[1:3] and info.mirrored == (a * d - b * c < 0)
+    assert np.array_equal(np.rot90(tiny_frames[:3, :, ::-1] if info.mirrored else tiny_frames[:3],
+                                   info.rotation // 90, axes=(1, 2)), frames)   # what VideoInfo says it did
+
+
+def test_jpeg_exif_orientations_match_pillow(tmp_path):
+    """EXIF orientations 2, 4, 5 and 7 mirror: they were shown unflipped or upside down. Each of 1-8 now shows as
+    Pillow's exif_transpose shows the same decoded picture."""
+    picture = noise((12, 20, 3), seed=3)
+    for k in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = k
+        Image.fromarray(picture).save(tmp_path / f"o{k}.jpg", quality=95, exif=exif)
+    coded = read_video(tmp_path / "o1.jpg")[0][0]   # orientation 1: the picture as coded
+    for k in range(1, 9):
+        upright = Image.fromarray(coded)
+        upright.getexif()[0x0112] = k
+        assert np.array_equal(read_video(tmp_path / f"o{k}.jpg")[0][0], np.asarray(ImageOps.exif_transpose(upright))), k
+    assert [k for k in range(1, 9) if probe_video(tmp_path / f"o{k}.jpg").mirrored] == [2, 4, 5, 7]
+
+
 def test_pixel_aspect_is_read_in_display_orientation_and_written(tmp_path, tiny_frames):
     """Frames are read as stored; the pixel aspect is reported (inverted by a quarter turn) and written again."""
     with av.open(str(tmp_path / "rot.mp4"), "w") as c:
@@ -165,11 +219,64 @@ def test_pixel_aspect_is_read_in_display_orientation_and_written(tmp_path, tiny_
 
 
 def test_variable_frame_rate(tmp_path, tiny_frames):
+    """Every frame once, in order, with one notice that they are not evenly timed (they were retimed silently)."""
     pts = [0, 40, 60, 200, 210, 400, 440, 500, 620]
     path = write_raw(tmp_path / "vfr.mkv", tiny_frames, "ffv1", "bgr0", pts=pts)
-    frames, info = read_video(path)
+    with pytest.warns(FrameTimingWarning, match=r"vfr.mkv: frame times jump from 0.060 s to 0.200 s") as caught:
+        frames, info = read_video(path)
+    assert len([w for w in caught if w.category is FrameTimingWarning]) == 1   # once per read, not per gap
     assert np.array_equal(frames, tiny_frames) and info.fps > 0
     assert np.allclose(frame_times(path), np.array(pts) / 1000)
+
+
+def test_frames_lost_mid_file_are_noticed(tmp_path):
+    """2000 zeroed bytes in the middle of an ffv1 .mkv lose two frames: the read said nothing (exit 0 in `vitok
+    encode`). It still reads what decodes, and says once where the frame times jump."""
+    t, y, x = np.meshgrid(np.arange(20), np.arange(96), np.arange(128), indexing="ij")
+    frames = np.stack([(x * 2 + t * 3) % 256, (y * 2) % 256, ((x + y + 5 * t) * 4) % 256], -1).astype(np.uint8)
+    data = bytearray(write_raw(tmp_path / "whole.mkv", frames, "ffv1", "bgr0").read_bytes())
+    n = len(data)
+    data[n // 2:n // 2 + 2000] = bytes(2000)
+    (tmp_path / "damaged.mkv").write_bytes(data)
+    with pytest.warns(FrameTimingWarning, match=r"damaged.mkv: frame times jump from .* s to .* s \(25 fps frames "
+                                                r"are 0.040 s apart\): frames are missing") as caught:
+        got, _ = read_video(tmp_path / "damaged.mkv")
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    assert 10 <= len(got) < 20
+
+
+@pytest.mark.parametrize("suffix,codec", [(".mp4", "libx264"), (".mkv", "libx264"), (".mov", "libx264"),
+                                          (".ts", "libx264"), (".avi", "libx264"), (".webm", "libvpx-vp9")])
+@pytest.mark.parametrize("fps", [25, Fraction(30000, 1001)])
+def test_evenly_timed_files_get_no_timing_notice(tmp_path, suffix, codec, fps):
+    """B-frames, millisecond clocks (mkv/webm at 30000/1001 fps step 33 or 34 ms), avi's decode-time stamps: no
+    notice for files made as they should be."""
+    t, y, x = np.meshgrid(np.arange(40), np.arange(48), np.arange(64), indexing="ij")
+    frames = np.stack([(x * 3 + t * 2) % 256, (y * 4 + t) % 256, ((x + y) * 2 + t * 3) % 256], -1).astype(np.uint8)
+    path = tmp_path / f"v{suffix}"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=fps)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for k, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = k
+            c.mux(s.encode(vf))
+        c.mux(s.encode(None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FrameTimingWarning)
+        assert len(read_video(path)[0]) == 40
+        write_video(tmp_path / "w.mkv", frames, fps, codec="ffv1")
+        read_video(tmp_path / "w.mkv")
+
+
+@pytest.mark.parametrize("name", ["bikes", "carphone", "bigbuckbunny"])
+def test_sample_clips_get_no_timing_notice(name):
+    from vitok.data.samples import sample_path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FrameTimingWarning)
+        assert sum(len(c) for c in iter_video(sample_path(name), chunk_frames=32)) == probe_video(
+            sample_path(name)).num_frames
 
 
 def test_resolution_change_mid_stream(tmp_path):
@@ -178,9 +285,56 @@ def test_resolution_change_mid_stream(tmp_path):
         write_video(tmp_path / f"{i}.ts", part, 25)
     joined = tmp_path / "joined.ts"  # MPEG-TS concatenates bytewise; timestamps restart in the second part
     joined.write_bytes((tmp_path / "0.ts").read_bytes() + (tmp_path / "1.ts").read_bytes())
-    frames, info = read_video(joined)
+    with pytest.warns(FrameTimingWarning, match="frame times go back"):
+        frames, info = read_video(joined)
     assert frames.shape == (5, 24, 32, 3) and (info.width, info.height) == (32, 24)  # scaled to the first size
     assert np.abs(frames[:, 12, 16, 0].astype(int) - [200, 200, 200, 50, 50]).max() <= 3
+
+
+BT601_TV = (6, 1, 6, 6)   # colorspace, range, primaries, transfer: smpte170m (SD BT.601) and tv (limited) range
+
+
+def _color_tags(path: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(stream's, first frame's) colour tags of ``path``, as PyAV reads them back."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        f, cc = next(c.decode(s)), s.codec_context
+        return (cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc), (f.colorspace, f.color_range,
+                                                                                  f.color_primaries, f.color_trc)
+
+
+@pytest.mark.parametrize("codec,suffix,pix_fmt", [("h264", ".mp4", None), ("h264", ".mkv", "yuv444p"),
+                                                  ("h265", ".mp4", None), ("vp9", ".webm", None),
+                                                  ("av1", ".mkv", None), ("ffv1", ".mkv", "yuv420p")])
+def test_written_yuv_is_tagged_as_converted(tmp_path, carphone_clip, codec, suffix, pix_fmt):
+    """RGB becomes BT.601 limited-range YUV (swscale's default) but went out untagged, so players guessing BT.709 for
+    HD shifted the colours. The stream and its frames now say what the conversion made."""
+    path = tmp_path / f"c{suffix}"
+    write_video(path, carphone_clip[:2, :64, :64], 25, codec=codec, pix_fmt=pix_fmt,
+                preset="8" if codec == "av1" else "ultrafast" if codec == "h265" else "medium")
+    assert _color_tags(path) == (BT601_TV, BT601_TV)
+
+
+def test_one_and_two_frame_h265_files(tmp_path, carphone_clip):
+    """x265's garbage decode times for one- or two-frame streams made about half such writes fail."""
+    for n in (1, 2) * 6:
+        write_video(tmp_path / "short.mp4", carphone_clip[:n, :64, :64], 25, codec="h265")
+        assert read_video(tmp_path / "short.mp4")[0].shape == (n, 64, 64, 3)
+
+
+def test_color_tags_leave_pixels_as_they_were(tmp_path, carphone_clip):
+    """Tagging changes no pixel: a lossless write holds the YUV that PyAV's own (untagged) conversion makes, and
+    vitok reads it back to the same RGB. RGB output (ffv1's bgr0) stays untagged."""
+    clip = carphone_clip[:3]
+    write_video(tmp_path / "tagged.mkv", clip, 25, codec="ffv1", pix_fmt="yuv420p")
+    write_raw(tmp_path / "plain.mkv", clip, "ffv1", "yuv420p")
+    assert _color_tags(tmp_path / "plain.mkv")[0] != BT601_TV
+    with av.open(str(tmp_path / "tagged.mkv")) as a, av.open(str(tmp_path / "plain.mkv")) as b:
+        for fa, fb in zip(a.decode(video=0), b.decode(video=0), strict=True):
+            assert all(bytes(pa) == bytes(pb) for pa, pb in zip(fa.planes, fb.planes))
+    assert np.array_equal(read_video(tmp_path / "tagged.mkv")[0], read_video(tmp_path / "plain.mkv")[0])
+    write_video(tmp_path / "rgb.mkv", clip, 25, codec="ffv1")
+    assert BT601_TV not in _color_tags(tmp_path / "rgb.mkv")
 
 
 # --- options -----------------------------------------------------------------------------------------------------
@@ -433,6 +587,7 @@ def test_write_errors_leave_no_file(tmp_path, tiny_frames):
         (dict(frames=iter([tiny_frames[:2], tiny_frames[:2, :10]]), codec="ffv1"), "uint8 RGB"),
         (dict(frames=tiny_frames[:, :23], codec="h264", pix_fmt="yuv420p"), "even"),
         (dict(frames=tiny_frames, codec="h265"), "64x64"),
+        (dict(frames=np.zeros((2, 100, 16, 3), np.uint8), codec="av1"), "at most 64x64"),   # SVT-AV1 never returned
     ]
     for kwargs, message in cases:
         with pytest.raises(VideoWriteError, match=message):
