@@ -32,7 +32,6 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import av
 import av.error
-import av.filter
 import numpy as np
 
 from .atomic import atomic_path
