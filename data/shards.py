@@ -153,7 +153,7 @@ class ClipTable:
 
     @property
     def shard_names(self) -> list[str]:
-        return list(self._coded["shard"][0])
+        return list(self._coded["shard"][0]) if "shard" in self._coded else []
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 import vitok
 from vitok.cli.main import main
 from vitok.data.convert import frames_to_tensor
-from vitok.data.shards import LatentShards, ShardError, collate_latents
+from vitok.data.shards import ClipTable, LatentShards, ShardError, collate_latents
 from vitok.extract import ExtractError, extract_latents, latents_from_batch, read_clips
 
 NUM_GOOD, SIDE = 6, 32  # as in conftest.py (test modules cannot import it under --import-mode=importlib)
@@ -634,6 +634,8 @@ def test_clip_table_gives_back_the_manifests_clips(tmp_path, shards_dir):
     assert clips.column("fps").tolist() == ["8", "8", None, "8", "8", "8"]
     with pytest.raises(IndexError):
         clips[NUM_GOOD]
+    empty = ClipTable([])
+    assert len(empty) == 0 and empty.shard_names == [] and list(empty) == []
 
 
 def test_a_large_manifest_is_held_in_columns(tmp_path, shards_dir):
