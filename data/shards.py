@@ -18,6 +18,7 @@ Sets of version 1 still read, as before: their shards pad every clip to the shar
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 from collections import OrderedDict
@@ -101,37 +102,48 @@ class ClipTable:
         self._len = len(clips)
         self._ints: dict[str, np.ndarray] = {}
         self._coded: dict[str, tuple[list[Any], np.ndarray]] = {}
-        for key in dict.fromkeys(k for c in clips for k in c):
+        for key in dict.fromkeys(itertools.chain.from_iterable(clips)):
             if key == "source":
                 continue
-            if all(v is None or (type(v) is int and self._INT_ABSENT < v < 2 ** 63) for c in clips
-                   for v in [c.get(key)]):
-                null, absent = self._INT_NULL, self._INT_ABSENT
-                self._ints[key] = np.fromiter(
-                    (absent if key not in c else null if c[key] is None else c[key] for c in clips), np.int64,
-                    len(clips))
+            values = [c.get(key, _ABSENT) for c in clips]
+            column = self._int_column(values)
+            if column is None:
+                self._coded[key] = self._codes(values)
             else:
-                self._coded[key] = self._codes(c.get(key, _ABSENT) for c in clips)
+                self._ints[key] = column
         encoded = [c["source"].encode("utf-8", "surrogatepass") for c in clips]
         self._source_end = np.cumsum([len(b) for b in encoded], dtype=np.int64)
         self._source = np.frombuffer(b"".join(encoded), np.uint8)
 
+    @classmethod
+    def _int_column(cls, values: list[Any]) -> np.ndarray | None:
+        """``values`` as int64 (nulls and absences as their markers), or None unless each is one or an integer
+        between the markers and 2**63."""
+        plain = all(type(v) is int for v in values)
+        if not plain and not all(v is None or v is _ABSENT or type(v) is int for v in values):
+            return None
+        if not all(cls._INT_ABSENT < v < 2 ** 63 for v in values if type(v) is int):
+            return None
+        if not plain:
+            values = [cls._INT_ABSENT if v is _ABSENT else cls._INT_NULL if v is None else v for v in values]
+        return np.array(values, dtype=np.int64)
+
     @staticmethod
-    def _codes(values: Iterator[Any]) -> tuple[list[Any], np.ndarray]:
+    def _codes(values: list[Any]) -> tuple[list[Any], np.ndarray]:
         """The distinct values and each clip's index into them. The values are copies: the parsed ones lie among
         the clip dicts, and each one kept would hold a block of them in memory."""
         distinct: dict[Any, tuple[int, Any]] = {}
 
-        def code(v: Any) -> int:
+        def key(v: Any) -> Any:   # 1, 1.0 and True are equal keys of a dict: told apart by type
             if v is _ABSENT:
-                key: Any = "absent"
-            elif isinstance(v, (str, int, float, bool, type(None))):
-                key = (type(v).__name__, v)
-            else:
-                key = json.dumps(v)
-            return distinct.setdefault(key, (len(distinct), v))[0]
+                return "absent"
+            return (type(v).__name__, v) if isinstance(v, (str, int, float, bool, type(None))) else json.dumps(v)
 
-        codes = np.fromiter((code(v) for v in values), np.int64)
+        if all(type(v) is str for v in values):   # shard names, frame rates: no two types to tell apart
+            index: dict[str, int] = {}
+            codes = np.array([index.setdefault(v, len(index)) for v in values], dtype=np.int64)
+            return [v.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass") for v in index], codes
+        codes = np.array([distinct.setdefault(key(v), (len(distinct), v))[0] for v in values], dtype=np.int64)
         return [v if v is _ABSENT else json.loads(json.dumps(v)) for _, v in distinct.values()], codes
 
     def __len__(self) -> int:

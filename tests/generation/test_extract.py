@@ -636,6 +636,9 @@ def test_clip_table_gives_back_the_manifests_clips(tmp_path, shards_dir):
         clips[NUM_GOOD]
     empty = ClipTable([])
     assert len(empty) == 0 and empty.shard_names == [] and list(empty) == []
+    odd = [{"source": "a", "shard": "s", "big": 2 ** 63 - 1, "low": -2 ** 63, "flag": 1, "tags": [1, 2]},
+           {"source": "b", "shard": "s", "big": 5, "low": 3, "flag": True, "tags": None}]
+    assert list(ClipTable(odd)) == odd and type(ClipTable(odd)[1]["flag"]) is bool   # True stays True, not 1
 
 
 def test_a_large_manifest_is_held_in_columns(tmp_path, shards_dir):
