@@ -12,8 +12,7 @@ import torch
 
 from .convert import frames_to_tensor
 from .errors import VideoReadError
-from .io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FrameTimingWarning, VideoInfo, center_crop_box, frame_times,
-                 iter_video, probe_video)
+from .io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoInfo, center_crop_box, frame_times, iter_video, probe_video
 
 
 class VideoFolder(torch.utils.data.Dataset):
@@ -41,7 +40,7 @@ class VideoFolder(torch.utils.data.Dataset):
             raise ValueError("need num_frames, stride, clips_per_video >= 1 and 0 < min_scale <= 1")
         if not self.root.is_dir():
             raise VideoReadError(f"{self.root}: not a folder")
-        self._warned: set[tuple[Path, str]] = set()
+        self._warned: set[Path] = set()
         self.items: list[VideoInfo] = []
         exts = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
         paths = (p for p in self.root.rglob("*") if p.suffix.lower() in exts and p.is_file()
@@ -65,10 +64,10 @@ class VideoFolder(torch.utils.data.Dataset):
             raise VideoReadError(f"{self.root}: no readable videos or images ({', '.join(exts)})")
         self._fingerprint = h.hexdigest()[:16]
 
-    def _warn(self, path: Path, message: str, kind: str = "read") -> None:
-        """One warning of each ``kind`` per file, however often it comes up."""
-        if (path, kind) not in self._warned:
-            self._warned.add((path, kind))
+    def _warn(self, path: Path, message: str) -> None:
+        """One warning per file, however often it comes up."""
+        if path not in self._warned:
+            self._warned.add(path)
             warnings.warn(f"VideoFolder: {message}", stacklevel=3)
 
     def __len__(self) -> int:
@@ -90,14 +89,7 @@ class VideoFolder(torch.utils.data.Dataset):
         read = dict(num_frames=1 if info.is_image else self.num_frames, stride=self.stride, crop=(x, y, w, h),
                     size=self.size, chunk_frames=self.num_frames)
         try:
-            with warnings.catch_warnings(record=True) as timing:   # each draw reads the file again: said once
-                warnings.simplefilter("always", FrameTimingWarning)
-                frames = np.concatenate(list(iter_video(info.path, start_time=float(start / info.fps), **read)))
-            for w in timing:
-                if issubclass(w.category, FrameTimingWarning):
-                    self._warn(info.path, str(w.message), "timing")
-                else:
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            frames = np.concatenate(list(iter_video(info.path, start_time=float(start / info.fps), **read)))
         except VideoReadError:
             if start == 0:
                 raise

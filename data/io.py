@@ -299,15 +299,22 @@ class FrameTimingWarning(UserWarning):
     read in order and counted at the stream's stated rate."""
 
 
+_TIMING_NAMED: set[str] = set()   # files a FrameTimingWarning has named in this process
+
+
 class _Timeline:
-    """The presentation times of the frames a read decodes: their span (for `_check_complete`), and one
-    FrameTimingWarning when a frame comes well over a frame duration after the one before it, or not after it
-    (checked where frames carry presentation times: mov/mp4, matroska/webm, mpegts; avi's are decode times)."""
+    """The presentation times of the frames a read decodes: their span (for `_check_complete`), and a
+    FrameTimingWarning, once per file and process, when a frame comes well over a frame duration after the one
+    before it, or not after it (checked where frames carry presentation times: mov/mp4, matroska/webm, mpegts; avi's
+    are decode times)."""
 
     def __init__(self, path: str | os.PathLike, container: av.container.InputContainer,
                  stream: av.video.stream.VideoStream) -> None:
         self.path, self.fps = path, _fps(stream)
-        self.watch = container.format.name.split(",")[0] in _CHECKED_FORMATS
+        # a file is named once per process (a dataset reads it again for every clip), and only against a rate the
+        # stream states (a guessed one, e.g. mpegts at 1000 fps, is no yardstick)
+        self.watch = (container.format.name.split(",")[0] in _CHECKED_FORMATS and stream.average_rate is not None
+                      and str(path) not in _TIMING_NAMED)
         self.step = float(1 / self.fps)
         self.limit = 1.5 * self.step + float(stream.time_base or 0)  # a coarse clock (mkv's 1 ms) rounds each step
         self.span: tuple[float, float] | None = None  # [earliest start, latest end], in seconds
@@ -321,9 +328,11 @@ class _Timeline:
         end = t + float(duration * frame.time_base if duration and frame.time_base else self.step)
         self.span = (t, end) if self.span is None else (min(self.span[0], t), max(self.span[1], end))
         if self.watch and self.last is not None and not 0 < t - self.last <= self.limit:
-            self.watch = False  # once per read
+            self.watch = False
+            _TIMING_NAMED.add(str(self.path))
             fps = f"{float(self.fps):.4g} fps"
-            warnings.warn(f"{self.path}: frame times {'jump' if t > self.last else 'go back'} from {self.last:.3f} s "
+            how = "jump" if t > self.last else "repeat" if t == self.last else "go back"
+            warnings.warn(f"{self.path}: frame times {how} from {self.last:.3f} s "
                           f"to {t:.3f} s ({fps} frames are {self.step:.3f} s apart): frames are missing (a damaged "
                           f"file) or the frame rate varies; frames are read in order, as if at {fps}",
                           FrameTimingWarning, stacklevel=3)
@@ -531,13 +540,13 @@ def _limited_yuv(pix_fmt: str) -> bool:
 
 def frame_size_problem(encoder: str, width: int, height: int) -> str | None:
     """Why ``encoder`` must not be given frames of this size here, or None: x265 corrupts its heap on some frames
-    under 64x64, and SVT-AV1 never returns from frames thinner than 25 px and longer than 64 (16x80, 72x24; SIGTERM
-    cannot stop it then)."""
+    under 64x64, and SVT-AV1 never returns from frames thinner than 25 px and longer than 64 (16x80, 24x66, 100x24;
+    SIGTERM cannot stop it then)."""
     short, long = sorted((width, height))
     if encoder == "libx265" and short < 64:
         return f"frames must be at least 64x64, got {width}x{height}"
-    if encoder == "libsvtav1" and short < 32 and long > 64:
-        return f"frames with a side under 32 px must be at most 64x64 (SVT-AV1 hangs on thin ones), got " \
+    if encoder == "libsvtav1" and short < 25 and long > 64:
+        return f"frames with a side under 25 px must be at most 64x64 (SVT-AV1 hangs on thin ones), got " \
                f"{width}x{height}"
     return None
 

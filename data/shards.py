@@ -84,7 +84,14 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-_ABSENT = object()   # a key a clip does not have
+class _Absent:
+    """The value of a key a clip does not have; one object, in DataLoader workers a ClipTable is pickled to too."""
+
+    def __reduce__(self) -> str:
+        return "_ABSENT"
+
+
+_ABSENT = _Absent()
 
 
 class ClipTable:
@@ -120,7 +127,8 @@ class ClipTable:
         """``values`` as int64 (nulls and absences as their markers), or None unless each is one or an integer
         between the markers and 2**63."""
         plain = all(type(v) is int for v in values)
-        if not plain and not all(v is None or v is _ABSENT or type(v) is int for v in values):
+        if not plain and not (all(v is None or v is _ABSENT or type(v) is int for v in values)
+                              and any(type(v) is int for v in values)):   # all null: no integer column
             return None
         if not all(cls._INT_ABSENT < v < 2 ** 63 for v in values if type(v) is int):
             return None
@@ -150,18 +158,28 @@ class ClipTable:
         return self._len
 
     def column(self, key: str) -> np.ndarray:
-        """One key over all clips: int64 for an integer key (``-2**63`` where null), else an object array (None
-        where null or absent)."""
+        """One key over all clips: int64 for an integer key (``-2**63`` where null, ``-2**63 + 1`` where absent),
+        else an object array (None where null or absent)."""
         if key in self._ints:
             return self._ints[key]
         if key == "source":
-            return np.array([clip["source"] for clip in self], dtype=object)
+            data, ends = self._source.tobytes(), self._source_end.tolist()
+            sources = np.empty(len(self), dtype=object)
+            sources[:] = [data[a:b].decode("utf-8", "surrogatepass") for a, b in zip([0, *ends], ends)]
+            return sources
         if key not in self._coded:
             return np.full(len(self), None, dtype=object)
         values, codes = self._coded[key]
         table = np.empty(len(values), dtype=object)   # filled one by one: a list value stays one object
         table[:] = [None if v is _ABSENT else v for v in values]
         return table[codes]
+
+    def values(self, key: str) -> list[Any]:
+        """One key over all clips as Python values, None where null or absent."""
+        column = self.column(key)
+        if column.dtype != np.int64:
+            return column.tolist()
+        return [None if v <= self._INT_ABSENT else v for v in column.tolist()]
 
     @property
     def shard_names(self) -> list[str]:

@@ -17,7 +17,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -206,14 +205,12 @@ def load_generator(gen_dir: str | os.PathLike, device: str = "cpu") -> tuple[Flo
 def _template(shards: Any) -> dict[str, Any]:
     """The geometry samples are drawn at: the most common (frames, height, width, tokens) of the set, with its mask."""
     clips = shards.clips
-    keys = np.stack([clips.column(k) for k in ("frames", "height", "width", "num_tokens", "tokens")], axis=1)
-    _, first, which, counts = np.unique(keys, axis=0, return_index=True, return_inverse=True, return_counts=True)
-    top = min(np.flatnonzero(counts == counts.max()), key=lambda g: first[g])   # ties: the geometry met first
-    members = np.flatnonzero(which.reshape(-1) == top).tolist()
-    head = clips[members[0]]
-    frames, height, width, num_tokens, length = (head[k] for k in ("frames", "height", "width", "num_tokens",
-                                                                   "tokens"))
-    rates = [r for r in clips.column("fps")[members].tolist() if r]  # older manifests have none
+    groups: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(*(clips.values(k) for k in ("frames", "height", "width", "num_tokens", "tokens")))):
+        groups.setdefault(key, []).append(i)
+    (frames, height, width, num_tokens, length), members = max(groups.items(), key=lambda kv: len(kv[1]))
+    fps = clips.values("fps")
+    rates = [fps[i] for i in members if fps[i]]  # older manifests have none
     return {"frames": frames, "height": height, "width": width, "num_tokens": num_tokens, "length": length,
             "fps": max(set(rates), key=rates.count) if rates else None, "mask": shards[members[0]]["mask"].tolist(),
             "members": members}   # the clips of this geometry: the labels a clip-conditioned sample may take

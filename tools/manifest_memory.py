@@ -25,8 +25,9 @@ def write_set(root: Path, clips: int, per_shard: int = 1000) -> None:
              "height": 128, "width": 128, "fps": "30000/1001", "num_tokens": None,
              "shard": f"shard-{i // per_shard:06d}.safetensors", "row": i % per_shard, "tokens": 1024}
             for i in range(clips)]
-    manifest = {"format": "vitok-latent-shards", "version": 2, "model": {"name": "vitok-grid", "weights_hash": "0" * 64},
-                "latent_channels": 16, "params": {}, "num_clips": clips, "clips": rows, "skipped": [],
+    manifest = {"format": "vitok-latent-shards", "version": 2,
+                "model": {"name": "vitok-grid", "weights_hash": "0" * 64}, "latent_channels": 16, "params": {},
+                "num_clips": clips, "clips": rows, "skipped": [],
                 "stats": {"count": 1, "mean": [0.0] * 16, "std": [1.0] * 16}}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
     for shard in range((clips + per_shard - 1) // per_shard):

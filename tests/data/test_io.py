@@ -229,6 +229,18 @@ def test_variable_frame_rate(tmp_path, tiny_frames):
     assert np.allclose(frame_times(path), np.array(pts) / 1000)
 
 
+def test_timing_notice_words_and_yardstick(tmp_path, tiny_frames):
+    """A repeated frame time is said to repeat (it was said to go back); a rate the stream does not state (mpegts
+    guesses 2000 fps for 1000) is no yardstick for a notice, so files write_video makes there read silently."""
+    path = write_raw(tmp_path / "dup.mkv", tiny_frames[:4], "ffv1", "bgr0", pts=[0, 40, 40, 80])
+    with pytest.warns(FrameTimingWarning, match="frame times repeat from 0.040 s to 0.040 s"):
+        read_video(path)
+    write_video(tmp_path / "fast.ts", noise((6, 32, 32, 3)), 1000, codec="h264")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FrameTimingWarning)
+        assert len(read_video(tmp_path / "fast.ts")[0]) == 6
+
+
 def test_frames_lost_mid_file_are_noticed(tmp_path):
     """2000 zeroed bytes in the middle of an ffv1 .mkv lose two frames: the read said nothing (exit 0 in `vitok
     encode`). It still reads what decodes, and says once where the frame times jump."""
