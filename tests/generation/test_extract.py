@@ -644,7 +644,8 @@ def test_clip_table_gives_back_the_manifests_clips(tmp_path, shards_dir):
     assert list(pickle.loads(pickle.dumps(clips))) == m["clips"]
     nulls = ClipTable([{"source": "a", "shard": "s", "fps": None}, {"source": "b", "shard": "s"}])
     assert nulls.column("fps").tolist() == [None, None] and list(nulls)[1] == {"source": "b", "shard": "s"}
-    mixed = ClipTable([{"source": "a", "shard": "s", "num_tokens": None}, {"source": "b", "shard": "s", "num_tokens": 8},
+    mixed = ClipTable([{"source": "a", "shard": "s", "num_tokens": None},
+                       {"source": "b", "shard": "s", "num_tokens": 8},
                        {"source": "c", "shard": "s"}])
     assert mixed.values("num_tokens") == [None, 8, None] and mixed.values("nothing") == [None] * 3
 
