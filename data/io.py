@@ -449,6 +449,11 @@ def frame_files(folder_or_glob: str | os.PathLike) -> list[Path]:
     else:
         candidates = [Path(p) for p in glob.glob(pattern)]
     files = sorted((p for p in candidates if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
+    videos = sorted((p.name for p in candidates if p.suffix.lower() in VIDEO_EXTENSIONS), key=_natural_key)
+    if videos:   # frames beside videos: which was meant is not for the reader to guess
+        found = f"{len(files)} image frame{'s' * (len(files) != 1)} and " if files else ""
+        raise VideoReadError(f"{pattern}: {found}{len(videos)} video{'s' * (len(videos) != 1)} ({videos[0]}"
+                             f"{', ...' if len(videos) > 1 else ''}); give a video file, or a folder of frames only")
     if not files:
         raise VideoReadError(f"{pattern}: no image frames ({', '.join(IMAGE_EXTENSIONS)}) found")
     return files

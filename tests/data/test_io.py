@@ -398,6 +398,23 @@ def test_read_frames_dir(tmp_path, tiny_frames):
         read_frames_dir(tmp_path / "*.jpg")
 
 
+def test_a_folder_of_frames_beside_videos_is_refused(tmp_path, tiny_video, tiny_frames):
+    """The images of a folder that also holds videos were read as the video, the videos passed over in silence."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for n in range(2):
+        Image.fromarray(tiny_frames[n]).save(folder / f"f{n}.png")
+    for name in ("a.mp4", "b.mkv"):
+        (folder / name).write_bytes(Path(tiny_video).read_bytes())
+    with pytest.raises(VideoReadError, match=r"2 image frames and 2 videos \(a.mp4, \.\.\.\); give a video file"):
+        read_frames_dir(folder)
+    assert len(read_frames_dir(folder / "*.png")) == 2   # a pattern says which files are meant
+    for name in ("f0.png", "f1.png", "b.mkv"):
+        (folder / name).unlink()
+    with pytest.raises(VideoReadError, match=r": 1 video \(a.mp4\); give a video file, or a folder of frames only"):
+        read_frames_dir(folder)
+
+
 def test_iter_frames_dir_streams_chunks(tmp_path, tiny_frames):
     from vitok.data.io import iter_frames_dir
 
