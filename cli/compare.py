@@ -50,5 +50,7 @@ def compare(input, model, codecs, frames, output, device, threads, overwrite, as
     text = f"{name}: {count(t, 'frame')} {w}x{h} @ {float(fps):.4g} fps\n" + format_table(rows, [
         ("label", "codec", ""), ("bytes", "bytes", "d"), ("bpp", "bpp", ".4f"), ("psnr", "PSNR", ".2f"),
         ("ssim", "SSIM", ".4f"), ("encode_s", "enc s", ".3f"), ("decode_s", "dec s", ".3f")])
+    ratios = "".join(f"\nvitok bytes / {r['codec']} bytes at vitok's PSNR: {rows[0]['bytes'] / r['bytes_at_psnr']:.2f}x"
+                     for r in rows[1:] if r["matched"])   # the codec's bytes between its two nearest CRFs
     emit({"clip": name, "frames": t, "width": w, "height": h, "fps": str(fps), "rows": rows, "image": str(out)},
-         as_json, text + unmatched_note(rows) + f"\nwrote {out}")
+         as_json, text + unmatched_note(rows) + ratios + f"\nwrote {out}")

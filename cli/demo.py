@@ -51,11 +51,13 @@ def demo(output, model, clip, frames, overwrite, quiet, as_json, threads) -> Non
                           title=f"{clip}: middle frame at matched PSNR")
     for r in rows:
         r["label"] = f"{r['codec']} {op_label(r['op'])}"
-    ratio = rows[0]["bytes"] / max(rows[1]["bytes"], 1)
+    h264 = rows[1]
+    ratio = rows[0]["bytes"] / max(h264["bytes_at_psnr"] or h264["bytes"], 1)   # at vitok's PSNR when matched
     text = format_table(rows, [("label", "codec", ""), ("bytes", "bytes", "d"), ("bpp", "bpp", ".4f"),
                                ("psnr", "PSNR", ".2f"), ("ssim", "SSIM", ".4f"), ("encode_s", "enc s", ".2f"),
                                ("decode_s", "dec s", ".2f")])
-    matched = "at matched PSNR" if rows[1]["matched"] else "(PSNR not matched)"
+    matched = (f"at vitok's PSNR ({h264['bytes_at_psnr']:.0f}, between its two nearest CRFs)" if h264["matched"]
+               else "(PSNR not matched)")
     text += f"{unmatched_note(rows)}\nvitok bytes / h264 bytes {matched}: {ratio:.2f}x\nwrote {out}/: {clip}.vtok, " \
             f"{clip}_vitok.mkv (decoded, lossless ffv1), {clip}_h264.mp4, side_by_side.png"
     if sar != 1:   # the demo codes arrays: its outputs hold no aspect (vitok encode/decode of the file keep it)

@@ -29,14 +29,17 @@ def _crf_range(codec: Any) -> tuple[int, int]:
 
 
 class CrfMatch(NamedTuple):
-    """What `match_psnr` found: the operating point, its file and decoded frames, their PSNR, and ``matched``:
-    False when the target lies past an end of the CRF range, so this is the closest setting, not a match."""
+    """What `match_psnr` found: the operating point, its file and decoded frames, their PSNR, ``matched``: False
+    when the target lies past an end of the CRF range, so this is the closest setting, not a match; and
+    ``bytes_at_target``: the codec's rate bytes at exactly the target PSNR, linear in log-bytes between the two
+    CRFs around it, as the RD tables match (None when not matched)."""
 
     op: dict
     data: bytes
     decoded: np.ndarray
     psnr: float
     matched: bool
+    bytes_at_target: float | None
 
 
 def match_psnr(codec: Any, frames: np.ndarray, fps: Fraction, target: float, **fixed: Any) -> CrfMatch:
@@ -52,6 +55,7 @@ def match_psnr(codec: Any, frames: np.ndarray, fps: Fraction, target: float, **f
         return tried[crf][2]
 
     lo, hi = _crf_range(codec)
+    at_target = None
     if run(lo) <= target:
         best, matched = lo, run(lo) == target
     elif run(hi) >= target:
@@ -64,8 +68,12 @@ def match_psnr(codec: Any, frames: np.ndarray, fps: Fraction, target: float, **f
             else:
                 hi = mid
         best, matched = min((lo, hi), key=lambda c: abs(tried[c][2] - target)), True
+        (q_lo, q_hi), (b_lo, b_hi) = (tried[lo][2], tried[hi][2]), (codec.rate_bytes(tried[c][0]) for c in (lo, hi))
+        at_target = float(b_lo * (b_hi / b_lo) ** ((q_lo - target) / (q_lo - q_hi)))
     data, decoded, value = tried[best]
-    return CrfMatch({"crf": best, **fixed}, data, decoded, value, matched)
+    if matched and at_target is None:   # hit exactly at an end of the range
+        at_target = float(codec.rate_bytes(data))
+    return CrfMatch({"crf": best, **fixed}, data, decoded, value, matched, at_target)
 
 
 def _row(name: str, op: dict, frames: np.ndarray, nbytes: int, decoded: np.ndarray, enc_s: float,
@@ -93,7 +101,8 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
     codec at the matching PSNR.
 
     Returns the rows (vitok first; classical rows also carry the ``crf`` found, ``matched``: False when vitok's
-    PSNR lies outside what the codec's CRF range reaches, so the row is its closest setting; their encode time is
+    PSNR lies outside what the codec's CRF range reaches, so the row is its closest setting, and ``bytes_at_psnr``:
+    the codec's bytes at exactly vitok's PSNR, between its two nearest CRFs (None unmatched); their encode time is
     that of the final CRF only; vitok's excludes loading the model and a first frame coded to warm it), each
     codec's decoded middle frame (plus ``reference``) for a side-by-side figure, and each codec's ``(bytes,
     decoded frames)``.
@@ -120,14 +129,14 @@ def compare_codecs(frames: np.ndarray, fps: Fraction, model: str | None = None,
     shown = {"reference": frames[mid], name: decoded[mid]}
     streams = {name: (data, decoded)}
     for cname, codec in zip(codecs, classical):
-        cop, cdata, cdec, _, matched = match_psnr(codec, frames, fps, rows[0]["psnr"])
+        cop, cdata, cdec, _, matched, at_psnr = match_psnr(codec, frames, fps, rows[0]["psnr"])
         t0 = time.perf_counter()
         codec.encode(frames, fps, **cop)
         t1 = time.perf_counter()
         codec.decode(cdata)
         t2 = time.perf_counter()
         row = _row(cname, cop, frames, codec.rate_bytes(cdata), cdec, t1 - t0, t2 - t1)
-        rows.append({**row, "matched": matched})
+        rows.append({**row, "matched": matched, "bytes_at_psnr": at_psnr})
         shown[cname] = cdec[mid]
         streams[cname] = (cdata, cdec)
     return rows, shown, streams

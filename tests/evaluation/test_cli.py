@@ -108,6 +108,11 @@ def test_compare_marks_a_psnr_inside_the_crf_range_matched(small_clip):
     frames, info = read_video(small_clip)
     rows, _, _ = compare_codecs(frames, info.fps, model="vitok-grid", codecs=("h264",))
     assert rows[1]["matched"] is True and 10 < rows[1]["op"]["crf"] < 51
+    # the byte ratio is to h264's bytes at exactly vitok's PSNR (between its two nearest CRFs), not the nearer CRF's
+    text = _invoke(["compare", str(small_clip), "--model", "vitok-grid", "-o", str(small_clip.parent / "c.png"),
+                    "--threads", "1"])
+    ratio = rows[0]["bytes"] / rows[1]["bytes_at_psnr"]
+    assert f"vitok bytes / h264 bytes at vitok's PSNR: {ratio:.2f}x" in text
 
 
 def test_compare_times_vitok_warm_like_the_classical_codecs(small_clip, monkeypatch):
@@ -150,7 +155,7 @@ def test_match_psnr_bisects_to_the_nearest_crf(carphone9):
 
     frames, fps = carphone9[0][:3], carphone9[1]
     codec = get_codec("h264")
-    op, data, decoded, value, matched = match_psnr(codec, frames, fps, 30.0)
+    op, data, decoded, value, matched, at_target = match_psnr(codec, frames, fps, 30.0)
     crf = op["crf"]
     assert matched is True
     from vitok.evaluation.metrics import psnr
@@ -159,6 +164,13 @@ def test_match_psnr_bisects_to_the_nearest_crf(carphone9):
     assert neighbours[0] > value > neighbours[1]                     # PSNR falls as the CRF rises
     assert abs(value - 30) <= min(abs(n - 30) for n in neighbours)   # and neither neighbour is nearer 30 dB
     assert value == pytest.approx(psnr(frames, decoded)) and len(data) > 0
+    # the bytes at exactly 30 dB lie between those of the two CRFs around it, linear in log-bytes
+    lo, hi = (crf - 1, crf) if value < 30 else (crf, crf + 1)
+    d_lo, d_hi = (codec.encode(frames, fps, crf=c) for c in (lo, hi))
+    q_lo, q_hi = (psnr(frames, codec.decode(d)[0]) for d in (d_lo, d_hi))
+    b_lo, b_hi = codec.rate_bytes(d_lo), codec.rate_bytes(d_hi)
+    assert q_lo >= 30 > q_hi and b_lo > at_target > b_hi
+    assert at_target == pytest.approx(np.exp(np.interp(30, [q_hi, q_lo], np.log([b_hi, b_lo]))), rel=1e-9)
 
 
 def test_match_psnr_past_the_crf_range_is_the_end_setting_not_a_match(carphone9):
@@ -167,7 +179,7 @@ def test_match_psnr_past_the_crf_range_is_the_end_setting_not_a_match(carphone9)
     frames, fps = carphone9[0][:2], carphone9[1]
     codec = get_codec("h264")
     high, low = match_psnr(codec, frames, fps, 200.0), match_psnr(codec, frames, fps, 1.0)
-    assert (high.op["crf"], high.matched) == (0, False) and high.psnr < 200
+    assert (high.op["crf"], high.matched, high.bytes_at_target) == (0, False, None) and high.psnr < 200
     assert (low.op["crf"], low.matched) == (51, False) and low.psnr > 1
 
 
