@@ -22,7 +22,7 @@ import numpy as np
 
 from vitok.codecs.base import Codec, check_frames, register
 from vitok.codecs.errors import BitstreamError, CodecError
-from vitok.data.io import flushed_packets, frame_size_problem, tag_color
+from vitok.data.io import flushed_packets, frame_size_problem, tag_color, tagged_yuv_frame
 
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config to stderr otherwise (1 = errors only)
 
@@ -103,10 +103,8 @@ class ClassicalCodec(Codec):
                 for i in [*range(t), None]:
                     frame = None
                     if i is not None:
-                        rgb = av.VideoFrame.from_ndarray(np.pad(frames[i], pad, mode="edge") if (h | w) % 2
-                                                         else np.ascontiguousarray(frames[i]), format="rgb24")
-                        frame = rgb.reformat(format="yuv420p")   # the encoder's own conversion, tagged as it is
-                        tag_color(frame)
+                        frame = tagged_yuv_frame(np.pad(frames[i], pad, mode="edge") if (h | w) % 2 else frames[i],
+                                                 "yuv420p")
                         frame.pts = i
                     packets = stream.encode(frame) if frame is not None else flushed_packets(stream, t)
                     if banner_left and packets:

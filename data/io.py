@@ -8,8 +8,9 @@ Reading always gives uint8 RGB ``(T,H,W,3)`` in display orientation:
 - non-square pixels are kept as stored (no resampling, like ffmpeg): ``VideoInfo.sample_aspect_ratio`` says how
   wide a pixel shows (carphone's 176x144 is 128:117), and ``write_video(sample_aspect_ratio=)`` records it again;
 - variable frame rate files give every decoded frame once, in presentation order (no resampling);
-  ``VideoInfo.fps`` is the stream's average rate and ``frame_times`` gives the real timestamps; a read whose frame
-  times jump (frames lost to damage, or a varying rate) or go back says so once with a ``FrameTimingWarning``;
+  ``VideoInfo.fps`` is the stream's average rate and ``frame_times`` gives the real timestamps; a file whose frame
+  times jump (frames lost to damage, or a varying rate), repeat or go back is named once per process with a
+  ``FrameTimingWarning``;
 - still images (png/jpg/...) read as a 1-frame video (``is_image=True``, nominal fps from the demuxer).
 Written YUV is tagged as what the RGB->YUV conversion makes (BT.601, limited range; see ``tag_color``).
 Options apply in this order: ``start``/``stride``/``num_frames`` pick frames, ``crop`` cuts a region of the
@@ -276,6 +277,11 @@ def _to_rgb(frame: av.VideoFrame, coded_size: tuple[int, int], orientation: tupl
     return np.rot90(rgb[:, ::-1] if mirrored else rgb, ccw // 90)
 
 
+def _format_name(container: av.container.InputContainer) -> str:
+    """The demuxer's first name (``mov`` for "mov,mp4,m4a,3gp,3g2,mj2", ``matroska`` for "matroska,webm")."""
+    return container.format.name.split(",")[0]
+
+
 _SIZED_FORMATS = {"mov", "matroska", "avi"}  # containers whose header states the true length (mpegts only guesses)
 _TIMED_FORMATS = {"mov", "matroska"}  # containers whose frames carry true presentation times (avi's are decode times)
 _CHECKED_FORMATS = _TIMED_FORMATS | {"mpegts"}  # those whose frame times a read checks for jumps (mpegts's are true)
@@ -286,7 +292,7 @@ def _check_complete(path: str | os.PathLike, container: av.container.InputContai
     """Raise if the decoded frames end well before the end the header states (a truncated file). The end, not
     the length: a stream may start late (a timestamp offset) or lose leading frames it cannot decode (a cut that
     starts on a non-key frame), and neither is truncation."""
-    if span is None or container.format.name.split(",")[0] not in _SIZED_FORMATS:
+    if span is None or _format_name(container) not in _SIZED_FORMATS:
         return
     stated = _stated_span(container, stream)
     if stated is not None and span[1] < stated[1] - 0.5 / _fps(stream) - 1e-3:
@@ -313,7 +319,7 @@ class _Timeline:
         self.path, self.fps = path, _fps(stream)
         # a file is named once per process (a dataset reads it again for every clip), and only against a rate the
         # stream states (a guessed one, e.g. mpegts at 1000 fps, is no yardstick)
-        self.watch = (container.format.name.split(",")[0] in _CHECKED_FORMATS and stream.average_rate is not None
+        self.watch = (_format_name(container) in _CHECKED_FORMATS and stream.average_rate is not None
                       and str(path) not in _TIMING_NAMED)
         self.step = float(1 / self.fps)
         self.limit = 1.5 * self.step + float(stream.time_base or 0)  # a coarse clock (mkv's 1 ms) rounds each step
@@ -383,7 +389,7 @@ def _decode(path: str | os.PathLike, container: av.container.InputContainer, str
         first = orientation = None
         timeline = _Timeline(path, container, stream)
         after = None
-        if start_time is not None and container.format.name.split(",")[0] in _TIMED_FORMATS:
+        if start_time is not None and _format_name(container) in _TIMED_FORMATS:
             after = _seek(path, container, stream, start_time) - timeline.step / 2
         elif start_time is not None:
             start += round(start_time * timeline.fps)
@@ -537,6 +543,13 @@ def tag_color(target: av.video.stream.VideoStream | av.VideoFrame) -> None:
     tags.color_range = _TV_RANGE
 
 
+def tagged_yuv_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
+    """An RGB array (H,W,3) as a ``pix_fmt`` frame, converted as an encoder would convert it and tagged so."""
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format=pix_fmt)
+    tag_color(frame)
+    return frame
+
+
 def _limited_yuv(pix_fmt: str) -> bool:
     """Whether swscale turns RGB into limited-range BT.601 YUV in ``pix_fmt`` (not RGB, gray or full-range yuvj)."""
     fmt = av.VideoFormat(pix_fmt)
@@ -627,10 +640,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
                     raise VideoWriteError(f"{path}: frames must be uint8 RGB (T,{height},{width},3), got "
                                           f"{chunk.dtype} {tuple(chunk.shape)}")
                 for rgb in chunk:
-                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-                    if yuv:  # the conversion the encoder would make, done here to hand it frames tagged as it is
-                        frame = frame.reformat(format=pix)
-                        tag_color(frame)
+                    frame = tagged_yuv_frame(rgb, pix) if yuv else \
+                        av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
                     frame.pts = index
                     index += 1
                     container.mux(stream.encode(frame))
