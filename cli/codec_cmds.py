@@ -197,7 +197,8 @@ def info(file, as_json) -> None:
                  f"tables {meta.get('tables')}, step {meta.get('step') or 'chosen per chunk'}",
                  f"  {d['frames']} frames {d['width']}x{d['height']}{_aspect_text(d['sample_aspect_ratio'])} @ "
                  f"{d['fps']} fps, {count(d['chunks'], 'chunk')} of {d['chunk_frames']} frames",
-                 f"  {d['bpp']:.4f} bpp, {d['kbps']:.1f} kbps, payload {d['payload_bytes']} bytes",
+                 f"  {d['bpp']:.4f} bpp, {d['kbps']:.1f} kbps, header {d['header_bytes']} bytes, payload "
+                 f"{d['payload_bytes']} bytes",
                  "  chunk  frames  bytes  tokens  step"]
         lines += [f"  {c['index']:>5}  {c['frames']:>6}  {c['bytes']:>5}  {_tokens_text(c['tokens']):>6}  {c['step']:g}"
                   for c in d["chunk_list"]]

@@ -1,28 +1,35 @@
 """The ``.vtok`` container (specified in FORMAT.md): a checked header, then independently decodable chunks.
 
-The container knows geometry, timing and chunk framing (length, frame count, CRC32); what a chunk payload holds is
-the codec's business. The reader checks every size against fixed limits and against the bytes actually left
-before it allocates anything, and every failure is a one-line ``BitstreamError``.
+The container knows geometry, timing and chunk framing (length, CRC32); what a chunk payload holds is the codec's
+business. Version 2 (written) packs the header's metadata into binary fields, about 55 bytes where version 1's JSON
+took about 190; version 1 is still read. The reader checks every size against fixed limits and against the bytes
+actually left before it allocates anything, and every failure is a one-line ``BitstreamError``.
 """
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import struct
 import zlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from vitok.codecs.errors import BitstreamError
 
 MAGIC = b"VTOK"
-VERSION = 1
-_FIXED = struct.Struct("<4sHHIIIIIIII")  # magic version flags width height frames fps_num fps_den chunk_frames chunks meta_len
-_CHUNK = struct.Struct("<III")  # payload length, frames, crc32
+VERSION = 2   # what the writer writes
+READS = (1, 2)   # what the reader reads
+_START = struct.Struct("<4sHI")  # magic, version, frames (version 2: patched in when the writer closes)
+# version 1: magic version flags width height frames fps_num fps_den chunk_frames chunks meta_len
+_V1_FIXED = struct.Struct("<4sHHIIIIIIII")
+_V1_CHUNK = struct.Struct("<III")  # payload length, frames, crc32
 _U32 = struct.Struct("<I")
+_F32 = struct.Struct("<f")
+_F64 = struct.Struct("<d")
 
 # Limits checked before any allocation.
 MAX_SIDE = 16384
@@ -34,6 +41,30 @@ MAX_META_BYTES = 64 << 10
 MAX_META_DEPTH = 32   # nesting of the header's JSON (vitok writes 2): deeper is refused before anything recurses
 MAX_CHUNK_PIXELS = 1 << 28  # width x height x chunk_frames: bounds the frames one decoded chunk allocates
 MAX_SAR_TERM = 65535  # a pixel aspect's numerator and denominator, 16 bits each as in h264's VUI
+MAX_NAME_BYTES = 255  # a model name in the binary header (longer ones go to its JSON)
+MAX_VARINT_BYTES = 5  # unsigned LEB128 of a value under 2^32
+MAX_HEADER_BYTES = 1024 + MAX_META_BYTES  # version 2: every field at its longest, JSON included
+
+
+def uvarint(n: int) -> bytes:
+    """Unsigned LEB128: seven bits a byte, low bits first, the top bit set on every byte but the last."""
+    out = bytearray()
+    while True:
+        n, low = n >> 7, n & 0x7F
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def framing_bytes(nbytes: int) -> int:
+    """Bytes a version 2 chunk of ``nbytes`` payload takes besides it: its length as a varint and a CRC32."""
+    return len(uvarint(nbytes)) + _U32.size
+
+
+def frame_chunk(payload: bytes) -> bytes:
+    """A version 2 chunk: its length, the CRC32 of the length's bytes and the payload, then the payload."""
+    length = uvarint(len(payload))
+    return length + _U32.pack(zlib.crc32(payload, zlib.crc32(length))) + payload
 
 
 def sar_record(sar: Fraction) -> list[int] | None:
@@ -44,9 +75,157 @@ def sar_record(sar: Fraction) -> list[int] | None:
     return None if f == 1 else [f.numerator, f.denominator]
 
 
+class _Cursor:
+    """Reads fields from bytes held in memory; running past their end is a truncation naming the field."""
+
+    def __init__(self, data: bytes, fail: Callable[[str], BitstreamError]) -> None:
+        self.data, self.at, self.fail = data, 0, fail
+
+    def take(self, n: int, what: str) -> bytes:
+        if n > len(self.data) - self.at:
+            raise self.fail(f"truncated: {what} needs {n} bytes, {len(self.data) - self.at} left")
+        self.at += n
+        return self.data[self.at - n:self.at]
+
+    def uvarint(self, what: str) -> int:
+        value = 0
+        for i in range(MAX_VARINT_BYTES):
+            (byte,) = self.take(1, what)
+            value |= (byte & 0x7F) << (7 * i)
+            if not byte & 0x80:
+                if value >= 1 << 32:
+                    break
+                return value
+        raise self.fail(f"bad header: {what} is not a varint under 2^32")
+
+
+# Version 2's binary metadata: the keys vitok writes, each with a bit in the header's key set, a test for values
+# the binary form holds exactly, a writer and a reader. Other keys and values go to the header's JSON object.
+_KINDS = ("vit", "vit1d", "cnn")
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_id(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 16 and set(v) <= _HEX
+
+
+def _is_u32(v: Any) -> bool:
+    return type(v) is int and 0 <= v < 1 << 32
+
+
+def _is_f32(v: Any) -> bool:
+    return type(v) is float and math.isfinite(v) and abs(v) < 3e38 and _F32.unpack(_F32.pack(v))[0] == v
+
+
+def _is_name(v: Any) -> bool:
+    try:
+        return isinstance(v, str) and 0 < len(v.encode()) <= MAX_NAME_BYTES
+    except UnicodeEncodeError:   # a lone surrogate: JSON escapes it
+        return False
+
+
+def _is_tiling(v: Any) -> bool:
+    return (isinstance(v, dict) and set(v) == {"fit", "overlap", "tile"} and type(v["fit"]) is bool
+            and type(v["overlap"]) is float and (v["tile"] is None or _is_u32(v["tile"]) and v["tile"] > 0))
+
+
+def _read_name(c: _Cursor) -> str:
+    n = c.uvarint("model name length")
+    if not 0 < n <= MAX_NAME_BYTES:
+        raise c.fail(f"bad header: model name of {n} bytes (1..{MAX_NAME_BYTES})")
+    try:
+        return c.take(n, "model name").decode()
+    except UnicodeDecodeError:
+        raise c.fail("bad header: the model name is not UTF-8") from None
+
+
+def _read_kind(c: _Cursor) -> str:
+    (i,) = c.take(1, "kind")
+    if i >= len(_KINDS):
+        raise c.fail(f"bad header: unknown model kind {i}")
+    return _KINDS[i]
+
+
+def _read_tiling(c: _Cursor) -> dict[str, Any]:
+    (fit,) = c.take(1, "tiling")
+    (overlap,) = _F64.unpack(c.take(8, "tiling"))
+    tile = c.uvarint("tiling")
+    return {"fit": bool(fit), "overlap": overlap, "tile": tile or None}
+
+
+_FIELDS: list[tuple[str, Callable[[Any], bool], Callable[[Any], bytes], Callable[[_Cursor], Any]]] = [
+    ("codec", lambda v: v == "vitok", lambda v: b"", lambda c: "vitok"),
+    ("model", _is_name, lambda v: uvarint(len(v.encode())) + v.encode(), _read_name),
+    ("weights", _is_id, bytes.fromhex, lambda c: c.take(8, "weights").hex()),
+    ("kind", lambda v: isinstance(v, str) and v in _KINDS, lambda v: bytes([_KINDS.index(v)]), _read_kind),
+    ("channels", _is_u32, uvarint, lambda c: c.uvarint("channels")),
+    ("tables", _is_id, bytes.fromhex, lambda c: c.take(8, "tables").hex()),
+    ("step", _is_f32, _F32.pack, lambda c: _F32.unpack(c.take(4, "step"))[0]),
+    ("step", lambda v: v is None, lambda v: b"", lambda c: None),
+    ("sar", lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_u32, v)),
+     lambda v: uvarint(v[0]) + uvarint(v[1]), lambda c: [c.uvarint("sar"), c.uvarint("sar")]),
+    ("tiling", _is_tiling, lambda v: bytes([v["fit"]]) + _F64.pack(v["overlap"]) + uvarint(v["tile"] or 0),
+     _read_tiling),
+]
+_JSON_BIT = len(_FIELDS)  # the key set's bit for a JSON object of the other keys
+
+
+def _pack_meta(meta: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The key set and binary fields of ``meta``, and the JSON of what they do not hold (b"" when nothing)."""
+    bits, body, rest = 0, b"", dict(meta)
+    for bit, (key, fits, write, _) in enumerate(_FIELDS):
+        if key in rest and fits(rest[key]):
+            bits |= 1 << bit
+            body += write(rest.pop(key))
+    extra = json.dumps(rest, sort_keys=True, separators=(",", ":")).encode() if rest else b""
+    if extra:
+        bits |= 1 << _JSON_BIT
+        body += uvarint(len(extra)) + extra
+    return uvarint(bits) + body, extra
+
+
+def _parse_json(data: bytes, fail: Callable[[str], BitstreamError]) -> dict[str, Any]:
+    """A header's JSON object, refused as one error when it is not JSON, not an object or nested too deeply."""
+    try:
+        value = json.loads(data.decode())
+        if not isinstance(value, dict):
+            raise ValueError("not an object")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise fail(f"bad header metadata: {e}") from None
+    except RecursionError:   # deeper than the parser goes
+        raise fail("bad header metadata: nested too deeply") from None
+    if _depth(value) > MAX_META_DEPTH:   # every reader of meta (info --json, tools) recurses
+        raise fail("bad header metadata: nested too deeply")
+    return value
+
+
+def _read_meta(c: _Cursor) -> dict[str, Any]:
+    """Version 2 metadata: the key set, the binary fields it names in order, then the JSON object if named."""
+    bits = c.uvarint("metadata key set")
+    if bits >> (_JSON_BIT + 1):
+        raise c.fail(f"bad header: unknown metadata fields (key set {bits:#x})")
+    meta: dict[str, Any] = {}
+    for bit, (key, _, _, read) in enumerate(_FIELDS):
+        if bits >> bit & 1:
+            if key in meta:
+                raise c.fail(f"bad header: {key} given twice")
+            meta[key] = read(c)
+    if bits >> _JSON_BIT & 1:
+        n = c.uvarint("metadata length")
+        if n > MAX_META_BYTES:
+            raise c.fail(f"header metadata of {n} bytes over the {MAX_META_BYTES} limit")
+        extra = _parse_json(c.take(n, "header metadata"), c.fail)
+        twice = sorted(set(extra) & set(meta))
+        if twice:
+            raise c.fail(f"bad header: {twice[0]} given twice")
+        meta.update(extra)
+    return meta
+
+
 @dataclass
 class VtokHeader:
-    """What a ``.vtok`` file says about itself; ``meta`` is the codec's JSON object (model, weights, step, ...)."""
+    """What a ``.vtok`` file says about itself; ``meta`` is the codec's metadata (model, weights, step, ...)
+    and ``version`` the format version it was read from (headers always pack as ``VERSION``)."""
 
     width: int
     height: int
@@ -55,13 +234,15 @@ class VtokHeader:
     frames: int = 0
     num_chunks: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    version: int = VERSION
 
     def pack(self) -> bytes:
-        """Serialize with the trailing CRC32."""
-        meta = json.dumps(self.meta, sort_keys=True, separators=(",", ":")).encode()
-        self.check(len(meta))
-        head = _FIXED.pack(MAGIC, VERSION, 0, self.width, self.height, self.frames, self.fps.numerator,
-                           self.fps.denominator, self.chunk_frames, self.num_chunks, len(meta)) + meta
+        """Serialize as version 2 with the trailing CRC32."""
+        fields, extra = _pack_meta(self.meta)
+        self.check(len(extra))
+        fields = b"".join(map(uvarint, (self.width, self.height, self.fps.numerator, self.fps.denominator,
+                                        self.chunk_frames))) + fields
+        head = _START.pack(MAGIC, VERSION, self.frames) + uvarint(len(fields)) + fields
         return head + _U32.pack(zlib.crc32(head))
 
     def check(self, meta_len: int = 0) -> None:
@@ -96,16 +277,18 @@ class VtokHeader:
 
 @dataclass
 class ChunkInfo:
-    """Where a chunk sits and what the framing says about it."""
+    """Where a chunk sits and what the framing says about it: ``offset`` of its framing, ``start`` of its
+    payload of ``nbytes``."""
 
     index: int
     offset: int
     nbytes: int
     frames: int
+    start: int
 
 
 class VtokWriter:
-    """Writes a ``.vtok`` chunk by chunk to a seekable binary file; ``close()`` patches the frame/chunk counts in.
+    """Writes a ``.vtok`` chunk by chunk to a seekable binary file; ``close()`` patches the frame count in.
 
     Use ``write_vtok_file`` for an atomic file, or pass an ``io.BytesIO`` and take ``getvalue()``.
     """
@@ -116,7 +299,8 @@ class VtokWriter:
                                  dict(header.meta))
         self._last_short = False
         self._start = fileobj.tell()
-        fileobj.write(self.header.pack())
+        self._head = self.header.pack()
+        fileobj.write(self._head)
         self.payload_bytes = 0
 
     def write_chunk(self, payload: bytes, frames: int) -> None:
@@ -127,20 +311,21 @@ class VtokWriter:
                                  "(only the last chunk may be shorter)")
         if len(payload) > MAX_CHUNK_BYTES or h.num_chunks + 1 > MAX_CHUNKS or h.frames + frames > MAX_FRAMES:
             raise BitstreamError(f"chunk {h.num_chunks}: over the .vtok limits")
-        head = _U32.pack(len(payload)) + _U32.pack(frames)
-        self.f.write(head + _U32.pack(zlib.crc32(payload, zlib.crc32(head))) + payload)
+        self.f.write(frame_chunk(payload))
         h.num_chunks += 1
         h.frames += frames
         self.payload_bytes += len(payload)
         self._last_short = frames < h.chunk_frames
 
     def close(self) -> VtokHeader:
-        """Patch the counts into the header; a file without chunks is an error (it would be unreadable)."""
+        """Patch the frame count into the header; a file without chunks is an error (it would be unreadable)."""
         if self.header.num_chunks == 0:
             raise BitstreamError("no chunks written: empty input video")
         end = self.f.tell()
+        head = self.header.pack()
+        assert len(head) == len(self._head)   # only the fixed-width frame count changed
         self.f.seek(self._start)
-        self.f.write(self.header.pack())
+        self.f.write(head)
         self.f.seek(end)
         return self.header
 
@@ -178,7 +363,8 @@ def check_vtok_path(path: Path) -> None:
 
 
 class VtokReader:
-    """Streams a ``.vtok`` from a path, bytes or a seekable binary file: header first, then ``chunks()``."""
+    """Streams a ``.vtok`` (version 1 or 2) from a path, bytes or a seekable binary file: header first, then
+    ``chunks()``."""
 
     def __init__(self, source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO) -> None:
         if isinstance(source, (bytes, bytearray, memoryview)):
@@ -206,20 +392,78 @@ class VtokReader:
             raise self._fail(f"truncated: {what} needs {n} bytes, {left} left")
         return self.f.read(n)
 
+    def _read_uvarint(self, what: str) -> tuple[int, bytes]:
+        """A varint read from the file, with its bytes (for CRCs)."""
+        raw = b""
+        while not raw or raw[-1] & 0x80 and len(raw) < MAX_VARINT_BYTES:
+            raw += self._read(1, what)
+        return _Cursor(raw, self._fail).uvarint(what), raw
+
     def _read_header(self) -> VtokHeader:
         if self._size < 4 or self.f.read(4) != MAGIC:
             self.f.seek(0)
             raise self._fail(f"not a .vtok file (magic {self.f.read(4)!r}, expected {MAGIC!r})")
         self.f.seek(0)
-        fixed = self._read(_FIXED.size, "header")
-        _, version, flags, w, h, frames, num, den, chunk_frames, chunks, meta_len = _FIXED.unpack(fixed)
-        if version != VERSION:
-            raise self._fail(f"unsupported .vtok version {version} (this reader knows {VERSION})")
+        start = self._read(_START.size, "header")
+        _, version, frames = _START.unpack(start)
+        if version not in READS:
+            raise self._fail(f"unsupported .vtok version {version} (this reader knows {' and '.join(map(str, READS))})")
+        if version == 1:
+            self.f.seek(0)
+            header = self._read_header_v1()
+        else:
+            header = self._read_header_v2(start, frames)
+        try:
+            header.sample_aspect_ratio   # reading it checks the sar record
+        except BitstreamError as e:
+            raise self._fail(str(e)) from None
+        if header.num_chunks == 0 or header.frames == 0:
+            raise self._fail(f"{'zero frames' if header.frames == 0 else 'zero chunks'}: the file holds no video")
+        if header.num_chunks != header.expected_chunks():
+            raise self._fail(f"header says {header.num_chunks} chunks but {header.frames} frames in chunks of "
+                             f"{header.chunk_frames} need {header.expected_chunks()}")
+        least = header.num_chunks * (_V1_CHUNK.size if version == 1 else 1 + _U32.size)
+        left = self._size - self.f.tell()
+        if least > left:
+            raise self._fail(f"truncated: {header.num_chunks} chunks need at least {least} bytes, {left} left")
+        self._body = self.f.tell()
+        return header
+
+    def _read_header_v2(self, start: bytes, frames: int) -> VtokHeader:
+        """Version 2: the fields' length, the fields, the CRC; fields are parsed once the CRC holds."""
+        length, raw = self._read_uvarint("header length")
+        if length > MAX_HEADER_BYTES:
+            raise self._fail(f"header of {length} bytes over the {MAX_HEADER_BYTES} limit")
+        fields = self._read(length, "header")
+        (crc,) = _U32.unpack(self._read(4, "header CRC"))
+        if zlib.crc32(start + raw + fields) != crc:
+            raise self._fail("header CRC mismatch (corrupt header)")
+        c = _Cursor(fields, self._fail)
+        w, h, num, den, chunk_frames = (c.uvarint(what) for what in ("width", "height", "frame rate",
+                                                                      "frame rate", "chunk length"))
+        if num == 0 or den == 0:
+            raise self._fail(f"bad frame rate {num}/{den}")
+        header = VtokHeader(w, h, Fraction(num, den), chunk_frames, frames, version=2)
+        try:
+            header.check()
+            header.num_chunks = header.expected_chunks()
+            header.check()
+        except BitstreamError as e:
+            raise self._fail(str(e)) from None
+        header.meta = _read_meta(c)
+        if c.at != len(fields):
+            raise self._fail(f"bad header: {len(fields) - c.at} bytes after its fields")
+        return header
+
+    def _read_header_v1(self) -> VtokHeader:
+        """Version 1: fixed fields, then the metadata as JSON, then the CRC."""
+        fixed = self._read(_V1_FIXED.size, "header")
+        _, _, flags, w, h, frames, num, den, chunk_frames, chunks, meta_len = _V1_FIXED.unpack(fixed)
         if flags != 0:
             raise self._fail(f"unknown header flags {flags:#x}")
         if den == 0 or num == 0:
             raise self._fail(f"bad frame rate {num}/{den}")
-        header = VtokHeader(w, h, Fraction(num, den), chunk_frames, frames, chunks)
+        header = VtokHeader(w, h, Fraction(num, den), chunk_frames, frames, chunks, version=1)
         try:
             header.check(meta_len)
         except BitstreamError as e:
@@ -228,29 +472,7 @@ class VtokReader:
         (crc,) = _U32.unpack(self._read(4, "header CRC"))
         if zlib.crc32(fixed + meta) != crc:
             raise self._fail("header CRC mismatch (corrupt header)")
-        try:
-            header.meta = json.loads(meta.decode())
-            if not isinstance(header.meta, dict):
-                raise ValueError("not an object")
-        except (UnicodeDecodeError, ValueError) as e:
-            raise self._fail(f"bad header metadata: {e}") from None
-        except RecursionError:   # deeper than the parser goes
-            raise self._fail("bad header metadata: nested too deeply") from None
-        if _depth(header.meta) > MAX_META_DEPTH:   # every reader of meta (info --json, tools) recurses
-            raise self._fail("bad header metadata: nested too deeply")
-        try:
-            header.sample_aspect_ratio   # reading it checks the sar record
-        except BitstreamError as e:
-            raise self._fail(str(e)) from None
-        if chunks == 0 or frames == 0:
-            raise self._fail(f"{'zero frames' if frames == 0 else 'zero chunks'}: the file holds no video")
-        if chunks != header.expected_chunks():
-            raise self._fail(f"header says {chunks} chunks but {frames} frames in chunks of {chunk_frames} "
-                             f"need {header.expected_chunks()}")
-        left = self._size - self.f.tell()
-        if chunks * _CHUNK.size > left:
-            raise self._fail(f"truncated: {chunks} chunks need at least {chunks * _CHUNK.size} bytes, {left} left")
-        self._body = self.f.tell()
+        header.meta = _parse_json(meta, self._fail)
         return header
 
     def chunks(self) -> Iterator[tuple[ChunkInfo, bytes]]:
@@ -259,17 +481,24 @@ class VtokReader:
         self.f.seek(self._body)
         for i in range(h.num_chunks):
             offset = self.f.tell()
-            head = self._read(_CHUNK.size, f"chunk {i} header")
-            length, frames, crc = _CHUNK.unpack(head)
             want = min(h.chunk_frames, h.frames - i * h.chunk_frames)
+            if h.version == 1:
+                head = self._read(_V1_CHUNK.size, f"chunk {i} header")
+                length, frames, crc = _V1_CHUNK.unpack(head)
+                head = head[:8]
+            else:
+                length, head = self._read_uvarint(f"chunk {i} header")
+                (crc,) = _U32.unpack(self._read(4, f"chunk {i} header"))
+                frames = want
             if length > MAX_CHUNK_BYTES:
                 raise self._fail(f"chunk {i}: {length} bytes over the {MAX_CHUNK_BYTES} limit")
+            start = self.f.tell()
             payload = self._read(length, f"chunk {i}")
-            if zlib.crc32(payload, zlib.crc32(head[:8])) != crc:
+            if zlib.crc32(payload, zlib.crc32(head)) != crc:
                 raise self._fail(f"chunk {i}: CRC mismatch (corrupt data)")
             if frames != want:
                 raise self._fail(f"chunk {i}: {frames} frames, the header implies {want}")
-            yield ChunkInfo(i, offset, length, frames), payload
+            yield ChunkInfo(i, offset, length, frames, start), payload
         trailing = self._size - self.f.tell()
         if trailing:
             raise self._fail(f"trailing garbage: {trailing} bytes after the last chunk")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
 import numpy as np
 
-from vitok.codecs.container import VERSION, VtokHeader, VtokReader
+from vitok.codecs.container import VtokHeader, VtokReader
 from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.payload import parse_chunk
 
@@ -139,8 +139,9 @@ def describe_vtok(path: str | os.PathLike) -> dict[str, Any]:
     """Header, per-chunk tokens/steps/bytes and rates of a ``.vtok``, without loading the model (all checked)."""
     with VtokReader(path) as r:
         h = r.header
-        chunks = []
+        chunks, header_bytes = [], None
         for info, payload in r.chunks():
+            header_bytes = info.offset if header_bytes is None else header_bytes
             try:
                 table, step, tokens, data = parse_chunk(payload)
             except BitstreamError as e:
@@ -151,8 +152,8 @@ def describe_vtok(path: str | os.PathLike) -> dict[str, Any]:
         size = r.file_bytes
     pixels = h.frames * h.width * h.height
     seconds = h.frames / float(h.fps)
-    return {"file": str(path), "format_version": VERSION, "file_bytes": size, "width": h.width, "height": h.height,
+    return {"file": str(path), "format_version": h.version, "file_bytes": size, "width": h.width, "height": h.height,
             "frames": h.frames, "fps": str(h.fps), "sample_aspect_ratio": str(h.sample_aspect_ratio),
-            "chunk_frames": h.chunk_frames, "chunks": len(chunks),
+            "chunk_frames": h.chunk_frames, "chunks": len(chunks), "header_bytes": header_bytes,
             "payload_bytes": sum(c["bytes"] for c in chunks), "bpp": round(8 * size / pixels, 5),
             "kbps": round(8 * size / seconds / 1000, 3), "meta": h.meta, "chunk_list": chunks}

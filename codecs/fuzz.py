@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from vitok.codecs.container import _CHUNK, _FIXED, VtokReader
+from vitok.codecs.container import _START, VtokHeader, VtokReader, _pack_meta, frame_chunk, uvarint
 from vitok.codecs.errors import BitstreamError
 
 MAX_SECONDS = 10.0  # per mutant
@@ -37,28 +37,15 @@ class FuzzFailure(AssertionError):
 class Layout:
     """Where the header and chunks of a valid stream sit (for targeted edits)."""
 
-    header_end: int  # offset of the header CRC
-    chunks: list[tuple[int, int]] = field(default_factory=list)  # (offset of chunk framing, payload length)
+    header: VtokHeader
+    header_end: int  # where the first chunk starts
+    chunks: list[tuple[int, int, int]] = field(default_factory=list)  # (framing offset, payload offset, length)
 
 
 def layout(data: bytes) -> Layout:
     with VtokReader(data) as r:
-        out = Layout(_FIXED.size + _FIXED.unpack_from(data)[-1])
-        out.chunks = [(info.offset, info.nbytes) for info, _ in r.chunks()]
-    return out
-
-
-def _fix_header_crc(buf: bytearray, end: int) -> None:
-    if end + 4 <= len(buf):
-        buf[end:end + 4] = struct.pack("<I", zlib.crc32(bytes(buf[:end])))
-
-
-def _fix_chunk_crc(buf: bytearray, off: int) -> None:
-    length = struct.unpack_from("<I", buf, off)[0]
-    start = off + _CHUNK.size
-    if start + length <= len(buf):
-        crc = zlib.crc32(bytes(buf[start:start + length]), zlib.crc32(bytes(buf[off:off + 8])))
-        buf[off + 8:off + 12] = struct.pack("<I", crc)
+        chunks = [(info.offset, info.start, info.nbytes) for info, _ in r.chunks()]
+        return Layout(r.header, chunks[0][0], chunks)
 
 
 def _rand_u32(rng: random.Random) -> int:
@@ -93,64 +80,68 @@ def m_trailing(d: bytes, lay: Layout, rng: random.Random) -> bytes:
 
 
 def m_dup_chunk(d: bytes, lay: Layout, rng: random.Random) -> bytes:
-    off, n = rng.choice(lay.chunks)
-    piece = d[off:off + _CHUNK.size + n]
-    return d[:off] + piece + d[off:]
+    off, start, n = rng.choice(lay.chunks)
+    return d[:off] + d[off:start + n] + d[off:]
+
+
+def _numbers(h: VtokHeader) -> dict[str, int]:
+    """A header's numbers in the order version 2 stores them."""
+    return {"frames": h.frames, "width": h.width, "height": h.height, "fps_num": h.fps.numerator,
+            "fps_den": h.fps.denominator, "chunk_frames": h.chunk_frames}
+
+
+def _raw_header(numbers: dict[str, int], meta_fields: bytes, length: int | None = None) -> bytes:
+    """A version 2 header of any numbers and metadata bytes (unchecked) with its CRC; ``length`` overrides the
+    fields' length."""
+    fields = b"".join(uvarint(v) for k, v in numbers.items() if k != "frames") + meta_fields
+    head = _START.pack(b"VTOK", 2, numbers["frames"]) + uvarint(len(fields) if length is None else length) + fields
+    return head + struct.pack("<I", zlib.crc32(head))
 
 
 def m_header_field(d: bytes, lay: Layout, rng: random.Random) -> bytes:
-    """Overwrite one fixed header field with an extreme value, usually recomputing the header CRC."""
-    b = bytearray(d)
-    off = rng.choice([4, 6, 8, 12, 16, 20, 24, 28, 32, 36])
-    if off in (4, 6):
-        struct.pack_into("<H", b, off, rng.choice([0, 2, 255, 65535, rng.getrandbits(16)]))
-    else:
-        struct.pack_into("<I", b, off, _rand_u32(rng))
-    if rng.random() < 0.85:
-        _fix_header_crc(b, lay.header_end)
-    return bytes(b)
+    """Set one header number (frames, size, rate, chunk length, the fields' length, version) to an extreme value,
+    usually with the header CRC recomputed."""
+    numbers = _numbers(lay.header)
+    key = rng.choice([*numbers, "length", "version"])
+    if key == "version":
+        b = bytearray(d)
+        struct.pack_into("<H", b, 4, rng.choice([0, 1, 3, 255, 65535, rng.getrandbits(16)]))
+        return bytes(b)
+    if key != "length":
+        numbers[key] = _rand_u32(rng)
+    head = _raw_header(numbers, _pack_meta(lay.header.meta)[0], _rand_u32(rng) if key == "length" else None)
+    if rng.random() < 0.15:
+        head = head[:-4] + rng.randbytes(4)
+    return head + d[lay.header_end:]
 
 
 def m_meta(d: bytes, lay: Layout, rng: random.Random) -> bytes:
-    """Replace the JSON metadata (other model, weights, tables, junk) and recompute the header CRC."""
-    meta_len = _FIXED.unpack_from(d)[-1]
-    old = d[_FIXED.size:_FIXED.size + meta_len]
-    try:
-        meta = json.loads(old)
-        key = rng.choice(list(meta) + ["extra"])
-        meta[key] = rng.choice([None, 0, -1, "x", "other-model", [1, 2], {"a": 1}, 1e300, "0" * 16])
-        new = json.dumps(meta).encode()
-    except ValueError:
-        new = old
-    if rng.random() < 0.2:
-        new = rng.randbytes(rng.randint(0, 40))
-    b = bytearray(d[:_FIXED.size] + new + d[_FIXED.size + meta_len:])
-    struct.pack_into("<I", b, 36, len(new))
-    _fix_header_crc(b, _FIXED.size + len(new))
-    return bytes(b)
+    """Change one metadata key (other model, weights, tables, junk) or put junk bytes where the metadata goes,
+    with a valid header CRC."""
+    meta = dict(lay.header.meta)
+    key = rng.choice(list(meta) + ["extra"])
+    meta[key] = rng.choice([None, 0, -1, "x", "other-model", [1, 2], {"a": 1}, 1e300, "0" * 16, 0.5, "vit"])
+    fields = rng.randbytes(rng.randint(0, 40)) if rng.random() < 0.3 else _pack_meta(meta)[0]
+    return _raw_header(_numbers(lay.header), fields) + d[lay.header_end:]
 
 
 def m_chunk_field(d: bytes, lay: Layout, rng: random.Random) -> bytes:
-    """Edit a chunk's length or frame count, usually recomputing its CRC."""
-    b = bytearray(d)
-    off, _ = rng.choice(lay.chunks)
-    struct.pack_into("<I", b, off + rng.choice([0, 4]), _rand_u32(rng))
-    if rng.random() < 0.8:
-        _fix_chunk_crc(b, off)
-    return bytes(b)
+    """Set a chunk's length to an extreme value, usually with its CRC recomputed."""
+    off, start, n = rng.choice(lay.chunks)
+    length = uvarint(_rand_u32(rng))
+    crc = zlib.crc32(d[start:start + n], zlib.crc32(length)) if rng.random() < 0.8 else rng.getrandbits(32)
+    return d[:off] + length + struct.pack("<I", crc) + d[start:]
 
 
 def m_payload(d: bytes, lay: Layout, rng: random.Random) -> bytes:
     """Corrupt bytes inside one chunk payload (its header or rANS data) and recompute the CRC."""
-    b = bytearray(d)
-    off, n = rng.choice(lay.chunks)
-    start = off + _CHUNK.size
+    off, start, n = rng.choice(lay.chunks)
+    b = bytearray(d[start:start + n])
     if n:
         for _ in range(rng.randint(1, 6)):
-            i = start + (rng.randrange(min(n, 7)) if rng.random() < 0.4 else rng.randrange(n))
+            i = rng.randrange(min(n, 7)) if rng.random() < 0.4 else rng.randrange(n)
             b[i] = rng.getrandbits(8)
-    _fix_chunk_crc(b, off)
-    return bytes(b)
+    return d[:off] + frame_chunk(bytes(b)) + d[start + n:]
 
 
 MUTATORS: list[Callable[[bytes, Layout, random.Random], bytes]] = [

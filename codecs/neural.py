@@ -21,7 +21,8 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 import numpy as np
 
 from vitok.codecs.base import Codec, check_frames
-from vitok.codecs.container import ChunkInfo, VtokHeader, VtokReader, VtokWriter, sar_record
+from vitok.codecs.container import (VERSION, ChunkInfo, VtokHeader, VtokReader, VtokWriter, framing_bytes,
+                                    sar_record)
 from vitok.codecs.entropy import (DEFAULT_STEP, FILENAME as ENTROPY_FILE, EntropyTables, context_grid,
                                   load_entropy_tables)
 from vitok.codecs.errors import BitstreamError, CodecError
@@ -171,9 +172,9 @@ class VitokCodec(Codec):
 
     @property
     def identity(self) -> str:
-        """The model's weights, its config (tiling, clip length) and the entropy tables: a model retrained or
-        reconfigured in place codes differently."""
-        return f"{self.tok.weights_hash[:16]}-{self.tok.config.digest()[:12]}-{self.tables.table_id}"
+        """The model's weights, its config (tiling, clip length), the entropy tables and the ``.vtok`` version: a
+        model retrained or reconfigured in place codes differently, and another format frames it in other bytes."""
+        return f"{self.tok.weights_hash[:16]}-{self.tok.config.digest()[:12]}-{self.tables.table_id}-v{VERSION}"
 
     def load(self) -> "VitokCodec":
         """Load the model and its tables now (errors surface before any video is read)."""
@@ -358,7 +359,7 @@ class VitokCodec(Codec):
         return best
 
     def _units_to_bytes(self, chunks: Iterable[np.ndarray], step: float, target_bytes: int,
-                        overhead: Callable[[int], int]) -> Iterator[ChunkCode]:
+                        header_bytes: int) -> Iterator[ChunkCode]:
         """Token counts for every unit of every chunk so the file fits ``target_bytes`` with the least total
         distortion (allocation on the entropy model's estimates, tightened until the real payloads fit). Each
         chunk's latents and payloads wait in a spill file, so memory does not grow with the video."""
@@ -369,10 +370,11 @@ class VitokCodec(Codec):
             for chunk in chunks:
                 costs, z = self._unit_costs(chunk, step)
                 evaluated.append((chunk.shape[0], costs, spill.put_array(z.cpu().numpy())))
-            budget = target_bytes - overhead(len(evaluated))
+            budget = target_bytes - header_bytes   # for the chunks, framed
             options = [opt for _, costs, _ in evaluated for opt in costs.options()]
-            # room for headers with a count per unit (distinct counts, so header_size gives that form)
-            target = budget - sum(header_size(range(1, len(costs.bits) + 1)) for _, costs, _ in evaluated)
+            # room for framing and for chunk headers with a count per unit (distinct counts: header_size's longest)
+            target = budget - sum(framing_bytes(max(budget, 0)) + header_size(range(1, len(costs.bits) + 1))
+                                  for _, costs, _ in evaluated)
             floor = cheapest_bytes(options)
             target = max(target, floor)   # below the estimates' floor, the fewest tokens are coded to tell
             for attempt in range(8):
@@ -383,7 +385,7 @@ class VitokCodec(Codec):
                     code = self._code_units(z, costs.tokens(pick[at:at + units]), step, frames)
                     coded.append((spill.put(code.payload), replace(code, q=None, payload=b"")))
                     at += units
-                real = sum(item.nbytes for item, _ in coded)
+                real = sum(item.nbytes + framing_bytes(item.nbytes) for item, _ in coded)
                 if real <= budget:
                     for item, code in coded:
                         yield replace(code, payload=spill.get(item))
@@ -398,8 +400,10 @@ class VitokCodec(Codec):
                          f"{real + target_bytes - budget}")
 
     def _code_chunks(self, chunks: Iterable[np.ndarray], step: float | None, tokens: int | None,
-                     target_bytes: int | None, psnr: float | None, overhead: Callable[[int], int],
+                     target_bytes: int | None, psnr: float | None, header_bytes: int,
                      adapt_units: bool = True) -> Iterator[ChunkCode]:
+        """Each chunk's code for the knob given; with ``target_bytes``, the file's ``header_bytes`` and every
+        chunk's framing fit in it too."""
         if sum(x is not None for x in (tokens, target_bytes, psnr)) > 1:
             raise CodecError("give at most one of tokens, bytes, psnr")
         if psnr is None and target_bytes is None:
@@ -418,7 +422,7 @@ class VitokCodec(Codec):
                 for chunk in chunks:
                     yield self._units_to_psnr(chunk, unit_step, psnr)
             else:
-                yield from self._units_to_bytes(chunks, unit_step, target_bytes, overhead)
+                yield from self._units_to_bytes(chunks, unit_step, target_bytes, header_bytes)
             return
         if psnr is not None:
             for chunk in chunks:
@@ -435,10 +439,9 @@ class VitokCodec(Codec):
             options, codes_all = [], []
             for chunk in chunks:
                 pairs = [self._evaluate(chunk, *g) for g in grid]
-                options.append([Cost(cand.nbytes, cand.sse) for cand, _ in pairs])
+                options.append([Cost(cand.nbytes + framing_bytes(cand.nbytes), cand.sse) for cand, _ in pairs])
                 codes_all.append([(spill.put(code.payload), replace(code, q=None, payload=b"")) for _, code in pairs])
-            reserved = overhead(len(options))
-            pick = allocate_bytes(options, target_bytes - reserved, reserved=reserved)
+            pick = allocate_bytes(options, target_bytes - header_bytes, reserved=header_bytes)
             for codes, i in zip(codes_all, pick):
                 item, code = codes[i]
                 yield replace(code, payload=spill.get(item))
@@ -498,8 +501,7 @@ class VitokCodec(Codec):
                     raise CodecError(f"frame size changed mid-video: {chunk.shape[2]}x{chunk.shape[1]} after {w}x{h}")
                 yield chunk
 
-        for code in self._code_chunks(frames_checked(), step, tokens, bytes, psnr, lambda n: head_len + 12 * n,
-                                      adapt_units):
+        for code in self._code_chunks(frames_checked(), step, tokens, bytes, psnr, head_len, adapt_units):
             writer.write_chunk(code.payload, code.frames)
             stats.tokens.append(code.tokens)
             stats.steps.append(code.step)

@@ -93,7 +93,7 @@ def allocate_bytes(options: Sequence[Sequence[Option]], budget: float, reserved:
     floor = cheapest_bytes(options)
     if floor > budget:
         raise CodecError(f"byte budget too small: {budget + reserved:.0f} bytes; the cheapest setting takes about "
-                         f"{floor + reserved:.0f} ({reserved:.0f} of them headers)")
+                         f"{floor + reserved:.0f} ({reserved:.0f} of them the file header)")
 
     def choose(lam: float) -> list[int]:
         return [min(range(len(o)), key=lambda i: (o[i].sse + lam * o[i].nbytes, o[i].nbytes)) for o in options]

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from vitok.cli.main import cli, main
+from vitok.codecs.container import read_vtok
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +168,11 @@ def test_info_vtok_and_video(encoded, video):
     d = _run("info", str(encoded))
     assert d["frames"] == 20 and d["chunks"] == 3 and [c["tokens"] for c in d["chunk_list"]] == [8, 8, 8]
     assert d["file_bytes"] == encoded.stat().st_size and d["meta"]["model"] == "vit1d-tiny"
+    header, chunks = read_vtok(encoded)
+    assert d["format_version"] == 2 and d["header_bytes"] == len(header.pack()) == chunks[0][0].offset
     r = CliRunner().invoke(cli, ["info", str(encoded)])
     assert r.exit_code == 0 and "chunk" in r.stdout and "bpp" in r.stdout
+    assert f"header {d['header_bytes']} bytes, payload {d['payload_bytes']} bytes" in r.stdout
     v = _run("info", str(video))
     assert (v["width"], v["height"], v["codec"]) == (64, 48, "ffv1")
 

@@ -1,26 +1,53 @@
-"""The .vtok container: streaming writer, strict reader, every bad-input case as a one-line BitstreamError."""
+"""The .vtok container: streaming writer, strict reader, every bad-input case as a one-line BitstreamError; version 2
+written and read, version 1 still read."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import random
 import struct
 import zlib
 from fractions import Fraction
 
+import numpy as np
 import pytest
 
-from vitok.codecs import BitstreamError
-from vitok.codecs.container import (MAX_CHUNK_BYTES, VtokHeader, VtokReader, VtokWriter, read_vtok, write_vtok)
+from vitok.codecs import BitstreamError, fuzz
+from vitok.codecs.container import (MAX_CHUNK_BYTES, MAX_HEADER_BYTES, MAX_META_BYTES, VtokHeader, VtokReader,
+                                    VtokWriter, _pack_meta, read_vtok, uvarint, write_vtok)
+from vitok.codecs.fuzz import _numbers, _raw_header
+
+VITOK_META = {"codec": "vitok", "model": "vitok-1d", "weights": "0123456789abcdef", "kind": "vit1d", "channels": 16,
+              "tables": "fedcba9876543210", "step": 0.5}
+JSON_BIT = 1 << 10   # the key set's bit for the JSON object (FORMAT.md)
 
 
-def _header(**kw) -> VtokHeader:
+def _header(meta: dict | None = None, **kw) -> VtokHeader:
     return VtokHeader(width=kw.get("width", 64), height=kw.get("height", 48), fps=Fraction(30000, 1001),
-                      chunk_frames=kw.get("chunk_frames", 8), meta={"codec": "test", "model": "m"})
+                      chunk_frames=kw.get("chunk_frames", 8), meta={"codec": "test", "model": "m"} if meta is None
+                      else meta)
+
+
+CHUNKS = [(b"a" * 10, 8), (b"bb" * 7, 8), (b"c", 4)]
 
 
 @pytest.fixture
 def good() -> bytes:
-    return write_vtok(_header(), [(b"a" * 10, 8), (b"bb" * 7, 8), (b"c", 4)])
+    return write_vtok(_header(), CHUNKS)
+
+
+def _v1(header: VtokHeader, chunks: list[tuple[bytes, int]]) -> bytes:
+    """A version 1 file written from FORMAT.md's version 1 layout (40 fixed bytes, JSON, CRC; 12-byte framing)."""
+    meta = json.dumps(header.meta, sort_keys=True, separators=(",", ":")).encode()
+    frames = sum(n for _, n in chunks)
+    head = struct.pack("<4sHHIIIIIIII", b"VTOK", 1, 0, header.width, header.height, frames, header.fps.numerator,
+                       header.fps.denominator, header.chunk_frames, len(chunks), len(meta)) + meta
+    out = head + struct.pack("<I", zlib.crc32(head))
+    for payload, n in chunks:
+        framing = struct.pack("<II", len(payload), n)
+        out += framing + struct.pack("<I", zlib.crc32(payload, zlib.crc32(framing))) + payload
+    return out
 
 
 def _fail(data: bytes, match: str) -> str:
@@ -30,21 +57,43 @@ def _fail(data: bytes, match: str) -> str:
     return str(e.value)
 
 
-def _patch_header(data: bytes, offset: int, fmt: str, value: int) -> bytes:
-    """Set one fixed header field and recompute the header CRC (at the original metadata length)."""
-    b = bytearray(data)
-    end = 40 + struct.unpack_from("<I", b, 36)[0]
-    struct.pack_into(fmt, b, offset, value)
-    struct.pack_into("<I", b, end, zlib.crc32(bytes(b[:end])))
-    return bytes(b)
+def _rebuilt(data: bytes, meta_fields: bytes | None = None, length: int | None = None, **numbers: int) -> bytes:
+    """The file with its version 2 header rebuilt from other numbers or metadata bytes, with a valid CRC."""
+    header, chunks = read_vtok(data)
+    fields = _pack_meta(header.meta)[0] if meta_fields is None else meta_fields
+    return _raw_header({**_numbers(header), **numbers}, fields, length) + data[chunks[0][0].offset:]
 
 
 def test_round_trip(good):
     header, chunks = read_vtok(good)
-    assert (header.width, header.height, header.frames, header.num_chunks) == (64, 48, 20, 3)
+    assert (header.width, header.height, header.frames, header.num_chunks, header.version) == (64, 48, 20, 3, 2)
     assert header.fps == Fraction(30000, 1001) and header.meta == {"codec": "test", "model": "m"}
     assert [p for _, p in chunks] == [b"a" * 10, b"bb" * 7, b"c"]
     assert [i.frames for i, _ in chunks] == [8, 8, 4]
+
+
+def test_header_and_framing_are_compact():
+    """A vitok header packs its metadata into binary fields: 57 bytes where version 1's JSON took 177; a chunk's
+    framing is its length as a varint and a CRC32 (5 bytes for a payload under 128 bytes, 12 in version 1)."""
+    header = _header(dict(VITOK_META), width=128, height=128, chunk_frames=20)
+    data = write_vtok(header, [(b"y" * 300, 20), (b"x" * 100, 17)])
+    assert len(header.pack()) == 57 and len(_v1(header, [])) == 177
+    assert len(data) == 57 + (2 + 4 + 300) + (1 + 4 + 100)
+    assert read_vtok(data)[0].meta == VITOK_META
+
+
+@pytest.mark.parametrize("changes", [
+    {"step": None}, {"sar": [128, 117]}, {"tiling": {"fit": True, "overlap": 0.25, "tile": 256}},
+    {"tiling": {"fit": False, "overlap": 0.0, "tile": None}},
+    # values the binary fields cannot hold exactly go to the JSON object, as they are
+    {"step": 0.1}, {"channels": -1}, {"channels": True}, {"weights": "0123456789ABCDEF"}, {"tables": "abc"},
+    {"kind": "other"}, {"codec": "h264"}, {"model": "x" * 300}, {"model": ""},
+    {"tiling": {"fit": True, "overlap": 0, "tile": 64}}, {"tiling": {"fit": 1, "overlap": 0.5, "tile": 64}},
+    {"extra": {"a": [1, 2]}, "note": "é"}, {"model": "ünï"}])
+def test_metadata_round_trips_exactly(changes):
+    meta = {**VITOK_META, **changes}
+    read = read_vtok(write_vtok(_header(meta), [(b"x", 8)]))[0].meta
+    assert read == meta and [type(read[k]) for k in meta] == [type(v) for v in meta.values()]
 
 
 def test_streaming_writer_patches_counts(tmp_path):
@@ -78,47 +127,48 @@ def test_wrong_magic(good):
 
 
 def test_unknown_version(good):
-    _fail(_patch_header(good, 4, "<H", 2), "unsupported .vtok version 2")
+    _fail(good[:4] + struct.pack("<H", 3) + good[6:], r"unsupported .vtok version 3 \(this reader knows 1 and 2\)")
 
 
-def test_truncation_everywhere(good):
-    for n in (5, 20, 40, 50, len(good) - 30, len(good) - 1):
-        _fail(good[:n], "truncated|CRC|not a .vtok")
+@pytest.mark.parametrize("version", [1, 2])
+def test_truncation_everywhere(good, version):
+    data = good if version == 2 else _v1(_header(), CHUNKS)
+    for n in range(len(data)):
+        _fail(data[:n], "truncated|CRC|not a .vtok")
 
 
 def test_flipped_bit_names_the_chunk(good):
     b = bytearray(good)
-    b[-3] ^= 0x10  # the last chunk (payload b"c") ends with its CRC field
+    b[-1] ^= 0x10  # the last chunk's payload b"c"
     _fail(bytes(b), "chunk 2: CRC mismatch")
     _, chunks = read_vtok(good)
     b = bytearray(good)
-    b[chunks[1][0].offset + 12 + 3] ^= 1
+    b[chunks[1][0].start + 3] ^= 1
     _fail(bytes(b), "chunk 1: CRC mismatch")
 
 
-def test_header_crc(good):
-    b = bytearray(good)
-    b[45] ^= 1  # inside the JSON metadata
-    _fail(bytes(b), "header CRC mismatch")
+def test_every_header_byte_is_guarded(good):
+    """A changed byte anywhere in the header is refused: magic, version, or the CRC over the rest."""
+    end = read_vtok(good)[1][0][0].offset
+    for i in range(end):
+        b = bytearray(good)
+        b[i] ^= 0x41
+        _fail(bytes(b), "not a .vtok|unsupported .vtok version|header CRC mismatch|truncated|over the")
 
 
-@pytest.mark.parametrize("offset,value,match", [
-    (8, 100_000, "frame size"), (12, 0, "frame size"), (28, 0, "chunk length"), (28, 5000, "chunk length"),
-    (16, 1 << 30, "over the limits"), (32, 1 << 30, "over the limits"), (36, 1 << 30, "metadata"),
-    (20, 0, "frame rate"), (24, 0, "frame rate"), (8, 16384, "pixel limit")])
-def test_sizes_over_limits_rejected_before_allocating(good, offset, value, match):
-    if offset == 8 and value == 16384:
-        good = _patch_header(good, 12, "<I", 16384)
-    _fail(_patch_header(good, offset, "<I", value), match)
+@pytest.mark.parametrize("numbers,match", [
+    ({"width": 100_000}, "frame size"), ({"height": 0}, "frame size"), ({"chunk_frames": 0}, "chunk length"),
+    ({"chunk_frames": 5000}, "chunk length"), ({"frames": 1 << 30}, "over the limits"),
+    ({"fps_num": 0}, "frame rate"), ({"fps_den": 0}, "frame rate"),
+    ({"width": 16384, "height": 16384}, "pixel limit"), ({"frames": 1000}, "truncated"),
+    ({"frames": 0}, "zero frames")])
+def test_sizes_over_limits_rejected_before_allocating(good, numbers, match):
+    _fail(_rebuilt(good, **numbers), match)
 
 
-def test_zero_chunks_and_count_mismatch(good):
-    _fail(_patch_header(_patch_header(good, 32, "<I", 0), 16, "<I", 0), "zero frames")
-    _fail(_patch_header(good, 16, "<I", 0), "zero frames")  # chunks left at 1: the frame count is what is wrong
-    _fail(_patch_header(good, 32, "<I", 0), "zero chunks")
-    _fail(_patch_header(good, 32, "<I", 2), "header says 2 chunks")
-    _fail(_patch_header(_patch_header(good, 16, "<I", 17), 32, "<I", 3), "chunk 2: 4 frames, the header implies 1")
-    _fail(_patch_header(_patch_header(good, 16, "<I", 1000), 32, "<I", 125), "truncated")
+def test_header_length_over_the_limit(good):
+    _fail(_rebuilt(good, length=MAX_HEADER_BYTES + 1), "header of .* bytes over the")
+    _fail(_rebuilt(good, length=1 << 31), "header of .* bytes over the")
 
 
 def test_trailing_garbage(good):
@@ -126,24 +176,90 @@ def test_trailing_garbage(good):
 
 
 def test_chunk_length_beyond_file(good):
-    b = bytearray(good)
     _, chunks = read_vtok(good)
-    struct.pack_into("<I", b, chunks[0][0].offset, 1 << 25)
-    _fail(bytes(b), "truncated: chunk 0 needs 33554432 bytes")
-    struct.pack_into("<I", b, chunks[0][0].offset, MAX_CHUNK_BYTES + 1)
-    _fail(bytes(b), "over the")
+    at, start = chunks[0][0].offset, chunks[0][0].start
+
+    def with_length(raw: bytes) -> bytes:
+        return good[:at] + raw + good[start - 4:]
+
+    _fail(with_length(uvarint(1 << 25)), "truncated: chunk 0 needs 33554432 bytes")
+    _fail(with_length(uvarint(MAX_CHUNK_BYTES + 1)), "over the")
+    _fail(with_length(b"\xff" * 5 + b"\x01"), "not a varint under 2")
 
 
-def test_bad_json_meta():
-    """Metadata that is not JSON, or JSON nested past Python's recursion limit, is one error naming it."""
-    h = _header()
-    h.meta["pad"] = "x" * 60000
-    for bad in (b"[", b"[" * 60000, b'{"x": ' + b"[" * 40 + b"]" * 40 + b"}"):   # the last parses, 41 deep
-        data = bytearray(write_vtok(h, [(b"x", 8)]))
-        meta_len = struct.unpack_from("<I", data, 36)[0]
-        data[40:40 + meta_len] = bad + b" " * (meta_len - len(bad))
-        struct.pack_into("<I", data, 40 + meta_len, zlib.crc32(bytes(data[:40 + meta_len])))
-        _fail(bytes(data), "bad header metadata")
+def test_bad_json_meta(good):
+    """Metadata that is not JSON, not an object, or JSON nested past Python's recursion limit or the depth limit is
+    one error naming it."""
+    for bad in (b"[", b"[1]", b"[" * 60000, b'{"x": ' + b"[" * 40 + b"]" * 40 + b"}", b"\xff"):
+        _fail(_rebuilt(good, uvarint(JSON_BIT) + uvarint(len(bad)) + bad), "bad header metadata")
+    _fail(_rebuilt(good, uvarint(JSON_BIT) + uvarint(MAX_META_BYTES + 1)), "header metadata of .* over the")
+
+
+@pytest.mark.parametrize("fields,match", [
+    (uvarint(1 << 11), "unknown metadata fields"),
+    (uvarint(1 << 3) + b"\x07", "unknown model kind 7"),
+    (uvarint(1 << 1) + b"\x02\xff\xfe", "model name is not UTF-8"),
+    (uvarint(1 << 1) + b"\x00", "model name of 0 bytes"),
+    (uvarint(0b11 << 6) + struct.pack("<f", 0.5), "step given twice"),
+    (uvarint(1 << 4 | JSON_BIT) + b"\x10" + uvarint(14) + b'{"channels":1}', "channels given twice"),
+    (uvarint(1 << 4) + b"\x10\x00", "1 bytes after its fields"),
+    (uvarint(1 << 4) + b"\x80", "truncated: channels"),
+    (uvarint(1 << 5) + b"\x00" * 7, "truncated: tables")])
+def test_bad_binary_metadata(good, fields, match):
+    _fail(_rebuilt(good, fields), match)
+
+
+def test_version_1_still_reads():
+    """Files written before version 2 read as they did: the same header, metadata and chunks."""
+    header, chunks = read_vtok(_v1(_header(dict(VITOK_META)), CHUNKS))
+    assert header.version == 1 and header.meta == VITOK_META
+    assert (header.width, header.height, header.fps, header.frames, header.num_chunks) == \
+        (64, 48, Fraction(30000, 1001), 20, 3)
+    assert [(p, i.frames) for i, p in chunks] == CHUNKS
+
+
+def test_version_1_streams_decode_as_they_did(codec1d, stream1d, tmp_path):
+    """A real stream rewritten in version 1 decodes to the same frames; `vitok info` names its version; damage to
+    it is refused as a BitstreamError like a version 2 stream's."""
+    from vitok.codecs.files import describe_vtok
+
+    header, chunks = read_vtok(stream1d)
+    old = _v1(header, [(p, i.frames) for i, p in chunks])
+    assert len(old) == len(stream1d) + 142   # what version 2 saves on this stream (3 chunks)
+    assert read_vtok(old)[0].meta == header.meta
+    assert np.array_equal(codec1d.decode(old)[0], codec1d.decode(stream1d)[0])
+    (tmp_path / "old.vtok").write_bytes(old)
+    assert describe_vtok(tmp_path / "old.vtok")["format_version"] == 1
+    rng = random.Random(0)
+    for _ in range(200):
+        mutant = rng.choice([fuzz.m_bitflip, fuzz.m_truncate, fuzz.m_insert, fuzz.m_delete])(old, None, rng)
+        assert fuzz.check(mutant, codec1d, max_seconds=2.0) in ("ok", "rejected")
+
+
+def _v1_patched(offset: int, value: int) -> bytes:
+    b = bytearray(_v1(_header(), CHUNKS))
+    end = 40 + struct.unpack_from("<I", b, 36)[0]
+    struct.pack_into("<H" if offset < 8 else "<I", b, offset, value)
+    struct.pack_into("<I", b, end, zlib.crc32(bytes(b[:end])))
+    return bytes(b)
+
+
+@pytest.mark.parametrize("offset,value,match", [
+    (6, 1, "unknown header flags"), (8, 100_000, "frame size"), (28, 0, "chunk length"), (20, 0, "frame rate"),
+    (36, 1 << 30, "metadata"), (32, 0, "zero chunks"), (16, 0, "zero frames"), (32, 2, "header says 2 chunks"),
+    (16, 17, "chunk 2: 4 frames, the header implies 1")])
+def test_version_1_rules(offset, value, match):
+    _fail(_v1_patched(offset, value), match)
+
+
+def test_version_1_metadata_and_chunk_crcs():
+    data = _v1(_header(), CHUNKS)
+    b = bytearray(data)
+    b[45] ^= 1  # inside the JSON metadata
+    _fail(bytes(b), "header CRC mismatch")
+    b = bytearray(data)
+    b[-1] ^= 1
+    _fail(bytes(b), "chunk 2: CRC mismatch")
 
 
 def test_missing_file(tmp_path):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import struct
+import zlib
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from safetensors import safe_open
 
 import vitok
 from vitok.codecs import VitokCodec
+from vitok.codecs.container import VtokHeader, read_vtok, write_vtok
 from vitok.registry import PRETRAINED_DIR
 
 BUNDLED = ["vitok-grid", "vitok-cnn", "vitok-1d"]
@@ -84,3 +88,100 @@ def test_table_id_follows_the_spec(name):
             value = f.get_tensor(key)
             h.update(np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes())
     assert h.hexdigest()[:16] == meta["table_id"] == VitokCodec(name).tables.table_id
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """FORMAT.md: unsigned LEB128, low bits first, at most 5 bytes."""
+    value = shift = 0
+    for i in range(5):
+        byte = data[at + i]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, at + i + 1
+    raise ValueError("varint over 5 bytes")
+
+
+def _spec_file(data: bytes) -> tuple[dict, list[bytes]]:
+    """FORMAT.md 'Header', metadata table and 'Chunks', read from the text alone: the header's values and the
+    chunk payloads."""
+    magic, version, frames = struct.unpack_from("<4sHI", data)
+    assert (magic, version) == (b"VTOK", 2)
+    length, at = _varint(data, 10)
+    end = at + length
+    assert struct.unpack_from("<I", data, end)[0] == zlib.crc32(data[:end])
+    out = {"frames": frames}
+    for key in ("width", "height", "fps_num", "fps_den", "chunk_frames", "keys"):
+        out[key], at = _varint(data, at)
+    meta: dict = {}
+    for bit in range(11):
+        if not out["keys"] >> bit & 1:
+            continue
+        if bit == 0:
+            meta["codec"] = "vitok"
+        elif bit == 1:
+            n, at = _varint(data, at)
+            meta["model"], at = data[at:at + n].decode(), at + n
+        elif bit in (2, 5):
+            meta["weights" if bit == 2 else "tables"], at = data[at:at + 8].hex(), at + 8
+        elif bit == 3:
+            meta["kind"], at = ["vit", "vit1d", "cnn"][data[at]], at + 1
+        elif bit == 4:
+            meta["channels"], at = _varint(data, at)
+        elif bit == 6:
+            meta["step"], at = struct.unpack_from("<f", data, at)[0], at + 4
+        elif bit == 7:
+            meta["step"] = None
+        elif bit == 8:
+            num, at = _varint(data, at)
+            den, at = _varint(data, at)
+            meta["sar"] = [num, den]
+        elif bit == 9:
+            fit, overlap = data[at], struct.unpack_from("<d", data, at + 1)[0]
+            tile, at = _varint(data, at + 9)
+            meta["tiling"] = {"fit": bool(fit), "overlap": overlap, "tile": tile or None}
+        else:
+            n, at = _varint(data, at)
+            meta.update(json.loads(data[at:at + n]))
+            at += n
+    assert at == end
+    out["meta"] = meta
+    at, chunks = end + 4, []
+    for _ in range(-(-frames // out["chunk_frames"])):
+        n, start = _varint(data, at)
+        crc = struct.unpack_from("<I", data, start)[0]
+        payload = data[start + 4:start + 4 + n]
+        assert crc == zlib.crc32(payload, zlib.crc32(data[at:start]))
+        chunks.append(payload)
+        at = start + 4 + n
+    assert at == len(data)
+    return out, chunks
+
+
+def _values(header: VtokHeader) -> dict:
+    return {"frames": header.frames, "width": header.width, "height": header.height,
+            "fps_num": header.fps.numerator, "fps_den": header.fps.denominator, "chunk_frames": header.chunk_frames,
+            "meta": header.meta}
+
+
+def test_a_bundled_models_stream_reads_by_the_spec():
+    """carphone at its own 176x144, 30000/1001 fps and 128:117 pixels, in 2x2 tiles of the 1D model: every
+    metadata field but the JSON object and a null step."""
+    from vitok.data.io import read_video
+    from vitok.data.samples import sample_path
+
+    frames, info = read_video(sample_path("carphone"), num_frames=3)
+    data = VitokCodec("vitok-1d").encode(frames, info.fps, tokens=8, sample_aspect_ratio=info.sample_aspect_ratio)
+    spec, payloads = _spec_file(data)
+    header, chunks = read_vtok(data)
+    assert spec.pop("keys") == 0b1101111111 and spec == _values(header)
+    assert set(header.meta) == {"codec", "model", "weights", "kind", "channels", "tables", "step", "sar", "tiling"}
+    assert payloads == [p for _, p in chunks]
+
+
+def test_null_step_and_json_keys_read_by_the_spec():
+    meta = {"codec": "vitok", "model": "m", "step": None, "note": [1, {"a": "b"}], "channels": -3}
+    data = write_vtok(VtokHeader(300, 200, Fraction(24000, 1001), 16, meta=meta), [(b"x" * 200, 16), (b"y", 4)])
+    spec, payloads = _spec_file(data)
+    assert spec.pop("keys") == 1 << 10 | 1 << 7 | 0b11 and spec == _values(read_vtok(data)[0])
+    assert spec["meta"] == meta and payloads == [b"x" * 200, b"y"]
