@@ -48,6 +48,8 @@ MAX_HEADER_BYTES = 1024 + MAX_META_BYTES  # version 2: every field at its longes
 
 def uvarint(n: int) -> bytes:
     """Unsigned LEB128: seven bits a byte, low bits first, the top bit set on every byte but the last."""
+    if n < 0:
+        raise ValueError(f"a varint cannot hold {n}")
     out = bytearray()
     while True:
         n, low = n >> 7, n & 0x7F
@@ -88,15 +90,16 @@ class _Cursor:
         return self.data[self.at - n:self.at]
 
     def uvarint(self, what: str) -> int:
+        """A varint in its shortest form (a last byte of 0 after the first is refused: one value, one encoding)."""
         value = 0
         for i in range(MAX_VARINT_BYTES):
             (byte,) = self.take(1, what)
             value |= (byte & 0x7F) << (7 * i)
             if not byte & 0x80:
-                if value >= 1 << 32:
+                if value >= 1 << 32 or (byte == 0 and i > 0):
                     break
                 return value
-        raise self.fail(f"bad header: {what} is not a varint under 2^32")
+        raise self.fail(f"{what} is not a shortest varint under 2^32")
 
 
 # Version 2's binary metadata: the keys vitok writes, each with a bit in the header's key set, a test for values
@@ -148,6 +151,8 @@ def _read_kind(c: _Cursor) -> str:
 
 def _read_tiling(c: _Cursor) -> dict[str, Any]:
     (fit,) = c.take(1, "tiling")
+    if fit > 1:
+        raise c.fail(f"bad header: tiling fit {fit} (0 or 1)")
     (overlap,) = _F64.unpack(c.take(8, "tiling"))
     tile = c.uvarint("tiling")
     return {"fit": bool(fit), "overlap": overlap, "tile": tile or None}
@@ -177,17 +182,32 @@ def _pack_meta(meta: dict[str, Any]) -> tuple[bytes, bytes]:
         if key in rest and fits(rest[key]):
             bits |= 1 << bit
             body += write(rest.pop(key))
-    extra = json.dumps(rest, sort_keys=True, separators=(",", ":")).encode() if rest else b""
+    try:
+        extra = json.dumps(rest, sort_keys=True, separators=(",", ":"), allow_nan=False).encode() if rest else b""
+    except ValueError as e:   # NaN or infinity: not JSON
+        raise BitstreamError(f"header metadata is not JSON: {e}") from None
     if extra:
         bits |= 1 << _JSON_BIT
         body += uvarint(len(extra)) + extra
     return uvarint(bits) + body, extra
 
 
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        raise ValueError("a key is given twice")
+    return out
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _parse_json(data: bytes, fail: Callable[[str], BitstreamError]) -> dict[str, Any]:
-    """A header's JSON object, refused as one error when it is not JSON, not an object or nested too deeply."""
+    """A header's JSON object (RFC 8259: no NaN or Infinity, no key twice), refused as one error when it is not
+    JSON, not an object or nested too deeply."""
     try:
-        value = json.loads(data.decode())
+        value = json.loads(data.decode(), object_pairs_hook=_unique, parse_constant=_not_json)
         if not isinstance(value, dict):
             raise ValueError("not an object")
     except (UnicodeDecodeError, ValueError) as e:
@@ -263,7 +283,7 @@ class VtokHeader:
             raise BitstreamError(f"header metadata of {meta_len} bytes over the {MAX_META_BYTES} limit")
 
     def expected_chunks(self) -> int:
-        return -(-self.frames // self.chunk_frames)
+        return -(-self.frames // self.chunk_frames) if self.chunk_frames > 0 else 0
 
     @property
     def sample_aspect_ratio(self) -> Fraction:
@@ -299,9 +319,13 @@ class VtokWriter:
                                  dict(header.meta))
         self._last_short = False
         self._start = fileobj.tell()
-        self._head = self.header.pack()
+        self._head = bytearray(self.header.pack())
         fileobj.write(self._head)
         self.payload_bytes = 0
+
+    @property
+    def header_bytes(self) -> int:
+        return len(self._head)
 
     def write_chunk(self, payload: bytes, frames: int) -> None:
         """Append one chunk of ``frames`` frames; only the last chunk may be shorter than ``chunk_frames``."""
@@ -322,8 +346,9 @@ class VtokWriter:
         if self.header.num_chunks == 0:
             raise BitstreamError("no chunks written: empty input video")
         end = self.f.tell()
-        head = self.header.pack()
-        assert len(head) == len(self._head)   # only the fixed-width frame count changed
+        head = self._head   # the header as written, its frame count (fixed width) and CRC patched
+        struct.pack_into("<I", head, _START.size - 4, self.header.frames)
+        struct.pack_into("<I", head, len(head) - 4, zlib.crc32(head[:-4]))
         self.f.seek(self._start)
         self.f.write(head)
         self.f.seek(end)
@@ -444,9 +469,8 @@ class VtokReader:
         if num == 0 or den == 0:
             raise self._fail(f"bad frame rate {num}/{den}")
         header = VtokHeader(w, h, Fraction(num, den), chunk_frames, frames, version=2)
+        header.num_chunks = header.expected_chunks()
         try:
-            header.check()
-            header.num_chunks = header.expected_chunks()
             header.check()
         except BitstreamError as e:
             raise self._fail(str(e)) from None
@@ -506,6 +530,10 @@ class VtokReader:
     @property
     def file_bytes(self) -> int:
         return self._size
+
+    @property
+    def header_bytes(self) -> int:
+        return self._body
 
     def close(self) -> None:
         if self._own:

@@ -139,9 +139,8 @@ def describe_vtok(path: str | os.PathLike) -> dict[str, Any]:
     """Header, per-chunk tokens/steps/bytes and rates of a ``.vtok``, without loading the model (all checked)."""
     with VtokReader(path) as r:
         h = r.header
-        chunks, header_bytes = [], None
+        chunks = []
         for info, payload in r.chunks():
-            header_bytes = info.offset if header_bytes is None else header_bytes
             try:
                 table, step, tokens, data = parse_chunk(payload)
             except BitstreamError as e:
@@ -149,7 +148,7 @@ def describe_vtok(path: str | os.PathLike) -> dict[str, Any]:
             chunks.append({"index": info.index, "frames": info.frames, "bytes": info.nbytes,
                            "tokens": list(tokens) if isinstance(tokens, tuple) else tokens or None,
                            "step": round(step, 6), "table": table})
-        size = r.file_bytes
+        size, header_bytes = r.file_bytes, r.header_bytes
     pixels = h.frames * h.width * h.height
     seconds = h.frames / float(h.fps)
     return {"file": str(path), "format_version": h.version, "file_bytes": size, "width": h.width, "height": h.height,

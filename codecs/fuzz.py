@@ -10,7 +10,6 @@ cap is a failure.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import struct
 import sys

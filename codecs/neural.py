@@ -490,7 +490,6 @@ class VitokCodec(Codec):
         asked = DEFAULT_STEP if step is None and bytes is None and psnr is None else step
         header = VtokHeader(w, h, fps, self.tok.clip_frames, meta=self.header_meta(asked, w, h, sample_aspect_ratio))
         header.check()
-        head_len = len(header.pack())
         writer = VtokWriter(out, header)
         stats = EncodeStats(width=w, height=h, fps=fps)
 
@@ -501,7 +500,8 @@ class VitokCodec(Codec):
                     raise CodecError(f"frame size changed mid-video: {chunk.shape[2]}x{chunk.shape[1]} after {w}x{h}")
                 yield chunk
 
-        for code in self._code_chunks(frames_checked(), step, tokens, bytes, psnr, head_len, adapt_units):
+        for code in self._code_chunks(frames_checked(), step, tokens, bytes, psnr, writer.header_bytes,
+                                      adapt_units):
             writer.write_chunk(code.payload, code.frames)
             stats.tokens.append(code.tokens)
             stats.steps.append(code.step)

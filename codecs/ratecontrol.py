@@ -85,7 +85,7 @@ def cheapest_bytes(options: Sequence[Sequence[Option]]) -> float:
 
 
 def allocate_bytes(options: Sequence[Sequence[Option]], budget: float, reserved: float = 0) -> list[int]:
-    """Per chunk the index of the candidate to use so that the payloads fit ``budget`` bytes with the least total
+    """Per chunk the index of the candidate to use so that their bytes fit ``budget`` with the least total
     distortion (Lagrangian bisection on lambda, then a greedy pass that spends what is left). ``reserved``: the
     bytes the caller took off the user's budget for headers, so a budget too small is told in the user's terms."""
     if not options or any(not o for o in options):

@@ -109,6 +109,26 @@ def test_streaming_writer_patches_counts(tmp_path):
         assert len(list(r.chunks())) == 6
 
 
+def test_writer_patches_the_header_it_wrote(tmp_path):
+    """close() patches the frame count into the bytes it wrote first: metadata the caller changes meanwhile (a
+    nested value) cannot change the header's length over the first chunk."""
+    note = {"src": "a"}
+    buf = io.BytesIO()
+    w = VtokWriter(buf, _header({"codec": "vitok", "note": note}))
+    w.write_chunk(b"xyz", 8)
+    note["src"] = "a much longer source name"
+    w.close()
+    header, chunks = read_vtok(buf.getvalue())
+    assert header.meta["note"] == {"src": "a"} and header.frames == 8 and chunks[0][1] == b"xyz"
+
+
+def test_metadata_that_is_not_json_or_a_negative_varint_is_refused():
+    with pytest.raises(BitstreamError, match="header metadata is not JSON"):
+        _header({"codec": "vitok", "x": float("nan")}).pack()
+    with pytest.raises(ValueError, match="cannot hold -1"):
+        uvarint(-1)
+
+
 def test_writer_rules():
     w = VtokWriter(io.BytesIO(), _header())
     with pytest.raises(BitstreamError, match="no chunks"):
@@ -184,13 +204,15 @@ def test_chunk_length_beyond_file(good):
 
     _fail(with_length(uvarint(1 << 25)), "truncated: chunk 0 needs 33554432 bytes")
     _fail(with_length(uvarint(MAX_CHUNK_BYTES + 1)), "over the")
-    _fail(with_length(b"\xff" * 5 + b"\x01"), "not a varint under 2")
+    _fail(with_length(b"\xff" * 5 + b"\x01"), "chunk 0 header is not a shortest varint under 2")
+    _fail(with_length(b"\x8a\x00"), "not a shortest varint")   # 10 in two bytes: one value has one encoding
 
 
 def test_bad_json_meta(good):
     """Metadata that is not JSON, not an object, or JSON nested past Python's recursion limit or the depth limit is
     one error naming it."""
-    for bad in (b"[", b"[1]", b"[" * 60000, b'{"x": ' + b"[" * 40 + b"]" * 40 + b"}", b"\xff"):
+    for bad in (b"[", b"[1]", b"[" * 60000, b'{"x": ' + b"[" * 40 + b"]" * 40 + b"}", b"\xff", b'{"a":NaN}',
+                b'{"a":1,"a":2}'):
         _fail(_rebuilt(good, uvarint(JSON_BIT) + uvarint(len(bad)) + bad), "bad header metadata")
     _fail(_rebuilt(good, uvarint(JSON_BIT) + uvarint(MAX_META_BYTES + 1)), "header metadata of .* over the")
 
@@ -204,7 +226,9 @@ def test_bad_json_meta(good):
     (uvarint(1 << 4 | JSON_BIT) + b"\x10" + uvarint(14) + b'{"channels":1}', "channels given twice"),
     (uvarint(1 << 4) + b"\x10\x00", "1 bytes after its fields"),
     (uvarint(1 << 4) + b"\x80", "truncated: channels"),
-    (uvarint(1 << 5) + b"\x00" * 7, "truncated: tables")])
+    (uvarint(1 << 5) + b"\x00" * 7, "truncated: tables"),
+    (uvarint(1 << 9) + b"\x02" + struct.pack("<d", 0.25) + b"\x40", "tiling fit 2"),
+    (b"\x90\x00" + b"\x10", "key set is not a shortest varint")])
 def test_bad_binary_metadata(good, fields, match):
     _fail(_rebuilt(good, fields), match)
 
