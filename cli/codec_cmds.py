@@ -209,7 +209,8 @@ def info(file, as_json) -> None:
     v = probe_video(path)
     d = {"file": str(path), "width": v.width, "height": v.height, "fps": str(v.fps), "frames": v.num_frames,
          "duration": v.duration, "codec": v.codec, "pix_fmt": v.pix_fmt, "rotation": v.rotation,
-         "mirrored": v.mirrored, "is_image": v.is_image, "sample_aspect_ratio": str(v.sample_aspect_ratio),
+         "mirrored": v.mirrored, "hdr": v.hdr, "is_image": v.is_image,
+         "sample_aspect_ratio": str(v.sample_aspect_ratio),
          "file_bytes": path.stat().st_size if path.is_file() else None}   # a pipe has no size to tell
     if v.duration and d["file_bytes"] is not None:
         d["kbps"] = round(8 * d["file_bytes"] / v.duration / 1000, 3)
@@ -219,5 +220,5 @@ def info(file, as_json) -> None:
             f"{float(v.fps):.4g} fps, {'?' if v.num_frames is None else v.num_frames} frames, "
             f"{'?' if v.duration is None else f'{v.duration:.2f}'} s{size}"
             + (f", {d['kbps']:.1f} kbps" if "kbps" in d else "") + (f", rotation {v.rotation}" if v.rotation else "")
-            + (", mirrored" if v.mirrored else ""))
+            + (", mirrored" if v.mirrored else "") + (f", {v.hdr} HDR" if v.hdr else ""))
     emit(d, as_json, text)

@@ -10,7 +10,7 @@ from .errors import VideoReadError, VideoWriteError, VitokError
 
 _EXPORTS = {
     "io": ("VideoInfo", "probe_video", "read_video", "iter_video", "write_video", "read_frames_dir", "iter_frames_dir",
-           "frame_times", "FrameTimingWarning",
+           "frame_times", "FrameTimingWarning", "HDRWarning",
            "resize_frames", "center_crop_box", "CODECS", "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS"),
     "convert": ("frames_to_tensor", "tensor_to_frames"),
     "atomic": ("atomic_path", "atomic_dir", "write_bytes_atomic"),

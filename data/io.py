@@ -11,6 +11,9 @@ Reading always gives uint8 RGB ``(T,H,W,3)`` in display orientation:
   ``VideoInfo.fps`` is the stream's average rate and ``frame_times`` gives the real timestamps; a file whose frame
   times jump (frames lost to damage, or a varying rate), repeat or go back is named once per process with a
   ``FrameTimingWarning``;
+- HDR video (PQ or HLG transfer, ``VideoInfo.hdr``) is converted as if it were SDR, without tone mapping (this
+  FFmpeg has no zscale or libplacebo), so its colours look flat; such a file is named once per process with an
+  ``HDRWarning``;
 - still images (png/jpg/...) read as a 1-frame video (``is_image=True``, nominal fps from the demuxer).
 Written YUV is tagged as what the RGB->YUV conversion makes (BT.601, limited range; see ``tag_color``).
 Options apply in this order: ``start``/``stride``/``num_frames`` pick frames, ``crop`` cuts a region of the
@@ -65,6 +68,7 @@ class VideoInfo:
     is_image: bool
     sample_aspect_ratio: Fraction = Fraction(1)  # a pixel's shown width over its height (1: square pixels)
     mirrored: bool = False  # the coded picture is flipped left-right before the rotation (a mirroring matrix)
+    hdr: str | None = None  # the HDR transfer, "PQ" or "HLG"; None for SDR or untagged video
 
 
 def _reason(e: BaseException) -> str:
@@ -190,8 +194,16 @@ def _sample_aspect_ratio(stream: av.video.stream.VideoStream, rotation: int) -> 
     return 1 / Fraction(sar) if rotation % 180 else Fraction(sar)
 
 
+_HDR_TRANSFERS = {16: "PQ", 18: "HLG"}  # AVCOL_TRC_SMPTE2084 (SMPTE ST 2084) and AVCOL_TRC_ARIB_STD_B67
+
+
+def _hdr(frame: av.VideoFrame) -> str | None:
+    """The frame's HDR transfer, "PQ" or "HLG", or None (a decoded frame carries the stream's or container's tag)."""
+    return _HDR_TRANSFERS.get(frame.color_trc)
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Read the header and decode the first frame of ``path``: geometry, rate, length, codec, orientation."""
+    """Read the header and decode the first frame of ``path``: geometry, rate, length, codec, orientation, HDR."""
     container, stream = _open(path, threads=False)
     with container:
         try:
@@ -206,7 +218,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         duration = None if is_image else _duration(container, stream)
         num = 1 if is_image else (stream.frames or (round(duration * fps) if duration else None))
         return VideoInfo(Path(path), width, height, fps, num, duration, stream.codec_context.name,
-                         first.format.name, rot, is_image, _sample_aspect_ratio(stream, rot), mirrored)
+                         first.format.name, rot, is_image, _sample_aspect_ratio(stream, rot), mirrored, _hdr(first))
 
 
 def frame_times(path: str | os.PathLike) -> np.ndarray:
@@ -308,6 +320,25 @@ class FrameTimingWarning(UserWarning):
 _TIMING_NAMED: set[str] = set()   # files a FrameTimingWarning has named in this process
 
 
+class HDRWarning(UserWarning):
+    """A video is HDR (PQ or HLG): it is read as 8-bit SDR RGB without tone mapping, so its colours look flat."""
+
+
+_HDR_NAMED: set[str] = set()   # files an HDRWarning has named in this process
+
+
+def _warn_hdr(path: str | os.PathLike, frame: av.VideoFrame) -> None:
+    """An HDRWarning when ``frame`` (a read's first) is HDR, once per file and process (a dataset reads it again for
+    every clip)."""
+    transfer = _hdr(frame)
+    if transfer is None or str(path) in _HDR_NAMED:
+        return
+    _HDR_NAMED.add(str(path))
+    warnings.warn(f"{path}: HDR video ({transfer}) is converted to 8-bit SDR RGB without tone mapping, so its colours "
+                  "look flat; if that matters, convert it to SDR first (e.g. with ffmpeg's zscale and tonemap "
+                  "filters)", HDRWarning, stacklevel=3)
+
+
 class _Timeline:
     """The presentation times of the frames a read decodes: their span (for `_check_complete`), and a
     FrameTimingWarning, once per file and process, when a frame comes well over a frame duration after the one
@@ -399,6 +430,7 @@ def _decode(path: str | os.PathLike, container: av.container.InputContainer, str
                     continue
                 if first is None:
                     first, orientation = frame, _orientation(frame)
+                    _warn_hdr(path, frame)
                 index += 1
                 timeline.add(frame)
                 if index - 1 < start or (index - 1 - start) % stride:

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from vitok.data.errors import VideoReadError, VideoWriteError, VitokError
-from vitok.data.io import (FrameTimingWarning, frame_times, iter_video, probe_video, read_frames_dir, read_video,
-                           resize_frames, write_video)
+from vitok.data.io import (FrameTimingWarning, HDRWarning, frame_times, iter_video, probe_video, read_frames_dir,
+                           read_video, resize_frames, write_video)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -40,6 +40,21 @@ def write_raw(path: Path, frames: np.ndarray, codec: str, pix_fmt: str, *, src_f
             vf.pts = i if pts is None else pts[i]
             if pts is not None:
                 vf.time_base = Fraction(1, 1000)
+            c.mux(s.encode(vf))
+        c.mux(s.encode(None))
+    return path
+
+
+def write_hdr(path: Path, frames: np.ndarray, codec: str, trc: int) -> Path:
+    """Write 10-bit BT.2020 video tagged with transfer ``trc`` (16: PQ, 18: HLG), as HDR cameras and masters do."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=25, options={"x265-params": "log-level=error"} if codec == "libx265" else {})
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p10le"
+        cc = s.codec_context
+        cc.color_trc, cc.color_primaries, cc.colorspace = trc, 9, 9
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p10le")
+            vf.pts = i
             c.mux(s.encode(vf))
         c.mux(s.encode(None))
     return path
@@ -287,6 +302,7 @@ def test_sample_clips_get_no_timing_notice(name):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FrameTimingWarning)
+        warnings.simplefilter("error", HDRWarning)
         assert sum(len(c) for c in iter_video(sample_path(name), chunk_frames=32)) == probe_video(
             sample_path(name)).num_frames
 
@@ -301,6 +317,37 @@ def test_resolution_change_mid_stream(tmp_path):
         frames, info = read_video(joined)
     assert frames.shape == (5, 24, 32, 3) and (info.width, info.height) == (32, 24)  # scaled to the first size
     assert np.abs(frames[:, 12, 16, 0].astype(int) - [200, 200, 200, 50, 50]).max() <= 3
+
+
+@pytest.mark.parametrize("codec,suffix,trc,name", [("ffv1", ".mkv", 18, "HLG"), ("libx265", ".mp4", 16, "PQ"),
+                                                   ("libx265", ".mov", 18, "HLG")])
+def test_hdr_is_probed_and_named_once(tmp_path, carphone_clip, codec, suffix, trc, name):
+    """HDR (PQ, HLG: every recent iPhone video) was read as if SDR, flat and washed out, without a word. The probe says
+    which transfer, and a read names the file once per process (there is no tone mapping to offer)."""
+    path = write_hdr(tmp_path / f"hdr{suffix}", carphone_clip[:2, :64, :64], codec, trc)
+    assert probe_video(path).hdr == name
+    said = (rf"hdr{suffix}: HDR video \({name}\) is converted to 8-bit SDR RGB without tone mapping, so its colours "
+            r"look flat; .* convert it to SDR first")
+    with pytest.warns(HDRWarning, match=said) as caught:
+        frames, info = read_video(path)
+    named = [w for w in caught if w.category is HDRWarning]
+    assert len(named) == 1 and "\n" not in str(named[0].message)
+    assert frames.shape == (2, 64, 64, 3) and info.hdr == name
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        assert len(next(iter_video(path))) == 2
+    assert not [w for w in again if w.category is HDRWarning]
+
+
+def test_sdr_files_are_not_hdr(tmp_path, tiny_frames, carphone_path):
+    """What write_video makes (tagged BT.601), untagged files and the sample clips read silently as SDR."""
+    write_video(tmp_path / "sdr.mp4", tiny_frames, 25)
+    write_raw(tmp_path / "untagged.mkv", tiny_frames, "ffv1", "yuv420p10le")
+    for path in (tmp_path / "sdr.mp4", tmp_path / "untagged.mkv", carphone_path):
+        assert probe_video(path).hdr is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", HDRWarning)
+            read_video(path, num_frames=4)
 
 
 BT601_TV = (6, 1, 6, 6)   # colorspace, range, primaries, transfer: smpte170m (SD BT.601) and tv (limited) range
