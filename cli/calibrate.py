@@ -5,7 +5,15 @@ from pathlib import Path
 
 import click
 
-from vitok.cli.common import check_output, emit, json_option, overwrite_option, set_threads, threads_option
+from vitok.cli.common import check_output, emit, json_option, overwrite_option
+
+
+def _is_sample_file(source: str) -> bool:
+    """Whether ``source`` is one of the sample clips' files, whose evaluation segments rd and bench measure on."""
+    from vitok.data.samples import SAMPLE_CLIPS, sample_path
+
+    path = Path(source)
+    return path.is_file() and any(path.resolve() == sample_path(name).resolve() for name in SAMPLE_CLIPS)
 
 
 @click.command()
@@ -21,13 +29,13 @@ from vitok.cli.common import check_output, emit, json_option, overwrite_option, 
                    "factorized tables, which decode in one call.")
 @click.option("--iters", type=click.IntRange(min=1), default=300, show_default=True,
               help="Optimisation steps of the factorized tables' entropy bottleneck (--context-radius 0).")
-@threads_option
 @overwrite_option
 @json_option
 def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, context_radius: int | None, iters: int,
-              threads: int | None, overwrite: bool, as_json: bool) -> None:
+              overwrite: bool, as_json: bool) -> None:
     """Fit MODEL_DIR's entropy tables (entropy.safetensors beside its config.json), e.g. for a model that
-    `vitok train` exported to RUN/model; then `vitok encode --model MODEL_DIR` codes with it."""
+    `vitok train` exported to RUN/model; then `vitok encode --model MODEL_DIR` codes with it. It runs on one thread,
+    so that a machine fits the same tables every time (a .vtok names the tables it was coded with)."""
     from vitok.codecs.entropy import FILENAME, calibrate_model_dir
     from vitok.data.errors import VitokError
 
@@ -35,7 +43,6 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
     if not (folder / "config.json").is_file():
         raise VitokError(f"{folder}: not a model directory (no config.json)")
     out = check_output(folder / FILENAME, overwrite)
-    set_threads(threads)
     videos = None
     if frames is not None and not clips:
         raise VitokError("--frames limits --clip videos; without --clip the sample clips' training segments are used "
@@ -48,6 +55,11 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
         if held_out:   # a sample name or `eval` means the evaluation segments, which tables must not be fitted on
             raise VitokError(f"--clip {held_out[0]}: sample names, segment ids and 'eval' are the evaluation segments "
                              f"that rd/bench measure on; give video files, or no --clip for the samples' training "
+                             f"segments")
+        sample_files = [c.source for c in resolved if _is_sample_file(c.source)]
+        if sample_files:   # the same frames by their path
+            raise VitokError(f"--clip {sample_files[0]}: a sample clip's file, which holds the evaluation segments "
+                             f"that rd/bench measure on; give other videos, or no --clip for the samples' training "
                              f"segments")
         videos = [clip.load(frames)[0] for clip in resolved]
     tables = calibrate_model_dir(folder, videos, iters=iters, context_radius=context_radius)

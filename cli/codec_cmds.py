@@ -142,6 +142,7 @@ def _runs(values: list) -> str:
 def decode(input, output, model, video_codec, crf, overwrite, quiet, as_json, device, threads) -> None:
     """Decode a .vtok file to a video, a folder of PNGs or a .npy array."""
     from vitok.codecs.container import VtokReader, check_vtok_path
+    from vitok.codecs.errors import BitstreamError
     from vitok.codecs.files import decode_file, decode_output_kind
     from vitok.codecs.neural import VitokCodec, model_for_stream
     from vitok.data.io import check_frame_rate
@@ -153,13 +154,20 @@ def decode(input, output, model, video_codec, crf, overwrite, quiet, as_json, de
         video_codec = "ffv1" if Path(output).suffix.lower() == ".mkv" else "h264"
     kind = decode_output_kind(output, video_codec)   # a name decode cannot write: before -y is asked for
     with VtokReader(input) as r:
-        total, rate = r.header.frames, r.header.fps
+        header = r.header
+    total, rate = header.frames, header.fps
     if kind == "video":
         check_frame_rate(output, rate)   # a rate the container cannot time: said before -y too
     out = check_output(output, overwrite, inputs=[input], folder_of=("frame_*.png",) if kind == "frames" else None)
     set_threads(threads)
     dev = resolve_device(device)
     codec = VitokCodec(model, device=dev) if model else model_for_stream(input, device=dev)
+    if not model:   # a bundled model picked by the name in the file: a retrained or recalibrated copy differs
+        try:
+            codec.check_header(header)
+        except BitstreamError as e:
+            raise BitstreamError(f"{e} (the bundled {codec.model_ref} was picked by the name in the file; pass "
+                                 "--model DIR for the model it was encoded with)") from None
     with progress(desc="decode", quiet=quiet, unit="frame", total=total) as bar:
         result = decode_file(codec, input, out, video_codec=video_codec, crf=crf, on_chunk=bar.update)
     result["model"] = codec.model_ref

@@ -306,6 +306,8 @@ class EntropyTables:
             return cls(t["mean"], t["std"], tables, meta, context_radius=radius)
         except (OSError, SafetensorError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
             raise CodecError(f"cannot read entropy tables {path}: {e}") from None
+        except RecursionError:
+            raise CodecError(f"cannot read entropy tables {path}: metadata nested too deeply") from None
 
     def _validate(self) -> None:
         """Reject tables the C++ coder would index out of bounds with (it checks nothing itself)."""
@@ -566,7 +568,20 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     ``CONTEXT_RADIUS`` for grid models; 0 for 1D models, whose previous-token context cost bytes on carphone
     (``vitok bench codec`` against a copy calibrated with ``vitok calibrate --context-radius 3``).
     ``clips``: uint8 ``(T,H,W,3)`` arrays or float ``(B,3,T,H,W)`` tensors in [-1, 1].
+    Runs on one torch thread: float sums change with the thread count, which would change a few quantized values
+    and so the tables and their id, which every ``.vtok`` names; on one thread a machine fits the same tables
+    whatever thread count it runs with.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _calibrate(tok, clips, steps, iters, seed, context_radius)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _calibrate(tok: Any, clips: Iterable[Any], steps: Iterable[float], iters: int, seed: int,
+               context_radius: int | None) -> EntropyTables:
     from vitok.data.convert import frames_to_tensor
 
     units = []
@@ -634,7 +649,15 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
     n = tok.clip_frames
     chunks = [clip[i:i + n] for clip in clips for i in range(0, len(clip), n)]
     tables = calibrate_entropy(tok, chunks, steps=steps, iters=iters, context_radius=context_radius)
+    old = Path(model_dir) / FILENAME
+    try:
+        replaced = EntropyTables.load(old).table_id if old.is_file() else None
+    except CodecError:   # unreadable tables: nothing a stream could have been coded with
+        replaced = None
     write_entropy_tables(model_dir, tables)
+    if replaced not in (None, tables.table_id):
+        warnings.warn(f"{old}: tables {replaced} replaced by {tables.table_id}; .vtok files coded with the old tables "
+                      "no longer decode with this model folder", stacklevel=2)
     return tables
 
 

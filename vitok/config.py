@@ -174,18 +174,22 @@ class CNNConfig(TokenizerConfig):
 CONFIG_CLASSES: dict[str, type[TokenizerConfig]] = {"vit": ViTConfig, "vit1d": ViT1DConfig, "cnn": CNNConfig}
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config") -> TokenizerConfig:
-    """Build the config class named by data['kind']; unknown kinds or fields are user errors."""
+def config_from_dict(data: dict[str, Any], source: str | None = None) -> TokenizerConfig:
+    """Build the config class named by data['kind']; unknown kinds or fields are user errors, named with
+    ``source`` (the file they came from) when given."""
     kind = data.get("kind")
     cls = CONFIG_CLASSES.get(kind)
     if cls is None:
-        raise VitokError(f"{source}: unknown model kind {kind!r} (expected one of {sorted(CONFIG_CLASSES)})")
+        raise VitokError(f"{source or 'config'}: unknown model kind {kind!r} (expected one of {sorted(CONFIG_CLASSES)})")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise VitokError(f"{source}: unknown field(s) {', '.join(unknown)} for kind {kind!r}")
+        raise VitokError(f"{source or 'config'}: unknown field(s) {', '.join(unknown)} for kind {kind!r}")
     config = cls(**data)
-    config.validate()
+    try:
+        config.validate()
+    except VitokError as e:   # "config NAME: ..." names the model; the file says which copy of it is wrong
+        raise VitokError(f"{source}: {e}" if source else str(e)) from None
     return config
 
 
@@ -198,6 +202,8 @@ def read_config(path: str | Path) -> TokenizerConfig:
         raise VitokError(f"{path}: missing config.json") from None
     except (OSError, ValueError) as e:
         raise VitokError(f"{path}: unreadable config ({e})") from None
+    except RecursionError:
+        raise VitokError(f"{path}: unreadable config (nested too deeply)") from None
     if not isinstance(data, dict):
         raise VitokError(f"{path}: config must be a JSON object")
     return config_from_dict(data, str(path))

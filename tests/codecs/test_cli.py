@@ -265,7 +265,7 @@ def test_model_mismatch_on_decode(capsys, encoded, tinygrid, tmp_path):
     assert "model mismatch" in err and "vit1d-tiny" in err and "vit-tiny" in err
 
 
-def test_default_bundled_model_round_trip(monkeypatch, tiny1d, video, tmp_path):
+def test_default_bundled_model_round_trip(capsys, monkeypatch, tiny1d, video, tmp_path):
     """With a bundled model named like DEFAULT_MODEL, encode needs no --model and decode finds it from the file."""
     import shutil
 
@@ -285,6 +285,14 @@ def test_default_bundled_model_round_trip(monkeypatch, tiny1d, video, tmp_path):
     assert res["model"] == DEFAULT_MODEL and res["fps"] == "30000/1001"
     res = _run("decode", str(out), "-o", str(tmp_path / "d.npy"), "-q")  # model found from the header's name
     assert res["model"] == DEFAULT_MODEL and res["frames"] == 8
+    header, chunks = read_vtok(out)   # coded with another copy of the model: other tables under the same name
+    header.meta["tables"] = "0" * 16
+    from vitok.codecs.container import write_vtok
+
+    (tmp_path / "other.vtok").write_bytes(write_vtok(header, [(p, i.frames) for i, p in chunks]))
+    err = _error(capsys, "decode", str(tmp_path / "other.vtok"), "-o", str(tmp_path / "o.npy"), "-q")
+    assert "entropy table mismatch" in err and f"the bundled {DEFAULT_MODEL} was picked by the name in the file" in err
+    assert not (tmp_path / "o.npy").exists()
 
 
 def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path):
@@ -303,7 +311,8 @@ def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path
     assert set(report["bits_per_symbol"]) == {"0.25", "0.5", "1.0", "2.0", "4.0"}
     assert report["contexts"] == 1 and report["channels"] == 8  # 1D default: factorized tables
     assert "use -y to overwrite" in _error(capsys, "calibrate", str(d), "--clip", str(video))
-    ctx = _run("calibrate", str(d), "--clip", str(video), "--context-radius", "2", "-y")
+    with pytest.warns(UserWarning, match=f"tables {report['table_id']} replaced by [0-9a-f]{{16}}; .vtok files coded"):
+        ctx = _run("calibrate", str(d), "--clip", str(video), "--context-radius", "2", "-y")
     assert ctx["contexts"] == 6 and ctx["table_id"] != report["table_id"]  # the previous token picks the table
     _run("encode", str(video), "-o", str(out), "--model", str(d), "--tokens", "4")
     _run("decode", str(out), "-o", str(tmp_path / "clip.npy"), "--model", str(d))
@@ -314,6 +323,11 @@ def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path
     assert (d / "entropy.safetensors").read_bytes() == before  # a failed run leaves the tables as they were
     for spec in ("carphone", "eval", "bikes:182-198"):   # the segments rd/bench measure on: never calibrated on
         assert "are the evaluation segments" in _error(capsys, "calibrate", str(d), "-y", "--clip", spec)
+    from vitok.data.samples import sample_path
+
+    for spec in (sample_path("carphone"), sample_path("bikes").parent):   # the same frames by path, or in a folder
+        assert "a sample clip's file, which holds the evaluation segments" in _error(
+            capsys, "calibrate", str(d), "-y", "--clip", str(spec), "--frames", "4")
     assert "--frames limits --clip videos" in _error(capsys, "calibrate", str(d), "-y", "--frames", "2")
     assert (d / "entropy.safetensors").read_bytes() == before
 

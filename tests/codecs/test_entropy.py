@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vitok.codecs import BitstreamError, CodecError
-from vitok.codecs.entropy import EntropyTables, StepTable, fit_tables, load_entropy_tables
+from vitok.codecs.entropy import EntropyTables, StepTable, calibrate_entropy, fit_tables, load_entropy_tables
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +108,23 @@ def test_calibrate_model_dir(tiny1d, tmp_path, clip):
     tables = calibrate_model_dir(d, [frames[:8]], steps=(1.0,), iters=10)
     assert load_entropy_tables(d).table_id == tables.table_id and tables.steps == [1.0]
     assert tables.meta["weights_hash"] == tiny1d[0].weights_hash
+
+
+def test_calibration_is_the_same_at_any_thread_count():
+    """Float sums change with torch's thread count: fitted at 1 and 2 threads, the bundled 1D model's tables came
+    out different (another id, so streams coded with one did not decode with the other); calibration runs on one
+    thread and restores the caller's count."""
+    import vitok
+    from vitok.data.samples import train_segments
+
+    tok = vitok.load("vitok-1d")
+    clips = [frames for _, frames in train_segments(num_frames=17, size=128)[:2]]
+    ids = []
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        ids.append(calibrate_entropy(tok, clips, steps=(0.5,), iters=30).table_id)
+        assert torch.get_num_threads() == threads
+    assert ids[0] == ids[1]
 
 
 def test_per_position_offsets_code_ranked_tokens_in_fewer_bits(tmp_path):

@@ -232,7 +232,17 @@ def test_config_fields_of_the_wrong_type_are_one_line_errors(tmp_path, cli_error
     (tmp_path / "m" / "config.json").write_text(json.dumps({**config, field: value}))
     with pytest.raises(VitokError, match=message):
         vitok.load(tmp_path / "m")
-    assert field in cli_error(["calibrate", "--iters", "1", str(tmp_path / "m")])
+    err = cli_error(["calibrate", "--iters", "1", str(tmp_path / "m")])
+    assert field in err and str(tmp_path / "m" / "config.json") in err   # which copy of the model is wrong
+
+
+def test_config_nested_too_deeply_is_one_line(tmp_path, cli_error):
+    """JSON nested past Python's recursion limit was a RecursionError traceback (a RuntimeError, not a user error)."""
+    vitok.create_model("vit-tiny").save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(VitokError, match="unreadable config"):
+        vitok.load(tmp_path / "m")
+    assert "nested too deeply" in cli_error(["calibrate", "--iters", "1", str(tmp_path / "m")])
 
 
 def test_paper_names_parse_whole_and_refuse_zero_sizes():

@@ -115,8 +115,10 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
         path = packaged
     try:
         raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except ValueError as e:   # not JSON, or not UTF-8
         raise VitokError(f"config {path}: invalid JSON ({e})") from None
+    except RecursionError:
+        raise VitokError(f"config {path}: invalid JSON (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise VitokError(f"config {path}: top level must be a JSON object")
     cfg = merge(DEFAULTS, raw, where=str(path))
