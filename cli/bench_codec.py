@@ -16,8 +16,8 @@ from vitok.data.errors import VitokError
 @click.option("--op", "ops", multiple=True, metavar="CODEC:K=V[,K=V]", help="Knobs for a codec (one per codec).")
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True, help="Timed rounds (best kept).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads for torch and for the x264/x265 encoders alike (default: torch's default, the physical "
-                   "cores, and the encoders' own choice).")
+              help="Threads for torch and for the classical encoders and decoders alike (default: torch's default, "
+                   "the physical cores, and the codecs' own choice).")
 @click.option("--isolate/--same-process", default=True, show_default=True,
               help="Run each codec in a fresh process, so its memory is not hidden by what an earlier codec freed.")
 @quiet_option
@@ -46,7 +46,7 @@ def bench_codec(codecs, clip, frames, ops, repeat, threads, isolate, quiet, as_j
     for r in rows:
         r["label"] = f"{r['codec']} {op_label(r['op'])}" + (" (reference)" if r["reference"] else "")
     t, h, w = video.shape[:3]
-    coders = f"classical encoder threads {threads}" if threads else "classical encoder threads auto"
+    coders = f"classical codec threads {threads if threads else 'auto'}"
     text = f"{name}: {count(t, 'frame')} {w}x{h}; torch threads {rows[0]['threads']}, {coders}\n" + format_table(rows, [
         ("label", "codec", ""), ("encode_fps", "enc fps", ".1f"), ("decode_fps", "dec fps", ".1f"),
         ("load_peak_mb", "load MiB", ".0f"), ("encode_peak_mb", "enc MiB", ".0f"), ("decode_peak_mb", "dec MiB", ".0f"),

@@ -18,7 +18,8 @@ from vitok.cli.common import count, emit, json_option, set_threads, threads_opti
 def bench_train(config: str, sets: tuple[str, ...], steps: int, warmup: int, device: str | None,
                 threads: int | None, as_json: bool) -> None:
     """Print training throughput (clips/s) of CONFIG: the trainer's full step (forward, losses, backward,
-    optimizer, EMA) and data loading, timed over --steps steps after --warmup, and what one data worker makes."""
+    optimizer, EMA; the patch GAN's discriminator from the first step when loss.gan > 0) and data loading, timed over
+    --steps steps after --warmup, and what one data worker makes."""
     from vitok.train.bench import bench_train as run_bench
     from vitok.train.config import load_config
 
@@ -28,7 +29,8 @@ def bench_train(config: str, sets: tuple[str, ...], steps: int, warmup: int, dev
         cfg["device"] = device
     r = run_bench(cfg, steps=steps, warmup=warmup)
     text = (f"{r['config']} ({r['model']}, {r['params'] / 1e6:.2f}M params) on {r['device']} "
-            f"({count(r['threads'], 'thread')}, {r['precision']}): {r['clips_per_s']:.2f} clips/s "
+            f"({count(r['threads'], 'thread')}, {r['precision']}{', GAN included' if r['gan'] else ''}): "
+            f"{r['clips_per_s']:.2f} clips/s "
             f"(batch {r['batch_size']} of {'x'.join(map(str, r['clip']))}; step {r['step_s']:.3f} s, "
             f"data {r['data_s']:.3f} s); one data worker makes {r['worker_clips_per_s']:.1f} clips/s")
     emit(r, as_json, text)

@@ -6,7 +6,10 @@ IPPP setting) and frame threading (PyAV's default slice threading inflates x264 
 even sizes: odd frames are padded by replicating the last row/column and the true size (and exact fps) is kept in
 the mp4's ``comment`` tag (``vitok size=WxH fps=N/D``); ``decode`` crops back to it. Encoder self-descriptions
 carry no picture data and are left out so bytes compare fairly: x265 runs with ``info=0``, and x264's version SEI
-(its settings as text, ~600 bytes, which libx264 cannot switch off) is cut from the first packet.
+(its settings as text, ~600 bytes, which libx264 cannot switch off) is cut from the first packet. ``threads`` N
+caps the coders: the codec context's thread count (x264's and x265's frame threads, libvpx's threads, the decoders'),
+x265's thread pool (``pools``) and SVT-AV1's level of parallelism (``lp``, what it picks on an N-core machine; SVT-AV1
+still starts ~17 threads at its lowest level); 0 leaves every choice to the coders.
 """
 from __future__ import annotations
 
@@ -89,7 +92,7 @@ class ClassicalCodec(Codec):
         try:
             with av.open(buf, "w", format="mp4") as out:
                 out.metadata["comment"] = f"vitok size={w}x{h} fps={fps.numerator}/{fps.denominator}"
-                options = self._options(int(crf), preset, gop, bframes)
+                options = self._options(int(crf), preset, gop, bframes, threads)
                 stream = out.add_stream(self.spec.encoder, rate=fps, options=options)
                 stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
                 tag_color(stream)
@@ -114,28 +117,33 @@ class ClassicalCodec(Codec):
             raise CodecError(f"{self.name}: {self.spec.encoder} cannot encode these {w}x{h} frames: {e}") from None
         return buf.getvalue()
 
-    def _options(self, crf: int, preset: str, gop: int, bframes: int | None) -> dict[str, str]:
-        """Encoder options; ``bframes`` None keeps the preset's own B-frame count."""
+    def _options(self, crf: int, preset: str, gop: int, bframes: int | None, threads: int) -> dict[str, str]:
+        """Encoder options; ``bframes`` None keeps the preset's B-frame count, ``threads`` 0 the encoder's threads."""
         enc = self.spec.encoder
         if enc == "libx264":
             return {"crf": str(crf), "preset": preset, **({} if bframes is None else {"bf": str(bframes)})}
         if enc == "libx265":
             b = "" if bframes is None else f":bframes={bframes}"
+            pools = f":pools={threads}" if threads else ""   # its frame threads follow the context's thread count
             return {"crf": str(crf), "preset": preset,
-                    "x265-params": f"log-level=error:info=0{b}:keyint={gop}:min-keyint={gop}"}
+                    "x265-params": f"log-level=error:info=0{b}:keyint={gop}:min-keyint={gop}{pools}"}
         if enc == "libsvtav1":
-            return {"crf": str(crf), "preset": preset}
+            level = {"svtav1-params": f"lp={_svt_level(threads)}"} if threads else {}
+            return {"crf": str(crf), "preset": preset, **level}
         return {"crf": str(crf), "b": "0", "cpu-used": preset, "deadline": "good", "row-mt": "1"}  # libvpx-vp9
 
-    def decode(self, data: bytes) -> tuple[np.ndarray, Fraction]:
+    def decode(self, data: bytes, *, threads: int = 0) -> tuple[np.ndarray, Fraction]:
+        """Frames and fps of ``data``; ``threads`` caps the decoder's and the RGB conversion's threads (0: FFmpeg's)."""
         try:
             with av.open(io.BytesIO(data), "r") as inp:
                 if not inp.streams.video:
                     raise BitstreamError(f"{self.name}: no video stream in the data")
                 stream = inp.streams.video[0]
                 stream.thread_type = "AUTO"
+                if threads:
+                    stream.codec_context.thread_count = threads
                 size, fps = _tag(inp.metadata.get("comment", ""))
-                frames = [f.to_ndarray(format="rgb24") for f in inp.decode(stream)]
+                frames = [f.to_ndarray(format="rgb24", threads=threads) for f in inp.decode(stream)]
                 fps = fps or Fraction(stream.average_rate or stream.guessed_rate or 0)
         except (av.error.FFmpegError, ValueError) as e:
             raise BitstreamError(f"{self.name}: cannot decode the data: {e}") from None
@@ -189,6 +197,11 @@ def _without_banner(packet: av.Packet) -> av.Packet:
     q.pts, q.dts, q.time_base, q.is_keyframe, q.stream = (packet.pts, packet.dts, packet.time_base,
                                                           packet.is_keyframe, packet.stream)
     return q
+
+
+def _svt_level(threads: int) -> int:
+    """SVT-AV1's level of parallelism (1-6) for ``threads`` cores: the level it picks itself on a machine that size."""
+    return 1 + sum(threads > cores for cores in (1, 2, 5, 11, 23))
 
 
 def _tag(comment: str) -> tuple[tuple[int, int] | None, Fraction | None]:

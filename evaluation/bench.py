@@ -4,9 +4,9 @@ All codecs run on the same frames, one after another. A codec with a model loads
 (``load_peak_mb``); memory is then the peak growth of resident memory over the first encode and the first decode
 (what one call costs, first-call allocation included, freed memory handed back before each: ``PeakMemory``); with
 ``isolate`` each codec runs in a fresh process, so no memory left over by an earlier codec is reused and uncounted.
-``threads`` sets torch's thread count and the classical encoders' (x264/x265 frame threads) alike. Times are the best of
-``repeat`` rounds after that first, untimed, round. x264 at preset medium (CRF 23, its B-frames) is always the first
-row: the reference line that other rows are read against.
+``threads`` sets torch's thread count and the classical codecs' (their encoders' and decoders') alike. Times are the
+best of ``repeat`` rounds after that first, untimed, round. x264 at preset medium (CRF 23, its B-frames) is always the
+first row: the reference line that other rows are read against.
 """
 from __future__ import annotations
 
@@ -45,9 +45,10 @@ def bench_one(codec: Any, frames: np.ndarray, fps: Fraction, op: Mapping[str, An
     ``bytes`` is what RD counts (`Codec.rate_bytes`: h264's elementary stream), ``file_bytes`` the file as written.
 
     Memory comes from the model's load (None without a model), then the first encode and decode; with ``warmup``
-    that round is not timed."""
+    that round is not timed. A codec given ``threads`` in ``op`` (the classical codecs' knob) decodes with it too."""
     obj = _get(codec)
     op = dict(op or {})
+    dec = {"threads": op["threads"]} if "threads" in op else {}   # a codec with the knob decodes with it too
     load, load_mb = getattr(obj, "load", None), None
     if load is not None:
         with PeakMemory() as load_mem:
@@ -56,12 +57,12 @@ def bench_one(codec: Any, frames: np.ndarray, fps: Fraction, op: Mapping[str, An
     with PeakMemory() as enc_mem:
         data, first_enc = _timed(obj.encode, frames, fps, **op)
     with PeakMemory() as dec_mem:
-        (decoded, _), first_dec = _timed(obj.decode, data)
+        (decoded, _), first_dec = _timed(obj.decode, data, **dec)
     enc_s, dec_s = ([], []) if warmup else ([first_enc], [first_dec])
     while len(enc_s) < max(1, repeat):
         data, seconds = _timed(obj.encode, frames, fps, **op)
         enc_s.append(seconds)
-        (decoded, _), seconds = _timed(obj.decode, data)
+        (decoded, _), seconds = _timed(obj.decode, data, **dec)
         dec_s.append(seconds)
     t, h, w = frames.shape[:3]
     nbytes = obj.rate_bytes(data)
@@ -121,7 +122,7 @@ def _bench_isolated(name: str, frames: np.ndarray, fps: Fraction, op: dict, repe
 
 
 def _with_threads(codec: Any, op: dict, threads: int | None) -> dict:
-    """``op`` with the encoder thread count set to ``threads`` for codecs that take it (unless ``op`` sets it)."""
+    """``op`` with the coder thread count set to ``threads`` for codecs that take it (unless ``op`` sets it)."""
     if threads is None or "threads" not in (getattr(codec, "knobs", None) or ()):
         return op
     return {"threads": threads, **op}
@@ -136,7 +137,8 @@ def bench_codecs(codecs: Sequence[Any], frames: np.ndarray, fps: Fraction,
     A plain ``h264`` with no knobs of its own is the reference itself and is not run twice. With ``isolate`` every
     row is measured in a fresh process that resolves the codec again by name (so codecs must be given by name).
     ``threads``: torch's thread count (set here, for the rows measured here and in fresh processes) and the
-    classical encoders' ``threads`` knob; None leaves both at their defaults. Each row records torch's count.
+    classical codecs' (their ``threads`` knob, for encoder and decoder); None leaves both at their defaults. Each
+    row records torch's count.
     """
     import torch
     from tqdm.auto import tqdm

@@ -1,7 +1,10 @@
 """Classical codecs through PyAV: round trips on a real clip, odd sizes, knobs, byte accounting, bad input."""
 from __future__ import annotations
 
+import re
+import sys
 from fractions import Fraction
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -131,6 +134,78 @@ def test_threads_knob_reaches_the_encoder(carphone_clip, monkeypatch, threads):
     data = get_codec("h264").encode(carphone_clip, 30, crf=30, threads=threads)
     assert len(banners) == 1 and f" threads={threads} ".encode() in banners[0]
     assert b"x264 - core" not in data
+
+
+def _peak_threads(call: Callable[[], Any]) -> tuple[int, Any]:
+    """The most threads this process ran beside those it had before ``call()`` (sampled from /proc/self/task, the
+    sampler left out), and what ``call`` returned."""
+    import os
+    import threading
+    import time
+
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], len(os.listdir("/proc/self/task")))
+            time.sleep(0.0005)
+
+    before = len(os.listdir("/proc/self/task"))
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        out = call()
+    finally:
+        done.set()
+        sampler.join()
+    return peak[0] - before - 1, out
+
+
+needs_proc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc/self/task")
+
+
+def test_threads_knob_caps_the_x265_pool(carphone_clip, monkeypatch, capfd):
+    """x265 ignores the context's thread count for its pool (one thread per core); its own log, raised to info here,
+    shows the pool and frame threads that ``threads=1`` leaves."""
+    import vitok.codecs.classical as classical
+
+    real = classical.ClassicalCodec._options
+    monkeypatch.setattr(classical.ClassicalCodec, "_options", lambda self, *a: {
+        k: v.replace("log-level=error", "log-level=info") for k, v in real(self, *a).items()})
+    get_codec("h265").encode(carphone_clip, 30, threads=1)
+    log = capfd.readouterr().err
+    assert "Thread pool created using 1 threads" in log, log
+    assert re.search(r"frame threads / pool features\s*: 1 /", log), log
+
+
+@needs_proc
+def test_threads_knob_caps_svt_av1(carphone_clip):
+    """SVT-AV1 ignores the context's thread count (~40 threads on 2 cores, more on more); at ``threads=1`` it runs at
+    its lowest parallelism, ~18 threads, beside swscale's RGB->YUV conversion threads (up to one per core)."""
+    import os
+
+    frames = np.ascontiguousarray(carphone_clip[:, :64, :64])
+    extra, data = _peak_threads(lambda: get_codec("av1").encode(frames, 30, threads=1))
+    assert extra <= 20 + len(os.sched_getaffinity(0)) and len(data) > 0
+
+
+def test_threads_zero_leaves_threading_to_the_encoders():
+    """The default ``threads=0`` adds no thread options (the streams stay byte for byte what they were)."""
+    h265, av1 = get_codec("h265"), get_codec("av1")
+    assert "pools" not in h265._options(28, "medium", 64, None, 0)["x265-params"]
+    assert "pools=2" in h265._options(28, "medium", 64, None, 2)["x265-params"]
+    assert "svtav1-params" not in av1._options(35, "8", 64, None, 0)
+    assert av1._options(35, "8", 64, None, 2)["svtav1-params"] == "lp=2"
+
+
+@needs_proc
+@pytest.mark.parametrize("name", CLASSICAL)
+def test_threads_caps_the_decoder(name, carphone_clip):
+    """``decode(data, threads=1)`` runs in the calling thread alone (decoder and RGB conversion), frames unchanged."""
+    codec = get_codec(name)
+    data = codec.encode(carphone_clip, 30)
+    extra, (frames, _) = _peak_threads(lambda: codec.decode(data, threads=1))
+    assert extra == 0 and np.array_equal(frames, codec.decode(data)[0])
 
 
 def _picture_types(data: bytes) -> str:

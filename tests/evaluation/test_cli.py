@@ -204,11 +204,31 @@ def test_bench_codec_times_each_codec_with_x264_reference(small_clip, tiny_model
     assert rows[0]["file_bytes"] > rows[0]["bytes"] and rows[2]["file_bytes"] == rows[2]["bytes"]
     text = CliRunner().invoke(bench_codec, args[:-2] + ["-q"], catch_exceptions=False).output
     assert "(reference)" in text and "enc fps" in text and "load MiB" in text
-    assert f"torch threads {threads}, classical encoder threads auto" in text
+    assert f"torch threads {threads}, classical codec threads auto" in text
     pinned = CliRunner().invoke(bench_codec, [*args, "--threads", str(threads)], catch_exceptions=False).output
     rows = json.loads(pinned)["rows"]  # the encoders get the count too, unless an op sets its own
     assert rows[0]["op"] == {"threads": threads, "crf": 23, "preset": "medium"}
     assert rows[1]["op"] == {"threads": threads, "crf": 30} and rows[2]["op"] == {}
+
+
+def test_bench_codec_threads_reach_the_classical_decoders(small_clip, monkeypatch):
+    """--threads caps the classical decoders too (they take FFmpeg's automatic count otherwise): every decode the
+    bench makes gets the count."""
+    import torch
+
+    from vitok.codecs.classical import ClassicalCodec
+
+    threads, seen, real = torch.get_num_threads(), [], ClassicalCodec.decode
+
+    def decode(self, data: bytes, *, threads: int = 0):
+        seen.append(threads)
+        return real(self, data, threads=threads)
+
+    monkeypatch.setattr(ClassicalCodec, "decode", decode)
+    args = ["--codec", "h265", "--clip", str(small_clip), "--frames", "3", "--repeat", "1", "--same-process", "-q"]
+    res = CliRunner().invoke(bench_codec, [*args, "--threads", str(threads)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert f"classical codec threads {threads}" in res.output and len(seen) == 4 and set(seen) == {threads}
 
 
 def test_bench_codec_isolates_each_codec_in_a_fresh_process(monkeypatch):

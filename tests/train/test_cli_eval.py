@@ -50,12 +50,35 @@ def test_bench_train_prints_clips_per_second():
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     assert r["clips_per_s"] > 0 and r["batch_size"] == 2 and r["clip"] == [8, 16, 16] and r["steps"] == 2
-    assert r["precision"] == "fp32"                                  # auto on CPU
+    assert r["precision"] == "fp32" and r["gan"] is False            # auto on CPU; tiny-vit has no patch GAN
     assert r["worker_clips_per_s"] > 0 and "one data worker makes" in CliRunner().invoke(
         bench_train, ["tiny-vit", "--steps", "1", "--warmup", "0", *FAST]).stdout
     res = CliRunner().invoke(bench_train, ["tiny-vit", "--steps", "1", "--warmup", "0", "--set", "precision=bf16",
                                            *FAST])
     assert res.exit_code == 0 and "clips/s" in res.stdout and "bf16" in res.stdout
+
+
+def test_bench_train_times_the_gan_whatever_its_start(monkeypatch):
+    """With loss.gan > 0 every bench step runs the discriminator, even with loss.gan_start past the bench's steps
+    (which timed the tokenizer alone, twice as fast on tiny-cnn)."""
+    from vitok.train.losses import PatchDiscriminator
+
+    calls, real = [], PatchDiscriminator.forward
+    monkeypatch.setattr(PatchDiscriminator, "forward", lambda self, x: (calls.append(len(x)), real(self, x))[1])
+    args = ["tiny-cnn", "--steps", "2", "--warmup", "1", "--set", "loss.gan=0.1", "--set", "loss.gan_start=100"]
+    res = CliRunner().invoke(bench_train, [*args, "--json", *FAST])
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 3 * 3 and json.loads(res.stdout)["gan"] is True   # per step: generator loss, real, fake
+    assert "fp32, GAN included)" in CliRunner().invoke(bench_train, [*args, *FAST]).stdout
+
+
+def test_bench_train_refuses_a_skipped_step(monkeypatch):
+    """A step the trainer skips as non-finite (no optimizer step) is not timed as a training step."""
+    from vitok.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "train_step", lambda self, x: None)
+    res = CliRunner().invoke(bench_train, ["tiny-cnn", "--steps", "1", "--warmup", "0", *FAST])
+    assert res.exit_code != 0 and "step 1 of the bench was skipped (non-finite" in str(res.exception)
 
 
 def test_bench_times_one_worker_making_the_timed_steps_clips():
