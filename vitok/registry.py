@@ -122,15 +122,12 @@ def resolve(name_or_dir: str | Path) -> Path:
 
 def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> Tokenizer:
     """Load a bundled model or a directory with config.json + model.safetensors; frozen = eval + no grads."""
-    import torch
     from safetensors import safe_open
 
     from vitok.storage import restored
 
     directory = resolve(name_or_dir)
-    config = read_config(directory / "config.json")
-    with torch.device("meta"):   # shapes first, allocated nowhere: a config edited to a huge model is told, not built
-        model_state = build(config).state_dict()
+    tok = build(read_config(directory / "config.json"))
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise VitokError(f"{directory}: missing model.safetensors")
@@ -146,6 +143,7 @@ def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> T
         raise VitokError(f"{weights}: no weights_hash in its metadata (not written by vitok's save_pretrained), so it "
                          f"cannot be checked")
     state = restored(tensors, metadata, str(weights))
+    model_state = tok.state_dict()
     missing = sorted(set(model_state) - set(state))
     extra = sorted(set(state) - set(model_state))
     bad = sorted(k for k in set(state) & set(model_state) if state[k].shape != model_state[k].shape)
@@ -154,7 +152,6 @@ def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> T
                            for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", bad))
                            if keys)
         raise VitokError(f"{weights}: weights do not match config.json ({detail})")
-    tok = build(config)
     tok.load_state_dict(state)
     if tok.weights_hash != expected_hash:
         raise VitokError(f"{weights}: weights hash mismatch (file corrupt or edited)")

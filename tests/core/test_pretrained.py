@@ -144,7 +144,7 @@ def test_load_unfrozen(tmp_path):
     assert not tok.frozen
 
 
-def test_load_errors(tmp_path, monkeypatch):
+def test_load_errors(tmp_path):
     with pytest.raises(VitokError, match="unknown model"):
         vitok.load("no-such-model")
     with pytest.raises(VitokError, match="create_model"):
@@ -174,16 +174,6 @@ def test_load_errors(tmp_path, monkeypatch):
     (tmp_path / "other" / "config.json").write_text((directory / "config.json").read_text())
     with pytest.raises(VitokError, match="do not match"):
         vitok.load(tmp_path / "other")
-
-    from vitok import registry
-
-    built, real_build = [], registry.build   # a config edited to a huge model is refused unbuilt: its shapes
-    monkeypatch.setattr(registry, "build", lambda c: built.append(real_build(c)) or built[-1])  # on meta
-    config = json.loads((directory / "config.json").read_text())
-    (tmp_path / "other" / "config.json").write_text(json.dumps({**config, "dec_width": 4096, "dec_heads": 4}))
-    with pytest.raises(VitokError, match="do not match"):
-        vitok.load(tmp_path / "other")
-    assert built and all(p.is_meta for m in built for p in m.parameters())
 
     weights.unlink()
     with pytest.raises(VitokError, match="missing model.safetensors"):
