@@ -8,8 +8,8 @@ the mp4's ``comment`` tag (``vitok size=WxH fps=N/D``); ``decode`` crops back to
 carry no picture data and are left out so bytes compare fairly: x265 runs with ``info=0``, and x264's version SEI
 (its settings as text, ~600 bytes, which libx264 cannot switch off) is cut from the first packet. ``threads`` N
 caps the coders: the codec context's thread count (x264's and x265's frame threads, libvpx's threads, the decoders'),
-x265's thread pool (``pools``) and SVT-AV1's level of parallelism (``lp``, what it picks on an N-core machine; SVT-AV1
-still starts ~17 threads at its lowest level); 0 leaves every choice to the coders.
+the RGB<->YUV conversions, x265's thread pool (``pools``) and SVT-AV1's level of parallelism (``lp``, what it picks
+on an N-core machine; SVT-AV1 still starts ~17 threads at its lowest level); 0 leaves every choice to the coders.
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ class ClassicalCodec(Codec):
                     frame = None
                     if i is not None:
                         frame = tagged_yuv_frame(np.pad(frames[i], pad, mode="edge") if (h | w) % 2 else frames[i],
-                                                 "yuv420p")
+                                                 "yuv420p", threads)
                         frame.pts = i
                     packets = stream.encode(frame) if frame is not None else flushed_packets(stream, t)
                     if banner_left and packets:

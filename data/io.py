@@ -575,9 +575,11 @@ def tag_color(target: av.video.stream.VideoStream | av.VideoFrame) -> None:
     tags.color_range = _TV_RANGE
 
 
-def tagged_yuv_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
-    """An RGB array (H,W,3) as a ``pix_fmt`` frame, converted as an encoder would convert it and tagged so."""
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format=pix_fmt)
+def tagged_yuv_frame(rgb: np.ndarray, pix_fmt: str, threads: int = 0) -> av.VideoFrame:
+    """An RGB array (H,W,3) as a ``pix_fmt`` frame, converted as an encoder would convert it and tagged so;
+    ``threads``: swscale's thread count (0: one per core)."""
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format=pix_fmt,
+                                                                                          threads=threads)
     tag_color(frame)
     return frame
 

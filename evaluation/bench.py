@@ -10,6 +10,7 @@ first row: the reference line that other rows are read against.
 """
 from __future__ import annotations
 
+import inspect
 import time
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
@@ -45,10 +46,11 @@ def bench_one(codec: Any, frames: np.ndarray, fps: Fraction, op: Mapping[str, An
     ``bytes`` is what RD counts (`Codec.rate_bytes`: h264's elementary stream), ``file_bytes`` the file as written.
 
     Memory comes from the model's load (None without a model), then the first encode and decode; with ``warmup``
-    that round is not timed. A codec given ``threads`` in ``op`` (the classical codecs' knob) decodes with it too."""
+    that round is not timed. A codec given ``threads`` in ``op`` whose ``decode`` takes it too (the classical codecs) decodes with it."""
     obj = _get(codec)
     op = dict(op or {})
-    dec = {"threads": op["threads"]} if "threads" in op else {}   # a codec with the knob decodes with it too
+    takes_threads = "threads" in inspect.signature(obj.decode).parameters   # the classical codecs' decode
+    dec = {"threads": op["threads"]} if "threads" in op and takes_threads else {}
     load, load_mb = getattr(obj, "load", None), None
     if load is not None:
         with PeakMemory() as load_mem:

@@ -189,8 +189,17 @@ def test_threads_knob_caps_svt_av1(carphone_clip):
     assert extra <= 20 + len(os.sched_getaffinity(0)) and len(data) > 0
 
 
+@needs_proc
+def test_threads_caps_the_h264_encoder_and_its_conversion(carphone_clip):
+    """``encode(threads=1)`` with x264 runs in the calling thread alone: x264's frame threads and swscale's RGB->YUV
+    conversion (one thread per core when left automatic), bytes unchanged."""
+    codec = get_codec("h264")
+    extra, data = _peak_threads(lambda: codec.encode(carphone_clip, 30, threads=1))
+    assert extra == 0 and data == codec.encode(carphone_clip, 30, threads=1)
+
+
 def test_threads_zero_leaves_threading_to_the_encoders():
-    """The default ``threads=0`` adds no thread options (the streams stay byte for byte what they were)."""
+    """The default ``threads=0`` adds no thread options (the streams stay what they were); N adds them."""
     h265, av1 = get_codec("h265"), get_codec("av1")
     assert "pools" not in h265._options(28, "medium", 64, None, 0)["x265-params"]
     assert "pools=2" in h265._options(28, "medium", 64, None, 2)["x265-params"]

@@ -231,6 +231,28 @@ def test_bench_codec_threads_reach_the_classical_decoders(small_clip, monkeypatc
     assert f"classical codec threads {threads}" in res.output and len(seen) == 4 and set(seen) == {threads}
 
 
+def test_bench_keeps_threads_from_a_decode_that_does_not_take_them(small_clip):
+    """A registered codec with a ``threads`` encode knob and the interface's plain ``decode(data)`` is benchmarked
+    as before (the decode thread count went to every such codec, a TypeError)."""
+    from vitok.codecs import get_codec
+    from vitok.data.io import read_video
+    from vitok.evaluation.bench import bench_one
+
+    h264 = get_codec("h264")
+
+    class Plain:
+        knobs = ("crf", "threads")
+        encode = staticmethod(h264.encode)
+        rate_bytes = staticmethod(h264.rate_bytes)
+
+        def decode(self, data: bytes):
+            return h264.decode(data)
+
+    frames, info = read_video(small_clip, num_frames=3)
+    row = bench_one(Plain(), frames, info.fps, {"threads": 1})
+    assert row["bytes"] > 0 and row["psnr"] > 20
+
+
 def test_bench_codec_isolates_each_codec_in_a_fresh_process(monkeypatch):
     """By default every row is measured in a spawned process (this process's bench_one is never called), and a model's
     first encode there shows the memory it allocates (its decode of 4 small frames may reuse what the encode freed,
