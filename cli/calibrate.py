@@ -1,6 +1,8 @@
 """``vitok calibrate MODEL_DIR``: fit a trained model's entropy tables, so that it codes ``.vtok`` files."""
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import click
@@ -13,7 +15,7 @@ def _is_sample_file(source: str) -> bool:
     from vitok.data.samples import SAMPLE_CLIPS, sample_path
 
     path = Path(source)
-    return path.is_file() and any(path.resolve() == sample_path(name).resolve() for name in SAMPLE_CLIPS)
+    return path.is_file() and any(os.path.samefile(path, sample_path(name)) for name in SAMPLE_CLIPS)
 
 
 @click.command()
@@ -29,10 +31,11 @@ def _is_sample_file(source: str) -> bool:
                    "factorized tables, which decode in one call.")
 @click.option("--iters", type=click.IntRange(min=1), default=300, show_default=True,
               help="Optimisation steps of the factorized tables' entropy bottleneck (--context-radius 0).")
+@click.option("--threads", type=int, default=None, hidden=True)   # before calibration ran on one thread: ignored
 @overwrite_option
 @json_option
 def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, context_radius: int | None, iters: int,
-              overwrite: bool, as_json: bool) -> None:
+              threads: int | None, overwrite: bool, as_json: bool) -> None:
     """Fit MODEL_DIR's entropy tables (entropy.safetensors beside its config.json), e.g. for a model that
     `vitok train` exported to RUN/model; then `vitok encode --model MODEL_DIR` codes with it. It runs on one thread,
     so that a machine fits the same tables every time (a .vtok names the tables it was coded with)."""
@@ -43,6 +46,9 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
     if not (folder / "config.json").is_file():
         raise VitokError(f"{folder}: not a model directory (no config.json)")
     out = check_output(folder / FILENAME, overwrite)
+    if threads is not None:
+        warnings.warn("--threads is ignored: calibration runs on one thread, so that it fits the same tables every "
+                      "time", stacklevel=1)
     videos = None
     if frames is not None and not clips:
         raise VitokError("--frames limits --clip videos; without --clip the sample clips' training segments are used "

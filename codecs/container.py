@@ -2,7 +2,7 @@
 
 The container knows geometry, timing and chunk framing (length, CRC32); what a chunk payload holds is the codec's
 business. Version 2 (written) packs the header's metadata into binary fields, about 55 bytes where version 1's JSON
-took about 190; version 1 is still read. The reader checks every size against fixed limits and against the bytes
+took about 177; version 1 is still read. The reader checks every size against fixed limits and against the bytes
 actually left before it allocates anything, and every failure is a one-line ``BitstreamError``.
 """
 from __future__ import annotations
@@ -203,11 +203,12 @@ def _not_json(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _parse_json(data: bytes, fail: Callable[[str], BitstreamError]) -> dict[str, Any]:
-    """A header's JSON object (RFC 8259: no NaN or Infinity, no key twice), refused as one error when it is not
-    JSON, not an object or nested too deeply."""
+def _parse_json(data: bytes, fail: Callable[[str], BitstreamError], strict: bool = True) -> dict[str, Any]:
+    """A header's JSON object, refused as one error when it is not JSON, not an object or nested too deeply;
+    ``strict`` (version 2): RFC 8259, no NaN or Infinity, no key twice (version 1 read them as Python does)."""
+    hooks = {"object_pairs_hook": _unique, "parse_constant": _not_json} if strict else {}
     try:
-        value = json.loads(data.decode(), object_pairs_hook=_unique, parse_constant=_not_json)
+        value = json.loads(data.decode(), **hooks)
         if not isinstance(value, dict):
             raise ValueError("not an object")
     except (UnicodeDecodeError, ValueError) as e:
@@ -496,7 +497,7 @@ class VtokReader:
         (crc,) = _U32.unpack(self._read(4, "header CRC"))
         if zlib.crc32(fixed + meta) != crc:
             raise self._fail("header CRC mismatch (corrupt header)")
-        header.meta = _parse_json(meta, self._fail)
+        header.meta = _parse_json(meta, self._fail, strict=False)
         return header
 
     def chunks(self) -> Iterator[tuple[ChunkInfo, bytes]]:

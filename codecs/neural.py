@@ -449,7 +449,7 @@ class VitokCodec(Codec):
     # ---- whole clips ----------------------------------------------------------------------------------------
     def header_meta(self, step: float | None, width: int, height: int,
                     sample_aspect_ratio: Fraction = Fraction(1)) -> dict[str, Any]:
-        """The header's JSON: model identity, tables, the step asked for (None when rate control picks it), the
+        """The header's metadata: model identity, tables, the step asked for (None when rate control picks it), the
         tiling when frames span more than one tile (every tiling cuts a one-tile frame alike), and the pixel aspect
         when pixels are not square."""
         tok = self.tok
@@ -550,12 +550,16 @@ class VitokCodec(Codec):
             yield self.reconstruct(q, tokens, step, info.frames, h.height, h.width)
 
     def check_header(self, header: VtokHeader) -> None:
-        """Refuse streams from another model (name or weights differ, or a kind, channel count or chunk length that
-        is not the model's), other entropy tables or other tiles."""
-        meta = header.meta
-        if meta.get("codec") != "vitok":
-            raise BitstreamError(f"not a vitok stream (codec {meta.get('codec')!r})")
-        tok = self.tok
+        """Refuse streams of another codec, from another model or tables (``check_model``), or cut in other tiles."""
+        if header.meta.get("codec") != "vitok":
+            raise BitstreamError(f"not a vitok stream (codec {header.meta.get('codec')!r})")
+        self.check_model(header)
+        self._check_tiling(header)
+
+    def check_model(self, header: VtokHeader) -> None:
+        """Refuse a stream from another model (name or weights differ, or a kind, channel count or chunk length that
+        is not the model's) or other entropy tables."""
+        meta, tok = header.meta, self.tok
         theirs = (meta.get("model"), str(meta.get("weights", "")))
         ours = (tok.config.name, tok.weights_hash[:WEIGHTS_ID_CHARS])
         if theirs != ours:
@@ -571,7 +575,6 @@ class VitokCodec(Codec):
         if header.chunk_frames != tok.clip_frames:   # the encoder always cuts clip_frames; an edit would decode longer
             raise BitstreamError(f"header says chunks of {header.chunk_frames} frames, the model {tok.config.name!r} "
                                  f"codes chunks of {tok.clip_frames}")
-        self._check_tiling(header)
 
     def _check_tiling(self, header: VtokHeader) -> None:
         """Refuse a stream whose tiles of its frames differ from what this model would cut. Without ``tiling`` the

@@ -313,6 +313,9 @@ def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path
     assert "use -y to overwrite" in _error(capsys, "calibrate", str(d), "--clip", str(video))
     with pytest.warns(UserWarning, match=f"tables {report['table_id']} replaced by [0-9a-f]{{16}}; .vtok files coded"):
         ctx = _run("calibrate", str(d), "--clip", str(video), "--context-radius", "2", "-y")
+    with pytest.warns(UserWarning, match="--threads is ignored: calibration runs on one thread"):   # older scripts
+        again = _run("calibrate", str(d), "--clip", str(video), "--context-radius", "2", "-y", "--threads", "2")
+    assert again["table_id"] == ctx["table_id"]
     assert ctx["contexts"] == 6 and ctx["table_id"] != report["table_id"]  # the previous token picks the table
     _run("encode", str(video), "-o", str(out), "--model", str(d), "--tokens", "4")
     _run("decode", str(out), "-o", str(tmp_path / "clip.npy"), "--model", str(d))

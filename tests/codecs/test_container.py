@@ -260,6 +260,17 @@ def test_version_1_streams_decode_as_they_did(codec1d, stream1d, tmp_path):
         assert fuzz.check(mutant, codec1d, max_seconds=2.0) in ("ok", "rejected")
 
 
+def test_version_1_metadata_reads_as_python_reads_json():
+    """Version 1 took its JSON as Python's json module reads it (NaN, a repeated key): such files still read;
+    version 2's JSON object is RFC 8259."""
+    data = bytearray(_v1(_header({"codec": "test", "psnr": 1.0}), CHUNKS))
+    meta_len = struct.unpack_from("<I", data, 36)[0]
+    data[40:40 + meta_len] = b'{"codec":"test","psnr":NaN}'.ljust(meta_len)
+    struct.pack_into("<I", data, 40 + meta_len, zlib.crc32(bytes(data[:40 + meta_len])))
+    meta = read_vtok(bytes(data))[0].meta
+    assert meta["codec"] == "test" and meta["psnr"] != meta["psnr"]
+
+
 def _v1_patched(offset: int, value: int) -> bytes:
     b = bytearray(_v1(_header(), CHUNKS))
     end = 40 + struct.unpack_from("<I", b, 36)[0]
