@@ -29,8 +29,9 @@ def _is_sample_file(source: str) -> bool:
               help="Code each value with the table of the value one step back (grid models: one latent frame; 1D "
                    "models: one token), clipped to this radius [default: 3 for grid models, 0 for 1D models]; 0: "
                    "factorized tables, which decode in one call.")
-@click.option("--iters", type=click.IntRange(min=1), default=300, show_default=True,
-              help="Optimisation steps of the factorized tables' entropy bottleneck (--context-radius 0).")
+@click.option("--iters", type=click.IntRange(min=1), default=None,
+              help="Optimisation steps of the factorized tables' entropy bottleneck (--context-radius 0) "
+                   "[default: 300].")
 @click.option("--threads", type=int, default=None, hidden=True)   # before calibration ran on one thread: ignored
 @overwrite_option
 @json_option
@@ -68,7 +69,10 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
                              f"that rd/bench measure on; give other videos, or no --clip for the samples' training "
                              f"segments")
         videos = [clip.load(frames)[0] for clip in resolved]
-    tables = calibrate_model_dir(folder, videos, iters=iters, context_radius=context_radius)
+    tables = calibrate_model_dir(folder, videos, iters=iters or 300, context_radius=context_radius)
+    if iters is not None and tables.contexts > 1:
+        warnings.warn("--iters is ignored: these tables are counted per context, not optimised (--context-radius 0 "
+                      "fits factorized tables)", stacklevel=1)
     report = tables.meta["calibration"]
     rows = [f"{step:>6}  {r['real_bits']:.3f}" for step, r in report["bits_per_symbol"].items()]
     offset = f"an offset per token position ({tables.unit_tokens} x {tables.channels})" if tables.unit_tokens \

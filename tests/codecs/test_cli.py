@@ -315,6 +315,8 @@ def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path
         ctx = _run("calibrate", str(d), "--clip", str(video), "--context-radius", "2", "-y")
     with pytest.warns(UserWarning, match="--threads is ignored: calibration runs on one thread"):   # older scripts
         again = _run("calibrate", str(d), "--clip", str(video), "--context-radius", "2", "-y", "--threads", "2")
+    with pytest.warns(UserWarning, match="--iters is ignored: these tables are counted per context"):
+        _run("calibrate", str(d), "--clip", str(video), "--context-radius", "2", "-y", "--iters", "5")
     assert again["table_id"] == ctx["table_id"]
     assert ctx["contexts"] == 6 and ctx["table_id"] != report["table_id"]  # the previous token picks the table
     _run("encode", str(video), "-o", str(out), "--model", str(d), "--tokens", "4")
