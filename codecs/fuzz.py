@@ -1,6 +1,7 @@
 """Fuzz the ``.vtok`` reader and decoder with mutated real streams: ``python -m vitok.codecs.fuzz --seconds N``.
 
-Streams come from a tiny 1D model coding a real sample clip. By default each mutant is parsed and every chunk
+Streams come from a tiny 1D model coding a real sample clip, one of them rewritten in format version 1 (which
+readers still take). By default each mutant is parsed and every chunk
 entropy-decoded to its integers (the bitstream half of decoding); ``--pixels`` adds the neural decoder. Mutations: bit flips, truncation, insertion,
 deletion, trailing bytes, chunk duplication, header field edits and payload edits (with and without a
 recomputed CRC, so that checks behind the CRC are reached too). Every mutant must either decode or raise
@@ -10,6 +11,7 @@ cap is a failure.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import struct
 import sys
@@ -21,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from vitok.codecs.container import _START, VtokHeader, VtokReader, _pack_meta, frame_chunk, uvarint
+from vitok.codecs.container import _START, _V1_FIXED, VtokHeader, VtokReader, _pack_meta, frame_chunk, uvarint
 from vitok.codecs.errors import BitstreamError
 
 MAX_SECONDS = 10.0  # per mutant
@@ -148,9 +150,38 @@ MUTATORS: list[Callable[[bytes, Layout, random.Random], bytes]] = [
     m_payload, m_payload]
 
 
+def as_version_1(data: bytes) -> bytes:
+    """A stream rewritten in format version 1 (FORMAT.md): 40 fixed header bytes, the metadata as JSON, 12-byte
+    chunk framing with each chunk's frame count."""
+    with VtokReader(data) as r:
+        h, chunks = r.header, list(r.chunks())
+    meta = json.dumps(h.meta, sort_keys=True, separators=(",", ":")).encode()
+    head = _V1_FIXED.pack(b"VTOK", 1, 0, h.width, h.height, h.frames, h.fps.numerator, h.fps.denominator,
+                          h.chunk_frames, h.num_chunks, len(meta)) + meta
+    out = [head, struct.pack("<I", zlib.crc32(head))]
+    for info, payload in chunks:
+        framing = struct.pack("<II", len(payload), info.frames)
+        out += [framing, struct.pack("<I", zlib.crc32(payload, zlib.crc32(framing))), payload]
+    return b"".join(out)
+
+
+def m_v1_header_field(d: bytes, lay: Layout, rng: random.Random) -> bytes:
+    """Version 1: set one fixed header field to an extreme value, usually with the header CRC recomputed."""
+    b = bytearray(d)
+    end = _V1_FIXED.size + _V1_FIXED.unpack_from(d)[-1]
+    off = rng.choice(range(4, _V1_FIXED.size, 4))
+    struct.pack_into("<I", b, off, _rand_u32(rng))
+    if rng.random() < 0.85:
+        struct.pack_into("<I", b, end, zlib.crc32(bytes(b[:end])))
+    return bytes(b)
+
+
+V1_MUTATORS = [m_bitflip, m_truncate, m_insert, m_delete, m_trailing, m_dup_chunk, m_v1_header_field]
+
+
 def mutate(data: bytes, rng: random.Random, lay: Layout | None = None) -> tuple[str, bytes]:
     lay = lay or layout(data)
-    mut = rng.choice(MUTATORS)
+    mut = rng.choice(V1_MUTATORS if lay.header.version == 1 else MUTATORS)
     return mut.__name__, mut(data, lay, rng)
 
 
@@ -215,6 +246,7 @@ def make_corpus(seed: int = 0):
     codec = VitokCodec(tok, tables)
     corpus = [codec.encode(frames[:5], info.fps), codec.encode(frames, info.fps, tokens=4),
               codec.encode(frames, info.fps, step=2.0)]
+    corpus.append(as_version_1(corpus[1]))
     return codec, corpus
 
 

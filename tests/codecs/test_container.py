@@ -249,14 +249,15 @@ def test_version_1_streams_decode_as_they_did(codec1d, stream1d, tmp_path):
 
     header, chunks = read_vtok(stream1d)
     old = _v1(header, [(p, i.frames) for i, p in chunks])
+    assert old == fuzz.as_version_1(stream1d)   # the fuzzer's version 1 corpus is this layout
     assert len(old) == len(stream1d) + 142   # what version 2 saves on this stream (3 chunks)
     assert read_vtok(old)[0].meta == header.meta
     assert np.array_equal(codec1d.decode(old)[0], codec1d.decode(stream1d)[0])
     (tmp_path / "old.vtok").write_bytes(old)
     assert describe_vtok(tmp_path / "old.vtok")["format_version"] == 1
-    rng = random.Random(0)
+    rng, lay = random.Random(0), fuzz.layout(old)
     for _ in range(200):
-        mutant = rng.choice([fuzz.m_bitflip, fuzz.m_truncate, fuzz.m_insert, fuzz.m_delete])(old, None, rng)
+        _, mutant = fuzz.mutate(old, rng, lay)
         assert fuzz.check(mutant, codec1d, max_seconds=2.0) in ("ok", "rejected")
 
 
