@@ -489,8 +489,7 @@ class VitokCodec(Codec):
         h, w = first.shape[1:3]
         asked = DEFAULT_STEP if step is None and bytes is None and psnr is None else step
         header = VtokHeader(w, h, fps, self.tok.clip_frames, meta=self.header_meta(asked, w, h, sample_aspect_ratio))
-        header.check()
-        writer = VtokWriter(out, header)
+        writer = VtokWriter(out, header)   # packing the header checks it, before anything is written
         stats = EncodeStats(width=w, height=h, fps=fps)
 
         def frames_checked() -> Iterator[np.ndarray]:
