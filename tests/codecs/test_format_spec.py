@@ -185,3 +185,19 @@ def test_null_step_and_json_keys_read_by_the_spec():
     spec, payloads = _spec_file(data)
     assert spec.pop("keys") == 1 << 10 | 1 << 7 | 0b11 and spec == _values(read_vtok(data)[0])
     assert spec["meta"] == meta and payloads == [b"x" * 200, b"y"]
+
+
+def test_bundled_header_sizes_on_the_rd_segments():
+    """The header bytes the README and FORMAT.md quote for the RD's 128x128 segments (25 fps and 30000/1001): the
+    file's first chunk starts there."""
+    from vitok.evaluation.clips import resolve_clips
+
+    clips = {c.name.split(":")[0]: c for c in resolve_clips(["eval"])}
+    sizes = {}
+    for name in BUNDLED:
+        codec = VitokCodec(name)
+        for clip in ("bigbuckbunny", "carphone"):
+            frames, fps = clips[clip].load(5)
+            sizes[name, str(fps)] = read_vtok(codec.encode(frames, fps))[1][0][0].offset
+    assert sizes == {("vitok-grid", "25"): 56, ("vitok-grid", "30000/1001"): 59, ("vitok-cnn", "25"): 55,
+                     ("vitok-cnn", "30000/1001"): 58, ("vitok-1d", "25"): 54, ("vitok-1d", "30000/1001"): 57}
