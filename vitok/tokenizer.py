@@ -214,7 +214,8 @@ class Tokenizer(nn.Module):
         The video may stay on the CPU: chunks move to the model's device one at a time. `tiled=False` (grid models)
         codes whole frames in one pass instead of the config's tiles; the Latents remember it for `decode`."""
         self._check_video(video)
-        low, high = (float(v) for v in torch.aminmax(video.detach()))   # no copy of the video (abs() made one)
+        video_ = video.detach()   # amin/amax read any layout in place; aminmax and abs() copy a permuted one
+        low, high = float(video_.amin()), float(video_.amax())
         peak = max(-low, high)   # a NaN or inf value shows in the peak
         if not math.isfinite(peak):  # here, not in the training forward: the trainer guards its steps
             raise VitokError("video holds NaN or infinite values")

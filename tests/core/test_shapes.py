@@ -107,3 +107,22 @@ def test_1d_encode_never_drops_tokens_at_random(clip):
     tok = vitok.create_model("vit1d-tiny").train()
     assert tok.encode(clip(4, 16, 16, batch=4)).mask is None
     assert tok(clip(4, 16, 16, batch=64))["latents"].mask.sum(1).unique().numel() > 1
+
+
+def test_range_check_does_not_copy_a_permuted_video(tmp_path):
+    """`frames_to_tensor` gives a permuted view; checking its range made a contiguous copy (aminmax), doubling the
+    memory a long video needs. Measured in a fresh process: peak RSS growth of encode far below the video's size."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, torch, vitok\n"
+        "torch.set_num_threads(1)\n"
+        "tok = vitok.create_model('vit-tiny').freeze()\n"
+        "video = torch.rand(1, 20, 512, 512, 3).mul_(2).sub_(1).permute(0, 4, 1, 2, 3)  # 60 MiB, channels last\n"
+        "tok.encode(video[:, :, :4, :64, :64])  # warm up: allocator and model buffers\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "tok.encode(video)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert float(out.stdout.split()[-1]) < 40, out.stdout   # a copy of the video: 60 MiB; the tiles' work: ~20
