@@ -158,7 +158,8 @@ class DiffusersAdapter(nn.Module):
 
     def decode(self, z: torch.Tensor, return_dict: bool = True):
         """Normalized latents in the layout `encode` gives -> DecoderOutput(sample) video, or image (B, 3, H, W) for
-        4D grid latents and for a 1D adapter of sample_size (1, H, W)."""
+        4D grid latents and for a 1D adapter of sample_size (1, H, W). 1D latents may hold the same first k tokens
+        of every unit (a prefix, as `vitok extract --tokens k` keeps)."""
         want = (3,) if self.tok.max_tokens is not None else (4, 5)
         if not isinstance(z, torch.Tensor) or z.ndim not in want or z.shape[1] != self.config.latent_channels:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
@@ -166,13 +167,17 @@ class DiffusersAdapter(nn.Module):
             raise VitokError(f"DiffusersAdapter: latents must be {layout} with C={self.config.latent_channels}, "
                              f"got {shape}")
         frames, height, width = self._geometry(z)
+        prefix = None
         if self.tok.max_tokens is not None:
             tokens = z.transpose(1, 2)
+            units = self.tok.plan(frames, height, width, True).units
+            if tokens.shape[1] % units == 0 and 0 < tokens.shape[1] // units < self.tok.max_tokens:
+                prefix = tokens.shape[1] // units   # the first tokens of each unit (latents kept with --tokens k)
         else:
             grid = z.unsqueeze(2) if z.ndim == 4 else z
             tokens = grid.flatten(2).transpose(1, 2)
         try:
-            lat = self.tok.make_latents(tokens, frames, height, width, tiled=self._tiled)
+            lat = self.tok.make_latents(tokens, frames, height, width, prefix, tiled=self._tiled)
         except VitokError:
             if self.tok.max_tokens is None:
                 raise

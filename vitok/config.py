@@ -61,6 +61,9 @@ class TokenizerConfig:
             if not _is(value, hint):
                 expected = hint.__name__ if isinstance(hint, type) else hint   # "int", or "list[float] | None"
                 raise VitokError(f"config {self.name}: {f.name} must be {expected}, got {value!r}")
+        if CONFIG_CLASSES.get(self.kind) is not type(self):   # kind picks the class that reads the fields
+            raise VitokError(f"config {self.name}: kind {self.kind!r} does not name this {type(self).__name__}'s "
+                             f"architecture ({type(self).kind!r}); kinds are not changed by an override")
         if self.latent_channels < 1 or self.clip_frames < 1:
             raise VitokError(f"config {self.name}: latent_channels and clip_frames must be >= 1")
         if not 0.0 <= self.tile_overlap <= MAX_TILE_OVERLAP:  # above it, tiles shrunk to fit overlap 3 deep somewhere

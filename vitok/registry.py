@@ -72,6 +72,7 @@ def build(config: TokenizerConfig) -> Tokenizer:
     """Instantiate the tokenizer class for config.kind (random weights)."""
     from vitok.models import MODEL_CLASSES
 
+    config.validate()   # before the class lookup: a kind changed by an override is named, not a KeyError
     return MODEL_CLASSES[config.kind](config)
 
 

@@ -167,6 +167,12 @@ class Tokenizer(nn.Module):
         num_tokens = _count(num_tokens)
         g = self.plan(frames, height, width, tiled)
         n_unit = self.tokens_per_unit(*g.unit_size)
+        if not isinstance(z, torch.Tensor) or z.ndim != 3:
+            raise VitokError(f"{self.config.name}: latents must be a tensor (B, N, C), got "
+                             f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+        if logvar is not None and (not isinstance(logvar, torch.Tensor) or logvar.shape != z.shape):
+            raise VitokError(f"{self.config.name}: logvar must be a tensor shaped like z {tuple(z.shape)}, got "
+                             f"{tuple(logvar.shape) if isinstance(logvar, torch.Tensor) else type(logvar).__name__}")
         B, N, C = z.shape
         unit_mask = self.token_mask(B, num_tokens, z.device)
         if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (B, N)):
@@ -175,6 +181,9 @@ class Tokenizer(nn.Module):
         if num_tokens is not None and N == g.units * num_tokens and num_tokens < n_unit:
             z = nn.functional.pad(z.reshape(B, g.units, num_tokens, C), (0, 0, 0, n_unit - num_tokens))
             z = z.reshape(B, g.units * n_unit, C)
+            if logvar is not None:   # the prefix's logvar, padded like z (the padding is masked)
+                logvar = nn.functional.pad(logvar.reshape(B, g.units, num_tokens, C), (0, 0, 0, n_unit - num_tokens))
+                logvar = logvar.reshape(B, g.units * n_unit, C)
             if mask is not None:   # the prefix's mask, padded like z
                 mask = nn.functional.pad(mask.reshape(B, g.units, num_tokens), (0, n_unit - num_tokens))
                 mask = mask.reshape(B, g.units * n_unit)
@@ -283,6 +292,11 @@ class Tokenizer(nn.Module):
         lat = latents.denormalized()
         g = self.plan(lat.frames, lat.height, lat.width, lat.tiled)
         n_unit = self.tokens_per_unit(*g.unit_size)
+        grid = self.unit_grid(*g.unit_size)
+        if lat.layout is not None and (tuple(lat.layout) != g.layout or (lat.grid and tuple(lat.grid) != grid)):
+            raise VitokError(f"{self.config.name}: latents laid out as {tuple(lat.layout)} units of grid {lat.grid}, "
+                             f"decode plans {g.layout} of {grid} for a {lat.frames}x{lat.height}x{lat.width} video "
+                             f"(forward's latents code the clip as one unit: use encode's)")
         if tuple(lat.z.shape[1:]) != (g.units * n_unit, self.latent_channels):
             raise VitokError(f"{self.config.name}: latents of shape {tuple(lat.z.shape[1:])} do not fit a "
                              f"{lat.frames}x{lat.height}x{lat.width} video")

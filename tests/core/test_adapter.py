@@ -68,6 +68,11 @@ def test_1d_shapes(clip):
     with pytest.raises(vitok.VitokError, match=r"32 latent tokens do not fit sample_size=\(8, 32, 32\)"):
         adapter.decode(longer)
     assert two_units.decode(longer).sample.shape == (1, 3, 16, 32, 32)
+    # a prefix (the first k tokens of every unit, as `vitok extract --tokens k` keeps) decodes as the model's own
+    video = clip(16, 32, 32)
+    lat = tok.encode(video, num_tokens=5).normalized()
+    prefix = lat.z.view(1, 2, 16, 8)[:, :, :5].reshape(1, 10, 8).transpose(1, 2)
+    torch.testing.assert_close(two_units.decode(prefix).sample, tok.decode(lat))
     images = vitok.DiffusersAdapter(tok, sample_size=(1, 32, 32))   # an image adapter: images in, images out
     x = clip(1, 32, 32)[:, :, 0]
     z = images.encode(x).latent_dist.mode()

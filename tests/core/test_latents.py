@@ -205,6 +205,18 @@ def test_make_latents_roundtrip(grid_tok, tok1d, clip):
     assert torch.equal(masked.z, lat.z) and torch.equal(masked.mask, lat.mask)
     with pytest.raises(VitokError, match=r"mask must be a bool tensor \(B, N\)"):
         tok1d.make_latents(prefix, 9, 20, 30, num_tokens=5, mask=torch.ones(1, units * 16, dtype=torch.bool))
+    # ... and its logvar with it: a prefix's posterior samples and gives the KL of the encode's own
+    assert lat.logvar is not None
+    logvar = lat.logvar.view(1, units, 16, 8)[:, :, :5].reshape(1, units * 5, 8)
+    posterior = tok1d.make_latents(prefix, 9, 20, 30, num_tokens=5, logvar=logvar)
+    assert posterior.logvar.shape == lat.z.shape and torch.equal(posterior.kl(), lat.kl())
+    assert posterior.sample(torch.Generator().manual_seed(0)).z.shape == lat.z.shape
+    for bad, what in ((logvar[:, 1:], r"\(1, %d, 8\)" % (units * 5 - 1)), (logvar.numpy(), "ndarray")):
+        with pytest.raises(VitokError, match=r"logvar must be a tensor shaped like z .*" + what):
+            tok1d.make_latents(prefix, 9, 20, 30, num_tokens=5, logvar=bad)
+    for bad, what in ((prefix[0], r"\(%d, 8\)" % (units * 5)), (prefix.numpy(), "ndarray")):
+        with pytest.raises(VitokError, match=r"latents must be a tensor \(B, N, C\), got " + what):
+            tok1d.make_latents(bad, 9, 20, 30, num_tokens=5)
 
 
 def test_a_batch_codes_as_its_clips_alone(grid_tok, tok1d, clip):

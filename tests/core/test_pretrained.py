@@ -97,6 +97,13 @@ def test_another_channel_count_drops_the_bundled_statistics():
     assert vitok.create_model("vitok-grid").config.latent_mean is not None   # the same count keeps them
 
 
+def test_an_override_of_kind_is_named():
+    """`create_model("vit-tiny", kind="cnn")` built a CNN from a ViT's fields: AttributeError (or a KeyError)."""
+    for kind in ("cnn", "vit1d", "nope"):
+        with pytest.raises(VitokError, match=f"kind '{kind}' does not name this ViTConfig's architecture"):
+            vitok.create_model("vit-tiny", kind=kind)
+
+
 def test_forward_latents_decode_and_take_any_integer_count(clip):
     """`forward` (the training pass) codes whole frames as one unit: its Latents must say so (a grid model's frames
     larger than the tile were planned as tiles and refused), and num_tokens takes numpy/tensor integers as encode

@@ -101,6 +101,19 @@ def test_training_forward(clip):
         assert tok.embed.weight.grad is not None if name != "cnn-tiny" else tok.encoder[0].weight.grad is not None
 
 
+def test_forward_latents_decode_or_say_why_not(models, clip):
+    """forward codes a clip as one unit; decode re-plans from the geometry. Within one unit the two agree; a clip
+    longer than a unit (or a 1D model's tile) gets one line saying the layouts differ, not a silent re-split."""
+    for name in FAMILIES:
+        tok = models[name]
+        out = tok(clip(tok.clip_frames, 24, 40))
+        torch.testing.assert_close(tok.decode(out["latents"]), out["recon"])
+    for name, (t, h, w) in (("vit-tiny", (5 * models["vit-tiny"].clip_frames, 16, 16)), ("vit1d-tiny", (4, 80, 80))):
+        out = models[name](clip(t, h, w))
+        with pytest.raises(VitokError, match=r"laid out as \(1, 1, 1\) units .*\(forward's latents"):
+            models[name].decode(out["latents"])
+
+
 def test_1d_encode_never_drops_tokens_at_random(clip):
     """Nested dropout belongs to the training forward only: encode() of a model in train mode keeps all K."""
     torch.manual_seed(0)
