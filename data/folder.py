@@ -59,7 +59,7 @@ class VideoFolder(torch.utils.data.Dataset):
                 self._warn(path, f"skipping {path}: {e.strerror}")
                 continue
             self.items.append(info)
-            h.update(f"{path.relative_to(self.root).as_posix()}\0{size}\0".encode())
+            h.update(os.fsencode(path.relative_to(self.root)) + f"\0{size}\0".encode())   # any file name
         if not self.items:
             raise VideoReadError(f"{self.root}: no readable videos or images ({', '.join(exts)})")
         self._fingerprint = h.hexdigest()[:16]

@@ -41,7 +41,8 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import VideoReadError, VideoWriteError
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".y4m")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".y4m", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
+                    ".ogv", ".gif")   # what folders of videos are scanned for (training, extraction, rd)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 CODECS = {"h264": "libx264", "h265": "libx265", "hevc": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1",
           "ffv1": "ffv1"}

@@ -90,10 +90,14 @@ def _split_frames(name: str, split: str, size: int | None, stride: int = 1) -> n
 
 def load_sample(name: str, split: str = "eval", *, size: int | None = None, stride: int = 1) -> np.ndarray:
     """uint8 ``(T,H,W,3)`` frames of one split of sample clip ``name`` (centre ``size x size`` crop if given)."""
+    if not isinstance(stride, int) or stride < 1:
+        raise VitokError(f"stride must be an integer >= 1, got {stride!r}")
     return _split_frames(name, split, size, stride).copy()
 
 
 def _segments(split: str, num_frames: int, size: int | None) -> list[Segment]:
+    if not isinstance(num_frames, int) or num_frames < 1:
+        raise VitokError(f"segments need num_frames >= 1, got {num_frames!r}")
     out = []
     for name in SAMPLE_CLIPS:
         first, stop = split_range(name, split)

@@ -3,7 +3,8 @@ trained, and calibrate its entropy tables on the sample clips' training segments
 
     python tools/bundle_model.py runs/1d vitok-1d --command "vitok train vitok-1d ..."
 
-A model that is already bundled under NAME is replaced as a whole (atomic directory swap). A run started from other
+A model that is already bundled under NAME is replaced as a whole (atomic directory swap); a --dest folder holding
+other files than a model's is refused (it would be lost). A run started from other
 weights (config `model.init`, e.g. `--set model.init=vitok-grid`) adds its history from that model's training.json
 as it was when the run started (the run's init.json; runs made before it existed read the source's training.json
 now): steps and seconds are totals, the commands are chained with " && ", and `hardware_history` lists every stage.
@@ -16,6 +17,7 @@ import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+MODEL_FILES = ("config.json", "model.safetensors", "entropy.safetensors", "training.json")   # what a bundle holds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,7 +52,11 @@ def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, stor
 
     import vitok
 
+    from vitok.cli.common import check_output
+
     dest = dest or REPO / "vitok" / "pretrained" / name
+    # an existing model folder is replaced; a folder holding anything else (the run itself, say) is refused
+    check_output(dest, True, inputs=[run], folder_of=MODEL_FILES)
     info = _finished_run(run)
     prior = _prior_training(run, info["config"]["model"].get("init"))
     model = vitok.load(run / "model", frozen=False)   # checks the weights against their hash and config

@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
             patch, keep = (int(v) for v in text.split(":"))
         except ValueError:
             raise SystemExit(f"error: --tubelet takes P:K (two integers), got {text!r}") from None
+        if args.size < 1 or args.frames < 1:
+            raise SystemExit(f"error: --size and --frames must be >= 1, got {args.size} and {args.frames}")
         if patch < 1 or keep < 1 or args.size % patch:
             raise SystemExit(f"error: --tubelet {text}: P and K must be positive and P must divide {args.size}")
         settings.append((patch, keep))
@@ -76,8 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     from vitok.data.samples import eval_segments, train_segments
     from vitok.train.evaluate import frame_psnr, frame_ssim
 
-    train = [frames for _, frames in train_segments(num_frames=16, size=args.size)]
-    held_out = eval_segments(num_frames=args.frames, size=args.size)
+    from vitok.data.errors import VitokError
+
+    try:
+        train = [frames for _, frames in train_segments(num_frames=16, size=args.size)]
+        held_out = eval_segments(num_frames=args.frames, size=args.size)   # --frames longer than a split: one line
+    except VitokError as e:
+        raise SystemExit(f"error: {e}") from None
     for patch, keep in settings:
         mean, basis = fit_pca(train, patch, keep)
         scores = [(frame_psnr(f, rec), frame_ssim(f, rec))

@@ -34,13 +34,12 @@ import torch
 from vitok.data.atomic import atomic_path, write_bytes_atomic
 from vitok.data.convert import frames_to_tensor
 from vitok.data.errors import VitokError
+from vitok.data.io import VIDEO_EXTENSIONS
 from vitok.data.shards import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, read_manifest
 
 if TYPE_CHECKING:
     from vitok.latents import Latents
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
-                            ".wmv", ".ogv", ".gif", ".y4m"})
 _SHARD_FILE = re.compile(r"shard-\d{5,}\.(?:safetensors|json)")  # a shard or its record, as shard_name() spells them
 _OWN_FILE = re.compile(rf"{_SHARD_FILE.pattern}|manifest(?:\.rank-\d{{5,}})?\.json")
 _TEMP_FILE = re.compile(rf"\.(?:{_OWN_FILE.pattern})\..+")  # what atomic_path names its temporaries
@@ -63,7 +62,7 @@ def list_videos(root: str | os.PathLike) -> list[Path]:
     if not base.is_dir():
         raise ExtractOptionError(f"{base}: input is not a folder")
     files = [p for p in base.rglob("*")
-             if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+             if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
              and not any(part.startswith(".") for part in p.relative_to(base).parts)]
     return sorted(files, key=lambda p: p.relative_to(base).as_posix())
 

@@ -67,6 +67,26 @@ def test_video_folder_pads_short_videos_and_survives_lost_files(video_root, tmp_
         VideoFolder(tmp_path / "empty", 4, 16)
 
 
+def test_video_folder_reads_what_extraction_reads_under_any_file_name(tmp_path):
+    """Training on a folder skipped .mpg/.ts/.gif files that `vitok latents extract` read (two extension lists), and
+    a file name that is not UTF-8 (an old archive's Latin-1) stopped the scan with a UnicodeEncodeError."""
+    import os
+
+    from vitok.extract import list_videos
+
+    frames = np.random.default_rng(0).integers(0, 256, (6, 32, 48, 3), dtype=np.uint8)
+    for name, codec, pix_fmt in (("ok.mp4", "h264", None), ("clip.mpg", "mpeg2video", None),
+                                 ("clip.ts", "h264", None), ("anim.gif", "gif", "rgb8")):
+        write_video(tmp_path / name, frames, 25, codec=codec, pix_fmt=pix_fmt)
+    latin1 = os.fsdecode(b"caf\xe9.mp4")
+    (tmp_path / "ok.mp4").rename(tmp_path / latin1)
+    write_video(tmp_path / "ok.mp4", frames, 25)
+    ds = VideoFolder(tmp_path, num_frames=4, size=16)
+    names = ["anim.gif", latin1, "clip.mpg", "clip.ts", "ok.mp4"]
+    assert [i.path.name for i in ds.items] == names == [p.name for p in list_videos(tmp_path)]
+    assert all(ds[i].shape == (3, 4, 16, 16) for i in range(len(ds)))
+
+
 def test_video_folder_says_when_a_file_is_shorter_than_its_header(tmp_path):
     """A cut-short file probes at its header's frame count; a start past its real end fell back to frame 0 without a
     word, so several draws of the file gave one clip: it now says so, once."""

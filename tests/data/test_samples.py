@@ -59,6 +59,11 @@ def test_load_sample_and_errors():
         load_sample("carphone", "test")
     with pytest.raises(VitokError, match="no eval segment of 100 frames fits"):   # a user error: one line
         eval_segments(num_frames=100)
+    for bad in (0, -3):   # a ZeroDivisionError, and a slice step error, before
+        with pytest.raises(VitokError, match=f"num_frames >= 1, got {bad}"):
+            eval_segments(num_frames=bad)
+        with pytest.raises(VitokError, match=f"stride must be an integer >= 1, got {bad}"):
+            load_sample("carphone", stride=bad)
 
 
 def test_train_stills_come_from_train_ranges():

@@ -96,6 +96,18 @@ def test_a_run_resumed_past_its_end_or_broken_is_refused_in_one_line(tool, small
     _bundle(tool, tmp_path / "run", tmp_path / "b", "c")
     assert json.loads((tmp_path / "b" / "training.json").read_text())["steps"] == 4
     assert len(small_calibration) == 1   # the refused bundle stopped before calibrating
+    _bundle(tool, tmp_path / "run", tmp_path / "b", "again")   # a model folder is replaced
+    assert json.loads((tmp_path / "b" / "training.json").read_text())["command"] == "again"
+    # --dest was replaced whatever it held: a folder of notes, the run itself, a folder above it; a file: traceback
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "results.csv").write_text("data")
+    (tmp_path / "afile").write_text("data")
+    for dest, why in (("notes", r"notes holds other files \(results.csv\)"), ("run", "is the input"),
+                      (".", "holds the input"), ("afile", "is a file")):
+        with pytest.raises(SystemExit, match=f"^error: output .*{why}"):
+            _bundle(tool, tmp_path / "run", tmp_path / dest, "c")
+    assert (tmp_path / "notes" / "results.csv").read_text() == "data" == (tmp_path / "afile").read_text()
+    assert (tmp_path / "run" / "train_info.json").is_file() and len(small_calibration) == 2
 
     info = json.loads((tmp_path / "run" / "train_info.json").read_text())
     (tmp_path / "run" / "train_info.json").write_text(json.dumps({k: v for k, v in info.items() if k != "config"}))

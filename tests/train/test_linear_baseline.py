@@ -46,6 +46,11 @@ def test_bad_tubelet_setting_is_one_line(tool):
         tool.main(["--tubelet", "8x16"])
     with pytest.raises(SystemExit, match=r"P must divide 128"):
         tool.main(["--tubelet", "12:16"])
+    for args in (["--frames", "0"], ["--size", "0"], ["--frames", "-3"]):   # tracebacks before
+        with pytest.raises(SystemExit, match=r"^error: --size and --frames must be >= 1"):
+            tool.main(args)
+    with pytest.raises(SystemExit, match=r"^error: no eval segment of 100 frames fits"):
+        tool.main(["--frames", "100", "--size", "32"])
 
 
 def _static_video(tool, rng: np.random.Generator, shapes: np.ndarray, frames: int) -> np.ndarray:
