@@ -31,6 +31,9 @@ def check_output(path: str | Path, overwrite: bool, *, inputs: Iterable[str | Pa
             raise VitokError(f"output {p} is the input; choose another name")
         if p.is_dir() and src.resolve().is_relative_to(p.resolve()):
             raise VitokError(f"output folder {p} holds the input {src}; choose another folder")
+    if folder_of is not None and p.is_dir() and Path.cwd().resolve().is_relative_to(p.resolve()):
+        raise VitokError(f"output folder {p} holds the current folder, which replacing it would move away; "
+                         "choose another folder or run from elsewhere")
     if not p.exists():
         return p
     if not (p.is_file() or p.is_dir()):  # a pipe, socket or device: renaming over it would replace it

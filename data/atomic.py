@@ -58,10 +58,29 @@ def fsync_path(path: Path) -> None:
 
 
 def _umask() -> int:
-    """The process umask (reading it means setting it, so it is set straight back)."""
+    """The process umask: from /proc where Linux shows it; elsewhere reading it means setting it (set straight back,
+    though a file another thread makes meanwhile misses it)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def _target(path: str | os.PathLike) -> Path:
+    """The absolute path an output is written to: a symbolic link's target (written through, as cp and ffmpeg do),
+    absolute so that moving an old output folder aside cannot move the paths (a relative one inside it would)."""
+    return Path(os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path))
+
+
+def _mode(dest: Path, default: int) -> int:
+    """The permissions an output gets: those of the file or folder it replaces, else ``default`` under the umask."""
+    try:
+        return dest.stat().st_mode & 0o7777
+    except OSError:
+        return default & ~_umask()
 
 
 @contextlib.contextmanager
@@ -72,7 +91,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, durable: boo
     such as FFmpeg's muxers pick the right container. Ctrl-C and errors leave no partial file. ``durable`` also
     flushes the file before the rename and the folder after it, so a power loss keeps the old file or the new one.
     """
-    dest = Path(path)
+    dest = _target(path)
     with _naming_the_output(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=dest.suffix if suffix is None else suffix,
@@ -81,8 +100,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, durable: boo
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        if tmp_path.exists():  # mkstemp makes files owner-only; give outputs the usual umask permissions
-            os.chmod(tmp_path, 0o666 & ~_umask())
+        if tmp_path.exists():  # mkstemp makes files owner-only; give outputs the replaced file's or the umask's
+            os.chmod(tmp_path, _mode(dest, 0o666))
             if durable:
                 fsync_path(tmp_path)
         os.replace(tmp_path, dest)
@@ -102,14 +121,14 @@ def atomic_dir(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]
     the folder's files and entries before the rename and the parent folder after it (see ``atomic_path``)."""
     import shutil
 
-    dest = Path(path)
+    dest = _target(path)
     with _naming_the_output(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     old = None
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes owner-only folders; a finished one gets the usual mode
+        os.chmod(tmp, _mode(dest, 0o777))  # mkdtemp makes owner-only folders: the replaced one's mode, or usual
         if durable:
             for item in tmp.iterdir():
                 fsync_path(item)

@@ -258,6 +258,16 @@ def test_outputs_never_replace_inputs_or_foreign_files(capsys, encoded, video, t
     _run("decode", str(src), "-o", str(frames), "-y", "--model", model, "-q")  # a previous decode is replaced whole
     assert sorted(p.name for p in frames.iterdir()) == [f"frame_{i:06d}.png" for i in range(20)]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+    # run from inside the output folder: replacing it moved the current folder (and the paths) away with it
+    here = os.getcwd()
+    os.chdir(frames)
+    try:
+        assert "holds the current folder" in _error(capsys, "decode", str(src), "-o", "../frames", "-y", "--model",
+                                                    model)
+        assert "holds the current folder" in _error(capsys, "decode", str(src), "-o", ".", "-y", "--model", model)
+    finally:
+        os.chdir(here)
+    assert len(list(frames.iterdir())) == 20
 
 
 def test_model_mismatch_on_decode(capsys, encoded, tinygrid, tmp_path):

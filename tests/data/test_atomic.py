@@ -28,6 +28,29 @@ def test_atomic_file_and_folder_get_umask_modes(tmp_path, umask_022):
     assert (tmp_path / "model" / "a.json").read_text() == "{}"
 
 
+def test_a_replaced_output_keeps_its_mode_and_links_are_written_through(tmp_path, umask_022, monkeypatch):
+    """-y over a private (0600) file made it world-readable; a symbolic link was replaced by a file, its target kept
+    the old content; and a relative output folder holding the current folder moved its own paths aside with it."""
+    (tmp_path / "private.vtok").write_bytes(b"old")
+    (tmp_path / "private.vtok").chmod(0o600)
+    (tmp_path / "frames").mkdir(mode=0o700)
+    with atomic_path(tmp_path / "private.vtok") as tmp:
+        tmp.write_bytes(b"new")
+    with atomic_dir(tmp_path / "frames") as tmp:
+        (tmp / "f.png").write_bytes(b"png")
+    assert stat.S_IMODE((tmp_path / "private.vtok").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "frames").stat().st_mode) == 0o700
+    (tmp_path / "link.vtok").symlink_to("private.vtok")
+    with atomic_path(tmp_path / "link.vtok") as tmp:
+        tmp.write_bytes(b"through")
+    assert (tmp_path / "link.vtok").is_symlink() and (tmp_path / "private.vtok").read_bytes() == b"through"
+    monkeypatch.chdir(tmp_path / "frames")
+    with atomic_dir("../frames") as tmp:   # the temporary and the old folder stay beside it, not inside
+        (tmp / "g.png").write_bytes(b"png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "link.vtok", "private.vtok"]
+    assert [p.name for p in (tmp_path / "frames").iterdir()] == ["g.png"]
+
+
 def test_failures_leave_nothing(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "old.json").write_text("{}")
@@ -87,3 +110,12 @@ def test_a_file_used_as_a_folder_is_named_as_such(tmp_path):
                     pytest.fail("no temporary should be made")
             assert e.value.strerror == f"cannot write {out}: {clip} is not a folder"
     assert clip.read_bytes() == b"video" and list(tmp_path.iterdir()) == [clip]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux shows the umask in /proc")
+def test_reading_the_umask_does_not_set_it(tmp_path, umask_022, monkeypatch):
+    """Reading the umask by setting it to 0 and back let a file another thread made meanwhile escape it."""
+    monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("os.umask called"))
+    with atomic_path(tmp_path / "out.bin") as tmp:
+        tmp.write_bytes(b"x")
+    assert stat.S_IMODE((tmp_path / "out.bin").stat().st_mode) == 0o644
