@@ -272,16 +272,14 @@ class EntropyTables:
 
     def save(self, path: str | Path) -> Path:
         """Write ``entropy.safetensors`` (int32 tables, float32 scale, JSON metadata) atomically."""
-        from safetensors.torch import save_file
-
-        from vitok.data.atomic import atomic_path
+        from vitok.data.atomic import atomic_path, save_safetensors
 
         path = Path(path)
         path = path / FILENAME if path.is_dir() else path
         meta = {**self.meta, "format": FORMAT_VERSION, "steps": self.steps, "precision": PRECISION,
                 "table_id": self.table_id, "context_radius": self.context_radius}
         with atomic_path(path) as tmp:
-            save_file(self.tensors(), str(tmp), metadata={"vitok_entropy": json.dumps(meta)})
+            save_safetensors(self.tensors(), tmp, metadata={"vitok_entropy": json.dumps(meta)})
         return path
 
     @classmethod

@@ -102,14 +102,13 @@ def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
         if kind == "video":
             write_video(out, frames(), h.fps, codec=video_codec, crf=crf, sample_aspect_ratio=h.sample_aspect_ratio)
         elif kind == "npy":
-            with atomic_path(out) as tmp:
-                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(h.frames, h.height, h.width, 3))
-                i = 0
+            # written chunk by chunk, not through a memory map: a full disk is then an OSError, not a SIGBUS
+            with atomic_path(out) as tmp, open(tmp, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                                                         "fortran_order": False,
+                                                         "shape": (h.frames, h.height, h.width, 3)})
                 for chunk in frames():
-                    arr[i:i + chunk.shape[0]] = chunk
-                    i += chunk.shape[0]
-                arr.flush()
-                del arr
+                    f.write(np.ascontiguousarray(chunk, np.uint8).tobytes())
             _warn_aspect_dropped(out, "a .npy array", h.sample_aspect_ratio)
         else:
             from PIL import Image

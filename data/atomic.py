@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -155,3 +156,18 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = Fal
     """Write ``data`` to ``path`` atomically (``durable``: see ``atomic_path``)."""
     with atomic_path(path, durable=durable) as tmp:
         tmp.write_bytes(data)
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, its write failures (a full disk) raised as the OSError they are: safetensors
+    reports them as a SafetensorError, which is no OSError, so they escaped as tracebacks."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        found = re.search(r"I/O error: (.*?)(?: \(os error (\d+)\))?$", str(e))
+        if found is None:
+            raise
+        raise OSError(int(found[2] or errno.EIO), found[1]) from e

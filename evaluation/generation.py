@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitok.data.atomic import atomic_dir, atomic_path, write_bytes_atomic
+from vitok.data.atomic import atomic_dir, atomic_path, save_safetensors, write_bytes_atomic
 from vitok.data.errors import VitokError
 
 CONFIG_NAME = "config.json"
@@ -163,12 +163,10 @@ def sample_flow(model: FlowDiT, num: int, length: int, mask: torch.Tensor | None
 def save_generator(model: FlowDiT, out_dir: str | os.PathLike, meta: dict[str, Any]) -> None:
     """Write ``model.safetensors`` and ``config.json`` (architecture + ``meta``: ``tokenizer``, ``normalization``,
     ``template``), each atomically (``train_generator`` writes into a new folder that replaces the old one whole)."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / WEIGHTS_NAME) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+        save_safetensors({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp)
     config = {"generator": asdict(model.config), **meta}
     write_bytes_atomic(out / CONFIG_NAME, json.dumps(config, indent=1).encode())
 

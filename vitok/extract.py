@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 import torch
 
-from vitok.data.atomic import atomic_path, write_bytes_atomic
+from vitok.data.atomic import atomic_path, save_safetensors, write_bytes_atomic
 from vitok.data.convert import frames_to_tensor
 from vitok.data.errors import VitokError
 from vitok.data.io import VIDEO_EXTENSIONS
@@ -504,11 +504,9 @@ def extract_latents(input_dir: str | os.PathLike, out_dir: str | os.PathLike, mo
                 for clip in record["clips"]:
                     clip["shard"] = f"{shard_name(index)}.safetensors"
                 if tensors is not None:
-                    from safetensors.torch import save_file
-
                     record["file"] = f"{shard_name(index)}.safetensors"
                     with atomic_path(out_dir / record["file"]) as tmp:
-                        save_file(tensors, str(tmp), metadata={**metadata, "shard": str(index)})
+                        save_safetensors(tensors, tmp, metadata={**metadata, "shard": str(index)})
                 write_bytes_atomic(out_dir / f"{shard_name(index)}.json", json.dumps(record).encode())
                 made, made_clips = made + 1, made_clips + len(record["clips"])
             records.append(record)

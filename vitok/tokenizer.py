@@ -395,7 +395,7 @@ class Tokenizer(nn.Module):
         `dtype` shrinks the file: a float dtype (e.g. torch.float16) stores floating weights at that precision,
         torch.int8 stores weight matrices as int8 with a scale per row (``vitok.storage``). The model itself is left
         as it is; the file records the hash of the weights `load()` rebuilds from it."""
-        from safetensors.torch import save_file
+        from vitok.data.atomic import save_safetensors
 
         from vitok.storage import restored, stored
 
@@ -412,6 +412,6 @@ class Tokenizer(nn.Module):
                 # the hash of what load() rebuilds from the file: a float32 model, whatever this one's dtype
                 as_loaded = {k: v.float() if v.is_floating_point() else v
                              for k, v in restored(tensors, meta, str(directory)).items()}
-                save_file(tensors, str(tmp), metadata={"format": "pt", "kind": self.config.kind,
+                save_safetensors(tensors, tmp, metadata={"format": "pt", "kind": self.config.kind,
                                                        "weights_hash": state_hash(as_loaded), **meta})
         return directory

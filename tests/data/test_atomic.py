@@ -119,3 +119,25 @@ def test_reading_the_umask_does_not_set_it(tmp_path, umask_022, monkeypatch):
     with atomic_path(tmp_path / "out.bin") as tmp:
         tmp.write_bytes(b"x")
     assert stat.S_IMODE((tmp_path / "out.bin").stat().st_mode) == 0o644
+
+
+def test_a_safetensors_write_failure_is_an_os_error_naming_the_output(tmp_path):
+    """safetensors reports a full disk as a SafetensorError (no OSError): `vitok latents extract`, `train`,
+    `calibrate` and `gen train` ended in a traceback. A file size limit makes the same failure in a child process."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, signal, sys, torch\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "from vitok.data.atomic import atomic_path, save_safetensors\n"
+        "try:\n"
+        "    with atomic_path(sys.argv[1]) as tmp:\n"
+        "        save_safetensors({'w': torch.zeros(10000)}, tmp)\n"
+        "except OSError as e:\n"
+        "    print(e.errno, e)\n")
+    out = tmp_path / "shard.safetensors"
+    run = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True)
+    assert run.stdout.strip() == f"{errno.EFBIG} [Errno {errno.EFBIG}] File too large: '{out}'", run.stderr[-500:]
+    assert not list(tmp_path.iterdir())

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from vitok.data.atomic import atomic_dir, write_bytes_atomic
+from vitok.data.atomic import atomic_dir, save_safetensors, write_bytes_atomic
 from vitok.data.errors import VitokError
 
 _TENSOR = "__tensor__"
@@ -92,7 +92,7 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep:
     tensors: dict[str, torch.Tensor] = {}
     meta = split_tensors(state, tensors)
     with atomic_dir(dest, durable=True) as tmp:   # on disk before latest.json names it, even across a power loss
-        save_file(tensors, str(tmp / "tensors.safetensors"))
+        save_safetensors(tensors, tmp / "tensors.safetensors")
         (tmp / "state.json").write_text(json.dumps({"step": step, "state": meta}))
     write_bytes_atomic(root / "latest.json", json.dumps({"step": step, "dir": dest.name}).encode(), durable=True)
     for old in sorted(root.glob("step-*"))[:-max(1, keep)]:
