@@ -10,13 +10,14 @@ from vitok.cli.common import (check_output, count, emit, json_option, overwrite_
                               threads_option)
 
 DEMO_CLIP = "carphone"  # 176x144: small enough for a fast CPU demo, real camera content
+DEMO_CLIPS = ["carphone", "bikes", "bigbuckbunny"]   # the sample clips it may code
 
 
 @click.command()
 @click.option("-o", "--output", default="vitok-demo", show_default=True, help="Folder for the demo's outputs.")
 @click.option("--model", default=None, help="vitok model name or directory (default: the default bundled model).")
 @click.option("--clip", default=DEMO_CLIP, show_default=True,
-              type=click.Choice(["carphone", "bikes", "bigbuckbunny"]), help="Bundled sample clip (its eval split).")
+              type=click.Choice(DEMO_CLIPS), help="Bundled sample clip (its eval split).")
 @click.option("--frames", type=click.IntRange(min=1), default=34, show_default=True, help="Frames to code.")
 @overwrite_option
 @quiet_option
@@ -32,7 +33,9 @@ def demo(output, model, clip, frames, overwrite, quiet, as_json, threads) -> Non
     from vitok.evaluation.report import format_table, op_label
 
     set_threads(threads)
-    out = check_output(output, overwrite, folder_of=("*.vtok", "*_vitok.mkv", "*_h264.mp4", "side_by_side.png"))
+    # an earlier demo's files (of any clip) are replaced; any other file, a .vtok of the user's say, is refused
+    demo_files = [f"{c}{end}" for c in DEMO_CLIPS for end in (".vtok", "_vitok.mkv", "_h264.mp4")]
+    out = check_output(output, overwrite, folder_of=(*demo_files, "side_by_side.png"))
     video = load_sample(clip, "eval")[:frames]
     info = sample_info(clip)
     fps, sar = info.fps, info.sample_aspect_ratio

@@ -67,6 +67,9 @@ def decode_output_kind(output_path: str | os.PathLike, video_codec: str) -> Lite
     """What a decode to ``output_path`` writes: "video", "npy" or "frames" (a folder of PNGs); a name it cannot
     write is refused here, before a model loads or an existing output is weighed."""
     out = Path(output_path)
+    if str(output_path) == "-":   # else a folder named "-" of PNG frames
+        raise CodecError("decode writes files, not standard output: give an output name (.mp4, .mkv, .npy or a "
+                         "folder)")
     suffix = out.suffix.lower()
     if suffix in (".mp4", ".mkv", ".mov"):   # .webm takes neither ffv1 nor h264, the two output codecs
         if video_codec == "ffv1" and suffix != ".mkv":

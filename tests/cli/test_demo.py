@@ -57,3 +57,8 @@ def test_demo_writes_outputs_and_refuses_overwrite(tmp_path: Path):
     assert result["source_sample_aspect_ratio"] == "128/117"
     text = runner.invoke(cli, ["demo", "-o", str(out), "--model", str(model), "--frames", "8", "-q", "-y"]).stdout
     assert "note: carphone's pixels are 128:117; the demo's outputs show them square" in text
+    # -y replaces an earlier demo, not a user's own files that look like one (any *.vtok, *_h264.mp4 were taken)
+    (out / "holiday.vtok").write_bytes(b"mine")
+    mine = runner.invoke(cli, ["demo", "-o", str(out), "--model", str(model), "--frames", "8", "-q", "-y"])
+    assert mine.exit_code != 0 and "holds other files (holiday.vtok)" in str(mine.exception or mine.output)
+    assert (out / "holiday.vtok").read_bytes() == b"mine" and (out / "carphone.vtok").is_file()

@@ -228,6 +228,7 @@ def test_outputs_never_replace_inputs_or_foreign_files(capsys, encoded, video, t
     shutil.copy(encoded, src)
     data = src.read_bytes()
     assert "unknown output type '.vtok'" in _error(capsys, "decode", str(src), "-o", str(src), "-y", "--model", model)
+    assert "not standard output" in _error(capsys, "decode", str(src), "-o", "-", "--model", model)   # a folder "-"
     as_npy = tmp_path / "src.npy"   # a .vtok under a name decode writes
     shutil.copy(encoded, as_npy)
     assert "is the input" in _error(capsys, "decode", str(as_npy), "-o", str(as_npy), "-y", "--model", model)
