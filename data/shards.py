@@ -334,9 +334,13 @@ class LatentShards(Dataset):
             else:
                 a = offsets[row]
                 z, mask = handle.get_slice("z")[a:a + n], handle.get_slice("mask")[a:a + n]
-            return z.clone(), mask.clone()
+            z, mask = z.clone(), mask.clone()
         except (OSError, SafetensorError, IndexError) as e:
             raise ShardError(f"{self.root / clip['shard']}: damaged shard ({e})") from None
+        if not bool(torch.isfinite(z).all()):   # shards carry no checksum: damage would reach training as NaN losses
+            raise ShardError(f"{self.root / clip['shard']}: damaged shard (clip {clip['id']} holds NaN or infinite "
+                             "latents)")
+        return z, mask
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         clip = self.clips[index]

@@ -236,6 +236,26 @@ def test_damaged_shards_are_one_line_errors_naming_the_shard(tmp_path, shards_di
     assert e.value.code == 1 and err.startswith("error: ") and "damaged shard" in err and err.count("\n") == 1, err
 
 
+def test_a_shard_whose_latents_rotted_is_named(tmp_path, shards_dir):
+    """Shards carry no checksum: a NaN written into z's bytes (disk rot, a bad copy) was served as data."""
+    import struct
+
+    from safetensors import safe_open
+
+    root = tmp_path / "shards"
+    shutil.copytree(shards_dir, root)
+    shard = root / "shard-00000.safetensors"
+    header = struct.unpack("<Q", shard.read_bytes()[:8])[0]
+    with safe_open(str(shard), "pt") as f:
+        assert f.get_tensor("z").dtype == torch.float32
+    start = 8 + header + json.loads(shard.read_bytes()[8:8 + header])["z"]["data_offsets"][0]
+    data = bytearray(shard.read_bytes())
+    data[start:start + 4] = struct.pack("<f", float("nan"))   # the first clip's first value
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=r"shard-00000.safetensors: damaged shard \(clip \d+ holds NaN"):
+        LatentShards(root)[0]
+
+
 def test_extract_fails_when_no_clip_can_be_read(tmp_path, video_dir, model_dir):
     """A folder of nothing but unreadable files is an error (like a folder with no videos), not a set of 0 clips;
     the run leaves nothing behind, where its shard records used to refuse the rerun after the input was fixed."""
