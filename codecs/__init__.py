@@ -14,7 +14,7 @@ from __future__ import annotations
 from vitok.codecs.base import Codec, codec_availability, get_codec, list_codecs, register
 from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.models import DEFAULT_MODEL
-from vitok.lazy import lazy_exports
+from vitok.data.lazy import lazy_exports
 
 _LAZY = {
     "VitokCodec": "vitok.codecs.neural",

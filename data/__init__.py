@@ -4,7 +4,7 @@ Names load lazily (PEP 562) so ``import vitok.data`` stays cheap: PyAV and torch
 """
 from __future__ import annotations
 
-from vitok.lazy import lazy_exports
+from .lazy import lazy_exports
 
 from .errors import VideoReadError, VideoWriteError, VitokError
 

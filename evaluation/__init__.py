@@ -9,7 +9,7 @@ Names load lazily so importing the package stays cheap.
 """
 from __future__ import annotations
 
-from vitok.lazy import lazy_exports
+from vitok.data.lazy import lazy_exports
 
 _EXPORTS = {
     "metrics": ("compute_metrics", "psnr", "psnr_y", "ssim", "ms_ssim", "lpips", "METRICS", "PSNR_CAP"),

@@ -27,13 +27,11 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from vitok.evaluation.errors import EvaluationError
+from vitok.metric_sizes import LPIPS_MIN_SIDE, MS_SSIM_MIN_SIDE, SSIM_MIN_SIDE
 
 PSNR_CAP = 100.0
 METRICS = ("psnr", "psnr_y", "ssim", "ms_ssim", "lpips")
 BT709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float64)
-SSIM_MIN_SIDE = 11
-MS_SSIM_MIN_SIDE = 161
-LPIPS_MIN_SIDE = {"alex": 31}   # per backbone: the smallest side its pooling stack takes (others: no limit known)
 _BATCH = 8  # frames per torch batch: bounds memory on long or large clips
 
 _lpips_cache: dict[str, object] = {}

@@ -9,7 +9,7 @@ Names load lazily so `import vitok` (and the CLI) stays fast.
 """
 from __future__ import annotations
 
-from vitok.lazy import lazy_exports
+from vitok.data.lazy import lazy_exports
 
 _EXPORTS = {
     "Tokenizer": "vitok.tokenizer",

@@ -3,7 +3,7 @@
 Imports are lazy so that ``python -m vitok.train.evaluate`` and ``vitok --help`` stay light."""
 from __future__ import annotations
 
-from vitok.lazy import lazy_exports
+from vitok.data.lazy import lazy_exports
 
 _EXPORTS = {
     "train": "vitok.train.trainer",

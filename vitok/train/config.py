@@ -11,7 +11,7 @@ from typing import Any
 
 from vitok.data.errors import VitokError
 # the smallest frame sides the metrics take: held-out frames (always scored by SSIM), frames trained with SSIM/LPIPS
-from vitok.evaluation.metrics import LPIPS_MIN_SIDE, SSIM_MIN_SIDE
+from vitok.metric_sizes import LPIPS_MIN_SIDE, SSIM_MIN_SIDE
 
 # Every key a config may hold, with its default. Comments say what each means; losses are weights (0 = off).
 DEFAULTS: dict[str, Any] = {

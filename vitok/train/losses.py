@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitok.data.errors import VitokError
-from vitok.evaluation.metrics import MS_SSIM_MIN_SIDE   # piq's MS-SSIM: 5 scales of an 11-px window
+from vitok.metric_sizes import MS_SSIM_MIN_SIDE
 
 RECONSTRUCTION_TERMS = ("l1", "l2", "charbonnier", "ssim", "ms_ssim", "lpips")
 _LPIPS_BACKBONES = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze": "SqueezeNet1_1_Weights"}
