@@ -84,6 +84,31 @@ def _mode(dest: Path, default: int) -> int:
         return default & ~_umask()
 
 
+def _make_parent(dest: Path) -> Path | None:
+    """Make ``dest``'s folder and its missing parents; the topmost one made (None if all existed)."""
+    top = None
+    for parent in [dest.parent, *dest.parent.parents]:
+        if parent.exists():
+            break
+        top = parent
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return top
+
+
+def _remove_made(dest: Path, top: Path | None) -> None:
+    """After a failure, remove the folders ``_make_parent`` made for ``dest`` that stayed empty, deepest first (a
+    failed command leaves no empty folders behind; a folder something else wrote into meanwhile stays)."""
+    if top is None:
+        return
+    for folder in [dest.parent, *dest.parent.parents]:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == top:
+            return
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on clean exit rename it onto ``path``, else delete it.
@@ -94,7 +119,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, durable: boo
     """
     dest = _target(path)
     with _naming_the_output(dest):
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        made = _make_parent(dest)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=dest.suffix if suffix is None else suffix,
                                    dir=dest.parent)
     os.close(fd)
@@ -111,6 +136,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, durable: boo
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        _remove_made(dest, made)
         _name_output(e, dest)
         raise
 
@@ -124,7 +150,7 @@ def atomic_dir(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]
 
     dest = _target(path)
     with _naming_the_output(dest):
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        made = _make_parent(dest)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     old = None
     try:
@@ -146,6 +172,7 @@ def atomic_dir(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        _remove_made(dest, made)
         _name_output(e, dest)
         raise
     if old is not None:

@@ -63,6 +63,17 @@ def test_failures_leave_nothing(tmp_path):
             tmp.write_bytes(b"partial")
             raise RuntimeError("interrupted")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["model", "old.json"]
+    # folders made for an output that failed are removed again; one that got another file meanwhile stays
+    for make in (atomic_path, atomic_dir):
+        with pytest.raises(RuntimeError):
+            with make(tmp_path / "new" / "sub" / "out") as tmp:
+                raise RuntimeError("interrupted")
+        assert not (tmp_path / "new").exists()
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "new" / "sub" / "out") as tmp:
+            (tmp_path / "new" / "other.txt").write_text("keep")
+            raise RuntimeError("interrupted")
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["other.txt"]
 
 
 def test_a_full_disk_names_the_output(tmp_path):
