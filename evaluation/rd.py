@@ -173,9 +173,16 @@ _clip_cache: dict[str, tuple[np.ndarray, Fraction]] = {}
 
 
 def _worker_init(threads: int) -> None:
-    """Share the cores between workers; torch is not imported for codecs and metrics that do not need it."""
+    """Share the cores between workers; torch is not imported for codecs and metrics that do not need it.
+
+    Workers ignore SIGINT: Ctrl-C reaches the terminal's whole process group, and a worker interrupted mid-job or
+    inside the pool's queues (holding their locks) leaves the others and the parent waiting forever. The parent alone
+    handles it, and stops the workers (see ``_execute``)."""
+    import signal
     import sys
     import warnings
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     warnings.filterwarnings("ignore", message="LPIPS unavailable")  # the parent process warns once
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -348,13 +355,29 @@ def _execute(jobs: list[_Job], workers: int) -> Iterable[dict]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                             initializer=_worker_init, initargs=(threads,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                               initializer=_worker_init, initargs=(threads,))
+    try:
         futures = [pool.submit(run_job, job) for job in jobs]
-        try:
-            for fut in as_completed(futures):
-                yield fut.result()
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
+        for fut in as_completed(futures):
+            yield fut.result()
+    except BaseException:   # Ctrl-C, SIGTERM (KeyboardInterrupt in the CLI), a failed job, the consumer stopping
+        _stop_pool(pool)    # no waiting for jobs in flight: records finished so far are already with the caller
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop_pool(pool: Any, grace: float = 5.0) -> None:
+    """Shut ``pool`` down without waiting and end its worker processes: pending jobs are cancelled, running ones
+    terminated (killed if they have not ended within ``grace`` seconds), so an interrupted sweep ends at once."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())   # shutdown forgets them
+    for proc in procs:   # first: a second Ctrl-C cutting this short leaves no worker at its job
+        if proc.is_alive():
+            proc.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)
