@@ -65,8 +65,8 @@ class _DefaultRunGroup(click.Group):
     """A group whose default subcommand is ``run``: ``vitok rd CLIPS...`` means ``vitok rd run CLIPS...``."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
-            args = ["run", *args]
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]   # bare `vitok rd` shows the help, as the other groups do
         return super().parse_args(ctx, args)
 
 

@@ -25,7 +25,7 @@ def test_version_and_help(capsys):
         assert name in out
 
 
-@pytest.mark.parametrize("args", [[], ["bench"], ["latents"]])
+@pytest.mark.parametrize("args", [[], ["bench"], ["latents"], ["rd"]])
 def test_a_group_without_a_command_shows_its_help_as_laid_out(capsys, args):
     """`vitok` or `vitok bench` alone: click's help, line by line on stderr, exit 2; not one flattened error line."""
     with pytest.raises(SystemExit) as e:
