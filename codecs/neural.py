@@ -197,16 +197,27 @@ class VitokCodec(Codec):
         """Tokenize, quantize and entropy-code one chunk (at most ``clip_frames`` frames)."""
         from vitok.data.convert import frames_to_tensor
 
-        tok, tables = self.tok, self.tables
-        index = tables.table_index(_float32_step(step))
-        step = float(np.float32(step))
+        self.tables.table_index(_float32_step(step))
         tokens = self._check_tokens(tokens)
-        lat = tok.encode(frames_to_tensor(frames, device=tok.device), num_tokens=tokens)
+        return self._code_tokens(self._tokens_of(frames), frames.shape[0], tokens, step)
+
+    def _tokens_of(self, frames: np.ndarray) -> tuple[Any, tuple[int, int, int] | None]:
+        """A chunk's tokens, every one (1D models: ``(units, K, C)``, whose prefixes are what ``encode`` keeps for
+        fewer tokens), and the unit grid (None for 1D): rate control codes many settings from one encoder pass."""
+        from vitok.data.convert import frames_to_tensor
+
+        lat = self.tok.encode(frames_to_tensor(frames, device=self.tok.device))
         z = lat.z[0].float()
-        if lat.mask is not None:
-            z = z[lat.mask[0]]
-        tokens = tokens or tok.max_tokens  # 1D: the count actually kept; grid: None (0 in the chunk header)
-        return self._code(z, tokens, step, lat.grid, frames.shape[0])
+        return (z.view(lat.units, -1, z.shape[-1]) if self.is_1d else z), lat.grid
+
+    def _code_tokens(self, tokens_of: tuple[Any, tuple[int, int, int] | None], frames: int, tokens: int | None,
+                     step: float) -> ChunkCode:
+        """Code a chunk from ``_tokens_of``'s output, keeping ``tokens`` per unit (1D; None: all) at ``step``."""
+        z, grid = tokens_of
+        if self.is_1d:
+            tokens = tokens or self.tok.max_tokens   # the count actually kept; grid: None (0 in the chunk header)
+            z = z[:, :tokens].reshape(-1, z.shape[-1])
+        return self._code(z, tokens, float(np.float32(step)), grid, frames)
 
     def _code(self, z: Any, tokens: int | tuple[int, ...] | None, step: float, grid: tuple[int, int, int] | None,
               frames: int) -> ChunkCode:
@@ -293,8 +304,24 @@ class VitokCodec(Codec):
             raise CodecError("--bytes/--psnr on a grid model choose the step per chunk: do not also give --step")
         return [(None, s) for s in sorted(self.tables.steps, reverse=True)]
 
-    def _evaluate(self, frames: np.ndarray, tokens: int | None, step: float) -> tuple[Candidate, ChunkCode]:
-        code = self.encode_chunk(frames, step=step, tokens=tokens)
+    def _rate_candidates(self, step: float | None) -> list[tuple[int | None, float]]:
+        """The settings ``--bytes``/``--psnr`` choose from per chunk, cheapest first: ``_candidates`` and settings
+        between them (three steps between calibrated ones, evenly in log scale; 1D: also 3, 6, 12 ... tokens), so
+        a target is met closely, not at the coarse grid's point below it (any step codes, any count decodes)."""
+        coarse = self._candidates(step)
+        if self.is_1d:
+            k = self.tok.max_tokens
+            counts = sorted({t for t, _ in coarse} | {3 << i for i in range(k.bit_length()) if 3 << i < k})
+            return [(t, coarse[0][1]) for t in counts]
+        fine = [(None, float(np.float32(a * (b / a) ** (j / 4))))
+                for (_, a), (_, b) in zip(coarse, coarse[1:]) for j in range(4)]
+        return fine + coarse[-1:]
+
+    def _evaluate(self, frames: np.ndarray, tokens: int | None, step: float,
+                  tokens_of: tuple[Any, Any] | None = None) -> tuple[Candidate, ChunkCode]:
+        """Code one setting of a chunk and decode it: its candidate (bytes, distortion) and code. ``tokens_of``:
+        the chunk's ``_tokens_of``, when already at hand."""
+        code = self._code_tokens(tokens_of or self._tokens_of(frames), frames.shape[0], tokens, step)
         h, w = frames.shape[1:3]
         rec = self.reconstruct(code.q, code.tokens, code.step, frames.shape[0], h, w)
         cand = Candidate(tokens, code.step, code.payload, _sse(rec, frames), frames.size)
@@ -410,7 +437,7 @@ class VitokCodec(Codec):
             for chunk in chunks:
                 yield self.encode_chunk(chunk, step=DEFAULT_STEP if step is None else step, tokens=tokens)
             return
-        grid = self._candidates(step)
+        grid = self._rate_candidates(step)
         chunks = iter(chunks)
         first = next(chunks, None)
         if first is None:
@@ -427,9 +454,10 @@ class VitokCodec(Codec):
         if psnr is not None:
             for chunk in chunks:
                 codes: dict[int, ChunkCode] = {}
+                tokens_of = self._tokens_of(chunk)
 
-                def evaluate(i: int, chunk=chunk, codes=codes) -> Candidate:
-                    cand, codes[i] = self._evaluate(chunk, *grid[i])
+                def evaluate(i: int, chunk=chunk, codes=codes, tokens_of=tokens_of) -> Candidate:
+                    cand, codes[i] = self._evaluate(chunk, *grid[i], tokens_of)
                     return cand
 
                 chosen = pick_psnr(len(grid), evaluate, psnr)
@@ -438,7 +466,8 @@ class VitokCodec(Codec):
         with Spill() as spill:  # byte budget: every chunk's candidates first (payloads in the spill), then allocate
             options, codes_all = [], []
             for chunk in chunks:
-                pairs = [self._evaluate(chunk, *g) for g in grid]
+                tokens_of = self._tokens_of(chunk)
+                pairs = [self._evaluate(chunk, *g, tokens_of) for g in grid]
                 options.append([Cost(cand.nbytes + framing_bytes(cand.nbytes), cand.sse) for cand, _ in pairs])
                 codes_all.append([(spill.put(code.payload), replace(code, q=None, payload=b"")) for _, code in pairs])
             pick = allocate_bytes(options, target_bytes - header_bytes, reserved=header_bytes)

@@ -126,6 +126,33 @@ def test_grid_rate_control_picks_steps(tinygrid, clip):
         codec.encode(frames, fps, tokens=4)
 
 
+def test_rate_control_chooses_between_the_calibrated_steps(tinygrid, codec1d, clip):
+    """--bytes and --psnr chose among the calibrated steps alone (1D: power-of-two token counts): a budget between
+    two of them got the cheaper one's bytes (the reviewer's CNN: 1,287 of 3,000 bytes, while a step between them gave
+    +4.4 dB within the budget), a PSNR target the richer one's. Any step codes, so the settings between are tried."""
+    frames, fps = clip
+    one = frames[:8]   # one chunk: no mixing of chunks to fill a budget
+    codec = VitokCodec(tinygrid[0], tinygrid[1])
+    coarse, fine = codec.tables.steps, [s for _, s in codec._rate_candidates(None)]
+    assert set(coarse) < set(fine) and fine == sorted(fine, reverse=True)
+    _, cheap = codec.encode_with_stats(one, fps, step=max(coarse))
+    _, rich = codec.encode_with_stats(one, fps, step=min(coarse))
+    budget = (cheap.file_bytes + rich.file_bytes) // 2
+    data, st = codec.encode_with_stats(one, fps, bytes=budget)
+    assert min(coarse) < st.steps[0] < max(coarse) and cheap.file_bytes < len(data) <= budget
+    assert st.chunk_psnr[0] > _psnr(codec, one, fps, max(coarse))   # the budget's bytes bought quality
+    target = (_psnr(codec, one, fps, max(coarse)) + _psnr(codec, one, fps, min(coarse))) / 2
+    data, st = codec.encode_with_stats(one, fps, psnr=target)
+    assert st.chunk_psnr[0] >= target and len(data) < rich.file_bytes and st.steps[0] > min(coarse)
+    assert [k for k, _ in codec1d._rate_candidates(None)] == [1, 2, 3, 4, 6, 8, 12, 16]
+
+
+def _psnr(codec, frames, fps, step: float) -> float:
+    """PSNR of ``frames`` coded at ``step`` and decoded."""
+    decoded = codec.decode(codec.encode(frames, fps, step=step))[0].astype(np.float64)
+    return float(10 * np.log10(255.0 ** 2 / ((decoded - frames) ** 2).mean()))
+
+
 @pytest.mark.parametrize("knobs,match", [({"tokens": 0}, "tokens"), ({"tokens": 17}, "tokens"),
                                          ({"step": -1.0}, "step"), ({"bytes": -5}, "bytes"),
                                          ({"step": 1e-50}, r"step 1e-50 is out of float32"),
