@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -93,9 +94,11 @@ def encode(input, output, model, step, tokens, target_bytes, psnr, per_tile, num
         text += (f"\nPSNR {min(reached):.2f} to {max(reached):.2f} dB over {count(len(reached), 'chunk')} "
                  f"(target {psnr:g})")
     short = [p for p in reached if p < psnr]
+    if psnr is not None:   # a script reads whether the target held from the JSON, a person from the warning
+        result.update(psnr_target=psnr, psnr_met=not short)
     if short:
-        text += (f"\n{len(short)} of {stats.chunks} chunks could not reach {psnr:g} dB even at the finest setting "
-                 f"(lowest {min(short):.2f} dB)")
+        warnings.warn(f"{len(short)} of {stats.chunks} chunks could not reach {psnr:g} dB even at the finest "
+                      f"setting (lowest {min(short):.2f} dB); the file holds the closest this model gets", stacklevel=1)
     emit(result, as_json, text)
 
 
@@ -115,14 +118,15 @@ def _tokens_text(tokens: int | list[int] | None) -> str:
 
 
 def _runs(values: list) -> str:
-    """[16, 16, 4] -> '16x2 4', [(64, 8), (64, 8)] -> '64/8x2' (compact per-chunk lists; / between tiles)."""
-    values = [_tokens_text(v) if isinstance(v, tuple) else v for v in values]
+    """[16, 16, 4] -> '16x2 4', [(64, 8), (64, 8)] -> '(64/8)x2' (compact per-chunk lists; / between tiles, in
+    brackets when repeated, so the count does not read as the last tile's)."""
+    values = [f"({_tokens_text(v)})" if isinstance(v, tuple) else v for v in values]
     parts, i = [], 0
     while i < len(values):
         j = i
         while j + 1 < len(values) and values[j + 1] == values[i]:
             j += 1
-        parts.append(f"{values[i]}x{j - i + 1}" if j > i else f"{values[i]}")
+        parts.append(f"{values[i]}x{j - i + 1}" if j > i else str(values[i]).strip("()"))
         i = j + 1
     return " ".join(parts)
 
