@@ -5,6 +5,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -71,17 +72,29 @@ def _umask() -> int:
 
 
 def _target(path: str | os.PathLike) -> Path:
-    """The absolute path an output is written to: a symbolic link's target (written through, as cp and ffmpeg do),
-    absolute so that moving an old output folder aside cannot move the paths (a relative one inside it would)."""
-    return Path(os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path))
+    """The path an output is written to, its folder resolved as the kernel would (links and ``..`` in order; a
+    textual collapse of ``..`` would skip a link before it), so that moving an old output folder aside cannot move
+    the paths (a relative one inside it would). A symbolic link of the user's own to an existing file or folder is
+    written through, as cp and ffmpeg do; any other link (dangling, or another user's in a shared folder such as
+    /tmp) is replaced itself, never followed."""
+    given = Path(path).absolute()
+    p = Path(os.path.realpath(given.parent)) / given.name
+    try:
+        if p.is_symlink() and p.lstat().st_uid == os.geteuid() and p.exists():
+            return Path(os.path.realpath(p))
+    except OSError:
+        pass
+    return p
 
 
 def _mode(dest: Path, default: int) -> int:
-    """The permissions an output gets: those of the file or folder it replaces, else ``default`` under the umask."""
+    """The permissions an output gets: those of the file or folder it replaces (read and write bits, and a folder's
+    setgid; no setuid or sticky bit carried to new contents), else ``default`` under the umask."""
     try:
-        return dest.stat().st_mode & 0o7777
+        st = dest.stat()
     except OSError:
         return default & ~_umask()
+    return st.st_mode & (0o2777 if stat.S_ISDIR(st.st_mode) else 0o777)
 
 
 def _make_parent(dest: Path) -> Path | None:
@@ -127,9 +140,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, durable: boo
     try:
         yield tmp_path
         if tmp_path.exists():  # mkstemp makes files owner-only; give outputs the replaced file's or the umask's
-            os.chmod(tmp_path, _mode(dest, 0o666))
-            if durable:
+            if durable:   # before the mode: a read-only one would refuse the write handle fsync opens
                 fsync_path(tmp_path)
+            os.chmod(tmp_path, _mode(dest, 0o666))
         os.replace(tmp_path, dest)
         if durable:
             fsync_path(dest.parent)
@@ -194,7 +207,7 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str,
     try:
         save_file(tensors, str(path), metadata=metadata)
     except SafetensorError as e:
-        found = re.search(r"I/O error: (.*?)(?: \(os error (\d+)\))?$", str(e))
+        found = re.search(r"I/O error: (.*?)(?: \(os error (\d+)\)|$)", str(e))   # newer versions add the path
         if found is None:
             raise
         raise OSError(int(found[2] or errno.EIO), found[1]) from e

@@ -488,7 +488,9 @@ def frame_files(folder_or_glob: str | os.PathLike) -> list[Path]:
     else:
         candidates = [Path(p) for p in glob.glob(pattern)]
     files = sorted((p for p in candidates if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
-    videos = sorted((p.name for p in candidates if p.suffix.lower() in VIDEO_EXTENSIONS), key=_natural_key)
+    # a video beside the frames makes the folder ambiguous; a .gif there is taken for a preview, as before
+    videos = sorted((p.name for p in candidates if p.suffix.lower() in VIDEO_EXTENSIONS and p.suffix.lower() != ".gif"),
+                    key=_natural_key)
     if videos:   # frames beside videos: which was meant is not for the reader to guess
         found = f"{len(files)} image frame{'s' * (len(files) != 1)} and " if files else ""
         raise VideoReadError(f"{pattern}: {found}{len(videos)} video{'s' * (len(videos) != 1)} ({videos[0]}"

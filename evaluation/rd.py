@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -172,17 +173,32 @@ _codecs: dict[str, Any] = {}
 _clip_cache: dict[str, tuple[np.ndarray, Fraction]] = {}
 
 
+def _exit_on_term(signum: int, frame: Any) -> None:
+    """A worker's SIGTERM: raise SystemExit once (atomic outputs clean up on the way out); a second one kills."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(128 + signum)
+
+
+def _job_in_worker(job: _Job) -> dict:
+    """``run_job`` in a pool worker: stopped by the parent (SystemExit from ``_exit_on_term``), the worker ends once
+    the job has unwound, rather than report back and wait for more work."""
+    try:
+        return run_job(job)
+    except SystemExit as e:
+        os._exit(e.code if isinstance(e.code, int) else 1)
+
+
 def _worker_init(threads: int) -> None:
     """Share the cores between workers; torch is not imported for codecs and metrics that do not need it.
 
     Workers ignore SIGINT: Ctrl-C reaches the terminal's whole process group, and a worker interrupted mid-job or
     inside the pool's queues (holding their locks) leaves the others and the parent waiting forever. The parent alone
     handles it, and stops the workers (see ``_execute``)."""
-    import signal
     import sys
     import warnings
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_term)   # the parent's stop: unwind, so a half-written output is removed
 
     warnings.filterwarnings("ignore", message="LPIPS unavailable")  # the parent process warns once
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -358,7 +374,7 @@ def _execute(jobs: list[_Job], workers: int) -> Iterable[dict]:
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                initializer=_worker_init, initargs=(threads,))
     try:
-        futures = [pool.submit(run_job, job) for job in jobs]
+        futures = [pool.submit(_job_in_worker, job) for job in jobs]
         for fut in as_completed(futures):
             yield fut.result()
     except BaseException:   # Ctrl-C, SIGTERM (KeyboardInterrupt in the CLI), a failed job, the consumer stopping

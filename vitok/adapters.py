@@ -156,10 +156,10 @@ class DiffusersAdapter(nn.Module):
             raise VitokError(f"DiffusersAdapter: {t} latent frames is not a whole number of {full}-frame chunks")
         return t // full * tok.clip_frames, height, width
 
-    def decode(self, z: torch.Tensor, return_dict: bool = True):
+    def decode(self, z: torch.Tensor, return_dict: bool = True, num_tokens: int | None = None):
         """Normalized latents in the layout `encode` gives -> DecoderOutput(sample) video, or image (B, 3, H, W) for
-        4D grid latents and for a 1D adapter of sample_size (1, H, W). 1D latents may hold the same first k tokens
-        of every unit (a prefix, as `vitok extract --tokens k` keeps)."""
+        4D grid latents and for a 1D adapter of sample_size (1, H, W). ``num_tokens=k``: 1D latents that hold the
+        first k tokens of every unit (a prefix, as `vitok latents extract --tokens k` keeps)."""
         want = (3,) if self.tok.max_tokens is not None else (4, 5)
         if not isinstance(z, torch.Tensor) or z.ndim not in want or z.shape[1] != self.config.latent_channels:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
@@ -167,23 +167,26 @@ class DiffusersAdapter(nn.Module):
             raise VitokError(f"DiffusersAdapter: latents must be {layout} with C={self.config.latent_channels}, "
                              f"got {shape}")
         frames, height, width = self._geometry(z)
-        prefix = None
+        if num_tokens is not None and self.tok.max_tokens is None:
+            raise VitokError("DiffusersAdapter: num_tokens is for 1D models (a grid model's latents hold every token)")
         if self.tok.max_tokens is not None:
             tokens = z.transpose(1, 2)
-            units = self.tok.plan(frames, height, width, True).units
-            if tokens.shape[1] % units == 0 and 0 < tokens.shape[1] // units < self.tok.max_tokens:
-                prefix = tokens.shape[1] // units   # the first tokens of each unit (latents kept with --tokens k)
         else:
             grid = z.unsqueeze(2) if z.ndim == 4 else z
             tokens = grid.flatten(2).transpose(1, 2)
         try:
-            lat = self.tok.make_latents(tokens, frames, height, width, prefix, tiled=self._tiled)
+            lat = self.tok.make_latents(tokens, frames, height, width, num_tokens, tiled=self._tiled)
         except VitokError:
             if self.tok.max_tokens is None:
                 raise
+            units = self.tok.plan(frames, height, width, True).units
+            prefix = (f", or pass num_tokens={tokens.shape[1] // units} if they are the first tokens of each of its "
+                      f"{units} unit(s)" if num_tokens is None and tokens.shape[1] % units == 0
+                      and tokens.shape[1] < units * self.tok.max_tokens else "")
             raise VitokError(f"DiffusersAdapter: {tokens.shape[1]} latent tokens do not fit sample_size="
-                             f"{tuple(self.sample_size)} (frames, height, width); make the adapter with the size the "
-                             "latents were encoded at") from None
+                             f"{tuple(self.sample_size)} (frames, height, width)"
+                             f"{'' if num_tokens is None else f' at num_tokens={num_tokens}'}; make the adapter with "
+                             f"the size the latents were encoded at{prefix}") from None
         lat = dataclasses.replace(lat, is_normalized=True)
         video = self.tok.decode(lat)
         video = video[:, :, 0] if z.ndim == 4 or self._image_1d else video

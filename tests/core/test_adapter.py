@@ -72,7 +72,12 @@ def test_1d_shapes(clip):
     video = clip(16, 32, 32)
     lat = tok.encode(video, num_tokens=5).normalized()
     prefix = lat.z.view(1, 2, 16, 8)[:, :, :5].reshape(1, 10, 8).transpose(1, 2)
-    torch.testing.assert_close(two_units.decode(prefix).sample, tok.decode(lat))
+    torch.testing.assert_close(two_units.decode(prefix, num_tokens=5).sample, tok.decode(lat))
+    with pytest.raises(vitok.VitokError, match=r"10 latent tokens do not fit .* or pass num_tokens=5 if"):
+        two_units.decode(prefix)   # not guessed: a whole latent of another geometry would decode as a prefix
+    one_unit = adapter.encode(clip(8, 32, 32)).latent_dist.mode()   # 16 tokens: a full unit, or 8 of each of two
+    with pytest.raises(vitok.VitokError, match=r"16 latent tokens do not fit sample_size=\(16, 32, 32\)"):
+        two_units.decode(one_unit)
     images = vitok.DiffusersAdapter(tok, sample_size=(1, 32, 32))   # an image adapter: images in, images out
     x = clip(1, 32, 32)[:, :, 0]
     z = images.encode(x).latent_dist.mode()

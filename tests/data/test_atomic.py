@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import tempfile
 
 import pytest
 
-from vitok.data.atomic import atomic_dir, atomic_path
+from vitok.data.atomic import atomic_dir, atomic_path, write_bytes_atomic
 
 
 @pytest.fixture
@@ -44,6 +45,23 @@ def test_a_replaced_output_keeps_its_mode_and_links_are_written_through(tmp_path
     with atomic_path(tmp_path / "link.vtok") as tmp:
         tmp.write_bytes(b"through")
     assert (tmp_path / "link.vtok").is_symlink() and (tmp_path / "private.vtok").read_bytes() == b"through"
+    (tmp_path / "dangling.vtok").symlink_to(tmp_path / "elsewhere" / "new.vtok")   # followed, it made folders there
+    with atomic_path(tmp_path / "dangling.vtok") as tmp:
+        tmp.write_bytes(b"here")
+    assert not (tmp_path / "elsewhere").exists() and (tmp_path / "dangling.vtok").read_bytes() == b"here"
+    (tmp_path / "dangling.vtok").unlink()
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "hop").symlink_to(tmp_path / "deep" / "er")
+    with atomic_path(tmp_path / "hop" / ".." / "up.bin") as tmp:   # the kernel's "..": after the link, in deep/
+        tmp.write_bytes(b"up")
+    assert (tmp_path / "deep" / "up.bin").read_bytes() == b"up"
+    shutil.rmtree(tmp_path / "deep")
+    (tmp_path / "hop").unlink()
+    (tmp_path / "tool").write_bytes(b"old")
+    (tmp_path / "tool").chmod(0o4755)   # a setuid file's mode is not given to what replaces it
+    write_bytes_atomic(tmp_path / "tool", b"new")
+    assert stat.S_IMODE((tmp_path / "tool").stat().st_mode) == 0o755
+    (tmp_path / "tool").unlink()
     monkeypatch.chdir(tmp_path / "frames")
     with atomic_dir("../frames") as tmp:   # the temporary and the old folder stay beside it, not inside
         (tmp / "g.png").write_bytes(b"png")

@@ -456,6 +456,12 @@ def test_a_folder_of_frames_beside_videos_is_refused(tmp_path, tiny_video, tiny_
     with pytest.raises(VideoReadError, match=r"2 image frames and 2 videos \(a.mp4, \.\.\.\); give a video file"):
         read_frames_dir(folder)
     assert len(read_frames_dir(folder / "*.png")) == 2   # a pattern says which files are meant
+    previews = tmp_path / "previews"   # frames beside a .gif preview read as before .gif joined the video types
+    previews.mkdir()
+    for n in range(2):
+        Image.fromarray(tiny_frames[n]).save(previews / f"f{n}.png")
+    (previews / "preview.gif").write_bytes(b"GIF89a")
+    assert len(read_frames_dir(previews)) == 2
     for name in ("f0.png", "f1.png", "b.mkv"):
         (folder / name).unlink()
     with pytest.raises(VideoReadError, match=r": 1 video \(a.mp4\); give a video file, or a folder of frames only"):

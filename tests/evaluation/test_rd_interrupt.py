@@ -79,6 +79,7 @@ def test_ctrl_c_stops_a_parallel_rd_sweep_and_its_workers_at_once(carphone_path,
         assert not left, f"still running: {left}"
         done = load_cache(out)   # records measured before the interrupt stay, for a rerun to resume from
         assert done and len(done) < 21
+        assert not [p for p in out.rglob(".*")], "a stopped worker left a temporary file"
     finally:   # a failure must not leave the command or its workers running (they share its session)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
