@@ -137,5 +137,6 @@ def test_range_check_does_not_copy_a_permuted_video(tmp_path):
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "tok.encode(video)\n"
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=tmp_path)   # not the checkout: its vitok/ folder would shadow the installed package
     assert float(out.stdout.split()[-1]) < 40, out.stdout   # a copy of the video: 60 MiB; the tiles' work: ~20

@@ -167,6 +167,7 @@ def test_a_safetensors_write_failure_is_an_os_error_naming_the_output(tmp_path):
         "except OSError as e:\n"
         "    print(e.errno, e)\n")
     out = tmp_path / "shard.safetensors"
-    run = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True,
+                         cwd=tmp_path.parent)   # not the checkout: its vitok/ folder would shadow the installed one
     assert run.stdout.strip() == f"{errno.EFBIG} [Errno {errno.EFBIG}] File too large: '{out}'", run.stderr[-500:]
     assert not list(tmp_path.iterdir())

@@ -56,7 +56,7 @@ def test_ctrl_c_stops_a_parallel_rd_sweep_and_its_workers_at_once(carphone_path,
             time.sleep(0.05)
         members = _group(proc.pid)
         workers = [pid for pid, cmd in members.items() if "multiprocessing.spawn" in cmd]
-        assert len(workers) == 2 and proc.poll() is None   # the pool is at work on the slow points
+        assert workers and proc.poll() is None   # the pool is at work on the slow points
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)   # Ctrl-C at a terminal: the command and its workers alike
         again = False
