@@ -149,6 +149,9 @@ def _encode(tok: Any, clips: list[np.ndarray], tokens: int | None, device: str) 
     with torch.inference_mode():
         lat = tok.encode(x, num_tokens=tokens)
     z = lat.z.float().cpu()
+    if not bool(torch.isfinite(z).all()):   # said here, not later by the reader as a damaged shard
+        raise ExtractError(f"model {tok.config.name} gave NaN or infinite latents (broken weights?); nothing written "
+                           "for them")
     K = tok.max_tokens
     if K is not None and tokens is not None and tokens < K:
         B, N, C = z.shape

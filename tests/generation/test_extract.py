@@ -1,6 +1,7 @@
 """Latent extraction: good and corrupt clips, resume, 2-process torchrun, bit-exact LatentShards round trip."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -254,6 +255,18 @@ def test_a_shard_whose_latents_rotted_is_named(tmp_path, shards_dir):
     shard.write_bytes(bytes(data))
     with pytest.raises(ShardError, match=r"shard-00000.safetensors: damaged shard \(clip \d+ holds NaN"):
         LatentShards(root)[0]
+
+
+def test_a_model_giving_nan_latents_is_named_at_extraction(tmp_path, video_dir, model_dir, monkeypatch):
+    """Extraction wrote a model's NaN latents into shards, which reading then called damaged."""
+    import vitok.tokenizer as tokenizer
+
+    real = tokenizer.Tokenizer.encode
+    monkeypatch.setattr(tokenizer.Tokenizer, "encode", lambda self, *a, **k: (lambda lat: dataclasses.replace(
+        lat, z=lat.z * float("nan")))(real(self, *a, **k)))
+    with pytest.raises(ExtractError, match=r"gave NaN or infinite latents"):
+        extract_latents(video_dir, tmp_path / "out", str(model_dir), frames=4, size=(SIDE, SIDE))
+    assert not list((tmp_path / "out").glob("shard-*"))
 
 
 def test_extract_fails_when_no_clip_can_be_read(tmp_path, video_dir, model_dir):
