@@ -2,8 +2,6 @@
 model and through h264 at the same PSNR; the decoded video, the .vtok file and a side-by-side PNG land in a folder."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from vitok.cli.common import (check_output, count, emit, json_option, overwrite_option, quiet_option, set_threads,

@@ -195,9 +195,7 @@ class VitokCodec(Codec):
     # ---- one chunk ------------------------------------------------------------------------------------------
     def encode_chunk(self, frames: np.ndarray, *, step: float = DEFAULT_STEP, tokens: int | None = None) -> ChunkCode:
         """Tokenize, quantize and entropy-code one chunk (at most ``clip_frames`` frames)."""
-        from vitok.data.convert import frames_to_tensor
-
-        self.tables.table_index(_float32_step(step))
+        self.tables.table_index(_float32_step(step))   # a step the stream cannot store is refused before encoding
         tokens = self._check_tokens(tokens)
         return self._code_tokens(self._tokens_of(frames), frames.shape[0], tokens, step)
 
