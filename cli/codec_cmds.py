@@ -1,6 +1,7 @@
 """``vitok encode``, ``vitok decode``, ``vitok info``: video files <-> ``.vtok``, and what a file holds."""
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
 from fractions import Fraction
@@ -120,14 +121,10 @@ def _tokens_text(tokens: int | list[int] | None) -> str:
 def _runs(values: list) -> str:
     """[16, 16, 4] -> '16x2 4', [(64, 8), (64, 8)] -> '(64/8)x2' (compact per-chunk lists; / between tiles, in
     brackets when repeated, so the count does not read as the last tile's)."""
-    values = [f"({_tokens_text(v)})" if isinstance(v, tuple) else v for v in values]
-    parts, i = [], 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[i]:
-            j += 1
-        parts.append(f"{values[i]}x{j - i + 1}" if j > i else str(values[i]).strip("()"))
-        i = j + 1
+    parts = []
+    for value, run in itertools.groupby(values):
+        n, text = len(list(run)), _tokens_text(value) if isinstance(value, tuple) else str(value)
+        parts.append(text if n == 1 else f"({text})x{n}" if isinstance(value, tuple) else f"{text}x{n}")
     return " ".join(parts)
 
 

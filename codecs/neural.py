@@ -316,10 +316,10 @@ class VitokCodec(Codec):
         return fine + coarse[-1:]
 
     def _evaluate(self, frames: np.ndarray, tokens: int | None, step: float,
-                  tokens_of: tuple[Any, Any] | None = None) -> tuple[Candidate, ChunkCode]:
-        """Code one setting of a chunk and decode it: its candidate (bytes, distortion) and code. ``tokens_of``:
-        the chunk's ``_tokens_of``, when already at hand."""
-        code = self._code_tokens(tokens_of or self._tokens_of(frames), frames.shape[0], tokens, step)
+                  tokens_of: tuple[Any, Any]) -> tuple[Candidate, ChunkCode]:
+        """Code one setting of a chunk from its ``_tokens_of`` and decode it: its candidate (bytes, distortion) and
+        code."""
+        code = self._code_tokens(tokens_of, frames.shape[0], tokens, step)
         h, w = frames.shape[1:3]
         rec = self.reconstruct(code.q, code.tokens, code.step, frames.shape[0], h, w)
         cand = Candidate(tokens, code.step, code.payload, _sse(rec, frames), frames.size)

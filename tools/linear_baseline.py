@@ -63,14 +63,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=128, help="held-out crop side [128]")
     parser.add_argument("--json", action="store_true", help="one JSON object per tubelet setting")
     args = parser.parse_args(argv)
+    if args.size < 1 or args.frames < 1:
+        raise SystemExit(f"error: --size and --frames must be >= 1, got {args.size} and {args.frames}")
     settings = []
     for text in args.tubelet or ["8:16", "16:16"]:
         try:
             patch, keep = (int(v) for v in text.split(":"))
         except ValueError:
             raise SystemExit(f"error: --tubelet takes P:K (two integers), got {text!r}") from None
-        if args.size < 1 or args.frames < 1:
-            raise SystemExit(f"error: --size and --frames must be >= 1, got {args.size} and {args.frames}")
         if patch < 1 or keep < 1 or args.size % patch:
             raise SystemExit(f"error: --tubelet {text}: P and K must be positive and P must divide {args.size}")
         settings.append((patch, keep))

@@ -413,5 +413,5 @@ class Tokenizer(nn.Module):
                 as_loaded = {k: v.float() if v.is_floating_point() else v
                              for k, v in restored(tensors, meta, str(directory)).items()}
                 save_safetensors(tensors, tmp, metadata={"format": "pt", "kind": self.config.kind,
-                                                       "weights_hash": state_hash(as_loaded), **meta})
+                                                         "weights_hash": state_hash(as_loaded), **meta})
         return directory
