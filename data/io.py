@@ -159,7 +159,12 @@ def _without_side_data(frame: av.VideoFrame, kind: int) -> av.VideoFrame:
 
 
 def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
-    """The frame's 3x3 display matrix in FFmpeg's layout (9 int32, row by row), or None when it has none."""
+    """The frame's 3x3 display matrix in FFmpeg's layout (9 int32, row by row), or None when it has none.
+
+    Read from a 2x2 copy of the frame (its side data copied with it): PyAV keeps a frame whose side data was read in
+    a reference cycle, and a decoded frame in one keeps the decoder's threads alive until the garbage collector
+    runs (a DataLoader forked meanwhile crashes)."""
+    frame = frame.reformat(width=2, height=2)
     try:
         data = frame.side_data.get("DISPLAYMATRIX")
     except ValueError:  # a type PyAV cannot name: FFmpeg 8's EXIF, whose orientation the decoder moved to the matrix

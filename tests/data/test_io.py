@@ -1,6 +1,7 @@
 """vitok.data.io: round trips on real and generated files, awkward sources, every bad input, streaming."""
 from __future__ import annotations
 
+import os
 import tracemalloc
 import warnings
 from fractions import Fraction
@@ -705,3 +706,33 @@ def test_video_folder_seeks_to_a_late_window(tmp_path, monkeypatch):
     shown = ((clip.mean(dim=(0, 2, 3)).numpy() + 1) * 127.5 - 20) / 2   # the frame index each clip frame shows
     assert np.abs(shown - np.arange(91, 95)).max() <= 1, shown
     assert len(counts) == 1 and 4 <= counts[0] <= 4 + 10 + 4, counts   # the clip, up to a GOP before, B-frames
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir() or (os.cpu_count() or 1) < 2,
+                    reason="counts the process's threads in /proc; FFmpeg decodes on one thread on one core")
+def test_reads_leave_no_decoder_threads_behind(tmp_path):
+    """Reading the display matrix put the first decoded frame in a reference cycle (PyAV's side data), which kept
+    FFmpeg's decoding threads alive until the garbage collector ran: a DataLoader forked meanwhile segfaulted."""
+    import gc
+
+    path = tmp_path / "t.mp4"
+    write_video(path, np.random.default_rng(0).integers(0, 256, (12, 64, 64, 3), dtype=np.uint8), 25)
+
+    def threads() -> int:
+        return len(list(Path("/proc/self/task").iterdir()))
+
+    was = gc.isenabled()
+    gc.disable()   # as between two collections
+    try:
+        before = threads()
+        probe_video(path)
+        read_video(path)
+        reading = iter_video(path, chunk_frames=2)
+        next(reading)
+        during = threads()
+        reading.close()
+        del reading
+        assert during > before and threads() == before, (before, during, threads())
+    finally:
+        if was:
+            gc.enable()
