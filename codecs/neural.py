@@ -29,7 +29,7 @@ from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names, find_bundled
 from vitok.codecs.payload import ChunkTokens, header_size, pack_chunk, parse_chunk
 from vitok.codecs.ratecontrol import (Candidate, Cost, UnitCosts, allocate_bytes, cheapest_bytes, pick_psnr,
-                                     pick_units_psnr, psnr_from_sse, token_grid)
+                                     psnr_from_sse, token_grid, units_for_psnr)
 from vitok.codecs.spill import Spill
 
 __all__ = ["VitokCodec", "DEFAULT_MODEL", "EncodeStats", "ChunkCode", "bundled_codec_names", "model_for_stream"]
@@ -215,12 +215,13 @@ class VitokCodec(Codec):
         if self.is_1d:
             tokens = tokens or self.tok.max_tokens   # the count actually kept; grid: None (0 in the chunk header)
             z = z[:, :tokens].reshape(-1, z.shape[-1])
-        return self._code(z, tokens, float(np.float32(step)), grid, frames)
+        return self._code(z, tokens, step, grid, frames)
 
     def _code(self, z: Any, tokens: int | tuple[int, ...] | None, step: float, grid: tuple[int, int, int] | None,
               frames: int) -> ChunkCode:
-        """Quantize and entropy-code a chunk's kept tokens ``z`` (N, C)."""
-        tables = self.tables
+        """Quantize and entropy-code a chunk's kept tokens ``z`` (N, C) at ``step`` as the stream stores it
+        (float32)."""
+        tables, step = self.tables, float(np.float32(step))
         index = tables.table_index(step)
         if isinstance(tokens, tuple) and len(set(tokens)) == 1:
             tokens = tokens[0]
@@ -365,23 +366,19 @@ class VitokCodec(Codec):
         return self._code(torch.cat([kept[u, :k] for u, k in enumerate(tokens)]), tokens, step, None, frames)
 
     def _units_to_psnr(self, frames: np.ndarray, step: float, target: float) -> ChunkCode:
-        """The chunk's cheapest per-unit token counts reaching ``target`` dB: picked on the units' PSNR bound, then
-        decoded; blending makes the true PSNR higher than the bound, so the bound's target is lowered by the gap
-        seen (twice at most) while the true PSNR still reaches ``target``."""
+        """The chunk's cheapest per-unit token counts reaching ``target`` dB (``units_for_psnr``), each setting
+        tried coded and decoded once."""
         costs, z = self._unit_costs(frames, step)
-        best, aim = None, target
-        for _ in range(3):
-            pick = pick_units_psnr(costs, aim)
-            code = self._code_units(z, costs.tokens(pick), step, frames.shape[0])
+        tried: dict[tuple[int, ...], ChunkCode] = {}
+
+        def measure(tokens: tuple[int, ...]) -> tuple[float, int]:
+            code = self._code_units(z, tokens, step, frames.shape[0])
             rec = self.reconstruct(code.q, code.tokens, step, *frames.shape[:3])
             code.psnr = psnr_from_sse(_sse(rec, frames), frames.size)
-            if best is None or (code.psnr >= target and (best.psnr < target or len(code.payload) < len(best.payload))):
-                best = code
-            gap = code.psnr - costs.psnr(pick)
-            if code.psnr < target or gap < 0.01:
-                break
-            aim = target - gap
-        return best
+            tried[tokens] = code
+            return code.psnr, len(code.payload)
+
+        return tried[units_for_psnr(costs, target, measure)]
 
     def _units_to_bytes(self, chunks: Iterable[np.ndarray], step: float, target_bytes: int,
                         header_bytes: int) -> Iterator[ChunkCode]:
@@ -442,7 +439,7 @@ class VitokCodec(Codec):
             return
         chunks = itertools.chain([first], chunks)
         if adapt_units and self.is_1d and self.tok.plan(*first.shape[:3]).units > 1:  # a token count per tile
-            unit_step = DEFAULT_STEP if step is None else step
+            unit_step = float(np.float32(DEFAULT_STEP if step is None else step))   # as _code codes it
             if psnr is not None:
                 for chunk in chunks:
                     yield self._units_to_psnr(chunk, unit_step, psnr)

@@ -190,3 +190,36 @@ def pick_units_psnr(costs: UnitCosts, target: float) -> list[int]:
         else:
             hi = mid
     return best
+
+
+def units_for_psnr(costs: UnitCosts, target: float, measure: Callable[[tuple[int, ...]], tuple[float, int]],
+                   tries: int = 6) -> tuple[int, ...]:
+    """The cheapest per-unit token counts found whose true PSNR reaches ``target`` (``measure(tokens)`` codes
+    and decodes them: their PSNR and bytes); the best-measured ones when none does. Counts come from
+    ``pick_units_psnr`` for an aim; blending makes the true PSNR higher than the bound the aim is met on, so the
+    aim is lowered by the surplus each measurement shows, then bisected between the lowest aim that met the
+    target and the highest that missed it: ``tries`` aims at most, no counts measured twice."""
+    seen: dict[tuple[int, ...], tuple[float, int]] = {}
+    met, missed, aim = target, None, target
+    for _ in range(tries):
+        tokens = costs.tokens(pick_units_psnr(costs, aim))
+        if tokens not in seen:
+            seen[tokens] = measure(tokens)
+        surplus = seen[tokens][0] - target
+        if surplus >= 0:
+            met = aim
+        else:
+            missed = aim
+        if missed is None:
+            if surplus < 0.01:
+                break
+            aim -= surplus
+        elif met - missed < 0.02:
+            break
+        else:
+            aim = (met + missed) / 2
+    good = [tokens for tokens, (psnr, _) in seen.items() if psnr >= target]
+    if not good:
+        return max(seen, key=lambda tokens: seen[tokens][0])
+    return min(good, key=lambda tokens: seen[tokens][1])
+

@@ -425,6 +425,21 @@ def test_rate_control_per_tile_round_trips(codec1d, tiled_clip):
         codec1d.decode_symbols(one_of_four, 8, h, w)
 
 
+def test_per_tile_rate_control_codes_the_step_the_stream_stores(codec1d, tiled_clip):
+    """Per-tile rate control quantized and measured at the step given (0.3) while the chunk stored its float32
+    (0.30000001...): the PSNR it reported was not quite the decoder's."""
+    frames, fps = tiled_clip
+    stored = float(np.float32(0.3))
+    for knob in ({"psnr": 99.0}, {"bytes": len(codec1d.encode(frames, fps, tokens=8))}):
+        data, st = codec1d.encode_with_stats(frames, fps, step=0.3, **knob)
+        assert st.steps == [stored, stored], knob
+        assert [step for *_, step in codec1d.iter_symbols(data)] == [stored, stored]
+    data, st = codec1d.encode_with_stats(frames, fps, step=0.3, psnr=99.0)
+    for chunk, rec, psnr in zip((frames[:8], frames[8:]), codec1d.iter_decode(data), st.chunk_psnr):
+        mse = ((rec.astype(np.float64) - chunk) ** 2).mean()
+        assert 10 * np.log10(255.0 ** 2 / mse) == psnr
+
+
 def test_per_tile_byte_budget_is_met_whenever_it_can_be(codec1d, tiled_clip, monkeypatch):
     """Per-tile counts are allocated on the entropy model's estimates, which the real payloads can exceed: every
     budget from the cheapest setting up is met (the allocation is tightened until it fits), and a budget below it
