@@ -123,12 +123,14 @@ def resolve(name_or_dir: str | Path) -> Path:
 
 def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> Tokenizer:
     """Load a bundled model or a directory with config.json + model.safetensors; frozen = eval + no grads."""
+    import torch
     from safetensors import safe_open
 
     from vitok.storage import restored
 
     directory = resolve(name_or_dir)
-    tok = build(read_config(directory / "config.json"))
+    with torch.random.fork_rng(devices=[]):   # the initial values are overwritten: leave the caller's RNG alone
+        tok = build(read_config(directory / "config.json"))
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise VitokError(f"{directory}: missing model.safetensors")

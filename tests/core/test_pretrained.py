@@ -145,6 +145,17 @@ def test_frozen_encoder_stays_frozen(tmp_path, clip):
     assert tok.weights_hash == digest
 
 
+def test_load_leaves_the_callers_random_state_alone(tmp_path):
+    """load() built the model with random initial values before overwriting them: a training script's random
+    stream depended on whether it loaded a tokenizer."""
+    vitok.create_model("vit1d-tiny").save_pretrained(tmp_path / "m")
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    vitok.load(tmp_path / "m")
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_load_unfrozen(tmp_path):
     vitok.create_model("cnn-tiny").save_pretrained(tmp_path / "m")
     tok = vitok.load(tmp_path / "m", frozen=False)
