@@ -14,7 +14,6 @@ on an N-core machine; SVT-AV1 still starts ~17 threads at its lowest level); 0 l
 from __future__ import annotations
 
 import io
-import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -25,9 +24,7 @@ import numpy as np
 
 from vitok.codecs.base import Codec, check_frames, register
 from vitok.codecs.errors import BitstreamError, CodecError
-from vitok.data.io import flushed_packets, frame_size_problem, tag_color, tagged_yuv_frame
-
-os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config to stderr otherwise (1 = errors only)
+from vitok.data.io import flushed_packets, frame_size_problem, quiet_svt, tag_color, tagged_yuv_frame
 
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                 "placebo")
@@ -90,7 +87,7 @@ class ClassicalCodec(Codec):
         pad = ((0, h % 2), (0, w % 2), (0, 0))  # per frame
         buf = io.BytesIO()
         try:
-            with av.open(buf, "w", format="mp4") as out:
+            with quiet_svt(self.spec.encoder), av.open(buf, "w", format="mp4") as out:
                 out.metadata["comment"] = f"vitok size={w}x{h} fps={fps.numerator}/{fps.denominator}"
                 options = self._options(int(crf), preset, gop, bframes, threads)
                 stream = out.add_stream(self.spec.encoder, rate=fps, options=options)
