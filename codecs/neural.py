@@ -12,6 +12,7 @@ import io
 import itertools
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -123,13 +124,16 @@ def _float32_step(step: Any) -> Any:
 
 
 class VitokCodec(Codec):
-    """A tokenizer + its entropy tables as a codec. ``model``: bundled name, model dir, or a ``Tokenizer``."""
+    """A tokenizer + its entropy tables as a codec. ``model``: bundled name, model dir, or a ``Tokenizer``.
+
+    One codec may encode and decode from several threads at once: coding leaves the model and tables as they are,
+    and they load once, on first use."""
 
     suffix = ".vtok"
     knobs = ("step", "tokens", "bytes", "psnr", "adapt_units")
 
     def __init__(self, model: Any = DEFAULT_MODEL, tables: EntropyTables | None = None, device: str = "cpu") -> None:
-        self.device = device
+        self.device, self._loading = device, threading.RLock()
         if isinstance(model, (str, os.PathLike)):
             self.model_ref, self._tok = str(model), None
             model_dir(self.model_ref)  # unknown models and missing tables fail here, before any work
@@ -140,20 +144,30 @@ class VitokCodec(Codec):
         self._tables = None if tables is None else self._fitting(tables)
         self.name = f"vitok:{self.model_ref}"
 
-    # model and tables load on first use, so listing codecs stays cheap
+    # model and tables load on first use (once, whichever thread asks first), so listing codecs stays cheap
     @property
     def tok(self):
         if self._tok is None:
-            import vitok
+            with self._loading:
+                if self._tok is None:
+                    import vitok
 
-            self._tok = vitok.load(self.model_ref, device=self.device)
+                    self._tok = vitok.load(self.model_ref, device=self.device)
         return self._tok
 
     @property
     def tables(self) -> EntropyTables:
         if self._tables is None:
-            self._tables = self._fitting(load_entropy_tables(self.model_ref))
+            with self._loading:
+                if self._tables is None:
+                    self._tables = self._fitting(load_entropy_tables(self.model_ref))
         return self._tables
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_loading"}   # a lock does not pickle
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _loading=threading.RLock())
 
     def _fitting(self, tables: EntropyTables) -> EntropyTables:
         """``tables`` if they fit this model's latents (channels; per-position tables: tokens per unit)."""

@@ -485,3 +485,31 @@ def test_bundled_1d_spends_tokens_where_the_tiles_need_them():
         assert isinstance(counts, tuple) and counts[0] > counts[3], counts  # the full tile over the padded corner
         per_tile, flat = per_tile + len(data), flat + len(one)
     assert per_tile < 0.9 * flat, (per_tile, flat)
+
+
+def test_threads_load_a_codec_once_and_it_pickles(monkeypatch):
+    """Four threads asking a fresh codec for its model made four loads (time and memory four times over)."""
+    import pickle
+    import threading
+    import time
+
+    import vitok
+
+    loads = []
+
+    def slow_load(ref, device="cpu"):
+        loads.append(ref)
+        time.sleep(0.2)
+        return object()
+
+    monkeypatch.setattr(vitok, "load", slow_load)
+    codec = VitokCodec("vitok-1d")
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(codec.tok)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loads == ["vitok-1d"] and len(got) == 4 and all(t is got[0] for t in got)
+    again = pickle.loads(pickle.dumps(VitokCodec("vitok-1d")))
+    assert again.name == "vitok:vitok-1d" and again.tok is not None and len(loads) == 2
