@@ -568,7 +568,8 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     ``clips``: uint8 ``(T,H,W,3)`` arrays or float ``(B,3,T,H,W)`` tensors in [-1, 1].
     Runs on one torch thread: float sums change with the thread count, which would change a few quantized values
     and so the tables and their id, which every ``.vtok`` names; on one thread a machine fits the same tables
-    whatever thread count it runs with.
+    whatever thread count it runs with. Another instruction set (AVX-512 or AVX2 kernels) may still fit other
+    tables: the shipped tables are what streams name, and calibrating again elsewhere replaces them.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
