@@ -44,8 +44,8 @@ def _file_clip(path: Path) -> Clip:
     from vitok.data import probe_video
 
     info = probe_video(path)  # fails early, with the file's name, when it is not a readable video
-    # the resolved path: any spelling of one file names the same records; the content, not the mtime, says whether
-    # it changed (an edit that keeps size and mtime, as `touch -r` does, must not hit the old records)
+    # the content, not the mtime, says whether it changed (an edit that keeps size and mtime, as `touch -r` does,
+    # must not hit the old records); the resolved path is where the work reads it
     return Clip(path.stem, str(path.resolve()), Fraction(info.fps), None, f"{path.stat().st_size}-{_file_digest(path)}")
 
 

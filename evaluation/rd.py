@@ -88,9 +88,10 @@ def codec_identity(codec: Any) -> str:
 
 def record_key(clip: Clip, codec: str, op: dict, metrics: Sequence[str], max_frames: int | None,
                identity: str = "") -> str:
-    """Cache key of one record: changes with the clip's source/signature, codec (name and ``codec_identity``),
-    knobs, metrics and frame limit, so retraining a model in place does not reuse stale records."""
-    blob = json.dumps([clip.name, clip.source, clip.signature, codec, identity, op, sorted(metrics), max_frames],
+    """Cache key of one record: changes with the clip's name and content (``signature``; not where it lies, so a
+    folder moved or copied elsewhere keeps its records), codec (name and ``codec_identity``), knobs, metrics and
+    frame limit, so retraining a model in place does not reuse stale records."""
+    blob = json.dumps([clip.name, clip.signature, codec, identity, op, sorted(metrics), max_frames],
                       sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
 

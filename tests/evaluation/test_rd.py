@@ -322,13 +322,22 @@ def test_cache_key_follows_a_vitok_models_config(tmp_path, tiny_model):
     assert rd_mod.codec_identity(a) != rd_mod.codec_identity(b)
 
 
-def test_any_spelling_of_a_file_names_the_same_records(tmp_path, monkeypatch):
+def test_any_spelling_or_copy_of_a_file_names_the_same_records(tmp_path, monkeypatch):
+    """A folder moved or copied elsewhere (another machine) kept its content but not its records: the key named
+    the absolute path."""
+    import shutil
+
     from vitok.data import sample_path
 
     path = sample_path("carphone")
     monkeypatch.chdir(path.parent)
     spellings = [str(path), path.name, f"./{path.name}", str(path.parent / ".." / path.parent.name / path.name)]
     assert len({rd_mod.resolve_clips([s])[0].source for s in spellings}) == 1
+    (tmp_path / "moved").mkdir()
+    copy = shutil.copy(path, tmp_path / "moved" / path.name)
+    keys = {rd_mod.record_key(rd_mod.resolve_clips([p])[0], "h264", {"crf": 30}, ("psnr",), None)
+            for p in (path, copy)}
+    assert len(keys) == 1
 
 
 def test_an_edit_that_keeps_size_and_mtime_changes_the_key(tmp_path, carphone9):
