@@ -156,7 +156,9 @@ def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> T
                            if keys)
         raise VitokError(f"{weights}: weights do not match config.json ({detail})")
     tok.load_state_dict(state)
+    tok.to(device)
+    if frozen:
+        tok.freeze()   # before the check: a frozen model keeps the hash it checks for its users (codecs, extraction)
     if tok.weights_hash != expected_hash:
         raise VitokError(f"{weights}: weights hash mismatch (file corrupt or edited)")
-    tok.to(device)
-    return tok.freeze() if frozen else tok
+    return tok

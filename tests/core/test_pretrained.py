@@ -156,6 +156,18 @@ def test_load_leaves_the_callers_random_state_alone(tmp_path):
     assert torch.equal(torch.rand(4), expected)
 
 
+def test_a_loaded_model_is_hashed_once(tmp_path, monkeypatch):
+    """load() checked the hash before freezing, which drops it: every user of the model (a codec's header, the
+    tables' check, extraction's shards) hashed all weights again."""
+    import vitok.tokenizer as tokenizer
+
+    vitok.create_model("vit1d-tiny").save_pretrained(tmp_path / "m")
+    hashed, real = [], tokenizer.state_hash
+    monkeypatch.setattr(tokenizer, "state_hash", lambda state: hashed.append(1) or real(state))
+    tok = vitok.load(tmp_path / "m")
+    assert tok.weights_hash == tok.weights_hash and len(hashed) == 1
+
+
 def test_load_unfrozen(tmp_path):
     vitok.create_model("cnn-tiny").save_pretrained(tmp_path / "m")
     tok = vitok.load(tmp_path / "m", frozen=False)
