@@ -77,6 +77,12 @@ def _reason(e: BaseException) -> str:
     return str(getattr(e, "strerror", None) or e).splitlines()[0]
 
 
+def _failure(path: str | os.PathLike, e: BaseException, error: Exception) -> Exception:
+    """``error`` for FFmpeg's ``e``; when FFmpeg ran out of memory, a MemoryError naming ``path`` instead: the
+    machine's limit, not a broken file (extraction skips unreadable files, and must stop on this one)."""
+    return MemoryError(f"{path}: {_reason(e)}") if isinstance(e, MemoryError) else error
+
+
 def _open(path: str | os.PathLike, threads: bool = True) -> tuple[av.container.InputContainer,
                                                                   av.video.stream.VideoStream]:
     """Open ``path`` and return its container and first video stream, or raise a one-line VideoReadError.
@@ -91,7 +97,7 @@ def _open(path: str | os.PathLike, threads: bool = True) -> tuple[av.container.I
     try:
         container = av.open(str(p))
     except _AV_ERRORS as e:
-        raise VideoReadError(f"{p}: not a readable video or image ({_reason(e)})") from e
+        raise _failure(p, e, VideoReadError(f"{p}: not a readable video or image ({_reason(e)})")) from e
     if container.format.name in _TEXT_FORMATS:
         container.close()
         raise VideoReadError(f"{p}: not a video or image file")
@@ -216,7 +222,8 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         try:
             first = next(container.decode(stream), None)
         except _AV_ERRORS as e:
-            raise VideoReadError(f"{path}: corrupt or truncated: cannot decode the first frame ({_reason(e)})") from e
+            raise _failure(path, e, VideoReadError(f"{path}: corrupt or truncated: cannot decode the first frame "
+                                                   f"({_reason(e)})")) from e
         if first is None:
             raise VideoReadError(f"{path}: no decodable frames")
         rot, mirrored = _orientation(first)
@@ -235,7 +242,7 @@ def frame_times(path: str | os.PathLike) -> np.ndarray:
         try:
             pts = [p.pts for p in container.demux(stream) if p.size and p.pts is not None]
         except _AV_ERRORS as e:
-            raise VideoReadError(f"{path}: corrupt or truncated ({_reason(e)})") from e
+            raise _failure(path, e, VideoReadError(f"{path}: corrupt or truncated ({_reason(e)})")) from e
         return np.sort(np.asarray(pts, dtype=np.float64)) * float(stream.time_base)
 
 
@@ -413,7 +420,7 @@ def _seek(path: str | os.PathLike, container: av.container.InputContainer, strea
         try:
             container.seek(int(target / tb), backward=True, stream=stream)
         except _AV_ERRORS as e:
-            raise VideoReadError(f"{path}: cannot seek to {start_time:.3f} s ({_reason(e)})") from e
+            raise _failure(path, e, VideoReadError(f"{path}: cannot seek to {start_time:.3f} s ({_reason(e)})")) from e
     return target
 
 
@@ -455,7 +462,8 @@ def _decode(path: str | os.PathLike, container: av.container.InputContainer, str
             else:
                 _check_complete(path, container, stream, timeline.span, index)
         except _AV_ERRORS as e:
-            raise VideoReadError(f"{path}: corrupt or truncated after frame {index} ({_reason(e)})") from e
+            raise _failure(path, e, VideoReadError(f"{path}: corrupt or truncated after frame {index} "
+                                                   f"({_reason(e)})")) from e
         if index == 0:
             raise VideoReadError(f"{path}: no decodable frames" if after is None else
                                  f"{path}: start_time={start_time} s is past the end")
@@ -703,7 +711,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
                     container.mux(stream.encode(frame))
             container.mux(flushed_packets(stream, index))
     except _AV_ERRORS as e:
-        raise VideoWriteError(f"{path}: cannot write {codec} ({_reason(e)})") from e
+        raise _failure(path, e, VideoWriteError(f"{path}: cannot write {codec} ({_reason(e)})")) from e
     if sample_aspect_ratio is not None and sample_aspect_ratio != 1:
         _check_aspect_kept(path, codec, Fraction(sample_aspect_ratio))
 

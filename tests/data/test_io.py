@@ -736,3 +736,22 @@ def test_reads_leave_no_decoder_threads_behind(tmp_path):
     finally:
         if was:
             gc.enable()
+
+
+def test_ffmpeg_out_of_memory_is_not_a_corrupt_file(tmp_path, monkeypatch):
+    """FFmpeg's ENOMEM was reported as "corrupt or truncated", and extraction skipped the file as unreadable (which
+    files a dataset held depended on memory pressure): it is a MemoryError naming the file."""
+    import errno
+
+    import vitok.data.io as io_mod
+
+    path = tmp_path / "t.mp4"
+    write_video(path, np.zeros((4, 32, 32, 3), np.uint8), 25)
+
+    def no_memory(*args, **kwargs):
+        raise av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(io_mod, "_to_rgb", no_memory)
+    with pytest.raises(MemoryError, match=f"{path}: Cannot allocate memory") as e:
+        read_video(path)
+    assert not isinstance(e.value, VideoReadError)
