@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from vitok.codecs.errors import BitstreamError
+from vitok.limits import MAX_CHUNK_PIXELS   # width x height x chunk_frames: bounds what one decoded chunk allocates
 
 MAGIC = b"VTOK"
 VERSION = 2   # what the writer writes
@@ -39,7 +40,6 @@ MAX_CHUNKS = 1 << 22
 MAX_CHUNK_BYTES = 64 << 20
 MAX_META_BYTES = 64 << 10
 MAX_META_DEPTH = 32   # nesting of the header's JSON (vitok writes 2): deeper is refused before anything recurses
-MAX_CHUNK_PIXELS = 1 << 28  # width x height x chunk_frames: bounds the frames one decoded chunk allocates
 MAX_SAR_TERM = 65535  # a pixel aspect's numerator and denominator, 16 bits each as in h264's VUI
 MAX_NAME_BYTES = 255  # a model name in the binary header (longer ones go to its JSON)
 MAX_VARINT_BYTES = 5  # unsigned LEB128 of a value under 2^32

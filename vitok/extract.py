@@ -36,6 +36,7 @@ from vitok.data.convert import frames_to_tensor
 from vitok.data.errors import VitokError
 from vitok.data.io import VIDEO_EXTENSIONS
 from vitok.data.shards import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, read_manifest
+from vitok.limits import MAX_CHUNK_PIXELS
 
 if TYPE_CHECKING:
     from vitok.latents import Latents
@@ -87,7 +88,11 @@ def iter_clips(path: Path, frames: int, size: tuple[int, int] | None,
     """
     from vitok.data.io import iter_video, probe_video
 
-    fps = probe_video(path).fps
+    info = probe_video(path)
+    if size is None and info.width * info.height * frames > MAX_CHUNK_PIXELS:   # before a frame is decoded
+        raise VitokError(f"{path}: clips of {frames} frames at its {info.width}x{info.height} are over the "
+                         f"{MAX_CHUNK_PIXELS} pixel limit of one clip; give a --size to extract it at")
+    fps = info.fps
     resize = (size[1], size[0]) if size is not None else None
     chunks = iter_video(path, chunk_frames=frames, num_frames=frames * clips_per_video, size=resize,
                         crop="center" if size is not None else None)

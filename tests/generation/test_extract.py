@@ -285,6 +285,28 @@ def test_extract_fails_when_no_clip_can_be_read(tmp_path, video_dir, model_dir):
     assert m["num_clips"] == 1 and [s["source"] for s in m["skipped"]] == ["b.mkv"]
 
 
+def test_native_size_clips_over_the_pixel_limit_are_skipped_before_decoding(tmp_path, video_dir, model_dir,
+                                                                           monkeypatch):
+    """At native size a small file can hold huge frames (a 14 KB h264 of 2048x2048 took 2.4 GB for one clip): a file
+    whose clips would pass the limit a .vtok chunk has is skipped, naming it and --size, before a frame is decoded;
+    with --size it is extracted."""
+    import vitok.data.io as io
+    import vitok.extract as extract
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(video_dir / "clip0.mp4", videos / "a.mp4")
+    monkeypatch.setattr(extract, "MAX_CHUNK_PIXELS", 4 * SIDE * SIDE - 1)
+    monkeypatch.setattr(io, "iter_video", lambda *a, **k: pytest.fail("decoded a clip over the limit"))
+    with pytest.raises(ExtractError, match=rf"a.mp4: clips of 4 frames at its {SIDE}x{SIDE} are over the "
+                                           rf"{4 * SIDE * SIDE - 1} pixel limit of one clip; give a --size"):
+        extract_latents(videos, tmp_path / "out", str(model_dir), frames=4, size=None)
+    monkeypatch.undo()
+    monkeypatch.setattr(extract, "MAX_CHUNK_PIXELS", 4 * SIDE * SIDE - 1)
+    extract_latents(videos, tmp_path / "out", str(model_dir), frames=4, size=(SIDE // 2, SIDE // 2))
+    assert _manifest(tmp_path / "out")["num_clips"] == 1
+
+
 KW = dict(frames=4, size=(SIDE, SIDE), shard_size=3, batch_size=4)  # 7 files -> 3 shards, one encode call each
 
 
