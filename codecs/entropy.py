@@ -156,6 +156,13 @@ class EntropyTables:
     def steps(self) -> list[float]:
         return [t.step for t in self.tables]
 
+    @property
+    def deadzone(self) -> float:
+        """How far rounding leans toward the offset, in steps (0: to the nearest integer; 0.1: a value rounds away
+        from the offset only past 0.6 of a step): the encoder's choice alone (decoders dequantize the integers as
+        they are), set per model by ``tools/deadzone.py``, which measures what it saves."""
+        return float(self.meta.get("deadzone", 0.0))
+
     def table_index(self, step: float) -> int:
         """The table calibrated for the step nearest to ``step`` (in log scale); coding stays exact for any step."""
         if not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
@@ -173,7 +180,8 @@ class EntropyTables:
         z = z.detach().cpu().double().numpy() if isinstance(z, torch.Tensor) else np.asarray(z, np.float64)
         if z.ndim != 2 or z.shape[1] != self.channels:
             raise CodecError(f"latents must be (N, {self.channels}), got {z.shape}")
-        y = np.rint(np.nan_to_num((z - self.offsets(z.shape[0], tokens)) / (self.std.astype(np.float64) * step)))
+        v = np.nan_to_num((z - self.offsets(z.shape[0], tokens)) / (self.std.astype(np.float64) * step))
+        y = np.sign(v) * np.floor(np.abs(v) + (0.5 - self.deadzone)) if self.deadzone else np.rint(v)
         lo, hi = self._channel_range(table)
         clipped = float(((y < lo) | (y > hi)).mean()) if y.size and step < min(self.steps) else 0.0
         if clipped > MAX_CLIPPED:   # a step far finer than the tables': quality would fall as the bytes grow
@@ -318,6 +326,9 @@ class EntropyTables:
             raise ValueError("entropy tables: bad mean/std or no step tables")
         if not 0 <= self.context_radius <= 64:
             raise ValueError(f"entropy tables: bad context radius {self.context_radius}")
+        dz = self.meta.get("deadzone", 0.0)
+        if isinstance(dz, bool) or not isinstance(dz, (int, float)) or not 0 <= dz < 0.5:
+            raise ValueError(f"entropy tables: deadzone must be a number in [0, 0.5), got {dz!r}")
         rows = c * self.contexts
         for t in self.tables:
             if t.cdf.ndim != 2 or t.cdf.shape[0] != rows or any(a.shape != (rows,) for a in (t.cdf_length, t.offset,
@@ -650,9 +661,12 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
     tables = calibrate_entropy(tok, chunks, steps=steps, iters=iters, context_radius=context_radius)
     old = Path(model_dir) / FILENAME
     try:
-        replaced = EntropyTables.load(old).table_id if old.is_file() else None
+        before = EntropyTables.load(old) if old.is_file() else None
     except CodecError:   # unreadable tables: nothing a stream could have been coded with
-        replaced = None
+        before = None
+    replaced = None if before is None else before.table_id
+    if before is not None and before.deadzone:   # the model's encoder setting (tools/deadzone.py) carries over
+        tables.meta["deadzone"] = before.deadzone
     write_entropy_tables(model_dir, tables)
     if replaced not in (None, tables.table_id):
         warnings.warn(f"{old}: tables {replaced} replaced by {tables.table_id}; .vtok files coded with the old tables "

@@ -76,6 +76,30 @@ def test_save_load_same_tables(synthetic, tmp_path):
         EntropyTables.load(tmp_path / "bad.safetensors")
 
 
+def test_deadzone_rounds_toward_the_offset_and_is_kept(synthetic, tmp_path):
+    """A deadzone of 0.1 rounds a value away from its offset only past 0.6 of a step (the cheaper integer
+    otherwise); 0 is rounding to nearest as before; it is saved with the tables, leaves their id (streams name it)
+    alone, and a value the quantizer cannot use is refused on load."""
+    import copy
+
+    tables, _ = synthetic
+    step, offsets = tables.steps[1], tables.offsets(1)
+    v = np.array([0.5, 0.55, 0.65, -0.55, -0.65, 1.5, 1.55, 1.65, 2.5])
+    z = offsets + v[:, None] * tables.std * step   # every channel at each of these step multiples
+    nearest = tables.quantize(z, step, 1)
+    assert (nearest.T == [0, 1, 1, -1, -1, 2, 2, 2, 2]).all()   # numpy's rint: ties to even
+    dz = copy.copy(tables)
+    dz.meta = {**tables.meta, "deadzone": 0.1}
+    assert (dz.quantize(z, step, 1).T == [0, 0, 1, 0, -1, 1, 1, 2, 2]).all()
+    again = EntropyTables.load(dz.save(tmp_path / "dz.safetensors"))
+    assert again.deadzone == 0.1 and again.table_id == tables.table_id and tables.deadzone == 0.0
+    for bad in (0.5, -0.1, "0.1", True):
+        dz.meta["deadzone"] = bad
+        dz.save(tmp_path / "bad.safetensors")
+        with pytest.raises(CodecError, match="deadzone must be a number in"):
+            EntropyTables.load(tmp_path / "bad.safetensors")
+
+
 def test_garbage_rans_data_is_bitstream_error_or_values(synthetic):
     tables, _ = synthetic
     rng = np.random.default_rng(0)
@@ -107,7 +131,11 @@ def test_calibrate_model_dir(tiny1d, tmp_path, clip):
     frames, _ = clip
     tables = calibrate_model_dir(d, [frames[:8]], steps=(1.0,), iters=10)
     assert load_entropy_tables(d).table_id == tables.table_id and tables.steps == [1.0]
-    assert tables.meta["weights_hash"] == tiny1d[0].weights_hash
+    assert tables.meta["weights_hash"] == tiny1d[0].weights_hash and tables.deadzone == 0.0
+    tables.meta["deadzone"] = 0.1   # what tools/deadzone.py --write does
+    tables.save(d)
+    again = calibrate_model_dir(d, [frames[:8]], steps=(1.0,), iters=10)   # recalibrating keeps the model's setting
+    assert again.deadzone == 0.1 and load_entropy_tables(d).deadzone == 0.1
 
 
 def test_calibration_is_the_same_at_any_thread_count():

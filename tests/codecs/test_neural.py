@@ -513,3 +513,20 @@ def test_threads_load_a_codec_once_and_it_pickles(monkeypatch):
     assert loads == ["vitok-1d"] and len(got) == 4 and all(t is got[0] for t in got)
     again = pickle.loads(pickle.dumps(VitokCodec("vitok-1d")))
     assert again.name == "vitok:vitok-1d" and again.tok is not None and len(loads) == 2
+
+
+def test_a_deadzone_changes_the_encoder_and_its_identity_not_the_decoder(codec1d, clip):
+    """The deadzone is the encoder's rounding: streams coded with it decode with any codec of the same model and
+    tables, and it is part of the codec's identity (RD records coded without it are not reused)."""
+    import copy
+
+    frames, fps = clip
+    tables = copy.copy(codec1d.tables)
+    tables.meta = {**tables.meta, "deadzone": 0.2}
+    dz = VitokCodec(codec1d.tok, tables)
+    plain, leaning = codec1d.encode(frames, fps, step=1.0), dz.encode(frames, fps, step=1.0)
+    assert leaning != plain and dz.identity != codec1d.identity
+    fewer = [np.count_nonzero(q) for _, q, *_ in dz.iter_symbols(leaning)]
+    nonzero = [np.count_nonzero(q) for _, q, *_ in codec1d.iter_symbols(plain)]
+    assert all(a <= b for a, b in zip(fewer, nonzero)) and sum(fewer) < sum(nonzero), (fewer, nonzero)
+    assert codec1d.decode(leaning)[0].shape == frames.shape
