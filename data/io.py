@@ -168,10 +168,10 @@ def _without_side_data(frame: av.VideoFrame, kind: int) -> av.VideoFrame:
 def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
     """The frame's 3x3 display matrix in FFmpeg's layout (9 int32, row by row), or None when it has none.
 
-    Read from a 2x2 copy of the frame (its side data copied with it): PyAV keeps a frame whose side data was read in
+    Read from a 2x2 RGB copy of the frame (its side data copied with it): PyAV keeps a frame whose side data was read in
     a reference cycle, and a decoded frame in one keeps the decoder's threads alive until the garbage collector
     runs (a DataLoader forked meanwhile crashes)."""
-    frame = frame.reformat(width=2, height=2)
+    frame = frame.reformat(width=2, height=2, format="rgb24", interpolation="POINT")   # any format reading takes
     try:
         data = frame.side_data.get("DISPLAYMATRIX")
     except ValueError:  # a type PyAV cannot name: FFmpeg 8's EXIF, whose orientation the decoder moved to the matrix
@@ -483,11 +483,30 @@ def _finish(chunk: list[np.ndarray], box: Crop | None, size: Size | None) -> np.
 
 def read_video(path: str | os.PathLike, *, start: int = 0, num_frames: int | None = None, stride: int = 1,
                size: Size | None = None, crop: Crop | str | None = None) -> tuple[np.ndarray, VideoInfo]:
-    """Decode ``path`` to uint8 RGB ``(T,H,W,3)`` plus its VideoInfo; options as in ``iter_video``."""
+    """Decode ``path`` to uint8 RGB ``(T,H,W,3)`` plus its VideoInfo; options as in ``iter_video``. The frames go
+    straight into one array sized by the header's frame count (resized in place if the count was off), so memory
+    peaks at the video's size, not twice it (a list of chunks, then their concatenation)."""
     info = probe_video(path)
-    chunks = list(iter_video(path, chunk_frames=64, start=start, num_frames=num_frames, stride=stride, size=size,
-                             crop=crop))
-    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0], info
+    chunks = iter_video(path, chunk_frames=16, start=start, num_frames=num_frames, stride=stride, size=size,
+                        crop=crop)
+    first = next(chunks)
+    expected = -(-max((info.num_frames or 0) - start, 0) // stride)
+    if num_frames is not None:
+        expected = min(expected, num_frames)
+    try:
+        frames = np.empty((max(expected, len(first)), *first.shape[1:]), np.uint8)
+    except MemoryError:   # a count no machine could hold (a damaged header): grow as the frames come
+        frames = np.empty_like(first)
+    frames[:len(first)], n = first, len(first)
+    del first   # each chunk is let go once copied in
+    for chunk in chunks:
+        if n + len(chunk) > len(frames):   # more frames than the header said: grow (doubling)
+            frames.resize((max(2 * len(frames), n + len(chunk)), *frames.shape[1:]), refcheck=False)
+        frames[n:n + len(chunk)] = chunk
+        n += len(chunk)
+    if n < len(frames):
+        frames.resize((n, *frames.shape[1:]), refcheck=False)   # in place: no second copy
+    return frames, info
 
 
 def _natural_key(path: Path) -> list:

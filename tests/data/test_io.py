@@ -755,3 +755,37 @@ def test_ffmpeg_out_of_memory_is_not_a_corrupt_file(tmp_path, monkeypatch):
     with pytest.raises(MemoryError, match=f"{path}: Cannot allocate memory") as e:
         read_video(path)
     assert not isinstance(e.value, VideoReadError)
+
+
+def test_read_video_holds_the_video_once(carphone_path, monkeypatch):
+    """read_video kept every chunk in a list and then concatenated them: twice the video's memory at its peak. The
+    frames go into one array sized by the header's count, and a count that is off (too few, or more than memory
+    holds) still gives every frame."""
+    import dataclasses
+
+    import vitok.data.io as io_mod
+
+    tracemalloc.start()
+    full, info = read_video(carphone_path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    chunk = 16 * full[0].nbytes   # read_video's chunks: one in decoding, one being stacked, one copied in
+    assert len(full) == info.num_frames and peak < full.nbytes + 3 * chunk, (peak, full.nbytes)
+    real = io_mod.probe_video
+    for count in (1, 10 ** 13):   # a header that says too few frames, or more than any machine holds
+        monkeypatch.setattr(io_mod, "probe_video", lambda p, n=count: dataclasses.replace(real(p), num_frames=n))
+        assert np.array_equal(read_video(carphone_path)[0], full)
+        assert np.array_equal(read_video(carphone_path, start=7, stride=3, num_frames=20)[0], full[7::3][:20])
+
+
+def test_palette_and_16_bit_images_read(tmp_path, tiny_frames):
+    """The display matrix came from a 2x2 copy in the frame's own pixel format, which swscale cannot write for
+    palettes (a PNG saved as "P"), Bayer or float formats: such images failed with a raw FFmpeg error."""
+    Image.fromarray(tiny_frames[0]).convert("P").save(tmp_path / "p.png")
+    frames, info = read_video(tmp_path / "p.png")
+    assert info.pix_fmt == "pal8" and frames.shape == (1, *tiny_frames.shape[1:])
+    assert np.array_equal(frames[0], np.asarray(Image.open(tmp_path / "p.png").convert("RGB")))
+    Image.fromarray((tiny_frames[0, ..., 0].astype(np.uint16) * 257)).save(tmp_path / "g.png")
+    frames, info = read_video(tmp_path / "g.png")
+    assert info.pix_fmt.startswith("gray16")
+    assert np.abs(frames[0, ..., 1].astype(int) - tiny_frames[0, ..., 0]).max() <= 1   # swscale's 16 -> 8 bits
