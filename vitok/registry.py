@@ -126,7 +126,7 @@ def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> T
     import torch
     from safetensors import safe_open
 
-    from vitok.storage import SCALE, restored
+    from vitok.storage import restored
 
     directory = resolve(name_or_dir)
     config = read_config(directory / "config.json")
@@ -135,13 +135,8 @@ def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> T
         raise VitokError(f"{directory}: missing model.safetensors")
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}   # as much memory as the file holds
             metadata = f.metadata() or {}
-            scales = metadata.get("storage") is not None   # int8 rows come with a scale tensor each
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if not (scales and k.endswith(SCALE))}
-            _check_shapes(config, shapes, weights)   # before anything is allocated: a config.json can ask for any size
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except VitokError:
-        raise
     except Exception as e:  # safetensors raises several types for truncated/garbled files
         raise VitokError(f"{weights}: corrupt weights file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                          ) from None
@@ -150,6 +145,8 @@ def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> T
         raise VitokError(f"{weights}: no weights_hash in its metadata (not written by vitok's save_pretrained), so it "
                          f"cannot be checked")
     state = restored(tensors, metadata, str(weights))
+    # before the model is built: a 1 KB config.json can ask for any size, the weights only for what the file holds
+    _check_shapes(config, {k: tuple(t.shape) for k, t in state.items()}, weights)
     with torch.random.fork_rng(devices=[]):   # the initial values are overwritten: leave the caller's RNG alone
         tok = build(config)
     tok.load_state_dict(state)
