@@ -213,7 +213,7 @@ def units_for_psnr(costs: UnitCosts, target: float, measure: Callable[[tuple[int
         if missed is None:
             if surplus < 0.01:
                 break
-            aim -= surplus
+            aim -= min(surplus, 10.0)   # a lossless decode's surplus is infinite
         elif met - missed < 0.02:
             break
         else:

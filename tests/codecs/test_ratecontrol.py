@@ -115,4 +115,10 @@ def test_per_unit_psnr_aims_below_the_bound_by_what_decoding_shows():
         assert nbytes(tokens) == nbytes(cheapest) < nbytes(on_bound), (target, tokens, cheapest, on_bound)
     calls.clear()
     assert units_for_psnr(costs, 99.0, measure) == (16, 16, 16) and len(calls) == 1
+    perfect = (2, 8, 4)   # a decode without error (infinite PSNR) must not send the aim to -inf
+
+    def lossless_once(tokens):
+        return (float("inf"), nbytes(tokens)) if tokens == perfect else measure(tokens)
+
+    assert units_for_psnr(costs, 35.0, lossless_once) == (2, 4, 4)   # cheaper than the perfect one, still met
     assert units_for_psnr(costs, 20.0, measure) == (1, 1, 1)   # every setting reaches it: the cheapest
