@@ -87,7 +87,8 @@ class ClassicalCodec(Codec):
         pad = ((0, h % 2), (0, w % 2), (0, 0))  # per frame
         buf = io.BytesIO()
         try:
-            with quiet_svt(self.spec.encoder), av.open(buf, "w", format="mp4") as out:
+            quiet_svt(self.spec.encoder)
+            with av.open(buf, "w", format="mp4") as out:
                 out.metadata["comment"] = f"vitok size={w}x{h} fps={fps.numerator}/{fps.denominator}"
                 options = self._options(int(crf), preset, gop, bframes, threads)
                 stream = out.add_stream(self.spec.encoder, rate=fps, options=options)

@@ -22,7 +22,6 @@ and takes the largest centred region with the aspect ratio of ``size``.
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import itertools
 import math
@@ -662,19 +661,13 @@ def check_frame_rate(path: str | os.PathLike, fps: Any) -> Fraction:
     return rate
 
 
-@contextlib.contextmanager
-def quiet_svt(encoder: str) -> Iterator[None]:
-    """While ``encoder`` encodes: SVT-AV1 at errors only (``SVT_LOG=1``; it prints its whole configuration and its
-    warnings to stderr otherwise) unless the user set SVT_LOG; the environment as it was afterwards. (SVT-AV1 reads
-    it once per process, at its first encoder.)"""
-    if encoder != "libsvtav1" or "SVT_LOG" in os.environ:
-        yield
-        return
-    os.environ["SVT_LOG"] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop("SVT_LOG", None)
+def quiet_svt(encoder: str) -> None:
+    """Before ``encoder`` first encodes: SVT-AV1 at errors only (``SVT_LOG=1``; it prints its whole configuration
+    and its warnings to stderr otherwise) unless the user set SVT_LOG. Set once and left (SVT-AV1 reads it once per
+    process, at its first encoder; setting and unsetting it around each encode would race other threads reading the
+    environment)."""
+    if encoder == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarray], fps: Fraction | float | int,
@@ -707,7 +700,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
     if sample_aspect_ratio is not None and not sample_aspect_ratio > 0:
         raise VideoWriteError(f"{path}: sample_aspect_ratio must be positive, got {sample_aspect_ratio!r}")
     try:
-        with quiet_svt(encoder), atomic_path(path) as tmp, av.open(str(tmp), "w") as container:
+        quiet_svt(encoder)
+        with atomic_path(path) as tmp, av.open(str(tmp), "w") as container:
             stream = container.add_stream(encoder, rate=rate, options=options)
             stream.width, stream.height, stream.pix_fmt = width, height, pix
             yuv = _limited_yuv(pix)
