@@ -47,7 +47,7 @@ def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, stor
            note: str | None = None, calibration_iters: int = 300) -> Path:
     """Write the model folder ``dest`` from ``run``: weights (``storage``: None as trained, "float16" or "int8"),
     renamed config, training.json, entropy tables."""
-    from vitok.codecs.entropy import calibrate_model_dir
+    from vitok.codecs.entropy import FILENAME as ENTROPY_FILE, calibrate_model_dir
     from vitok.data.atomic import atomic_dir
 
     import vitok
@@ -82,6 +82,8 @@ def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, stor
                     "hardware_history": earlier + [stage],
                     "params": info["params"], "config": info["config"]}
         (tmp / "training.json").write_text(json.dumps(training, indent=2) + "\n")
+        if (dest / ENTROPY_FILE).is_file():   # the tables replaced: calibration keeps their deadzone (the encoder's
+            shutil.copy2(dest / ENTROPY_FILE, tmp / ENTROPY_FILE)   # setting, tools/deadzone.py)
         calibrate_model_dir(tmp, iters=calibration_iters)
     return dest
 
