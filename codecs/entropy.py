@@ -158,9 +158,10 @@ class EntropyTables:
 
     @property
     def deadzone(self) -> float:
-        """How far rounding leans toward the offset, in steps (0: to the nearest integer; 0.1: a value rounds away
-        from the offset only past 0.6 of a step): the encoder's choice alone (decoders dequantize the integers as
-        they are), set per model by ``tools/deadzone.py``, which measures what it saves."""
+        """How far rounding leans toward each channel's most likely integer (its table's median), in steps (0: to
+        the nearest integer; 0.1: a value rounds away from the median only past 0.6 of a step): the encoder's choice
+        alone (decoders dequantize the integers as they are), set per model by ``tools/deadzone.py``, which measures
+        what it saves."""
         return float(self.meta.get("deadzone", 0.0))
 
     def table_index(self, step: float) -> int:
@@ -181,7 +182,11 @@ class EntropyTables:
         if z.ndim != 2 or z.shape[1] != self.channels:
             raise CodecError(f"latents must be (N, {self.channels}), got {z.shape}")
         v = np.nan_to_num((z - self.offsets(z.shape[0], tokens)) / (self.std.astype(np.float64) * step))
-        y = np.sign(v) * np.floor(np.abs(v) + (0.5 - self.deadzone)) if self.deadzone else np.rint(v)
+        if self.deadzone:   # toward each channel's most likely integer, the table's median (alike in every context)
+            m = table.median[:self.channels].astype(np.float64)
+            y = m + np.sign(v - m) * np.floor(np.abs(v - m) + (0.5 - self.deadzone))
+        else:
+            y = np.rint(v)
         lo, hi = self._channel_range(table)
         clipped = float(((y < lo) | (y > hi)).mean()) if y.size and step < min(self.steps) else 0.0
         if clipped > MAX_CLIPPED:   # a step far finer than the tables': quality would fall as the bytes grow

@@ -77,10 +77,11 @@ def test_save_load_same_tables(synthetic, tmp_path):
 
 
 def test_deadzone_rounds_toward_the_offset_and_is_kept(synthetic, tmp_path):
-    """A deadzone of 0.1 rounds a value away from its offset only past 0.6 of a step (the cheaper integer
-    otherwise); 0 is rounding to nearest as before; it is saved with the tables, leaves their id (streams name it)
+    """A deadzone of 0.1 rounds a value away from its channel's most likely integer (the table's median, here
+    0 or 1) only past 0.6 of a step; 0 is rounding to nearest as before; it is saved with the tables, leaves their id (streams name it)
     alone, and a value the quantizer cannot use is refused on load."""
     import copy
+    import dataclasses
 
     tables, _ = synthetic
     step, offsets = tables.steps[1], tables.offsets(1)
@@ -91,6 +92,11 @@ def test_deadzone_rounds_toward_the_offset_and_is_kept(synthetic, tmp_path):
     dz = copy.copy(tables)
     dz.meta = {**tables.meta, "deadzone": 0.1}
     assert (dz.quantize(z, step, 1).T == [0, 0, 1, 0, -1, 1, 1, 2, 2]).all()
+    dz.tables = list(tables.tables)   # a channel whose most likely integer (the table's median) is 1: lean to it
+    dz.tables[1] = dataclasses.replace(tables.tables[1], median=np.ones_like(tables.tables[1].median))
+    w = np.array([0.35, 0.45, 1.55, 1.65, 2.5])
+    assert (dz.quantize(offsets + w[:, None] * tables.std * step, step, 1).T == [0, 1, 1, 2, 2]).all()
+    dz.tables = tables.tables
     again = EntropyTables.load(dz.save(tmp_path / "dz.safetensors"))
     assert again.deadzone == 0.1 and again.table_id == tables.table_id and tables.deadzone == 0.0
     for bad in (0.5, -0.1, "0.1", True):
