@@ -129,13 +129,14 @@ def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> T
     from vitok.storage import restored
 
     directory = resolve(name_or_dir)
-    config = read_config(directory / "config.json")
+    with torch.random.fork_rng(devices=[]):   # the initial values are overwritten: leave the caller's RNG alone
+        tok = build(read_config(directory / "config.json"))
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise VitokError(f"{directory}: missing model.safetensors")
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}   # as much memory as the file holds
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
             metadata = f.metadata() or {}
     except Exception as e:  # safetensors raises several types for truncated/garbled files
         raise VitokError(f"{weights}: corrupt weights file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
@@ -145,10 +146,15 @@ def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> T
         raise VitokError(f"{weights}: no weights_hash in its metadata (not written by vitok's save_pretrained), so it "
                          f"cannot be checked")
     state = restored(tensors, metadata, str(weights))
-    # before the model is built: a 1 KB config.json can ask for any size, the weights only for what the file holds
-    _check_shapes(config, {k: tuple(t.shape) for k, t in state.items()}, weights)
-    with torch.random.fork_rng(devices=[]):   # the initial values are overwritten: leave the caller's RNG alone
-        tok = build(config)
+    model_state = tok.state_dict()
+    missing = sorted(set(model_state) - set(state))
+    extra = sorted(set(state) - set(model_state))
+    bad = sorted(k for k in set(state) & set(model_state) if state[k].shape != model_state[k].shape)
+    if missing or extra or bad:
+        detail = "; ".join(f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                           for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", bad))
+                           if keys)
+        raise VitokError(f"{weights}: weights do not match config.json ({detail})")
     tok.load_state_dict(state)
     tok.to(device)
     if frozen:
@@ -156,20 +162,3 @@ def load(name_or_dir: str | Path, device: str = "cpu", frozen: bool = True) -> T
     if tok.weights_hash != expected_hash:
         raise VitokError(f"{weights}: weights hash mismatch (file corrupt or edited)")
     return tok
-
-
-def _check_shapes(config: TokenizerConfig, shapes: dict[str, tuple[int, ...]], weights: Path) -> None:
-    """The file's tensor names and shapes are the ones ``config`` builds (checked on the meta device, where a model
-    takes no memory)."""
-    import torch
-
-    with torch.device("meta"):
-        model = {k: tuple(t.shape) for k, t in build(config).state_dict().items()}
-    missing = sorted(set(model) - set(shapes))
-    extra = sorted(set(shapes) - set(model))
-    bad = sorted(k for k in set(shapes) & set(model) if shapes[k] != model[k])
-    if missing or extra or bad:
-        detail = "; ".join(f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                           for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", bad))
-                           if keys)
-        raise VitokError(f"{weights}: weights do not match config.json ({detail})")
