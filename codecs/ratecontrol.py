@@ -222,4 +222,3 @@ def units_for_psnr(costs: UnitCosts, target: float, measure: Callable[[tuple[int
     if not good:
         return max(seen, key=lambda tokens: seen[tokens][0])
     return min(good, key=lambda tokens: seen[tokens][1])
-
