@@ -158,10 +158,11 @@ class EntropyTables:
 
     @property
     def deadzone(self) -> float:
-        """How far rounding leans toward each channel's most likely integer (its table's median), in steps (0: to
-        the nearest integer; 0.1: a value rounds away from the median only past 0.6 of a step): the encoder's choice
-        alone (decoders dequantize the integers as they are), set per model by ``tools/deadzone.py``, which measures
-        what it saves."""
+        """How far rounding leans toward each channel's median integer (its table's; with temporal contexts the
+        most likely value also follows the value one step back, which this does not), in steps (0: to the nearest
+        integer; 0.1: a value rounds away from the median only past 0.6 of a step): the encoder's choice alone
+        (decoders dequantize the integers as they are), set per model by ``tools/deadzone.py``, which measures what
+        it saves."""
         return float(self.meta.get("deadzone", 0.0))
 
     def table_index(self, step: float) -> int:
@@ -182,7 +183,7 @@ class EntropyTables:
         if z.ndim != 2 or z.shape[1] != self.channels:
             raise CodecError(f"latents must be (N, {self.channels}), got {z.shape}")
         v = np.nan_to_num((z - self.offsets(z.shape[0], tokens)) / (self.std.astype(np.float64) * step))
-        if self.deadzone:   # toward each channel's most likely integer, the table's median (alike in every context)
+        if self.deadzone:   # toward each channel's median integer, the table's (alike in every context)
             m = table.median[:self.channels].astype(np.float64)
             y = m + np.sign(v - m) * np.floor(np.abs(v - m) + (0.5 - self.deadzone))
         else:

@@ -492,15 +492,15 @@ def read_video(path: str | os.PathLike, *, start: int = 0, num_frames: int | Non
     expected = -(-max((info.num_frames or 0) - start, 0) // stride)
     if num_frames is not None:
         expected = min(expected, num_frames)
-    try:
-        frames = np.empty((max(expected, len(first)), *first.shape[1:]), np.uint8)
-    except MemoryError:   # a count no machine could hold (a damaged header): grow as the frames come
+    try:   # room to spare: a count estimated from the duration is often a little short, and untouched room costs
+        frames = np.empty((max(expected + expected // 8, len(first)), *first.shape[1:]), np.uint8)   # no memory
+    except (MemoryError, ValueError):   # a count no machine could hold (a damaged header): grow as frames come
         frames = np.empty_like(first)
     frames[:len(first)], n = first, len(first)
     del first   # each chunk is let go once copied in
     for chunk in chunks:
-        if n + len(chunk) > len(frames):   # more frames than the header said: grow (doubling)
-            frames.resize((max(2 * len(frames), n + len(chunk)), *frames.shape[1:]), refcheck=False)
+        if n + len(chunk) > len(frames):   # more frames than the header said: grow by an eighth (realloc)
+            frames.resize((n + len(chunk) + len(frames) // 8, *frames.shape[1:]), refcheck=False)
         frames[n:n + len(chunk)] = chunk
         n += len(chunk)
     if n < len(frames):
