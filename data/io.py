@@ -181,6 +181,14 @@ def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
     return None if data is None else np.frombuffer(bytes(data), np.int32)
 
 
+def _check_convertible(path: str | os.PathLike, frame: av.VideoFrame) -> None:
+    """A one-line error for frames FFmpeg's swscale aborts the process on when converting them to RGB: Bayer
+    (raw camera) frames of odd height."""
+    if frame.format.name.startswith("bayer_") and frame.height % 2:
+        raise VideoReadError(f"{path}: {frame.format.name} frames of odd height ({frame.width}x{frame.height}) "
+                             f"cannot be converted to RGB (FFmpeg's converter aborts on them)")
+
+
 def _orientation(frame: av.VideoFrame) -> tuple[int, bool]:
     """(counter-clockwise degrees, mirrored) that show ``frame`` upright, as ffmpeg's autorotate reads the display
     matrix: the angle to a quarter turn, plus its flips (transpose's ``*_flip`` modes; hflip or vflip at a half or
@@ -225,6 +233,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                                                    f"({_reason(e)})")) from e
         if first is None:
             raise VideoReadError(f"{path}: no decodable frames")
+        _check_convertible(path, first)
         rot, mirrored = _orientation(first)
         width, height = (first.height, first.width) if rot % 180 else (first.width, first.height)
         fps, is_image = _fps(stream), _is_image(container)
@@ -442,6 +451,7 @@ def _decode(path: str | os.PathLike, container: av.container.InputContainer, str
                 if after is not None and frame.time is not None and frame.time < after:
                     continue
                 if first is None:
+                    _check_convertible(path, frame)
                     first, orientation = frame, _orientation(frame)
                     _warn_hdr(path, frame)
                 index += 1

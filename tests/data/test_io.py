@@ -790,3 +790,32 @@ def test_palette_and_16_bit_images_read(tmp_path, tiny_frames):
     frames, info = read_video(tmp_path / "g.png")
     assert info.pix_fmt.startswith("gray16")
     assert np.abs(frames[0, ..., 1].astype(int) - tiny_frames[0, ..., 0]).max() <= 1   # swscale's 16 -> 8 bits
+
+
+@pytest.mark.parametrize("height", [3, 4])
+def test_bayer_frames_of_odd_height_are_refused_not_an_abort(tmp_path, height):
+    """FFmpeg's converter aborts the whole process (SIGABRT: no error, a DataLoader worker gone) on Bayer frames of
+    odd height; they are a one-line error, even ones still read."""
+    import subprocess
+    import sys
+
+    path = tmp_path / f"b{height}.nut"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("rawvideo", rate=25)
+        s.width, s.height, s.pix_fmt = 64, height, "bayer_rggb8"
+        for i in range(2):
+            f = av.VideoFrame(64, height, "bayer_rggb8")
+            f.planes[0].update(bytes([i * 40]) * f.planes[0].buffer_size)
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    script = ("import sys\nfrom vitok.data.io import read_video\nfrom vitok.data.errors import VideoReadError\n"
+              "try:\n    print(read_video(sys.argv[1])[0].shape)\n"
+              "except VideoReadError as e:\n    print('error:', e)\n")
+    run = subprocess.run([sys.executable, "-c", script, str(path)], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, (run.returncode, run.stderr[-300:])
+    if height % 2:
+        assert run.stdout.strip() == f"error: {path}: bayer_rggb8 frames of odd height (64x3) cannot be converted to " \
+                                     f"RGB (FFmpeg's converter aborts on them)"
+    else:
+        assert run.stdout.strip() == "(2, 4, 64, 3)"
