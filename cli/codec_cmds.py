@@ -106,9 +106,9 @@ def encode(input, output, model, step, tokens, target_bytes, psnr, per_tile, num
 def _total(path: str, start: int, num_frames: int | None) -> int | None:
     """Frames the encode will see, for the progress bar (None when the file does not say)."""
     from vitok.codecs.files import is_frames_source
-    from vitok.data.io import frame_files, probe_video
+    from vitok.data.io import frame_files, probe_header
 
-    n = len(frame_files(path)) if is_frames_source(path) else probe_video(path).num_frames
+    n = len(frame_files(path)) if is_frames_source(path) else probe_header(path)[2]   # decodes no frame
     n = None if n is None else max(n - start, 0)
     return num_frames if n is None else min(n, num_frames or n)
 

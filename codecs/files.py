@@ -35,16 +35,18 @@ def encode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
     """Encode a video file (or a folder/glob of frames) to ``output_path`` (.vtok), atomically and streaming. The
     header keeps a video's pixel aspect (resizing to ``size`` keeps the picture's shown shape, as ffmpeg's scale)."""
     from vitok.data.atomic import atomic_path
-    from vitok.data.io import frame_files, iter_frames_dir, iter_video, probe_video
+    from vitok.data.io import frame_files, iter_frames_dir, iter_video, probe_header, probe_video
 
     chunk = codec.tok.clip_frames
     if is_frames_source(input_path):
-        info = probe_video(frame_files(input_path)[0])  # the first frame's header: its size, before any is decoded
+        _check_size(codec, size or probe_header(frame_files(input_path)[0])[:2])   # before a frame is decoded
+        info = probe_video(frame_files(input_path)[0])
         _check_size(codec, size or (info.width, info.height))
         chunks: Any = iter_frames_dir(input_path, chunk_frames=chunk, start=start, num_frames=num_frames, size=size)
         fps = fps or Fraction(25)
     else:
-        info = probe_video(input_path)
+        _check_size(codec, size or probe_header(input_path)[:2])   # before a frame is decoded: a small file can
+        info = probe_video(input_path)                            # hold a huge picture
         _check_size(codec, size or (info.width, info.height))
         fps = fps or info.fps
         chunks = iter_video(input_path, chunk_frames=chunk, start=start, num_frames=num_frames, size=size)
@@ -57,10 +59,11 @@ def encode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
         return codec.encode_stream(chunks, Fraction(fps), f, on_chunk=on_chunk, sample_aspect_ratio=sar, **knobs)
 
 
-def _check_size(codec: VitokCodec, size: tuple[int, int]) -> None:
+def _check_size(codec: VitokCodec, size: tuple[int | None, int | None]) -> None:
     """Refuse a frame size (W, H) over the container's limits before any frame is read or resized (a huge size
-    would otherwise exhaust memory on the first chunk)."""
-    VtokHeader(size[0], size[1], Fraction(25), codec.tok.clip_frames).check()
+    would otherwise exhaust memory on the first chunk); a side of None (a header that does not say) passes."""
+    if None not in size:
+        VtokHeader(size[0], size[1], Fraction(25), codec.tok.clip_frames).check()
 
 
 def decode_output_kind(output_path: str | os.PathLike, video_codec: str) -> Literal["video", "npy", "frames"]:

@@ -222,6 +222,24 @@ def _hdr(frame: av.VideoFrame) -> str | None:
     return _HDR_TRANSFERS.get(frame.color_trc)
 
 
+def probe_header(path: str | os.PathLike) -> tuple[int | None, int | None, int | None]:
+    """``(width, height, frames)`` of ``path``'s main video stream as its header states them (coded orientation;
+    None where it does not say), without decoding a frame: cheap, and safe on a small file holding a huge picture."""
+    container, stream = _open(path, threads=False)
+    with container:
+        return stream.width or None, stream.height or None, _stated_frames(container, stream)[1]
+
+
+def _stated_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream
+                   ) -> tuple[float | None, int | None]:
+    """(duration in seconds, frames) as the file states them: one frame for an image, else the header's count or
+    duration x fps (mkv/webm store no count)."""
+    if _is_image(container):
+        return None, 1
+    duration = _duration(container, stream)
+    return duration, stream.frames or (round(duration * _fps(stream)) if duration else None)
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Read the header and decode the first frame of ``path``: geometry, rate, length, codec, orientation, HDR."""
     container, stream = _open(path, threads=False)
@@ -236,11 +254,10 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         _check_convertible(path, first)
         rot, mirrored = _orientation(first)
         width, height = (first.height, first.width) if rot % 180 else (first.width, first.height)
-        fps, is_image = _fps(stream), _is_image(container)
-        duration = None if is_image else _duration(container, stream)
-        num = 1 if is_image else (stream.frames or (round(duration * fps) if duration else None))
-        return VideoInfo(Path(path), width, height, fps, num, duration, stream.codec_context.name,
-                         first.format.name, rot, is_image, _sample_aspect_ratio(stream, rot), mirrored, _hdr(first))
+        duration, num = _stated_frames(container, stream)
+        return VideoInfo(Path(path), width, height, _fps(stream), num, duration, stream.codec_context.name,
+                         first.format.name, rot, _is_image(container), _sample_aspect_ratio(stream, rot), mirrored,
+                         _hdr(first))
 
 
 def frame_times(path: str | os.PathLike) -> np.ndarray:

@@ -383,6 +383,13 @@ def test_encode_refuses_a_size_over_the_limits_before_reading(capsys, monkeypatc
     assert "20000x2 outside 1..16384" in _error(capsys, "encode", str(frames), "-o", str(tmp_path / "f.vtok"),
                                                "--model", str(tiny1d[2]), "-q")
     assert list(tmp_path.iterdir()) == []
+    # a small file holding one huge picture (a 6000x6000 PNG of 50 KB: 8-frame chunks pass the pixel limit) is refused
+    # by its header, before its first frame is decoded (a 16000x16000 PNG took 4 s and 843 MB just to be refused)
+    Image.new("L", (6000, 6000)).save(tmp_path.parent / f"{tmp_path.name}-big.png")
+    monkeypatch.setattr(vitok.data.io, "probe_video", lambda *a, **k: pytest.fail("the picture was decoded"))
+    assert "pixel limit" in _error(capsys, "encode", str(tmp_path.parent / f"{tmp_path.name}-big.png"), "-o",
+                                   str(tmp_path / "p.vtok"), "--model", str(tiny1d[2]), "-q")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_path_and_disk_errors_are_one_line(capsys, monkeypatch, encoded, video, tiny1d, tmp_path):
