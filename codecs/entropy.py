@@ -109,6 +109,12 @@ class StepTable:
         hi = self.median + self.offset + (self.cdf_length - 2) + ESCAPE_RANGE
         return lo.astype(np.int64), hi.astype(np.int64)
 
+    def cheapest_values(self) -> np.ndarray:
+        """Per table row the integer it codes in the fewest bits: its most likely value."""
+        costs = self.bit_costs()
+        inside = np.arange(costs.shape[1])[None, :] < (self.cdf_length - 2)[:, None]   # not the escape
+        return self.median.astype(np.int64) + self.offset + np.argmin(np.where(inside, costs, np.inf), axis=1)
+
     def bit_costs(self) -> np.ndarray:
         """Bits per in-table value ``(rows, L-2)`` and the escape cost in column ``L-2`` (without its raw bits)."""
         c = self.cdf.astype(np.float64)
@@ -158,11 +164,11 @@ class EntropyTables:
 
     @property
     def deadzone(self) -> float:
-        """How far rounding leans toward each channel's median integer (its table's; with temporal contexts the
-        most likely value also follows the value one step back, which this does not), in steps (0: to the nearest
-        integer; 0.1: a value rounds away from the median only past 0.6 of a step): the encoder's choice alone
-        (decoders dequantize the integers as they are), set per model by ``tools/deadzone.py``, which measures what
-        it saves."""
+        """How far rounding leans toward the integer a value's table codes cheapest, in steps (0: to the nearest
+        integer; 0.1: a value rounds away from that integer only past 0.6 of a step). With temporal contexts the
+        table is the one the value one step back picks, so a value leans toward what that one predicts. The
+        encoder's choice alone (decoders dequantize the integers as they are), set per model by
+        ``tools/deadzone.py``, which measures what it saves."""
         return float(self.meta.get("deadzone", 0.0))
 
     def table_index(self, step: float) -> int:
@@ -173,28 +179,47 @@ class EntropyTables:
 
     # quantization -----------------------------------------------------------------------------------------
     def quantize(self, z: torch.Tensor | np.ndarray, step: float, index: int | None = None,
-                 tokens: UnitTokens = None) -> np.ndarray:
+                 tokens: UnitTokens = None, grid: Grids = None) -> np.ndarray:
         """Latent tokens ``(N, C)`` -> int32 ``(N, C)``, clamped to what the step's table can code (a step finer than
         every table's that would clamp more than ``MAX_CLIPPED`` of them is refused). ``tokens``: for
         per-position tables, the tokens each unit keeps (rows are units of that many, in order; default K), or one
-        count per unit."""
+        count per unit. ``grid``: the units' grid as for ``encode``, which a deadzone with temporal contexts needs
+        (each value leans toward the one its context predicts)."""
         table = self.tables[self.table_index(step) if index is None else index]
         z = z.detach().cpu().double().numpy() if isinstance(z, torch.Tensor) else np.asarray(z, np.float64)
         if z.ndim != 2 or z.shape[1] != self.channels:
             raise CodecError(f"latents must be (N, {self.channels}), got {z.shape}")
         v = np.nan_to_num((z - self.offsets(z.shape[0], tokens)) / (self.std.astype(np.float64) * step))
-        if self.deadzone:   # toward each channel's median integer, the table's (alike in every context)
-            m = table.median[:self.channels].astype(np.float64)
-            y = m + np.sign(v - m) * np.floor(np.abs(v - m) + (0.5 - self.deadzone))
-        else:
-            y = np.rint(v)
         lo, hi = self._channel_range(table)
+        if not self.deadzone:
+            y = np.rint(v)
+        elif self.contexts == 1:
+            y = _lean(v, table.cheapest_values()[:self.channels], self.deadzone)
+        else:
+            y = self._lean_in_context(v, table, grid, lo, hi)
         clipped = float(((y < lo) | (y > hi)).mean()) if y.size and step < min(self.steps) else 0.0
         if clipped > MAX_CLIPPED:   # a step far finer than the tables': quality would fall as the bytes grow
             raise CodecError(f"quantization step {step:g} is too fine for these entropy tables (calibrated for steps "
                              f"{min(self.steps):g} to {max(self.steps):g}): {clipped:.1%} of the latent values fall "
                              f"outside what they code; use a coarser step")
         return np.clip(y, lo, hi).astype(np.int32)
+
+    def _lean_in_context(self, v: np.ndarray, table: StepTable, grid: Grids, lo: np.ndarray,
+                         hi: np.ndarray) -> np.ndarray:
+        """Deadzone rounding of ``v`` (N, C) in step units with temporal contexts: one step along ``t`` at a time,
+        each value leaning toward the cheapest integer of the table the (clipped) value before it picks."""
+        c, radius = self.channels, self.context_radius
+        target = table.cheapest_values().reshape(self.contexts, c)
+        y, start = np.empty_like(v), 0
+        for t, rest, count in unit_runs(len(v), grid):
+            n = count * t * rest
+            block, out = v[start:start + n].reshape(count, t, rest, c), y[start:start + n].reshape(count, t, rest, c)
+            ctx = np.full((count, rest, c), 2 * radius + 1)   # the first step's own table
+            for i in range(t):
+                out[:, i] = _lean(block[:, i], target[ctx, np.arange(c)], self.deadzone)
+                ctx = np.clip(np.clip(out[:, i], lo, hi), -radius, radius).astype(np.int64) + radius
+            start += n
+        return y
 
     def dequantize(self, q: np.ndarray, step: float, tokens: UnitTokens = None) -> torch.Tensor:
         """int ``(N, C)`` -> float32 latents ``(N, C)`` (``tokens`` as for ``quantize``)."""
@@ -383,6 +408,12 @@ def row_offsets(mean: np.ndarray, rows: int, tokens: UnitTokens = None) -> np.nd
 def context_count(radius: int) -> int:
     """Tables per channel and step for a context of ``radius`` (0: none)."""
     return 2 * radius + 2 if radius else 1
+
+
+def _lean(v: np.ndarray, toward: np.ndarray, deadzone: float) -> np.ndarray:
+    """``v`` rounded to integers, leaning ``deadzone`` of a step toward ``toward`` (broadcast against it)."""
+    d = v - toward
+    return toward + np.sign(d) * np.floor(np.abs(d) + (0.5 - deadzone))
 
 
 def table_rows(q: np.ndarray, grid: Grids, radius: int) -> np.ndarray:

@@ -241,8 +241,8 @@ class VitokCodec(Codec):
         index = tables.table_index(step)
         if isinstance(tokens, tuple) and len(set(tokens)) == 1:
             tokens = tokens[0]
-        q = tables.quantize(z, step, index, tokens=tokens)
         grids = context_grid(grid, tokens)
+        q = tables.quantize(z, step, index, tokens=tokens, grid=grids)
         payload = pack_chunk(index, step, tokens or 0, tables.encode(q, index, grids))
         return ChunkCode(payload, q, tokens, step, index, frames, tables.estimate_bits(q, index, grids))
 
@@ -363,7 +363,7 @@ class VitokCodec(Codec):
         bits, sse = np.zeros((g.units, len(counts))), np.zeros((g.units, len(counts)))
         for c, k in enumerate(counts):
             zk = z.reshape(g.units, K, -1)[:, :k].reshape(g.units * k, -1)
-            q = tables.quantize(zk, step, index, tokens=k)
+            q = tables.quantize(zk, step, index, tokens=k, grid=context_grid(None, k))
             for u in range(g.units):
                 bits[u, c] = tables.estimate_bits(q[u * k:(u + 1) * k], index, context_grid(None, k))
             lat = self._latents(q, k, step, *x.shape[2:])
