@@ -542,7 +542,7 @@ def _with_report(out: EntropyTables, parts: list[tuple[Any, tuple[int, int, int]
     total = sum(int(np.prod(z.shape)) for z, _ in parts)
     report = {}
     for i, step in enumerate(out.steps):
-        coded = [(out.quantize(z, step, index=i), grid) for z, grid in parts]
+        coded = [(out.quantize(z, step, index=i, grid=grid), grid) for z, grid in parts]
         real = sum(8 * len(out.encode(q, i, grid)) for q, grid in coded)
         table = sum(out.estimate_bits(q, i, grid) for q, grid in coded)
         report[str(step)] = {"float_bits": round(float_bits[i] / total, 4), "table_bits": round(table / total, 4),
@@ -702,8 +702,8 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
     except CodecError:   # unreadable tables: nothing a stream could have been coded with
         before = None
     replaced = None if before is None else before.table_id
-    if before is not None and before.deadzone:   # the model's encoder setting (tools/deadzone.py) carries over
-        tables.meta["deadzone"] = before.deadzone
+    if before is not None and before.deadzone:   # the model's encoder setting carries over (tools/deadzone.py
+        tables.meta["deadzone"] = before.deadzone   # measures whether it still pays with the new tables)
     write_entropy_tables(model_dir, tables)
     if replaced not in (None, tables.table_id):
         warnings.warn(f"{old}: tables {replaced} replaced by {tables.table_id}; .vtok files coded with the old tables "

@@ -312,3 +312,8 @@ def test_a_deadzone_with_temporal_contexts_leans_toward_what_the_value_before_pr
     assert np.array_equal(tables.decode(data, len(leaned), i, grid), leaned)
     with pytest.raises(CodecError, match="need whole units"):
         lean.quantize(held, step, i)   # the contexts need the units' grid
+    from vitok.codecs.entropy import fit_context_tables
+
+    refit = fit_context_tables([(u, grid) for u in z[:10]], steps=(0.5,), mean=tables.mean, std=tables.std,
+                               meta={"deadzone": 0.2})   # its calibration report quantizes each part by its grid
+    assert refit.deadzone == 0.2 and refit.meta["calibration"]["tokens"] == 10 * 80
