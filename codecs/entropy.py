@@ -19,6 +19,7 @@ recomputes anything from floats (CompressAI #279/#309: float-derived CDFs desync
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -170,6 +171,16 @@ class EntropyTables:
         encoder's choice alone (decoders dequantize the integers as they are), set per model by
         ``tools/deadzone.py``, which measures what it saves."""
         return float(self.meta.get("deadzone", 0.0))
+
+    def with_deadzone(self, deadzone: float) -> "EntropyTables":
+        """These tables coding with ``deadzone`` (the same tables and id; a value they cannot use is a CodecError)."""
+        out = copy.copy(self)
+        out.meta = {**self.meta, "deadzone": deadzone}
+        try:
+            out._validate()
+        except ValueError as e:
+            raise CodecError(str(e)) from None
+        return out
 
     def table_index(self, step: float) -> int:
         """The table calibrated for the step nearest to ``step`` (in log scale); coding stays exact for any step."""

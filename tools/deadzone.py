@@ -1,7 +1,8 @@
 """Measure what a quantizer deadzone saves a model, and store the one chosen in its entropy tables.
 
-Rounding latent values toward their offset (a value rounds away only past ``0.5 + deadzone`` of a step) sends more
-of them to the cheapest integers; it is the encoder's choice alone, so streams and decoders stay as they are. For
+Rounding each latent value toward the integer its table codes cheapest (with temporal contexts: what the value one
+step back predicts; it rounds away only past ``0.5 + deadzone`` of a step) sends more of them to the cheapest
+integers; it is the encoder's choice alone, so streams and decoders stay as they are. For
 each deadzone this codes every 17x128x128 training segment of the sample clips (10 of them, evenly spread: the eval
 segments stay unseen) at the model's operating points, and reports BD-rate against rounding to nearest:
 
@@ -11,11 +12,11 @@ segments stay unseen) at the model's operating points, and reports BD-rate again
 from __future__ import annotations
 
 import argparse
-import copy
 
 import numpy as np
 
 from vitok.codecs.entropy import FILENAME, load_entropy_tables
+from vitok.codecs.errors import CodecError
 from vitok.codecs.neural import VitokCodec
 from vitok.data import train_segments
 from vitok.evaluation.bdrate import bd_rate
@@ -23,9 +24,7 @@ from vitok.evaluation.bdrate import bd_rate
 
 def curves(codec: VitokCodec, segments: list, deadzone: float) -> list[list[dict]]:
     """Per segment, a record (bytes, PSNR) per operating point with ``deadzone``."""
-    tables = copy.copy(codec.tables)
-    tables.meta = {**tables.meta, "deadzone": deadzone}
-    coder = VitokCodec(codec.tok, tables)
+    coder = VitokCodec(codec.tok, codec.tables.with_deadzone(deadzone))
     out = []
     for sid, frames in segments:
         points = []
@@ -44,9 +43,10 @@ def main() -> None:
     parser.add_argument("--write", type=float, help="store this deadzone in the model's entropy tables")
     args = parser.parse_args()
     if args.write is not None:
-        tables = load_entropy_tables(args.model)
-        tables.meta["deadzone"] = args.write
-        tables._validate()
+        try:
+            tables = load_entropy_tables(args.model).with_deadzone(args.write)
+        except CodecError as e:   # no tables there, or a deadzone they cannot use: one line, no traceback
+            raise SystemExit(f"error: {e}") from None
         print(f"wrote deadzone {args.write:g} to {tables.save(f'{args.model}/{FILENAME}')}")
         return
     codec = VitokCodec(args.model).load()

@@ -80,7 +80,6 @@ def test_deadzone_rounds_toward_the_cheapest_integer_and_is_kept(synthetic, tmp_
     """A deadzone of 0.1 rounds a value away from the integer its table codes cheapest (here 0, or 1 with the
     table moved by one) only past 0.6 of a step; 0 is rounding to nearest as before; it is saved with the tables,
     leaves their id (streams name it) alone, and a value the quantizer cannot use is refused on load."""
-    import copy
     import dataclasses
 
     tables, _ = synthetic
@@ -89,8 +88,7 @@ def test_deadzone_rounds_toward_the_cheapest_integer_and_is_kept(synthetic, tmp_
     z = offsets + v[:, None] * tables.std * step   # every channel at each of these step multiples
     nearest = tables.quantize(z, step, 1)
     assert (nearest.T == [0, 1, 1, -1, -1, 2, 2, 2, 2]).all()   # numpy's rint: ties to even
-    dz = copy.copy(tables)
-    dz.meta = {**tables.meta, "deadzone": 0.1}
+    dz = tables.with_deadzone(0.1)
     assert (dz.quantize(z, step, 1).T == [0, 0, 1, 0, -1, 1, 1, 2, 2]).all()
     dz.tables = list(tables.tables)   # tables moved by one (their median): the cheapest integer is 1, lean to it
     dz.tables[1] = dataclasses.replace(tables.tables[1], median=np.ones_like(tables.tables[1].median))
@@ -100,7 +98,9 @@ def test_deadzone_rounds_toward_the_cheapest_integer_and_is_kept(synthetic, tmp_
     again = EntropyTables.load(dz.save(tmp_path / "dz.safetensors"))
     assert again.deadzone == 0.1 and again.table_id == tables.table_id and tables.deadzone == 0.0
     for bad in (0.5, -0.1, "0.1", True):
-        dz.meta["deadzone"] = bad
+        with pytest.raises(CodecError, match="deadzone must be a number in"):
+            tables.with_deadzone(bad)
+        dz.meta["deadzone"] = bad   # a file written with it by hand
         dz.save(tmp_path / "bad.safetensors")
         with pytest.raises(CodecError, match="deadzone must be a number in"):
             EntropyTables.load(tmp_path / "bad.safetensors")
@@ -138,8 +138,7 @@ def test_calibrate_model_dir(tiny1d, tmp_path, clip):
     tables = calibrate_model_dir(d, [frames[:8]], steps=(1.0,), iters=10)
     assert load_entropy_tables(d).table_id == tables.table_id and tables.steps == [1.0]
     assert tables.meta["weights_hash"] == tiny1d[0].weights_hash and tables.deadzone == 0.0
-    tables.meta["deadzone"] = 0.1   # what tools/deadzone.py --write does
-    tables.save(d)
+    tables.with_deadzone(0.1).save(d)   # what tools/deadzone.py --write does
     again = calibrate_model_dir(d, [frames[:8]], steps=(1.0,), iters=10)   # recalibrating keeps the model's setting
     assert again.deadzone == 0.1 and load_entropy_tables(d).deadzone == 0.1
 
@@ -293,14 +292,11 @@ def test_a_deadzone_with_temporal_contexts_leans_toward_what_the_value_before_pr
     median: the deadzone leans toward the cheapest integer of the table that value picks (measured: a BD-rate gain
     for vitok-grid and vitok-cnn of about twice the median lean's; tools/deadzone.py), so drifting units code in
     fewer bits than with rounding to nearest or the median lean, each a value at most one away from nearest."""
-    import copy
-
     from vitok.codecs.entropy import _lean
 
     tables, z, grid = drifting
     held = z[50:].reshape(-1, 3)
-    lean = copy.copy(tables)
-    lean.meta = {**tables.meta, "deadzone": 0.2}
+    lean = tables.with_deadzone(0.2)
     step, i = tables.steps[0], 0
     nearest, leaned = tables.quantize(held, step, i), lean.quantize(held, step, i, grid=grid)
     assert np.abs(leaned - nearest).max() == 1 and (leaned != nearest).mean() > 0.05
