@@ -37,17 +37,15 @@ def encode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
     from vitok.data.atomic import atomic_path
     from vitok.data.io import frame_files, iter_frames_dir, iter_video, probe_header, probe_video
 
-    chunk = codec.tok.clip_frames
-    if is_frames_source(input_path):
-        _check_size(codec, size or probe_header(frame_files(input_path)[0])[:2])   # before a frame is decoded
-        info = probe_video(frame_files(input_path)[0])
-        _check_size(codec, size or (info.width, info.height))
+    chunk, frames_source = codec.tok.clip_frames, is_frames_source(input_path)
+    first = frame_files(input_path)[0] if frames_source else input_path   # a folder's: its first frame
+    _check_size(codec, size or probe_header(first)[:2])   # before a frame is decoded: a small file can hold a huge
+    info = probe_video(first)                             # picture; then the size as shown, when the header is silent
+    _check_size(codec, size or (info.width, info.height))
+    if frames_source:
         chunks: Any = iter_frames_dir(input_path, chunk_frames=chunk, start=start, num_frames=num_frames, size=size)
         fps = fps or Fraction(25)
     else:
-        _check_size(codec, size or probe_header(input_path)[:2])   # before a frame is decoded: a small file can
-        info = probe_video(input_path)                            # hold a huge picture
-        _check_size(codec, size or (info.width, info.height))
         fps = fps or info.fps
         chunks = iter_video(input_path, chunk_frames=chunk, start=start, num_frames=num_frames, size=size)
     if fps is None or fps <= 0:
