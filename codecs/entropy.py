@@ -95,7 +95,8 @@ class StepTable:
     cdf_length: np.ndarray  # int32 (C,)
     offset: np.ndarray  # int32 (C,)
     median: np.ndarray  # int32 (C,)
-    _lists: tuple | None = field(default=None, repr=False)
+    _lists: tuple | None = field(default=None, init=False, repr=False, compare=False)   # built from the tables
+    _bits: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)   # once, on first use
 
     def coder_args(self) -> tuple[list[list[int]], list[int], list[int]]:
         """The tables as the Python lists CompressAI's coder takes (built once)."""
@@ -110,19 +111,25 @@ class StepTable:
         hi = self.median + self.offset + (self.cdf_length - 2) + ESCAPE_RANGE
         return lo.astype(np.int64), hi.astype(np.int64)
 
-    def cheapest_values(self) -> np.ndarray:
-        """Per table row the integer it codes in the fewest bits: its most likely value."""
-        costs = self.bit_costs()
-        inside = np.arange(costs.shape[1])[None, :] < (self.cdf_length - 2)[:, None]   # not the escape
-        return self.median.astype(np.int64) + self.offset + np.argmin(np.where(inside, costs, np.inf), axis=1)
+    def value_bits(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Bits coding each integer ``q`` with its table row ``rows`` (same shapes): in-table values at their
+        probability, escapes at the escape symbol's cost plus the raw bits CompressAI writes after it."""
+        v = np.asarray(q, np.int64) - self.median[rows] - self.offset[rows]
+        width = self.cdf_length[rows] - 2
+        inside = (v >= 0) & (v < width)
+        bits = self.bit_costs()[rows, np.where(inside, v, width)]
+        raw = np.where(inside, 0, np.where(v < 0, -2 * v - 1, 2 * (v - width)))
+        nibbles = np.ceil(np.log2(raw + 1) / 4).astype(np.int64)
+        return bits + np.where(inside, 0, 4 * (nibbles + nibbles // 15 + 1))
 
     def bit_costs(self) -> np.ndarray:
-        """Bits per in-table value ``(rows, L-2)`` and the escape cost in column ``L-2`` (without its raw bits)."""
-        c = self.cdf.astype(np.float64)
-        freq = np.diff(c, axis=1)
-        width = self.cdf_length - 1
-        mask = np.arange(freq.shape[1])[None, :] < width[:, None]
-        return np.where(mask, PRECISION - np.log2(np.maximum(freq, 1)), np.inf)
+        """Bits per in-table value ``(rows, L-2)`` and the escape cost in column ``L-2`` (without its raw bits);
+        computed once."""
+        if self._bits is None:
+            freq = np.diff(self.cdf.astype(np.float64), axis=1)
+            mask = np.arange(freq.shape[1])[None, :] < (self.cdf_length - 1)[:, None]
+            self._bits = np.where(mask, PRECISION - np.log2(np.maximum(freq, 1)), np.inf)
+        return self._bits
 
 
 class EntropyTables:
@@ -164,21 +171,40 @@ class EntropyTables:
         return [t.step for t in self.tables]
 
     @property
-    def deadzone(self) -> float:
-        """How far rounding leans toward the integer a value's table codes cheapest, in steps (0: to the nearest
-        integer; 0.1: a value rounds away from that integer only past 0.6 of a step). With temporal contexts the
-        table is the one the value one step back picks, so a value leans toward what that one predicts. The
-        encoder's choice alone (decoders dequantize the integers as they are), set per model by
-        ``tools/deadzone.py``, which measures what it saves."""
-        return float(self.meta.get("deadzone", 0.0))
+    def rd_lambda(self) -> float:
+        """The encoder's rate-distortion trade in its rounding (0: round to nearest): each value rounds down or up,
+        whichever costs less ``w * error**2 + lambda * bits`` (error in steps, ``w`` the channel's
+        ``distortion_weights``, bits under the table the value is coded with, its context included). Set per model
+        by ``tools/rdoq.py``, which measures what it saves; decoders dequantize the integers as they are."""
+        return float(self.meta.get("rd_lambda", 0.0))
 
-    def with_deadzone(self, deadzone: float) -> "EntropyTables":
-        """These tables coding with ``deadzone`` (the same tables and id; a value they cannot use is a CodecError)."""
+    @property
+    def distortion_weights(self) -> np.ndarray:
+        """Per channel, what a quantization error of one step costs in pixels relative to the other channels (mean
+        1; ``vitok.codecs.distortion``); all ones when not measured."""
+        w = self.meta.get("distortion_weights")
+        return np.ones(self.channels) if w is None else np.asarray(w, np.float64)
+
+    @property
+    def encoder_setting(self) -> str:
+        """The rounding these tables make the encoder do, for a codec's identity: '' (nearest) or
+        ``rd<lambda>-<weights digest>``."""
+        if not self.rd_lambda:
+            return ""
+        digest = hashlib.sha256(json.dumps(self.meta.get("distortion_weights")).encode()).hexdigest()[:8]
+        return f"rd{self.rd_lambda:g}-{digest}"
+
+    def with_rdoq(self, rd_lambda: float, weights: Sequence[float] | None = None) -> "EntropyTables":
+        """These tables coding with ``rd_lambda`` and per-channel ``weights`` (the same tables and id; values they
+        cannot use are a CodecError)."""
         out = copy.copy(self)
-        out.meta = {**self.meta, "deadzone": deadzone}
+        out.meta = {k: v for k, v in self.meta.items() if k != "distortion_weights"}
+        out.meta["rd_lambda"] = rd_lambda
+        if weights is not None:
+            out.meta["distortion_weights"] = [round(float(x), 4) for x in weights]
         try:
             out._validate()
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             raise CodecError(str(e)) from None
         return out
 
@@ -194,20 +220,15 @@ class EntropyTables:
         """Latent tokens ``(N, C)`` -> int32 ``(N, C)``, clamped to what the step's table can code (a step finer than
         every table's that would clamp more than ``MAX_CLIPPED`` of them is refused). ``tokens``: for
         per-position tables, the tokens each unit keeps (rows are units of that many, in order; default K), or one
-        count per unit. ``grid``: the units' grid as for ``encode``, which a deadzone with temporal contexts needs
-        (each value leans toward the one its context predicts)."""
+        count per unit. ``grid``: the units' grid as for ``encode``, which ``rd_lambda`` with temporal contexts
+        needs (a value's bits depend on the value one step back)."""
         table = self.tables[self.table_index(step) if index is None else index]
         z = z.detach().cpu().double().numpy() if isinstance(z, torch.Tensor) else np.asarray(z, np.float64)
         if z.ndim != 2 or z.shape[1] != self.channels:
             raise CodecError(f"latents must be (N, {self.channels}), got {z.shape}")
         v = np.nan_to_num((z - self.offsets(z.shape[0], tokens)) / (self.std.astype(np.float64) * step))
         lo, hi = self._channel_range(table)
-        if not self.deadzone:
-            y = np.rint(v)
-        elif self.contexts == 1:
-            y = _lean(v, table.cheapest_values()[:self.channels], self.deadzone)
-        else:
-            y = self._lean_in_context(v, table, grid, lo, hi)
+        y = self._rd_round(v, table, grid, lo, hi) if self.rd_lambda else np.rint(v)
         clipped = float(((y < lo) | (y > hi)).mean()) if y.size and step < min(self.steps) else 0.0
         if clipped > MAX_CLIPPED:   # a step far finer than the tables': quality would fall as the bytes grow
             raise CodecError(f"quantization step {step:g} is too fine for these entropy tables (calibrated for steps "
@@ -215,19 +236,28 @@ class EntropyTables:
                              f"outside what they code; use a coarser step")
         return np.clip(y, lo, hi).astype(np.int32)
 
-    def _lean_in_context(self, v: np.ndarray, table: StepTable, grid: Grids, lo: np.ndarray,
-                         hi: np.ndarray) -> np.ndarray:
-        """Deadzone rounding of ``v`` (N, C) in step units with temporal contexts: one step along ``t`` at a time,
-        each value leaning toward the cheapest integer of the table the (clipped) value before it picks."""
+    def _rd_round(self, v: np.ndarray, table: StepTable, grid: Grids, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Rate-distortion rounding of ``v`` (N, C) in step units (see ``rd_lambda``); with temporal contexts one
+        step along ``t`` at a time, each value costed under the table the (clipped) value before it picks."""
         c, radius = self.channels, self.context_radius
-        target = table.cheapest_values().reshape(self.contexts, c)
+        weights, lam = self.distortion_weights, self.rd_lambda
+
+        def pick(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            low = np.floor(x)
+            rows = np.broadcast_to(rows, x.shape)
+            cost = [weights * (x - y) ** 2 + lam * table.value_bits(rows, np.clip(y, lo, hi).astype(np.int64))
+                    for y in (low, low + 1)]
+            return low + (cost[1] < cost[0])
+
+        if self.contexts == 1:
+            return pick(v, np.arange(c))
         y, start = np.empty_like(v), 0
         for t, rest, count in unit_runs(len(v), grid):
             n = count * t * rest
             block, out = v[start:start + n].reshape(count, t, rest, c), y[start:start + n].reshape(count, t, rest, c)
             ctx = np.full((count, rest, c), 2 * radius + 1)   # the first step's own table
             for i in range(t):
-                out[:, i] = _lean(block[:, i], target[ctx, np.arange(c)], self.deadzone)
+                out[:, i] = pick(block[:, i], ctx * c + np.arange(c))
                 ctx = np.clip(np.clip(out[:, i], lo, hi), -radius, radius).astype(np.int64) + radius
             start += n
         return y
@@ -294,15 +324,8 @@ class EntropyTables:
 
     def estimate_bits(self, q: np.ndarray, index: int, grid: Grids = None) -> float:
         """Ideal code length in bits of ``q`` under the table's probabilities (the entropy model's likelihoods)."""
-        table = self.tables[index]
         rows = self.table_rows(np.asarray(q), grid)
-        v = np.asarray(q, np.int64).reshape(-1) - table.median[rows] - table.offset[rows]
-        width = table.cdf_length[rows] - 2
-        inside = (v >= 0) & (v < width)
-        bits = table.bit_costs()[rows, np.where(inside, v, width)].sum()
-        raw = np.where(v < 0, -2 * v - 1, 2 * (v - width))[~inside]
-        nib = np.ceil(np.log2(raw + 1) / 4).astype(np.int64) if raw.size else raw
-        return float(bits + 4 * (nib + nib // 15 + 1).sum())
+        return float(self.tables[index].value_bits(rows, np.asarray(q).reshape(-1)).sum())
 
     def table_rows(self, q: np.ndarray, grid: Grids = None) -> np.ndarray:
         """The table row coding each value of ``q`` ``(N, C)``, flattened (see ``table_rows``)."""
@@ -368,9 +391,13 @@ class EntropyTables:
             raise ValueError("entropy tables: bad mean/std or no step tables")
         if not 0 <= self.context_radius <= 64:
             raise ValueError(f"entropy tables: bad context radius {self.context_radius}")
-        dz = self.meta.get("deadzone", 0.0)
-        if isinstance(dz, bool) or not isinstance(dz, (int, float)) or not 0 <= dz < 0.5:
-            raise ValueError(f"entropy tables: deadzone must be a number in [0, 0.5), got {dz!r}")
+        lam = self.meta.get("rd_lambda", 0.0)
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam <= 100:
+            raise ValueError(f"entropy tables: rd_lambda must be a number in [0, 100], got {lam!r}")
+        w = self.meta.get("distortion_weights")
+        if w is not None and not (isinstance(w, list) and len(w) == c and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1e6 for x in w)):
+            raise ValueError(f"entropy tables: distortion_weights must be {c} numbers in [0, 1e6)")
         rows = c * self.contexts
         for t in self.tables:
             if t.cdf.ndim != 2 or t.cdf.shape[0] != rows or any(a.shape != (rows,) for a in (t.cdf_length, t.offset,
@@ -419,12 +446,6 @@ def row_offsets(mean: np.ndarray, rows: int, tokens: UnitTokens = None) -> np.nd
 def context_count(radius: int) -> int:
     """Tables per channel and step for a context of ``radius`` (0: none)."""
     return 2 * radius + 2 if radius else 1
-
-
-def _lean(v: np.ndarray, toward: np.ndarray, deadzone: float) -> np.ndarray:
-    """``v`` rounded to integers, leaning ``deadzone`` of a step toward ``toward`` (broadcast against it)."""
-    d = v - toward
-    return toward + np.sign(d) * np.floor(np.abs(d) + (0.5 - deadzone))
 
 
 def table_rows(q: np.ndarray, grid: Grids, radius: int) -> np.ndarray:
@@ -713,8 +734,10 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
     except CodecError:   # unreadable tables: nothing a stream could have been coded with
         before = None
     replaced = None if before is None else before.table_id
-    if before is not None and before.deadzone:   # the model's encoder setting carries over (tools/deadzone.py
-        tables.meta["deadzone"] = before.deadzone   # measures whether it still pays with the new tables)
+    if before is not None and before.rd_lambda:   # the model's encoder setting carries over (tools/rdoq.py measures
+        from vitok.codecs.distortion import distortion_weights   # whether it still pays), its weights measured again
+
+        tables = tables.with_rdoq(before.rd_lambda, distortion_weights(tok, tables.std))
     write_entropy_tables(model_dir, tables)
     if replaced not in (None, tables.table_id):
         warnings.warn(f"{old}: tables {replaced} replaced by {tables.table_id}; .vtok files coded with the old tables "

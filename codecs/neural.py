@@ -186,11 +186,12 @@ class VitokCodec(Codec):
 
     @property
     def identity(self) -> str:
-        """The model's weights, its config (tiling, clip length), the entropy tables (and the encoder's deadzone) and
+        """The model's weights, its config (tiling, clip length), the entropy tables (and the encoder's rounding) and
         the ``.vtok`` version: a model retrained or reconfigured in place codes differently, and another format
         frames it in other bytes."""
-        dz = f"-dz{self.tables.deadzone:g}" if self.tables.deadzone else ""   # the encoder's rounding
-        return f"{self.tok.weights_hash[:16]}-{self.tok.config.digest()[:12]}-{self.tables.table_id}{dz}-v{VERSION}"
+        rounding = self.tables.encoder_setting
+        return (f"{self.tok.weights_hash[:16]}-{self.tok.config.digest()[:12]}-{self.tables.table_id}"
+                f"{'-' + rounding if rounding else ''}-v{VERSION}")
 
     def load(self) -> "VitokCodec":
         """Load the model and its tables now (errors surface before any video is read)."""

@@ -82,8 +82,8 @@ def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, stor
                     "hardware_history": earlier + [stage],
                     "params": info["params"], "config": info["config"]}
         (tmp / "training.json").write_text(json.dumps(training, indent=2) + "\n")
-        if (dest / ENTROPY_FILE).is_file():   # the tables replaced: calibration keeps their deadzone (the encoder's
-            shutil.copy2(dest / ENTROPY_FILE, tmp / ENTROPY_FILE)   # setting, tools/deadzone.py)
+        if (dest / ENTROPY_FILE).is_file():   # the tables replaced: calibration keeps their rd_lambda (the encoder's
+            shutil.copy2(dest / ENTROPY_FILE, tmp / ENTROPY_FILE)   # setting, tools/rdoq.py)
         calibrate_model_dir(tmp, iters=calibration_iters)
     return dest
 

@@ -76,33 +76,50 @@ def test_save_load_same_tables(synthetic, tmp_path):
         EntropyTables.load(tmp_path / "bad.safetensors")
 
 
-def test_deadzone_rounds_toward_the_cheapest_integer_and_is_kept(synthetic, tmp_path):
-    """A deadzone of 0.1 rounds a value away from the integer its table codes cheapest (here 0, or 1 with the
-    table moved by one) only past 0.6 of a step; 0 is rounding to nearest as before; it is saved with the tables,
-    leaves their id (streams name it) alone, and a value the quantizer cannot use is refused on load."""
-    import dataclasses
+def _bits_by_cdf(table: StepTable, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Bits of in-table integers straight from the frozen CDFs (what the coder spends on them)."""
+    v = q - table.median[rows] - table.offset[rows]
+    assert ((v >= 0) & (v < table.cdf_length[rows] - 2)).all()
+    freq = table.cdf[rows, v + 1].astype(np.int64) - table.cdf[rows, v]
+    return 16 - np.log2(freq)
 
-    tables, _ = synthetic
-    step, offsets = tables.steps[1], tables.offsets(1)
-    v = np.array([0.5, 0.55, 0.65, -0.55, -0.65, 1.5, 1.55, 1.65, 2.5])
-    z = offsets + v[:, None] * tables.std * step   # every channel at each of these step multiples
-    nearest = tables.quantize(z, step, 1)
-    assert (nearest.T == [0, 1, 1, -1, -1, 2, 2, 2, 2]).all()   # numpy's rint: ties to even
-    dz = tables.with_deadzone(0.1)
-    assert (dz.quantize(z, step, 1).T == [0, 0, 1, 0, -1, 1, 1, 2, 2]).all()
-    dz.tables = list(tables.tables)   # tables moved by one (their median): the cheapest integer is 1, lean to it
-    dz.tables[1] = dataclasses.replace(tables.tables[1], median=np.ones_like(tables.tables[1].median))
-    w = np.array([0.35, 0.45, 1.55, 1.65, 2.5])
-    assert (dz.quantize(offsets + w[:, None] * tables.std * step, step, 1).T == [0, 1, 1, 2, 2]).all()
-    dz.tables = tables.tables
-    again = EntropyTables.load(dz.save(tmp_path / "dz.safetensors"))
-    assert again.deadzone == 0.1 and again.table_id == tables.table_id and tables.deadzone == 0.0
-    for bad in (0.5, -0.1, "0.1", True):
-        with pytest.raises(CodecError, match="deadzone must be a number in"):
-            tables.with_deadzone(bad)
-        dz.meta["deadzone"] = bad   # a file written with it by hand
-        dz.save(tmp_path / "bad.safetensors")
-        with pytest.raises(CodecError, match="deadzone must be a number in"):
+
+def test_rd_rounding_trades_squared_error_for_bits_and_is_kept(synthetic, tmp_path):
+    """With ``rd_lambda`` each value rounds down or up, whichever costs less ``w * error**2 + lambda * bits``:
+    fewer bits and more error than rounding to nearest, a channel weighted higher kept nearer; lambda 0 is rounding
+    to nearest. Saved with the tables, their id (streams name it) unchanged; a bad setting is refused on load."""
+    tables, scale = synthetic
+    step, i = tables.steps[1], 1
+    z = torch.randn(3000, 6, generator=torch.Generator().manual_seed(7)) * scale
+    v = ((z.double().numpy() - tables.offsets(len(z))) / (tables.std * step))
+    nearest = tables.quantize(z, step, i)
+    weights = [1, 1, 1, 1, 4, 0.25]
+    assert np.array_equal(tables.with_rdoq(0.0, weights).quantize(z, step, i), nearest)
+    rd = tables.with_rdoq(0.5, weights)
+    q = rd.quantize(z, step, i)
+    rows = np.broadcast_to(np.arange(6), q.shape)
+    inside = np.all(np.abs(v) < 8, axis=1)   # well inside every table: bits straight from the CDFs
+    low = np.floor(v[inside]).astype(np.int64)
+    costs = [np.asarray(weights) * (v[inside] - y) ** 2 + 0.5 * _bits_by_cdf(tables.tables[i], rows[inside], y)
+             for y in (low, low + 1)]
+    assert np.array_equal(q[inside], np.where(costs[1] < costs[0], low + 1, low))
+    assert rd.estimate_bits(q, i) < 0.9 * tables.estimate_bits(nearest, i)
+    err = [((v - x) ** 2).mean(0) for x in (nearest, q)]
+    assert (err[1] >= err[0]).all() and err[1][4] - err[0][4] < err[1][5] - err[0][5]   # weight 4 vs 0.25
+    again = EntropyTables.load(rd.save(tmp_path / "rd.safetensors"))
+    assert again.rd_lambda == 0.5 and again.distortion_weights.tolist() == weights
+    assert again.table_id == tables.table_id and tables.rd_lambda == 0.0 and (tables.distortion_weights == 1).all()
+    for bad, message in ((-0.1, "rd_lambda must be"), ("0.1", "rd_lambda must be"), (True, "rd_lambda must be"),
+                         ([1, 1], "distortion_weights must be 6 numbers"),
+                         ([1, 1, 1, 1, 1, -1], "distortion_weights must be 6 numbers")):
+        args = (bad,) if message.startswith("rd_") else (0.1, bad)
+        with pytest.raises(CodecError, match=message):
+            tables.with_rdoq(*args)
+        key = "rd_lambda" if message.startswith("rd_") else "distortion_weights"
+        hand = tables.with_rdoq(0.1)
+        hand.meta[key] = bad   # a file written with it by hand
+        hand.save(tmp_path / "bad.safetensors")
+        with pytest.raises(CodecError, match=message):
             EntropyTables.load(tmp_path / "bad.safetensors")
 
 
@@ -137,10 +154,12 @@ def test_calibrate_model_dir(tiny1d, tmp_path, clip):
     frames, _ = clip
     tables = calibrate_model_dir(d, [frames[:8]], steps=(1.0,), iters=10)
     assert load_entropy_tables(d).table_id == tables.table_id and tables.steps == [1.0]
-    assert tables.meta["weights_hash"] == tiny1d[0].weights_hash and tables.deadzone == 0.0
-    tables.with_deadzone(0.1).save(d)   # what tools/deadzone.py --write does
+    assert tables.meta["weights_hash"] == tiny1d[0].weights_hash and tables.rd_lambda == 0.0
+    tables.with_rdoq(0.1, [5.0] * tables.channels).save(d)   # what tools/rdoq.py --write does
     again = calibrate_model_dir(d, [frames[:8]], steps=(1.0,), iters=10)   # recalibrating keeps the model's setting
-    assert again.deadzone == 0.1 and load_entropy_tables(d).deadzone == 0.1
+    assert again.rd_lambda == 0.1 and load_entropy_tables(d).rd_lambda == 0.1
+    w = again.distortion_weights   # measured again for these weights, which may be new
+    assert w.shape == (tables.channels,) and w.mean() == pytest.approx(1, abs=1e-3) and w.std() > 0
 
 
 def test_calibration_is_the_same_at_any_thread_count():
@@ -287,29 +306,29 @@ def test_units_of_different_lengths(drifting):
             ranked.offsets(6, bad)
 
 
-def test_a_deadzone_with_temporal_contexts_leans_toward_what_the_value_before_predicts(drifting):
-    """With context tables a value's cheapest integer follows the co-located value one step back, not the channel's
-    median: the deadzone leans toward the cheapest integer of the table that value picks (measured: a BD-rate gain
-    for vitok-grid and vitok-cnn of about twice the median lean's; tools/deadzone.py), so drifting units code in
-    fewer bits than with rounding to nearest or the median lean, each a value at most one away from nearest."""
-    from vitok.codecs.entropy import _lean
-
+def test_rd_rounding_with_temporal_contexts_costs_each_value_in_its_context(drifting):
+    """With context tables a value's bits depend on the co-located value one step back: rate-distortion rounding
+    costs each value under the table that value picks (quantizing one step along t at a time), so drifting units
+    code in fewer bits than with rounding to nearest or with bits costed under the channel's first-step table,
+    each value at most one away from nearest, and the decoder needs nothing new."""
     tables, z, grid = drifting
     held = z[50:].reshape(-1, 3)
-    lean = tables.with_deadzone(0.2)
+    rd = tables.with_rdoq(0.3)
     step, i = tables.steps[0], 0
-    nearest, leaned = tables.quantize(held, step, i), lean.quantize(held, step, i, grid=grid)
-    assert np.abs(leaned - nearest).max() == 1 and (leaned != nearest).mean() > 0.05
-    median = np.clip(_lean(held.numpy() / step, tables.tables[i].median[:3], 0.2), *tables._channel_range(
-        tables.tables[i])).astype(np.int32)
-    bits = [tables.estimate_bits(q, i, grid) for q in (nearest, median, leaned)]
+    nearest, rounded = tables.quantize(held, step, i), rd.quantize(held, step, i, grid=grid)
+    assert np.abs(rounded - nearest).max() == 1 and (rounded != nearest).mean() > 0.05
+    first = tables.contexts - 1   # costed without contexts: every value under its channel's first-step table
+    blind = EntropyTables(tables.mean, tables.std, [StepTable(t.step, *(a.reshape(tables.contexts, 3, *a.shape[1:])[
+        first] for a in (t.cdf, t.cdf_length, t.offset, t.median))) for t in tables.tables], {"rd_lambda": 0.3})
+    without = blind.quantize(held, step, i)
+    bits = [tables.estimate_bits(q, i, grid) for q in (nearest, without, rounded)]
     assert bits[2] < bits[1] < bits[0], bits
-    data = tables.encode(leaned, i, grid)   # the decoder needs nothing new
-    assert np.array_equal(tables.decode(data, len(leaned), i, grid), leaned)
+    data = tables.encode(rounded, i, grid)
+    assert np.array_equal(tables.decode(data, len(rounded), i, grid), rounded)
     with pytest.raises(CodecError, match="need whole units"):
-        lean.quantize(held, step, i)   # the contexts need the units' grid
+        rd.quantize(held, step, i)   # the contexts need the units' grid
     from vitok.codecs.entropy import fit_context_tables
 
     refit = fit_context_tables([(u, grid) for u in z[:10]], steps=(0.5,), mean=tables.mean, std=tables.std,
-                               meta={"deadzone": 0.2})   # its calibration report quantizes each part by its grid
-    assert refit.deadzone == 0.2 and refit.meta["calibration"]["tokens"] == 10 * 80
+                               meta={"rd_lambda": 0.3})   # its calibration report quantizes each part by its grid
+    assert refit.rd_lambda == 0.3 and refit.meta["calibration"]["tokens"] == 10 * 80

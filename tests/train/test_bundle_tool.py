@@ -62,9 +62,9 @@ def test_bundle_chains_history_of_a_continued_run(tool, small_calibration, make_
     assert vitok.load(tmp_path / "b2").weights_hash == vitok.load(tmp_path / "run2" / "model").weights_hash
     from vitok.codecs.entropy import load_entropy_tables
 
-    load_entropy_tables(tmp_path / "b2").with_deadzone(0.1).save(tmp_path / "b2")   # tools/deadzone.py --write
+    load_entropy_tables(tmp_path / "b2").with_rdoq(0.1).save(tmp_path / "b2")   # tools/rdoq.py --write
     _bundle(tool, tmp_path / "run2", tmp_path / "b2", "second")   # bundled again over it: the setting is kept
-    assert load_entropy_tables(tmp_path / "b2").deadzone == 0.1
+    assert load_entropy_tables(tmp_path / "b2").rd_lambda == 0.1
 
 
 @pytest.mark.skipif(not TOOL.is_file(), reason="tools/ is not in this checkout")

@@ -1,0 +1,71 @@
+"""Measure what rate-distortion rounding saves a model, and store the lambda chosen in its entropy tables.
+
+The encoder may round each latent value to the integer with the least ``w * error**2 + lambda * bits`` of the two
+around it and the one its table codes cheapest (``EntropyTables.rd_lambda``; ``w``: the channel's distortion weight,
+``vitok.codecs.distortion``); streams and decoders stay as they are. For each lambda this codes ten 17x128x128
+training segments of the sample clips (evenly spread: the eval segments stay unseen) at the model's operating points
+and reports BD-rate against rounding to nearest:
+
+    python tools/rdoq.py vitok/pretrained/vitok-grid 0.05 0.1 0.15     # measure (--uniform: all weights 1)
+    python tools/rdoq.py vitok/pretrained/vitok-grid --write 0.1        # store it, with the weights (0: nearest)
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from vitok.codecs.distortion import distortion_weights
+from vitok.codecs.entropy import FILENAME, EntropyTables
+from vitok.data.errors import VitokError
+from vitok.codecs.neural import VitokCodec
+from vitok.data import train_segments
+from vitok.evaluation.bdrate import bd_rate
+
+
+def curves(codec: VitokCodec, tables: EntropyTables, segments: list) -> list[list[dict]]:
+    """Per segment, a record (bytes, PSNR) per operating point, coded with ``tables``."""
+    coder = VitokCodec(codec.tok, tables)
+    out = []
+    for sid, frames in segments:
+        points = []
+        for op in codec.operating_points():
+            data = coder.encode(frames, 25, **op)
+            mse = np.mean((coder.decode(data)[0].astype(np.float64) - frames) ** 2)
+            points.append({"clip": sid, "bytes": len(data), "psnr": 10 * np.log10(255.0 ** 2 / mse)})
+        out.append(points)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="model folder holding entropy.safetensors")
+    parser.add_argument("lambdas", nargs="*", type=float, help="lambdas to measure against rounding to nearest")
+    parser.add_argument("--write", type=float, help="store this lambda (and the measured weights) in the tables")
+    parser.add_argument("--uniform", action="store_true", help="measure with every channel's weight 1")
+    args = parser.parse_intermixed_args()
+    try:
+        codec = VitokCodec(args.model).load()
+        weights = np.ones(codec.tables.channels) if args.uniform else distortion_weights(codec.tok, codec.tables.std)
+        if args.write is not None:
+            tables = codec.tables.with_rdoq(args.write, weights)
+            print(f"wrote lambda {args.write:g} to {tables.save(f'{args.model}/{FILENAME}')}")
+            return
+    except VitokError as e:   # no model or tables there, or a lambda they cannot use: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
+    print("distortion weights: " + " ".join(f"{w:.2f}" for w in weights), flush=True)
+    segs = train_segments()
+    segs = segs[::max(1, len(segs) // 10)][:10]
+    base = curves(codec, codec.tables.with_rdoq(0.0), segs)
+    for lam in args.lambdas:
+        test = curves(codec, codec.tables.with_rdoq(lam, weights), segs)
+        per = [bd_rate(a, b) for a, b in zip(base, test)]
+        dpsnr = np.mean([p["psnr"] for c in test for p in c]) - np.mean([p["psnr"] for c in base for p in c])
+        nbytes = sum(p["bytes"] for c in test for p in c) / sum(p["bytes"] for c in base for p in c)
+        print(f"lambda {lam:g}: BD-rate {np.mean(per):+.2f} % (median {np.median(per):+.2f}, segments {min(per):+.1f} "
+              f"to {max(per):+.1f}), "
+              f"{nbytes:.3f}x the bytes at the same settings, {dpsnr:+.3f} dB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
