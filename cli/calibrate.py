@@ -40,7 +40,7 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
     """Fit MODEL_DIR's entropy tables (entropy.safetensors beside its config.json), e.g. for a model that
     `vitok train` exported to RUN/model; then `vitok encode --model MODEL_DIR` codes with it. It runs on one thread,
     so that a machine fits the same tables every time (a .vtok names the tables it was coded with)."""
-    from vitok.codecs.entropy import FILENAME, calibrate_model_dir
+    from vitok.codecs.entropy import FILENAME, calibrate_model_dir, kept_name
     from vitok.data.errors import VitokError
 
     folder = Path(model_dir)
@@ -69,7 +69,9 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
                              f"that rd/bench measure on; give other videos, or no --clip for the samples' training "
                              f"segments")
         videos = [clip.load(frames)[0] for clip in resolved]
+    kept_before = set(folder.glob(kept_name("*")))
     tables = calibrate_model_dir(folder, videos, iters=iters or 300, context_radius=context_radius)
+    kept = sorted(p.name for p in set(folder.glob(kept_name("*"))) - kept_before)
     if iters is not None and tables.contexts > 1:
         warnings.warn("--iters is ignored: these tables are counted per context, not optimised (--context-radius 0 "
                       "fits factorized tables)", stacklevel=1)
@@ -79,6 +81,7 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
         else f"an offset per channel ({tables.channels})"
     model = f"{offset}, {tables.contexts} table(s) per channel and step"
     text = "\n".join([f"wrote {out}: tables {tables.table_id}, {report['tokens']} calibration tokens, {model}",
+                      *(f"kept the tables replaced as {name}: streams coded with them still decode" for name in kept),
                       "  step  bits/value", *rows])
     emit({"path": str(out), "table_id": tables.table_id, "unit_tokens": tables.unit_tokens,
-          "channels": tables.channels, "contexts": tables.contexts, **report}, as_json, text)
+          "channels": tables.channels, "contexts": tables.contexts, "kept": kept, **report}, as_json, text)

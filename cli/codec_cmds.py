@@ -165,7 +165,7 @@ def decode(input, output, model, video_codec, crf, overwrite, quiet, as_json, de
     codec = VitokCodec(model, device=dev) if model else model_for_stream(input, device=dev)
     if not model:   # a bundled model picked by the name in the file: a retrained or recalibrated copy differs
         try:
-            codec.check_model(header)
+            codec.for_stream(header).check_model(header)
         except BitstreamError as e:
             raise BitstreamError(f"{e} (the bundled {codec.model_ref} was picked by the name in the file; pass "
                                  "--model DIR for the model it was encoded with)") from None

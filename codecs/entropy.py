@@ -191,14 +191,14 @@ class EntropyTables:
         ``rd<lambda>-<weights digest>``."""
         if not self.rd_lambda:
             return ""
-        digest = hashlib.sha256(json.dumps(self.meta.get("distortion_weights")).encode()).hexdigest()[:8]
-        return f"rd{self.rd_lambda:g}-{digest}"
+        setting = [repr(self.rd_lambda), self.distortion_weights.round(4).tolist()]
+        return f"rd{self.rd_lambda:g}-{hashlib.sha256(json.dumps(setting).encode()).hexdigest()[:8]}"
 
     def with_rdoq(self, rd_lambda: float, weights: Sequence[float] | None = None) -> "EntropyTables":
         """These tables coding with ``rd_lambda`` and per-channel ``weights`` (the same tables and id; values they
         cannot use are a CodecError)."""
         out = copy.copy(self)
-        out.meta = {k: v for k, v in self.meta.items() if k != "distortion_weights"}
+        out.meta = {k: v for k, v in self.meta.items() if k not in ("distortion_weights", "deadzone")}
         out.meta["rd_lambda"] = rd_lambda
         if weights is not None:
             out.meta["distortion_weights"] = [round(float(x), 4) for x in weights]
@@ -372,6 +372,9 @@ class EntropyTables:
                                             for k in ("cdf", "cdf_length", "offset", "median")))
                       for i, s in enumerate(meta["steps"])]
             radius = int(meta.get("context_radius", 0))
+            if "deadzone" in meta and "rd_lambda" not in meta:
+                warnings.warn(f"{path}: 'deadzone' (an earlier vitok's rounding) is no longer used: these tables round "
+                              f"to nearest; set rate-distortion rounding with tools/rdoq.py --write", stacklevel=2)
             meta = {k: v for k, v in meta.items() if k not in ("format", "steps", "precision", "table_id",
                                                                "context_radius")}
             return cls(t["mean"], t["std"], tables, meta, context_radius=radius)
@@ -393,11 +396,11 @@ class EntropyTables:
             raise ValueError(f"entropy tables: bad context radius {self.context_radius}")
         lam = self.meta.get("rd_lambda", 0.0)
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam <= 100:
-            raise ValueError(f"entropy tables: rd_lambda must be a number in [0, 100], got {lam!r}")
+            raise ValueError(f"entropy tables: rd_lambda must be a number in [0, 100], got {repr(lam)[:40]}")
         w = self.meta.get("distortion_weights")
         if w is not None and not (isinstance(w, list) and len(w) == c and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1e6 for x in w)):
-            raise ValueError(f"entropy tables: distortion_weights must be {c} numbers in [0, 1e6)")
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1e6 for x in w) and sum(w) > 0):
+            raise ValueError(f"entropy tables: distortion_weights must be {c} numbers in [0, 1e6), not all 0")
         rows = c * self.contexts
         for t in self.tables:
             if t.cdf.ndim != 2 or t.cdf.shape[0] != rows or any(a.shape != (rows,) for a in (t.cdf_length, t.offset,
@@ -520,14 +523,16 @@ def fit_tables(z: torch.Tensor, steps: Iterable[float] = STEPS, *, mean: np.ndar
 
 def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]], steps: Iterable[float] = STEPS,
                        *, mean: np.ndarray, std: np.ndarray, radius: int = CONTEXT_RADIUS,
-                       prior: float = CONTEXT_PRIOR, meta: dict[str, Any] | None = None) -> EntropyTables:
+                       prior: float = CONTEXT_PRIOR, meta: dict[str, Any] | None = None,
+                       rounding: EntropyTables | None = None) -> EntropyTables:
     """Context tables from counts: per step, channel and context (see ``EntropyTables``) the histogram of the
     quantized values, shrunk towards the channel's histogram by ``prior`` pseudo-counts and frozen with CompressAI's
     ``pmf_to_quantized_cdf``. ``units``: ``(z (N, C), (t, h, w))``, whole units in order (1D models: ``(K, 1, 1)``,
     so the context is the previous token); a ``(K, C)`` ``mean`` is an offset per token position.
 
     A value's context is the value one step back, so counting the discrete values directly is exact where a smooth
-    density (the factorized ``EntropyBottleneck``) would have to be fitted once per context.
+    density (the factorized ``EntropyBottleneck``) would have to be fitted once per context. ``rounding``: tables
+    whose quantizer gives the integers to count (their rate-distortion rounding), instead of rounding to nearest.
     """
     _, pmf_to_quantized_cdf = _import_compressai()
     units = [(torch.as_tensor(z, dtype=torch.float64).numpy(), tuple(g)) for z, g in units]
@@ -539,7 +544,10 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
     centred = [z - row_offsets(mean, len(z)) for z, _ in units]
     n_ctx, tables, float_bits = context_count(radius), [], []
     for step in steps:
-        ys = [np.rint(y / (std.astype(np.float64) * step)).astype(np.int64) for y in centred]
+        if rounding is None:
+            ys = [np.rint(y / (std.astype(np.float64) * step)).astype(np.int64) for y in centred]
+        else:
+            ys = [rounding.quantize(z, step, grid=grid).astype(np.int64) for z, grid in units]
         flat = np.concatenate(ys)
         med = np.median(flat, axis=0).round().astype(np.int64)
         lo = np.maximum(flat.min(0), med - MAX_TABLE_HALF)
@@ -636,7 +644,7 @@ def _likelihood_bits(eb, ys: torch.Tensor) -> np.ndarray:
 
 
 def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = STEPS, iters: int = 300,
-                      seed: int = 0, context_radius: int | None = None) -> EntropyTables:
+                      seed: int = 0, context_radius: int | None = None, rd_lambda: float = 0.0) -> EntropyTables:
     """Encode calibration clips with ``tok`` and fit tables; the quantizer scale is the model's latent statistics,
     the offset its latent mean (grid models) or the clips' mean per token position (1D models).
 
@@ -650,20 +658,22 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     and so the tables and their id, which every ``.vtok`` names; on one thread a machine fits the same tables
     whatever thread count it runs with. Another instruction set (AVX-512 or AVX2 kernels) may still fit other
     tables: the shipped tables are what streams name, and calibrating again elsewhere replaces them.
+    ``rd_lambda`` > 0: the tables code with that rate-distortion rounding (weights from ``vitok.codecs.distortion``),
+    and context tables are fitted twice, the second time to the integers that rounding gives under the first.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _calibrate(tok, clips, steps, iters, seed, context_radius)
+        return _calibrate(tok, clips, steps, iters, seed, context_radius, rd_lambda)
     finally:
         torch.set_num_threads(threads)
 
 
 def _calibrate(tok: Any, clips: Iterable[Any], steps: Iterable[float], iters: int, seed: int,
-               context_radius: int | None) -> EntropyTables:
+               context_radius: int | None, rd_lambda: float) -> EntropyTables:
     from vitok.data.convert import frames_to_tensor
 
-    units = []
+    units, clips = [], list(clips)
     with torch.no_grad():
         for clip in clips:
             x = frames_to_tensor(clip) if isinstance(clip, np.ndarray) else clip
@@ -681,9 +691,21 @@ def _calibrate(tok: Any, clips: Iterable[Any], steps: Iterable[float], iters: in
     std = z.std(0).clamp_min(1e-6) if cfg.latent_std is None else torch.tensor(cfg.latent_std)
     if context_radius is None:
         context_radius = CONTEXT_RADIUS if tok.max_tokens is None else 0
-    if context_radius:
-        return fit_context_tables(units, steps, mean=mean.numpy(), std=std.numpy(), radius=context_radius, meta=meta)
-    return fit_tables(z, steps, mean=mean.numpy(), std=std.numpy(), iters=iters, seed=seed, meta=meta)
+    if not context_radius:
+        tables = fit_tables(z, steps, mean=mean.numpy(), std=std.numpy(), iters=iters, seed=seed, meta=meta)
+        return tables.with_rdoq(rd_lambda, _weights(tok, tables, clips)) if rd_lambda else tables
+    tables = fit_context_tables(units, steps, mean=mean.numpy(), std=std.numpy(), radius=context_radius, meta=meta)
+    if not rd_lambda:
+        return tables
+    rounding = tables.with_rdoq(rd_lambda, _weights(tok, tables, clips))   # count the integers it gives
+    return fit_context_tables(units, steps, mean=mean.numpy(), std=std.numpy(), radius=context_radius,
+                              meta=rounding.meta, rounding=rounding)
+
+
+def _weights(tok: Any, tables: EntropyTables, clips: list[Any]) -> np.ndarray:
+    from vitok.codecs.distortion import distortion_weights
+
+    return distortion_weights(tok, tables.std, clips)
 
 
 def context_grid(grid: tuple[int, int, int] | None, tokens: UnitTokens) -> Grids:
@@ -717,31 +739,57 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
     """Load the model saved in ``model_dir``, calibrate tables and write ``entropy.safetensors`` beside it.
 
     ``clips``: uint8 ``(T,H,W,3)`` videos, cut into chunks of the model's ``clip_frames`` as the codec cuts them
-    (default: the sample clips' training segments at their own size; never the eval ones)."""
+    (default: the sample clips' training segments at their own size; never the eval ones). Tables replaced for the
+    same weights stay beside the model as ``entropy-<id>.safetensors``, so the streams coded with them still decode;
+    the rate-distortion rounding they coded with carries over (its weights measured again)."""
     import vitok
 
     tok = vitok.load(model_dir)
-    if clips is None:
-        from vitok.data.samples import train_segments
-
-        clips = [frames for _, frames in train_segments(num_frames=tok.clip_frames, size=None)]
-    n = tok.clip_frames
-    chunks = [clip[i:i + n] for clip in clips for i in range(0, len(clip), n)]
-    tables = calibrate_entropy(tok, chunks, steps=steps, iters=iters, context_radius=context_radius)
+    chunks = calibration_chunks(tok, clips)
     old = Path(model_dir) / FILENAME
     try:
         before = EntropyTables.load(old) if old.is_file() else None
     except CodecError:   # unreadable tables: nothing a stream could have been coded with
         before = None
-    replaced = None if before is None else before.table_id
-    if before is not None and before.rd_lambda:   # the model's encoder setting carries over (tools/rdoq.py measures
-        from vitok.codecs.distortion import distortion_weights   # whether it still pays), its weights measured again
-
-        tables = tables.with_rdoq(before.rd_lambda, distortion_weights(tok, tables.std))
+    rd_lambda = 0.0 if before is None else before.rd_lambda   # the model's encoder setting carries over
+    tables = calibrate_entropy(tok, chunks, steps=steps, iters=iters, context_radius=context_radius,
+                               rd_lambda=rd_lambda)
+    if before is not None and before.table_id != tables.table_id:
+        if before.meta.get("weights_hash") == tok.weights_hash:   # streams coded with them still decode
+            before.save(Path(model_dir) / kept_name(before.table_id))
+        else:
+            warnings.warn(f"{old}: tables {before.table_id} replaced by {tables.table_id}; .vtok files coded with the "
+                          "old tables no longer decode with this model folder", stacklevel=2)
     write_entropy_tables(model_dir, tables)
-    if replaced not in (None, tables.table_id):
-        warnings.warn(f"{old}: tables {replaced} replaced by {tables.table_id}; .vtok files coded with the old tables "
-                      "no longer decode with this model folder", stacklevel=2)
+    return tables
+
+
+def calibration_chunks(tok: Any, clips: Iterable[np.ndarray] | None = None) -> list[np.ndarray]:
+    """``clips`` (default: the sample clips' training segments at their own size) cut into chunks of the model's
+    ``clip_frames``, as the codec cuts them."""
+    if clips is None:
+        from vitok.data.samples import train_segments
+
+        clips = [frames for _, frames in train_segments(num_frames=tok.clip_frames, size=None)]
+    n = tok.clip_frames
+    return [clip[i:i + n] for clip in clips for i in range(0, len(clip), n)]
+
+
+def kept_name(table_id: str) -> str:
+    """File name of earlier tables kept beside a model, for decoding the streams coded with them."""
+    return f"entropy-{table_id}.safetensors"
+
+
+def load_kept_tables(model_dir: str | Path, table_id: Any) -> EntropyTables | None:
+    """The earlier tables ``table_id`` kept in ``model_dir``, or None."""
+    if not (isinstance(table_id, str) and len(table_id) == 16 and all(c in "0123456789abcdef" for c in table_id)):
+        return None
+    path = Path(model_dir) / kept_name(table_id)
+    if not path.is_file():
+        return None
+    tables = EntropyTables.load(path)
+    if tables.table_id != table_id:
+        raise CodecError(f"{path}: holds tables {tables.table_id}, not {table_id}")
     return tables
 
 

@@ -8,6 +8,7 @@ chunk by chunk, so memory stays flat for long videos.
 """
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import math
@@ -25,7 +26,7 @@ from vitok.codecs.base import Codec, check_frames
 from vitok.codecs.container import (VERSION, ChunkInfo, VtokHeader, VtokReader, VtokWriter, framing_bytes,
                                     sar_record)
 from vitok.codecs.entropy import (DEFAULT_STEP, FILENAME as ENTROPY_FILE, EntropyTables, context_grid,
-                                  load_entropy_tables)
+                                  load_entropy_tables, load_kept_tables)
 from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names, find_bundled
 from vitok.codecs.payload import ChunkTokens, header_size, pack_chunk, parse_chunk
@@ -133,8 +134,9 @@ class VitokCodec(Codec):
     knobs = ("step", "tokens", "bytes", "psnr", "adapt_units")
 
     def __init__(self, model: Any = DEFAULT_MODEL, tables: EntropyTables | None = None, device: str = "cpu") -> None:
-        self.device, self._loading = device, threading.RLock()
-        if isinstance(model, (str, os.PathLike)):
+        self.device, self._loading, self._earlier = device, threading.RLock(), {}
+        self._in_folder = isinstance(model, (str, os.PathLike))   # earlier tables may be kept beside the model
+        if self._in_folder:
             self.model_ref, self._tok = str(model), None
             model_dir(self.model_ref)  # unknown models and missing tables fail here, before any work
         else:
@@ -168,6 +170,22 @@ class VitokCodec(Codec):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _loading=threading.RLock())
+
+    def for_stream(self, header: VtokHeader) -> "VitokCodec":
+        """This codec, or one decoding with the earlier tables a stream names when they are kept beside the model
+        (``entropy-<id>.safetensors``: `vitok calibrate` keeps the tables it replaces for the same weights)."""
+        wanted = header.meta.get("tables")
+        if not self._in_folder or wanted == self.tables.table_id:
+            return self
+        with self._loading:
+            if wanted not in self._earlier:
+                kept = load_kept_tables(model_dir(self.model_ref), wanted)
+                twin = None
+                if kept is not None:
+                    twin = copy.copy(self)
+                    twin._tables, twin._earlier = self._fitting(kept), {}
+                self._earlier[wanted] = twin
+        return self._earlier[wanted] or self
 
     def _fitting(self, tables: EntropyTables) -> EntropyTables:
         """``tables`` if they fit this model's latents (channels; per-position tables: tokens per unit)."""
@@ -573,11 +591,12 @@ class VitokCodec(Codec):
         """Per chunk ``(info, integers (tokens, C), tokens per unit or None, step)``, after checking the stream
         matches this model: the bitstream half of decoding, without the neural decoder."""
         with (reader or VtokReader(source)) as r:
-            self.check_header(r.header)
+            coder = self.for_stream(r.header)
+            coder.check_header(r.header)
             h = r.header
             for info, payload in r.chunks():
                 try:
-                    yield (info, *self.decode_symbols(payload, info.frames, h.height, h.width))
+                    yield (info, *coder.decode_symbols(payload, info.frames, h.height, h.width))
                 except BitstreamError as e:
                     raise BitstreamError(f"{r.name}: chunk {info.index}: {e}") from None
 
@@ -586,8 +605,9 @@ class VitokCodec(Codec):
         """Decoded frames chunk by chunk (``(t,H,W,3)`` uint8) after checking the stream matches this model."""
         reader = reader or VtokReader(source)
         h = reader.header
-        for info, q, tokens, step in self.iter_symbols(source, reader=reader):
-            yield self.reconstruct(q, tokens, step, info.frames, h.height, h.width)
+        coder = self.for_stream(h)
+        for info, q, tokens, step in coder.iter_symbols(source, reader=reader):
+            yield coder.reconstruct(q, tokens, step, info.frames, h.height, h.width)
 
     def check_header(self, header: VtokHeader) -> None:
         """Refuse streams of another codec, from another model or tables (``check_model``), or cut in other tiles."""

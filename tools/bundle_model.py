@@ -17,7 +17,8 @@ import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL_FILES = ("config.json", "model.safetensors", "entropy.safetensors", "training.json")   # what a bundle holds
+MODEL_FILES = ("config.json", "model.safetensors", "entropy.safetensors", "training.json",   # what a bundle holds
+               "entropy-*.safetensors")   # earlier tables, kept for their streams (new weights drop them)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,13 +1,17 @@
 """Measure what rate-distortion rounding saves a model, and store the lambda chosen in its entropy tables.
 
-The encoder may round each latent value to the integer with the least ``w * error**2 + lambda * bits`` of the two
-around it and the one its table codes cheapest (``EntropyTables.rd_lambda``; ``w``: the channel's distortion weight,
-``vitok.codecs.distortion``); streams and decoders stay as they are. For each lambda this codes ten 17x128x128
+The encoder may round each latent value down or up, whichever costs less ``w * error**2 + lambda * bits``
+(``EntropyTables.rd_lambda``; ``w``: the channel's distortion weight, ``vitok.codecs.distortion``); streams and
+decoders stay as they are. For each lambda this codes ten 17x128x128
 training segments of the sample clips (evenly spread: the eval segments stay unseen) at the model's operating points
 and reports BD-rate against rounding to nearest:
 
     python tools/rdoq.py vitok/pretrained/vitok-grid 0.05 0.1 0.15     # measure (--uniform: all weights 1)
+    python tools/rdoq.py vitok/pretrained/vitok-grid 0.1 --refit        # each lambda with tables fitted to it
     python tools/rdoq.py vitok/pretrained/vitok-grid --write 0.1        # store it, with the weights (0: nearest)
+
+`--write` leaves the tables (and their id) as they are; `vitok calibrate MODEL -y` then fits context tables to the
+integers the rounding gives (what `--refit` measures), keeping the tables it replaces for the streams coded with them.
 """
 from __future__ import annotations
 
@@ -16,9 +20,9 @@ import argparse
 import numpy as np
 
 from vitok.codecs.distortion import distortion_weights
-from vitok.codecs.entropy import FILENAME, EntropyTables
+from vitok.codecs.entropy import FILENAME, EntropyTables, calibrate_entropy, calibration_chunks, load_kept_tables
 from vitok.data.errors import VitokError
-from vitok.codecs.neural import VitokCodec
+from vitok.codecs.neural import VitokCodec, model_dir
 from vitok.data import train_segments
 from vitok.evaluation.bdrate import bd_rate
 
@@ -43,13 +47,26 @@ def main() -> None:
     parser.add_argument("lambdas", nargs="*", type=float, help="lambdas to measure against rounding to nearest")
     parser.add_argument("--write", type=float, help="store this lambda (and the measured weights) in the tables")
     parser.add_argument("--uniform", action="store_true", help="measure with every channel's weight 1")
+    parser.add_argument("--tables", metavar="ID", help="measure with the earlier tables ID kept beside the model "
+                                                       "(entropy-ID.safetensors) instead of its own")
+    parser.add_argument("--refit", action="store_true", help="measure each lambda with context tables fitted to the "
+                                                             "integers it gives (as `vitok calibrate` fits them)")
     args = parser.parse_intermixed_args()
+    if args.tables and args.write is not None:
+        parser.error("--write stores into the model's own tables; --tables only measures")
     try:
         codec = VitokCodec(args.model).load()
+        if args.tables:
+            kept = load_kept_tables(model_dir(args.model), args.tables)
+            if kept is None:
+                raise SystemExit(f"error: no tables {args.tables} kept beside {args.model}")
+            codec = VitokCodec(codec.tok, kept)
+        for lam in [*args.lambdas, *([] if args.write is None else [args.write])]:
+            codec.tables.with_rdoq(lam)   # a lambda the tables cannot take is refused before any work
         weights = np.ones(codec.tables.channels) if args.uniform else distortion_weights(codec.tok, codec.tables.std)
         if args.write is not None:
             tables = codec.tables.with_rdoq(args.write, weights)
-            print(f"wrote lambda {args.write:g} to {tables.save(f'{args.model}/{FILENAME}')}")
+            print(f"wrote lambda {args.write:g} to {tables.save(model_dir(args.model) / FILENAME)}")
             return
     except VitokError as e:   # no model or tables there, or a lambda they cannot use: one line, no traceback
         raise SystemExit(f"error: {e}") from None
@@ -58,7 +75,11 @@ def main() -> None:
     segs = segs[::max(1, len(segs) // 10)][:10]
     base = curves(codec, codec.tables.with_rdoq(0.0), segs)
     for lam in args.lambdas:
-        test = curves(codec, codec.tables.with_rdoq(lam, weights), segs)
+        tables = codec.tables.with_rdoq(lam, weights)
+        if args.refit and lam:
+            tables = calibrate_entropy(codec.tok, calibration_chunks(codec.tok), steps=tables.steps,
+                                       context_radius=tables.context_radius, rd_lambda=lam)
+        test = curves(codec, tables, segs)
         per = [bd_rate(a, b) for a, b in zip(base, test)]
         dpsnr = np.mean([p["psnr"] for c in test for p in c]) - np.mean([p["psnr"] for c in base for p in c])
         nbytes = sum(p["bytes"] for c in test for p in c) / sum(p["bytes"] for c in base for p in c)

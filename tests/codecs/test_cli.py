@@ -313,7 +313,7 @@ def test_default_bundled_model_round_trip(capsys, monkeypatch, tiny1d, video, tm
 def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path):
     """A model folder without tables (as `vitok train` exports it) cannot encode; `vitok calibrate` fits its
     tables from the given clips (per token position for a 1D model), refuses to replace them without -y, and
-    the folder then encodes and decodes."""
+    the folder then encodes and decodes; tables it replaces stay beside them, so older streams still decode."""
     import shutil
 
     d = tmp_path / "model"
@@ -326,8 +326,12 @@ def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path
     assert set(report["bits_per_symbol"]) == {"0.25", "0.5", "1.0", "2.0", "4.0"}
     assert report["contexts"] == 1 and report["channels"] == 8  # 1D default: factorized tables
     assert "use -y to overwrite" in _error(capsys, "calibrate", str(d), "--clip", str(video))
-    with pytest.warns(UserWarning, match=f"tables {report['table_id']} replaced by [0-9a-f]{{16}}; .vtok files coded"):
-        ctx = _run("calibrate", str(d), "--clip", str(video), "--context-radius", "2", "-y")
+    older = tmp_path / "older.vtok"
+    _run("encode", str(video), "-o", str(older), "--model", str(d), "--tokens", "4")
+    ctx = _run("calibrate", str(d), "--clip", str(video), "--context-radius", "2", "-y")
+    assert ctx["kept"] == [f"entropy-{report['table_id']}.safetensors"] and (d / ctx["kept"][0]).is_file()
+    _run("decode", str(older), "-o", str(tmp_path / "older.npy"), "--model", str(d))
+    assert np.load(tmp_path / "older.npy").shape == (20, 48, 64, 3)
     with pytest.warns(UserWarning, match="--threads is ignored: calibration runs on one thread"):   # older scripts
         again = _run("calibrate", str(d), "--clip", str(video), "--context-radius", "2", "-y", "--threads", "2")
     with pytest.warns(UserWarning, match="--iters is ignored: these tables are counted per context"):

@@ -103,6 +103,11 @@ def test_rd_rounding_trades_squared_error_for_bits_and_is_kept(synthetic, tmp_pa
     costs = [np.asarray(weights) * (v[inside] - y) ** 2 + 0.5 * _bits_by_cdf(tables.tables[i], rows[inside], y)
              for y in (low, low + 1)]
     assert np.array_equal(q[inside], np.where(costs[1] < costs[0], low + 1, low))
+    far = z * 60   # escapes past the tables, and values clamped at the coder's range: still down or up
+    v_far, q_far = (far.double().numpy() - tables.offsets(len(z))) / (tables.std * step), rd.quantize(far, step, i)
+    lo, hi = tables._channel_range(tables.tables[i])
+    assert (np.abs(v_far) > 130).any() and np.isin(q_far - np.clip(np.floor(v_far), lo, hi), (0, 1)).all()
+    assert np.array_equal(tables.decode(tables.encode(q_far, i), len(q_far), i), q_far)
     assert rd.estimate_bits(q, i) < 0.9 * tables.estimate_bits(nearest, i)
     err = [((v - x) ** 2).mean(0) for x in (nearest, q)]
     assert (err[1] >= err[0]).all() and err[1][4] - err[0][4] < err[1][5] - err[0][5]   # weight 4 vs 0.25
@@ -110,7 +115,7 @@ def test_rd_rounding_trades_squared_error_for_bits_and_is_kept(synthetic, tmp_pa
     assert again.rd_lambda == 0.5 and again.distortion_weights.tolist() == weights
     assert again.table_id == tables.table_id and tables.rd_lambda == 0.0 and (tables.distortion_weights == 1).all()
     for bad, message in ((-0.1, "rd_lambda must be"), ("0.1", "rd_lambda must be"), (True, "rd_lambda must be"),
-                         ([1, 1], "distortion_weights must be 6 numbers"),
+                         ([1, 1], "distortion_weights must be 6 numbers"), ([0] * 6, "not all 0"),
                          ([1, 1, 1, 1, 1, -1], "distortion_weights must be 6 numbers")):
         args = (bad,) if message.startswith("rd_") else (0.1, bad)
         with pytest.raises(CodecError, match=message):
@@ -121,6 +126,11 @@ def test_rd_rounding_trades_squared_error_for_bits_and_is_kept(synthetic, tmp_pa
         hand.save(tmp_path / "bad.safetensors")
         with pytest.raises(CodecError, match=message):
             EntropyTables.load(tmp_path / "bad.safetensors")
+    earlier = tables.with_rdoq(0.0)
+    earlier.meta = {**tables.meta, "deadzone": 0.1}   # written by the vitok before rate-distortion rounding
+    with pytest.warns(UserWarning, match="'deadzone' .* is no longer used: these tables round to nearest"):
+        loaded = EntropyTables.load(earlier.save(tmp_path / "dz.safetensors"))
+    assert loaded.rd_lambda == 0 and "deadzone" not in loaded.with_rdoq(0.1).meta
 
 
 def test_garbage_rans_data_is_bitstream_error_or_values(synthetic):
@@ -332,3 +342,37 @@ def test_rd_rounding_with_temporal_contexts_costs_each_value_in_its_context(drif
     refit = fit_context_tables([(u, grid) for u in z[:10]], steps=(0.5,), mean=tables.mean, std=tables.std,
                                meta={"rd_lambda": 0.3})   # its calibration report quantizes each part by its grid
     assert refit.rd_lambda == 0.3 and refit.meta["calibration"]["tokens"] == 10 * 80
+
+
+def test_recalibrating_with_rd_rounding_refits_and_keeps_the_replaced_tables(tinygrid, tmp_path, clip):
+    """`calibrate_model_dir` carries a model's rd_lambda over and fits context tables to the integers that rounding
+    gives (fewer bits for them than tables fitted to rounding to nearest); the tables it replaces for the same weights
+    stay beside the model (streams name them), those for other weights are dropped with a warning."""
+    import shutil
+
+    import vitok
+    from vitok.codecs.entropy import calibrate_model_dir, context_grid, kept_name, load_kept_tables
+    from vitok.data.convert import frames_to_tensor
+
+    d = tmp_path / "m"
+    shutil.copytree(tinygrid[2], d)
+    frames, _ = clip
+    plain = calibrate_model_dir(d, [frames[:8]], steps=(0.5, 2.0))
+    plain.with_rdoq(0.3).save(d)
+    refit = calibrate_model_dir(d, [frames[:8]], steps=(0.5, 2.0))
+    assert refit.rd_lambda == 0.3 and refit.table_id != plain.table_id
+    assert load_kept_tables(d, plain.table_id).table_id == plain.table_id
+    assert load_kept_tables(d, "../" + plain.table_id[3:]) is None and load_kept_tables(d, 7) is None
+    latents = vitok.load(d).encode(frames_to_tensor(frames[:8]))
+    z, grid = latents.z[0], context_grid(latents.grid, None)
+    rounding = plain.with_rdoq(0.3, refit.distortion_weights)   # the same rounding under the first tables
+    for i, step in enumerate(refit.steps):
+        before = rounding.estimate_bits(rounding.quantize(z, step, i, grid=grid), i, grid)
+        after = refit.estimate_bits(refit.quantize(z, step, i, grid=grid), i, grid)
+        assert after < before, (step, after, before)
+    other = load_entropy_tables(d)
+    other.meta["weights_hash"] = "0" * 64   # tables fitted for other weights: no stream of these weights names them
+    other.save(d)
+    with pytest.warns(UserWarning, match=f"tables {other.table_id} replaced by .*no longer decode"):
+        calibrate_model_dir(d, [frames[:8]], steps=(1.0,))
+    assert not (d / kept_name(other.table_id)).exists()

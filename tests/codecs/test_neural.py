@@ -531,5 +531,8 @@ def test_rd_rounding_changes_the_encoder_and_its_identity_not_the_decoder(codec1
 
     assert rounded != plain and len(rounded) <= len(plain) and bits(rd, rounded) < bits(codec1d, plain)
     other = VitokCodec(codec1d.tok, tables.with_rdoq(0.5, np.linspace(0.5, 1.5, tables.channels)))
-    assert len({codec1d.identity, rd.identity, other.identity}) == 3
+    near = VitokCodec(codec1d.tok, tables.with_rdoq(0.5000001))
+    assert len({codec1d.identity, rd.identity, other.identity, near.identity}) == 4
+    ones = VitokCodec(codec1d.tok, tables.with_rdoq(0.5, [1] * tables.channels))   # the same rounding as no weights
+    assert ones.identity == rd.identity
     assert codec1d.decode(rounded)[0].shape == frames.shape

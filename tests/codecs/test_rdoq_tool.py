@@ -29,7 +29,9 @@ def test_write_stores_a_lambda_or_refuses_it_in_one_line(tinygrid, tmp_path, mon
     w = after.distortion_weights   # measured on the training segments: positive, mean 1, not all alike
     assert w.shape == (before.channels,) and (w > 0).all() and w.mean() == pytest.approx(1, abs=1e-3) and w.std() > 0
     assert "wrote lambda 0.1" in capsys.readouterr().out
+    monkeypatch.setattr(tool, "distortion_weights", None)   # refused before any measuring
     for argv, message in ([str(model), "--write", "-1"], r"rd_lambda must be a number in \[0, 100\], got -1\.0"), \
+                         ([str(model), "0.1", "-2"], r"rd_lambda must be a number in \[0, 100\], got -2\.0"), \
                          ([str(tmp_path / "nothing"), "--write", "0.1"], r".*nothing"):
         monkeypatch.setattr(sys, "argv", ["rdoq.py", *argv])
         with pytest.raises(SystemExit, match=rf"^error: (entropy tables: )?{message}"):

@@ -65,6 +65,8 @@ def test_bundle_chains_history_of_a_continued_run(tool, small_calibration, make_
     load_entropy_tables(tmp_path / "b2").with_rdoq(0.1).save(tmp_path / "b2")   # tools/rdoq.py --write
     _bundle(tool, tmp_path / "run2", tmp_path / "b2", "second")   # bundled again over it: the setting is kept
     assert load_entropy_tables(tmp_path / "b2").rd_lambda == 0.1
+    assert list((tmp_path / "b2").glob("entropy-*.safetensors"))   # the same weights: the replaced tables stay
+    _bundle(tool, tmp_path / "run2", tmp_path / "b2", "third")   # and a folder holding them is a model folder
 
 
 @pytest.mark.skipif(not TOOL.is_file(), reason="tools/ is not in this checkout")
