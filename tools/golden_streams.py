@@ -3,13 +3,16 @@ and per way its chunks are coded, with the hash of the integers each decodes to.
 these integers on any machine and with any later vitok or CompressAI (entropy decoding uses no float math), so a
 change that would stop old files from decoding fails the tests.
 
-    python tools/golden_streams.py   # rewrite them: only for a deliberate format change or new bundled weights
-                                     # (whose streams a decoder refuses: the header names the weights)
+    python tools/golden_streams.py            # rewrite them all: only for a deliberate format change or new
+                                              # bundled weights (whose streams a decoder refuses)
+    python tools/golden_streams.py grid-rd    # write the ones named, keeping the rest (new tables: add a stream
+                                              # coded with them, and keep those coded with the tables before)
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +22,10 @@ from vitok.data.samples import load_sample
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "codecs" / "golden"
 STREAMS = {   # name: (model, knobs); 9 frames of carphone's eval split, 48x64 (tiles) or 144x176 (1D: 2x2 tiles)
-    "grid": ("vitok-grid", {}),
-    "cnn": ("vitok-cnn", {"step": 1.0}),
+    "grid": ("vitok-grid", {}),   # coded with vitok-grid's tables 0cdf99320dcf2dd7, kept beside the model
+    "cnn": ("vitok-cnn", {"step": 1.0}),   # vitok-cnn's 1f48a3aeb64b4667, likewise
+    "grid-rd": ("vitok-grid", {}),   # the tables fitted to rate-distortion rounding
+    "cnn-rd": ("vitok-cnn", {"step": 1.0}),
     "1d": ("vitok-1d", {"tokens": 8}),
     "1d-tiles": ("vitok-1d", {"psnr": 20.0}),
 }
@@ -45,18 +50,23 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0 ** 2 / np.mean((a.astype(np.float64) - b) ** 2)))
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
+    unknown = sorted(set(names) - set(STREAMS))
+    if unknown:
+        raise SystemExit(f"error: no golden stream {unknown[0]!r} (known: {', '.join(STREAMS)})")
     GOLDEN.mkdir(parents=True, exist_ok=True)
-    expected = {}
-    for name, (model, knobs) in STREAMS.items():
+    path = GOLDEN / "expected.json"
+    expected = json.loads(path.read_text()) if names and path.is_file() else {}
+    for name in names or STREAMS:
+        model, knobs = STREAMS[name]
         codec, frames = VitokCodec(model), golden_frames(name)
         data = codec.encode(frames, 25, **knobs)
         (GOLDEN / f"{name}.vtok").write_bytes(data)
         expected[name] = {"model": model, "knobs": knobs, "bytes": len(data), "symbols": symbols_hash(codec, data),
                           "psnr": round(psnr(codec.decode(data)[0], frames), 3)}
         print(name, expected[name])
-    (GOLDEN / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    path.write_text(json.dumps({k: expected[k] for k in STREAMS if k in expected}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
