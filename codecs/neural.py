@@ -169,7 +169,7 @@ class VitokCodec(Codec):
         return {k: v for k, v in self.__dict__.items() if k != "_loading"}   # a lock does not pickle
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _loading=threading.RLock())
+        self.__dict__.update({"_earlier": {}, "_in_folder": False, **state}, _loading=threading.RLock())
 
     def for_stream(self, header: VtokHeader) -> "VitokCodec":
         """This codec, or one decoding with the earlier tables a stream names when they are kept beside the model
@@ -180,8 +180,8 @@ class VitokCodec(Codec):
         with self._loading:
             if wanted not in self._earlier:
                 kept = load_kept_tables(model_dir(self.model_ref), wanted)
-                twin = None
-                if kept is not None:
+                twin = None   # tables left from other weights: the weights check names the real mismatch
+                if kept is not None and kept.meta.get("weights_hash") in (None, self.tok.weights_hash):
                     twin = copy.copy(self)
                     twin._tables, twin._earlier = self._fitting(kept), {}
                 self._earlier[wanted] = twin
@@ -618,7 +618,7 @@ class VitokCodec(Codec):
 
     def check_model(self, header: VtokHeader) -> None:
         """Refuse a stream from another model (name or weights differ, or a kind, channel count or chunk length that
-        is not the model's) or other entropy tables."""
+        is not the model's) or other entropy tables than this codec's (``for_stream`` picks kept ones first)."""
         meta, tok = header.meta, self.tok
         theirs = (meta.get("model"), str(meta.get("weights", "")))
         ours = (tok.config.name, tok.weights_hash[:WEIGHTS_ID_CHARS])

@@ -48,7 +48,7 @@ def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, stor
            note: str | None = None, calibration_iters: int = 300) -> Path:
     """Write the model folder ``dest`` from ``run``: weights (``storage``: None as trained, "float16" or "int8"),
     renamed config, training.json, entropy tables."""
-    from vitok.codecs.entropy import FILENAME as ENTROPY_FILE, calibrate_model_dir
+    from vitok.codecs.entropy import FILENAME as ENTROPY_FILE, calibrate_model_dir, kept_name
     from vitok.data.atomic import atomic_dir
 
     import vitok
@@ -85,8 +85,22 @@ def bundle(run: Path, name: str, command: str, *, dest: Path | None = None, stor
         (tmp / "training.json").write_text(json.dumps(training, indent=2) + "\n")
         if (dest / ENTROPY_FILE).is_file():   # the tables replaced: calibration keeps their rd_lambda (the encoder's
             shutil.copy2(dest / ENTROPY_FILE, tmp / ENTROPY_FILE)   # setting, tools/rdoq.py)
+        for kept in dest.glob(kept_name("*")):   # earlier tables of these weights: their streams still decode
+            if _weights_of(kept) == model.weights_hash:
+                shutil.copy2(kept, tmp / kept.name)
         calibrate_model_dir(tmp, iters=calibration_iters)
     return dest
+
+
+def _weights_of(tables_file: Path) -> str | None:
+    """The weights hash that tables were fitted for (None when the file does not read)."""
+    from vitok.codecs.entropy import EntropyTables
+    from vitok.codecs.errors import CodecError
+
+    try:
+        return EntropyTables.load(tables_file).meta.get("weights_hash")
+    except CodecError:
+        return None
 
 
 def _finished_run(run: Path) -> dict:

@@ -54,6 +54,8 @@ def main() -> None:
     args = parser.parse_intermixed_args()
     if args.tables and args.write is not None:
         parser.error("--write stores into the model's own tables; --tables only measures")
+    if args.refit and args.uniform:
+        parser.error("--refit fits tables as calibration does, with the measured weights; drop --uniform")
     try:
         codec = VitokCodec(args.model).load()
         if args.tables:

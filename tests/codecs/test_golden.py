@@ -47,3 +47,36 @@ def test_streams_of_earlier_tables_decode_with_the_tables_kept_beside_the_model(
     rd = GOLDEN / f"{name}-rd.vtok"   # and the stream coded with today's tables names those
     with VtokReader(rd) as r:
         assert r.header.meta["tables"] == codec.tables.table_id and codec.for_stream(r.header) is codec
+
+
+def test_kept_tables_of_other_weights_are_not_used_and_old_pickles_decode(tmp_path):
+    """Kept tables left from other weights (a model retrained into its folder) are passed over, so the stream is
+    refused for what it is, a table mismatch; a codec pickled before kept tables existed still decodes."""
+    import pickle
+    import shutil
+
+    from vitok.codecs.entropy import EntropyTables, kept_name
+    from vitok.codecs.errors import BitstreamError
+    from vitok.codecs.models import bundled_dir
+
+    folder = tmp_path / "g"
+    shutil.copytree(bundled_dir("vitok-grid"), folder)
+    data = (GOLDEN / "grid.vtok").read_bytes()
+    kept = folder / kept_name(VitokCodec(folder).for_stream(_header(data)).tables.table_id)
+    tables = EntropyTables.load(kept)
+    tables.meta["weights_hash"] = "ab" * 32
+    tables.save(kept)
+    with pytest.raises(BitstreamError, match="entropy table mismatch"):
+        VitokCodec(folder).decode(data)
+    old = VitokCodec("vitok-grid")
+    state = {k: v for k, v in old.__getstate__().items() if k not in ("_earlier", "_in_folder")}
+    again = pickle.loads(pickle.dumps(old))
+    again.__setstate__(state)   # as a codec pickled by the vitok before
+    assert again.decode((GOLDEN / "grid-rd.vtok").read_bytes())[0].shape == (9, 48, 64, 3)
+
+
+def _header(data: bytes):
+    from vitok.codecs.container import VtokReader
+
+    with VtokReader(data) as r:
+        return r.header

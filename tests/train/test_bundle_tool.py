@@ -66,7 +66,9 @@ def test_bundle_chains_history_of_a_continued_run(tool, small_calibration, make_
     _bundle(tool, tmp_path / "run2", tmp_path / "b2", "second")   # bundled again over it: the setting is kept
     assert load_entropy_tables(tmp_path / "b2").rd_lambda == 0.1
     assert list((tmp_path / "b2").glob("entropy-*.safetensors"))   # the same weights: the replaced tables stay
-    _bundle(tool, tmp_path / "run2", tmp_path / "b2", "third")   # and a folder holding them is a model folder
+    kept = sorted(p.name for p in (tmp_path / "b2").glob("entropy-*.safetensors"))
+    _bundle(tool, tmp_path / "run2", tmp_path / "b2", "third")   # a folder holding them is a model folder, and
+    assert set(kept) <= {p.name for p in (tmp_path / "b2").glob("entropy-*.safetensors")}   # bundling keeps them
 
 
 @pytest.mark.skipif(not TOOL.is_file(), reason="tools/ is not in this checkout")
