@@ -174,8 +174,9 @@ class EntropyTables:
     def rd_lambda(self) -> float:
         """The encoder's rate-distortion trade in its rounding (0: round to nearest): each value rounds down or up,
         whichever costs less ``w * error**2 + lambda * bits`` (error in steps, ``w`` the channel's
-        ``distortion_weights``, bits under the table the value is coded with, its context included). Set per model
-        by ``tools/rdoq.py``, which measures what it saves; decoders dequantize the integers as they are."""
+        ``distortion_weights``, bits under the table the value is coded with, its context included; with temporal
+        contexts plus the least the next value along ``t`` then costs, as its table depends on this choice). Set per
+        model by ``tools/rdoq.py``, which measures what it saves; decoders dequantize the integers as they are."""
         return float(self.meta.get("rd_lambda", 0.0))
 
     @property
@@ -238,27 +239,36 @@ class EntropyTables:
 
     def _rd_round(self, v: np.ndarray, table: StepTable, grid: Grids, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Rate-distortion rounding of ``v`` (N, C) in step units (see ``rd_lambda``); with temporal contexts one
-        step along ``t`` at a time, each value costed under the table the (clipped) value before it picks."""
+        step along ``t`` at a time, each value costed under the table the value before it picks, plus what its choice
+        makes the next value cost (the cheaper of that value's two options under the table the choice picks)."""
         c, radius = self.channels, self.context_radius
         weights, lam = self.distortion_weights, self.rd_lambda
 
-        def pick(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        def options(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """The integer below each value, and what it and the one above cost ``(2, *x.shape)``."""
             low = np.floor(x)
             rows = np.broadcast_to(rows, x.shape)
-            cost = [weights * (x - y) ** 2 + lam * table.value_bits(rows, np.clip(y, lo, hi).astype(np.int64))
-                    for y in (low, low + 1)]
-            return low + (cost[1] < cost[0])
+            return low, np.stack([weights * (x - y) ** 2 + lam * table.value_bits(
+                rows, np.clip(y, lo, hi).astype(np.int64)) for y in (low, low + 1)])
+
+        def rows_after(y: np.ndarray) -> np.ndarray:
+            return (np.clip(np.clip(y, lo, hi), -radius, radius).astype(np.int64) + radius) * c + np.arange(c)
 
         if self.contexts == 1:
-            return pick(v, np.arange(c))
+            low, cost = options(v, np.arange(c))
+            return low + (cost[1] < cost[0])
         y, start = np.empty_like(v), 0
         for t, rest, count in unit_runs(len(v), grid):
             n = count * t * rest
             block, out = v[start:start + n].reshape(count, t, rest, c), y[start:start + n].reshape(count, t, rest, c)
-            ctx = np.full((count, rest, c), 2 * radius + 1)   # the first step's own table
+            rows = np.full((count, rest, c), 2 * radius + 1) * c + np.arange(c)   # the first step's own table
             for i in range(t):
-                out[:, i] = pick(block[:, i], ctx * c + np.arange(c))
-                ctx = np.clip(np.clip(out[:, i], lo, hi), -radius, radius).astype(np.int64) + radius
+                low, cost = options(block[:, i], rows)
+                if i + 1 < t:
+                    cost = cost + np.stack([options(block[:, i + 1], rows_after(choice))[1].min(0)
+                                            for choice in (low, low + 1)])
+                out[:, i] = low + (cost[1] < cost[0])
+                rows = rows_after(out[:, i])
             start += n
         return y
 
