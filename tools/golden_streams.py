@@ -24,8 +24,10 @@ GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "codecs" / "golden"
 STREAMS = {   # name: (model, knobs); 9 frames of carphone's eval split, 48x64 (tiles) or 144x176 (1D: 2x2 tiles)
     "grid": ("vitok-grid", {}),   # coded with vitok-grid's tables 0cdf99320dcf2dd7, kept beside the model
     "cnn": ("vitok-cnn", {"step": 1.0}),   # vitok-cnn's 1f48a3aeb64b4667, likewise
-    "grid-rd": ("vitok-grid", {}),   # the tables fitted to rate-distortion rounding
-    "cnn-rd": ("vitok-cnn", {"step": 1.0}),
+    "grid-rd": ("vitok-grid", {}),   # 42847cd3f4877c7e, fitted to rate-distortion rounding
+    "cnn-rd": ("vitok-cnn", {"step": 1.0}),   # b6e031d3af5c1f22
+    "grid-rd2": ("vitok-grid", {}),   # 1bbe19bb36ac9d05, fitted to the rounding that looks one latent frame ahead
+    "cnn-rd2": ("vitok-cnn", {"step": 1.0}),   # e87060d72d07d057
     "1d": ("vitok-1d", {"tokens": 8}),
     "1d-tiles": ("vitok-1d", {"psnr": 20.0}),
 }
