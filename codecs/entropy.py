@@ -196,8 +196,8 @@ class EntropyTables:
         return f"rd{self.rd_lambda:g}-{hashlib.sha256(json.dumps(setting).encode()).hexdigest()[:8]}"
 
     def with_rdoq(self, rd_lambda: float, weights: Sequence[float] | None = None) -> "EntropyTables":
-        """These tables coding with ``rd_lambda`` and per-channel ``weights`` (the same tables and id; values they
-        cannot use are a CodecError)."""
+        """These tables coding with ``rd_lambda`` and per-channel ``weights`` (None: every weight 1, whatever these
+        tables held); the same tables and id; values they cannot use are a CodecError."""
         out = copy.copy(self)
         out.meta = {k: v for k, v in self.meta.items() if k not in ("distortion_weights", "deadzone")}
         out.meta["rd_lambda"] = rd_lambda
