@@ -32,7 +32,7 @@ def distortion_weights(tok: Any, std: np.ndarray, clips: Iterable[Any] | None = 
 
         clips = [frames for _, frames in train_segments(num_frames=tok.clip_frames)]
     clips = list(clips)
-    clips = clips[::-(-len(clips) // MAX_CLIPS)] if clips else clips
+    clips = clips[::max(1, -(-len(clips) // MAX_CLIPS))]
     generator = torch.Generator().manual_seed(seed)
     total, count = None, 0
     for clip in clips:

@@ -26,7 +26,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Sequence, Union
 
 import numpy as np
 import torch
@@ -533,16 +533,17 @@ def fit_tables(z: torch.Tensor, steps: Iterable[float] = STEPS, *, mean: np.ndar
 
 def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]], steps: Iterable[float] = STEPS,
                        *, mean: np.ndarray, std: np.ndarray, radius: int = CONTEXT_RADIUS,
-                       prior: float = CONTEXT_PRIOR, meta: dict[str, Any] | None = None,
-                       rounding: EntropyTables | None = None) -> EntropyTables:
+                       prior: float = CONTEXT_PRIOR, meta: dict[str, Any] | None = None, rd_lambda: float = 0.0,
+                       weights: Sequence[float] | None = None) -> EntropyTables:
     """Context tables from counts: per step, channel and context (see ``EntropyTables``) the histogram of the
     quantized values, shrunk towards the channel's histogram by ``prior`` pseudo-counts and frozen with CompressAI's
     ``pmf_to_quantized_cdf``. ``units``: ``(z (N, C), (t, h, w))``, whole units in order (1D models: ``(K, 1, 1)``,
     so the context is the previous token); a ``(K, C)`` ``mean`` is an offset per token position.
 
     A value's context is the value one step back, so counting the discrete values directly is exact where a smooth
-    density (the factorized ``EntropyBottleneck``) would have to be fitted once per context. ``rounding``: tables
-    whose quantizer gives the integers to count (their rate-distortion rounding), instead of rounding to nearest.
+    density (the factorized ``EntropyBottleneck``) would have to be fitted once per context. With ``rd_lambda`` > 0
+    the tables code with that rate-distortion rounding (and ``weights``), and are counted twice: the second time on
+    the integers that rounding gives under the first count, rather than on rounding to nearest.
     """
     _, pmf_to_quantized_cdf = _import_compressai()
     units = [(torch.as_tensor(z, dtype=torch.float64).numpy(), tuple(g)) for z, g in units]
@@ -551,37 +552,50 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
         raise CodecError("calibration needs at least 2 latent tokens and one step")
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     c = std.shape[0]
-    centred = [z - row_offsets(mean, len(z)) for z, _ in units]
-    n_ctx, tables, float_bits = context_count(radius), [], []
-    for step in steps:
-        if rounding is None:
-            ys = [np.rint(y / (std.astype(np.float64) * step)).astype(np.int64) for y in centred]
-        else:
-            ys = [rounding.quantize(z, step, grid=grid).astype(np.int64) for z, grid in units]
-        flat = np.concatenate(ys)
-        med = np.median(flat, axis=0).round().astype(np.int64)
-        lo = np.maximum(flat.min(0), med - MAX_TABLE_HALF)
-        width = np.minimum(flat.max(0), med + MAX_TABLE_HALF) - lo + 1
-        counts = np.zeros((n_ctx, c, int(width.max())))
-        for y, (_, grid) in zip(ys, units):
-            rows = table_rows(y, grid, radius)
-            v = y.reshape(-1) - lo[rows % c]
-            keep = (v >= 0) & (v < width[rows % c])  # values past the table are escapes
-            counts += np.bincount(rows[keep] * counts.shape[-1] + v[keep], minlength=counts.size).reshape(counts.shape)
-        inside = np.arange(counts.shape[-1])[None, :] < width[:, None]
-        channel = counts.sum(0) + 0.5 * inside
-        channel /= channel.sum(-1, keepdims=True)
-        pmf = (counts + prior * channel) / (counts.sum(-1, keepdims=True) + prior)
-        float_bits.append(float(-(counts * np.log2(np.maximum(pmf, 1e-300))).sum()))
-        cdf = np.zeros((n_ctx * c, counts.shape[-1] + 2), np.int32)
-        for k in range(n_ctx):
-            for ch in range(c):
-                w = int(width[ch])
-                probs = np.append(pmf[k, ch, :w] * (1 - TAIL_MASS), TAIL_MASS)
-                cdf[k * c + ch, :w + 2] = pmf_to_quantized_cdf(probs.tolist(), PRECISION)
-        tables.append(StepTable(step, cdf, np.tile(width + 2, n_ctx).astype(np.int32),
-                                np.tile(lo - med, n_ctx).astype(np.int32), np.tile(med, n_ctx).astype(np.int32)))
-    return _with_report(EntropyTables(mean, std, tables, meta, context_radius=radius), units, float_bits)
+    n_ctx = context_count(radius)
+
+    def counted(integers: Callable[[float, int], list[np.ndarray]], meta: dict[str, Any] | None
+                ) -> tuple[EntropyTables, list[float]]:
+        """Tables counted on ``integers(step, index)`` (one int array per unit), and each step's bits under them."""
+        tables, float_bits = [], []
+        for index, step in enumerate(steps):
+            ys = integers(step, index)
+            flat = np.concatenate(ys)
+            med = np.median(flat, axis=0).round().astype(np.int64)
+            lo = np.maximum(flat.min(0), med - MAX_TABLE_HALF)
+            width = np.minimum(flat.max(0), med + MAX_TABLE_HALF) - lo + 1
+            counts = np.zeros((n_ctx, c, int(width.max())))
+            for y, (_, grid) in zip(ys, units):
+                rows = table_rows(y, grid, radius)
+                v = y.reshape(-1) - lo[rows % c]
+                keep = (v >= 0) & (v < width[rows % c])  # values past the table are escapes
+                counts += np.bincount(rows[keep] * counts.shape[-1] + v[keep],
+                                      minlength=counts.size).reshape(counts.shape)
+            inside = np.arange(counts.shape[-1])[None, :] < width[:, None]
+            channel = counts.sum(0) + 0.5 * inside
+            channel /= channel.sum(-1, keepdims=True)
+            pmf = (counts + prior * channel) / (counts.sum(-1, keepdims=True) + prior)
+            float_bits.append(float(-(counts * np.log2(np.maximum(pmf, 1e-300))).sum()))
+            cdf = np.zeros((n_ctx * c, counts.shape[-1] + 2), np.int32)
+            for k in range(n_ctx):
+                for ch in range(c):
+                    w = int(width[ch])
+                    probs = np.append(pmf[k, ch, :w] * (1 - TAIL_MASS), TAIL_MASS)
+                    cdf[k * c + ch, :w + 2] = pmf_to_quantized_cdf(probs.tolist(), PRECISION)
+            tables.append(StepTable(step, cdf, np.tile(width + 2, n_ctx).astype(np.int32),
+                                    np.tile(lo - med, n_ctx).astype(np.int32), np.tile(med, n_ctx).astype(np.int32)))
+        return EntropyTables(mean, std, tables, meta, context_radius=radius), float_bits
+
+    def nearest(step: float, _: int) -> list[np.ndarray]:
+        return [np.rint((z - row_offsets(mean, len(z))) / (std.astype(np.float64) * step)).astype(np.int64)
+                for z, _ in units]
+
+    out, float_bits = counted(nearest, meta)
+    if rd_lambda:
+        rounding = out.with_rdoq(rd_lambda, weights)
+        out, float_bits = counted(lambda step, index: [rounding.quantize(z, step, index, grid=grid).astype(np.int64)
+                                                       for z, grid in units], rounding.meta)
+    return _with_report(out, units, float_bits)
 
 
 def _with_report(out: EntropyTables, parts: list[tuple[Any, tuple[int, int, int] | None]],
@@ -701,21 +715,16 @@ def _calibrate(tok: Any, clips: Iterable[Any], steps: Iterable[float], iters: in
     std = z.std(0).clamp_min(1e-6) if cfg.latent_std is None else torch.tensor(cfg.latent_std)
     if context_radius is None:
         context_radius = CONTEXT_RADIUS if tok.max_tokens is None else 0
-    if not context_radius:
-        tables = fit_tables(z, steps, mean=mean.numpy(), std=std.numpy(), iters=iters, seed=seed, meta=meta)
-        return tables.with_rdoq(rd_lambda, _weights(tok, tables, clips)) if rd_lambda else tables
-    tables = fit_context_tables(units, steps, mean=mean.numpy(), std=std.numpy(), radius=context_radius, meta=meta)
-    if not rd_lambda:
-        return tables
-    rounding = tables.with_rdoq(rd_lambda, _weights(tok, tables, clips))   # count the integers it gives
-    return fit_context_tables(units, steps, mean=mean.numpy(), std=std.numpy(), radius=context_radius,
-                              meta=rounding.meta, rounding=rounding)
+    weights = None
+    if rd_lambda:
+        from vitok.codecs.distortion import distortion_weights
 
-
-def _weights(tok: Any, tables: EntropyTables, clips: list[Any]) -> np.ndarray:
-    from vitok.codecs.distortion import distortion_weights
-
-    return distortion_weights(tok, tables.std, clips)
+        weights = distortion_weights(tok, std.numpy(), clips)
+    if context_radius:
+        return fit_context_tables(units, steps, mean=mean.numpy(), std=std.numpy(), radius=context_radius, meta=meta,
+                                  rd_lambda=rd_lambda, weights=weights)
+    tables = fit_tables(z, steps, mean=mean.numpy(), std=std.numpy(), iters=iters, seed=seed, meta=meta)
+    return tables.with_rdoq(rd_lambda, weights) if rd_lambda else tables
 
 
 def context_grid(grid: tuple[int, int, int] | None, tokens: UnitTokens) -> Grids:
