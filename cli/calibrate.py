@@ -27,16 +27,19 @@ def _is_sample_file(source: str) -> bool:
               help="At most this many frames of each --clip video (the default segments are one chunk each).")
 @click.option("--context-radius", type=click.IntRange(0, 64), default=None,
               help="Code each value with the table of the value one step back (grid models: one latent frame; 1D "
-                   "models: one token), clipped to this radius [default: 3 for grid models, 0 for 1D models]; 0: "
+                   "models: one token), clipped to this radius [default: 5 for grid models, 0 for 1D models]; 0: "
                    "factorized tables, which decode in one call.")
+@click.option("--spatial-radius", type=click.IntRange(0, 64), default=None,
+              help="Grid models: the table also depends on the mean of the value's left and upper neighbours in its "
+                   "latent frame, clipped to this radius [default: 6 with a context radius, else 0]; 0: none.")
 @click.option("--iters", type=click.IntRange(min=1), default=None,
               help="Optimisation steps of the factorized tables' entropy bottleneck (--context-radius 0) "
                    "[default: 300].")
 @click.option("--threads", type=int, default=None, hidden=True)   # before calibration ran on one thread: ignored
 @overwrite_option
 @json_option
-def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, context_radius: int | None, iters: int,
-              threads: int | None, overwrite: bool, as_json: bool) -> None:
+def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, context_radius: int | None,
+              spatial_radius: int | None, iters: int, threads: int | None, overwrite: bool, as_json: bool) -> None:
     """Fit MODEL_DIR's entropy tables (entropy.safetensors beside its config.json), e.g. for a model that
     `vitok train` exported to RUN/model; then `vitok encode --model MODEL_DIR` codes with it. It runs on one thread,
     so that a machine fits the same tables every time (a .vtok names the tables it was coded with)."""
@@ -70,7 +73,8 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
                              f"segments")
         videos = [clip.load(frames)[0] for clip in resolved]
     kept_before = set(folder.glob(kept_name("*")))
-    tables = calibrate_model_dir(folder, videos, iters=iters or 300, context_radius=context_radius)
+    tables = calibrate_model_dir(folder, videos, iters=iters or 300, context_radius=context_radius,
+                                 spatial_radius=spatial_radius)
     kept = sorted(p.name for p in set(folder.glob(kept_name("*"))) - kept_before)
     if iters is not None and tables.contexts > 1:
         warnings.warn("--iters is ignored: these tables are counted per context, not optimised (--context-radius 0 "
@@ -84,4 +88,5 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
                       *(f"kept the tables replaced as {name}: streams coded with them still decode" for name in kept),
                       "  step  bits/value", *rows])
     emit({"path": str(out), "table_id": tables.table_id, "unit_tokens": tables.unit_tokens,
-          "channels": tables.channels, "contexts": tables.contexts, "kept": kept, **report}, as_json, text)
+          "channels": tables.channels, "contexts": tables.contexts, "context_radius": tables.context_radius,
+          "spatial_radius": tables.spatial_radius, "kept": kept, **report}, as_json, text)

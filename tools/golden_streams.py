@@ -28,6 +28,8 @@ STREAMS = {   # name: (model, knobs); 9 frames of carphone's eval split, 48x64 (
     "cnn-rd": ("vitok-cnn", {"step": 1.0}),   # b6e031d3af5c1f22
     "grid-rd2": ("vitok-grid", {}),   # 1bbe19bb36ac9d05, fitted to the rounding that looks one latent frame ahead
     "cnn-rd2": ("vitok-cnn", {"step": 1.0}),   # e87060d72d07d057
+    "grid-sp": ("vitok-grid", {}),   # 0bf39b816b90e761, spatio-temporal contexts, coded in waves
+    "cnn-sp": ("vitok-cnn", {"step": 1.0}),   # 1a4bd8d49c6d724d
     "1d": ("vitok-1d", {"tokens": 8}),
     "1d-tiles": ("vitok-1d", {"psnr": 20.0}),
 }

@@ -310,6 +310,31 @@ def test_default_bundled_model_round_trip(capsys, monkeypatch, tiny1d, video, tm
     assert not (tmp_path / "o.npy").exists()
 
 
+
+def test_calibrate_grid_contexts(capsys, video, tinygrid, tmp_path):
+    """Grid models default to spatio-temporal context tables (radii 5 and 6); `--spatial-radius 0` gives temporal
+    tables, other radii code and decode alike, and a spatial radius without a temporal one is refused."""
+    import shutil
+
+    from vitok.codecs.entropy import EntropyTables
+
+    d = tmp_path / "model"
+    shutil.copytree(tinygrid[2], d)
+    report = _run("calibrate", str(d), "--clip", str(video), "-y")
+    assert (report["context_radius"], report["spatial_radius"], report["contexts"]) == (5, 6, 12 * 14)
+    temporal = _run("calibrate", str(d), "--clip", str(video), "--spatial-radius", "0", "-y")
+    assert (temporal["spatial_radius"], temporal["contexts"]) == (0, 12)
+    small = _run("calibrate", str(d), "--clip", str(video), "--context-radius", "1", "--spatial-radius", "1", "-y")
+    assert small["contexts"] == 16 and small["table_id"] not in (report["table_id"], temporal["table_id"])
+    out = tmp_path / "clip.vtok"
+    _run("encode", str(video), "-o", str(out), "--model", str(d))
+    _run("decode", str(out), "-o", str(tmp_path / "clip.npy"), "--model", str(d))
+    assert np.load(tmp_path / "clip.npy").shape == (20, 48, 64, 3)
+    err = _error(capsys, "calibrate", str(d), "--clip", str(video), "--context-radius", "0", "--spatial-radius", "2",
+                 "-y")
+    assert "spatial contexts need a temporal context radius" in err
+    assert EntropyTables.load(d / "entropy.safetensors").table_id == small["table_id"]   # left as it was
+
 def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path):
     """A model folder without tables (as `vitok train` exports it) cannot encode; `vitok calibrate` fits its
     tables from the given clips (per token position for a 1D model), refuses to replace them without -y, and

@@ -242,7 +242,7 @@ def drifting():
     z = (torch.randn(units, 1, 16, C, generator=g) * 2 + 0.3 * torch.randn(units, 5, 16, C, generator=g).cumsum(1))
     z = z.reshape(units, 80, C)
     zero, one = np.zeros(C, np.float32), np.ones(C, np.float32)
-    tables = fit_context_tables([(u, grid) for u in z[:50]], steps=(0.5, 2.0), mean=zero, std=one)
+    tables = fit_context_tables([(u, grid) for u in z[:50]], steps=(0.5, 2.0), mean=zero, std=one, radius=3)
     return tables, z, grid
 
 
@@ -358,6 +358,135 @@ def test_rd_rounding_with_temporal_contexts_costs_each_value_in_its_context(drif
     refit = fit_context_tables([(u, grid) for u in z[:10]], steps=(0.5,), mean=tables.mean, std=tables.std,
                                meta={"rd_lambda": 0.3})   # its calibration report quantizes each part by its grid
     assert refit.rd_lambda == 0.3 and refit.meta["calibration"]["tokens"] == 10 * 80
+
+
+@pytest.fixture(scope="module")
+def smooth():
+    """Units of a (t, h, w) = (4, 5, 6) grid smooth across each latent frame and drifting over t, with temporal
+    tables and spatio-temporal ones fitted to the first 200."""
+    from vitok.codecs.entropy import fit_context_tables
+
+    g = torch.Generator().manual_seed(7)
+    units, grid, C = 240, (4, 5, 6), 2
+    smooth = torch.randn(units, 5, 5, 6, C, generator=g).cumsum(2).cumsum(3)   # random walks along h and w
+    z = (0.4 * smooth[:, :1] + 0.3 * smooth[:, 1:].cumsum(1)).reshape(units, -1, C)   # moving smoothly over t
+    zero, one = np.zeros(C, np.float32), np.ones(C, np.float32)
+    fit = [(u, grid) for u in z[:200]]
+    temporal = fit_context_tables(fit, steps=(0.5, 2.0), mean=zero, std=one, radius=2)
+    spatial = fit_context_tables(fit, steps=(0.5, 2.0), mean=zero, std=one, radius=2, spatial=2)
+    return temporal, spatial, z[200:].reshape(-1, C), grid
+
+
+def _spatial_rows_by_definition(q: np.ndarray, grid: tuple[int, int, int], R: int, S: int) -> np.ndarray:
+    """FORMAT.md's rows, value by value."""
+    t, h, w = grid
+    c = q.shape[1]
+    v = q.reshape(-1, t, h, w, c)
+    rows = np.empty(v.shape, np.int64)
+    for u, i, y, x, ch in np.ndindex(*v.shape):
+        ctx = min(max(int(v[u, i - 1, y, x, ch]), -R), R) + R if i else 2 * R + 1
+        near = [int(v[u, i, y, x - 1, ch])] if x else []
+        near += [int(v[u, i, y - 1, x, ch])] if y else []
+        p = (sum(near) + 1) // 2 if len(near) == 2 else (near[0] if near else None)
+        sctx = 2 * S + 1 if p is None else min(max(p, -S), S) + S
+        rows[u, i, y, x, ch] = (ctx * (2 * S + 2) + sctx) * c + ch
+    return rows.reshape(-1)
+
+
+def test_spatial_context_rows_and_coding_order_follow_the_definition():
+    """A value's row: its temporal context times 2S + 2 plus the left and upper neighbours' rounded mean, clipped;
+    the coding order is a permutation in which every neighbour a context reads comes earlier."""
+    from vitok.codecs.entropy import stream_order, table_rows
+
+    rng = np.random.default_rng(3)
+    grid, c = (3, 3, 4), 2
+    q = rng.integers(-5, 6, (2 * 36, c))
+    assert np.array_equal(table_rows(q, grid, 1, 2), _spatial_rows_by_definition(q, grid, 1, 2))
+    assert np.array_equal(table_rows(q, [grid, grid], 1, 2), table_rows(q, grid, 1, 2))
+    order = stream_order(len(q), grid, c)
+    assert sorted(order) == list(range(q.size))
+    at = np.empty(q.size, np.int64)
+    at[order] = np.arange(q.size)
+    pos = at.reshape(2, 3, 3, 4, c)
+    assert (pos[:, 1:] > pos[:, :-1]).all() and (pos[:, :, 1:] > pos[:, :, :-1]).all()
+    assert (pos[:, :, :, 1:] > pos[:, :, :, :-1]).all()
+    assert order[:2 * c].tolist() == [0, 1, 36 * c, 36 * c + 1]   # wave 0: (0, 0, 0) of each unit, unit by unit
+    assert np.array_equal(stream_order(len(q), [grid, grid], c), np.arange(q.size).reshape(2, -1)[
+        :, stream_order(36, grid, c)].reshape(-1))   # one run per unit when each unit has its own grid
+
+
+def test_spatial_context_tables_code_smooth_units_in_fewer_bits(smooth, tmp_path):
+    """Tables that also see the left and upper neighbours code latents smooth in space in fewer bytes than temporal
+    tables, round-trip exactly (one grid for all units, or one per unit), and keep their radius through save/load."""
+    from vitok.codecs.entropy import fit_context_tables
+
+    temporal, spatial, held, grid = smooth
+    assert (spatial.context_radius, spatial.spatial_radius, spatial.contexts) == (2, 2, 36)
+    assert spatial.tables[0].cdf.shape[0] == 36 * 2 and temporal.contexts == 6
+    for i, step in enumerate(spatial.steps):
+        q = spatial.quantize(held, step, i)
+        assert np.array_equal(temporal.quantize(held, step, i), q)   # the same quantizer: only the coding differs
+        data = spatial.encode(q, i, grid)
+        assert np.array_equal(spatial.decode(data, len(q), i, grid), q)
+        assert len(data) < 0.9 * len(temporal.encode(q, i, grid)), step
+        assert abs(8 * len(data) - spatial.estimate_bits(q, i, grid)) < 0.02 * 8 * len(data) + 96
+        grids = [grid] * (len(q) // 120)
+        assert np.array_equal(spatial.decode(spatial.encode(q, i, grids), len(q), i, grids), q)
+    again = EntropyTables.load(spatial.save(tmp_path / "entropy.safetensors"))
+    assert (again.table_id, again.spatial_radius, again.contexts) == (spatial.table_id, 2, 36)
+    flat = EntropyTables(spatial.mean, spatial.std, spatial.tables, context_radius=17)   # the same 36 rows a channel
+    assert flat.table_id != spatial.table_id   # the radii are part of the id
+    with pytest.raises(ValueError, match="needs a context radius"):
+        EntropyTables(spatial.mean, spatial.std, spatial.tables, context_radius=0, spatial_radius=2)
+    with pytest.raises(CodecError, match="need a temporal context radius"):
+        fit_context_tables([(held[:120], grid)], mean=spatial.mean, std=spatial.std, radius=0, spatial=2)
+
+
+def test_corrupt_spatial_context_streams_fail_cleanly(smooth):
+    _, spatial, _, grid = smooth
+    rng = np.random.default_rng(2)
+    for n in range(100):
+        data = rng.integers(0, 256, int(rng.integers(0, 120)), dtype=np.uint8).tobytes()
+        try:
+            q = spatial.decode(data, 240, n % 2, grid)
+        except BitstreamError:
+            continue
+        assert q.shape == (240, 2)
+
+
+def test_rd_rounding_with_spatial_contexts(smooth):
+    """Rate-distortion rounding under spatio-temporal tables: wave by wave each value is costed under the table its
+    chosen neighbours pick, plus what it makes its three dependents cost; fewer bits and a lower objective than
+    rounding to nearest and than choosing each value alone, each value at most one step from nearest, and the decoder
+    reads it as it is."""
+    _, spatial, held, grid = smooth
+    lam, i = 0.3, 0
+    step = spatial.steps[i]
+    v = held.double().numpy() / step
+    nearest, rounded = spatial.quantize(held, step, i), spatial.with_rdoq(lam).quantize(held, step, i, grid=grid)
+    assert np.abs(rounded - nearest).max() == 1 and (rounded != nearest).mean() > 0.05
+    t, h, w = grid
+    alone = np.zeros((len(v) // 120, t, h, w, 2))   # each value alone, in raster order (its neighbours come first)
+    for u, k, y, x in np.ndindex(*alone.shape[:4]):
+        for ch in range(2):
+            x0 = v.reshape(alone.shape)[u, k, y, x, ch]
+            best = None
+            for cand in (np.floor(x0), np.floor(x0) + 1):
+                alone[u, k, y, x, ch] = cand
+                row = _spatial_rows_by_definition(alone[u:u + 1].astype(np.int64).reshape(-1, 2), grid, 2, 2)
+                row = row.reshape(t, h, w, 2)[k, y, x, ch]
+                cost = (x0 - cand) ** 2 + lam * spatial.tables[i].value_bits(np.array([row]), np.array([int(cand)]))[0]
+                if best is None or cost < best[0]:
+                    best = (cost, cand)
+            alone[u, k, y, x, ch] = best[1]
+    alone = alone.reshape(-1, 2).astype(np.int32)
+
+    def objective(q):
+        return ((v - q) ** 2).sum() + lam * spatial.estimate_bits(q, i, grid)
+
+    assert objective(rounded) < objective(alone) < objective(nearest)
+    assert spatial.estimate_bits(rounded, i, grid) < spatial.estimate_bits(nearest, i, grid)
+    assert np.array_equal(spatial.decode(spatial.encode(rounded, i, grid), len(rounded), i, grid), rounded)
 
 
 def test_recalibrating_with_rd_rounding_refits_and_keeps_the_replaced_tables(tinygrid, tmp_path, clip):

@@ -77,8 +77,9 @@ def test_table_id_follows_the_spec(name):
     with safe_open(str(path), "np") as f:
         meta = json.loads(f.metadata()["vitok_entropy"])
         head = {"steps": meta["steps"], "precision": 16}
-        if meta.get("context_radius"):
-            head["context_radius"] = meta["context_radius"]
+        for key in ("context_radius", "spatial_radius"):
+            if meta.get(key):
+                head[key] = meta[key]
         h = hashlib.sha256(json.dumps(head, separators=(", ", ": ")).encode())
         order = ["mean", "std"] + [f"step{i}.{k}" for i in range(len(meta["steps"]))
                                    for k in ("cdf", "cdf_length", "offset", "median")]
@@ -201,3 +202,62 @@ def test_bundled_header_sizes_on_the_rd_segments():
             sizes[name, str(fps)] = read_vtok(codec.encode(frames, fps))[1][0][0].offset
     assert sizes == {("vitok-grid", "25"): 56, ("vitok-grid", "30000/1001"): 59, ("vitok-cnn", "25"): 55,
                      ("vitok-cnn", "30000/1001"): 58, ("vitok-1d", "25"): 54, ("vitok-1d", "30000/1001"): 57}
+
+
+def _spec_symbols(payload: bytes, tables: dict, grids: list, channels: int) -> np.ndarray:
+    """FORMAT.md 'Chunks': a grid model's chunk payload with spatial context tables, decoded wave by wave from the
+    text alone (CompressAI's decoder, one ``decode_stream`` call per wave); the integers in token-major order."""
+    from compressai.ans import RansDecoder
+
+    index = payload[0]
+    assert struct.unpack_from("<H", payload, 5)[0] == 0   # a grid model: every token
+    meta = tables["meta"]
+    R, S, C = meta["context_radius"], meta["spatial_radius"], channels
+    cdf, length, offset, median = (tables[f"step{index}.{k}"] for k in ("cdf", "cdf_length", "offset", "median"))
+    cdfs = [row[:n].tolist() for row, n in zip(cdf, length)]
+    t, h, w = grids[0]
+    assert all(g == grids[0] for g in grids)   # one run
+    units = len(grids)
+    count = units * t * h * w * C
+    dec = RansDecoder()
+    dec.set_stream(payload[7:] + bytes(8 * count + 4096))
+    q = np.zeros((units, t, h, w, C), np.int64)
+    for d in range(t + h + w - 2):
+        places = [(u, i, y, x) for u in range(units) for i in range(t) for y in range(h) for x in range(w)
+                  if i + y + x == d]
+        rows = []
+        for u, i, y, x in places:
+            for c in range(C):
+                ctx = min(max(int(q[u, i - 1, y, x, c]), -R), R) + R if i else 2 * R + 1
+                near = ([int(q[u, i, y, x - 1, c])] if x else []) + ([int(q[u, i, y - 1, x, c])] if y else [])
+                p = (near[0] + near[1] + 1) // 2 if len(near) == 2 else (near[0] if near else None)
+                sctx = 2 * S + 1 if p is None else min(max(p, -S), S) + S
+                rows.append((ctx * (2 * S + 2) + sctx) * C + c)
+        sym = dec.decode_stream(rows, cdfs, length.tolist(), offset.tolist())
+        for k, (u, i, y, x) in enumerate(places):
+            for c in range(C):
+                q[u, i, y, x, c] = sym[k * C + c] + median[rows[k * C + c]]
+    return q.reshape(-1, C)
+
+
+@pytest.mark.parametrize("name", ["vitok-grid", "vitok-cnn"])
+def test_spatial_context_chunks_decode_by_the_spec(name):
+    """A bundled grid model's stream (spatial context tables, the grid models' default) decodes by FORMAT.md's text
+    to the integers the codec decodes: two units of 9 frames (carphone's 176x144 tiles at 128 px)."""
+    from vitok.data.samples import load_sample
+
+    codec = VitokCodec(name)
+    if not codec.tables.spatial_radius:
+        pytest.skip(f"{name} ships tables without spatial contexts")
+    frames = np.ascontiguousarray(load_sample("carphone", "eval")[:9, :, :])
+    data = codec.encode(frames, 25)
+    spec, payloads = _spec_file(data)
+    path = PRETRAINED_DIR / name / "entropy.safetensors"
+    with safe_open(str(path), "np") as f:
+        tables = {k: f.get_tensor(k) for k in f.keys()}
+        tables["meta"] = json.loads(f.metadata()["vitok_entropy"])
+    assert spec["meta"]["tables"] == tables["meta"]["table_id"][:16]
+    cfg = json.loads((PRETRAINED_DIR / name / "config.json").read_text())
+    for payload, (_, q, _, _) in zip(payloads, codec.iter_symbols(data)):
+        _, grids = _spec_units(cfg, 9, 144, 176, 0)
+        assert np.array_equal(_spec_symbols(payload, tables, grids, cfg["latent_channels"]), q)

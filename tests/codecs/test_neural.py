@@ -224,7 +224,7 @@ def test_tables_of_another_token_count_are_refused(tiny1d, tinygrid):
         VitokCodec(tok, fewer)
     with pytest.raises(CodecError, match="the model has a token grid"):
         VitokCodec(tinygrid[0], tables)
-    assert tinygrid[1].contexts == 8 and tables.contexts == 1  # the defaults: context tables for grid models only
+    assert tinygrid[1].contexts == 12 * 14 and tables.contexts == 1   # the defaults: context tables for grid models only
 
 
 def _with_meta(data: bytes, **changes) -> bytes:
