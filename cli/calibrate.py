@@ -29,7 +29,7 @@ def _is_sample_file(source: str) -> bool:
               help="Code each value with the table of the value one step back (grid models: one latent frame; 1D "
                    "models: one token), clipped to this radius [default: 5 for grid models, 0 for 1D models]; 0: "
                    "factorized tables, which decode in one call.")
-@click.option("--spatial-radius", type=click.IntRange(0, 64), default=None,
+@click.option("--spatial-radius", type=click.IntRange(0, 16), default=None,
               help="Grid models: the table also depends on the mean of the value's left and upper neighbours in its "
                    "latent frame, clipped to this radius [default: 6 with a context radius, else 0]; 0: none.")
 @click.option("--iters", type=click.IntRange(min=1), default=None,

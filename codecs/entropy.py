@@ -121,6 +121,8 @@ class StepTable:
         width = self.cdf_length[rows] - 2
         inside = (v >= 0) & (v < width)
         bits = self.bit_costs()[rows, np.where(inside, v, width)]
+        if inside.all():
+            return bits
         raw = np.where(inside, 0, np.where(v < 0, -2 * v - 1, 2 * (v - width)))
         nibbles = np.ceil(np.log2(raw + 1) / 4).astype(np.int64)
         return bits + np.where(inside, 0, 4 * (nibbles + nibbles // 15 + 1))
@@ -181,8 +183,9 @@ class EntropyTables:
     def rd_lambda(self) -> float:
         """The encoder's rate-distortion trade in its rounding (0: round to nearest): each value rounds down or up,
         whichever costs less ``w * error**2 + lambda * bits`` (error in steps, ``w`` the channel's
-        ``distortion_weights``, bits under the table the value is coded with, its context included; with temporal
-        contexts plus the least the next value along ``t`` then costs, as its table depends on this choice). Set per
+        ``distortion_weights``, bits under the table the value is coded with, its context included; with contexts
+        plus the least each value whose table depends on this choice then costs: the next along ``t``, and with
+        spatial contexts the one below and the one to the right too). Set per
         model by ``tools/rdoq.py``, which measures what it saves; decoders dequantize the integers as they are."""
         return float(self.meta.get("rd_lambda", 0.0))
 
@@ -237,7 +240,8 @@ class EntropyTables:
         v = np.nan_to_num((z - self.offsets(z.shape[0], tokens)) / (self.std.astype(np.float64) * step))
         lo, hi = self._channel_range(table)
         y = self._rd_round(v, table, grid, lo, hi) if self.rd_lambda else np.rint(v)
-        clipped = float(((y < lo) | (y > hi)).mean()) if y.size and step < min(self.steps) else 0.0
+        # the share past the range, before any clamp (spatial rounding clamps as it goes: its contexts need it)
+        clipped = float(((v < lo - 0.5) | (v > hi + 0.5)).mean()) if v.size and step < min(self.steps) else 0.0
         if clipped > MAX_CLIPPED:   # a step far finer than the tables': quality would fall as the bytes grow
             raise CodecError(f"quantization step {step:g} is too fine for these entropy tables (calibrated for steps "
                              f"{min(self.steps):g} to {max(self.steps):g}): {clipped:.1%} of the latent values fall "
@@ -295,15 +299,11 @@ class EntropyTables:
             block = v[start:start + size].reshape(units, t, h, w, c)
             out = np.zeros(block.shape)   # the chosen integers, clamped as the decoder will see them
 
-            def rows_at(i: np.ndarray, y_: np.ndarray, x: np.ndarray, me: tuple[str, np.ndarray] | None = None
-                        ) -> np.ndarray:
-                near = neighbours(out, i, y_, x)
-                if me is not None:   # the value being chosen, as the neighbour it is of this position
-                    near[me[0]] = (me[1], np.ones_like(near[me[0]][1]))
+            def rows(near: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
                 return context_index(near, radius, spatial) * c + np.arange(c)
 
             for i, y_, x in waves(t, h, w):
-                low, cost = options(block[:, i, y_, x], rows_at(i, y_, x))
+                low, cost = options(block[:, i, y_, x], rows(neighbours(out, i, y_, x)))
                 out[:, i, y_, x] = np.clip(low + (cost[1] < cost[0]), lo, hi)
                 extra = np.zeros_like(cost)
                 for key, di, dy, dx in (("back", 1, 0, 0), ("up", 0, 1, 0), ("left", 0, 0, 1)):
@@ -311,10 +311,10 @@ class EntropyTables:
                     if not inside.any():
                         continue
                     j, yy, xx = i[inside] + di, y_[inside] + dy, x[inside] + dx
-                    nxt = block[:, j, yy, xx]
-                    for k, choice in enumerate((low, low + 1)):
-                        me = (key, np.clip(choice[:, inside], lo, hi))
-                        extra[k][:, inside] += options(nxt, rows_at(j, yy, xx, me))[1].min(0)
+                    nxt, near = block[:, j, yy, xx], neighbours(out, j, yy, xx)
+                    for k, choice in enumerate((low, low + 1)):   # the value being chosen, as that neighbour of it
+                        near[key] = (np.clip(choice[:, inside], lo, hi), np.ones_like(near[key][1]))
+                        extra[k][:, inside] += options(nxt, rows(near))[1].min(0)
                 cost = cost + extra
                 out[:, i, y_, x] = np.clip(low + (cost[1] < cost[0]), lo, hi)
             y[start:start + size] = out.reshape(-1, c)
@@ -456,7 +456,7 @@ class EntropyTables:
             meta = {k: v for k, v in meta.items() if k not in ("format", "steps", "precision", "table_id",
                                                                "context_radius", "spatial_radius")}
             return cls(t["mean"], t["std"], tables, meta, context_radius=radius, spatial_radius=spatial)
-        except (OSError, SafetensorError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
+        except (OSError, SafetensorError, KeyError, ValueError, TypeError, OverflowError, json.JSONDecodeError) as e:
             raise CodecError(f"cannot read entropy tables {path}: {e}") from None
         except RecursionError:
             raise CodecError(f"cannot read entropy tables {path}: metadata nested too deeply") from None
@@ -491,6 +491,8 @@ class EntropyTables:
             shared = [a.reshape(self.contexts, c) for a in (t.cdf_length, t.offset, t.median)]
             if any((a != a[:1]).any() for a in shared):
                 raise ValueError(f"entropy tables: the contexts of a channel differ in range for step {t.step}")
+            if t.cdf.shape[1] < 3:
+                raise ValueError(f"entropy tables: invalid CDF for step {t.step} (rows of {t.cdf.shape[1]} entries)")
             n = t.cdf_length.astype(np.int64)
             cdf = t.cdf.astype(np.int64)
             ok = (n >= 3) & (n <= cdf.shape[1]) & (cdf[:, 0] == 0)
@@ -810,7 +812,7 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
 
     With ``context_radius`` > 0 the tables are count-based and a value's table depends on the value one step back
     (grid models: one latent frame back; 1D models: the previous token); 0 fits factorized ``EntropyBottleneck``
-    tables (``iters``, ``seed``), which decode in one call instead of one per latent frame or token. Default:
+    tables (``iters``, ``seed``), which decode in one call instead of one per latent frame, token or wave. Default:
     ``CONTEXT_RADIUS`` for grid models; 0 for 1D models, whose previous-token context cost bytes on carphone
     (``vitok bench codec`` against a copy calibrated with ``vitok calibrate --context-radius 3``).
     ``spatial_radius`` > 0 (default ``SPATIAL_RADIUS`` for grid models with a context, else 0) also conditions each
@@ -842,6 +844,8 @@ def _calibrate(tok: Any, clips: Iterable[Any], steps: Iterable[float], iters: in
         spatial_radius = SPATIAL_RADIUS if tok.max_tokens is None and context_radius else 0
     if spatial_radius and not context_radius:
         raise CodecError("spatial contexts need a temporal context radius (context_radius > 0)")
+    if spatial_radius and tok.max_tokens is not None:
+        raise CodecError("spatial contexts are for grid models: a 1D model's tokens have no neighbours in a frame")
     units, clips = [], list(clips)
     with torch.no_grad():
         for clip in clips:

@@ -454,6 +454,29 @@ def test_corrupt_spatial_context_streams_fail_cleanly(smooth):
         assert q.shape == (240, 2)
 
 
+
+def test_spatial_tables_refuse_what_they_cannot_hold(smooth, tmp_path):
+    """With spatial contexts and rate-distortion rounding (the bundled grid models' setting) a step far finer than
+    the tables' is still refused (the rounding clamps as it goes, for its contexts); a tables file whose CDF rows
+    are empty, or whose radius is not a number, is a CodecError naming it."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    _, spatial, held, grid = smooth
+    rd = spatial.with_rdoq(0.3)
+    with pytest.raises(CodecError, match="step 0.001 is too fine for these entropy tables"):
+        rd.quantize(held * 20, 0.001, grid=grid)
+    q = rd.quantize(held, 0.4, grid=grid)   # a little finer than the finest table: codes as before
+    assert np.array_equal(spatial.decode(spatial.encode(q, 0, grid), len(q), 0, grid), q)
+    meta = {"format": 2, "steps": spatial.steps, "precision": 16, "context_radius": 2, "spatial_radius": 2}
+    tensors = {k: v.numpy() for k, v in spatial.tensors().items()}
+    empty = {**tensors, **{k: np.zeros((v.shape[0], 0), np.int32) for k, v in tensors.items() if k.endswith(".cdf")}}
+    for name, arrays, head in (("empty", empty, meta), ("inf", tensors, {**meta, "spatial_radius": float("inf")})):
+        save_file(arrays, str(tmp_path / f"{name}.safetensors"), metadata={"vitok_entropy": json.dumps(head)})
+        with pytest.raises(CodecError, match=f"cannot read entropy tables .*{name}.safetensors"):
+            EntropyTables.load(tmp_path / f"{name}.safetensors")
+
 def test_rd_rounding_with_spatial_contexts(smooth):
     """Rate-distortion rounding under spatio-temporal tables: wave by wave each value is costed under the table its
     chosen neighbours pick, plus what it makes its three dependents cost; fewer bits and a lower objective than
