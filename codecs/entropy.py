@@ -255,10 +255,17 @@ class EntropyTables:
         c, radius = self.channels, self.context_radius
         weights, lam = self.distortion_weights, self.rd_lambda
 
+        base, width = (table.median + table.offset)[:c], (table.cdf_length - 2)[:c]   # shared by a channel's rows
+
         def options(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             """The integer below each value, and what it and the one above cost ``(2, *x.shape)``."""
             low = np.floor(x)
             rows = np.broadcast_to(rows, x.shape)
+            col = low.astype(np.int64) - base
+            if ((col >= 0) & (col < width - 1)).all():   # both inside their tables: bits straight from the CDFs
+                bits = table.bit_costs()
+                return low, np.stack([weights * (x - low) ** 2 + lam * bits[rows, col],
+                                      weights * (x - (low + 1)) ** 2 + lam * bits[rows, col + 1]])
             return low, np.stack([weights * (x - y) ** 2 + lam * table.value_bits(
                 rows, np.clip(y, lo, hi).astype(np.int64)) for y in (low, low + 1)])
 
@@ -302,21 +309,17 @@ class EntropyTables:
             def rows(near: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
                 return context_index(near, radius, spatial) * c + np.arange(c)
 
-            for i, y_, x in waves(t, h, w):
+            for (i, y_, x), (src, j, yy, xx, which) in zip(waves(t, h, w), wave_dependents(t, h, w)):
                 low, cost = options(block[:, i, y_, x], rows(neighbours(out, i, y_, x)))
                 out[:, i, y_, x] = np.clip(low + (cost[1] < cost[0]), lo, hi)
-                extra = np.zeros_like(cost)
-                for key, di, dy, dx in (("back", 1, 0, 0), ("up", 0, 1, 0), ("left", 0, 0, 1)):
-                    inside = (i + di < t) & (y_ + dy < h) & (x + dx < w)
-                    if not inside.any():
-                        continue
-                    j, yy, xx = i[inside] + di, y_[inside] + dy, x[inside] + dx
+                if len(src):
                     nxt, near = block[:, j, yy, xx], neighbours(out, j, yy, xx)
-                    for k, choice in enumerate((low, low + 1)):   # the value being chosen, as that neighbour of it
-                        near[key] = (np.clip(choice[:, inside], lo, hi), np.ones_like(near[key][1]))
-                        extra[k][:, inside] += options(nxt, rows(near))[1].min(0)
-                cost = cost + extra
-                out[:, i, y_, x] = np.clip(low + (cost[1] < cost[0]), lo, hi)
+                    for k, choice in enumerate((low, low + 1)):   # the value being chosen, as that neighbour of each
+                        me = np.clip(choice[:, src], lo, hi)
+                        swapped = {key: (np.where(is_me, me, near[key][0]), near[key][1] | is_me)
+                                   for key, is_me in zip(NEIGHBOURS, which)}
+                        np.add.at(cost[k], (slice(None), src), options(nxt, rows(swapped))[1].min(0))
+                    out[:, i, y_, x] = np.clip(low + (cost[1] < cost[0]), lo, hi)
             y[start:start + size] = out.reshape(-1, c)
             start += size
         return y
@@ -598,6 +601,24 @@ def waves(t: int, h: int, w: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndar
         for a in part:
             a.flags.writeable = False
     return out
+
+
+NEIGHBOURS = ("back", "up", "left")   # the context neighbours one step back along t, h and w
+
+
+@functools.lru_cache(maxsize=64)
+def wave_dependents(t: int, h: int, w: int) -> tuple[tuple[np.ndarray, ...], ...]:
+    """Per wave of ``waves``, the positions whose context reads one of its values: the index of that value in the
+    wave, the position ``(i, y, x)``, and per ``NEIGHBOURS`` key whether it is that neighbour ``(1, D, 1)``."""
+    out = []
+    for i, y, x in waves(t, h, w):
+        parts = []
+        for k, (di, dy, dx) in enumerate(((1, 0, 0), (0, 1, 0), (0, 0, 1))):
+            at = np.flatnonzero((i + di < t) & (y + dy < h) & (x + dx < w))
+            parts.append((at, i[at] + di, y[at] + dy, x[at] + dx, np.full(len(at), k)))
+        src, j, yy, xx, key = (np.concatenate(a) for a in zip(*parts))
+        out.append((src, j, yy, xx, tuple((key == k)[None, :, None] for k in range(3))))
+    return tuple(out)
 
 
 def stream_order(n: int, grid: Grids, c: int) -> np.ndarray:
