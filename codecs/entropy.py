@@ -6,8 +6,8 @@ Each step of an operating set gets its tables once (calibration), and only integ
 
 - Context tables (grid models' default): a value's table depends on the value one step back, clipped to a radius:
   for grid models the co-located value one latent frame back, for 1D models the previous token; grid models' tables
-  also depend on the value's already coded neighbours left and above in its latent frame (spatial contexts; about a
-  fifth fewer bytes again). The tables are the calibration values' histograms per context, frozen by CompressAI's
+  also depend on the value's already coded neighbours left and above in its latent frame (spatial contexts;
+  ``vitok calibrate``'s report for vitok-grid at step 0.5: 1.23 bits per value, 1.73 without them). The tables are the calibration values' histograms per context, frozen by CompressAI's
   ``pmf_to_quantized_cdf``.
 - Factorized tables (``context_radius=0``, 1D models' default): one ``EntropyBottleneck`` per step fitted to the
   uniform-noise-relaxed values; its medians are rounded to integers and ``update()`` builds 16-bit CDFs. They
@@ -86,7 +86,8 @@ TAIL_MASS = 1e-9  # probability left for the escape symbol of count-based tables
 FILENAME = "entropy.safetensors"
 Grids = Union[tuple[int, int, int], Sequence[tuple[int, int, int]], None]  # one unit grid for all, or one per unit
 UnitTokens = Union[int, Sequence[int], None]  # tokens every unit keeps (None: all), or one count per unit
-FORMAT_VERSION = 2  # 2 adds per-position offsets (``mean`` (K, C)) and temporal contexts; 1 is still read
+FORMAT_VERSION = 3  # 3: spatial contexts (written only for them, so readers before them refuse such tables by
+                    # their format); 2: per-position offsets (``mean`` (K, C)) and temporal contexts; 1 is still read
 
 
 @dataclass
@@ -429,8 +430,8 @@ class EntropyTables:
 
         path = Path(path)
         path = path / FILENAME if path.is_dir() else path
-        meta = {**self.meta, "format": FORMAT_VERSION, "steps": self.steps, "precision": PRECISION,
-                "table_id": self.table_id, "context_radius": self.context_radius,
+        meta = {**self.meta, "format": FORMAT_VERSION if self.spatial_radius else 2, "steps": self.steps,
+                "precision": PRECISION, "table_id": self.table_id, "context_radius": self.context_radius,
                 **({"spatial_radius": self.spatial_radius} if self.spatial_radius else {})}
         with atomic_path(path) as tmp:
             save_safetensors(self.tensors(), tmp, metadata={"vitok_entropy": json.dumps(meta)})
@@ -447,7 +448,7 @@ class EntropyTables:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["vitok_entropy"])
                 t = {k: f.get_tensor(k).numpy() for k in f.keys()}
-            if meta.get("format") not in (1, FORMAT_VERSION) or meta.get("precision") != PRECISION:
+            if meta.get("format") not in (1, 2, FORMAT_VERSION) or meta.get("precision") != PRECISION:
                 raise ValueError(f"unsupported format {meta.get('format')} / precision {meta.get('precision')}")
             tables = [StepTable(float(s), *(t[f"step{i}.{k}"].astype(np.int32)
                                             for k in ("cdf", "cdf_length", "offset", "median")))
@@ -837,8 +838,7 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     ``CONTEXT_RADIUS`` for grid models; 0 for 1D models, whose previous-token context cost bytes on carphone
     (``vitok bench codec`` against a copy calibrated with ``vitok calibrate --context-radius 3``).
     ``spatial_radius`` > 0 (default ``SPATIAL_RADIUS`` for grid models with a context, else 0) also conditions each
-    table on the value's left and upper neighbours in its latent frame (held-out calibration chunks of vitok-grid:
-    2.27 -> 1.73 bits per value at step 0.5, with temporal radius 5).
+    table on the value's left and upper neighbours in its latent frame (README, "How latents become bytes").
     ``clips``: uint8 ``(T,H,W,3)`` arrays or float ``(B,3,T,H,W)`` tensors in [-1, 1].
     Runs on one torch thread: float sums change with the thread count, which would change a few quantized values
     and so the tables and their id, which every ``.vtok`` names; on one thread a machine fits the same tables

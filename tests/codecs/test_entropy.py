@@ -1,6 +1,8 @@
 """Entropy tables: exact integer round trips, storage, estimate vs real bytes, thread independence."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -434,6 +436,11 @@ def test_spatial_context_tables_code_smooth_units_in_fewer_bits(smooth, tmp_path
         assert np.array_equal(spatial.decode(spatial.encode(q, i, grids), len(q), i, grids), q)
     again = EntropyTables.load(spatial.save(tmp_path / "entropy.safetensors"))
     assert (again.table_id, again.spatial_radius, again.contexts) == (spatial.table_id, 2, 36)
+    from safetensors import safe_open
+
+    for tables, version in ((spatial, 3), (temporal, 2)):   # readers from before spatial contexts refuse format 3
+        with safe_open(str(tables.save(tmp_path / f"v{version}.safetensors")), "np") as f:
+            assert json.loads(f.metadata()["vitok_entropy"])["format"] == version
     flat = EntropyTables(spatial.mean, spatial.std, spatial.tables, context_radius=17)   # the same 36 rows a channel
     assert flat.table_id != spatial.table_id   # the radii are part of the id
     with pytest.raises(ValueError, match="needs a context radius"):
@@ -459,8 +466,6 @@ def test_spatial_tables_refuse_what_they_cannot_hold(smooth, tmp_path):
     """With spatial contexts and rate-distortion rounding (the bundled grid models' setting) a step far finer than
     the tables' is still refused (the rounding clamps as it goes, for its contexts); a tables file whose CDF rows
     are empty, or whose radius is not a number, is a CodecError naming it."""
-    import json
-
     from safetensors.numpy import save_file
 
     _, spatial, held, grid = smooth
