@@ -83,7 +83,9 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
     rows = [f"{step:>6}  {r['real_bits']:.3f}" for step, r in report["bits_per_symbol"].items()]
     offset = f"an offset per token position ({tables.unit_tokens} x {tables.channels})" if tables.unit_tokens \
         else f"an offset per channel ({tables.channels})"
-    model = f"{offset}, {tables.contexts} table(s) per channel and step"
+    radii = f" (context radius {tables.context_radius}, spatial radius {tables.spatial_radius})" \
+        if tables.context_radius else ""
+    model = f"{offset}, {tables.contexts} table(s) per channel and step{radii}"
     text = "\n".join([f"wrote {out}: tables {tables.table_id}, {report['tokens']} calibration tokens, {model}",
                       *(f"kept the tables replaced as {name}: streams coded with them still decode" for name in kept),
                       "  step  bits/value", *rows])

@@ -453,7 +453,12 @@ class EntropyTables:
             tables = [StepTable(float(s), *(t[f"step{i}.{k}"].astype(np.int32)
                                             for k in ("cdf", "cdf_length", "offset", "median")))
                       for i, s in enumerate(meta["steps"])]
-            radius, spatial = int(meta.get("context_radius", 0)), int(meta.get("spatial_radius", 0))
+            radius, spatial = meta.get("context_radius", 0), meta.get("spatial_radius", 0)
+            if any(type(r) is not int for r in (radius, spatial)):
+                raise ValueError(f"context radii must be integers, got {radius!r} and {spatial!r}")
+            if (meta["format"] == FORMAT_VERSION) != (spatial > 0):
+                raise ValueError(f"format {meta['format']} with spatial radius {spatial} (format 3 is for tables "
+                                 f"with spatial contexts)")
             if "deadzone" in meta and "rd_lambda" not in meta:
                 warnings.warn(f"{path}: 'deadzone' (an earlier vitok's rounding) is no longer used: these tables round "
                               f"to nearest; set rate-distortion rounding with tools/rdoq.py --write", stacklevel=2)
@@ -504,7 +509,7 @@ class EntropyTables:
             valid = np.arange(cdf.shape[1] - 1)[None, :] < (n - 1)[:, None]
             ok &= ~((np.diff(cdf, axis=1) <= 0) & valid).any(1)
             if not ok.all():
-                raise ValueError(f"entropy tables: invalid CDF for step {t.step} channel {int(np.argmin(ok))}")
+                raise ValueError(f"entropy tables: invalid CDF for step {t.step} row {int(np.argmin(ok))}")
 
     def _digest(self) -> str:
         head = {"steps": self.steps, "precision": PRECISION}
@@ -863,10 +868,10 @@ def _calibrate(tok: Any, clips: Iterable[Any], steps: Iterable[float], iters: in
         context_radius = CONTEXT_RADIUS if tok.max_tokens is None else 0
     if spatial_radius is None:
         spatial_radius = SPATIAL_RADIUS if tok.max_tokens is None and context_radius else 0
-    if spatial_radius and not context_radius:
-        raise CodecError("spatial contexts need a temporal context radius (context_radius > 0)")
     if spatial_radius and tok.max_tokens is not None:
         raise CodecError("spatial contexts are for grid models: a 1D model's tokens have no neighbours in a frame")
+    if spatial_radius and not context_radius:
+        raise CodecError("spatial contexts need a temporal context radius (context_radius > 0)")
     units, clips = [], list(clips)
     with torch.no_grad():
         for clip in clips:

@@ -363,9 +363,9 @@ def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path
         _run("calibrate", str(d), "--clip", str(video), "--context-radius", "2", "-y", "--iters", "5")
     assert again["table_id"] == ctx["table_id"]
     assert ctx["contexts"] == 6 and ctx["table_id"] != report["table_id"]  # the previous token picks the table
-    err = _error(capsys, "calibrate", str(d), "--clip", str(video), "--context-radius", "2", "--spatial-radius", "1",
-                 "-y")
-    assert "spatial contexts are for grid models" in err   # a 1D model's tokens have no neighbours in a frame
+    for radius in ((), ("--context-radius", "2")):   # a 1D model's tokens have no neighbours in a frame
+        err = _error(capsys, "calibrate", str(d), "--clip", str(video), *radius, "--spatial-radius", "1", "-y")
+        assert "spatial contexts are for grid models" in err
     _run("encode", str(video), "-o", str(out), "--model", str(d), "--tokens", "4")
     _run("decode", str(out), "-o", str(tmp_path / "clip.npy"), "--model", str(d))
     assert np.load(tmp_path / "clip.npy").shape == (20, 48, 64, 3)

@@ -474,13 +474,22 @@ def test_spatial_tables_refuse_what_they_cannot_hold(smooth, tmp_path):
         rd.quantize(held * 20, 0.001, grid=grid)
     q = rd.quantize(held, 0.4, grid=grid)   # a little finer than the finest table: codes as before
     assert np.array_equal(spatial.decode(spatial.encode(q, 0, grid), len(q), 0, grid), q)
-    meta = {"format": 2, "steps": spatial.steps, "precision": 16, "context_radius": 2, "spatial_radius": 2}
+    meta = {"format": 3, "steps": spatial.steps, "precision": 16, "context_radius": 2, "spatial_radius": 2}
     tensors = {k: v.numpy() for k, v in spatial.tensors().items()}
+    save_file(tensors, str(tmp_path / "ok.safetensors"), metadata={"vitok_entropy": json.dumps(meta)})
+    assert EntropyTables.load(tmp_path / "ok.safetensors").table_id == spatial.table_id
     empty = {**tensors, **{k: np.zeros((v.shape[0], 0), np.int32) for k, v in tensors.items() if k.endswith(".cdf")}}
-    for name, arrays, head in (("empty", empty, meta), ("inf", tensors, {**meta, "spatial_radius": float("inf")})):
+    for name, arrays, head, why in (
+            ("empty", empty, meta, "invalid CDF"), ("inf", tensors, {**meta, "spatial_radius": float("inf")}, "integers"),
+            ("frac", tensors, {**meta, "spatial_radius": 2.5}, "integers"),
+            ("old", tensors, {**meta, "format": 2}, "format 2 with spatial radius 2")):
         save_file(arrays, str(tmp_path / f"{name}.safetensors"), metadata={"vitok_entropy": json.dumps(head)})
-        with pytest.raises(CodecError, match=f"cannot read entropy tables .*{name}.safetensors"):
+        with pytest.raises(CodecError, match=f"cannot read entropy tables .*{name}.safetensors: .*{why}"):
             EntropyTables.load(tmp_path / f"{name}.safetensors")
+    temporal = {"format": 3, "steps": spatial.steps, "precision": 16, "context_radius": 17}   # the same 36 rows
+    save_file(tensors, str(tmp_path / "f3.safetensors"), metadata={"vitok_entropy": json.dumps(temporal)})
+    with pytest.raises(CodecError, match="format 3 with spatial radius 0"):
+        EntropyTables.load(tmp_path / "f3.safetensors")
 
 def test_rd_rounding_with_spatial_contexts(smooth):
     """Rate-distortion rounding under spatio-temporal tables: wave by wave each value is costed under the table its
