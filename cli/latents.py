@@ -10,7 +10,7 @@ from vitok.cli.common import count, device_option, emit, json_option, overwrite_
 
 @click.group()
 def latents() -> None:
-    """Latent shards for generator training: `extract` a folder of videos, show `stats`."""
+    """Latent shards for generator training: `extract` a folder of videos, show `stats`, `verify` the files."""
 
 
 @latents.command()
@@ -81,3 +81,23 @@ def stats(shards_dir: str, as_json: bool) -> None:
              "channel       mean        std"]
     lines += [f"{c:7d} {m:10.4f} {sd:10.4f}" for c, (m, sd) in enumerate(zip(s["mean"], s["std"]))]
     emit(s, as_json, "\n".join(lines))
+
+
+@latents.command()
+@click.argument("shards_dir", type=click.Path(file_okay=False))
+@json_option
+def verify(shards_dir: str, as_json: bool) -> None:
+    """Check every shard file of SHARDS_DIR against the sha256 recorded at extraction (a bad copy, disk rot, a
+    truncated transfer); exit code 1 naming the first damaged shard."""
+    from vitok.data.shards import ShardError, verify_shards
+
+    result = verify_shards(shards_dir)
+    unchecked = f", {count(result['unchecked'], 'shard')} without a checksum (extracted by an earlier vitok)" \
+        if result["unchecked"] else ""
+    if result["damaged"]:
+        first = result["damaged"][0]
+        if as_json:
+            emit(result, True, "")
+        raise ShardError(f"{shards_dir}: {count(len(result['damaged']), 'damaged shard')}; first "
+                         f"{first['file']}: {first['reason']}")
+    emit(result, as_json, f"{shards_dir}: {count(result['checked'], 'shard')} match their checksums{unchecked}")

@@ -6,8 +6,8 @@ holds its ``n`` clips ragged, their tokens one after another (none padded): ``z`
 ``offset[r]:offset[r + 1]``; ``offset[0] == 0``, ``offset[n] == T``), ``length`` int64 ``(n,)`` (tokens of each
 clip, ``offset[r + 1] - offset[r]``) and ``clip`` int64 ``(n,)`` (clip ids); ``T`` is the sum of the lengths. Its
 metadata holds the tokenizer's ``weights_hash`` and ``config_hash`` and the extraction ``params`` (JSON), as in the
-manifest. The manifest lists shards, clips (id, shard, row, source video, geometry, frame rate), skipped files and
-per-channel statistics. This module knows no models: it yields dicts of tensors; ``vitok.extract.latents_from_batch``
+manifest. The manifest lists shards (with each file's sha256, which ``verify_shards`` checks; none in sets from
+before it), clips (id, shard, row, source video, geometry, frame rate), skipped files and per-channel statistics. This module knows no models: it yields dicts of tensors; ``vitok.extract.latents_from_batch``
 makes ``Latents``.
 
 Sets of version 1 still read, as before: their shards pad every clip to the shard's longest, ``z`` ``(n, N, C)`` and
@@ -18,6 +18,7 @@ Sets of version 1 still read, as before: their shards pad every clip to the shar
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import os
@@ -57,6 +58,43 @@ def _check_keys(value: Any, keys: dict[str, type], what: str, path: Path) -> Non
     for key, kind in keys.items():
         if not isinstance(value.get(key), kind):
             raise ShardError(f"{path}: malformed manifest ({what} has no {kind.__name__} {key!r})")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_shards(root: str | os.PathLike) -> dict[str, Any]:
+    """Check every shard file of a set against the sha256 its extraction recorded in the manifest (reading shards
+    checks only their structure and NaNs, not their bytes). Returns counts and the damaged shards (missing, or bytes
+    that differ), each ``{"file", "reason"}``; shards extracted by a vitok that recorded no checksum are counted as
+    ``unchecked``."""
+    manifest = read_manifest(root)
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+        raise ShardError(f"{Path(root) / MANIFEST_NAME}: malformed manifest (no list of shards)")
+    checked, unchecked, damaged = 0, 0, []
+    for shard in shards:
+        name, want = shard.get("file"), shard.get("sha256")
+        if name is None:   # every video of that shard was skipped: no file
+            continue
+        if not isinstance(name, str) or Path(name).name != name:
+            raise ShardError(f"{Path(root) / MANIFEST_NAME}: malformed manifest (shard file {name!r})")
+        path = Path(root) / name
+        if not path.is_file():
+            damaged.append({"file": name, "reason": "missing"})
+        elif not isinstance(want, str):
+            unchecked += 1
+        elif file_sha256(path) != want:
+            damaged.append({"file": name, "reason": "bytes differ from the checksum recorded at extraction"})
+        else:
+            checked += 1
+    return {"shards_dir": str(root), "checked": checked, "unchecked": unchecked, "damaged": damaged}
 
 
 def read_manifest(root: str | os.PathLike) -> dict[str, Any]:

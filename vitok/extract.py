@@ -35,7 +35,7 @@ from vitok.data.atomic import atomic_path, save_safetensors, write_bytes_atomic
 from vitok.data.convert import frames_to_tensor
 from vitok.data.errors import VitokError
 from vitok.data.io import VIDEO_EXTENSIONS
-from vitok.data.shards import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, read_manifest
+from vitok.data.shards import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, file_sha256, read_manifest
 from vitok.limits import MAX_CHUNK_PIXELS
 
 if TYPE_CHECKING:
@@ -515,6 +515,7 @@ def extract_latents(input_dir: str | os.PathLike, out_dir: str | os.PathLike, mo
                     record["file"] = f"{shard_name(index)}.safetensors"
                     with atomic_path(out_dir / record["file"]) as tmp:
                         save_safetensors(tensors, tmp, metadata={**metadata, "shard": str(index)})
+                        record["sha256"] = file_sha256(tmp)   # what `vitok latents verify` checks the file against
                 write_bytes_atomic(out_dir / f"{shard_name(index)}.json", json.dumps(record).encode())
                 made, made_clips = made + 1, made_clips + len(record["clips"])
             records.append(record)
@@ -570,7 +571,8 @@ def merge_manifests(out_dir: Path, world: int, plan: list[list[Path]], job: dict
         clips.extend(record["clips"])
         skipped.extend(record["skipped"])
         shard_list.append({"index": index, "file": record["file"], "rank": record["rank"],
-                           "num_clips": len(record["clips"]), "sources": record["sources"]})
+                           "num_clips": len(record["clips"]), "sources": record["sources"],
+                           "sha256": record.get("sha256")})
     if not clips:  # every file unreadable: a manifest of nothing would only fail later, in training
         _remove_clipless_set(out_dir, num_shards)
         first = f"; first: {skipped[0]['source']}: {' '.join(skipped[0]['reason'].split())}" if skipped else ""

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 import vitok
 from vitok.cli.main import main
 from vitok.data.convert import frames_to_tensor
-from vitok.data.shards import ClipTable, LatentShards, ShardError, collate_latents
+from vitok.data.shards import ClipTable, LatentShards, ShardError, collate_latents, verify_shards
 from vitok.extract import ExtractError, extract_latents, latents_from_batch, read_clips
 
 NUM_GOOD, SIDE = 6, 32  # as in conftest.py (test modules cannot import it under --import-mode=importlib)
@@ -238,7 +238,8 @@ def test_damaged_shards_are_one_line_errors_naming_the_shard(tmp_path, shards_di
 
 
 def test_a_shard_whose_latents_rotted_is_named(tmp_path, shards_dir):
-    """Shards carry no checksum: a NaN written into z's bytes (disk rot, a bad copy) was served as data."""
+    """A NaN written into z's bytes (disk rot, a bad copy) was served as data: reading names the shard (other
+    changed bytes are for `vitok latents verify`, below)."""
     import struct
 
     from safetensors import safe_open
@@ -256,6 +257,50 @@ def test_a_shard_whose_latents_rotted_is_named(tmp_path, shards_dir):
     with pytest.raises(ShardError, match=r"shard-00000.safetensors: damaged shard \(clip \d+ holds NaN"):
         LatentShards(root)[0]
 
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``vitok ARGS``: exit code, stdout, stderr."""
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_verify_checks_each_shard_against_its_recorded_checksum(tmp_path, shards_dir, capsys):
+    """`vitok latents verify`: each shard file against the sha256 its extraction recorded. A finite value changed in
+    a shard (which reading cannot tell from data) and a missing shard are named; a set whose manifest predates
+    checksums is reported unchecked, not damaged."""
+    import struct
+
+    root = tmp_path / "shards"
+    shutil.copytree(shards_dir, root)
+    files = [s["file"] for s in _manifest(root)["shards"] if s["file"]]
+    assert len(files) > 1 and all(len(s["sha256"]) == 64 for s in _manifest(root)["shards"] if s["file"])
+    assert verify_shards(root) == {"shards_dir": str(root), "checked": len(files), "unchecked": 0, "damaged": []}
+    code, out, _ = _cli(capsys, "latents", "verify", str(root))
+    assert code in (0, None) and f"{len(files)} shards match their checksums" in out
+    shard = root / files[0]
+    data = bytearray(shard.read_bytes())
+    header = struct.unpack("<Q", data[:8])[0]
+    start = 8 + header + json.loads(data[8:8 + header])["z"]["data_offsets"][0]
+    data[start:start + 4] = struct.pack("<f", 1.5)   # the first clip's first value, still a number
+    shard.write_bytes(bytes(data))
+    assert torch.isfinite(LatentShards(root)[0]["z"]).all()   # reading serves it as data
+    (root / files[-1]).unlink()
+    damaged = verify_shards(root)["damaged"]
+    assert [d["file"] for d in damaged] == [files[0], files[-1]] and damaged[1]["reason"] == "missing"
+    code, out, err = _cli(capsys, "latents", "verify", str(root))
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: {root}: 2 damaged shards; first {files[0]}: bytes differ"), err
+    shutil.rmtree(root)
+    shutil.copytree(shards_dir, root)
+    manifest = _manifest(root)
+    for entry in manifest["shards"]:
+        entry.pop("sha256")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    code, out, _ = _cli(capsys, "latents", "verify", str(root), "--json")
+    assert code in (0, None) and json.loads(out)["unchecked"] == len(files)
 
 def test_a_model_giving_nan_latents_is_named_at_extraction(tmp_path, video_dir, model_dir, monkeypatch):
     """Extraction wrote a model's NaN latents into shards, which reading then called damaged."""
