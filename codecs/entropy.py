@@ -565,7 +565,7 @@ def table_rows(q: np.ndarray, grid: Grids, radius: int, spatial: int = 0) -> np.
         size = count * t * h * w
         block = v[start:start + size].reshape(count, t, h, w, c)
         i, y, x = (a.reshape(-1) for a in np.indices((t, h, w)))
-        ctx = context_index(neighbours(block.reshape(count, t, h, w, c), i, y, x), radius, spatial)
+        ctx = context_index(neighbours(block, i, y, x), radius, spatial)
         rows.append((ctx * c + np.arange(c)).reshape(-1))
         start += size
     return np.concatenate(rows) if rows else np.zeros(0, np.int64)
