@@ -169,7 +169,7 @@ class EntropyTables:
     def contexts(self) -> int:
         """Tables per channel and step: 1, ``2R + 2`` with a temporal context, ``(2R + 2)(2S + 2)`` with a spatial
         one too."""
-        return context_count(self.context_radius) * spatial_count(self.spatial_radius)
+        return context_count(self.context_radius) * context_count(self.spatial_radius)
 
     @property
     def unit_tokens(self) -> int | None:
@@ -543,12 +543,8 @@ def row_offsets(mean: np.ndarray, rows: int, tokens: UnitTokens = None) -> np.nd
 
 
 def context_count(radius: int) -> int:
-    """Tables per channel and step for a context of ``radius`` (0: none)."""
-    return 2 * radius + 2 if radius else 1
-
-
-def spatial_count(radius: int) -> int:
-    """Spatial contexts per temporal context for a spatial ``radius`` (0: none)."""
+    """Contexts of one kind, temporal or spatial, for a ``radius`` (0: none): the ``2R + 1`` clipped values and one
+    for a value without that neighbour; the tables per channel and step are the product of both kinds'."""
     return 2 * radius + 2 if radius else 1
 
 
@@ -591,7 +587,7 @@ def context_index(near: dict[str, tuple[np.ndarray, np.ndarray]], radius: int, s
         s = np.where(has_left, left, 0) + np.where(has_up, up, 0)
         p = np.where(has_left & has_up, np.floor_divide(s + 1, 2), s)
         near_ctx = np.where(has_left | has_up, np.clip(p, -spatial, spatial) + spatial, 2 * spatial + 1)
-        ctx = ctx * spatial_count(spatial) + near_ctx
+        ctx = ctx * context_count(spatial) + near_ctx
     return ctx.astype(np.int64)
 
 
@@ -716,7 +712,7 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
     c = std.shape[0]
     if spatial and not radius:
         raise CodecError("spatial contexts need a temporal context radius")
-    n_ctx = context_count(radius) * spatial_count(spatial)
+    n_ctx = context_count(radius) * context_count(spatial)
 
     def counted(integers: Callable[[float, int], list[np.ndarray]], meta: dict[str, Any] | None
                 ) -> tuple[EntropyTables, list[float]]:

@@ -242,21 +242,13 @@ def _train_in(work: Path, config: str, out: Path, sets: list[str], budget: float
     return result
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _export(run_dir: Path, out: Path) -> None:
     """Write the run's weights to OUT in shards under SHARD_BYTES, its other files beside them, then the manifest
     (an OUT holding an earlier export is cleared of it first, so no stale shard joins this one)."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
+
+    from vitok.data.shards import file_sha256
 
     source = run_dir / "model" / "model.safetensors"
     with safe_open(str(source), framework="pt") as f:
@@ -278,7 +270,7 @@ def _export(run_dir: Path, out: Path) -> None:
     for in_run, in_out in COPIED.items():
         if (run_dir / in_run).is_file() or in_run not in OPTIONAL:
             shutil.copy(run_dir / in_run, out / in_out)
-    manifest = {"shards": {n: _sha256(out / n) for n in names}, "metadata": metadata}
+    manifest = {"shards": {n: file_sha256(out / n) for n in names}, "metadata": metadata}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -288,6 +280,7 @@ def unpack(out: Path, run_dir: Path) -> Path:
     from safetensors.torch import load_file, save_file
 
     from vitok.data.atomic import atomic_path
+    from vitok.data.shards import file_sha256
 
     if not (out / MANIFEST).is_file() or not (out / "train_info.json").is_file():
         raise SystemExit(f"error: {out} holds no {MANIFEST} or no train_info.json: not a finished run's output")
@@ -295,7 +288,7 @@ def unpack(out: Path, run_dir: Path) -> Path:
     weights = {}
     for name, digest in manifest["shards"].items():
         shard = out / name
-        if not shard.is_file() or _sha256(shard) != digest:
+        if not shard.is_file() or file_sha256(shard) != digest:
             raise SystemExit(f"error: {shard} is missing or differs from the manifest (incomplete or mixed copy)")
         weights.update(load_file(str(shard)))
     with atomic_path(run_dir / "model" / "model.safetensors") as tmp:   # an interrupted unpack leaves no half file
