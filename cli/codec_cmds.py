@@ -56,6 +56,10 @@ def _check_input(path: str) -> None:
 @click.option("--per-tile/--per-chunk", "per_tile", default=True, show_default=True,
               help="With --bytes/--psnr, a 1D model whose frames span several tiles picks a token count per tile "
                    "(else one per chunk).")
+@click.option("--overlap", type=int, default=None, metavar="PIXELS",
+              help="Frames larger than one tile: overlap tiles by this many pixels (a multiple of the model's "
+                   "stride, 0 for none) instead of the model's; less overlap codes fewer tokens, with seams more "
+                   "likely. Decoders follow the file.")
 @click.option("--frames", "num_frames", type=click.IntRange(min=1), default=None, help="Encode at most N frames.")
 @click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First frame to encode.")
 @click.option("--size", callback=_size, default=None,
@@ -67,8 +71,8 @@ def _check_input(path: str) -> None:
 @json_option
 @device_option
 @threads_option
-def encode(input, output, model, step, tokens, target_bytes, psnr, per_tile, num_frames, start, size, fps, overwrite,
-           quiet, as_json, device, threads) -> None:
+def encode(input, output, model, step, tokens, target_bytes, psnr, per_tile, overlap, num_frames, start, size, fps,
+           overwrite, quiet, as_json, device, threads) -> None:
     """Encode INPUT (a video file, or a folder / glob of PNG/JPG frames) to a .vtok file."""
     from vitok.codecs.files import encode_file
     from vitok.codecs.neural import VitokCodec
@@ -81,6 +85,8 @@ def encode(input, output, model, step, tokens, target_bytes, psnr, per_tile, num
     out = check_output(output, overwrite, inputs=[input])
     set_threads(threads)
     codec = VitokCodec(model, device=resolve_device(device)).load()  # model errors before any video is read
+    if overlap is not None:
+        codec = codec.with_overlap(overlap)
     with progress(desc="encode", quiet=quiet, unit="frame", total=_total(input, start, num_frames)) as bar:
         stats = encode_file(codec, input, out, start=start, num_frames=num_frames, size=size, fps=fps,
                             on_chunk=bar.update, step=step, tokens=tokens, bytes=target_bytes, psnr=psnr,
@@ -181,6 +187,14 @@ def _aspect_text(sar: str) -> str:
     return "" if sar == "1" else f" (pixel aspect {sar.replace('/', ':')})"
 
 
+def _tiles_text(meta: dict) -> str:
+    """', tiles of at most 256 px overlapping by 8 px' when the header records a tiling, else nothing."""
+    t = meta.get("tiling")
+    if not isinstance(t, dict) or not isinstance(t.get("tile"), int) or not isinstance(t.get("overlap"), float):
+        return ""   # no record (one tile), or one the decoder will name as bad
+    return f", tiles of at most {t['tile']} px overlapping by {t['tile'] * t['overlap']:g} px"
+
+
 def _head(path: Path) -> bytes:
     with path.open("rb") as f:
         return f.read(4)
@@ -205,7 +219,7 @@ def info(file, as_json) -> None:
                  f"  model {meta.get('model')} ({meta.get('kind')}, weights {meta.get('weights')}), "
                  f"tables {meta.get('tables')}, step {meta.get('step') or 'chosen per chunk'}",
                  f"  {d['frames']} frames {d['width']}x{d['height']}{_aspect_text(d['sample_aspect_ratio'])} @ "
-                 f"{d['fps']} fps, {count(d['chunks'], 'chunk')} of {d['chunk_frames']} frames",
+                 f"{d['fps']} fps, {count(d['chunks'], 'chunk')} of {d['chunk_frames']} frames{_tiles_text(meta)}",
                  f"  {d['bpp']:.4f} bpp, {d['kbps']:.1f} kbps, header {d['header_bytes']} bytes, payload "
                  f"{d['payload_bytes']} bytes",
                  "  chunk  frames  bytes  tokens  step"]

@@ -33,6 +33,7 @@ from vitok.codecs.payload import ChunkTokens, header_size, pack_chunk, parse_chu
 from vitok.codecs.ratecontrol import (Candidate, Cost, UnitCosts, allocate_bytes, cheapest_bytes, pick_psnr,
                                      psnr_from_sse, token_grid, units_for_psnr)
 from vitok.codecs.spill import Spill
+from vitok.config import MAX_TILE_OVERLAP
 
 __all__ = ["VitokCodec", "DEFAULT_MODEL", "EncodeStats", "ChunkCode", "bundled_codec_names", "model_for_stream"]
 
@@ -89,6 +90,7 @@ class EncodeStats:
     entropy_bytes: int = 0  # rANS data alone
     estimated_bytes: float = 0.0  # from the entropy model's likelihoods (ideal code length)
     tokens: list[int | tuple[int, ...] | None] = field(default_factory=list)  # per chunk, as in ChunkCode
+    coded_tokens: int = 0   # tokens coded in all chunks, units and tiles
     steps: list[float] = field(default_factory=list)
     chunk_bytes: list[int] = field(default_factory=list)
     chunk_psnr: list[float | None] = field(default_factory=list)  # known when rate control chose (not per tile
@@ -131,7 +133,7 @@ class VitokCodec(Codec):
     and they load once, on first use."""
 
     suffix = ".vtok"
-    knobs = ("step", "tokens", "bytes", "psnr", "adapt_units")
+    knobs = ("step", "tokens", "bytes", "psnr", "adapt_units", "overlap")
 
     def __init__(self, model: Any = DEFAULT_MODEL, tables: EntropyTables | None = None, device: str = "cpu") -> None:
         self.device, self._loading, self._earlier = device, threading.RLock(), {}
@@ -144,6 +146,7 @@ class VitokCodec(Codec):
             if tables is None:
                 raise CodecError("VitokCodec(tokenizer) needs its EntropyTables (see calibrate_entropy)")
         self._tables = None if tables is None else self._fitting(tables)
+        self._tile_overlap: float | None = None   # the model's; else what with_overlap set or a stream's header says
         self.name = f"vitok:{self.model_ref}"
 
     # model and tables load on first use (once, whichever thread asks first), so listing codecs stays cheap
@@ -173,8 +176,18 @@ class VitokCodec(Codec):
 
     def for_stream(self, header: VtokHeader) -> "VitokCodec":
         """This codec, or one decoding with the earlier tables a stream names when they are kept beside the model
-        (``entropy-<id>.safetensors``: `vitok calibrate` keeps the tables it replaces for the same weights)."""
-        wanted = header.meta.get("tables")
+        (``entropy-<id>.safetensors``: `vitok calibrate` keeps the tables it replaces for the same weights), and
+        with the tile overlap its header records when only that differs from the model's tiling."""
+        coder = self._with_tables(header.meta.get("tables"))
+        theirs, ours = header.meta.get("tiling"), coder.tiling
+        if isinstance(theirs, dict) and set(theirs) == set(ours) and theirs != ours \
+                and all(theirs[k] == ours[k] and type(theirs[k]) is type(ours[k]) for k in ("tile", "fit")) \
+                and type(theirs["overlap"]) is float and 0 <= theirs["overlap"] <= MAX_TILE_OVERLAP:
+            coder = coder._overlapping(theirs["overlap"])
+        return coder
+
+    def _with_tables(self, wanted: Any) -> "VitokCodec":
+        """This codec, or its twin with the kept tables ``wanted`` names (``for_stream``)."""
         if not self._in_folder or wanted == self.tables.table_id:
             return self
         with self._loading:
@@ -186,6 +199,38 @@ class VitokCodec(Codec):
                     twin._tables, twin._earlier = self._fitting(kept), {}
                 self._earlier[wanted] = twin
         return self._earlier[wanted] or self
+
+    def with_overlap(self, pixels: Any) -> "VitokCodec":
+        """This codec cutting frames into tiles that overlap by ``pixels`` (a multiple of the model's spatial stride)
+        instead of the model's overlap: less overlap codes fewer tokens (decoders follow the stream's record)."""
+        tok, stride = self.tok, self.tok.spatial_stride
+        tile = tok.config.tile_size
+        if isinstance(pixels, bool) or not isinstance(pixels, (int, np.integer)) or pixels < 0 or pixels % stride:
+            raise CodecError(f"overlap must be a whole number of pixels, a multiple of {self.model_ref}'s stride "
+                             f"{stride}, got {pixels!r}")
+        if tile is None:
+            raise CodecError(f"{self.model_ref} codes whole frames (no tiles): there is no tile overlap to set")
+        if pixels / tile > MAX_TILE_OVERLAP:
+            raise CodecError(f"overlap of {pixels} pixels is more than {MAX_TILE_OVERLAP:g} of {self.model_ref}'s "
+                             f"{tile}-pixel tiles (at most {int(MAX_TILE_OVERLAP * tile) // stride * stride})")
+        return self._overlapping(pixels / tile)
+
+    def _overlapping(self, fraction: float) -> "VitokCodec":
+        """A twin of this codec whose tiles overlap by ``fraction`` of the tile size (itself if that is its own)."""
+        if fraction == self.tiling["overlap"]:
+            return self
+        twin = copy.copy(self)
+        twin._tile_overlap = None if fraction == self.tok.config.tile_overlap else float(fraction)
+        return twin
+
+    @property
+    def tiling(self) -> dict[str, Any]:
+        """How this codec cuts frames into tiles: the model's tiling (``Tokenizer.tiling``) with its overlap."""
+        t = self.tok.tiling
+        return t if self._tile_overlap is None else {**t, "overlap": self._tile_overlap}
+
+    def _plan(self, frames: int, height: int, width: int) -> Any:
+        return self.tok.plan(frames, height, width, tile_overlap=self._tile_overlap)
 
     def _fitting(self, tables: EntropyTables) -> EntropyTables:
         """``tables`` if they fit this model's latents (channels; per-position tables: tokens per unit)."""
@@ -239,7 +284,7 @@ class VitokCodec(Codec):
         fewer tokens), and the unit grid (None for 1D): rate control codes many settings from one encoder pass."""
         from vitok.data.convert import frames_to_tensor
 
-        lat = self.tok.encode(frames_to_tensor(frames, device=self.tok.device))
+        lat = self.tok.encode(frames_to_tensor(frames, device=self.tok.device), tile_overlap=self._tile_overlap)
         z = lat.z[0].float()
         return (z.view(lat.units, -1, z.shape[-1]) if self.is_1d else z), lat.grid
 
@@ -271,7 +316,7 @@ class VitokCodec(Codec):
         index, step, tokens, data = parse_chunk(payload)
         if index >= len(self.tables.tables):
             raise BitstreamError(f"chunk uses entropy table {index}, the model has {len(self.tables.tables)}")
-        k, g = self.tok.max_tokens, self.tok.plan(frames, height, width)
+        k, g = self.tok.max_tokens, self._plan(frames, height, width)
         counts = tokens if isinstance(tokens, tuple) else (tokens,)
         if (k is None) != (counts == (0,)) or (k is not None and max(counts) > k):
             raise BitstreamError(f"chunk says {_counts_text(tokens)} tokens per unit, the model takes "
@@ -285,7 +330,7 @@ class VitokCodec(Codec):
     def coded_tokens(self, frames: int, height: int, width: int, tokens: int | tuple[int, ...] | None) -> int:
         """Tokens a chunk of this geometry codes: all of them, or ``tokens`` per unit for 1D models (a tuple:
         each unit's own count)."""
-        return self._coded(self.tok.plan(frames, height, width), tokens)
+        return self._coded(self._plan(frames, height, width), tokens)
 
     def _coded(self, g: Any, tokens: int | tuple[int, ...] | None) -> int:
         if isinstance(tokens, tuple):
@@ -307,12 +352,13 @@ class VitokCodec(Codec):
         tok = self.tok
         z = self.tables.dequantize(q, step, tokens=tokens).to(tok.device, tok.dtype)
         if not isinstance(tokens, tuple):
-            return tok.make_latents(z[None], frames, height, width, num_tokens=tokens)
+            return tok.make_latents(z[None], frames, height, width, num_tokens=tokens, tile_overlap=self._tile_overlap)
         K = tok.max_tokens
         keep = torch.arange(K, device=tok.device)[None] < torch.tensor(tokens, device=tok.device)[:, None]
         full = z.new_zeros(len(tokens) * K, z.shape[1])
         full[keep.reshape(-1)] = z
-        return tok.make_latents(full[None], frames, height, width, mask=keep.reshape(1, -1))
+        return tok.make_latents(full[None], frames, height, width, mask=keep.reshape(1, -1),
+                                tile_overlap=self._tile_overlap)
 
     def decode_chunk(self, payload: bytes, frames: int, height: int, width: int) -> np.ndarray:
         q, tokens, step = self.decode_symbols(payload, frames, height, width)
@@ -373,8 +419,8 @@ class VitokCodec(Codec):
         tok, tables = self.tok, self.tables
         index, K = tables.table_index(step), tok.max_tokens
         x = frames_to_tensor(frames, device=tok.device)
-        z = tok.encode(x).z[0].float()
-        g = tok.plan(*x.shape[2:])
+        z = tok.encode(x, tile_overlap=self._tile_overlap).z[0].float()
+        g = self._plan(*x.shape[2:])
         ref = pad_chunk(x, g.unit_frames, g.rows.padded, g.cols.padded)[0].float()
         real = torch.zeros(g.unit_frames, g.rows.padded, g.cols.padded, device=ref.device)
         real[:g.frames, :g.height, :g.width] = 1
@@ -473,7 +519,7 @@ class VitokCodec(Codec):
         if first is None:
             return
         chunks = itertools.chain([first], chunks)
-        if adapt_units and self.is_1d and self.tok.plan(*first.shape[:3]).units > 1:  # a token count per tile
+        if adapt_units and self.is_1d and self._plan(*first.shape[:3]).units > 1:  # a token count per tile
             unit_step = float(np.float32(DEFAULT_STEP if step is None else step))   # as _code codes it
             if psnr is not None:
                 for chunk in chunks:
@@ -515,8 +561,8 @@ class VitokCodec(Codec):
         meta = {"codec": "vitok", "model": tok.config.name, "weights": tok.weights_hash[:WEIGHTS_ID_CHARS],
                 "kind": tok.config.kind, "channels": tok.latent_channels, "tables": self.tables.table_id,
                 "step": None if step is None else float(np.float32(step))}
-        if tok.plan(1, height, width).layout[1:] != (1, 1):
-            meta["tiling"] = tok.tiling
+        if self._plan(1, height, width).layout[1:] != (1, 1):
+            meta["tiling"] = self.tiling
         sar = sar_record(sample_aspect_ratio)
         if sar is not None:
             meta["sar"] = sar
@@ -524,13 +570,17 @@ class VitokCodec(Codec):
 
     def encode_stream(self, chunks: Iterable[np.ndarray], fps: Fraction, out: BinaryIO, *,
                       step: float | None = None, tokens: int | None = None, bytes: int | None = None,
-                      psnr: float | None = None, adapt_units: bool = True,
+                      psnr: float | None = None, adapt_units: bool = True, overlap: int | None = None,
                       on_chunk: Callable[[int], None] | None = None,
                       sample_aspect_ratio: Fraction = Fraction(1)) -> EncodeStats:
         """Encode frames arriving in arrays of any length into ``out`` (a seekable binary file), chunk by chunk.
         ``adapt_units``: with ``bytes``/``psnr``, a 1D model whose frames span several tiles picks a token count
-        per tile (else one per chunk). ``sample_aspect_ratio``: the source's pixel shape, kept in the header for
-        the decoded video."""
+        per tile (else one per chunk). ``overlap``: tiles overlap by this many pixels (``with_overlap``).
+        ``sample_aspect_ratio``: the source's pixel shape, kept in the header for the decoded video."""
+        if overlap is not None:
+            return self.with_overlap(overlap).encode_stream(
+                chunks, fps, out, step=step, tokens=tokens, bytes=bytes, psnr=psnr, adapt_units=adapt_units,
+                on_chunk=on_chunk, sample_aspect_ratio=sample_aspect_ratio)
         t0 = time.perf_counter()
         if step is not None:
             self.tables.table_index(_float32_step(step))
@@ -562,6 +612,7 @@ class VitokCodec(Codec):
                                       adapt_units):
             writer.write_chunk(code.payload, code.frames)
             stats.tokens.append(code.tokens)
+            stats.coded_tokens += self.coded_tokens(code.frames, h, w, code.tokens)
             stats.steps.append(code.step)
             stats.chunk_bytes.append(len(code.payload))
             stats.chunk_psnr.append(code.psnr)
@@ -639,11 +690,10 @@ class VitokCodec(Codec):
     def _check_tiling(self, header: VtokHeader) -> None:
         """Refuse a stream whose tiles of its frames differ from what this model would cut. Without ``tiling`` the
         frames are one tile, or the stream predates the record and used tiles of exactly the config's size."""
-        from vitok.config import MAX_TILE_OVERLAP
         from vitok.geometry import plan_axis
 
-        ours = self.tok.tiling
-        theirs = header.meta.get("tiling", {**ours, "fit": False})
+        ours = self.tiling
+        theirs = header.meta.get("tiling", {**self.tok.tiling, "fit": False})
         if theirs == ours:
             return
         stride = self.tok.spatial_stride
@@ -672,9 +722,10 @@ class VitokCodec(Codec):
         out = []
         with VtokReader(data) as r:
             h = r.header
+            coder = self.for_stream(h)   # the stream's tiling
             for info, payload in r.chunks():
                 _, _, tokens, _ = parse_chunk(payload)
-                out.append(self.coded_tokens(info.frames, h.height, h.width, tokens or None))
+                out.append(coder.coded_tokens(info.frames, h.height, h.width, tokens or None))
         return out
 
     def stream_bytes(self, data: bytes) -> int:

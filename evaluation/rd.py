@@ -242,13 +242,9 @@ def _encode(codec: Any, frames: np.ndarray, fps: Fraction, op: dict) -> tuple[by
     if not hasattr(codec, "encode_with_stats"):
         return codec.encode(frames, fps, **op), {"tokens": None, "tokens_per_chunk": None}
     data, stats = codec.encode_with_stats(frames, fps, **op)
-    tok = codec.tok
-    t, h, w = frames.shape[:3]
-    sizes = [min(tok.clip_frames, t - s) for s in range(0, t, tok.clip_frames)]
-    total = sum(codec.coded_tokens(n, h, w, k) for n, k in zip(sizes, stats.tokens))
     per_chunk = None if any(k is None for k in stats.tokens) else \
         [list(map(int, k)) if isinstance(k, tuple) else int(k) for k in stats.tokens]
-    return data, {"tokens": int(total), "tokens_per_chunk": per_chunk}
+    return data, {"tokens": stats.coded_tokens, "tokens_per_chunk": per_chunk}
 
 
 def run_job(job: _Job) -> dict:

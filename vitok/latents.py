@@ -26,7 +26,9 @@ class Latents:
     `grid` is the (t, h, w) token grid of one unit for grid models (None for 1D). frames/height/width are the
     original video geometry. `latent_mean`/`latent_std` are the model's per-channel statistics used by
     `normalized()`; `is_normalized` says which space z is in. `sizes` lists per-item geometry after a `collate`
-    of mixed geometries (then layout/grid are None and the batch cannot be decoded as one).
+    of mixed geometries (then layout/grid are None and the batch cannot be decoded as one). `tiled` is False for
+    whole frames coded in one pass; `tile_overlap` the overlap of tiles when not the model's (a fraction of the
+    tile size, None: the model's).
     """
 
     z: torch.Tensor
@@ -43,6 +45,7 @@ class Latents:
     is_normalized: bool = False
     sizes: list[tuple[int, int, int]] | None = None
     tiled: bool = True
+    tile_overlap: float | None = None
 
     @property
     def batch_size(self) -> int:
@@ -159,7 +162,8 @@ def collate(items: list[Latents]) -> Latents:
     if len({it.logvar is None for it in items}) > 1:
         raise VitokError("collate: mix of latents with and without log-variance (call mode() on all)")
     n = max(it.z.shape[1] for it in items)
-    same = len({(it.frames, it.height, it.width, it.layout, it.grid, it.tiled) for it in items}) == 1 \
+    same = len({(it.frames, it.height, it.width, it.layout, it.grid, it.tiled, it.tile_overlap)
+                for it in items}) == 1 \
         and all(it.sizes is None for it in items)   # batches of mixed sizes: rebuilt below, item by item
 
     def pad(t: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from vitok.config import TokenizerConfig
+from vitok.config import MAX_TILE_OVERLAP, TokenizerConfig
 from vitok.data.atomic import atomic_path
 from vitok.data.errors import VitokError
 from vitok.geometry import Geometry, blend_weights, pad_chunk, pad_region, plan
@@ -140,32 +140,48 @@ class Tokenizer(nn.Module):
         own padded size)."""
         return {"tile": self.config.tile_size, "overlap": self.config.tile_overlap, "fit": self.max_tokens is None}
 
-    def plan(self, frames: int, height: int, width: int, tiled: bool = True) -> Geometry:
-        """Chunks and tiles for a video of this geometry; `tiled=False` keeps whole frames (grid models only)."""
+    def check_tile_overlap(self, tile_overlap: Any) -> float:
+        """``tile_overlap`` (a fraction of the tile size, as the config's) as a float, or VitokError naming why
+        not; None gives the config's."""
+        if tile_overlap is None:
+            return self.config.tile_overlap
+        if isinstance(tile_overlap, bool) or not isinstance(tile_overlap, (int, float)) \
+                or not 0.0 <= tile_overlap <= MAX_TILE_OVERLAP:   # NaN fails the range too
+            raise VitokError(f"{self.config.name}: tile_overlap must be a number in [0, {MAX_TILE_OVERLAP}] (a "
+                             f"fraction of the {self.config.tile_size}-pixel tile), got {tile_overlap!r}")
+        return float(tile_overlap)
+
+    def plan(self, frames: int, height: int, width: int, tiled: bool = True,
+             tile_overlap: float | None = None) -> Geometry:
+        """Chunks and tiles for a video of this geometry; `tiled=False` keeps whole frames (grid models only);
+        `tile_overlap` replaces the config's overlap between tiles (a fraction of the tile size)."""
         c, t = self.config, self.tiling
         if not tiled and self.max_tokens is not None:
             raise VitokError(f"{c.name}: 1D models code frames in tiles of at most {c.tile_size} pixels "
                              "(tiled=False is for grid models)")
         return plan(frames, height, width, clip_frames=c.clip_frames, unit_frames=self.unit_frames,
-                    stride=self.spatial_stride, tile_size=t["tile"] if tiled else None, tile_overlap=t["overlap"],
-                    fit_tiles=t["fit"])
+                    stride=self.spatial_stride, tile_size=t["tile"] if tiled else None,
+                    tile_overlap=self.check_tile_overlap(tile_overlap), fit_tiles=t["fit"])
 
-    def latent_shape(self, frames: int, height: int, width: int, tiled: bool = True) -> tuple[int, int]:
+    def latent_shape(self, frames: int, height: int, width: int, tiled: bool = True,
+                     tile_overlap: float | None = None) -> tuple[int, int]:
         """(N, C): tokens (all chunks and tiles) and channels for a video of this geometry."""
-        g = self.plan(frames, height, width, tiled)
+        g = self.plan(frames, height, width, tiled, tile_overlap)
         return g.units * self.tokens_per_unit(*g.unit_size), self.latent_channels
 
     def make_latents(self, z: torch.Tensor, frames: int, height: int, width: int, num_tokens: int | None = None,
                      *, mask: torch.Tensor | None = None, logvar: torch.Tensor | None = None,
-                     tiled: bool = True) -> Latents:
+                     tiled: bool = True, tile_overlap: float | None = None) -> Latents:
         """Wrap raw tokens (B, N, C) for this geometry as Latents (the codec / shard decode path).
 
         1D models: z may hold all K tokens per unit or only the first `num_tokens` (then zero-filled to K);
         tokens beyond `num_tokens` are zeroed and masked. An explicit (B, N) `mask` is combined with that.
-        `tiled=False`: the tokens cover whole frames (as `encode(..., tiled=False)` gives).
+        `tiled=False`: the tokens cover whole frames (as `encode(..., tiled=False)` gives); `tile_overlap`: tiles
+        overlapping by this fraction instead of the config's (as `encode(..., tile_overlap=)` gives).
         """
         num_tokens = _count(num_tokens)
-        g = self.plan(frames, height, width, tiled)
+        overlap = self.check_tile_overlap(tile_overlap)
+        g = self.plan(frames, height, width, tiled, overlap)
         n_unit = self.tokens_per_unit(*g.unit_size)
         if not isinstance(z, torch.Tensor) or z.ndim != 3:
             raise VitokError(f"{self.config.name}: latents must be a tensor (B, N, C), got "
@@ -199,7 +215,8 @@ class Tokenizer(nn.Module):
         c = self.config
         return Latents(z=z, frames=frames, height=height, width=width, layout=g.layout,
                        grid=self.unit_grid(*g.unit_size), mask=mask, logvar=logvar, model=c.name,
-                       latent_mean=c.latent_mean, latent_std=c.latent_std, tiled=tiled)
+                       latent_mean=c.latent_mean, latent_std=c.latent_std, tiled=tiled,
+                       tile_overlap=None if overlap == c.tile_overlap else overlap)
 
     # ---- encode / decode ------------------------------------------------------------------------------------
     def _context(self, inputs: torch.Tensor):
@@ -218,10 +235,13 @@ class Tokenizer(nn.Module):
         if video.numel() == 0:
             raise VitokError(f"video is empty: shape {tuple(video.shape)}")
 
-    def encode(self, video: torch.Tensor, num_tokens: int | None = None, *, tiled: bool = True) -> Latents:
+    def encode(self, video: torch.Tensor, num_tokens: int | None = None, *, tiled: bool = True,
+               tile_overlap: float | None = None) -> Latents:
         """Video (B,3,T,H,W) in [-1,1], any size -> Latents (1D models: keep the first `num_tokens` per unit).
         The video may stay on the CPU: chunks move to the model's device one at a time. `tiled=False` (grid models)
-        codes whole frames in one pass instead of the config's tiles; the Latents remember it for `decode`."""
+        codes whole frames in one pass instead of the config's tiles; `tile_overlap` overlaps tiles by this fraction
+        of the tile size instead of the config's (less overlap: fewer tokens); the Latents remember both for
+        `decode`."""
         self._check_video(video)
         video_ = video.detach()   # amin/amax read any layout in place; aminmax and abs() copy a permuted one
         low, high = float(video_.amin()), float(video_.amax())
@@ -237,7 +257,7 @@ class Tokenizer(nn.Module):
             warnings.warn(f"video of shape {tuple(video.shape)} is read as (B,3,T,H,W) 3 pixels wide; if it is "
                           f"(B,T,H,W,3), convert it with vitok.data.frames_to_tensor", stacklevel=2)
         num_tokens = _count(num_tokens)
-        g = self.plan(*video.shape[2:], tiled=tiled)
+        g = self.plan(*video.shape[2:], tiled=tiled, tile_overlap=tile_overlap)
         self.token_mask(video.shape[0], num_tokens, self.device)  # validates num_tokens before any work
         means, logvars = [], []
         with self._context(video):
@@ -255,12 +275,13 @@ class Tokenizer(nn.Module):
         if torch.is_inference(z):  # plain tensors, usable in the caller's autograd graph
             z = z.clone()
             logvar = None if logvar is None else logvar.clone()
-        return self.make_latents(z, g.frames, g.height, g.width, num_tokens, logvar=logvar, tiled=tiled)
+        return self.make_latents(z, g.frames, g.height, g.width, num_tokens, logvar=logvar, tiled=tiled,
+                                 tile_overlap=tile_overlap)
 
     def decode(self, latents: Latents) -> torch.Tensor:
         """Latents -> video (B,3,T,H,W) cropped to the original geometry (tiles blended, chunks concatenated)."""
         self._check_latents(latents)
-        g = self.plan(latents.frames, latents.height, latents.width, latents.tiled)
+        g = self.plan(latents.frames, latents.height, latents.width, latents.tiled, latents.tile_overlap)
         out: torch.Tensor | None = None   # one chunk: returned as it is; several fill one output tensor
         acc = None
         for c, (i, j, y0, x0), tile in self.decode_tiles(latents):
@@ -290,7 +311,7 @@ class Tokenizer(nn.Module):
         if not bool(torch.isfinite(latents.z).all()):   # else a NaN video, found only when it is written or scored
             raise VitokError("latents hold NaN or infinite values")
         lat = latents.denormalized()
-        g = self.plan(lat.frames, lat.height, lat.width, lat.tiled)
+        g = self.plan(lat.frames, lat.height, lat.width, lat.tiled, lat.tile_overlap)
         n_unit = self.tokens_per_unit(*g.unit_size)
         grid = self.unit_grid(*g.unit_size)
         if lat.layout is not None and (tuple(lat.layout) != g.layout or (lat.grid and tuple(lat.grid) != grid)):

@@ -181,6 +181,27 @@ def test_info_vtok_and_video(encoded, video):
     assert (v["width"], v["height"], v["codec"]) == (64, 48, "ffv1")
 
 
+def test_encode_with_another_tile_overlap(capsys, video, tinygrid, tmp_path):
+    """--overlap cuts 88x48 frames into tiles that do not overlap: fewer tokens and bytes, `vitok info` shows the
+    tiling, `vitok decode` follows it; an overlap off the stride is one line and no file."""
+    model = str(tinygrid[2])
+    a, b = tmp_path / "a.vtok", tmp_path / "b.vtok"
+    own = _run("encode", str(video), "-o", str(a), "--model", model, "--size", "88x48", "-q")
+    res = _run("encode", str(video), "-o", str(b), "--model", model, "--size", "88x48", "--overlap", "0", "-q")
+    assert res["file_bytes"] < own["file_bytes"] and res["frames"] == own["frames"] == 20
+    assert _run("info", str(b))["meta"]["tiling"] == {"fit": True, "overlap": 0.0, "tile": 64}
+    assert "tiles of at most 64 px overlapping by 0 px" in CliRunner().invoke(cli, ["info", str(b)]).stdout
+    assert "overlapping by 16 px" in CliRunner().invoke(cli, ["info", str(a)]).stdout
+    out = tmp_path / "b.npy"
+    with pytest.warns(UserWarning, match="cannot keep the pixel aspect"):   # 64x48 stretched to 88x48
+        _run("decode", str(b), "-o", str(out), "--model", model, "-q")
+    assert np.load(out).shape == (20, 48, 88, 3)
+    bad = tmp_path / "c.vtok"
+    assert "vit-tiny's stride 8, got 4" in _error(capsys, "encode", str(video), "-o", str(bad), "--model", model,
+                                                       "--overlap", "4")
+    assert not bad.exists()
+
+
 def test_errors_are_one_line(capsys, encoded, video, tiny1d, tmp_path):
     model = str(tiny1d[2])
     assert "input not found" in _error(capsys, "encode", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "m.vtok"),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import vitok
 from vitok.codecs import BitstreamError, CodecError, get_codec
 from vitok.codecs.container import VtokReader, frame_chunk, framing_bytes, read_vtok
 from vitok.codecs.entropy import EntropyTables
@@ -252,13 +253,45 @@ def test_tiling_is_recorded_and_checked(tinygrid):
                                              r"tile \(the stream holds no tiling record; an earlier vitok also left "
                                              r"it out for fixed tiles\).*encode the video again"):
         codec.decode(_with_meta(data, tiling=None))
-    with pytest.raises(BitstreamError, match=r"into \{'fit': True, 'overlap': 0.4, 'tile': 64\}, the model cuts"):
-        codec.decode(_with_meta(data, tiling={"fit": True, "overlap": 0.4, "tile": 64}))
+    with pytest.raises(BitstreamError, match=r"into \{'fit': True, 'overlap': 0.25, 'tile': 48\}, the model cuts"):
+        codec.decode(_with_meta(data, tiling={"fit": True, "overlap": 0.25, "tile": 48}))
+    with pytest.raises(BitstreamError, match=r"into \{'fit': False, 'overlap': 0.25, 'tile': 64\}, the model cuts"):
+        codec.decode(_with_meta(data, tiling={"fit": False, "overlap": 0.25, "tile": 64}))
     for bad in ({"tile": "64", "overlap": 0.25, "fit": True}, {"tile": 64, "overlap": 0.45, "fit": True}, [64]):
         with pytest.raises(BitstreamError, match="bad tiling record"):
             codec.decode(_with_meta(data, tiling=bad))
     small = codec.encode(frames[:, :, :64], 25)  # one tile: every tiling cuts it alike, so no record
     assert "tiling" not in read_vtok(small)[0].meta and codec.decode(small)[0].shape == (8, 48, 64, 3)
+
+
+def test_an_encoder_overlap_is_recorded_and_followed(tinygrid):
+    """`overlap` (pixels) cuts tiles overlapping by that much instead of the model's: fewer tokens, the header records
+    it, and a decoder with the model's own tiling follows the record; bad overlaps are refused before any work."""
+    from vitok.data.io import read_video
+    from vitok.data.samples import sample_path
+
+    frames = np.ascontiguousarray(read_video(sample_path("carphone"), num_frames=8)[0][:, 40:88, 16:104])
+    codec = VitokCodec(tinygrid[0], tinygrid[1])
+    own, data = codec.encode(frames, 25), codec.encode(frames, 25, overlap=0)
+    twin = codec.with_overlap(0)
+    assert twin.encode(frames, 25) == data and codec.with_overlap(16) is codec   # 16 px: the model's 0.25 of 64
+    assert read_vtok(data)[0].meta["tiling"] == {"tile": 64, "overlap": 0.0, "fit": True} == twin.tiling
+    assert codec.tiling == {"tile": 64, "overlap": 0.25, "fit": True}   # the codec asked is left as it was
+    assert codec.tokens_per_chunk(data) == [codec.tok.latent_shape(8, 48, 88, tile_overlap=0.0)[0]] \
+        < codec.tokens_per_chunk(own)
+    decoded, _ = VitokCodec(tinygrid[0], tinygrid[1]).decode(data)
+    assert decoded.shape == frames.shape
+    np.testing.assert_array_equal(decoded, twin.decode(data)[0])
+    assert not np.array_equal(decoded, codec.decode(own)[0])
+    for bad, match in ((3, "multiple of vit-tiny's stride 8"), (-8, "stride 8"), (True, "stride 8"),
+                       (32, r"more than 0.4 of vit-tiny's 64-pixel tiles \(at most 24\)")):
+        with pytest.raises(CodecError, match=match):
+            codec.encode(frames, 25, overlap=bad)
+    untiled = vitok.create_model("vit-tiny", tile_size=None)
+    untiled.load_state_dict(tinygrid[0].state_dict())
+    whole = VitokCodec(untiled.freeze(), tinygrid[1])
+    with pytest.raises(CodecError, match="codes whole frames"):
+        whole.with_overlap(0)
 
 
 def _edit_payload(data: bytes, chunk: int, new_payload: bytes) -> bytes:

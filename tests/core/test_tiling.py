@@ -107,6 +107,31 @@ def test_untiled_call_matches_untiled_model(clip):
         vitok.create_model("vit1d-tiny").freeze().encode(video, tiled=False)
 
 
+def test_an_overlap_per_call_matches_a_model_configured_with_it(clip):
+    """`encode(..., tile_overlap=f)` cuts tiles as a model whose config says f, without touching the config; the
+    Latents carry it to `decode` and `make_latents` rebuilds them; a bad overlap is refused before any work."""
+    torch.manual_seed(0)
+    tok = vitok.create_model("cnn-tiny", tile_size=128, tile_overlap=0.25).freeze()
+    other = vitok.create_model("cnn-tiny", tile_size=128, tile_overlap=0.0625).freeze()
+    other.load_state_dict(tok.state_dict())
+    video = clip(5, 64, 352)
+    lat = tok.encode(video, tile_overlap=0.0625)
+    ref = other.encode(video)
+    assert lat.tile_overlap == 0.0625 and tok.config.tile_overlap == 0.25 and ref.tile_overlap is None
+    assert lat.z.shape == ref.z.shape and lat.z.shape[1] < tok.encode(video).z.shape[1]   # fewer tokens
+    torch.testing.assert_close(lat.z, ref.z)
+    torch.testing.assert_close(tok.decode(lat), other.decode(ref))
+    again = tok.make_latents(lat.z, 5, 64, 352, tile_overlap=0.0625)
+    torch.testing.assert_close(tok.decode(again), other.decode(ref))
+    assert tok.latent_shape(5, 64, 352, tile_overlap=0.0625) == tuple(lat.z.shape[1:])
+    assert tok.encode(video, tile_overlap=0.25).tile_overlap is None   # the config's own: nothing to remember
+    with pytest.raises(vitok.VitokError, match="do not fit"):   # tokens cut with one overlap, planned with another
+        tok.make_latents(lat.z, 5, 64, 352)
+    for bad in (0.5, -0.1, float("nan"), "0.1", True):
+        with pytest.raises(vitok.VitokError, match=r"tile_overlap must be a number in \[0, 0.4\]"):
+            tok.encode(video, tile_overlap=bad)
+
+
 @pytest.mark.parametrize("T,H,W,frames,ph,pw", [(4, 16, 16, 20, 0, 0), (3, 5, 16, 4, 3, 9), (1, 2, 3, 4, 9, 30),
                                                 (4, 16, 3, 8, 15, 2), (2, 1, 1, 4, 7, 7)])
 def test_a_tile_padded_on_its_own_equals_its_part_of_the_padded_chunk(T, H, W, frames, ph, pw):

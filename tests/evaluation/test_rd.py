@@ -356,3 +356,16 @@ def test_an_edit_that_keeps_size_and_mtime_changes_the_key(tmp_path, carphone9):
     assert after.signature != before.signature
     assert rd_mod.record_key(after, "h264", {"crf": 30}, ("psnr",), None) != \
         rd_mod.record_key(before, "h264", {"crf": 30}, ("psnr",), None)
+
+
+def test_tokens_are_counted_with_the_tiles_an_op_cuts(carphone9, tiny_model):
+    """An op's ``overlap`` cuts 176x144 frames into fewer tiles of the tiny 1D model (3x3, not 3x4): the records
+    count the tokens of the tiles coded."""
+    from vitok.codecs.neural import VitokCodec
+
+    codec = VitokCodec(tiny_model)
+    frames, fps = np.ascontiguousarray(carphone9[0][:8]), carphone9[1]
+    _, own = rd_mod._encode(codec, frames, fps, {"tokens": 2})
+    _, less = rd_mod._encode(codec, frames, fps, {"tokens": 2, "overlap": 0})
+    assert own["tokens"] == 2 * codec.tok.plan(8, 144, 176).units == 2 * 12
+    assert less["tokens"] == 2 * codec.tok.plan(8, 144, 176, tile_overlap=0.0).units == 2 * 9
