@@ -27,11 +27,12 @@ def _is_sample_file(source: str) -> bool:
               help="At most this many frames of each --clip video (the default segments are one chunk each).")
 @click.option("--context-radius", type=click.IntRange(0, 64), default=None,
               help="Code each value with the table of the value one step back (grid models: one latent frame; 1D "
-                   "models: one token), clipped to this radius [default: 5 for grid models, 0 for 1D models]; 0: "
-                   "factorized tables, which decode in one call.")
+                   "models: one token), clipped to this radius [default: the radius of the tables replaced; without "
+                   "them 5 for grid models, 0 for 1D models]; 0: factorized tables, which decode in one call.")
 @click.option("--spatial-radius", type=click.IntRange(0, 16), default=None,
               help="Grid models: the table also depends on the mean of the value's left and upper neighbours in its "
-                   "latent frame, clipped to this radius [default: 6 with a context radius, else 0]; 0: none.")
+                   "latent frame, clipped to this radius [default: the radius of the tables replaced unless "
+                   "--context-radius is given; else 6 with a context radius, 0 without]; 0: none.")
 @click.option("--iters", type=click.IntRange(min=1), default=None,
               help="Optimisation steps of the factorized tables' entropy bottleneck (--context-radius 0) "
                    "[default: 300].")

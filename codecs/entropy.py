@@ -929,7 +929,9 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
     ``clips``: uint8 ``(T,H,W,3)`` videos, cut into chunks of the model's ``clip_frames`` as the codec cuts them
     (default: the sample clips' training segments at their own size; never the eval ones). Tables replaced for the
     same weights stay beside the model as ``entropy-<id>.safetensors``, so the streams coded with them still decode;
-    the rate-distortion rounding they coded with carries over (its weights measured again)."""
+    the rate-distortion rounding they coded with carries over (its weights measured again), and so do their context
+    radii where none is given (the spatial one also when only it is given; a given ``context_radius`` alone takes the
+    default spatial radius for it)."""
     import vitok
 
     tok = vitok.load(model_dir)
@@ -940,6 +942,9 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
     except CodecError:   # unreadable tables: nothing a stream could have been coded with
         before = None
     rd_lambda = 0.0 if before is None else before.rd_lambda   # the model's encoder setting carries over
+    if before is not None and context_radius is None:   # and the tables' shape, as chosen last time
+        context_radius = before.context_radius
+        spatial_radius = before.spatial_radius if spatial_radius is None else spatial_radius
     tables = calibrate_entropy(tok, chunks, steps=steps, iters=iters, context_radius=context_radius,
                                rd_lambda=rd_lambda, spatial_radius=spatial_radius)
     if before is not None and before.table_id != tables.table_id:

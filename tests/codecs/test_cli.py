@@ -334,7 +334,8 @@ def test_default_bundled_model_round_trip(capsys, monkeypatch, tiny1d, video, tm
 
 def test_calibrate_grid_contexts(capsys, video, tinygrid, tmp_path):
     """Grid models default to spatio-temporal context tables (radii 5 and 6); `--spatial-radius 0` gives temporal
-    tables, other radii code and decode alike, and a spatial radius without a temporal one is refused."""
+    tables, other radii code and decode alike, and a spatial radius without a temporal one is refused; radii not
+    given carry over from the tables replaced."""
     import shutil
 
     from vitok.codecs.entropy import EntropyTables
@@ -355,6 +356,12 @@ def test_calibrate_grid_contexts(capsys, video, tinygrid, tmp_path):
                  "-y")
     assert "spatial contexts need a temporal context radius" in err
     assert EntropyTables.load(d / "entropy.safetensors").table_id == small["table_id"]   # left as it was
+    again = _run("calibrate", str(d), "--clip", str(video), "-y")   # radii not given: those of the tables replaced
+    assert (again["context_radius"], again["spatial_radius"], again["table_id"]) == (1, 1, small["table_id"])
+    flat = _run("calibrate", str(d), "--clip", str(video), "--spatial-radius", "0", "-y")
+    assert (flat["context_radius"], flat["spatial_radius"]) == (1, 0)
+    wide = _run("calibrate", str(d), "--clip", str(video), "--context-radius", "2", "-y")   # its default spatial one
+    assert (wide["context_radius"], wide["spatial_radius"]) == (2, 6)
 
 def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path):
     """A model folder without tables (as `vitok train` exports it) cannot encode; `vitok calibrate` fits its
