@@ -21,7 +21,7 @@ from vitok.codecs.neural import VitokCodec
 from vitok.data.samples import load_sample
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "codecs" / "golden"
-STREAMS = {   # name: (model, knobs); 9 frames of carphone's eval split, 48x64 (tiles) or 144x176 (1D: 2x2 tiles)
+STREAMS = {   # name: (model, knobs); 9 frames of carphone's eval split, 48x64 or 144x176 (1D: 2x2 tiles), or bikes (grid-tiles)
     "grid": ("vitok-grid", {}),   # coded with vitok-grid's tables 0cdf99320dcf2dd7, kept beside the model
     "cnn": ("vitok-cnn", {"step": 1.0}),   # vitok-cnn's 1f48a3aeb64b4667, likewise
     "grid-rd": ("vitok-grid", {}),   # 42847cd3f4877c7e, fitted to rate-distortion rounding
@@ -32,11 +32,14 @@ STREAMS = {   # name: (model, knobs); 9 frames of carphone's eval split, 48x64 (
     "cnn-sp": ("vitok-cnn", {"step": 1.0}),   # 1a4bd8d49c6d724d
     "1d": ("vitok-1d", {"tokens": 8}),
     "1d-tiles": ("vitok-1d", {"psnr": 20.0}),
+    "grid-tiles": ("vitok-grid", {"overlap": 32}),   # 48x272 of bikes: two tiles overlapping as until 8af0cdb
 }
 
 
 def golden_frames(name: str) -> np.ndarray:
     """The frames stream ``name`` codes (the test cuts the same from the sample clip)."""
+    if name == "grid-tiles":
+        return np.ascontiguousarray(load_sample("bikes", "eval")[:9, 112:160, 184:456])
     frames = load_sample("carphone", "eval")[:9]
     return np.ascontiguousarray(frames if name == "1d-tiles" else frames[:, 40:88, 56:120])
 
