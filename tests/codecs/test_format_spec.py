@@ -70,6 +70,28 @@ def test_chunk_geometry_follows_the_spec(name):
             assert _spec_units(cfg, n, height, width, k or 0) == (unit, [grid] * g.units), (n, height, width)
 
 
+@pytest.mark.parametrize("overlap", [0, 32])
+def test_a_tiling_record_gives_the_chunk_geometry(overlap):
+    """FORMAT.md: a decoder cuts frames as the stream's `tiling` record says when its tile and fit are the model's:
+    vitok-grid streams of 48x272 frames coded with tiles overlapping by 0 and 32 px (the model's own: 8 px) have the
+    geometry the record gives, which is not the config's."""
+    from vitok.data.samples import load_sample
+
+    frames = np.ascontiguousarray(load_sample("bikes", "eval")[:9, 112:160, 184:456])
+    codec = VitokCodec("vitok-grid")
+    data = codec.encode(frames, 25, overlap=overlap)
+    spec, payloads = _spec_file(data)
+    cfg = json.loads((PRETRAINED_DIR / "vitok-grid" / "config.json").read_text())
+    record = spec["meta"]["tiling"]
+    assert (record["tile"], record["fit"]) == (cfg["tile_size"], True) and record["overlap"] != cfg["tile_overlap"]
+    units, grids = _spec_units({**cfg, "tile_overlap": record["overlap"]}, 9, 48, 272, 0)
+    assert units != _spec_units(cfg, 9, 48, 272, 0)[0]
+    coder = codec.for_stream(read_vtok(data)[0])
+    g = coder.tok.plan(9, 48, 272, tile_overlap=coder.tiling["overlap"])
+    assert units == (*g.unit_size, g.rows.count, g.cols.count)
+    assert sum(math.prod(grid) for grid in grids) == codec.tokens_per_chunk(data)[0]
+
+
 @pytest.mark.parametrize("name", BUNDLED)
 def test_table_id_follows_the_spec(name):
     """The id: sha256 of the JSON head (default separators) then each tensor's name and bytes, in the spec's order."""
