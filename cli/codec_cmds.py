@@ -190,9 +190,11 @@ def _aspect_text(sar: str) -> str:
 def _tiles_text(meta: dict) -> str:
     """', tiles of at most 256 px overlapping by 8 px' when the header records a tiling, else nothing."""
     t = meta.get("tiling")
-    if not isinstance(t, dict) or not isinstance(t.get("tile"), int) or not isinstance(t.get("overlap"), float):
+    if not isinstance(t, dict) or type(t.get("tile")) is not int or type(t.get("overlap")) not in (int, float):
         return ""   # no record (one tile), or one the decoder will name as bad
-    return f", tiles of at most {t['tile']} px overlapping by {t['tile'] * t['overlap']:g} px"
+    pixels = t["tile"] * t["overlap"]   # the model's stride rounds it; bundled models' overlaps are whole pixels
+    shown = f"{pixels:g} px" if pixels == int(pixels) else f"{t['overlap']:g} of a tile"
+    return f", tiles of at most {t['tile']} px overlapping by {shown}"
 
 
 def _head(path: Path) -> bytes:

@@ -172,19 +172,22 @@ class VitokCodec(Codec):
         return {k: v for k, v in self.__dict__.items() if k != "_loading"}   # a lock does not pickle
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"_earlier": {}, "_in_folder": False, **state}, _loading=threading.RLock())
+        self.__dict__.update({"_earlier": {}, "_in_folder": False, "_tile_overlap": None, **state},
+                             _loading=threading.RLock())
 
     def for_stream(self, header: VtokHeader) -> "VitokCodec":
         """This codec, or one decoding with the earlier tables a stream names when they are kept beside the model
         (``entropy-<id>.safetensors``: `vitok calibrate` keeps the tables it replaces for the same weights), and
-        with the tile overlap its header records when only that differs from the model's tiling."""
+        cutting tiles as its header's tiling record says when only the overlap differs from the model's tiling (else
+        as the model does, whatever overlap this codec encodes with)."""
         coder = self._with_tables(header.meta.get("tables"))
-        theirs, ours = header.meta.get("tiling"), coder.tiling
-        if isinstance(theirs, dict) and set(theirs) == set(ours) and theirs != ours \
-                and all(theirs[k] == ours[k] and type(theirs[k]) is type(ours[k]) for k in ("tile", "fit")) \
-                and type(theirs["overlap"]) is float and 0 <= theirs["overlap"] <= MAX_TILE_OVERLAP:
-            coder = coder._overlapping(theirs["overlap"])
-        return coder
+        theirs, model = header.meta.get("tiling"), coder.tok.tiling
+        overlap = model["overlap"]
+        if isinstance(theirs, dict) and set(theirs) == set(model) and model["tile"] is not None \
+                and all(theirs[k] == model[k] and type(theirs[k]) is type(model[k]) for k in ("tile", "fit")) \
+                and type(theirs["overlap"]) in (int, float) and 0 <= theirs["overlap"] <= MAX_TILE_OVERLAP:
+            overlap = float(theirs["overlap"])
+        return coder._overlapping(overlap)
 
     def _with_tables(self, wanted: Any) -> "VitokCodec":
         """This codec, or its twin with the kept tables ``wanted`` names (``for_stream``)."""
@@ -195,8 +198,9 @@ class VitokCodec(Codec):
                 kept = load_kept_tables(model_dir(self.model_ref), wanted)
                 twin = None   # tables left from other weights: the weights check names the real mismatch
                 if kept is not None and kept.meta.get("weights_hash") in (None, self.tok.weights_hash):
-                    twin = copy.copy(self)
+                    twin = copy.copy(self)   # with the model's tiling: for_stream sets the stream's
                     twin._tables, twin._earlier = self._fitting(kept), {}
+                    twin._tile_overlap, twin.name = None, f"vitok:{self.model_ref}"
                 self._earlier[wanted] = twin
         return self._earlier[wanted] or self
 
@@ -221,6 +225,10 @@ class VitokCodec(Codec):
             return self
         twin = copy.copy(self)
         twin._tile_overlap = None if fraction == self.tok.config.tile_overlap else float(fraction)
+        twin.name = f"vitok:{self.model_ref}"
+        if twin._tile_overlap is not None:   # rd tables and caches tell it from the model's own tiling
+            stride = self.tok.spatial_stride
+            twin.name += f" (overlap {round(self.tok.config.tile_size * fraction / stride) * stride} px)"
         return twin
 
     @property
@@ -253,8 +261,9 @@ class VitokCodec(Codec):
         the ``.vtok`` version: a model retrained or reconfigured in place codes differently, and another format
         frames it in other bytes."""
         rounding = self.tables.encoder_setting
+        overlap = "" if self._tile_overlap is None else f"-overlap{self._tile_overlap:g}"
         return (f"{self.tok.weights_hash[:16]}-{self.tok.config.digest()[:12]}-{self.tables.table_id}"
-                f"{'-' + rounding if rounding else ''}-v{VERSION}")
+                f"{'-' + rounding if rounding else ''}{overlap}-v{VERSION}")
 
     def load(self) -> "VitokCodec":
         """Load the model and its tables now (errors surface before any video is read)."""

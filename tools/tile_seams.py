@@ -69,7 +69,10 @@ def main() -> None:
         codec = VitokCodec(args.model).load()
         path = sample_path(args.clip) if args.clip in SAMPLE_CLIPS else Path(args.clip)
         frames = read_video(path, num_frames=args.frames)[0]
-        overlaps = args.overlap or [int(codec.tiling["overlap"] * codec.tok.config.tile_size)]
+        if codec.tok.config.tile_size is None:
+            raise VitokError(f"{args.model} codes whole frames: it has no tiles to overlap")
+        stride = codec.tok.spatial_stride   # the model's own overlap, as plan_axis rounds it
+        overlaps = args.overlap or [round(codec.tiling["overlap"] * codec.tok.config.tile_size / stride) * stride]
         rows = measure(codec, frames, overlaps, args.step)
     except VitokError as e:
         raise SystemExit(f"error: {e}") from None

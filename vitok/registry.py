@@ -25,9 +25,9 @@ ARCHITECTURES: dict[str, TokenizerConfig] = {
                           dec_channels=[8, 16, 32]),
     "vit-s-cpu": ViTConfig(latent_channels=16, clip_frames=20, tile_size=256, tile_overlap=0.03125, patch_t=4,
                            patch=8, enc_width=256, enc_depth=2, enc_heads=4, dec_width=256, dec_depth=4, dec_heads=4),
-    "vit1d-s-cpu": ViT1DConfig(latent_channels=16, clip_frames=20, tile_size=128, patch_t=4, patch=8,
-                               enc_width=256, enc_depth=3, enc_heads=4, dec_width=256, dec_depth=4, dec_heads=4,
-                               num_latents=128, min_tokens=1),
+    "vit1d-s-cpu": ViT1DConfig(latent_channels=16, clip_frames=20, tile_size=128, tile_overlap=0.125, patch_t=4,
+                               patch=8, enc_width=256, enc_depth=3, enc_heads=4, dec_width=256, dec_depth=4,
+                               dec_heads=4, num_latents=128, min_tokens=1),
     "cnn-s-cpu": CNNConfig(latent_channels=16, clip_frames=17, tile_size=256, tile_overlap=0.03125,
                            enc_channels=[32, 64, 128], dec_channels=[32, 96, 160]),
 }

@@ -192,6 +192,11 @@ def test_encode_with_another_tile_overlap(capsys, video, tinygrid, tmp_path):
     assert _run("info", str(b))["meta"]["tiling"] == {"fit": True, "overlap": 0.0, "tile": 64}
     assert "tiles of at most 64 px overlapping by 0 px" in CliRunner().invoke(cli, ["info", str(b)]).stdout
     assert "overlapping by 16 px" in CliRunner().invoke(cli, ["info", str(a)]).stdout
+    from vitok.cli.codec_cmds import _tiles_text
+
+    assert _tiles_text({"tiling": {"tile": 200, "overlap": 0.03125, "fit": True}}) == \
+        ", tiles of at most 200 px overlapping by 0.03125 of a tile"   # 6.25 px, which the stride rounds
+    assert _tiles_text({"tiling": {"tile": True, "overlap": 0.0, "fit": True}}) == _tiles_text({}) == ""
     out = tmp_path / "b.npy"
     with pytest.warns(UserWarning, match="cannot keep the pixel aspect"):   # 64x48 stretched to 88x48
         _run("decode", str(b), "-o", str(out), "--model", model, "-q")

@@ -70,9 +70,9 @@ def test_kept_tables_of_other_weights_are_not_used_and_old_pickles_decode(tmp_pa
     with pytest.raises(BitstreamError, match="entropy table mismatch"):
         VitokCodec(folder).decode(data)
     old = VitokCodec("vitok-grid")
-    state = {k: v for k, v in old.__getstate__().items() if k not in ("_earlier", "_in_folder")}
-    again = pickle.loads(pickle.dumps(old))
-    again.__setstate__(state)   # as a codec pickled by the vitok before
+    state = {k: v for k, v in old.__getstate__().items() if k not in ("_earlier", "_in_folder", "_tile_overlap")}
+    again = VitokCodec.__new__(VitokCodec)   # as pickle rebuilds one
+    again.__setstate__(pickle.loads(pickle.dumps(state)))   # a codec pickled by the vitok before
     today = next(data for data in ((GOLDEN / f"{n}.vtok").read_bytes() for n in EXPECTED)
                  if _header(data).meta["tables"] == old.tables.table_id)   # a stream of the tables it codes with
     assert again.decode(today)[0].shape == (9, 48, 64, 3)

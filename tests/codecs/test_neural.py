@@ -283,6 +283,9 @@ def test_an_encoder_overlap_is_recorded_and_followed(tinygrid):
     assert decoded.shape == frames.shape
     np.testing.assert_array_equal(decoded, twin.decode(data)[0])
     assert not np.array_equal(decoded, codec.decode(own)[0])
+    as_int = _with_meta(data, tiling={"fit": True, "overlap": 0, "tile": 64})   # a JSON number, not a float
+    np.testing.assert_array_equal(codec.decode(as_int)[0], decoded)
+    assert twin.identity != codec.identity and twin.name == "vitok:vit-tiny (overlap 0 px)" != codec.name
     for bad, match in ((3, "multiple of vit-tiny's stride 8"), (-8, "stride 8"), (True, "stride 8"),
                        (32, r"more than 0.4 of vit-tiny's 64-pixel tiles \(at most 24\)")):
         with pytest.raises(CodecError, match=match):
@@ -292,6 +295,28 @@ def test_an_encoder_overlap_is_recorded_and_followed(tinygrid):
     whole = VitokCodec(untiled.freeze(), tinygrid[1])
     with pytest.raises(CodecError, match="codes whole frames"):
         whole.with_overlap(0)
+
+
+def test_a_codec_decodes_with_the_streams_tiling_whatever_overlap_it_encodes_with(tiny1d, tmp_path):
+    """A twin set to another overlap decodes a stream without a tiling record (as earlier versions wrote fixed
+    tiles) with the model's tiles, and the twins it makes for kept tables do not carry its overlap to the codec it
+    came from."""
+    import shutil
+
+    from vitok.codecs.entropy import calibrate_model_dir
+    from vitok.data.io import read_video
+    from vitok.data.samples import sample_path
+
+    frames = read_video(sample_path("carphone"), num_frames=8)[0]   # 144x176: 3x4 tiles of 64 px, 3x3 without overlap
+    d = tmp_path / "m"
+    shutil.copytree(tiny1d[2], d)
+    old = _with_meta(VitokCodec(d).encode(frames, 25, tokens=2), tiling=None)
+    calibrate_model_dir(d, [frames], steps=(0.5, 2.0))   # the tables `old` names are kept beside the new ones
+    codec = VitokCodec(d)
+    twin = codec.with_overlap(0)
+    assert twin.decode(old)[0].shape == frames.shape and twin.tokens_per_chunk(old) == [2 * 12]
+    assert codec.decode(old)[0].shape == frames.shape and codec.tokens_per_chunk(old) == [2 * 12]
+    np.testing.assert_array_equal(twin.decode(old)[0], codec.decode(old)[0])
 
 
 def _edit_payload(data: bytes, chunk: int, new_payload: bytes) -> bytes:
