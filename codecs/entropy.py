@@ -930,8 +930,8 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
     (default: the sample clips' training segments at their own size; never the eval ones). Tables replaced for the
     same weights stay beside the model as ``entropy-<id>.safetensors``, so the streams coded with them still decode;
     the rate-distortion rounding they coded with carries over (its weights measured again), and so do their context
-    radii where none is given (the spatial one also when only it is given; a given ``context_radius`` alone takes the
-    default spatial radius for it)."""
+    radii: both when neither is given, the temporal one when only ``spatial_radius`` is (a given ``context_radius``
+    takes the default spatial radius for it)."""
     import vitok
 
     tok = vitok.load(model_dir)

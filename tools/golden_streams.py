@@ -21,7 +21,8 @@ from vitok.codecs.neural import VitokCodec
 from vitok.data.samples import load_sample
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "codecs" / "golden"
-STREAMS = {   # name: (model, knobs); 9 frames of carphone's eval split, 48x64 or 144x176 (1D: 2x2 tiles), or bikes (grid-tiles)
+STREAMS = {   # name: (model, knobs); 9 frames of carphone's eval split, 48x64 or 144x176 (1D: 2x2 tiles),
+    # or of bikes' (grid-tiles)
     "grid": ("vitok-grid", {}),   # coded with vitok-grid's tables 0cdf99320dcf2dd7, kept beside the model
     "cnn": ("vitok-cnn", {"step": 1.0}),   # vitok-cnn's 1f48a3aeb64b4667, likewise
     "grid-rd": ("vitok-grid", {}),   # 42847cd3f4877c7e, fitted to rate-distortion rounding
