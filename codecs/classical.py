@@ -10,6 +10,8 @@ carry no picture data and are left out so bytes compare fairly: x265 runs with `
 caps the coders: the codec context's thread count (x264's and x265's frame threads, libvpx's threads, the decoders'),
 the RGB<->YUV conversions, x265's thread pool (``pools``) and SVT-AV1's level of parallelism (``lp``, what it picks
 on an N-core machine; SVT-AV1 still starts ~17 threads at its lowest level); 0 leaves every choice to the coders.
+``tune`` (h264, h265) passes x264's or x265's tuning, e.g. ``psnr``, which turns off the psychovisual choices that
+trade PSNR for a sharper look (the default, as the encoders ship, keeps them).
 """
 from __future__ import annotations
 
@@ -40,21 +42,25 @@ class _Spec:
     preset: str
     presets: tuple[str, ...]
     points: tuple[int, ...]  # CRF values an RD sweep walks, high rate first
+    tunes: tuple[str, ...] = ()   # the encoder's --tune values (none: no tune knob)
 
 
 SPECS = (
-    _Spec("h264", "libx264", 23, 51, "medium", X26X_PRESETS, (18, 22, 26, 30, 34, 38, 42, 46, 51)),
-    _Spec("h265", "libx265", 28, 51, "medium", X26X_PRESETS, (20, 24, 28, 32, 36, 40, 44, 48, 51)),
+    _Spec("h264", "libx264", 23, 51, "medium", X26X_PRESETS, (18, 22, 26, 30, 34, 38, 42, 46, 51),
+          ("film", "animation", "grain", "stillimage", "psnr", "ssim", "fastdecode", "zerolatency")),
+    _Spec("h265", "libx265", 28, 51, "medium", X26X_PRESETS, (20, 24, 28, 32, 36, 40, 44, 48, 51),
+          ("psnr", "ssim", "grain", "fastdecode", "zerolatency", "animation")),
     _Spec("av1", "libsvtav1", 35, 63, "8", tuple(str(i) for i in range(14)), (22, 28, 34, 40, 46, 52, 58, 63)),
     _Spec("vp9", "libvpx-vp9", 31, 63, "4", tuple(str(i) for i in range(9)), (20, 27, 34, 41, 48, 55, 62)),
 )
 
 
 class ClassicalCodec(Codec):
-    """One PyAV encoder with knobs ``crf``, ``preset``, ``gop`` (keyframe interval), ``bframes``, ``threads``."""
+    """One PyAV encoder with knobs ``crf``, ``preset``, ``gop`` (keyframe interval), ``bframes``, ``threads`` and
+    (h264, h265) ``tune``."""
 
     suffix = ".mp4"
-    knobs = ("crf", "preset", "gop", "bframes", "threads")
+    knobs = ("crf", "preset", "gop", "bframes", "threads", "tune")
 
     def __init__(self, spec: _Spec) -> None:
         self.spec = spec
@@ -70,7 +76,7 @@ class ClassicalCodec(Codec):
         return [{"crf": c} for c in self.spec.points]
 
     def encode(self, frames: np.ndarray, fps: Fraction, *, crf: int | None = None, preset: str | int | None = None,
-               gop: int = 64, bframes: int | None = None, threads: int = 0) -> bytes:
+               gop: int = 64, bframes: int | None = None, threads: int = 0, tune: str | None = None) -> bytes:
         frames, fps = check_frames(frames, fps)
         crf = self.spec.crf if crf is None else crf
         preset = self.spec.preset if preset is None else str(preset)
@@ -78,6 +84,9 @@ class ClassicalCodec(Codec):
             raise CodecError(f"{self.name}: crf must be an integer in 0..{self.spec.crf_max}, got {crf!r}")
         if preset not in self.spec.presets:
             raise CodecError(f"{self.name}: unknown preset {preset!r}; one of {', '.join(self.spec.presets)}")
+        if tune is not None and tune not in self.spec.tunes:
+            raise CodecError(f"{self.name}: unknown tune {tune!r}; "
+                             + (f"one of {', '.join(self.spec.tunes)}" if self.spec.tunes else "it takes none"))
         if gop < 1 or (bframes is not None and bframes < 0):
             raise CodecError(f"{self.name}: gop must be >= 1 and bframes >= 0, got gop={gop} bframes={bframes}")
         t, h, w, _ = frames.shape
@@ -91,6 +100,8 @@ class ClassicalCodec(Codec):
             with av.open(buf, "w", format="mp4") as out:
                 out.metadata["comment"] = f"vitok size={w}x{h} fps={fps.numerator}/{fps.denominator}"
                 options = self._options(int(crf), preset, gop, bframes, threads)
+                if tune is not None:
+                    options["tune"] = tune
                 stream = out.add_stream(self.spec.encoder, rate=fps, options=options)
                 stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
                 tag_color(stream)
