@@ -187,6 +187,17 @@ def _aspect_text(sar: str) -> str:
     return "" if sar == "1" else f" (pixel aspect {sar.replace('/', ':')})"
 
 
+SHOWN_CHUNKS = 10   # `vitok info` lists this many chunks at each end of a longer file
+
+
+def _chunk_rows(chunks: list[dict]) -> list[dict | None]:
+    """The chunks `vitok info` lists: all of a short file, else the first and last ``SHOWN_CHUNKS`` around a gap
+    (None)."""
+    if len(chunks) <= 2 * SHOWN_CHUNKS + 1:
+        return chunks
+    return [*chunks[:SHOWN_CHUNKS], None, *chunks[-SHOWN_CHUNKS:]]
+
+
 def _tiles_text(meta: dict) -> str:
     """', tiles of at most 256 px overlapping by 8 px' when the header records a tiling, else nothing."""
     t = meta.get("tiling")
@@ -225,8 +236,10 @@ def info(file, as_json) -> None:
                  f"  {d['bpp']:.4f} bpp, {d['kbps']:.1f} kbps, header {d['header_bytes']} bytes, payload "
                  f"{d['payload_bytes']} bytes",
                  "  chunk  frames  bytes  tokens  step"]
+        shown = _chunk_rows(d["chunk_list"])
         lines += [f"  {c['index']:>5}  {c['frames']:>6}  {c['bytes']:>5}  {_tokens_text(c['tokens']):>6}  {c['step']:g}"
-                  for c in d["chunk_list"]]
+                  if c else f"  ... {len(d['chunk_list']) - len(shown) + 1} more chunks (--json lists every chunk)"
+                  for c in shown]
         emit(d, as_json, "\n".join(lines))
         return
     from vitok.data.io import probe_video

@@ -181,6 +181,26 @@ def test_info_vtok_and_video(encoded, video):
     assert (v["width"], v["height"], v["codec"]) == (64, 48, "ffv1")
 
 
+def test_info_lists_the_ends_of_a_long_file(encoded, tmp_path):
+    """A file of 25 chunks: `vitok info` lists the first and last ten and says how many lie between; --json lists
+    them all."""
+    from vitok.codecs.container import VtokReader, VtokWriter
+
+    with VtokReader(encoded) as r:
+        header, (info, payload) = r.header, next(iter(r.chunks()))
+    long = tmp_path / "long.vtok"
+    with long.open("wb") as f:
+        writer = VtokWriter(f, header)
+        for _ in range(25):
+            writer.write_chunk(payload, info.frames)
+        writer.close()
+    assert len(_run("info", str(long))["chunk_list"]) == 25
+    rows = CliRunner().invoke(cli, ["info", str(long)]).stdout.splitlines()
+    table = rows[rows.index("  chunk  frames  bytes  tokens  step") + 1:]
+    assert [r.split()[0] for r in table] == [*map(str, range(10)), "...", *map(str, range(15, 25))]
+    assert table[10] == "  ... 5 more chunks (--json lists every chunk)"
+
+
 def test_encode_with_another_tile_overlap(capsys, video, tinygrid, tmp_path):
     """--overlap cuts 88x48 frames into tiles that do not overlap: fewer tokens and bytes, `vitok info` shows the
     tiling, `vitok decode` follows it; an overlap off the stride is one line and no file."""
