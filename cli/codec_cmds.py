@@ -200,8 +200,11 @@ def _chunk_rows(chunks: list[dict]) -> list[dict | None]:
 
 def _tiles_text(meta: dict) -> str:
     """', tiles of at most 256 px overlapping by 8 px' when the header records a tiling, else nothing."""
+    from vitok.config import MAX_TILE_OVERLAP
+
     t = meta.get("tiling")
-    if not isinstance(t, dict) or type(t.get("tile")) is not int or type(t.get("overlap")) not in (int, float):
+    if not isinstance(t, dict) or type(t.get("tile")) is not int or type(t.get("overlap")) not in (int, float) \
+            or not 0 <= t["overlap"] <= MAX_TILE_OVERLAP:   # NaN fails too
         return ""   # no record (one tile), or one the decoder will name as bad
     pixels = t["tile"] * t["overlap"]   # the model's stride rounds it; bundled models' overlaps are whole pixels
     shown = f"{pixels:g} px" if pixels == int(pixels) else f"{t['overlap']:g} of a tile"

@@ -42,14 +42,15 @@ class _Spec:
     preset: str
     presets: tuple[str, ...]
     points: tuple[int, ...]  # CRF values an RD sweep walks, high rate first
-    tunes: tuple[str, ...] = ()   # the encoder's --tune values (none: no tune knob)
+    tunes: tuple[str, ...] = ()   # the encoder's --tune values (none: no tune knob); not zerolatency, whose sliced
+    # threads the codec's frame threading would override
 
 
 SPECS = (
     _Spec("h264", "libx264", 23, 51, "medium", X26X_PRESETS, (18, 22, 26, 30, 34, 38, 42, 46, 51),
-          ("film", "animation", "grain", "stillimage", "psnr", "ssim", "fastdecode", "zerolatency")),
+          ("film", "animation", "grain", "stillimage", "psnr", "ssim", "fastdecode")),
     _Spec("h265", "libx265", 28, 51, "medium", X26X_PRESETS, (20, 24, 28, 32, 36, 40, 44, 48, 51),
-          ("psnr", "ssim", "grain", "fastdecode", "zerolatency", "animation")),
+          ("psnr", "ssim", "grain", "fastdecode", "animation")),
     _Spec("av1", "libsvtav1", 35, 63, "8", tuple(str(i) for i in range(14)), (22, 28, 34, 40, 46, 52, 58, 63)),
     _Spec("vp9", "libvpx-vp9", 31, 63, "4", tuple(str(i) for i in range(9)), (20, 27, 34, 41, 48, 55, 62)),
 )
@@ -60,11 +61,11 @@ class ClassicalCodec(Codec):
     (h264, h265) ``tune``."""
 
     suffix = ".mp4"
-    knobs = ("crf", "preset", "gop", "bframes", "threads", "tune")
 
     def __init__(self, spec: _Spec) -> None:
         self.spec = spec
         self.name = spec.name
+        self.knobs = ("crf", "preset", "gop", "bframes", "threads") + (("tune",) if spec.tunes else ())
 
     @property
     def identity(self) -> str:

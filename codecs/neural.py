@@ -708,7 +708,7 @@ class VitokCodec(Codec):
         stride = self.tok.spatial_stride
         if not (isinstance(theirs, dict) and set(theirs) == set(ours) and isinstance(theirs["fit"], bool)
                 and (theirs["tile"] is None or type(theirs["tile"]) is int and theirs["tile"] >= 2 * stride)
-                and isinstance(theirs["overlap"], (int, float)) and 0 <= theirs["overlap"] <= MAX_TILE_OVERLAP):
+                and type(theirs["overlap"]) in (int, float) and 0 <= theirs["overlap"] <= MAX_TILE_OVERLAP):
             raise BitstreamError(f"bad tiling record in the header: {theirs!r}")
 
         def axes(t: dict[str, Any]) -> list[Any]:

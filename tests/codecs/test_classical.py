@@ -253,6 +253,7 @@ def test_tune_reaches_the_encoder(name, carphone_clip):
         codec.encode(carphone_clip, 30, tune="sharp")
     with pytest.raises(CodecError, match="vp9: unknown tune 'psnr'; it takes none"):
         get_codec("vp9").encode(carphone_clip, 30, tune="psnr")
+    assert "tune" in codec.knobs and "tune" not in get_codec("vp9").knobs   # what `--op` may set
 
 
 @pytest.mark.parametrize("bad", [np.zeros((2, 16, 16, 3), np.float32), np.zeros((2, 16, 16), np.uint8), [1, 2]])

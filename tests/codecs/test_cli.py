@@ -217,6 +217,8 @@ def test_encode_with_another_tile_overlap(capsys, video, tinygrid, tmp_path):
     assert _tiles_text({"tiling": {"tile": 200, "overlap": 0.03125, "fit": True}}) == \
         ", tiles of at most 200 px overlapping by 0.03125 of a tile"   # 6.25 px, which the stride rounds
     assert _tiles_text({"tiling": {"tile": True, "overlap": 0.0, "fit": True}}) == _tiles_text({}) == ""
+    for bad in (float("inf"), float("nan"), 1e308, True):   # records the decoder refuses: nothing shown, no crash
+        assert _tiles_text({"tiling": {"tile": 64, "overlap": bad, "fit": True}}) == ""
     out = tmp_path / "b.npy"
     with pytest.warns(UserWarning, match="cannot keep the pixel aspect"):   # 64x48 stretched to 88x48
         _run("decode", str(b), "-o", str(out), "--model", model, "-q")

@@ -257,7 +257,8 @@ def test_tiling_is_recorded_and_checked(tinygrid):
         codec.decode(_with_meta(data, tiling={"fit": True, "overlap": 0.25, "tile": 48}))
     with pytest.raises(BitstreamError, match=r"into \{'fit': False, 'overlap': 0.25, 'tile': 64\}, the model cuts"):
         codec.decode(_with_meta(data, tiling={"fit": False, "overlap": 0.25, "tile": 64}))
-    for bad in ({"tile": "64", "overlap": 0.25, "fit": True}, {"tile": 64, "overlap": 0.45, "fit": True}, [64]):
+    for bad in ({"tile": "64", "overlap": 0.25, "fit": True}, {"tile": 64, "overlap": 0.45, "fit": True}, [64],
+                {"tile": 64, "overlap": False, "fit": True}):
         with pytest.raises(BitstreamError, match="bad tiling record"):
             codec.decode(_with_meta(data, tiling=bad))
     small = codec.encode(frames[:, :, :64], 25)  # one tile: every tiling cuts it alike, so no record
