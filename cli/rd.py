@@ -38,6 +38,19 @@ def _knobs(codec: str) -> tuple[str, ...] | None:
     return VitokCodec.knobs if codec.startswith("vitok:") else get_codec(codec).knobs
 
 
+def _check_values(codec: str, op: dict, spec: str) -> None:
+    """Refuse an operating point whose values the codec would refuse, before any clip is coded (codecs that can
+    check without loading a model: the classical ones)."""
+    from vitok.codecs import get_codec
+
+    check = None if codec.startswith("vitok:") else getattr(get_codec(codec), "check_knobs", None)
+    if check is not None:
+        try:
+            check(**op)
+        except VitokError as e:   # CodecError
+            raise VitokError(f"--op {spec}: {e}") from None
+
+
 def parse_ops(specs: tuple[str, ...], codecs: Sequence[str]) -> dict[str, list[dict]]:
     """``CODEC:k=v[,k=v]`` (repeatable) -> ``{codec: [knob dict, ...]}``, one operating point per spec; each CODEC
     must be one of ``codecs`` and each key one of its knobs."""
@@ -57,6 +70,7 @@ def parse_ops(specs: tuple[str, ...], codecs: Sequence[str]) -> dict[str, list[d
             if allowed is not None and k.strip() not in allowed:
                 raise VitokError(f"--op {spec}: {codec} has no knob {k.strip()!r} (knobs: {', '.join(allowed)})")
             op[k.strip()] = parse_value(v.strip())
+        _check_values(codec, op, spec)
         out.setdefault(codec, []).append(op)
     return out
 

@@ -76,9 +76,10 @@ class ClassicalCodec(Codec):
     def operating_points(self) -> list[dict[str, Any]]:
         return [{"crf": c} for c in self.spec.points]
 
-    def encode(self, frames: np.ndarray, fps: Fraction, *, crf: int | None = None, preset: str | int | None = None,
-               gop: int = 64, bframes: int | None = None, threads: int = 0, tune: str | None = None) -> bytes:
-        frames, fps = check_frames(frames, fps)
+    def check_knobs(self, crf: int | None = None, preset: str | int | None = None, gop: int = 64,
+                    bframes: int | None = None, threads: int = 0, tune: str | None = None) -> tuple[int, str]:
+        """The CRF and preset these knobs encode with, or a CodecError naming the bad one (`vitok rd` checks its
+        operating points with it before any work)."""
         crf = self.spec.crf if crf is None else crf
         preset = self.spec.preset if preset is None else str(preset)
         if not (isinstance(crf, (int, np.integer)) and 0 <= crf <= self.spec.crf_max):
@@ -88,8 +89,15 @@ class ClassicalCodec(Codec):
         if tune is not None and tune not in self.spec.tunes:
             raise CodecError(f"{self.name}: unknown tune {tune!r}; "
                              + (f"one of {', '.join(self.spec.tunes)}" if self.spec.tunes else "it takes none"))
-        if gop < 1 or (bframes is not None and bframes < 0):
+        if not isinstance(gop, int) or gop < 1 or (bframes is not None and (not isinstance(bframes, int)
+                                                                            or bframes < 0)):
             raise CodecError(f"{self.name}: gop must be >= 1 and bframes >= 0, got gop={gop} bframes={bframes}")
+        return crf, preset
+
+    def encode(self, frames: np.ndarray, fps: Fraction, *, crf: int | None = None, preset: str | int | None = None,
+               gop: int = 64, bframes: int | None = None, threads: int = 0, tune: str | None = None) -> bytes:
+        frames, fps = check_frames(frames, fps)
+        crf, preset = self.check_knobs(crf, preset, gop, bframes, threads, tune)
         t, h, w, _ = frames.shape
         problem = frame_size_problem(self.spec.encoder, w, h)
         if problem:
