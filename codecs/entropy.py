@@ -228,19 +228,19 @@ class EntropyTables:
 
     # quantization -----------------------------------------------------------------------------------------
     def quantize(self, z: torch.Tensor | np.ndarray, step: float, index: int | None = None,
-                 tokens: UnitTokens = None, grid: Grids = None) -> np.ndarray:
+                 tokens: UnitTokens = None, grid: Grids = None, prev: np.ndarray | None = None) -> np.ndarray:
         """Latent tokens ``(N, C)`` -> int32 ``(N, C)``, clamped to what the step's table can code (a step finer than
         every table's that would clamp more than ``MAX_CLIPPED`` of them is refused). ``tokens``: for
         per-position tables, the tokens each unit keeps (rows are units of that many, in order; default K), or one
         count per unit. ``grid``: the units' grid as for ``encode``, which ``rd_lambda`` with temporal contexts
-        needs (a value's bits depend on the value one step back)."""
+        needs (a value's bits depend on the value one step back); ``prev`` as for ``encode``."""
         table = self.tables[self.table_index(step) if index is None else index]
         z = z.detach().cpu().double().numpy() if isinstance(z, torch.Tensor) else np.asarray(z, np.float64)
         if z.ndim != 2 or z.shape[1] != self.channels:
             raise CodecError(f"latents must be (N, {self.channels}), got {z.shape}")
         v = np.nan_to_num((z - self.offsets(z.shape[0], tokens)) / (self.std.astype(np.float64) * step))
         lo, hi = self._channel_range(table)
-        y = self._rd_round(v, table, grid, lo, hi) if self.rd_lambda else np.rint(v)
+        y = self._rd_round(v, table, grid, lo, hi, self._carry(prev)) if self.rd_lambda else np.rint(v)
         # the share past the range, before any clamp (spatial rounding clamps as it goes: its contexts need it)
         clipped = float(((v < lo - 0.5) | (v > hi + 0.5)).mean()) if v.size and step < min(self.steps) else 0.0
         if clipped > MAX_CLIPPED:   # a step far finer than the tables': quality would fall as the bytes grow
@@ -249,7 +249,8 @@ class EntropyTables:
                              f"outside what they code; use a coarser step")
         return np.clip(y, lo, hi).astype(np.int32)
 
-    def _rd_round(self, v: np.ndarray, table: StepTable, grid: Grids, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    def _rd_round(self, v: np.ndarray, table: StepTable, grid: Grids, lo: np.ndarray, hi: np.ndarray,
+                  prev: np.ndarray | None = None) -> np.ndarray:
         """Rate-distortion rounding of ``v`` (N, C) in step units (see ``rd_lambda``); with temporal contexts one
         step along ``t`` at a time, each value costed under the table the value before it picks, plus what its choice
         makes the next value cost (the cheaper of that value's two options under the table the choice picks)."""
@@ -277,13 +278,15 @@ class EntropyTables:
             low, cost = options(v, np.arange(c))
             return low + (cost[1] < cost[0])
         if self.spatial_radius:
-            return self._rd_round_waves(v, grid, lo, hi, options)
-        y, start = np.empty_like(v), 0
+            return self._rd_round_waves(v, grid, lo, hi, options, prev)
+        y, start, unit = np.empty_like(v), 0, 0
         for t, h, w, count in unit_runs(len(v), grid):
             rest = h * w
             n = count * t * rest
             block, out = v[start:start + n].reshape(count, t, rest, c), y[start:start + n].reshape(count, t, rest, c)
-            rows = np.full((count, rest, c), 2 * radius + 1) * c + np.arange(c)   # the first step's own table
+            before = _units(prev, unit, count, h, w, c)
+            rows = (np.full((count, rest, c), 2 * radius + 1) * c + np.arange(c) if before is None   # its own table
+                    else rows_after(before.reshape(count, rest, c)))
             for i in range(t):
                 low, cost = options(block[:, i], rows)
                 if i + 1 < t:
@@ -291,30 +294,32 @@ class EntropyTables:
                                             for choice in (low, low + 1)])
                 out[:, i] = low + (cost[1] < cost[0])
                 rows = rows_after(out[:, i])
-            start += n
+            start, unit = start + n, unit + count
         return y
 
     def _rd_round_waves(self, v: np.ndarray, grid: Grids, lo: np.ndarray, hi: np.ndarray,
-                        options: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+                        options: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+                        prev: np.ndarray | None = None) -> np.ndarray:
         """``_rd_round`` with spatial contexts: wave by wave in coding order, each value costed under the table its
         decided neighbours pick, then chosen again adding what it makes its three dependents cost (the next value
         along t, the one below and the one to the right: the cheaper of their two options under the table the choice
         picks, their other neighbours in this wave as first chosen)."""
         c, radius, spatial = self.channels, self.context_radius, self.spatial_radius
-        y, start = np.empty_like(v), 0
+        y, start, unit = np.empty_like(v), 0, 0
         for t, h, w, units in unit_runs(len(v), grid):
             size = units * t * h * w
             block = v[start:start + size].reshape(units, t, h, w, c)
             out = np.zeros(block.shape)   # the chosen integers, clamped as the decoder will see them
+            before = _units(prev, unit, units, h, w, c)
 
             def rows(near: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
                 return context_index(near, radius, spatial) * c + np.arange(c)
 
             for (i, y_, x), (src, j, yy, xx, which) in zip(waves(t, h, w), wave_dependents(t, h, w)):
-                low, cost = options(block[:, i, y_, x], rows(neighbours(out, i, y_, x)))
+                low, cost = options(block[:, i, y_, x], rows(neighbours(out, i, y_, x, before)))
                 out[:, i, y_, x] = np.clip(low + (cost[1] < cost[0]), lo, hi)
                 if len(src):
-                    nxt, near = block[:, j, yy, xx], neighbours(out, j, yy, xx)
+                    nxt, near = block[:, j, yy, xx], neighbours(out, j, yy, xx, before)
                     for k, choice in enumerate((low, low + 1)):   # the value being chosen, as that neighbour of each
                         me = np.clip(choice[:, src], lo, hi)
                         swapped = {key: (np.where(is_me, me, near[key][0]), near[key][1] | is_me)
@@ -322,7 +327,7 @@ class EntropyTables:
                         np.add.at(cost[k], (slice(None), src), options(nxt, rows(swapped))[1].min(0))
                     out[:, i, y_, x] = np.clip(low + (cost[1] < cost[0]), lo, hi)
             y[start:start + size] = out.reshape(-1, c)
-            start += size
+            start, unit = start + size, unit + units
         return y
 
     def dequantize(self, q: np.ndarray, step: float, tokens: UnitTokens = None) -> torch.Tensor:
@@ -336,15 +341,17 @@ class EntropyTables:
         return row_offsets(self.mean, rows, tokens)
 
     # entropy coding ---------------------------------------------------------------------------------------
-    def encode(self, q: np.ndarray, index: int, grid: Grids = None) -> bytes:
+    def encode(self, q: np.ndarray, index: int, grid: Grids = None, prev: np.ndarray | None = None) -> bytes:
         """rANS-code int32 ``(N, C)`` with table ``index``; decodable knowing only ``N``, the unit ``grid``
-        ``(t, h, w)`` (needed with a temporal context: ``q`` is whole units of it, in order) and the tables."""
+        ``(t, h, w)`` (needed with a temporal context: ``q`` is whole units of it, in order) and the tables. ``prev``
+        (temporal contexts): the previous chunk's last latent frames (``carried_frame``), the first frame's
+        temporal neighbours instead of its own table."""
         table = self.tables[index]
         q = np.asarray(q)
         lo, hi = self._channel_range(table)
         if q.ndim != 2 or q.shape[1] != self.channels or (q < lo).any() or (q > hi).any():
             raise CodecError("symbols out of the coder's range: quantize with the same tables")
-        idx = self.table_rows(q, grid)
+        idx = self.table_rows(q, grid, prev)
         sym = q.astype(np.int64).reshape(-1) - table.median[idx]
         if self.spatial_radius:   # coded in waves, the order the decoder can rebuild the contexts in
             order = stream_order(len(q), grid, self.channels)
@@ -354,9 +361,10 @@ class EntropyTables:
         return RansEncoder().encode_with_indexes(np.concatenate([sym, 0 * pad]).tolist(),
                                                  np.concatenate([idx, pad]).tolist(), cdfs, lengths, offsets)
 
-    def decode(self, data: bytes, n: int, index: int, grid: Grids = None) -> np.ndarray:
+    def decode(self, data: bytes, n: int, index: int, grid: Grids = None, prev: np.ndarray | None = None) -> np.ndarray:
         """Inverse of ``encode``: ``n`` tokens -> int32 ``(n, C)``; corrupt data gives a BitstreamError."""
         table = self.tables[index]
+        prev = self._carry(prev)
         c = self.channels
         count = max(n * c, MIN_SYMBOLS)
         cdfs, lengths, offsets = table.coder_args()
@@ -374,26 +382,30 @@ class EntropyTables:
             return np.asarray(sym, np.int64) + table.median[rows]
 
         if self.spatial_radius and n:
-            parts = []
+            parts, unit = [], 0
             for t, h, w, units in unit_runs(n, grid):
-                part = np.zeros((units, t, h, w, c), np.int64)
+                part, before = np.zeros((units, t, h, w, c), np.int64), _units(prev, unit, units, h, w, c)
                 for i, y, x in waves(t, h, w):   # a wave's contexts come from the waves before it
-                    rows = context_index(neighbours(part, i, y, x), self.context_radius, self.spatial_radius)
+                    rows = context_index(neighbours(part, i, y, x, before), self.context_radius, self.spatial_radius)
                     part[:, i, y, x] = read((rows * c + np.arange(c)).reshape(-1)).reshape(units, len(i), c)
                 parts.append(part.reshape(-1, c))
+                unit += units
             q = np.concatenate(parts)
         elif self.context_radius and n:
-            parts = []
+            parts, unit = [], 0
             for t, h, w, units in unit_runs(n, grid):
                 rest = h * w
                 part = np.empty((units, t, rest, c), np.int64)
-                first = np.full((rest, c), self.contexts - 1)
+                before = _units(prev, unit, units, h, w, c)
                 for u in range(units):  # step by step along t: each step's contexts come from the last
-                    ctx = first
+                    r = self.context_radius
+                    ctx = np.full((rest, c), self.contexts - 1) if before is None else \
+                        np.clip(before[u].reshape(rest, c), -r, r) + r
                     for k in range(t):
                         part[u, k] = read((ctx * c + np.arange(c)).reshape(-1)).reshape(rest, c)
                         ctx = np.clip(part[u, k], -self.context_radius, self.context_radius) + self.context_radius
                 parts.append(part.reshape(-1, c))
+                unit += units
             q = np.concatenate(parts)
         else:
             q = read(np.tile(np.arange(c), n)).reshape(n, c)
@@ -403,14 +415,20 @@ class EntropyTables:
             raise BitstreamError("entropy-coded data decodes to out-of-range values (corrupt stream)")
         return q.astype(np.int32)
 
-    def estimate_bits(self, q: np.ndarray, index: int, grid: Grids = None) -> float:
+    def estimate_bits(self, q: np.ndarray, index: int, grid: Grids = None, prev: np.ndarray | None = None) -> float:
         """Ideal code length in bits of ``q`` under the table's probabilities (the entropy model's likelihoods)."""
-        rows = self.table_rows(np.asarray(q), grid)
+        rows = self.table_rows(np.asarray(q), grid, prev)
         return float(self.tables[index].value_bits(rows, np.asarray(q).reshape(-1)).sum())
 
-    def table_rows(self, q: np.ndarray, grid: Grids = None) -> np.ndarray:
+    def table_rows(self, q: np.ndarray, grid: Grids = None, prev: np.ndarray | None = None) -> np.ndarray:
         """The table row coding each value of ``q`` ``(N, C)``, flattened (see ``table_rows``)."""
-        return table_rows(q, grid, self.context_radius, self.spatial_radius)
+        return table_rows(q, grid, self.context_radius, self.spatial_radius, self._carry(prev))
+
+    def _carry(self, prev: np.ndarray | None) -> np.ndarray | None:
+        """``prev`` where these tables have a temporal context to carry it in; refused for others."""
+        if prev is not None and not self.context_radius:
+            raise CodecError("only tables with a temporal context carry the previous chunk's last frame")
+        return prev
 
     def _channel_range(self, table: StepTable) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = table.value_range()
@@ -548,29 +566,35 @@ def context_count(radius: int) -> int:
     return 2 * radius + 2 if radius else 1
 
 
-def table_rows(q: np.ndarray, grid: Grids, radius: int, spatial: int = 0) -> np.ndarray:
+def table_rows(q: np.ndarray, grid: Grids, radius: int, spatial: int = 0,
+               prev: np.ndarray | None = None) -> np.ndarray:
     """The table row coding each value of ``q`` ``(N, C)``, flattened: its channel ``c``, and with a context of
     ``radius`` R > 0 ``ctx * C + c``, ``ctx`` from ``context_index`` (``grid``: the units' ``(t, h, w)``, one for all
-    (``q`` holds whole units of it, in order) or a list, one per unit)."""
+    (``q`` holds whole units of it, in order) or a list, one per unit; ``prev``: see ``carried_frame``)."""
     n, c = q.shape
     if not radius:
         return np.tile(np.arange(c), n)
     v = np.asarray(q, np.int64)
-    rows, start = [], 0
+    rows, start, unit = [], 0, 0
     for t, h, w, count in unit_runs(n, grid):
         size = count * t * h * w
         block = v[start:start + size].reshape(count, t, h, w, c)
         i, y, x = (a.reshape(-1) for a in np.indices((t, h, w)))
-        ctx = context_index(neighbours(block, i, y, x), radius, spatial)
+        ctx = context_index(neighbours(block, i, y, x, _units(prev, unit, count, h, w, c)), radius, spatial)
         rows.append((ctx * c + np.arange(c)).reshape(-1))
-        start += size
+        start, unit = start + size, unit + count
     return np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
 
-def neighbours(q: np.ndarray, i: np.ndarray, y: np.ndarray, x: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def neighbours(q: np.ndarray, i: np.ndarray, y: np.ndarray, x: np.ndarray,
+               prev: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The context neighbours of positions ``(i, y, x)`` in every unit of ``q`` ``(units, t, h, w, C)``: the value
     one step back along t (``back``), the one to the left and the one above, each ``(values (units, P, C), whether
-    it exists (1, P, 1))``."""
+    it exists (1, P, 1))``. ``prev`` ``(units, h, w, C)``: the previous chunk's last latent frame, the values one
+    step back of the first frame (else they have none)."""
+    if prev is not None:
+        back = np.where((i > 0)[None, :, None], q[:, np.maximum(i - 1, 0), y, x], prev[:, y, x])
+        return {**neighbours(q, i, y, x), "back": (back, np.ones((1, len(i), 1), bool))}
     return {"back": (q[:, np.maximum(i - 1, 0), y, x], (i > 0)[None, :, None]),
             "left": (q[:, i, y, np.maximum(x - 1, 0)], (x > 0)[None, :, None]),
             "up": (q[:, i, np.maximum(y - 1, 0), x], (y > 0)[None, :, None])}
@@ -589,6 +613,24 @@ def context_index(near: dict[str, tuple[np.ndarray, np.ndarray]], radius: int, s
         near_ctx = np.where(has_left | has_up, np.clip(p, -spatial, spatial) + spatial, 2 * spatial + 1)
         ctx = ctx * context_count(spatial) + near_ctx
     return ctx.astype(np.int64)
+
+
+def carried_frame(q: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
+    """The last latent frame of every unit of a chunk's integers ``q`` ``(N, C)`` (units of one ``grid``),
+    ``(units, h, w, C)``: the temporal neighbours of the next chunk's first frame when it continues the context."""
+    t, h, w = grid
+    return np.asarray(q, np.int64).reshape(-1, t, h, w, q.shape[1])[:, -1]
+
+
+def _units(prev: np.ndarray | None, unit: int, count: int, h: int, w: int, c: int) -> np.ndarray | None:
+    """``prev``'s frames for units ``unit .. unit + count`` of an ``h x w`` grid (None without ``prev``)."""
+    if prev is None:
+        return None
+    part = np.asarray(prev, np.int64)[unit:unit + count]
+    if part.shape != (count, h, w, c):
+        raise BitstreamError(f"the previous chunk's last latent frames {tuple(np.shape(prev))} do not fit units of "
+                             f"{h}x{w}x{c}")
+    return part
 
 
 @functools.lru_cache(maxsize=64)

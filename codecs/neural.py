@@ -1,6 +1,8 @@
 """``vitok:<model>`` codecs: tokenizer encode -> quantize -> rANS per chunk -> ``.vtok``, and back.
 
-Each chunk of ``tok.clip_frames`` frames is tokenized on its own, so chunks decode independently. Knobs: ``step``
+Each chunk of ``tok.clip_frames`` frames is tokenized on its own; with temporal context tables (grid models) a chunk
+after the first continues the entropy contexts of the one before (its first latent frame's temporal neighbours are
+the previous chunk's last), except under a byte budget, whose chunks are coded apart. Knobs: ``step``
 (quantization step in units of each channel's latent std; the main rate knob) and, for 1D models, ``tokens``
 (tokens kept per unit). Rate control (``bytes=``, ``psnr=``) picks the token count per chunk, and per tile when a
 1D model cuts frames into several (``adapt_units``); grid models: the step per chunk. Files are written and read
@@ -25,8 +27,8 @@ import numpy as np
 from vitok.codecs.base import Codec, check_frames
 from vitok.codecs.container import (VERSION, ChunkInfo, VtokHeader, VtokReader, VtokWriter, framing_bytes,
                                     sar_record)
-from vitok.codecs.entropy import (DEFAULT_STEP, FILENAME as ENTROPY_FILE, EntropyTables, context_grid,
-                                  load_entropy_tables, load_kept_tables)
+from vitok.codecs.entropy import (DEFAULT_STEP, FILENAME as ENTROPY_FILE, EntropyTables, carried_frame,
+                                  context_grid, load_entropy_tables, load_kept_tables)
 from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names, find_bundled
 from vitok.codecs.payload import ChunkTokens, header_size, pack_chunk, parse_chunk
@@ -38,6 +40,7 @@ from vitok.config import MAX_TILE_OVERLAP
 __all__ = ["VitokCodec", "DEFAULT_MODEL", "EncodeStats", "ChunkCode", "bundled_codec_names", "model_for_stream"]
 
 WEIGHTS_ID_CHARS = 16  # the header names the weights by the first 64 bits of their sha256
+CONTINUES = 0x80   # in a chunk header's table byte: the first latent frame's contexts continue the previous chunk
 
 
 def bundled_codec_names() -> list[str]:
@@ -74,6 +77,7 @@ class ChunkCode:
     frames: int
     estimated_bits: float
     psnr: float | None = None  # dB over the chunk, when rate control decoded it to choose
+    carry: np.ndarray | None = None   # its last latent frame per unit, the next chunk's temporal context (or None)
 
 
 @dataclass
@@ -282,11 +286,13 @@ class VitokCodec(Codec):
         return points
 
     # ---- one chunk ------------------------------------------------------------------------------------------
-    def encode_chunk(self, frames: np.ndarray, *, step: float = DEFAULT_STEP, tokens: int | None = None) -> ChunkCode:
-        """Tokenize, quantize and entropy-code one chunk (at most ``clip_frames`` frames)."""
+    def encode_chunk(self, frames: np.ndarray, *, step: float = DEFAULT_STEP, tokens: int | None = None,
+                     prev: np.ndarray | None = None) -> ChunkCode:
+        """Tokenize, quantize and entropy-code one chunk (at most ``clip_frames`` frames); ``prev``: the previous
+        chunk's ``carry``, whose last latent frame the first one's temporal contexts continue from."""
         self.tables.table_index(_float32_step(step))   # a step the stream cannot store is refused before encoding
         tokens = self._check_tokens(tokens)
-        return self._code_tokens(self._tokens_of(frames), frames.shape[0], tokens, step)
+        return self._code_tokens(self._tokens_of(frames), frames.shape[0], tokens, step, prev)
 
     def _tokens_of(self, frames: np.ndarray) -> tuple[Any, tuple[int, int, int] | None]:
         """A chunk's tokens, every one (1D models: ``(units, K, C)``, whose prefixes are what ``encode`` keeps for
@@ -298,31 +304,46 @@ class VitokCodec(Codec):
         return (z.view(lat.units, -1, z.shape[-1]) if self.is_1d else z), lat.grid
 
     def _code_tokens(self, tokens_of: tuple[Any, tuple[int, int, int] | None], frames: int, tokens: int | None,
-                     step: float) -> ChunkCode:
+                     step: float, prev: np.ndarray | None = None) -> ChunkCode:
         """Code a chunk from ``_tokens_of``'s output, keeping ``tokens`` per unit (1D; None: all) at ``step``."""
         z, grid = tokens_of
         if self.is_1d:
             tokens = tokens or self.tok.max_tokens   # the count actually kept; grid: None (0 in the chunk header)
             z = z[:, :tokens].reshape(-1, z.shape[-1])
-        return self._code(z, tokens, step, grid, frames)
+        return self._code(z, tokens, step, grid, frames, prev)
+
+    @property
+    def carries(self) -> bool:
+        """Whether a chunk's temporal contexts continue from the chunk before (grid models with temporal tables)."""
+        return not self.is_1d and bool(self.tables.context_radius)
 
     def _code(self, z: Any, tokens: int | tuple[int, ...] | None, step: float, grid: tuple[int, int, int] | None,
-              frames: int) -> ChunkCode:
+              frames: int, prev: np.ndarray | None = None) -> ChunkCode:
         """Quantize and entropy-code a chunk's kept tokens ``z`` (N, C) at ``step`` as the stream stores it
-        (float32)."""
+        (float32), the first latent frame's temporal contexts from ``prev`` when given."""
         tables, step = self.tables, float(np.float32(step))
         index = tables.table_index(step)
         if isinstance(tokens, tuple) and len(set(tokens)) == 1:
             tokens = tokens[0]
         grids = context_grid(grid, tokens)
-        q = tables.quantize(z, step, index, tokens=tokens, grid=grids)
-        payload = pack_chunk(index, step, tokens or 0, tables.encode(q, index, grids))
-        return ChunkCode(payload, q, tokens, step, index, frames, tables.estimate_bits(q, index, grids))
+        q = tables.quantize(z, step, index, tokens=tokens, grid=grids, prev=prev)
+        flag = 0 if prev is None else CONTINUES
+        payload = pack_chunk(index | flag, step, tokens or 0, tables.encode(q, index, grids, prev))
+        carry = carried_frame(q, grid) if self.carries else None
+        return ChunkCode(payload, q, tokens, step, index, frames, tables.estimate_bits(q, index, grids, prev),
+                         carry=carry)
 
-    def decode_symbols(self, payload: bytes, frames: int, height: int, width: int) -> tuple[np.ndarray, int | None,
-                                                                                             float]:
-        """Entropy-decode one chunk payload to its integers ``(tokens, C)``, its token count and step."""
+    def decode_symbols(self, payload: bytes, frames: int, height: int, width: int,
+                       prev: np.ndarray | None = None) -> tuple[np.ndarray, int | None, float]:
+        """Entropy-decode one chunk payload to its integers ``(tokens, C)``, its token count and step; ``prev``: the
+        chunk before's ``carry_of``, which a chunk that continues its temporal contexts needs."""
         index, step, tokens, data = parse_chunk(payload)
+        continues, index = bool(index & CONTINUES), index & ~CONTINUES
+        if continues and not self.carries:
+            raise BitstreamError("chunk continues the temporal contexts of the chunk before, which this model's "
+                                 "tables do not have")
+        if continues and prev is None:
+            raise BitstreamError("chunk continues the temporal contexts of a chunk before it, and none precedes it")
         if index >= len(self.tables.tables):
             raise BitstreamError(f"chunk uses entropy table {index}, the model has {len(self.tables.tables)}")
         k, g = self.tok.max_tokens, self._plan(frames, height, width)
@@ -334,7 +355,14 @@ class VitokCodec(Codec):
             raise BitstreamError(f"chunk gives token counts for {len(tokens)} units, its frames make {g.units}")
         tokens = tokens or None
         grid = context_grid(self.tok.unit_grid(*g.unit_size), tokens)
-        return self.tables.decode(data, self._coded(g, tokens), index, grid), tokens, step
+        q = self.tables.decode(data, self._coded(g, tokens), index, grid, prev if continues else None)
+        return q, tokens, step
+
+    def carry_of(self, q: np.ndarray, frames: int, height: int, width: int) -> np.ndarray | None:
+        """A decoded chunk's last latent frame per unit, the next chunk's temporal context (None: nothing carries)."""
+        if not self.carries:
+            return None
+        return carried_frame(q, self.tok.unit_grid(*self._plan(frames, height, width).unit_size))
 
     def coded_tokens(self, frames: int, height: int, width: int, tokens: int | tuple[int, ...] | None) -> int:
         """Tokens a chunk of this geometry codes: all of them, or ``tokens`` per unit for 1D models (a tuple:
@@ -407,10 +435,10 @@ class VitokCodec(Codec):
         return fine + coarse[-1:]
 
     def _evaluate(self, frames: np.ndarray, tokens: int | None, step: float,
-                  tokens_of: tuple[Any, Any]) -> tuple[Candidate, ChunkCode]:
-        """Code one setting of a chunk from its ``_tokens_of`` and decode it: its candidate (bytes, distortion) and
-        code."""
-        code = self._code_tokens(tokens_of, frames.shape[0], tokens, step)
+                  tokens_of: tuple[Any, Any], prev: np.ndarray | None = None) -> tuple[Candidate, ChunkCode]:
+        """Code one setting of a chunk from its ``_tokens_of`` (continuing ``prev``'s contexts) and decode it: its
+        candidate (bytes, distortion) and code."""
+        code = self._code_tokens(tokens_of, frames.shape[0], tokens, step, prev)
         h, w = frames.shape[1:3]
         rec = self.reconstruct(code.q, code.tokens, code.step, frames.shape[0], h, w)
         cand = Candidate(tokens, code.step, code.payload, _sse(rec, frames), frames.size)
@@ -519,8 +547,11 @@ class VitokCodec(Codec):
         if sum(x is not None for x in (tokens, target_bytes, psnr)) > 1:
             raise CodecError("give at most one of tokens, bytes, psnr")
         if psnr is None and target_bytes is None:
+            prev = None
             for chunk in chunks:
-                yield self.encode_chunk(chunk, step=DEFAULT_STEP if step is None else step, tokens=tokens)
+                code = self.encode_chunk(chunk, step=DEFAULT_STEP if step is None else step, tokens=tokens, prev=prev)
+                prev = code.carry
+                yield code
             return
         grid = self._rate_candidates(step)
         chunks = iter(chunks)
@@ -537,16 +568,19 @@ class VitokCodec(Codec):
                 yield from self._units_to_bytes(chunks, unit_step, target_bytes, header_bytes)
             return
         if psnr is not None:
+            prev = None
             for chunk in chunks:
                 codes: dict[int, ChunkCode] = {}
                 tokens_of = self._tokens_of(chunk)
 
-                def evaluate(i: int, chunk=chunk, codes=codes, tokens_of=tokens_of) -> Candidate:
-                    cand, codes[i] = self._evaluate(chunk, *grid[i], tokens_of)
+                def evaluate(i: int, chunk=chunk, codes=codes, tokens_of=tokens_of, prev=prev) -> Candidate:
+                    cand, codes[i] = self._evaluate(chunk, *grid[i], tokens_of, prev)
                     return cand
 
                 chosen = pick_psnr(len(grid), evaluate, psnr)
-                yield next(c for c in codes.values() if c.payload is chosen.payload)
+                code = next(c for c in codes.values() if c.payload is chosen.payload)
+                prev = code.carry
+                yield code
             return
         with Spill() as spill:  # byte budget: every chunk's candidates first (payloads in the spill), then allocate
             options, codes_all = [], []
@@ -654,11 +688,14 @@ class VitokCodec(Codec):
             coder = self.for_stream(r.header)
             coder.check_header(r.header)
             h = r.header
+            prev = None
             for info, payload in r.chunks():
                 try:
-                    yield (info, *coder.decode_symbols(payload, info.frames, h.height, h.width))
+                    q, tokens, step = coder.decode_symbols(payload, info.frames, h.height, h.width, prev)
                 except BitstreamError as e:
                     raise BitstreamError(f"{r.name}: chunk {info.index}: {e}") from None
+                prev = coder.carry_of(q, info.frames, h.height, h.width)
+                yield info, q, tokens, step
 
     def iter_decode(self, source: str | os.PathLike | bytes,
                     reader: VtokReader | None = None) -> Iterator[np.ndarray]:

@@ -34,6 +34,8 @@ STREAMS = {   # name: (model, knobs); 9 frames of carphone's eval split, 48x64 o
     "1d": ("vitok-1d", {"tokens": 8}),
     "1d-tiles": ("vitok-1d", {"psnr": 20.0}),
     "grid-tiles": ("vitok-grid", {"overlap": 32}),   # 48x272 of bikes: two tiles overlapping as until 8af0cdb
+    "grid-cc": ("vitok-grid", {}),   # 25 frames: the second chunk continues the first's temporal contexts
+    "cnn-cc": ("vitok-cnn", {"step": 1.0}),   # 25 frames: chunks of 17 and 8, likewise
 }
 
 
@@ -41,7 +43,7 @@ def golden_frames(name: str) -> np.ndarray:
     """The frames stream ``name`` codes (the test cuts the same from the sample clip)."""
     if name == "grid-tiles":
         return np.ascontiguousarray(load_sample("bikes", "eval")[:9, 112:160, 184:456])
-    frames = load_sample("carphone", "eval")[:9]
+    frames = load_sample("carphone", "eval")[:25 if name.endswith("-cc") else 9]
     return np.ascontiguousarray(frames if name == "1d-tiles" else frames[:, 40:88, 56:120])
 
 

@@ -405,6 +405,41 @@ def test_spatial_context_rows_and_coding_order_follow_the_definition():
         :, stream_order(36, grid, c)].reshape(-1))   # one run per unit when each unit has its own grid
 
 
+def test_a_chunk_continues_the_temporal_contexts_of_the_one_before(smooth, synthetic):
+    """With ``prev`` (the chunk before's last latent frame, ``carried_frame``) a chunk's first frame takes its
+    temporal contexts from it, as if the two chunks were one unit: the rows match the definition on the joined
+    frames, both kinds of context tables round-trip (rate-distortion rounding too), and the first frame costs fewer
+    bits than with its own table; tables without a temporal context, and frames of another shape, are refused."""
+    from vitok.codecs.entropy import carried_frame, table_rows
+
+    temporal, spatial, held, (t, h, w) = smooth
+    c = held.shape[1]
+    units = held.reshape(-1, t, h, w, c)
+    a, b = units[:, :2].reshape(-1, c), units[:, 2:].reshape(-1, c)   # each unit cut into two chunks of 2 frames
+    for tables in (temporal, spatial):
+        qa, qb = tables.quantize(a, 0.5, 0, grid=(2, h, w)), tables.quantize(b, 0.5, 0, grid=(2, h, w))
+        prev = carried_frame(qa, (2, h, w))
+        assert np.array_equal(prev, qa.reshape(-1, 2, h, w, c)[:, 1])
+        joined = np.concatenate([prev[:, None], qb.reshape(-1, 2, h, w, c)], axis=1).reshape(-1, c)
+        rows = _spatial_rows_by_definition(joined, (3, h, w), 2, tables.spatial_radius) if tables.spatial_radius \
+            else table_rows(joined, (3, h, w), 2)
+        assert np.array_equal(table_rows(qb, (2, h, w), 2, tables.spatial_radius, prev),
+                              rows.reshape(-1, 3, h * w * c)[:, 1:].reshape(-1))
+        data = tables.encode(qb, 0, (2, h, w), prev)
+        assert np.array_equal(tables.decode(data, len(qb), 0, (2, h, w), prev), qb)
+        assert tables.estimate_bits(qb, 0, (2, h, w), prev) < 0.97 * tables.estimate_bits(qb, 0, (2, h, w))
+        rounded = tables.with_rdoq(0.2)
+        qr = rounded.quantize(b, 0.5, 0, grid=(2, h, w), prev=prev)
+        assert not np.array_equal(qr, rounded.quantize(b, 0.5, 0, grid=(2, h, w)))   # rounded in its contexts
+        assert np.array_equal(rounded.decode(rounded.encode(qr, 0, (2, h, w), prev), len(qr), 0, (2, h, w), prev),
+                              qr)
+        with pytest.raises(BitstreamError, match="last latent frames .* do not fit units of 5x6x2"):
+            tables.decode(data, len(qb), 0, (2, h, w), prev[:, :4])
+    flat = synthetic[0]   # factorized tables
+    with pytest.raises(CodecError, match="only tables with a temporal context carry"):
+        flat.encode(np.zeros((8, 6), np.int32), 0, None, np.zeros((1, 1, 1, 6)))
+
+
 def test_spatial_context_tables_code_smooth_units_in_fewer_bits(smooth, tmp_path):
     """Tables that also see the left and upper neighbours code latents smooth in space in fewer bytes than temporal
     tables, round-trip exactly (one grid for all units, or one per unit), and keep their radius through save/load."""

@@ -226,12 +226,15 @@ def test_bundled_header_sizes_on_the_rd_segments():
                      ("vitok-cnn", "30000/1001"): 58, ("vitok-1d", "25"): 54, ("vitok-1d", "30000/1001"): 57}
 
 
-def _spec_symbols(payload: bytes, tables: dict, grids: list, channels: int) -> np.ndarray:
+def _spec_symbols(payload: bytes, tables: dict, grids: list, channels: int,
+                  before: np.ndarray | None = None) -> np.ndarray:
     """FORMAT.md 'Chunks': a grid model's chunk payload with spatial context tables, decoded wave by wave from the
-    text alone (CompressAI's decoder, one ``decode_stream`` call per wave); the integers in token-major order."""
+    text alone (CompressAI's decoder, one ``decode_stream`` call per wave); the integers in token-major order.
+    ``before``: the previous chunk's integers ``(units, t, h, w, C)``, for a chunk that continues its contexts."""
     from compressai.ans import RansDecoder
 
-    index = payload[0]
+    index, continues = payload[0] & 0x7F, payload[0] >> 7
+    assert not continues or before is not None
     assert struct.unpack_from("<H", payload, 5)[0] == 0   # a grid model: every token
     meta = tables["meta"]
     R, S, C = meta["context_radius"], meta["spatial_radius"], channels
@@ -250,7 +253,8 @@ def _spec_symbols(payload: bytes, tables: dict, grids: list, channels: int) -> n
         rows = []
         for u, i, y, x in places:
             for c in range(C):
-                ctx = min(max(int(q[u, i - 1, y, x, c]), -R), R) + R if i else 2 * R + 1
+                back = int(q[u, i - 1, y, x, c]) if i else int(before[u, -1, y, x, c]) if continues else None
+                ctx = 2 * R + 1 if back is None else min(max(back, -R), R) + R
                 near = ([int(q[u, i, y, x - 1, c])] if x else []) + ([int(q[u, i, y - 1, x, c])] if y else [])
                 p = (near[0] + near[1] + 1) // 2 if len(near) == 2 else (near[0] if near else None)
                 sctx = 2 * S + 1 if p is None else min(max(p, -S), S) + S
@@ -260,6 +264,28 @@ def _spec_symbols(payload: bytes, tables: dict, grids: list, channels: int) -> n
             for c in range(C):
                 q[u, i, y, x, c] = sym[k * C + c] + median[rows[k * C + c]]
     return q.reshape(-1, C)
+
+
+def test_chunks_that_continue_their_contexts_decode_by_the_spec():
+    """A vitok-grid stream of 25 frames (chunks of 20 and 5): the second chunk's header sets `continues`, and the
+    spec's decoder, handing it the first chunk's integers, gets the codec's integers for both."""
+    from vitok.data.samples import load_sample
+
+    codec = VitokCodec("vitok-grid")
+    frames = np.ascontiguousarray(load_sample("carphone", "train")[:25, 40:88, 56:120])
+    data = codec.encode(frames, 25)
+    _, payloads = _spec_file(data)
+    assert [p[0] >> 7 for p in payloads] == [0, 1]
+    with safe_open(str(PRETRAINED_DIR / "vitok-grid" / "entropy.safetensors"), "np") as f:
+        tables = {k: f.get_tensor(k) for k in f.keys()}
+        tables["meta"] = json.loads(f.metadata()["vitok_entropy"])
+    cfg = json.loads((PRETRAINED_DIR / "vitok-grid" / "config.json").read_text())
+    before = None
+    for n, payload, (_, q, _, _) in zip((20, 5), payloads, codec.iter_symbols(data)):
+        _, grids = _spec_units(cfg, n, 48, 64, 0)
+        spec = _spec_symbols(payload, tables, grids, cfg["latent_channels"], before)
+        assert np.array_equal(spec, q)
+        before = spec.reshape(len(grids), *grids[0], -1)
 
 
 @pytest.mark.parametrize("name", ["vitok-grid", "vitok-cnn"])

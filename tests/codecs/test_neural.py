@@ -39,10 +39,18 @@ def test_clip_round_trip_1d_and_grid(codec1d, tinygrid, clip):
         data = codec.encode(frames, fps)
         out, out_fps = codec.decode(data)
         assert out.shape == frames.shape and out.dtype == np.uint8 and out_fps == fps
-        # decoding is deterministic and chunks are independent: the middle chunk alone decodes the same
+        # decoding is deterministic, and the middle chunk decodes the same from its payload alone (1D) or with the
+        # integers of the chunk before (grid: its first latent frame's temporal contexts continue that chunk's)
         header, chunks = read_vtok(data)
-        mid = codec.decode_chunk(chunks[1][1], chunks[1][0].frames, header.height, header.width)
+        first = codec.decode_symbols(chunks[0][1], chunks[0][0].frames, header.height, header.width)[0]
+        prev = codec.carry_of(first, chunks[0][0].frames, header.height, header.width)
+        assert (prev is None) == codec.is_1d
+        q, tokens, step = codec.decode_symbols(chunks[1][1], chunks[1][0].frames, header.height, header.width, prev)
+        mid = codec.reconstruct(q, tokens, step, chunks[1][0].frames, header.height, header.width)
         assert np.array_equal(mid, out[8:16])
+        if not codec.is_1d:
+            with pytest.raises(BitstreamError, match="continues the temporal contexts of a chunk before it, and none"):
+                codec.decode_chunk(chunks[1][1], chunks[1][0].frames, header.height, header.width)
 
 
 def test_integers_depend_only_on_the_integer_tables(codec1d, stream1d):
@@ -113,9 +121,12 @@ def test_grid_rate_control_picks_steps(tinygrid, clip):
     codec = VitokCodec(tinygrid[0], tinygrid[1])
     data, st = codec.encode_with_stats(frames, fps, psnr=99.0)
     assert st.steps == [0.5, 0.5, 0.5] and st.tokens == [None] * 3
-    small = len(codec.encode(frames, fps, step=2.0))
+    # a budget between the coarsest and finest steps' files (chunks coded apart: a budget does not continue the
+    # temporal contexts from chunk to chunk, as a fixed step does)
+    small = (len(codec.encode(frames, fps, step=2.0)) + len(codec.encode(frames, fps, step=0.5))) // 2
     data, st = codec.encode_with_stats(frames, fps, bytes=small + 5)
     assert len(data) <= small + 5 and codec.decode(data)[0].shape == frames.shape
+    assert all(not parse_chunk(payload)[0] & 0x80 for _, payload in read_vtok(data)[1])
     # a byte budget holds every chunk's candidates until it allocates: their payloads, not their integers
     codes = list(codec._code_chunks([frames[:8], frames[8:16]], None, None, small + 5, None, 0))
     assert len(codes) == 2 and all(c.q is None and c.payload for c in codes)
@@ -325,6 +336,35 @@ def _edit_payload(data: bytes, chunk: int, new_payload: bytes) -> bytes:
     _, chunks = read_vtok(data)
     info = chunks[chunk][0]
     return data[:info.offset] + frame_chunk(new_payload) + data[info.start + info.nbytes:]
+
+
+def test_chunks_after_the_first_continue_its_temporal_contexts(codec1d, stream1d):
+    """A grid model coding at a fixed step codes each chunk after the first with the last latent frame of the one
+    before as its first frame's temporal context (the table byte's high bit says so): fewer bytes than each chunk
+    alone, the same integers; a first chunk that claims to continue, or a 1D chunk (no temporal tables), is
+    refused."""
+    from vitok.data.samples import load_sample
+
+    codec = VitokCodec("vitok-grid")
+    frames = np.ascontiguousarray(load_sample("carphone", "train")[:45, 40:88, 56:120])   # chunks of 20, 20, 5
+    data = codec.encode(frames, 25)
+    header, chunks = read_vtok(data)
+    assert [parse_chunk(p)[0] >> 7 for _, p in chunks] == [0, 1, 1]
+    alone, prev, q_all = 0, None, [q for _, q, _, _ in codec.iter_symbols(data)]
+    for k, (info, payload) in enumerate(chunks):
+        part = frames[20 * k:20 * k + info.frames]
+        code = codec.encode_chunk(part, prev=prev)
+        assert code.payload == payload and np.array_equal(code.q, q_all[k])
+        alone += len(codec.encode_chunk(part).payload)
+        prev = code.carry
+    assert sum(info.nbytes for info, _ in chunks) < 0.97 * alone
+    first = _edit_payload(data, 0, bytes([chunks[0][1][0] | 0x80]) + chunks[0][1][1:])
+    with pytest.raises(BitstreamError, match="chunk 0: chunk continues the temporal contexts of a chunk before it"):
+        codec.decode(first)
+    _, oned = read_vtok(stream1d)
+    flagged = _edit_payload(stream1d, 1, bytes([oned[1][1][0] | 0x80]) + oned[1][1][1:])
+    with pytest.raises(BitstreamError, match="chunk 1: .*which this model's tables do not have"):
+        codec1d.decode(flagged)
 
 
 def test_corrupt_payloads_behind_a_valid_crc(codec1d, stream1d):
