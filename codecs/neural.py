@@ -261,13 +261,14 @@ class VitokCodec(Codec):
 
     @property
     def identity(self) -> str:
-        """The model's weights, its config (tiling, clip length), the entropy tables (and the encoder's rounding) and
-        the ``.vtok`` version: a model retrained or reconfigured in place codes differently, and another format
-        frames it in other bytes."""
+        """The model's weights, its config (tiling, clip length), the entropy tables (and the encoder's rounding,
+        overlap and whether chunks continue their contexts) and the ``.vtok`` version: a model retrained or
+        reconfigured in place codes differently, and another format frames it in other bytes."""
         rounding = self.tables.encoder_setting
         overlap = "" if self._tile_overlap is None else f"-overlap{self._tile_overlap:g}"
+        carry = "-continued" if self.carries else ""   # chunks after the first code otherwise than before
         return (f"{self.tok.weights_hash[:16]}-{self.tok.config.digest()[:12]}-{self.tables.table_id}"
-                f"{'-' + rounding if rounding else ''}{overlap}-v{VERSION}")
+                f"{'-' + rounding if rounding else ''}{overlap}{carry}-v{VERSION}")
 
     def load(self) -> "VitokCodec":
         """Load the model and its tables now (errors surface before any video is read)."""

@@ -15,7 +15,7 @@ import torch
 
 import vitok
 from vitok.codecs import BitstreamError, CodecError, get_codec
-from vitok.codecs.container import VtokReader, frame_chunk, framing_bytes, read_vtok
+from vitok.codecs.container import VERSION, VtokReader, frame_chunk, framing_bytes, read_vtok
 from vitok.codecs.entropy import EntropyTables
 from vitok.codecs.neural import VitokCodec
 from vitok.codecs.payload import parse_chunk
@@ -358,6 +358,7 @@ def test_chunks_after_the_first_continue_its_temporal_contexts(codec1d, stream1d
         alone += len(codec.encode_chunk(part).payload)
         prev = code.carry
     assert sum(info.nbytes for info, _ in chunks) < 0.97 * alone
+    assert codec.identity.endswith(f"-continued-v{VERSION}") and "-continued" not in codec1d.identity   # RD caches
     first = _edit_payload(data, 0, bytes([chunks[0][1][0] | 0x80]) + chunks[0][1][1:])
     with pytest.raises(BitstreamError, match="chunk 0: chunk continues the temporal contexts of a chunk before it"):
         codec.decode(first)
