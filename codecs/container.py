@@ -1,4 +1,4 @@
-"""The ``.vtok`` container (specified in FORMAT.md): a checked header, then independently decodable chunks.
+"""The ``.vtok`` container (specified in FORMAT.md): a checked header, then chunks, each framed on its own.
 
 The container knows geometry, timing and chunk framing (length, CRC32); what a chunk payload holds is the codec's
 business. Version 2 (written) packs the header's metadata into binary fields, about 55 bytes where version 1's JSON

@@ -619,7 +619,7 @@ def carried_frame(q: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
     """The last latent frame of every unit of a chunk's integers ``q`` ``(N, C)`` (units of one ``grid``),
     ``(units, h, w, C)``: the temporal neighbours of the next chunk's first frame when it continues the context."""
     t, h, w = grid
-    return np.asarray(q, np.int64).reshape(-1, t, h, w, q.shape[1])[:, -1]
+    return np.array(np.asarray(q).reshape(-1, t, h, w, q.shape[1])[:, -1], np.int64)   # a copy: q is not kept
 
 
 def _units(prev: np.ndarray | None, unit: int, count: int, h: int, w: int, c: int) -> np.ndarray | None:

@@ -341,10 +341,11 @@ class VitokCodec(Codec):
         index, step, tokens, data = parse_chunk(payload)
         continues, index = bool(index & CONTINUES), index & ~CONTINUES
         if continues and not self.carries:
-            raise BitstreamError("chunk continues the temporal contexts of the chunk before, which this model's "
-                                 "tables do not have")
+            raise BitstreamError("chunk continues the temporal contexts of the chunk before, which this model never "
+                                 "does (a 1D model, or tables without a temporal context)")
         if continues and prev is None:
-            raise BitstreamError("chunk continues the temporal contexts of a chunk before it, and none precedes it")
+            raise BitstreamError("chunk continues the temporal contexts of the chunk before: decode it after that "
+                                 "chunk (its carry_of), or from the stream's start")
         if index >= len(self.tables.tables):
             raise BitstreamError(f"chunk uses entropy table {index}, the model has {len(self.tables.tables)}")
         k, g = self.tok.max_tokens, self._plan(frames, height, width)
@@ -398,8 +399,10 @@ class VitokCodec(Codec):
         return tok.make_latents(full[None], frames, height, width, mask=keep.reshape(1, -1),
                                 tile_overlap=self._tile_overlap)
 
-    def decode_chunk(self, payload: bytes, frames: int, height: int, width: int) -> np.ndarray:
-        q, tokens, step = self.decode_symbols(payload, frames, height, width)
+    def decode_chunk(self, payload: bytes, frames: int, height: int, width: int,
+                     prev: np.ndarray | None = None) -> np.ndarray:
+        """Decode one chunk to uint8 frames; ``prev``: the chunk before's ``carry_of`` when this one continues it."""
+        q, tokens, step = self.decode_symbols(payload, frames, height, width, prev)
         return self.reconstruct(q, tokens, step, frames, height, width)
 
     def _check_tokens(self, tokens: int | None) -> int | None:
@@ -589,7 +592,8 @@ class VitokCodec(Codec):
                 tokens_of = self._tokens_of(chunk)
                 pairs = [self._evaluate(chunk, *g, tokens_of) for g in grid]
                 options.append([Cost(cand.nbytes + framing_bytes(cand.nbytes), cand.sse) for cand, _ in pairs])
-                codes_all.append([(spill.put(code.payload), replace(code, q=None, payload=b"")) for _, code in pairs])
+                codes_all.append([(spill.put(code.payload), replace(code, q=None, payload=b"", carry=None))
+                                  for _, code in pairs])
             pick = allocate_bytes(options, target_bytes - header_bytes, reserved=header_bytes)
             for codes, i in zip(codes_all, pick):
                 item, code = codes[i]

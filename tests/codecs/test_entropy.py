@@ -419,7 +419,7 @@ def test_a_chunk_continues_the_temporal_contexts_of_the_one_before(smooth, synth
     for tables in (temporal, spatial):
         qa, qb = tables.quantize(a, 0.5, 0, grid=(2, h, w)), tables.quantize(b, 0.5, 0, grid=(2, h, w))
         prev = carried_frame(qa, (2, h, w))
-        assert np.array_equal(prev, qa.reshape(-1, 2, h, w, c)[:, 1])
+        assert np.array_equal(prev, qa.reshape(-1, 2, h, w, c)[:, 1]) and prev.base is None   # holds no more than it
         joined = np.concatenate([prev[:, None], qb.reshape(-1, 2, h, w, c)], axis=1).reshape(-1, c)
         rows = _spatial_rows_by_definition(joined, (3, h, w), 2, tables.spatial_radius) if tables.spatial_radius \
             else table_rows(joined, (3, h, w), 2)
