@@ -241,8 +241,11 @@ def info(file, as_json) -> None:
                  "  chunk  frames  bytes  tokens  step"]
         shown = _chunk_rows(d["chunk_list"])
         lines += [f"  {c['index']:>5}  {c['frames']:>6}  {c['bytes']:>5}  {_tokens_text(c['tokens']):>6}  {c['step']:g}"
+                  + (" +" if c["continues"] else "")
                   if c else f"  ... {len(d['chunk_list']) - len(shown) + 1} more chunks (--json lists every chunk)"
                   for c in shown]
+        if any(c["continues"] for c in d["chunk_list"]):
+            lines.append("  +: its entropy contexts continue from the chunk before")
         emit(d, as_json, "\n".join(lines))
         return
     from vitok.data.io import probe_video

@@ -198,7 +198,19 @@ def test_info_lists_the_ends_of_a_long_file(encoded, tmp_path):
     rows = CliRunner().invoke(cli, ["info", str(long)]).stdout.splitlines()
     table = rows[rows.index("  chunk  frames  bytes  tokens  step") + 1:]
     assert [r.split()[0] for r in table] == [*map(str, range(10)), "...", *map(str, range(15, 25))]
+    assert not any(r.endswith(" +") for r in table)   # a 1D model's chunks never continue
     assert table[10] == "  ... 5 more chunks (--json lists every chunk)"
+
+
+def test_info_marks_chunks_that_continue_the_one_before(video, tinygrid, tmp_path):
+    """A grid model's 20 frames in chunks of 8: the second and third continue the entropy contexts of the one
+    before, which `vitok info` marks (and --json says per chunk)."""
+    out = tmp_path / "grid.vtok"
+    _run("encode", str(video), "-o", str(out), "--model", str(tinygrid[2]), "-q")
+    assert [c["continues"] for c in _run("info", str(out))["chunk_list"]] == [False, True, True]
+    rows = CliRunner().invoke(cli, ["info", str(out)]).stdout.splitlines()
+    assert [r.endswith(" +") for r in rows[-4:-1]] == [False, True, True]
+    assert rows[-1] == "  +: its entropy contexts continue from the chunk before"
 
 
 def test_encode_with_another_tile_overlap(capsys, video, tinygrid, tmp_path):
