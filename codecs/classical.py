@@ -89,8 +89,9 @@ class ClassicalCodec(Codec):
         if tune is not None and tune not in self.spec.tunes:
             raise CodecError(f"{self.name}: unknown tune {tune!r}; "
                              + (f"one of {', '.join(self.spec.tunes)}" if self.spec.tunes else "it takes none"))
-        if not isinstance(gop, int) or gop < 1 or (bframes is not None and (not isinstance(bframes, int)
-                                                                            or bframes < 0)):
+        whole = (int, np.integer)   # as crf: numpy integers too
+        if not isinstance(gop, whole) or gop < 1 or (bframes is not None and (not isinstance(bframes, whole)
+                                                                              or bframes < 0)):
             raise CodecError(f"{self.name}: gop must be >= 1 and bframes >= 0, got gop={gop} bframes={bframes}")
         return crf, preset
 

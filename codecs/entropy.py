@@ -392,18 +392,17 @@ class EntropyTables:
                 unit += units
             q = np.concatenate(parts)
         elif self.context_radius and n:
-            parts, unit = [], 0
+            parts, unit, r = [], 0, self.context_radius
             for t, h, w, units in unit_runs(n, grid):
                 rest = h * w
                 part = np.empty((units, t, rest, c), np.int64)
                 before = _units(prev, unit, units, h, w, c)
                 for u in range(units):  # step by step along t: each step's contexts come from the last
-                    r = self.context_radius
                     ctx = np.full((rest, c), self.contexts - 1) if before is None else \
                         np.clip(before[u].reshape(rest, c), -r, r) + r
                     for k in range(t):
                         part[u, k] = read((ctx * c + np.arange(c)).reshape(-1)).reshape(rest, c)
-                        ctx = np.clip(part[u, k], -self.context_radius, self.context_radius) + self.context_radius
+                        ctx = np.clip(part[u, k], -r, r) + r
                 parts.append(part.reshape(-1, c))
                 unit += units
             q = np.concatenate(parts)
@@ -592,10 +591,10 @@ def neighbours(q: np.ndarray, i: np.ndarray, y: np.ndarray, x: np.ndarray,
     one step back along t (``back``), the one to the left and the one above, each ``(values (units, P, C), whether
     it exists (1, P, 1))``. ``prev`` ``(units, h, w, C)``: the previous chunk's last latent frame, the values one
     step back of the first frame (else they have none)."""
+    back, has_back = q[:, np.maximum(i - 1, 0), y, x], (i > 0)[None, :, None]
     if prev is not None:
-        back = np.where((i > 0)[None, :, None], q[:, np.maximum(i - 1, 0), y, x], prev[:, y, x])
-        return {**neighbours(q, i, y, x), "back": (back, np.ones((1, len(i), 1), bool))}
-    return {"back": (q[:, np.maximum(i - 1, 0), y, x], (i > 0)[None, :, None]),
+        back, has_back = np.where(has_back, back, prev[:, y, x]), np.ones_like(has_back)
+    return {"back": (back, has_back),
             "left": (q[:, i, y, np.maximum(x - 1, 0)], (x > 0)[None, :, None]),
             "up": (q[:, i, np.maximum(y - 1, 0), x], (y > 0)[None, :, None])}
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from vitok.codecs.container import VtokHeader, VtokReader
 from vitok.codecs.errors import BitstreamError, CodecError
-from vitok.codecs.payload import parse_chunk
+from vitok.codecs.payload import CONTINUES, parse_chunk
 
 if TYPE_CHECKING:
     from vitok.codecs.neural import EncodeStats, VitokCodec
@@ -150,7 +150,7 @@ def describe_vtok(path: str | os.PathLike) -> dict[str, Any]:
                 raise BitstreamError(f"{r.name}: chunk {info.index}: {e}") from None
             chunks.append({"index": info.index, "frames": info.frames, "bytes": info.nbytes,
                            "tokens": list(tokens) if isinstance(tokens, tuple) else tokens or None,
-                           "step": round(step, 6), "table": table & 0x7F, "continues": bool(table & 0x80)})
+                           "step": round(step, 6), "table": table & ~CONTINUES, "continues": bool(table & CONTINUES)})
         size, header_bytes = r.file_bytes, r.header_bytes
     pixels = h.frames * h.width * h.height
     seconds = h.frames / float(h.fps)

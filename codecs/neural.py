@@ -31,7 +31,7 @@ from vitok.codecs.entropy import (DEFAULT_STEP, FILENAME as ENTROPY_FILE, Entrop
                                   context_grid, load_entropy_tables, load_kept_tables)
 from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names, find_bundled
-from vitok.codecs.payload import ChunkTokens, header_size, pack_chunk, parse_chunk
+from vitok.codecs.payload import CONTINUES, ChunkTokens, header_size, pack_chunk, parse_chunk
 from vitok.codecs.ratecontrol import (Candidate, Cost, UnitCosts, allocate_bytes, cheapest_bytes, pick_psnr,
                                      psnr_from_sse, token_grid, units_for_psnr)
 from vitok.codecs.spill import Spill
@@ -40,7 +40,6 @@ from vitok.config import MAX_TILE_OVERLAP
 __all__ = ["VitokCodec", "DEFAULT_MODEL", "EncodeStats", "ChunkCode", "bundled_codec_names", "model_for_stream"]
 
 WEIGHTS_ID_CHARS = 16  # the header names the weights by the first 64 bits of their sha256
-CONTINUES = 0x80   # in a chunk header's table byte: the first latent frame's contexts continue the previous chunk
 
 
 def bundled_codec_names() -> list[str]:
@@ -187,9 +186,8 @@ class VitokCodec(Codec):
         coder = self._with_tables(header.meta.get("tables"))
         theirs, model = header.meta.get("tiling"), coder.tok.tiling
         overlap = model["overlap"]
-        if isinstance(theirs, dict) and set(theirs) == set(model) and model["tile"] is not None \
-                and all(theirs[k] == model[k] and type(theirs[k]) is type(model[k]) for k in ("tile", "fit")) \
-                and type(theirs["overlap"]) in (int, float) and 0 <= theirs["overlap"] <= MAX_TILE_OVERLAP:
+        if _valid_tiling(theirs, coder.tok.spatial_stride) and model["tile"] is not None \
+                and all(theirs[k] == model[k] and type(theirs[k]) is type(model[k]) for k in ("tile", "fit")):
             overlap = float(theirs["overlap"])
         return coder._overlapping(overlap)
 
@@ -231,8 +229,9 @@ class VitokCodec(Codec):
         twin._tile_overlap = None if fraction == self.tok.config.tile_overlap else float(fraction)
         twin.name = f"vitok:{self.model_ref}"
         if twin._tile_overlap is not None:   # rd tables and caches tell it from the model's own tiling
-            stride = self.tok.spatial_stride
-            twin.name += f" (overlap {round(self.tok.config.tile_size * fraction / stride) * stride} px)"
+            from vitok.geometry import overlap_pixels
+
+            twin.name += f" (overlap {overlap_pixels(self.tok.config.tile_size, fraction, self.tok.spatial_stride)} px)"
         return twin
 
     @property
@@ -241,7 +240,8 @@ class VitokCodec(Codec):
         t = self.tok.tiling
         return t if self._tile_overlap is None else {**t, "overlap": self._tile_overlap}
 
-    def _plan(self, frames: int, height: int, width: int) -> Any:
+    def plan(self, frames: int, height: int, width: int) -> Any:
+        """The chunks and tiles this codec cuts a video of this geometry into (``Tokenizer.plan`` with its overlap)."""
         return self.tok.plan(frames, height, width, tile_overlap=self._tile_overlap)
 
     def _fitting(self, tables: EntropyTables) -> EntropyTables:
@@ -348,7 +348,7 @@ class VitokCodec(Codec):
                                  "chunk (its carry_of), or from the stream's start")
         if index >= len(self.tables.tables):
             raise BitstreamError(f"chunk uses entropy table {index}, the model has {len(self.tables.tables)}")
-        k, g = self.tok.max_tokens, self._plan(frames, height, width)
+        k, g = self.tok.max_tokens, self.plan(frames, height, width)
         counts = tokens if isinstance(tokens, tuple) else (tokens,)
         if (k is None) != (counts == (0,)) or (k is not None and max(counts) > k):
             raise BitstreamError(f"chunk says {_counts_text(tokens)} tokens per unit, the model takes "
@@ -364,12 +364,12 @@ class VitokCodec(Codec):
         """A decoded chunk's last latent frame per unit, the next chunk's temporal context (None: nothing carries)."""
         if not self.carries:
             return None
-        return carried_frame(q, self.tok.unit_grid(*self._plan(frames, height, width).unit_size))
+        return carried_frame(q, self.tok.unit_grid(*self.plan(frames, height, width).unit_size))
 
     def coded_tokens(self, frames: int, height: int, width: int, tokens: int | tuple[int, ...] | None) -> int:
         """Tokens a chunk of this geometry codes: all of them, or ``tokens`` per unit for 1D models (a tuple:
         each unit's own count)."""
-        return self._coded(self._plan(frames, height, width), tokens)
+        return self._coded(self.plan(frames, height, width), tokens)
 
     def _coded(self, g: Any, tokens: int | tuple[int, ...] | None) -> int:
         if isinstance(tokens, tuple):
@@ -461,7 +461,7 @@ class VitokCodec(Codec):
         index, K = tables.table_index(step), tok.max_tokens
         x = frames_to_tensor(frames, device=tok.device)
         z = tok.encode(x, tile_overlap=self._tile_overlap).z[0].float()
-        g = self._plan(*x.shape[2:])
+        g = self.plan(*x.shape[2:])
         ref = pad_chunk(x, g.unit_frames, g.rows.padded, g.cols.padded)[0].float()
         real = torch.zeros(g.unit_frames, g.rows.padded, g.cols.padded, device=ref.device)
         real[:g.frames, :g.height, :g.width] = 1
@@ -563,7 +563,7 @@ class VitokCodec(Codec):
         if first is None:
             return
         chunks = itertools.chain([first], chunks)
-        if adapt_units and self.is_1d and self._plan(*first.shape[:3]).units > 1:  # a token count per tile
+        if adapt_units and self.is_1d and self.plan(*first.shape[:3]).units > 1:  # a token count per tile
             unit_step = float(np.float32(DEFAULT_STEP if step is None else step))   # as _code codes it
             if psnr is not None:
                 for chunk in chunks:
@@ -609,7 +609,7 @@ class VitokCodec(Codec):
         meta = {"codec": "vitok", "model": tok.config.name, "weights": tok.weights_hash[:WEIGHTS_ID_CHARS],
                 "kind": tok.config.kind, "channels": tok.latent_channels, "tables": self.tables.table_id,
                 "step": None if step is None else float(np.float32(step))}
-        if self._plan(1, height, width).layout[1:] != (1, 1):
+        if self.plan(1, height, width).layout[1:] != (1, 1):
             meta["tiling"] = self.tiling
         sar = sar_record(sample_aspect_ratio)
         if sar is not None:
@@ -748,9 +748,7 @@ class VitokCodec(Codec):
         if theirs == ours:
             return
         stride = self.tok.spatial_stride
-        if not (isinstance(theirs, dict) and set(theirs) == set(ours) and isinstance(theirs["fit"], bool)
-                and (theirs["tile"] is None or type(theirs["tile"]) is int and theirs["tile"] >= 2 * stride)
-                and type(theirs["overlap"]) in (int, float) and 0 <= theirs["overlap"] <= MAX_TILE_OVERLAP):
+        if not _valid_tiling(theirs, stride):
             raise BitstreamError(f"bad tiling record in the header: {theirs!r}")
 
         def axes(t: dict[str, Any]) -> list[Any]:
@@ -814,6 +812,14 @@ def _rechunk(arrays: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
                 buf, have = [], 0
     if have:
         yield buf[0] if len(buf) == 1 else np.concatenate(buf)
+
+
+def _valid_tiling(record: Any, stride: int) -> bool:
+    """A header's tiling record a decoder can cut frames by (FORMAT.md): exactly the keys ``fit`` (bool), ``tile``
+    (None or an integer of at least two strides) and ``overlap`` (a number in ``[0, MAX_TILE_OVERLAP]``)."""
+    return (isinstance(record, dict) and set(record) == {"fit", "overlap", "tile"} and isinstance(record["fit"], bool)
+            and (record["tile"] is None or type(record["tile"]) is int and record["tile"] >= 2 * stride)
+            and type(record["overlap"]) in (int, float) and 0 <= record["overlap"] <= MAX_TILE_OVERLAP)
 
 
 def _counts_text(tokens: ChunkTokens) -> str:

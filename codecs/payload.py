@@ -13,6 +13,7 @@ from vitok.codecs.errors import BitstreamError, CodecError
 CHUNK_HEAD = struct.Struct("<BfH")  # table index, quantization step (float32), tokens per unit (0 = all, grid)
 PER_UNIT = 0xFFFF  # the tokens field's mark: a u16 unit count and one u16 token count per unit follow
 COUNT = struct.Struct("<H")
+CONTINUES = 0x80   # in the table byte: the chunk's first latent frame continues the previous chunk's contexts
 
 ChunkTokens = int | tuple[int, ...]  # 0 (grid: all tokens), the tokens every unit keeps, or one count per unit
 

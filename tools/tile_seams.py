@@ -20,14 +20,15 @@ from vitok.codecs.neural import VitokCodec
 from vitok.data.errors import VitokError
 from vitok.data.io import read_video
 from vitok.data.samples import SAMPLE_CLIPS, sample_path
+from vitok.geometry import Geometry, overlap_pixels
 
 BAND = 4   # pixels each side of a seam
 
 
-def seam_mask(codec: VitokCodec, frames: int, height: int, width: int) -> np.ndarray:
-    """(height, width) True within ``BAND`` px of the middle of every overlap between tiles (of every tile border
-    when tiles do not overlap)."""
-    g = codec.tok.plan(frames, height, width, tile_overlap=codec.tiling["overlap"])
+def seam_mask(g: Geometry) -> np.ndarray:
+    """(height, width) True within ``BAND`` px of the middle of every overlap between the tiles of ``g`` (of every
+    tile border when tiles do not overlap)."""
+    height, width = g.height, g.width
     band = np.zeros((height, width), bool)
     for axis, size, along_rows in ((g.rows, height, True), (g.cols, width, False)):
         for k in range(1, axis.count):
@@ -49,8 +50,8 @@ def measure(codec: VitokCodec, frames: np.ndarray, overlaps: list[int], step: fl
         data = coder.encode(frames, Fraction(25), step=step)
         decoded, _ = VitokCodec(codec.tok, codec.tables).decode(data)   # a decoder with the model's own tiling
         err = ((decoded.astype(np.float64) - frames) ** 2).mean(axis=(0, 3))
-        band = seam_mask(coder, t, h, w)
-        g = coder.tok.plan(t, h, w, tile_overlap=coder.tiling["overlap"])
+        g = coder.plan(t, h, w)
+        band = seam_mask(g)
         ratio = float(err[band].mean() / err[~band].mean()) if band.any() and (~band).any() else float("nan")
         rows.append({"overlap": pixels, "tiles": f"{g.rows.count}x{g.cols.count} of {g.rows.tile}x{g.cols.tile}",
                      "bytes": len(data), "psnr": float(10 * np.log10(255.0 ** 2 / err.mean())), "seam_ratio": ratio})
@@ -71,8 +72,8 @@ def main() -> None:
         frames = read_video(path, num_frames=args.frames)[0]
         if codec.tok.config.tile_size is None:
             raise VitokError(f"{args.model} codes whole frames: it has no tiles to overlap")
-        stride = codec.tok.spatial_stride   # the model's own overlap, as plan_axis rounds it
-        overlaps = args.overlap or [round(codec.tiling["overlap"] * codec.tok.config.tile_size / stride) * stride]
+        overlaps = args.overlap or [overlap_pixels(codec.tok.config.tile_size, codec.tiling["overlap"],
+                                                   codec.tok.spatial_stride)]   # the model's own
         rows = measure(codec, frames, overlaps, args.step)
     except VitokError as e:
         raise SystemExit(f"error: {e}") from None

@@ -39,13 +39,18 @@ class Axis:
         return self.tile - self.step if self.count > 1 else 0
 
 
+def overlap_pixels(tile: int, overlap_frac: float, stride: int) -> int:
+    """The overlap in pixels between tiles of ``tile`` pixels: ``overlap_frac`` of a tile, rounded to the stride."""
+    return round(tile * overlap_frac / stride) * stride
+
+
 def plan_axis(size: int, stride: int, tile: int | None, overlap_frac: float, fit: bool = False) -> Axis:
     """Tiles along one axis of ``size`` pixels: the fewest of at most ``tile`` pixels that cover it with the overlap;
     ``fit``: each as small as covering allows (a multiple of ``stride``), else exactly ``tile``."""
     padded = math.ceil(size / stride) * stride
     if tile is None or padded <= tile:
         return Axis(padded, 1, padded, padded)
-    overlap = round(tile * overlap_frac / stride) * stride
+    overlap = overlap_pixels(tile, overlap_frac, stride)
     count = math.ceil((padded - overlap) / (tile - overlap))
     if fit:
         tile = math.ceil((padded + (count - 1) * overlap) / (count * stride)) * stride

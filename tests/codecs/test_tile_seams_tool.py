@@ -23,7 +23,7 @@ def test_overlaps_are_measured_with_the_band_around_each_seam(tinygrid):
     frames = np.ascontiguousarray(read_video(sample_path("carphone"), num_frames=8)[0][:, 40:88, 16:104])
     codec = VitokCodec(tinygrid[0], tinygrid[1])
     for pixels in (0, 16):   # 88 px: two tiles of 48 (no overlap) or 56 (16 px), meeting around column 48
-        band = tool.seam_mask(codec.with_overlap(pixels), 8, 48, 88)
+        band = tool.seam_mask(codec.with_overlap(pixels).plan(8, 48, 88))
         assert set(np.flatnonzero(band.any(axis=0))) == set(range(44, 52)) and band[:, 44:52].all()
     rows = tool.measure(codec, frames, [0, 16])
     assert [r["overlap"] for r in rows] == [0, 16] and [r["tiles"] for r in rows] == ["1x2 of 48x48", "1x2 of 48x56"]
