@@ -96,8 +96,9 @@ class EncodeStats:
     coded_tokens: int = 0   # tokens coded in all chunks, units and tiles
     steps: list[float] = field(default_factory=list)
     chunk_bytes: list[int] = field(default_factory=list)
-    chunk_psnr: list[float | None] = field(default_factory=list)  # known when rate control chose (not per tile
-    # under a byte budget: that would need every chunk's frames kept until the allocation ends)
+    chunk_psnr: list[float | None] = field(default_factory=list)  # known when rate control decoded the chunk as
+    # written (not per tile under a byte budget, nor for a chunk a byte budget coded again after a switched step:
+    # that would need every chunk's frames kept until the allocation ends)
     seconds: float = 0.0
 
     @property
@@ -586,18 +587,55 @@ class VitokCodec(Codec):
                 prev = code.carry
                 yield code
             return
-        with Spill() as spill:  # byte budget: every chunk's candidates first (payloads in the spill), then allocate
-            options, codes_all = [], []
+        yield from self._chunks_to_bytes(chunks, grid, target_bytes, header_bytes)
+
+    def _chunks_to_bytes(self, chunks: Iterable[np.ndarray], grid: list[tuple[int | None, float]],
+                         target_bytes: int, header_bytes: int) -> Iterator[ChunkCode]:
+        """A setting of ``grid`` for every chunk so the file fits ``target_bytes`` with the least total distortion.
+        Every chunk's settings are coded and decoded first (payloads in a spill file). When chunks continue the
+        temporal contexts of the chunk before, each setting is coded after the chunk before's same setting; a chunk
+        whose chosen setting follows another is coded again (its latents wait in the spill too): its bytes change a
+        little and its PSNR goes unmeasured. The allocation tightens until the real bytes fit."""
+        import torch
+
+        budget = target_bytes - header_bytes
+        with Spill() as spill:
+            options, kept, carries = [], [], [None] * len(grid)
             for chunk in chunks:
                 tokens_of = self._tokens_of(chunk)
-                pairs = [self._evaluate(chunk, *g, tokens_of) for g in grid]
+                pairs = [self._evaluate(chunk, *g, tokens_of, carries[i]) for i, g in enumerate(grid)]
                 options.append([Cost(cand.nbytes + framing_bytes(cand.nbytes), cand.sse) for cand, _ in pairs])
-                codes_all.append([(spill.put(code.payload), replace(code, q=None, payload=b"", carry=None))
-                                  for _, code in pairs])
-            pick = allocate_bytes(options, target_bytes - header_bytes, reserved=header_bytes)
-            for codes, i in zip(codes_all, pick):
-                item, code = codes[i]
-                yield replace(code, payload=spill.get(item))
+                carries = [code.carry for _, code in pairs]
+                kept.append(([(spill.put(code.payload), replace(code, q=None, payload=b"", carry=None))
+                              for _, code in pairs],
+                             [None if c is None else spill.put_array(c) for c in carries],
+                             spill.put_array(tokens_of[0].cpu().numpy()) if self.carries else None, tokens_of[1]))
+            floor, target = cheapest_bytes(options), budget
+            for attempt in range(8):
+                pick, coded, prev, before = allocate_bytes(options, target, reserved=header_bytes), [], None, None
+                for (codes, carried, latents, unit_grid), i in zip(kept, pick):
+                    item, code = codes[i]
+                    if prev is None or (before is not None and np.array_equal(prev, spill.get_array(before[i]))):
+                        prev = None if carried[i] is None else spill.get_array(carried[i])   # coded as evaluated
+                    else:   # its setting follows another than in the evaluation: code it after the chunk coded
+                        z = torch.from_numpy(spill.get_array(latents)).to(self.tok.device)
+                        code = self._code_tokens((z, unit_grid), code.frames, *grid[i], prev)
+                        item, prev = spill.put(code.payload), code.carry
+                        code = replace(code, q=None, payload=b"", carry=None)
+                    coded.append((item, code))
+                    before = carried
+                real = sum(item.nbytes + framing_bytes(item.nbytes) for item, _ in coded)
+                if real <= budget:
+                    for item, code in coded:
+                        yield replace(code, payload=spill.get(item))
+                    return
+                estimated = sum(opts[i].nbytes for opts, i in zip(options, pick))
+                if estimated <= floor:
+                    break
+                # aim below this pick's estimate by what the real bytes ran over (doubled each round)
+                target = floor if attempt == 6 else max(floor, estimated - (real - budget) * 2 ** attempt)
+        raise CodecError(f"byte budget too small: {target_bytes} bytes; the cheapest setting takes "
+                         f"{real + header_bytes}")
 
     # ---- whole clips ----------------------------------------------------------------------------------------
     def header_meta(self, step: float | None, width: int, height: int,
