@@ -39,11 +39,11 @@ def _knobs(codec: str) -> tuple[str, ...] | None:
 
 
 def _check_values(codec: str, op: dict, spec: str) -> None:
-    """Refuse an operating point whose values the codec would refuse, before any clip is coded (codecs that can
-    check without loading a model: the classical ones)."""
+    """Refuse an operating point whose values the codec would refuse, before any clip is coded (a vitok codec loads
+    its model to check)."""
     from vitok.codecs import get_codec
 
-    check = None if codec.startswith("vitok:") else getattr(get_codec(codec), "check_knobs", None)
+    check = getattr(get_codec(codec), "check_knobs", None)
     if check is not None:
         try:
             check(**op)

@@ -549,8 +549,6 @@ class VitokCodec(Codec):
                      adapt_units: bool = True) -> Iterator[ChunkCode]:
         """Each chunk's code for the knob given; with ``target_bytes``, the file's ``header_bytes`` and every
         chunk's framing fit in it too."""
-        if sum(x is not None for x in (tokens, target_bytes, psnr)) > 1:
-            raise CodecError("give at most one of tokens, bytes, psnr")
         if psnr is None and target_bytes is None:
             prev = None
             for chunk in chunks:
@@ -654,6 +652,25 @@ class VitokCodec(Codec):
             meta["sar"] = sar
         return meta
 
+    def check_knobs(self, step: float | None = None, tokens: int | None = None, bytes: int | None = None,
+                    psnr: float | None = None, adapt_units: bool = True, overlap: int | None = None) -> None:
+        """Refuse knobs this model would refuse, naming the bad one, before any frame is coded (`vitok rd` checks
+        its operating points with it before any work)."""
+        if overlap is not None:
+            self.with_overlap(overlap)
+        if step is not None:
+            self.tables.table_index(_float32_step(step))
+        if bytes is not None and (isinstance(bytes, bool) or not isinstance(bytes, (int, np.integer)) or bytes <= 0):
+            raise CodecError(f"bytes must be a positive integer, got {bytes!r}")
+        if psnr is not None and (isinstance(psnr, bool) or not isinstance(psnr, (int, float, np.floating))
+                                 or not math.isfinite(psnr)):
+            raise CodecError(f"psnr must be a finite number of dB, got {psnr!r}")
+        self._check_tokens(tokens)
+        if sum(x is not None for x in (tokens, bytes, psnr)) > 1:
+            raise CodecError("give at most one of tokens, bytes, psnr")
+        if step is not None and (bytes is not None or psnr is not None):
+            self._candidates(step)   # a grid model picks the step itself
+
     def encode_stream(self, chunks: Iterable[np.ndarray], fps: Fraction, out: BinaryIO, *,
                       step: float | None = None, tokens: int | None = None, bytes: int | None = None,
                       psnr: float | None = None, adapt_units: bool = True, overlap: int | None = None,
@@ -668,13 +685,7 @@ class VitokCodec(Codec):
                 chunks, fps, out, step=step, tokens=tokens, bytes=bytes, psnr=psnr, adapt_units=adapt_units,
                 on_chunk=on_chunk, sample_aspect_ratio=sample_aspect_ratio)
         t0 = time.perf_counter()
-        if step is not None:
-            self.tables.table_index(_float32_step(step))
-        if bytes is not None and (not isinstance(bytes, (int, np.integer)) or bytes <= 0):
-            raise CodecError(f"bytes must be a positive integer, got {bytes!r}")
-        if psnr is not None and not (isinstance(psnr, (int, float)) and math.isfinite(psnr)):
-            raise CodecError(f"psnr must be a finite number of dB, got {psnr!r}")
-        self._check_tokens(tokens)
+        self.check_knobs(step=step, tokens=tokens, bytes=bytes, psnr=psnr)
         if not sample_aspect_ratio > 0:
             raise CodecError(f"sample_aspect_ratio must be positive, got {sample_aspect_ratio!r}")
         it = _rechunk(chunks, self.tok.clip_frames)

@@ -463,8 +463,9 @@ def test_streaming_keeps_memory_flat(codec1d, tmp_path):
 @pytest.mark.parametrize("model", ["grid", "1d"])
 def test_byte_budget_keeps_memory_flat(model, codec1d, tinygrid, tmp_path, monkeypatch):
     """A byte budget plans over the whole video, but what it keeps of each chunk (every candidate's payload and
-    carried frame, a grid model's latents; a 1D model's latents and per-tile payloads) waits on disk: 10x the chunks do not raise the Python allocation peak
-    (payloads padded to 256 KiB so that holding them would show), and the 1D latents are let go chunk by chunk."""
+    carried frame, a grid model's latents; a 1D model's latents and per-tile payloads) waits on disk: 10x the chunks
+    do not raise the Python allocation peak (payloads padded to 256 KiB so that holding them would show), and the 1D
+    latents are let go chunk by chunk."""
     pad = b"\0" * (256 << 10)
     if model == "grid":
         codec, size, coder = VitokCodec(tinygrid[0], tinygrid[1]), (48, 64), "_code_tokens"

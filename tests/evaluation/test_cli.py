@@ -396,6 +396,13 @@ def test_op_keys_and_codecs_are_checked_before_any_work(tmp_path, cli_error, sma
         ([*rd, "--codec", "h264", "--op", "h264:crf=30,tune=bad"], "h264: unknown tune 'bad'; one of film"),
         ([*rd, "--codec", "h265", "--op", "h265:crf=60"], "h265: crf must be an integer in 0..51, got 60"),
         ([*rd, "--codec", "vp9", "--op", "vp9:tune=psnr"], "vp9 has no knob 'tune'"),
+        ([*rd, "--codec", neural, "--op", f"{neural}:overlap=5"], f"{neural}:overlap=5: overlap must be a whole "
+                                                                   "number of pixels, a multiple of"),
+        ([*rd, "--codec", neural, "--op", f"{neural}:tokens=99"], "tokens must be an integer in 1..16"),
+        ([*rd, "--codec", neural, "--op", f"{neural}:tokens=2,psnr=30"], "give at most one of tokens, bytes, psnr"),
+        ([*rd, "--codec", "vitok:vitok-grid", "--op", "vitok:vitok-grid:step=0.5,bytes=9000"],
+         "--bytes/--psnr on a grid model choose the step per chunk: do not also give --step"),
+        ([*bench_args, "--codec", neural, "--op", f"{neural}:step=-1"], "quantization step must be a positive number"),
         ([*bench_args, "--codec", "h264", "--op", "h264:tune=bad"], "h264: unknown tune 'bad'"),
         ([*bench_args, "--codec", "h264", "--op", "h264:zzz=1"], "h264 has no knob 'zzz'"),
         ([*bench_args, "--codec", neural, "--op", "h264:crf=20"], "codec h264 is not selected"),
