@@ -141,17 +141,21 @@ def _runs(values: list) -> str:
 @click.option("--codec", "video_codec", type=click.Choice(["ffv1", "h264"]), default=None,
               help="Video codec for video output (default: ffv1 lossless for .mkv, h264 for .mp4/.mov).")
 @click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="CRF for h264 output.")
+@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True,
+              help="First frame to decode (only the chunks holding the frames asked for go through the model).")
+@click.option("--frames", "num_frames", type=click.IntRange(min=1), default=None, help="Decode at most N frames.")
 @overwrite_option
 @quiet_option
 @json_option
 @device_option
 @threads_option
-def decode(input, output, model, video_codec, crf, overwrite, quiet, as_json, device, threads) -> None:
+def decode(input, output, model, video_codec, crf, start, num_frames, overwrite, quiet, as_json, device,
+           threads) -> None:
     """Decode a .vtok file to a video, a folder of PNGs or a .npy array."""
     from vitok.codecs.container import VtokReader, check_vtok_path
     from vitok.codecs.errors import BitstreamError
     from vitok.codecs.files import decode_file, decode_output_kind
-    from vitok.codecs.neural import VitokCodec, model_for_stream
+    from vitok.codecs.neural import VitokCodec, frame_count, model_for_stream
     from vitok.data.io import check_frame_rate
 
     if not Path(input).exists():
@@ -162,7 +166,7 @@ def decode(input, output, model, video_codec, crf, overwrite, quiet, as_json, de
     kind = decode_output_kind(output, video_codec)   # a name decode cannot write: before -y is asked for
     with VtokReader(input) as r:
         header = r.header
-    total, rate = header.frames, header.fps
+    total, rate = frame_count(header.frames, start, num_frames), header.fps   # a start past the end: said first
     if kind == "video":
         check_frame_rate(output, rate)   # a rate the container cannot time: said before -y too
     out = check_output(output, overwrite, inputs=[input], folder_of=("frame_*.png",) if kind == "frames" else None)
@@ -176,9 +180,11 @@ def decode(input, output, model, video_codec, crf, overwrite, quiet, as_json, de
             raise BitstreamError(f"{e} (the bundled {codec.model_ref} was picked by the name in the file; pass "
                                  "--model DIR for the model it was encoded with)") from None
     with progress(desc="decode", quiet=quiet, unit="frame", total=total) as bar:
-        result = decode_file(codec, input, out, video_codec=video_codec, crf=crf, on_chunk=bar.update)
+        result = decode_file(codec, input, out, video_codec=video_codec, crf=crf, start=start, frames=num_frames,
+                             on_chunk=bar.update)
     result["model"] = codec.model_ref
-    emit(result, as_json, f"{out}: {result['frames']} frames {result['width']}x{result['height']} @ "
+    first = f" from frame {start}" if start else ""
+    emit(result, as_json, f"{out}: {result['frames']} frames{first} {result['width']}x{result['height']} @ "
                           f"{result['fps']} fps (model {codec.model_ref})")
 
 

@@ -84,10 +84,11 @@ def decode_output_kind(output_path: str | os.PathLike, video_codec: str) -> Lite
 
 
 def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: str | os.PathLike, *,
-                video_codec: str = "ffv1", crf: int = 18,
+                video_codec: str = "ffv1", crf: int = 18, start: int = 0, frames: int | None = None,
                 on_chunk: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Decode a ``.vtok`` to ``.mp4``/``.mkv`` (``video_codec`` ffv1 lossless or h264 at ``crf``), ``.npy`` or a
-    folder of PNGs (any other path); streaming and atomic."""
+    """Decode a ``.vtok`` (at most ``frames`` of it from frame ``start``) to ``.mp4``/``.mkv`` (``video_codec``
+    ffv1 lossless or h264 at ``crf``), ``.npy`` or a folder of PNGs (any other path); streaming and atomic."""
+    from vitok.codecs.neural import frame_count
     from vitok.data.atomic import atomic_dir, atomic_path
     from vitok.data.io import write_video
 
@@ -96,38 +97,39 @@ def decode_file(codec: VitokCodec, input_path: str | os.PathLike, output_path: s
     reader = VtokReader(input_path)
     h = reader.header
 
-    def frames() -> Iterator[np.ndarray]:
-        for chunk in codec.iter_decode(input_path, reader=reader):
+    def decoded() -> Iterator[np.ndarray]:
+        for chunk in codec.iter_decode(input_path, reader=reader, start=start, frames=frames):
             if on_chunk:
                 on_chunk(chunk.shape[0])
             yield chunk
 
     try:
+        count = frame_count(h.frames, start, frames)
         if kind == "video":
-            write_video(out, frames(), h.fps, codec=video_codec, crf=crf, sample_aspect_ratio=h.sample_aspect_ratio)
+            write_video(out, decoded(), h.fps, codec=video_codec, crf=crf, sample_aspect_ratio=h.sample_aspect_ratio)
         elif kind == "npy":
             # written chunk by chunk, not through a memory map: a full disk is then an OSError, not a SIGBUS
             with atomic_path(out) as tmp, open(tmp, "wb") as f:
                 np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
                                                          "fortran_order": False,
-                                                         "shape": (h.frames, h.height, h.width, 3)})
-                for chunk in frames():
+                                                         "shape": (count, h.height, h.width, 3)})
+                for chunk in decoded():
                     f.write(np.ascontiguousarray(chunk, np.uint8).tobytes())
             _warn_aspect_dropped(out, "a .npy array", h.sample_aspect_ratio)
         else:
             from PIL import Image
 
             with atomic_dir(out) as tmp:
-                i = 0
-                for chunk in frames():
+                i = start
+                for chunk in decoded():
                     for frame in chunk:
-                        Image.fromarray(frame).save(tmp / f"frame_{i:06d}.png")
+                        Image.fromarray(frame).save(tmp / f"frame_{i:06d}.png")   # numbered as in the stream
                         i += 1
             _warn_aspect_dropped(out, "PNG frames", h.sample_aspect_ratio)
     finally:
         reader.close()
-    return {"output": str(out), "frames": h.frames, "width": h.width, "height": h.height, "fps": str(h.fps),
-            "sample_aspect_ratio": str(h.sample_aspect_ratio)}
+    return {"output": str(out), "start": start, "frames": count, "width": h.width, "height": h.height,
+            "fps": str(h.fps), "sample_aspect_ratio": str(h.sample_aspect_ratio)}
 
 
 def _warn_aspect_dropped(out: Path, what: str, sar: Fraction) -> None:

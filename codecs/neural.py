@@ -734,31 +734,44 @@ class VitokCodec(Codec):
         stats = self.encode_stream([frames], fps, buf, **knobs)
         return buf.getvalue(), stats
 
-    def iter_symbols(self, source: str | os.PathLike | bytes, reader: VtokReader | None = None
+    def iter_symbols(self, source: str | os.PathLike | bytes, reader: VtokReader | None = None, skip: int = 0
                      ) -> Iterator[tuple[ChunkInfo, np.ndarray, int | None, float]]:
         """Per chunk ``(info, integers (tokens, C), tokens per unit or None, step)``, after checking the stream
-        matches this model: the bitstream half of decoding, without the neural decoder."""
+        matches this model: the bitstream half of decoding, without the neural decoder. The first ``skip`` chunks
+        are not yielded (entropy-decoded only when chunks continue the contexts of the chunk before)."""
         with (reader or VtokReader(source)) as r:
             coder = self.for_stream(r.header)
             coder.check_header(r.header)
             h = r.header
             prev = None
             for info, payload in r.chunks():
+                if info.index < skip and not coder.carries:
+                    continue
                 try:
                     q, tokens, step = coder.decode_symbols(payload, info.frames, h.height, h.width, prev)
                 except BitstreamError as e:
                     raise BitstreamError(f"{r.name}: chunk {info.index}: {e}") from None
                 prev = coder.carry_of(q, info.frames, h.height, h.width)
-                yield info, q, tokens, step
+                if info.index >= skip:
+                    yield info, q, tokens, step
 
-    def iter_decode(self, source: str | os.PathLike | bytes,
-                    reader: VtokReader | None = None) -> Iterator[np.ndarray]:
-        """Decoded frames chunk by chunk (``(t,H,W,3)`` uint8) after checking the stream matches this model."""
+    def iter_decode(self, source: str | os.PathLike | bytes, reader: VtokReader | None = None, *, start: int = 0,
+                    frames: int | None = None) -> Iterator[np.ndarray]:
+        """Decoded frames chunk by chunk (``(t,H,W,3)`` uint8) after checking the stream matches this model;
+        ``start``/``frames``: only those (at most ``frames`` from frame ``start``): only the chunks holding them go
+        through the neural decoder."""
         reader = reader or VtokReader(source)
         h = reader.header
+        stop = start + frame_count(h.frames, start, frames)
+        last = (stop - 1) // h.chunk_frames
         coder = self.for_stream(h)
-        for info, q, tokens, step in coder.iter_symbols(source, reader=reader):
-            yield coder.reconstruct(q, tokens, step, info.frames, h.height, h.width)
+        symbols = coder.iter_symbols(source, reader=reader, skip=start // h.chunk_frames)
+        for info, q, tokens, step in symbols:
+            at = info.index * h.chunk_frames
+            yield coder.reconstruct(q, tokens, step, info.frames, h.height, h.width)[max(start - at, 0):stop - at]
+            if info.index == last < h.num_chunks - 1:
+                symbols.close()   # the chunks after are not read
+                return
 
     def check_header(self, header: VtokHeader) -> None:
         """Refuse streams of another codec, from another model or tables (``check_model``), or cut in other tiles."""
@@ -830,6 +843,17 @@ class VitokCodec(Codec):
         """Bytes of the chunk payloads (what the entropy coder produced plus 7-byte chunk headers)."""
         with VtokReader(data) as r:
             return sum(info.nbytes for info, _ in r.chunks())
+
+
+def frame_count(total: int, start: int, frames: int | None) -> int:
+    """How many frames a decode of at most ``frames`` (None: all) from frame ``start`` of ``total`` gives; a start
+    past the end, or a count below 1, is a CodecError."""
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < total:
+        raise CodecError(f"start must be a frame index in 0..{total - 1} (the stream has {total} frames), "
+                         f"got {start!r}")
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1):
+        raise CodecError(f"frames must be a positive integer, got {frames!r}")
+    return total - start if frames is None else min(int(frames), total - start)
 
 
 def model_for_stream(source: str | os.PathLike, device: str = "cpu") -> VitokCodec:

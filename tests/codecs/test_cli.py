@@ -168,6 +168,22 @@ def test_decode_matches_library(encoded, codec1d, tiny1d, tmp_path):
     assert np.array_equal(np.load(out), ref)
 
 
+def test_decode_a_range_of_frames(capsys, encoded, codec1d, tiny1d, tmp_path):
+    """--start/--frames decode those frames alone (PNGs numbered as in the stream); a start past the end is an
+    error before any output."""
+    ref, _ = codec1d.decode(encoded.read_bytes())
+    out = tmp_path / "part.npy"
+    res = _run("decode", str(encoded), "-o", str(out), "--model", str(tiny1d[2]), "--start", "7", "--frames", "5",
+               "-q")
+    assert (res["start"], res["frames"]) == (7, 5) and np.array_equal(np.load(out), ref[7:12])
+    res = _run("decode", str(encoded), "-o", str(tmp_path / "pngs"), "--model", str(tiny1d[2]), "--start", "17", "-q")
+    assert res["frames"] == 3 and sorted(p.name for p in (tmp_path / "pngs").iterdir()) == [
+        "frame_000017.png", "frame_000018.png", "frame_000019.png"]
+    err = _error(capsys, "decode", str(encoded), "-o", str(tmp_path / "late.npy"), "--start", "20", "-q")
+    assert "start must be a frame index in 0..19 (the stream has 20 frames), got 20" in err
+    assert not (tmp_path / "late.npy").exists()
+
+
 def test_info_vtok_and_video(encoded, video):
     d = _run("info", str(encoded))
     assert d["frames"] == 20 and d["chunks"] == 3 and [c["tokens"] for c in d["chunk_list"]] == [8, 8, 8]

@@ -409,6 +409,35 @@ def test_chunks_after_the_first_continue_its_temporal_contexts(codec1d, stream1d
         codec1d.decode(flagged)
 
 
+def test_decoding_a_range_runs_the_model_on_its_chunks_alone(codec1d, stream1d, tinygrid, clip, monkeypatch):
+    """iter_decode(start=, frames=) gives exactly those frames of the whole decode; only the chunks holding them go
+    through the neural decoder, and the chunks before are entropy-decoded only when the contexts continue (grid)."""
+    frames, fps = clip
+    grid = VitokCodec(tinygrid[0], tinygrid[1])
+    for codec, data, continues in ((codec1d, stream1d, False), (grid, grid.encode(frames, fps), True)):
+        whole, _ = codec.decode(data)
+        calls = {"reconstruct": 0, "decode_symbols": 0}
+        for name in calls:
+            real = getattr(VitokCodec, name)
+
+            def counted(self, *args, _real=real, _name=name, **kwargs):
+                calls[_name] += 1
+                return _real(self, *args, **kwargs)
+
+            monkeypatch.setattr(VitokCodec, name, counted)
+        for start, n, chunks in ((0, None, 3), (9, 4, 1), (7, 5, 2), (16, 99, 1), (19, 1, 1)):
+            calls.update(reconstruct=0, decode_symbols=0)
+            part = np.concatenate(list(codec.iter_decode(data, start=start, frames=n)))
+            assert np.array_equal(part, whole[start:start + (n or 20)])
+            assert calls["reconstruct"] == chunks
+            assert calls["decode_symbols"] == (chunks + start // 8 if continues else chunks)
+        monkeypatch.undo()
+        for start, n, message in ((20, None, r"start must be a frame index in 0\.\.19 \(the stream has 20"),
+                                  (-1, None, "start must be"), (0, 0, "frames must be a positive integer, got 0")):
+            with pytest.raises(CodecError, match=message):
+                next(codec.iter_decode(data, start=start, frames=n))
+
+
 def test_corrupt_payloads_behind_a_valid_crc(codec1d, stream1d):
     _, chunks = read_vtok(stream1d)
     payload = chunks[1][1]
