@@ -773,6 +773,16 @@ class VitokCodec(Codec):
                 symbols.close()   # the chunks after are not read
                 return
 
+    def iter_latents(self, source: str | os.PathLike | bytes, reader: VtokReader | None = None
+                     ) -> Iterator[tuple[ChunkInfo, Any]]:
+        """Per chunk ``(info, vitok.Latents)``: the latents the stream's integers stand for, without the neural
+        decoder (``self.tok.decode`` of them gives ``iter_decode``'s frames): a .vtok as latent storage."""
+        reader = reader or VtokReader(source)
+        h = reader.header
+        coder = self.for_stream(h)
+        for info, q, tokens, step in coder.iter_symbols(source, reader=reader):
+            yield info, coder._latents(q, tokens, step, info.frames, h.height, h.width)
+
     def check_header(self, header: VtokHeader) -> None:
         """Refuse streams of another codec, from another model or tables (``check_model``), or cut in other tiles."""
         if header.meta.get("codec") != "vitok":

@@ -438,6 +438,24 @@ def test_decoding_a_range_runs_the_model_on_its_chunks_alone(codec1d, stream1d, 
                 next(codec.iter_decode(data, start=start, frames=n))
 
 
+def test_a_streams_latents_decode_to_its_frames(codec1d, stream1d, tinygrid, clip):
+    """iter_latents gives each chunk's Latents from the integers alone; the tokenizer decodes them to the frames
+    iter_decode gives (1D: the kept tokens, the rest masked; grid: every token)."""
+    from vitok.data.convert import tensor_to_frames
+
+    frames, fps = clip
+    grid = VitokCodec(tinygrid[0], tinygrid[1])
+    for codec, data in ((codec1d, codec1d.encode(frames, fps, tokens=5)), (grid, grid.encode(frames, fps))):
+        pairs = list(codec.iter_latents(data))
+        assert [info.frames for info, _ in pairs] == [8, 8, 4]
+        for (info, lat), rec in zip(pairs, codec.iter_decode(data)):
+            assert np.array_equal(tensor_to_frames(codec.tok.decode(lat)[0]), rec)
+            if codec is codec1d:
+                assert lat.mask is not None and int(lat.mask.sum()) == 5 * lat.units
+            else:
+                assert lat.mask is None and lat.z.shape[1] == codec.coded_tokens(info.frames, 48, 64, None)
+
+
 def test_corrupt_payloads_behind_a_valid_crc(codec1d, stream1d):
     _, chunks = read_vtok(stream1d)
     payload = chunks[1][1]
