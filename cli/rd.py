@@ -38,12 +38,10 @@ def _knobs(codec: str) -> tuple[str, ...] | None:
     return VitokCodec.knobs if codec.startswith("vitok:") else get_codec(codec).knobs
 
 
-def _check_values(codec: str, op: dict, spec: str) -> None:
-    """Refuse an operating point whose values the codec would refuse, before any clip is coded (a vitok codec loads
+def _check_values(codec: Any, op: dict, spec: str) -> None:
+    """Refuse an operating point whose values ``codec`` would refuse, before any clip is coded (a vitok codec loads
     its model to check)."""
-    from vitok.codecs import get_codec
-
-    check = getattr(get_codec(codec), "check_knobs", None)
+    check = getattr(codec, "check_knobs", None)
     if check is not None:
         try:
             check(**op)
@@ -54,7 +52,10 @@ def _check_values(codec: str, op: dict, spec: str) -> None:
 def parse_ops(specs: tuple[str, ...], codecs: Sequence[str]) -> dict[str, list[dict]]:
     """``CODEC:k=v[,k=v]`` (repeatable) -> ``{codec: [knob dict, ...]}``, one operating point per spec; each CODEC
     must be one of ``codecs`` and each key one of its knobs."""
+    from vitok.codecs import get_codec
+
     out: dict[str, list[dict]] = {}
+    checkers: dict[str, Any] = {}   # one codec (a vitok model loaded once) per name
     for spec in specs:
         codec, sep, knobs = spec.rpartition(":")
         if not sep or not codec:
@@ -70,7 +71,9 @@ def parse_ops(specs: tuple[str, ...], codecs: Sequence[str]) -> dict[str, list[d
             if allowed is not None and k.strip() not in allowed:
                 raise VitokError(f"--op {spec}: {codec} has no knob {k.strip()!r} (knobs: {', '.join(allowed)})")
             op[k.strip()] = parse_value(v.strip())
-        _check_values(codec, op, spec)
+        if codec not in checkers:
+            checkers[codec] = get_codec(codec)
+        _check_values(checkers[codec], op, spec)
         out.setdefault(codec, []).append(op)
     return out
 

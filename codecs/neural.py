@@ -2,7 +2,7 @@
 
 Each chunk of ``tok.clip_frames`` frames is tokenized on its own; with temporal context tables (grid models) a chunk
 after the first continues the entropy contexts of the one before (its first latent frame's temporal neighbours are
-the previous chunk's last), except under a byte budget, whose chunks are coded apart. Knobs: ``step``
+the previous chunk's last). Knobs: ``step``
 (quantization step in units of each channel's latent std; the main rate knob) and, for 1D models, ``tokens``
 (tokens kept per unit). Rate control (``bytes=``, ``psnr=``) picks the token count per chunk, and per tile when a
 1D model cuts frames into several (``adapt_units``); grid models: the step per chunk. Files are written and read
@@ -11,6 +11,7 @@ chunk by chunk, so memory stays flat for long videos.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import itertools
 import math
@@ -34,7 +35,7 @@ from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names, find_
 from vitok.codecs.payload import CONTINUES, ChunkTokens, header_size, pack_chunk, parse_chunk
 from vitok.codecs.ratecontrol import (Candidate, Cost, UnitCosts, allocate_bytes, cheapest_bytes, pick_psnr,
                                      psnr_from_sse, token_grid, units_for_psnr)
-from vitok.codecs.spill import Spill
+from vitok.codecs.spill import Spill, Spilled
 from vitok.config import MAX_TILE_OVERLAP
 
 __all__ = ["VitokCodec", "DEFAULT_MODEL", "EncodeStats", "ChunkCode", "bundled_codec_names", "model_for_stream"]
@@ -97,8 +98,8 @@ class EncodeStats:
     steps: list[float] = field(default_factory=list)
     chunk_bytes: list[int] = field(default_factory=list)
     chunk_psnr: list[float | None] = field(default_factory=list)  # known when rate control decoded the chunk as
-    # written (not per tile under a byte budget, nor for a chunk a byte budget coded again after a switched step:
-    # that would need every chunk's frames kept until the allocation ends)
+    # written (not per tile under a byte budget, nor for a chunk a byte budget coded otherwise than it weighed it,
+    # after a chunk at another step: that would need every chunk's frames kept until the allocation ends)
     seconds: float = 0.0
 
     @property
@@ -590,10 +591,12 @@ class VitokCodec(Codec):
     def _chunks_to_bytes(self, chunks: Iterable[np.ndarray], grid: list[tuple[int | None, float]],
                          target_bytes: int, header_bytes: int) -> Iterator[ChunkCode]:
         """A setting of ``grid`` for every chunk so the file fits ``target_bytes`` with the least total distortion.
-        Every chunk's settings are coded and decoded first (payloads in a spill file). When chunks continue the
-        temporal contexts of the chunk before, each setting is coded after the chunk before's same setting; a chunk
-        whose chosen setting follows another is coded again (its latents wait in the spill too): its bytes change a
-        little and its PSNR goes unmeasured. The allocation tightens until the real bytes fit."""
+        Every chunk's settings are coded and decoded first; when chunks continue the temporal contexts of the
+        chunk before, each setting is weighed coded after the chunk before's same setting, so one setting for every
+        chunk costs exactly what was weighed. The allocation's pick is then coded in turn from the latents (they
+        wait in a spill file): a chunk whose setting follows another costs other bytes than weighed, and its PSNR
+        goes unmeasured. The allocation tightens until the real bytes fit, and the best single setting that fits
+        stands in when the allocation's picks decode worse."""
         import torch
 
         budget = target_bytes - header_bytes
@@ -604,36 +607,56 @@ class VitokCodec(Codec):
                 pairs = [self._evaluate(chunk, *g, tokens_of, carries[i]) for i, g in enumerate(grid)]
                 options.append([Cost(cand.nbytes + framing_bytes(cand.nbytes), cand.sse) for cand, _ in pairs])
                 carries = [code.carry for _, code in pairs]
-                kept.append(([(spill.put(code.payload), replace(code, q=None, payload=b"", carry=None))
-                              for _, code in pairs],
-                             [None if c is None else spill.put_array(c) for c in carries],
-                             spill.put_array(tokens_of[0].cpu().numpy()) if self.carries else None, tokens_of[1]))
-            floor, target = cheapest_bytes(options), budget
+                kept.append(_Weighed(spill.put_array(tokens_of[0].cpu().numpy()), tokens_of[1], chunk.shape[0],
+                                     chunk.size, [_digest(code.payload) for _, code in pairs],
+                                     [self._context_digest(c) for c in carries]))
+
+            def coded_in_turn(pick: list[int]) -> tuple[list[tuple[Spilled, ChunkCode]], int]:
+                coded, prev = [], None
+                for c, (weighed, i) in enumerate(zip(kept, pick)):
+                    z = torch.from_numpy(spill.get_array(weighed.latents)).to(self.tok.device)
+                    code = self._code_tokens((z, weighed.unit_grid), weighed.frames, *grid[i], prev)
+                    as_weighed = _digest(code.payload) == weighed.payloads[i] and \
+                        self._context_digest(prev) == (kept[c - 1].carries[i] if c else None)
+                    psnr = psnr_from_sse(options[c][i].sse, weighed.pixels) if as_weighed else None
+                    prev = code.carry
+                    coded.append((spill.put(code.payload), replace(code, q=None, payload=b"", carry=None, psnr=psnr)))
+                return coded, sum(item.nbytes + framing_bytes(item.nbytes) for item, _ in coded)
+
+            def sse(pick: list[int]) -> float:
+                return sum(o[i].sse for o, i in zip(options, pick))
+
+            floor = cheapest_bytes(options)
+            single = [[i] * len(kept) for i in range(len(grid)) if sum(o[i].nbytes for o in options) <= budget]
+            best, best_coded, real = min(single, key=sse, default=None), None, None
+            target, fit, over = budget, None, None
             for attempt in range(8):
-                pick, coded, prev, before = allocate_bytes(options, target, reserved=header_bytes), [], None, None
-                for (codes, carried, latents, unit_grid), i in zip(kept, pick):
-                    item, code = codes[i]
-                    if prev is None or (before is not None and np.array_equal(prev, spill.get_array(before[i]))):
-                        prev = None if carried[i] is None else spill.get_array(carried[i])   # coded as evaluated
-                    else:   # its setting follows another than in the evaluation: code it after the chunk coded
-                        z = torch.from_numpy(spill.get_array(latents)).to(self.tok.device)
-                        code = self._code_tokens((z, unit_grid), code.frames, *grid[i], prev)
-                        item, prev = spill.put(code.payload), code.carry
-                        code = replace(code, q=None, payload=b"", carry=None)
-                    coded.append((item, code))
-                    before = carried
-                real = sum(item.nbytes + framing_bytes(item.nbytes) for item, _ in coded)
-                if real <= budget:
-                    for item, code in coded:
-                        yield replace(code, payload=spill.get(item))
-                    return
-                estimated = sum(opts[i].nbytes for opts, i in zip(options, pick))
-                if estimated <= floor:
+                pick = allocate_bytes(options, target, reserved=header_bytes)
+                if best is not None and sse(pick) >= sse(best):
+                    fit = target   # no better than what fits already: only more bytes could help
+                else:
+                    coded, real = coded_in_turn(pick)
+                    if real <= budget:
+                        fit, best, best_coded = target, pick, coded
+                    else:
+                        over = target
+                if over is None or (fit is None and target <= floor) or (fit is not None and over - fit < 1):
                     break
-                # aim below this pick's estimate by what the real bytes ran over (doubled each round)
-                target = floor if attempt == 6 else max(floor, estimated - (real - budget) * 2 ** attempt)
-        raise CodecError(f"byte budget too small: {target_bytes} bytes; the cheapest setting takes "
-                         f"{real + header_bytes}")
+                # below the budget by what the real bytes ran over (doubled each round) until a pick fits, then
+                # halfway between the highest target that fit and the lowest that did not
+                target = max(floor, target - (real - budget) * 2 ** attempt) if fit is None else (fit + over) / 2
+            if best is None:
+                raise CodecError(f"byte budget too small: {target_bytes} bytes; the cheapest setting takes "
+                                 f"{real + header_bytes}")
+            for item, code in best_coded or coded_in_turn(best)[0]:
+                yield replace(code, payload=spill.get(item))
+
+    def _context_digest(self, carry: np.ndarray | None) -> bytes | None:
+        """A digest of a carried frame as the next chunk's contexts read it (clipped to the temporal radius)."""
+        if carry is None:
+            return None
+        r = self.tables.context_radius
+        return _digest(np.clip(carry, -r, r).astype(np.int8).tobytes())
 
     # ---- whole clips ----------------------------------------------------------------------------------------
     def header_meta(self, step: float | None, width: int, height: int,
@@ -662,7 +685,7 @@ class VitokCodec(Codec):
             self.tables.table_index(_float32_step(step))
         if bytes is not None and (isinstance(bytes, bool) or not isinstance(bytes, (int, np.integer)) or bytes <= 0):
             raise CodecError(f"bytes must be a positive integer, got {bytes!r}")
-        if psnr is not None and (isinstance(psnr, bool) or not isinstance(psnr, (int, float, np.floating))
+        if psnr is not None and (isinstance(psnr, bool) or not isinstance(psnr, (int, float, np.integer, np.floating))
                                  or not math.isfinite(psnr)):
             raise CodecError(f"psnr must be a finite number of dB, got {psnr!r}")
         self._check_tokens(tokens)
@@ -895,6 +918,23 @@ def _rechunk(arrays: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
                 buf, have = [], 0
     if have:
         yield buf[0] if len(buf) == 1 else np.concatenate(buf)
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+@dataclass
+class _Weighed:
+    """What a byte budget keeps in memory of one chunk while it allocates: where its latents wait in the spill, their
+    unit grid, its frames and pixels, and per setting digests of its payload and of the context it hands on."""
+
+    latents: Spilled
+    unit_grid: tuple[int, int, int] | None
+    frames: int
+    pixels: int
+    payloads: list[bytes]
+    carries: list[bytes | None]
 
 
 def _valid_tiling(record: Any, stride: int) -> bool:
