@@ -1,7 +1,7 @@
 """File-level encode / decode / inspect for ``.vtok``: streams chunk by chunk and writes atomically.
 
 These are what ``vitok encode|decode|info`` call: memory stays flat however long the video, because frames are
-read, coded and written one chunk at a time (a byte budget keeps only the candidate payloads of every chunk).
+read, coded and written one chunk at a time (a byte budget keeps every chunk's latents, on disk).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Bytes set aside on disk while a byte budget is planned over the whole video, so memory stays flat with length.
 
 A byte budget cannot choose any chunk's operating point before it has seen every chunk; what it must keep of each
-(candidate payloads, a 1D model's latents) goes to an unnamed temporary file, which the system deletes on close.
+(its latents, a 1D model's per-tile payloads) goes to an unnamed temporary file, which the system deletes on close.
 """
 from __future__ import annotations
 
