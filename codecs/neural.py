@@ -10,6 +10,7 @@ chunk by chunk, so memory stays flat for long videos.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -785,9 +786,10 @@ class VitokCodec(Codec):
         through the neural decoder."""
         reader = reader or VtokReader(source)
         h = reader.header
-        stop = start + frame_count(h.frames, start, frames)
+        with _closed_on_error(reader):
+            stop = start + frame_count(h.frames, start, frames)
+            coder = self.for_stream(h)
         last = (stop - 1) // h.chunk_frames
-        coder = self.for_stream(h)
         symbols = coder.iter_symbols(source, reader=reader, skip=start // h.chunk_frames)
         for info, q, tokens, step in symbols:
             at = info.index * h.chunk_frames
@@ -802,7 +804,8 @@ class VitokCodec(Codec):
         decoder (``self.tok.decode`` of them gives ``iter_decode``'s frames): a .vtok as latent storage."""
         reader = reader or VtokReader(source)
         h = reader.header
-        coder = self.for_stream(h)
+        with _closed_on_error(reader):
+            coder = self.for_stream(h)
         for info, q, tokens, step in coder.iter_symbols(source, reader=reader):
             yield info, coder._latents(q, tokens, step, info.frames, h.height, h.width)
 
@@ -918,6 +921,16 @@ def _rechunk(arrays: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
                 buf, have = [], 0
     if have:
         yield buf[0] if len(buf) == 1 else np.concatenate(buf)
+
+
+@contextlib.contextmanager
+def _closed_on_error(reader: VtokReader) -> Iterator[None]:
+    """Close ``reader`` when what runs before ``iter_symbols`` owns it fails (a bad range, a stream of another model)."""
+    try:
+        yield
+    except BaseException:
+        reader.close()
+        raise
 
 
 def _digest(data: bytes) -> bytes:

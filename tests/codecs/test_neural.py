@@ -438,6 +438,21 @@ def test_decoding_a_range_runs_the_model_on_its_chunks_alone(codec1d, stream1d, 
                 next(codec.iter_decode(data, start=start, frames=n))
 
 
+def test_a_refused_range_closes_the_file(codec1d, stream1d, tmp_path):
+    """A range the stream does not hold is refused before the chunks are read, and the file opened is closed."""
+    import gc
+    import warnings
+
+    path = tmp_path / "s.vtok"
+    path.write_bytes(stream1d)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(CodecError, match="start must be"):
+            next(codec1d.iter_decode(path, start=20))
+        gc.collect()
+    assert not [w for w in seen if issubclass(w.category, ResourceWarning)], [str(w.message) for w in seen]
+
+
 def test_a_streams_latents_decode_to_its_frames(codec1d, stream1d, tinygrid, clip):
     """iter_latents gives each chunk's Latents from the integers alone; the tokenizer decodes them to the frames
     iter_decode gives (1D: the kept tokens, the rest masked; grid: every token)."""
