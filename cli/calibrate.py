@@ -33,6 +33,11 @@ def _is_sample_file(source: str) -> bool:
               help="Grid models: the table also depends on the mean of the value's left and upper neighbours in its "
                    "latent frame, clipped to this radius [default: the radius of the tables replaced unless "
                    "--context-radius is given; else 6 with a context radius, 0 without]; 0: none.")
+@click.option("--channel-radius", type=click.IntRange(0, 64), default=None,
+              help="1D models: the table also depends on one earlier channel of the value's token (picked per channel "
+                   "on the clips), clipped to this radius, instead of a temporal context [default: the radius of the "
+                   "tables replaced unless --context-radius is given; else 2 for 1D models without a context radius, "
+                   "0 otherwise]; 0: none.")
 @click.option("--iters", type=click.IntRange(min=1), default=None,
               help="Optimisation steps of the factorized tables' entropy bottleneck (--context-radius 0) "
                    "[default: 300].")
@@ -40,7 +45,8 @@ def _is_sample_file(source: str) -> bool:
 @overwrite_option
 @json_option
 def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, context_radius: int | None,
-              spatial_radius: int | None, iters: int, threads: int | None, overwrite: bool, as_json: bool) -> None:
+              spatial_radius: int | None, channel_radius: int | None, iters: int, threads: int | None,
+              overwrite: bool, as_json: bool) -> None:
     """Fit MODEL_DIR's entropy tables (entropy.safetensors beside its config.json), e.g. for a model that
     `vitok train` exported to RUN/model; then `vitok encode --model MODEL_DIR` codes with it. It runs on one thread,
     so that a machine fits the same tables every time (a .vtok names the tables it was coded with)."""
@@ -75,7 +81,7 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
         videos = [clip.load(frames)[0] for clip in resolved]
     kept_before = set(folder.glob(kept_name("*")))
     tables = calibrate_model_dir(folder, videos, iters=iters or 300, context_radius=context_radius,
-                                 spatial_radius=spatial_radius)
+                                 spatial_radius=spatial_radius, channel_radius=channel_radius)
     kept = sorted(p.name for p in set(folder.glob(kept_name("*"))) - kept_before)
     if iters is not None and tables.contexts > 1:
         warnings.warn("--iters is ignored: these tables are counted per context, not optimised (--context-radius 0 "
@@ -85,11 +91,13 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
     offset = f"an offset per token position ({tables.unit_tokens} x {tables.channels})" if tables.unit_tokens \
         else f"an offset per channel ({tables.channels})"
     radii = f" (context radius {tables.context_radius}, spatial radius {tables.spatial_radius})" \
-        if tables.context_radius else ""
+        if tables.context_radius else f" (channel radius {tables.channel_radius})" if tables.channel_radius else ""
     model = f"{offset}, {tables.contexts} table(s) per channel and step{radii}"
     text = "\n".join([f"wrote {out}: tables {tables.table_id}, {report['tokens']} calibration tokens, {model}",
                       *(f"kept the tables replaced as {name}: streams coded with them still decode" for name in kept),
                       "  step  bits/value", *rows])
     emit({"path": str(out), "table_id": tables.table_id, "unit_tokens": tables.unit_tokens,
           "channels": tables.channels, "contexts": tables.contexts, "context_radius": tables.context_radius,
-          "spatial_radius": tables.spatial_radius, "kept": kept, **report}, as_json, text)
+          "spatial_radius": tables.spatial_radius, "channel_radius": tables.channel_radius,
+          "channel_parents": tables.channel_parents and list(tables.channel_parents), "kept": kept, **report},
+         as_json, text)

@@ -14,6 +14,9 @@ Each step of an operating set gets its tables once (calibration), and only integ
   decode in one call.
 - 1D models also offset each token position by its own mean (``mean`` is ``(K, C)``): nested dropout ranks the
   tokens and each position settles on its own mean, so the residual costs about a fifth fewer bytes.
+- Channel contexts (1D models' default): a value's table depends on the value of one earlier channel of the same
+  token (its ``parent``, chosen per channel at calibration), clipped to a radius: a 1D model's channels are far from
+  independent, and a token has no neighbours in time or space to lean on instead.
 
 Symbols ``q - median`` are coded with CompressAI's rANS coder using only the stored tables, so decoding never
 recomputes anything from floats (CompressAI #279/#309: float-derived CDFs desynchronise across machines).
@@ -81,13 +84,15 @@ MIN_SYMBOLS = 32  # CompressAI's encoder buffer holds one 32-bit word per symbol
 MAX_TABLE_HALF = 4096  # cap on a table's half-width (bins)
 CONTEXT_RADIUS = 5  # a value's table depends on the value one step back (latent frame or token), clipped to +-5
 SPATIAL_RADIUS = 6  # ... and (grid models) on the mean of its left and upper neighbours, clipped to +-6
+CHANNEL_RADIUS = 2  # 1D models: a value's table depends on an earlier channel of its token, clipped to +-2
 CONTEXT_PRIOR = 16.0  # pseudo-counts of the channel's histogram in each context's histogram (rare contexts)
 TAIL_MASS = 1e-9  # probability left for the escape symbol of count-based tables
 FILENAME = "entropy.safetensors"
 Grids = Union[tuple[int, int, int], Sequence[tuple[int, int, int]], None]  # one unit grid for all, or one per unit
 UnitTokens = Union[int, Sequence[int], None]  # tokens every unit keeps (None: all), or one count per unit
-FORMAT_VERSION = 3  # 3: spatial contexts (written only for them, so readers before them refuse such tables by
-                    # their format); 2: per-position offsets (``mean`` (K, C)) and temporal contexts; 1 is still read
+FORMAT_VERSION = 4  # 4: channel contexts, 3: spatial contexts (each written only for them, so readers before them
+                    # refuse such tables by their format); 2: per-position offsets (``mean`` (K, C)) and temporal
+                    # contexts; 1 is still read
 
 
 @dataclass
@@ -147,17 +152,23 @@ class EntropyTables:
     the same channel one step back), values at ``t = 0`` with context ``2R + 1``. Grid models step along latent
     frames, 1D models along tokens (grid ``(tokens, 1, 1)``, see ``context_grid``). With ``spatial_radius`` S > 0
     too, each temporal context splits into ``2S + 2`` by the value's left and upper neighbours in its frame
-    (``context_index``): ``(2R + 2)(2S + 2)`` tables per channel, values coded in waves (``waves``).
+    (``context_index``): ``(2R + 2)(2S + 2)`` tables per channel, values coded in waves (``waves``). With a
+    ``channel_radius`` P > 0 instead (no temporal context), ``2P + 2`` tables per channel: channel ``c`` of a token is
+    coded with context ``clip(q[parents[c]], -P, P) + P`` (``channel_context``), ``2P + 1`` when ``parents[c]`` is -1;
+    values are coded channel by channel.
     """
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, tables: list[StepTable], meta: dict[str, Any] | None = None,
-                 context_radius: int = 0, spatial_radius: int = 0):
+                 context_radius: int = 0, spatial_radius: int = 0, channel_radius: int = 0,
+                 channel_parents: Sequence[int] | None = None):
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
         self.tables = tables
         self.meta = dict(meta or {})
         self.context_radius = int(context_radius)
         self.spatial_radius = int(spatial_radius)
+        self.channel_radius = int(channel_radius)
+        self.channel_parents = None if channel_parents is None else tuple(int(p) for p in channel_parents)
         self._validate()
         self.table_id = self._digest()
 
@@ -168,8 +179,9 @@ class EntropyTables:
     @property
     def contexts(self) -> int:
         """Tables per channel and step: 1, ``2R + 2`` with a temporal context, ``(2R + 2)(2S + 2)`` with a spatial
-        one too."""
-        return context_count(self.context_radius) * context_count(self.spatial_radius)
+        one too, ``2P + 2`` with a channel context."""
+        return context_count(self.context_radius) * context_count(self.spatial_radius) * \
+            context_count(self.channel_radius)
 
     @property
     def unit_tokens(self) -> int | None:
@@ -274,6 +286,8 @@ class EntropyTables:
         def rows_after(y: np.ndarray) -> np.ndarray:
             return (np.clip(np.clip(y, lo, hi), -radius, radius).astype(np.int64) + radius) * c + np.arange(c)
 
+        if self.channel_radius:
+            return self._rd_round_channels(v, table, lo, hi)
         if self.contexts == 1:
             low, cost = options(v, np.arange(c))
             return low + (cost[1] < cost[0])
@@ -295,6 +309,20 @@ class EntropyTables:
                 out[:, i] = low + (cost[1] < cost[0])
                 rows = rows_after(out[:, i])
             start, unit = start + n, unit + count
+        return y
+
+    def _rd_round_channels(self, v: np.ndarray, table: StepTable, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """``_rd_round`` with channel contexts: channel by channel in coding order, each value costed under the table
+        its parent channel's chosen value picks (what the choice makes a child channel cost is left out)."""
+        c, radius, weights, lam = self.channels, self.channel_radius, self.distortion_weights, self.rd_lambda
+        y = np.zeros_like(v)
+        for ch, parent in enumerate(self.channel_parents):
+            ctx = np.full(len(v), 2 * radius + 1) if parent < 0 else np.clip(y[:, parent], -radius, radius) + radius
+            rows, x = ctx.astype(np.int64) * c + ch, v[:, ch]
+            low = np.floor(x)
+            cost = [weights[ch] * (x - y_) ** 2 + lam * table.value_bits(rows, np.clip(y_, lo[ch], hi[ch]).astype(
+                np.int64)) for y_ in (low, low + 1)]
+            y[:, ch] = np.clip(low + (cost[1] < cost[0]), lo[ch], hi[ch])
         return y
 
     def _rd_round_waves(self, v: np.ndarray, grid: Grids, lo: np.ndarray, hi: np.ndarray,
@@ -356,6 +384,8 @@ class EntropyTables:
         if self.spatial_radius:   # coded in waves, the order the decoder can rebuild the contexts in
             order = stream_order(len(q), grid, self.channels)
             idx, sym = idx[order], sym[order]
+        elif self.channel_radius:   # channel by channel: a parent before its children
+            idx, sym = (a.reshape(len(q), self.channels).T.reshape(-1) for a in (idx, sym))
         pad = np.arange(max(MIN_SYMBOLS - sym.size, 0)) % self.channels  # the coder's minimum: zero symbols
         cdfs, lengths, offsets = table.coder_args()
         return RansEncoder().encode_with_indexes(np.concatenate([sym, 0 * pad]).tolist(),
@@ -406,6 +436,11 @@ class EntropyTables:
                 parts.append(part.reshape(-1, c))
                 unit += units
             q = np.concatenate(parts)
+        elif self.channel_radius and n:
+            q, r = np.zeros((n, c), np.int64), self.channel_radius
+            for ch, parent in enumerate(self.channel_parents):   # a channel's contexts come from its parent's values
+                ctx = np.full(n, 2 * r + 1) if parent < 0 else np.clip(q[:, parent], -r, r) + r
+                q[:, ch] = read(ctx * c + ch)
         else:
             q = read(np.tile(np.arange(c), n)).reshape(n, c)
         pad = np.arange(count - n * c) % c
@@ -421,6 +456,9 @@ class EntropyTables:
 
     def table_rows(self, q: np.ndarray, grid: Grids = None, prev: np.ndarray | None = None) -> np.ndarray:
         """The table row coding each value of ``q`` ``(N, C)``, flattened (see ``table_rows``)."""
+        if self.channel_radius:
+            self._carry(prev)
+            return channel_rows(q, self.channel_radius, self.channel_parents)
         return table_rows(q, grid, self.context_radius, self.spatial_radius, self._carry(prev))
 
     def _carry(self, prev: np.ndarray | None) -> np.ndarray | None:
@@ -447,9 +485,12 @@ class EntropyTables:
 
         path = Path(path)
         path = path / FILENAME if path.is_dir() else path
-        meta = {**self.meta, "format": FORMAT_VERSION if self.spatial_radius else 2, "steps": self.steps,
-                "precision": PRECISION, "table_id": self.table_id, "context_radius": self.context_radius,
-                **({"spatial_radius": self.spatial_radius} if self.spatial_radius else {})}
+        meta = {**self.meta, "format": 4 if self.channel_radius else 3 if self.spatial_radius else 2,
+                "steps": self.steps, "precision": PRECISION, "table_id": self.table_id,
+                "context_radius": self.context_radius,
+                **({"spatial_radius": self.spatial_radius} if self.spatial_radius else {}),
+                **({"channel_radius": self.channel_radius, "channel_parents": list(self.channel_parents)}
+                   if self.channel_radius else {})}
         with atomic_path(path) as tmp:
             save_safetensors(self.tensors(), tmp, metadata={"vitok_entropy": json.dumps(meta)})
         return path
@@ -465,7 +506,7 @@ class EntropyTables:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["vitok_entropy"])
                 t = {k: f.get_tensor(k).numpy() for k in f.keys()}
-            if meta.get("format") not in (1, 2, FORMAT_VERSION) or meta.get("precision") != PRECISION:
+            if meta.get("format") not in (1, 2, 3, FORMAT_VERSION) or meta.get("precision") != PRECISION:
                 raise ValueError(f"unsupported format {meta.get('format')} / precision {meta.get('precision')}")
             tables = [StepTable(float(s), *(t[f"step{i}.{k}"].astype(np.int32)
                                             for k in ("cdf", "cdf_length", "offset", "median")))
@@ -473,15 +514,25 @@ class EntropyTables:
             radius, spatial = meta.get("context_radius", 0), meta.get("spatial_radius", 0)
             if any(type(r) is not int for r in (radius, spatial)):
                 raise ValueError(f"context radii must be integers, got {radius!r} and {spatial!r}")
-            if (meta["format"] == FORMAT_VERSION) != (spatial > 0):
+            if (meta["format"] == 3) != (spatial > 0):
                 raise ValueError(f"format {meta['format']} with spatial radius {spatial} (format 3 is for tables "
                                  f"with spatial contexts)")
+            channel, parents = meta.get("channel_radius", 0), meta.get("channel_parents")
+            if type(channel) is not int or (parents is not None and not (
+                    isinstance(parents, list) and all(type(p) is int for p in parents))):
+                raise ValueError(f"channel contexts must be an integer radius and a list of integers, got "
+                                 f"{channel!r} and {repr(parents)[:40]}")
+            if (meta["format"] == 4) != (channel > 0):
+                raise ValueError(f"format {meta['format']} with channel radius {channel} (format 4 is for tables "
+                                 f"with channel contexts)")
             if "deadzone" in meta and "rd_lambda" not in meta:
                 warnings.warn(f"{path}: 'deadzone' (an earlier vitok's rounding) is no longer used: these tables round "
                               f"to nearest; set rate-distortion rounding with tools/rdoq.py --write", stacklevel=2)
             meta = {k: v for k, v in meta.items() if k not in ("format", "steps", "precision", "table_id",
-                                                               "context_radius", "spatial_radius")}
-            return cls(t["mean"], t["std"], tables, meta, context_radius=radius, spatial_radius=spatial)
+                                                               "context_radius", "spatial_radius", "channel_radius",
+                                                               "channel_parents")}
+            return cls(t["mean"], t["std"], tables, meta, context_radius=radius, spatial_radius=spatial,
+                       channel_radius=channel, channel_parents=parents)
         except (OSError, SafetensorError, KeyError, ValueError, TypeError, OverflowError, json.JSONDecodeError) as e:
             raise CodecError(f"cannot read entropy tables {path}: {e}") from None
         except RecursionError:
@@ -500,6 +551,13 @@ class EntropyTables:
             raise ValueError(f"entropy tables: bad context radius {self.context_radius}")
         if not 0 <= self.spatial_radius <= 64 or (self.spatial_radius and not self.context_radius):
             raise ValueError(f"entropy tables: bad spatial radius {self.spatial_radius} (it needs a context radius)")
+        parents = self.channel_parents
+        if not 0 <= self.channel_radius <= 64 or (self.channel_radius > 0) != (parents is not None) or \
+                (self.channel_radius and (self.context_radius or len(parents) != c or
+                                          any(not -1 <= p < i for i, p in enumerate(parents)))):
+            raise ValueError(f"entropy tables: bad channel contexts (radius {self.channel_radius}, parents "
+                             f"{parents}): each channel's parent is -1 or an earlier channel, without a temporal "
+                             f"context")
         lam = self.meta.get("rd_lambda", 0.0)
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam <= 100:
             raise ValueError(f"entropy tables: rd_lambda must be a number in [0, 100], got {repr(lam)[:40]}")
@@ -534,6 +592,8 @@ class EntropyTables:
             head["context_radius"] = self.context_radius
         if self.spatial_radius:
             head["spatial_radius"] = self.spatial_radius
+        if self.channel_radius:
+            head["channel_radius"], head["channel_parents"] = self.channel_radius, list(self.channel_parents)
         h = hashlib.sha256(json.dumps(head).encode())
         for k, v in self.tensors().items():
             h.update(k.encode())
@@ -583,6 +643,40 @@ def table_rows(q: np.ndarray, grid: Grids, radius: int, spatial: int = 0,
         rows.append((ctx * c + np.arange(c)).reshape(-1))
         start, unit = start + size, unit + count
     return np.concatenate(rows) if rows else np.zeros(0, np.int64)
+
+
+def channel_context(q: np.ndarray, radius: int, parents: Sequence[int]) -> np.ndarray:
+    """Each value's channel context ``(N, C)``: ``clip(q[:, parents[c]], -P, P) + P``, or ``2P + 1`` for a channel
+    whose parent is -1."""
+    p = np.asarray(parents, np.int64)
+    back = np.asarray(q, np.int64)[:, np.maximum(p, 0)]
+    return np.where(p >= 0, np.clip(back, -radius, radius) + radius, 2 * radius + 1)
+
+
+def channel_rows(q: np.ndarray, radius: int, parents: Sequence[int]) -> np.ndarray:
+    """The table row coding each value of ``q`` ``(N, C)`` with channel contexts, flattened: ``ctx * C + c``."""
+    c = np.asarray(q).shape[1]
+    return (channel_context(q, radius, parents) * c + np.arange(c)).reshape(-1)
+
+
+def pick_parents(q: np.ndarray, radius: int) -> tuple[int, ...]:
+    """Per channel of integers ``q`` ``(N, C)`` the earlier channel whose clipped value tells the most about it (the
+    least conditional entropy on ``q``); -1 for the first."""
+    q = np.asarray(q, np.int64)
+    parents = [-1]
+    for ch in range(1, q.shape[1]):
+        v = q[:, ch] - q[:, ch].min()
+
+        def bits(parent: int) -> float:
+            ctx = np.clip(q[:, parent], -radius, radius) + radius
+            width = int(v.max()) + 1
+            joint = np.bincount(ctx * width + v, minlength=(2 * radius + 2) * width).reshape(-1, width)
+            per = joint.sum(1, keepdims=True)
+            nz = joint > 0
+            return float(-(joint[nz] * np.log2(joint[nz] / np.broadcast_to(per, joint.shape)[nz])).sum())
+
+        parents.append(min(range(ch), key=bits))
+    return tuple(parents)
 
 
 def neighbours(q: np.ndarray, i: np.ndarray, y: np.ndarray, x: np.ndarray,
@@ -732,12 +826,15 @@ def fit_tables(z: torch.Tensor, steps: Iterable[float] = STEPS, *, mean: np.ndar
 def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]], steps: Iterable[float] = STEPS,
                        *, mean: np.ndarray, std: np.ndarray, radius: int = CONTEXT_RADIUS,
                        prior: float = CONTEXT_PRIOR, meta: dict[str, Any] | None = None, rd_lambda: float = 0.0,
-                       weights: Sequence[float] | None = None, spatial: int = 0) -> EntropyTables:
+                       weights: Sequence[float] | None = None, spatial: int = 0, channel: int = 0,
+                       parents: Sequence[int] | None = None) -> EntropyTables:
     """Context tables from counts: per step, channel and context (see ``EntropyTables``) the histogram of the
     quantized values, shrunk towards the channel's histogram by ``prior`` pseudo-counts and frozen with CompressAI's
     ``pmf_to_quantized_cdf``. ``units``: ``(z (N, C), (t, h, w))``, whole units in order (1D models: ``(K, 1, 1)``,
     so the context is the previous token); a ``(K, C)`` ``mean`` is an offset per token position. ``spatial`` > 0
-    adds spatial contexts of that radius (the left and upper neighbours in the value's latent frame).
+    adds spatial contexts of that radius (the left and upper neighbours in the value's latent frame). ``channel`` > 0
+    (with ``radius`` 0) gives channel contexts of that radius instead, each channel's parent from ``parents`` (default:
+    ``pick_parents`` on the integers at the middle step).
 
     A value's context is the value one step back, so counting the discrete values directly is exact where a smooth
     density (the factorized ``EntropyBottleneck``) would have to be fitted once per context. With ``rd_lambda`` > 0
@@ -753,7 +850,12 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
     c = std.shape[0]
     if spatial and not radius:
         raise CodecError("spatial contexts need a temporal context radius")
-    n_ctx = context_count(radius) * context_count(spatial)
+    if channel and radius:
+        raise CodecError("channel contexts are instead of a temporal context: give one radius or the other")
+    n_ctx = context_count(radius) * context_count(spatial) * context_count(channel)
+
+    def rows_of(y: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
+        return channel_rows(y, channel, parents) if channel else table_rows(y, grid, radius, spatial)
 
     def counted(integers: Callable[[float, int], list[np.ndarray]], meta: dict[str, Any] | None
                 ) -> tuple[EntropyTables, list[float]]:
@@ -767,15 +869,15 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
             width = np.minimum(flat.max(0), med + MAX_TABLE_HALF) - lo + 1
             counts = np.zeros((n_ctx, c, int(width.max())))
             for y, (_, grid) in zip(ys, units):
-                rows = table_rows(y, grid, radius, spatial)
+                rows = rows_of(y, grid)
                 v = y.reshape(-1) - lo[rows % c]
                 keep = (v >= 0) & (v < width[rows % c])  # values past the table are escapes
                 counts += np.bincount(rows[keep] * counts.shape[-1] + v[keep],
                                       minlength=counts.size).reshape(counts.shape)
             inside = np.arange(counts.shape[-1])[None, :] < width[:, None]
-            channel = counts.sum(0) + 0.5 * inside
-            channel /= channel.sum(-1, keepdims=True)
-            pmf = (counts + prior * channel) / (counts.sum(-1, keepdims=True) + prior)
+            marginal = counts.sum(0) + 0.5 * inside
+            marginal /= marginal.sum(-1, keepdims=True)
+            pmf = (counts + prior * marginal) / (counts.sum(-1, keepdims=True) + prior)
             float_bits.append(float(-(counts * np.log2(np.maximum(pmf, 1e-300))).sum()))
             cdf = np.zeros((n_ctx * c, counts.shape[-1] + 2), np.int32)
             for k in range(n_ctx):
@@ -785,11 +887,15 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
                     cdf[k * c + ch, :w + 2] = pmf_to_quantized_cdf(probs.tolist(), PRECISION)
             tables.append(StepTable(step, cdf, np.tile(width + 2, n_ctx).astype(np.int32),
                                     np.tile(lo - med, n_ctx).astype(np.int32), np.tile(med, n_ctx).astype(np.int32)))
-        return EntropyTables(mean, std, tables, meta, context_radius=radius, spatial_radius=spatial), float_bits
+        return EntropyTables(mean, std, tables, meta, context_radius=radius, spatial_radius=spatial,
+                             channel_radius=channel, channel_parents=parents if channel else None), float_bits
 
     def nearest(step: float, _: int) -> list[np.ndarray]:
         return [np.rint((z - row_offsets(mean, len(z))) / (std.astype(np.float64) * step)).astype(np.int64)
                 for z, _ in units]
+
+    if channel and parents is None:
+        parents = pick_parents(np.concatenate(nearest(steps[len(steps) // 2], 0)), channel)
 
     out, float_bits = counted(nearest, meta)
     if rd_lambda:
@@ -870,7 +976,7 @@ def _likelihood_bits(eb, ys: torch.Tensor) -> np.ndarray:
 
 def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = STEPS, iters: int = 300,
                       seed: int = 0, context_radius: int | None = None, rd_lambda: float = 0.0,
-                      spatial_radius: int | None = None) -> EntropyTables:
+                      spatial_radius: int | None = None, channel_radius: int | None = None) -> EntropyTables:
     """Encode calibration clips with ``tok`` and fit tables; the quantizer scale is the model's latent statistics,
     the offset its latent mean (grid models) or the clips' mean per token position (1D models).
 
@@ -879,6 +985,8 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     tables (``iters``, ``seed``), which decode in one call instead of one per latent frame, token or wave. Default:
     ``CONTEXT_RADIUS`` for grid models; 0 for 1D models, whose previous-token context cost bytes on carphone
     (``vitok bench codec`` against a copy calibrated with ``vitok calibrate --context-radius 3``).
+    ``channel_radius`` > 0 (default ``CHANNEL_RADIUS`` for 1D models without a temporal context, else 0): each value's
+    table depends on an earlier channel of its token, clipped to that radius (``pick_parents`` picks which).
     ``spatial_radius`` > 0 (default ``SPATIAL_RADIUS`` for grid models with a context, else 0) also conditions each
     table on the value's left and upper neighbours in its latent frame (README, "How latents become bytes").
     ``clips``: uint8 ``(T,H,W,3)`` arrays or float ``(B,3,T,H,W)`` tensors in [-1, 1].
@@ -892,13 +1000,14 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _calibrate(tok, clips, steps, iters, seed, context_radius, rd_lambda, spatial_radius)
+        return _calibrate(tok, clips, steps, iters, seed, context_radius, rd_lambda, spatial_radius, channel_radius)
     finally:
         torch.set_num_threads(threads)
 
 
 def _calibrate(tok: Any, clips: Iterable[Any], steps: Iterable[float], iters: int, seed: int,
-               context_radius: int | None, rd_lambda: float, spatial_radius: int | None) -> EntropyTables:
+               context_radius: int | None, rd_lambda: float, spatial_radius: int | None,
+               channel_radius: int | None = None) -> EntropyTables:
     from vitok.data.convert import frames_to_tensor
 
     if context_radius is None:
@@ -909,6 +1018,11 @@ def _calibrate(tok: Any, clips: Iterable[Any], steps: Iterable[float], iters: in
         raise CodecError("spatial contexts are for grid models: a 1D model's tokens have no neighbours in a frame")
     if spatial_radius and not context_radius:
         raise CodecError("spatial contexts need a temporal context radius (context_radius > 0)")
+    if channel_radius is None:
+        channel_radius = CHANNEL_RADIUS if tok.max_tokens is not None and not context_radius else 0
+    if channel_radius and context_radius:
+        raise CodecError("channel contexts are instead of a temporal context: give a context radius or a channel "
+                         "radius, not both")
     units, clips = [], list(clips)
     with torch.no_grad():
         for clip in clips:
@@ -930,9 +1044,10 @@ def _calibrate(tok: Any, clips: Iterable[Any], steps: Iterable[float], iters: in
         from vitok.codecs.distortion import distortion_weights
 
         weights = distortion_weights(tok, std.numpy(), clips)
-    if context_radius:
+    if context_radius or channel_radius:
         return fit_context_tables(units, steps, mean=mean.numpy(), std=std.numpy(), radius=context_radius, meta=meta,
-                                  rd_lambda=rd_lambda, weights=weights, spatial=spatial_radius)
+                                  rd_lambda=rd_lambda, weights=weights, spatial=spatial_radius,
+                                  channel=channel_radius)
     tables = fit_tables(z, steps, mean=mean.numpy(), std=std.numpy(), iters=iters, seed=seed, meta=meta)
     return tables.with_rdoq(rd_lambda, weights) if rd_lambda else tables
 
@@ -964,7 +1079,8 @@ def write_entropy_tables(model_dir: str | Path, tables: EntropyTables) -> Path:
 
 def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | None = None,
                         steps: Iterable[float] = STEPS, iters: int = 300,
-                        context_radius: int | None = None, spatial_radius: int | None = None) -> EntropyTables:
+                        context_radius: int | None = None, spatial_radius: int | None = None,
+                        channel_radius: int | None = None) -> EntropyTables:
     """Load the model saved in ``model_dir``, calibrate tables and write ``entropy.safetensors`` beside it.
 
     ``clips``: uint8 ``(T,H,W,3)`` videos, cut into chunks of the model's ``clip_frames`` as the codec cuts them
@@ -972,7 +1088,7 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
     same weights stay beside the model as ``entropy-<id>.safetensors``, so the streams coded with them still decode;
     the rate-distortion rounding they coded with carries over (its weights measured again), and so do their context
     radii: both when neither is given, the temporal one when only ``spatial_radius`` is (a given ``context_radius``
-    takes the default spatial radius for it)."""
+    takes the default spatial radius for it), the channel one when neither it nor ``context_radius`` is given."""
     import vitok
 
     tok = vitok.load(model_dir)
@@ -986,8 +1102,9 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
     if before is not None and context_radius is None:   # and the tables' shape, as chosen last time
         context_radius = before.context_radius
         spatial_radius = before.spatial_radius if spatial_radius is None else spatial_radius
+        channel_radius = before.channel_radius if channel_radius is None else channel_radius
     tables = calibrate_entropy(tok, chunks, steps=steps, iters=iters, context_radius=context_radius,
-                               rd_lambda=rd_lambda, spatial_radius=spatial_radius)
+                               rd_lambda=rd_lambda, spatial_radius=spatial_radius, channel_radius=channel_radius)
     if before is not None and before.table_id != tables.table_id:
         if before.meta.get("weights_hash") == tok.weights_hash:   # streams coded with them still decode
             before.save(Path(model_dir) / kept_name(before.table_id))

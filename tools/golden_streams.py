@@ -31,8 +31,10 @@ STREAMS = {   # name: (model, knobs); 9 frames of carphone's eval split, 48x64 o
     "cnn-rd2": ("vitok-cnn", {"step": 1.0}),   # e87060d72d07d057
     "grid-sp": ("vitok-grid", {}),   # 0bf39b816b90e761, spatio-temporal contexts, coded in waves
     "cnn-sp": ("vitok-cnn", {"step": 1.0}),   # 1a4bd8d49c6d724d
-    "1d": ("vitok-1d", {"tokens": 8}),
-    "1d-tiles": ("vitok-1d", {"psnr": 20.0}),
+    "1d": ("vitok-1d", {"tokens": 8}),   # vitok-1d's factorized tables 56dfef3b0ba20ee2, kept beside the model
+    "1d-tiles": ("vitok-1d", {"psnr": 20.0}),   # likewise
+    "1d-ch": ("vitok-1d", {"tokens": 8}),   # 374c2f448e14aede, channel contexts, coded channel by channel
+    "1d-tiles-ch": ("vitok-1d", {"psnr": 20.0}),   # likewise
     "grid-tiles": ("vitok-grid", {"overlap": 32}),   # 48x272 of bikes: two tiles overlapping as until 8af0cdb
     "grid-cc": ("vitok-grid", {}),   # 25 frames: the second chunk continues the first's temporal contexts
     "cnn-cc": ("vitok-cnn", {"step": 1.0}),   # 25 frames: chunks of 17 and 8, likewise
@@ -44,7 +46,7 @@ def golden_frames(name: str) -> np.ndarray:
     if name == "grid-tiles":
         return np.ascontiguousarray(load_sample("bikes", "eval")[:9, 112:160, 184:456])
     frames = load_sample("carphone", "eval")[:25 if name.endswith("-cc") else 9]
-    return np.ascontiguousarray(frames if name == "1d-tiles" else frames[:, 40:88, 56:120])
+    return np.ascontiguousarray(frames if name.startswith("1d-tiles") else frames[:, 40:88, 56:120])
 
 
 def symbols_hash(codec: VitokCodec, data: bytes) -> str:

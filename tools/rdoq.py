@@ -81,7 +81,7 @@ def main() -> None:
         if args.refit and lam:
             tables = calibrate_entropy(codec.tok, calibration_chunks(codec.tok), steps=tables.steps,
                                        context_radius=tables.context_radius, rd_lambda=lam,
-                                       spatial_radius=tables.spatial_radius)
+                                       spatial_radius=tables.spatial_radius, channel_radius=tables.channel_radius)
         test = curves(codec, tables, segs)
         per = [bd_rate(a, b) for a, b in zip(base, test)]
         dpsnr = np.mean([p["psnr"] for c in test for p in c]) - np.mean([p["psnr"] for c in base for p in c])

@@ -429,10 +429,12 @@ def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path
     (d / "entropy.safetensors").unlink()
     out = tmp_path / "clip.vtok"
     assert "run `vitok calibrate" in _error(capsys, "encode", str(video), "-o", str(out), "--model", str(d))
-    report = _run("calibrate", str(d), "--clip", str(video), "--iters", "20")
+    report = _run("calibrate", str(d), "--clip", str(video))
     assert report["unit_tokens"] == 16 and report["tokens"] == 3 * 16  # 20 frames: chunks of 8, 8 and 4
     assert set(report["bits_per_symbol"]) == {"0.25", "0.5", "1.0", "2.0", "4.0"}
-    assert report["contexts"] == 1 and report["channels"] == 8  # 1D default: factorized tables
+    # 1D default: channel contexts, each channel after the first looking at an earlier one of its token
+    assert (report["contexts"], report["channels"], report["channel_radius"]) == (6, 8, 2)
+    assert report["channel_parents"][0] == -1 and all(p < c for c, p in enumerate(report["channel_parents"]))
     assert "use -y to overwrite" in _error(capsys, "calibrate", str(d), "--clip", str(video))
     older = tmp_path / "older.vtok"
     _run("encode", str(video), "-o", str(older), "--model", str(d), "--tokens", "4")
@@ -446,6 +448,12 @@ def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path
         _run("calibrate", str(d), "--clip", str(video), "--context-radius", "2", "-y", "--iters", "5")
     assert again["table_id"] == ctx["table_id"]
     assert ctx["contexts"] == 6 and ctx["table_id"] != report["table_id"]  # the previous token picks the table
+    assert ctx["channel_radius"] == 0 and ctx["channel_parents"] is None   # one or the other
+    assert "channel contexts are instead of a temporal context" in _error(
+        capsys, "calibrate", str(d), "--clip", str(video), "--context-radius", "2", "--channel-radius", "2", "-y")
+    flat = _run("calibrate", str(d), "--clip", str(video), "--context-radius", "0", "--channel-radius", "0",
+                "--iters", "20", "-y")
+    assert flat["contexts"] == 1 and flat["channel_radius"] == 0   # factorized tables
     for radius in ((), ("--context-radius", "2")):   # a 1D model's tokens have no neighbours in a frame
         err = _error(capsys, "calibrate", str(d), "--clip", str(video), *radius, "--spatial-radius", "1", "-y")
         assert "spatial contexts are for grid models" in err

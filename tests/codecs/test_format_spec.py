@@ -99,9 +99,11 @@ def test_table_id_follows_the_spec(name):
     with safe_open(str(path), "np") as f:
         meta = json.loads(f.metadata()["vitok_entropy"])
         head = {"steps": meta["steps"], "precision": 16}
-        for key in ("context_radius", "spatial_radius"):
+        for key in ("context_radius", "spatial_radius", "channel_radius"):
             if meta.get(key):
                 head[key] = meta[key]
+        if meta.get("channel_radius"):
+            head["channel_parents"] = meta["channel_parents"]
         h = hashlib.sha256(json.dumps(head, separators=(", ", ": ")).encode())
         order = ["mean", "std"] + [f"step{i}.{k}" for i in range(len(meta["steps"]))
                                    for k in ("cdf", "cdf_length", "offset", "median")]
@@ -309,3 +311,42 @@ def test_spatial_context_chunks_decode_by_the_spec(name):
     for payload, (_, q, _, _) in zip(payloads, codec.iter_symbols(data)):
         _, grids = _spec_units(cfg, 9, 144, 176, 0)
         assert np.array_equal(_spec_symbols(payload, tables, grids, cfg["latent_channels"]), q)
+
+
+def test_channel_context_chunks_decode_by_the_spec(tmp_path):
+    """A 1D model's chunk coded with channel context tables (1D models' default) decodes by FORMAT.md's text alone:
+    channel by channel, each token's context from its parent channel's integer (one decode_stream call a channel)."""
+    import shutil
+
+    from compressai.ans import RansDecoder
+
+    from vitok.codecs.entropy import calibrate_model_dir
+    from vitok.data.samples import load_sample
+
+    d = tmp_path / "vitok-1d"
+    shutil.copytree(PRETRAINED_DIR / "vitok-1d", d)
+    frames = np.ascontiguousarray(load_sample("carphone", "train")[:20, :128, :128])
+    tables_made = calibrate_model_dir(d, [frames], steps=(0.5, 1.0), channel_radius=2)
+    assert tables_made.channel_radius == 2
+    codec = VitokCodec(str(d))
+    data = codec.encode(frames, 25, tokens=24)
+    _, payloads = _spec_file(data)
+    with safe_open(str(d / "entropy.safetensors"), "np") as f:
+        tables = {k: f.get_tensor(k) for k in f.keys()}
+        meta = json.loads(f.metadata()["vitok_entropy"])
+    assert meta["format"] == 4
+    P, parents, C = meta["channel_radius"], meta["channel_parents"], len(tables["std"])
+    for payload, (_, q, _, _) in zip(payloads, codec.iter_symbols(data)):
+        index, tokens = payload[0], struct.unpack_from("<H", payload, 5)[0]
+        cdf, length, offset, median = (tables[f"step{index}.{k}"] for k in ("cdf", "cdf_length", "offset", "median"))
+        n = tokens   # one unit: a 128 px tile
+        dec = RansDecoder()
+        dec.set_stream(payload[7:] + bytes(8 * n * C + 4096))
+        spec = np.zeros((n, C), np.int64)
+        for c in range(C):
+            rows = [(2 * P + 1 if parents[c] < 0 else min(max(int(spec[i, parents[c]]), -P), P) + P) * C + c
+                    for i in range(n)]
+            sym = dec.decode_stream(rows, [row[:m].tolist() for row, m in zip(cdf, length)], length.tolist(),
+                                    offset.tolist())
+            spec[:, c] = np.asarray(sym) + median[rows]
+        assert np.array_equal(spec, q)

@@ -60,7 +60,8 @@ def test_integers_depend_only_on_the_integer_tables(codec1d, stream1d):
     another machine's float details) give identical integers."""
     header, chunks = read_vtok(stream1d)
     tables = codec1d.tables
-    other = EntropyTables(tables.mean + 0.1, tables.std * 1.5, tables.tables, tables.meta, tables.context_radius)
+    other = EntropyTables(tables.mean + 0.1, tables.std * 1.5, tables.tables, tables.meta, tables.context_radius,
+                          channel_radius=tables.channel_radius, channel_parents=tables.channel_parents)
     for info, payload in chunks:
         a = codec1d.decode_symbols(payload, info.frames, header.height, header.width)[0]
         index, _, tokens, data = parse_chunk(payload)
@@ -250,7 +251,8 @@ def test_model_mismatch_is_refused(tiny1d, stream1d):
     with pytest.raises(CodecError, match=r"entropy tables were calibrated for other weights"):
         VitokCodec(other, tables)
     theirs = EntropyTables(tables.mean, tables.std, tables.tables, {**tables.meta, "weights_hash": other.weights_hash},
-                           tables.context_radius)   # the same tables as if calibrated for `other`
+                           tables.context_radius, channel_radius=tables.channel_radius,
+                           channel_parents=tables.channel_parents)   # the same tables as if calibrated for `other`
     with pytest.raises(BitstreamError, match=r"model mismatch: .*'vit1d-tiny' \(weights [0-9a-f]{16}\).*"
                                              r"'vit1d-tiny' \(weights [0-9a-f]{16}\)"):
         VitokCodec(other, theirs).decode(stream1d)
@@ -263,7 +265,8 @@ def test_model_mismatch_is_refused(tiny1d, stream1d):
     for key, value in (("channels", 4), ("kind", "cnn"), ("channels", None)):  # a header at odds with its model
         with pytest.raises(BitstreamError, match=f"header says {key} {value!r}, the model 'vit1d-tiny' has"):
             VitokCodec(tok, tables).decode(_with_meta(stream1d, **{key: value}))
-    shifted = EntropyTables(tables.mean, tables.std, tables.tables[:1], tables.meta, tables.context_radius)
+    shifted = EntropyTables(tables.mean, tables.std, tables.tables[:1], tables.meta, tables.context_radius,
+                            channel_radius=tables.channel_radius, channel_parents=tables.channel_parents)
     with pytest.raises(BitstreamError, match="entropy table mismatch"):
         VitokCodec(tok, shifted).decode(stream1d)
 
@@ -272,12 +275,14 @@ def test_tables_of_another_token_count_are_refused(tiny1d, tinygrid):
     """1D tables carry one offset per token position: a model with another K, or a grid model, refuses them."""
     tok, tables, _ = tiny1d
     assert tables.unit_tokens == tok.max_tokens == 16
-    fewer = EntropyTables(tables.mean[:8], tables.std, tables.tables, tables.meta, tables.context_radius)
+    fewer = EntropyTables(tables.mean[:8], tables.std, tables.tables, tables.meta, tables.context_radius,
+                          channel_radius=tables.channel_radius, channel_parents=tables.channel_parents)
     with pytest.raises(CodecError, match="entropy tables are for 8 tokens per unit, the model has 16"):
         VitokCodec(tok, fewer)
     with pytest.raises(CodecError, match="the model has a token grid"):
         VitokCodec(tinygrid[0], tables)
-    assert tinygrid[1].contexts == 12 * 14 and tables.contexts == 1   # the defaults: context tables for grid models only
+    # the defaults: temporal and spatial contexts for grid models, channel contexts for 1D models
+    assert tinygrid[1].contexts == 12 * 14 and (tables.contexts, tables.channel_radius) == (6, 2)
 
 
 def _with_meta(data: bytes, **changes) -> bytes:
