@@ -28,7 +28,8 @@ def _is_sample_file(source: str) -> bool:
 @click.option("--context-radius", type=click.IntRange(0, 64), default=None,
               help="Code each value with the table of the value one step back (grid models: one latent frame; 1D "
                    "models: one token), clipped to this radius [default: the radius of the tables replaced; without "
-                   "them 5 for grid models, 0 for 1D models]; 0: factorized tables, which decode in one call.")
+                   "them 5 for grid models, 0 for 1D models]; 0: none (with --channel-radius 0 too: factorized "
+                   "tables, which decode in one call).")
 @click.option("--spatial-radius", type=click.IntRange(0, 16), default=None,
               help="Grid models: the table also depends on the mean of the value's left and upper neighbours in its "
                    "latent frame, clipped to this radius [default: the radius of the tables replaced unless "
@@ -39,8 +40,8 @@ def _is_sample_file(source: str) -> bool:
                    "tables replaced unless --context-radius is given; else 2 for 1D models without a context radius, "
                    "0 otherwise]; 0: none.")
 @click.option("--iters", type=click.IntRange(min=1), default=None,
-              help="Optimisation steps of the factorized tables' entropy bottleneck (--context-radius 0) "
-                   "[default: 300].")
+              help="Optimisation steps of the factorized tables' entropy bottleneck (--context-radius 0 "
+                   "--channel-radius 0) [default: 300].")
 @click.option("--threads", type=int, default=None, hidden=True)   # before calibration ran on one thread: ignored
 @overwrite_option
 @json_option
@@ -85,7 +86,7 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
     kept = sorted(p.name for p in set(folder.glob(kept_name("*"))) - kept_before)
     if iters is not None and tables.contexts > 1:
         warnings.warn("--iters is ignored: these tables are counted per context, not optimised (--context-radius 0 "
-                      "fits factorized tables)", stacklevel=1)
+                      "--channel-radius 0 fits factorized tables)", stacklevel=1)
     report = tables.meta["calibration"]
     rows = [f"{step:>6}  {r['real_bits']:.3f}" for step, r in report["bits_per_symbol"].items()]
     offset = f"an offset per token position ({tables.unit_tokens} x {tables.channels})" if tables.unit_tokens \

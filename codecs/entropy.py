@@ -158,6 +158,8 @@ class EntropyTables:
     values are coded channel by channel.
     """
 
+    channel_radius, channel_parents = 0, None   # tables pickled before channel contexts have none
+
     def __init__(self, mean: np.ndarray, std: np.ndarray, tables: list[StepTable], meta: dict[str, Any] | None = None,
                  context_radius: int = 0, spatial_radius: int = 0, channel_radius: int = 0,
                  channel_parents: Sequence[int] | None = None):
@@ -665,7 +667,9 @@ def pick_parents(q: np.ndarray, radius: int) -> tuple[int, ...]:
     q = np.asarray(q, np.int64)
     parents = [-1]
     for ch in range(1, q.shape[1]):
-        v = q[:, ch] - q[:, ch].min()
+        med = int(np.median(q[:, ch]))   # outliers past what a table holds count at its edge, as in the tables
+        v = np.clip(q[:, ch], med - MAX_TABLE_HALF, med + MAX_TABLE_HALF) - (med - MAX_TABLE_HALF)
+        v = v - v.min()
 
         def bits(parent: int) -> float:
             ctx = np.clip(q[:, parent], -radius, radius) + radius
@@ -1020,6 +1024,9 @@ def _calibrate(tok: Any, clips: Iterable[Any], steps: Iterable[float], iters: in
         raise CodecError("spatial contexts need a temporal context radius (context_radius > 0)")
     if channel_radius is None:
         channel_radius = CHANNEL_RADIUS if tok.max_tokens is not None and not context_radius else 0
+    if channel_radius and tok.max_tokens is None:
+        raise CodecError("channel contexts are for 1D models: a grid model's values lean on their neighbours in time "
+                         "and space (context and spatial radii)")
     if channel_radius and context_radius:
         raise CodecError("channel contexts are instead of a temporal context: give a context radius or a channel "
                          "radius, not both")
@@ -1100,9 +1107,12 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
         before = None
     rd_lambda = 0.0 if before is None else before.rd_lambda   # the model's encoder setting carries over
     if before is not None and context_radius is None:   # and the tables' shape, as chosen last time
-        context_radius = before.context_radius
-        spatial_radius = before.spatial_radius if spatial_radius is None else spatial_radius
-        channel_radius = before.channel_radius if channel_radius is None else channel_radius
+        if channel_radius:   # a channel context asked for is instead of the temporal one the tables had
+            context_radius = 0
+        else:
+            context_radius = before.context_radius
+            spatial_radius = before.spatial_radius if spatial_radius is None else spatial_radius
+            channel_radius = before.channel_radius if channel_radius is None else channel_radius
     tables = calibrate_entropy(tok, chunks, steps=steps, iters=iters, context_radius=context_radius,
                                rd_lambda=rd_lambda, spatial_radius=spatial_radius, channel_radius=channel_radius)
     if before is not None and before.table_id != tables.table_id:

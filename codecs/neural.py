@@ -925,7 +925,7 @@ def _rechunk(arrays: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
 
 @contextlib.contextmanager
 def _closed_on_error(reader: VtokReader) -> Iterator[None]:
-    """Close ``reader`` when what runs before ``iter_symbols`` owns it fails (a bad range, a stream of another model)."""
+    """Close ``reader`` when what runs before ``iter_symbols`` owns it fails (a bad range, another model's stream)."""
     try:
         yield
     except BaseException:

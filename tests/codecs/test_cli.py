@@ -451,6 +451,8 @@ def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path
     assert ctx["channel_radius"] == 0 and ctx["channel_parents"] is None   # one or the other
     assert "channel contexts are instead of a temporal context" in _error(
         capsys, "calibrate", str(d), "--clip", str(video), "--context-radius", "2", "--channel-radius", "2", "-y")
+    back = _run("calibrate", str(d), "--clip", str(video), "--channel-radius", "2", "-y")   # not the radius replaced
+    assert (back["context_radius"], back["channel_radius"], back["table_id"]) == (0, 2, report["table_id"])
     flat = _run("calibrate", str(d), "--clip", str(video), "--context-radius", "0", "--channel-radius", "0",
                 "--iters", "20", "-y")
     assert flat["contexts"] == 1 and flat["channel_radius"] == 0   # factorized tables

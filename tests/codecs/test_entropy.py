@@ -586,6 +586,8 @@ def test_recalibrating_with_rd_rounding_refits_and_keeps_the_replaced_tables(tin
     with pytest.warns(UserWarning, match=f"tables {other.table_id} replaced by .*no longer decode"):
         calibrate_model_dir(d, [frames[:8]], steps=(1.0,))
     assert not (d / kept_name(other.table_id)).exists()
+    with pytest.raises(CodecError, match="channel contexts are for 1D models"):   # not the temporal radius replaced
+        calibrate_model_dir(d, [frames[:8]], steps=(1.0,), channel_radius=2)
 
 
 @pytest.fixture(scope="module")
@@ -627,6 +629,9 @@ def test_channel_context_tables_code_correlated_channels_in_fewer_bits(correlate
     assert channel_rows(q, 2, channel.channel_parents).tolist() == [k * 4 + c for row in ctx for k, c in
                                                                      zip(row, range(4))]
     assert pick_parents(np.stack([np.arange(50) % 7, np.arange(50) % 3, np.arange(50) % 7], 1), 3) == (-1, 0, 0)
+    wild = np.stack([np.arange(50) % 7, np.arange(50) % 7], 1)
+    wild[0, 1] = 10 ** 12   # an outlier counts at the edge of what a table holds, not as a histogram that wide
+    assert pick_parents(wild, 2) == (-1, 0)
     again = EntropyTables.load(channel.save(tmp_path / "entropy.safetensors"))
     assert (again.table_id, again.channel_radius, again.channel_parents) == (channel.table_id, 2,
                                                                              channel.channel_parents)
