@@ -35,10 +35,10 @@ def _is_sample_file(source: str) -> bool:
                    "latent frame, clipped to this radius [default: the radius of the tables replaced unless "
                    "--context-radius is given; else 6 with a context radius, 0 without]; 0: none.")
 @click.option("--channel-radius", type=click.IntRange(0, 64), default=None,
-              help="1D models: the table also depends on one earlier channel of the value's token (picked per channel "
-                   "on the clips), clipped to this radius, instead of a temporal context [default: the radius of the "
-                   "tables replaced unless --context-radius is given; else 2 for 1D models without a context radius, "
-                   "0 otherwise]; 0: none.")
+              help="1D models: the table also depends on two earlier channels of the value's token (picked per "
+                   "channel on the clips), each clipped to this radius, instead of a temporal context [default: the "
+                   "radius of the tables replaced unless --context-radius is given; else 2 for 1D models without a "
+                   "context radius, 0 otherwise]; 0: none.")
 @click.option("--iters", type=click.IntRange(min=1), default=None,
               help="Optimisation steps of the factorized tables' entropy bottleneck (--context-radius 0 "
                    "--channel-radius 0) [default: 300].")
@@ -100,5 +100,6 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
     emit({"path": str(out), "table_id": tables.table_id, "unit_tokens": tables.unit_tokens,
           "channels": tables.channels, "contexts": tables.contexts, "context_radius": tables.context_radius,
           "spatial_radius": tables.spatial_radius, "channel_radius": tables.channel_radius,
-          "channel_parents": tables.channel_parents and list(tables.channel_parents), "kept": kept, **report},
+          "channel_parents": tables.channel_parents and [list(ps) for ps in tables.channel_parents], "kept": kept,
+          **report},
          as_json, text)

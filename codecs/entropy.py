@@ -14,9 +14,9 @@ Each step of an operating set gets its tables once (calibration), and only integ
   decode in one call.
 - 1D models also offset each token position by its own mean (``mean`` is ``(K, C)``): nested dropout ranks the
   tokens and each position settles on its own mean, so the residual costs about a fifth fewer bytes.
-- Channel contexts (1D models' default): a value's table depends on the value of one earlier channel of the same
-  token (its ``parent``, chosen per channel at calibration), clipped to a radius: a 1D model's channels are far from
-  independent, and a token has no neighbours in time or space to lean on instead.
+- Channel contexts (1D models' default): a value's table depends on the values of two earlier channels of the same
+  token (its ``parents``, chosen per channel at calibration), each clipped to a radius: a 1D model's channels are far
+  from independent, and a token has no neighbours in time or space to lean on instead.
 
 Symbols ``q - median`` are coded with CompressAI's rANS coder using only the stored tables, so decoding never
 recomputes anything from floats (CompressAI #279/#309: float-derived CDFs desynchronise across machines).
@@ -84,7 +84,8 @@ MIN_SYMBOLS = 32  # CompressAI's encoder buffer holds one 32-bit word per symbol
 MAX_TABLE_HALF = 4096  # cap on a table's half-width (bins)
 CONTEXT_RADIUS = 5  # a value's table depends on the value one step back (latent frame or token), clipped to +-5
 SPATIAL_RADIUS = 6  # ... and (grid models) on the mean of its left and upper neighbours, clipped to +-6
-CHANNEL_RADIUS = 2  # 1D models: a value's table depends on an earlier channel of its token, clipped to +-2
+CHANNEL_RADIUS = 2  # 1D models: a value's table depends on earlier channels of its token, each clipped to +-2
+CHANNEL_PARENTS = 2  # ... two of them
 CONTEXT_PRIOR = 16.0  # pseudo-counts of the channel's histogram in each context's histogram (rare contexts)
 TAIL_MASS = 1e-9  # probability left for the escape symbol of count-based tables
 FILENAME = "entropy.safetensors"
@@ -153,16 +154,16 @@ class EntropyTables:
     frames, 1D models along tokens (grid ``(tokens, 1, 1)``, see ``context_grid``). With ``spatial_radius`` S > 0
     too, each temporal context splits into ``2S + 2`` by the value's left and upper neighbours in its frame
     (``context_index``): ``(2R + 2)(2S + 2)`` tables per channel, values coded in waves (``waves``). With a
-    ``channel_radius`` P > 0 instead (no temporal context), ``2P + 2`` tables per channel: channel ``c`` of a token is
-    coded with context ``clip(q[parents[c]], -P, P) + P`` (``channel_context``), ``2P + 1`` when ``parents[c]`` is -1;
-    values are coded channel by channel.
+    ``channel_radius`` P > 0 instead (no temporal context), ``(2P + 2)^k`` tables per channel for ``k`` parents each:
+    channel ``c`` of a token is coded with the context its parents ``parents[c]`` (earlier channels, or -1 for none)
+    give, each ``clip(q[p], -P, P) + P`` or ``2P + 1`` (``channel_context``); values are coded channel by channel.
     """
 
     channel_radius, channel_parents = 0, None   # tables pickled before channel contexts have none
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, tables: list[StepTable], meta: dict[str, Any] | None = None,
                  context_radius: int = 0, spatial_radius: int = 0, channel_radius: int = 0,
-                 channel_parents: Sequence[int] | None = None):
+                 channel_parents: Sequence[Sequence[int]] | None = None):
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
         self.tables = tables
@@ -170,7 +171,8 @@ class EntropyTables:
         self.context_radius = int(context_radius)
         self.spatial_radius = int(spatial_radius)
         self.channel_radius = int(channel_radius)
-        self.channel_parents = None if channel_parents is None else tuple(int(p) for p in channel_parents)
+        self.channel_parents = None if channel_parents is None else tuple(tuple(int(p) for p in ps)
+                                                                          for ps in channel_parents)
         self._validate()
         self.table_id = self._digest()
 
@@ -181,9 +183,10 @@ class EntropyTables:
     @property
     def contexts(self) -> int:
         """Tables per channel and step: 1, ``2R + 2`` with a temporal context, ``(2R + 2)(2S + 2)`` with a spatial
-        one too, ``2P + 2`` with a channel context."""
+        one too, ``(2P + 2)^k`` with a channel context of ``k`` parents."""
+        parents = len(self.channel_parents[0]) if self.channel_parents else 0
         return context_count(self.context_radius) * context_count(self.spatial_radius) * \
-            context_count(self.channel_radius)
+            context_count(self.channel_radius) ** parents
 
     @property
     def unit_tokens(self) -> int | None:
@@ -315,12 +318,11 @@ class EntropyTables:
 
     def _rd_round_channels(self, v: np.ndarray, table: StepTable, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """``_rd_round`` with channel contexts: channel by channel in coding order, each value costed under the table
-        its parent channel's chosen value picks (what the choice makes a child channel cost is left out)."""
+        its parent channels' chosen values pick (what the choice makes a child channel cost is left out)."""
         c, radius, weights, lam = self.channels, self.channel_radius, self.distortion_weights, self.rd_lambda
         y = np.zeros_like(v)
-        for ch, parent in enumerate(self.channel_parents):
-            ctx = np.full(len(v), 2 * radius + 1) if parent < 0 else np.clip(y[:, parent], -radius, radius) + radius
-            rows, x = ctx.astype(np.int64) * c + ch, v[:, ch]
+        for ch, parents in enumerate(self.channel_parents):
+            rows, x = parent_context(y, radius, parents).astype(np.int64) * c + ch, v[:, ch]
             low = np.floor(x)
             cost = [weights[ch] * (x - y_) ** 2 + lam * table.value_bits(rows, np.clip(y_, lo[ch], hi[ch]).astype(
                 np.int64)) for y_ in (low, low + 1)]
@@ -440,9 +442,8 @@ class EntropyTables:
             q = np.concatenate(parts)
         elif self.channel_radius and n:
             q, r = np.zeros((n, c), np.int64), self.channel_radius
-            for ch, parent in enumerate(self.channel_parents):   # a channel's contexts come from its parent's values
-                ctx = np.full(n, 2 * r + 1) if parent < 0 else np.clip(q[:, parent], -r, r) + r
-                q[:, ch] = read(ctx * c + ch)
+            for ch, parents in enumerate(self.channel_parents):   # contexts from the parents' values, decoded before
+                q[:, ch] = read(parent_context(q, r, parents) * c + ch)
         else:
             q = read(np.tile(np.arange(c), n)).reshape(n, c)
         pad = np.arange(count - n * c) % c
@@ -491,8 +492,8 @@ class EntropyTables:
                 "steps": self.steps, "precision": PRECISION, "table_id": self.table_id,
                 "context_radius": self.context_radius,
                 **({"spatial_radius": self.spatial_radius} if self.spatial_radius else {}),
-                **({"channel_radius": self.channel_radius, "channel_parents": list(self.channel_parents)}
-                   if self.channel_radius else {})}
+                **({"channel_radius": self.channel_radius,
+                    "channel_parents": [list(ps) for ps in self.channel_parents]} if self.channel_radius else {})}
         with atomic_path(path) as tmp:
             save_safetensors(self.tensors(), tmp, metadata={"vitok_entropy": json.dumps(meta)})
         return path
@@ -520,9 +521,9 @@ class EntropyTables:
                 raise ValueError(f"format {meta['format']} with spatial radius {spatial} (format 3 is for tables "
                                  f"with spatial contexts)")
             channel, parents = meta.get("channel_radius", 0), meta.get("channel_parents")
-            if type(channel) is not int or (parents is not None and not (
-                    isinstance(parents, list) and all(type(p) is int for p in parents))):
-                raise ValueError(f"channel contexts must be an integer radius and a list of integers, got "
+            if type(channel) is not int or (parents is not None and not (isinstance(parents, list) and all(
+                    isinstance(ps, list) and all(type(p) is int for p in ps) for ps in parents))):
+                raise ValueError(f"channel contexts must be an integer radius and a list of lists of integers, got "
                                  f"{channel!r} and {repr(parents)[:40]}")
             if (meta["format"] == 4) != (channel > 0):
                 raise ValueError(f"format {meta['format']} with channel radius {channel} (format 4 is for tables "
@@ -556,10 +557,11 @@ class EntropyTables:
         parents = self.channel_parents
         if not 0 <= self.channel_radius <= 64 or (self.channel_radius > 0) != (parents is not None) or \
                 (self.channel_radius and (self.context_radius or len(parents) != c or
-                                          any(not -1 <= p < i for i, p in enumerate(parents)))):
+                                          len({len(ps) for ps in parents}) != 1 or not 1 <= len(parents[0]) <= 3 or
+                                          any(not -1 <= p < i for i, ps in enumerate(parents) for p in ps))):
             raise ValueError(f"entropy tables: bad channel contexts (radius {self.channel_radius}, parents "
-                             f"{parents}): each channel's parent is -1 or an earlier channel, without a temporal "
-                             f"context")
+                             f"{parents}): every channel has the same number (1 to 3) of parents, each -1 or an "
+                             f"earlier channel, without a temporal context")
         lam = self.meta.get("rd_lambda", 0.0)
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam <= 100:
             raise ValueError(f"entropy tables: rd_lambda must be a number in [0, 100], got {repr(lam)[:40]}")
@@ -595,7 +597,8 @@ class EntropyTables:
         if self.spatial_radius:
             head["spatial_radius"] = self.spatial_radius
         if self.channel_radius:
-            head["channel_radius"], head["channel_parents"] = self.channel_radius, list(self.channel_parents)
+            head["channel_radius"] = self.channel_radius
+            head["channel_parents"] = [list(ps) for ps in self.channel_parents]
         h = hashlib.sha256(json.dumps(head).encode())
         for k, v in self.tensors().items():
             h.update(k.encode())
@@ -647,40 +650,50 @@ def table_rows(q: np.ndarray, grid: Grids, radius: int, spatial: int = 0,
     return np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
 
-def channel_context(q: np.ndarray, radius: int, parents: Sequence[int]) -> np.ndarray:
-    """Each value's channel context ``(N, C)``: ``clip(q[:, parents[c]], -P, P) + P``, or ``2P + 1`` for a channel
-    whose parent is -1."""
-    p = np.asarray(parents, np.int64)
-    back = np.asarray(q, np.int64)[:, np.maximum(p, 0)]
-    return np.where(p >= 0, np.clip(back, -radius, radius) + radius, 2 * radius + 1)
+def parent_context(q: np.ndarray, radius: int, parents: Sequence[int]) -> np.ndarray:
+    """The channel context ``(N,)`` one channel's parents give each token of ``q`` ``(N, C)``: the parents' digits
+    ``clip(q[:, p], -P, P) + P`` (``2P + 1`` for a parent -1), the first parent's the most significant, in base
+    ``2P + 2``."""
+    base, ctx = 2 * radius + 2, np.zeros(len(q), np.int64)
+    for p in parents:
+        digit = np.full(len(q), 2 * radius + 1) if p < 0 else np.clip(np.asarray(q[:, p], np.int64), -radius,
+                                                                      radius) + radius
+        ctx = ctx * base + digit
+    return ctx
 
 
-def channel_rows(q: np.ndarray, radius: int, parents: Sequence[int]) -> np.ndarray:
+def channel_rows(q: np.ndarray, radius: int, parents: Sequence[Sequence[int]]) -> np.ndarray:
     """The table row coding each value of ``q`` ``(N, C)`` with channel contexts, flattened: ``ctx * C + c``."""
     c = np.asarray(q).shape[1]
-    return (channel_context(q, radius, parents) * c + np.arange(c)).reshape(-1)
+    ctx = np.stack([parent_context(q, radius, ps) for ps in parents], 1) if len(q) else np.zeros((0, c), np.int64)
+    return (ctx * c + np.arange(c)).reshape(-1)
 
 
-def pick_parents(q: np.ndarray, radius: int) -> tuple[int, ...]:
-    """Per channel of integers ``q`` ``(N, C)`` the earlier channel whose clipped value tells the most about it (the
-    least conditional entropy on ``q``); -1 for the first."""
+def pick_parents(q: np.ndarray, radius: int, count: int = CHANNEL_PARENTS) -> tuple[tuple[int, ...], ...]:
+    """Per channel of integers ``q`` ``(N, C)`` ``count`` parents, picked one after another among the earlier
+    channels: each the one that with those picked before leaves the least conditional entropy on ``q`` (-1 where
+    there are too few earlier channels)."""
     q = np.asarray(q, np.int64)
-    parents = [-1]
-    for ch in range(1, q.shape[1]):
+    out = []
+    for ch in range(q.shape[1]):
         med = int(np.median(q[:, ch]))   # outliers past what a table holds count at its edge, as in the tables
         v = np.clip(q[:, ch], med - MAX_TABLE_HALF, med + MAX_TABLE_HALF) - (med - MAX_TABLE_HALF)
         v = v - v.min()
+        width = int(v.max()) + 1
 
-        def bits(parent: int) -> float:
-            ctx = np.clip(q[:, parent], -radius, radius) + radius
-            width = int(v.max()) + 1
-            joint = np.bincount(ctx * width + v, minlength=(2 * radius + 2) * width).reshape(-1, width)
-            per = joint.sum(1, keepdims=True)
+        def bits(parents: list[int]) -> float:
+            ctx = parent_context(q, radius, parents)
+            joint = np.bincount(ctx * width + v, minlength=(2 * radius + 2) ** len(parents) * width).reshape(-1, width)
+            per = np.broadcast_to(joint.sum(1, keepdims=True), joint.shape)
             nz = joint > 0
-            return float(-(joint[nz] * np.log2(joint[nz] / np.broadcast_to(per, joint.shape)[nz])).sum())
+            return float(-(joint[nz] * np.log2(joint[nz] / per[nz])).sum())
 
-        parents.append(min(range(ch), key=bits))
-    return tuple(parents)
+        parents: list[int] = []
+        for _ in range(count):
+            left = [p for p in range(ch) if p not in parents]
+            parents.append(min(left, key=lambda p: bits(parents + [p])) if left else -1)
+        out.append(tuple(parents))
+    return tuple(out)
 
 
 def neighbours(q: np.ndarray, i: np.ndarray, y: np.ndarray, x: np.ndarray,
@@ -831,14 +844,14 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
                        *, mean: np.ndarray, std: np.ndarray, radius: int = CONTEXT_RADIUS,
                        prior: float = CONTEXT_PRIOR, meta: dict[str, Any] | None = None, rd_lambda: float = 0.0,
                        weights: Sequence[float] | None = None, spatial: int = 0, channel: int = 0,
-                       parents: Sequence[int] | None = None) -> EntropyTables:
+                       parents: Sequence[Sequence[int]] | None = None) -> EntropyTables:
     """Context tables from counts: per step, channel and context (see ``EntropyTables``) the histogram of the
     quantized values, shrunk towards the channel's histogram by ``prior`` pseudo-counts and frozen with CompressAI's
     ``pmf_to_quantized_cdf``. ``units``: ``(z (N, C), (t, h, w))``, whole units in order (1D models: ``(K, 1, 1)``,
     so the context is the previous token); a ``(K, C)`` ``mean`` is an offset per token position. ``spatial`` > 0
     adds spatial contexts of that radius (the left and upper neighbours in the value's latent frame). ``channel`` > 0
-    (with ``radius`` 0) gives channel contexts of that radius instead, each channel's parent from ``parents`` (default:
-    ``pick_parents`` on the integers at the middle step).
+    (with ``radius`` 0) gives channel contexts of that radius instead, each channel's parents from ``parents``
+    (default: ``pick_parents`` on the integers rounded to nearest at the middle step).
 
     A value's context is the value one step back, so counting the discrete values directly is exact where a smooth
     density (the factorized ``EntropyBottleneck``) would have to be fitted once per context. With ``rd_lambda`` > 0
@@ -856,7 +869,12 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
         raise CodecError("spatial contexts need a temporal context radius")
     if channel and radius:
         raise CodecError("channel contexts are instead of a temporal context: give one radius or the other")
-    n_ctx = context_count(radius) * context_count(spatial) * context_count(channel)
+    if channel and parents is None:
+        middle = std.astype(np.float64) * steps[len(steps) // 2]
+        parents = pick_parents(np.concatenate([np.rint((z - row_offsets(mean, len(z))) / middle)
+                                               for z, _ in units]).astype(np.int64), channel)
+    n_ctx = context_count(radius) * context_count(spatial) * (context_count(channel) ** len(parents[0]) if channel
+                                                              else 1)
 
     def rows_of(y: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
         return channel_rows(y, channel, parents) if channel else table_rows(y, grid, radius, spatial)
@@ -898,8 +916,6 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
         return [np.rint((z - row_offsets(mean, len(z))) / (std.astype(np.float64) * step)).astype(np.int64)
                 for z, _ in units]
 
-    if channel and parents is None:
-        parents = pick_parents(np.concatenate(nearest(steps[len(steps) // 2], 0)), channel)
 
     out, float_bits = counted(nearest, meta)
     if rd_lambda:
@@ -990,7 +1006,7 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     ``CONTEXT_RADIUS`` for grid models; 0 for 1D models, whose previous-token context cost bytes on carphone
     (``vitok bench codec`` against a copy calibrated with ``vitok calibrate --context-radius 3``).
     ``channel_radius`` > 0 (default ``CHANNEL_RADIUS`` for 1D models without a temporal context, else 0): each value's
-    table depends on an earlier channel of its token, clipped to that radius (``pick_parents`` picks which).
+    table depends on two earlier channels of its token, each clipped to that radius (``pick_parents`` picks them).
     ``spatial_radius`` > 0 (default ``SPATIAL_RADIUS`` for grid models with a context, else 0) also conditions each
     table on the value's left and upper neighbours in its latent frame (README, "How latents become bytes").
     ``clips``: uint8 ``(T,H,W,3)`` arrays or float ``(B,3,T,H,W)`` tensors in [-1, 1].

@@ -611,15 +611,16 @@ def correlated():
 
 
 def test_channel_context_tables_code_correlated_channels_in_fewer_bits(correlated, tmp_path):
-    """Each channel after the first is coded with the table its parent channel's clipped value picks: parents are
-    the correlated earlier channels (the independent last one takes any), fewer bytes than the same count tables
-    without a context, exact round trips, rows and stream order as defined, and the parents survive save/load."""
+    """Each channel is coded with the table its two parent channels' clipped values pick: parents are the correlated
+    earlier channels, fewer bytes than the same count tables without a context, exact round trips, rows as defined
+    (the first parent's digit the most significant, base 2P + 2), and the parents survive save/load."""
     from safetensors import safe_open
 
     from vitok.codecs.entropy import channel_rows, pick_parents
 
     flat, channel, held = correlated
-    assert channel.channel_parents[:3] == (-1, 0, 0) and channel.contexts == 6 and flat.contexts == 1
+    assert channel.channel_parents[:3] == ((-1, -1), (0, -1), (0, 1)) and channel.contexts == 36
+    assert flat.contexts == 1
     for i, step in enumerate(channel.steps):
         q = channel.quantize(held, step, i)
         assert np.array_equal(flat.quantize(held, step, i), q)   # the same quantizer: only the coding differs
@@ -628,26 +629,33 @@ def test_channel_context_tables_code_correlated_channels_in_fewer_bits(correlate
         assert len(data) < 0.9 * len(flat.encode(q, i)), step
         assert abs(8 * len(data) - channel.estimate_bits(q, i)) < 0.02 * 8 * len(data) + 96
     q = channel.quantize(held[:3], 0.5, 0)
-    ctx = [[5] + [int(np.clip(q[n, p], -2, 2)) + 2 for p in channel.channel_parents[1:]] for n in range(3)]
-    assert channel_rows(q, 2, channel.channel_parents).tolist() == [k * 4 + c for row in ctx for k, c in
-                                                                     zip(row, range(4))]
-    assert pick_parents(np.stack([np.arange(50) % 7, np.arange(50) % 3, np.arange(50) % 7], 1), 3) == (-1, 0, 0)
+
+    def digit(n: int, p: int) -> int:
+        return 5 if p < 0 else int(np.clip(q[n, p], -2, 2)) + 2
+
+    rows = [(digit(n, a) * 6 + digit(n, b)) * 4 + c for n in range(3)
+            for c, (a, b) in enumerate(channel.channel_parents)]
+    assert channel_rows(q, 2, channel.channel_parents).tolist() == rows
+    three = np.stack([np.arange(50) % 7, np.arange(50) % 3, np.arange(50) % 7], 1)
+    assert pick_parents(three, 3) == ((-1, -1), (0, -1), (0, 1)) and pick_parents(three, 3, 1)[2] == (0,)
     wild = np.stack([np.arange(50) % 7, np.arange(50) % 7], 1)
     wild[0, 1] = 10 ** 12   # an outlier counts at the edge of what a table holds, not as a histogram that wide
-    assert pick_parents(wild, 2) == (-1, 0)
+    assert pick_parents(wild, 2, 1) == ((-1,), (0,))
     again = EntropyTables.load(channel.save(tmp_path / "entropy.safetensors"))
     assert (again.table_id, again.channel_radius, again.channel_parents) == (channel.table_id, 2,
                                                                              channel.channel_parents)
     with safe_open(str(tmp_path / "entropy.safetensors"), "np") as f:   # readers before channel contexts refuse it
         assert json.loads(f.metadata()["vitok_entropy"])["format"] == 4
-    other = EntropyTables(channel.mean, channel.std, channel.tables, channel_radius=2, channel_parents=(-1, 0, 1, 1))
-    assert other.table_id != channel.table_id   # the parents are part of the id
-    for parents in ((0, 0, 0, 0), (-1, 2, 0, 0), (-1, 0, 0)):
+    swapped = [ps[::-1] for ps in channel.channel_parents]
+    other = EntropyTables(channel.mean, channel.std, channel.tables, channel_radius=2, channel_parents=swapped)
+    assert other.table_id != channel.table_id   # the parents, in order, are part of the id
+    for parents in (((0, -1),) * 4, ((-1, -1), (2, -1), (0, 1), (0, 1)), ((-1, -1), (0, -1), (0, 1)),
+                    ((-1,), (0, -1), (0, 1), (0, 1))):
         with pytest.raises(ValueError, match="bad channel contexts"):
             EntropyTables(channel.mean, channel.std, channel.tables, channel_radius=2, channel_parents=parents)
     with pytest.raises(ValueError, match="bad channel contexts"):
         EntropyTables(channel.mean, channel.std, channel.tables, context_radius=2, channel_radius=2,
-                      channel_parents=(-1, 0, 0, 0))
+                      channel_parents=channel.channel_parents)
     with pytest.raises(CodecError, match="only tables with a temporal context carry"):
         channel.encode(q, 0, None, prev=np.zeros((1, 1, 1, 4)))
 

@@ -315,7 +315,7 @@ def test_spatial_context_chunks_decode_by_the_spec(name):
 
 def test_channel_context_chunks_decode_by_the_spec(tmp_path):
     """A 1D model's chunk coded with channel context tables (1D models' default) decodes by FORMAT.md's text alone:
-    channel by channel, each token's context from its parent channel's integer (one decode_stream call a channel)."""
+    channel by channel, each token's context from its parent channels' integers (one decode_stream call a channel)."""
     import shutil
 
     from compressai.ans import RansDecoder
@@ -344,8 +344,12 @@ def test_channel_context_chunks_decode_by_the_spec(tmp_path):
         dec.set_stream(payload[7:] + bytes(8 * n * C + 4096))
         spec = np.zeros((n, C), np.int64)
         for c in range(C):
-            rows = [(2 * P + 1 if parents[c] < 0 else min(max(int(spec[i, parents[c]]), -P), P) + P) * C + c
-                    for i in range(n)]
+            rows = []
+            for i in range(n):
+                ctx = 0
+                for p in parents[c]:   # the first parent's digit the most significant, base 2P + 2
+                    ctx = ctx * (2 * P + 2) + (2 * P + 1 if p < 0 else min(max(int(spec[i, p]), -P), P) + P)
+                rows.append(ctx * C + c)
             sym = dec.decode_stream(rows, [row[:m].tolist() for row, m in zip(cdf, length)], length.tolist(),
                                     offset.tolist())
             spec[:, c] = np.asarray(sym) + median[rows]
