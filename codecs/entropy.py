@@ -86,6 +86,7 @@ CONTEXT_RADIUS = 5  # a value's table depends on the value one step back (latent
 SPATIAL_RADIUS = 6  # ... and (grid models) on the mean of its left and upper neighbours, clipped to +-6
 CHANNEL_RADIUS = 2  # 1D models: a value's table depends on earlier channels of its token, each clipped to +-2
 CHANNEL_PARENTS = 2  # ... two of them
+MAX_CHANNEL_CONTEXTS = 1024  # (2P + 2)^k tables per channel at most: tables grow with that power
 CONTEXT_PRIOR = 16.0  # pseudo-counts of the channel's histogram in each context's histogram (rare contexts)
 TAIL_MASS = 1e-9  # probability left for the escape symbol of count-based tables
 FILENAME = "entropy.safetensors"
@@ -558,10 +559,11 @@ class EntropyTables:
         if not 0 <= self.channel_radius <= 64 or (self.channel_radius > 0) != (parents is not None) or \
                 (self.channel_radius and (self.context_radius or len(parents) != c or
                                           len({len(ps) for ps in parents}) != 1 or not 1 <= len(parents[0]) <= 3 or
+                                          self.contexts > MAX_CHANNEL_CONTEXTS or
                                           any(not -1 <= p < i for i, ps in enumerate(parents) for p in ps))):
             raise ValueError(f"entropy tables: bad channel contexts (radius {self.channel_radius}, parents "
                              f"{parents}): every channel has the same number (1 to 3) of parents, each -1 or an "
-                             f"earlier channel, without a temporal context")
+                             f"earlier channel, at most {MAX_CHANNEL_CONTEXTS} contexts, without a temporal context")
         lam = self.meta.get("rd_lambda", 0.0)
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam <= 100:
             raise ValueError(f"entropy tables: rd_lambda must be a number in [0, 100], got {repr(lam)[:40]}")
@@ -869,6 +871,11 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
         raise CodecError("spatial contexts need a temporal context radius")
     if channel and radius:
         raise CodecError("channel contexts are instead of a temporal context: give one radius or the other")
+    if channel and parents is not None and (len(parents) != c or any(
+            not isinstance(ps, (list, tuple)) or not ps for ps in parents)):
+        raise CodecError(f"channel parents must be {c} lists of parent channels, one per channel")
+    if channel and context_count(channel) ** (len(parents[0]) if parents else CHANNEL_PARENTS) > MAX_CHANNEL_CONTEXTS:
+        raise CodecError(f"channel radius {channel} gives more than {MAX_CHANNEL_CONTEXTS} tables per channel")
     if channel and parents is None:
         middle = std.astype(np.float64) * steps[len(steps) // 2]
         parents = pick_parents(np.concatenate([np.rint((z - row_offsets(mean, len(z))) / middle)

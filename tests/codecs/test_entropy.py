@@ -658,6 +658,15 @@ def test_channel_context_tables_code_correlated_channels_in_fewer_bits(correlate
                       channel_parents=channel.channel_parents)
     with pytest.raises(CodecError, match="only tables with a temporal context carry"):
         channel.encode(q, 0, None, prev=np.zeros((1, 1, 1, 4)))
+    from vitok.codecs.entropy import fit_context_tables
+
+    one = np.ones(4, np.float32)
+    for parents, why in (([], "4 lists of parent channels"), ([-1, 0, 0, 1], "4 lists of parent channels")):
+        with pytest.raises(CodecError, match=why):
+            fit_context_tables([(held, (len(held), 1, 1))], steps=(0.5,), mean=0 * one, std=one, radius=0, channel=2,
+                               parents=parents)
+    with pytest.raises(CodecError, match="channel radius 16 gives more than 1024 tables per channel"):
+        fit_context_tables([(held, (len(held), 1, 1))], steps=(0.5,), mean=0 * one, std=one, radius=0, channel=16)
 
 
 def test_rd_rounding_with_channel_contexts(correlated):
