@@ -157,7 +157,7 @@ class EntropyTables:
     (``context_index``): ``(2R + 2)(2S + 2)`` tables per channel, values coded in waves (``waves``). With a
     ``channel_radius`` P > 0 instead (no temporal context), ``(2P + 2)^k`` tables per channel for ``k`` parents each:
     channel ``c`` of a token is coded with the context its parents ``parents[c]`` (earlier channels, or -1 for none)
-    give, each ``clip(q[p], -P, P) + P`` or ``2P + 1`` (``channel_context``); values are coded channel by channel.
+    give, each ``clip(q[p], -P, P) + P`` or ``2P + 1`` (``parent_context``); values are coded channel by channel.
     """
 
     channel_radius, channel_parents = 0, None   # tables pickled before channel contexts have none
