@@ -34,8 +34,8 @@ def _is_sample_file(source: str) -> bool:
               help="Grid models: the table also depends on the mean of the value's left and upper neighbours in its "
                    "latent frame, clipped to this radius [default: the radius of the tables replaced unless "
                    "--context-radius is given; else 6 with a context radius, 0 without]; 0: none.")
-@click.option("--channel-radius", type=click.IntRange(0, 15), default=None,
-              help="1D models: the table also depends on two earlier channels of the value's token (picked per "
+@click.option("--channel-radius", type=click.IntRange(0, 4), default=None,
+              help="1D models: the table also depends on three earlier channels of the value's token (picked per "
                    "channel on the clips), each clipped to this radius, instead of a temporal context [default: the "
                    "radius of the tables replaced unless --context-radius is given; else 2 for 1D models without a "
                    "context radius, 0 otherwise]; 0: none.")

@@ -14,7 +14,7 @@ Each step of an operating set gets its tables once (calibration), and only integ
   decode in one call.
 - 1D models also offset each token position by its own mean (``mean`` is ``(K, C)``): nested dropout ranks the
   tokens and each position settles on its own mean, so the residual costs about a fifth fewer bytes.
-- Channel contexts (1D models' default): a value's table depends on the values of two earlier channels of the same
+- Channel contexts (1D models' default): a value's table depends on the values of three earlier channels of the same
   token (its ``parents``, chosen per channel at calibration), each clipped to a radius: a 1D model's channels are far
   from independent, and a token has no neighbours in time or space to lean on instead.
 
@@ -85,7 +85,7 @@ MAX_TABLE_HALF = 4096  # cap on a table's half-width (bins)
 CONTEXT_RADIUS = 5  # a value's table depends on the value one step back (latent frame or token), clipped to +-5
 SPATIAL_RADIUS = 6  # ... and (grid models) on the mean of its left and upper neighbours, clipped to +-6
 CHANNEL_RADIUS = 2  # 1D models: a value's table depends on earlier channels of its token, each clipped to +-2
-CHANNEL_PARENTS = 2  # ... two of them
+CHANNEL_PARENTS = 3  # ... three of them
 MAX_CHANNEL_CONTEXTS = 1024  # (2P + 2)^k tables per channel at most: tables grow with that power
 CONTEXT_PRIOR = 16.0  # pseudo-counts of the channel's histogram in each context's histogram (rare contexts)
 TAIL_MASS = 1e-9  # probability left for the escape symbol of count-based tables
@@ -1013,7 +1013,7 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     ``CONTEXT_RADIUS`` for grid models; 0 for 1D models, whose previous-token context cost bytes on carphone
     (``vitok bench codec`` against a copy calibrated with ``vitok calibrate --context-radius 3``).
     ``channel_radius`` > 0 (default ``CHANNEL_RADIUS`` for 1D models without a temporal context, else 0): each value's
-    table depends on two earlier channels of its token, each clipped to that radius (``pick_parents`` picks them).
+    table depends on three earlier channels of its token, each clipped to that radius (``pick_parents`` picks them).
     ``spatial_radius`` > 0 (default ``SPATIAL_RADIUS`` for grid models with a context, else 0) also conditions each
     table on the value's left and upper neighbours in its latent frame (README, "How latents become bytes").
     ``clips``: uint8 ``(T,H,W,3)`` arrays or float ``(B,3,T,H,W)`` tensors in [-1, 1].

@@ -33,7 +33,7 @@ STREAMS = {   # name: (model, knobs); 9 frames of carphone's eval split, 48x64 o
     "cnn-sp": ("vitok-cnn", {"step": 1.0}),   # 1a4bd8d49c6d724d
     "1d": ("vitok-1d", {"tokens": 8}),   # vitok-1d's factorized tables 56dfef3b0ba20ee2, kept beside the model
     "1d-tiles": ("vitok-1d", {"psnr": 20.0}),   # likewise
-    "1d-ch": ("vitok-1d", {"tokens": 8}),   # 39713afce96409b8, channel contexts, coded channel by channel
+    "1d-ch": ("vitok-1d", {"tokens": 8}),   # b21289e35b1ddd32, channel contexts, coded channel by channel
     "1d-tiles-ch": ("vitok-1d", {"psnr": 20.0}),   # likewise
     "grid-tiles": ("vitok-grid", {"overlap": 32}),   # 48x272 of bikes: two tiles overlapping as until 8af0cdb
     "grid-cc": ("vitok-grid", {}),   # 25 frames: the second chunk continues the first's temporal contexts

@@ -432,10 +432,10 @@ def test_calibrate_makes_a_trained_model_a_codec(capsys, video, tiny1d, tmp_path
     report = _run("calibrate", str(d), "--clip", str(video))
     assert report["unit_tokens"] == 16 and report["tokens"] == 3 * 16  # 20 frames: chunks of 8, 8 and 4
     assert set(report["bits_per_symbol"]) == {"0.25", "0.5", "1.0", "2.0", "4.0"}
-    # 1D default: channel contexts, each channel looking at two earlier ones of its token (-1: none there)
-    assert (report["contexts"], report["channels"], report["channel_radius"]) == (36, 8, 2)
+    # 1D default: channel contexts, each channel looking at three earlier ones of its token (-1: none there)
+    assert (report["contexts"], report["channels"], report["channel_radius"]) == (216, 8, 2)
     parents = report["channel_parents"]
-    assert parents[:2] == [[-1, -1], [0, -1]] and all(-1 <= p < c for c, ps in enumerate(parents) for p in ps)
+    assert parents[:2] == [[-1, -1, -1], [0, -1, -1]] and all(-1 <= p < c for c, ps in enumerate(parents) for p in ps)
     assert "use -y to overwrite" in _error(capsys, "calibrate", str(d), "--clip", str(video))
     older = tmp_path / "older.vtok"
     _run("encode", str(video), "-o", str(older), "--model", str(d), "--tokens", "4")

@@ -611,15 +611,15 @@ def correlated():
 
 
 def test_channel_context_tables_code_correlated_channels_in_fewer_bits(correlated, tmp_path):
-    """Each channel is coded with the table its two parent channels' clipped values pick: parents are the correlated
-    earlier channels, fewer bytes than the same count tables without a context, exact round trips, rows as defined
-    (the first parent's digit the most significant, base 2P + 2), and the parents survive save/load."""
+    """Each channel is coded with the table its three parent channels' clipped values pick: parents are the
+    earlier channels (-1 where too few), fewer bytes than the same count tables without a context, exact round trips,
+    rows as defined (the first parent's digit the most significant, base 2P + 2), the parents survive save/load."""
     from safetensors import safe_open
 
     from vitok.codecs.entropy import channel_rows, pick_parents
 
     flat, channel, held = correlated
-    assert channel.channel_parents[:3] == ((-1, -1), (0, -1), (0, 1)) and channel.contexts == 36
+    assert channel.channel_parents[:3] == ((-1, -1, -1), (0, -1, -1), (0, 1, -1)) and channel.contexts == 216
     assert flat.contexts == 1
     for i, step in enumerate(channel.steps):
         q = channel.quantize(held, step, i)
@@ -633,11 +633,11 @@ def test_channel_context_tables_code_correlated_channels_in_fewer_bits(correlate
     def digit(n: int, p: int) -> int:
         return 5 if p < 0 else int(np.clip(q[n, p], -2, 2)) + 2
 
-    rows = [(digit(n, a) * 6 + digit(n, b)) * 4 + c for n in range(3)
-            for c, (a, b) in enumerate(channel.channel_parents)]
+    rows = [((digit(n, a) * 6 + digit(n, b)) * 6 + digit(n, d)) * 4 + c for n in range(3)
+            for c, (a, b, d) in enumerate(channel.channel_parents)]
     assert channel_rows(q, 2, channel.channel_parents).tolist() == rows
     three = np.stack([np.arange(50) % 7, np.arange(50) % 3, np.arange(50) % 7], 1)
-    assert pick_parents(three, 3) == ((-1, -1), (0, -1), (0, 1)) and pick_parents(three, 3, 1)[2] == (0,)
+    assert pick_parents(three, 3, 2) == ((-1, -1), (0, -1), (0, 1)) and pick_parents(three, 3, 1)[2] == (0,)
     wild = np.stack([np.arange(50) % 7, np.arange(50) % 7], 1)
     wild[0, 1] = 10 ** 12   # an outlier counts at the edge of what a table holds, not as a histogram that wide
     assert pick_parents(wild, 2, 1) == ((-1,), (0,))

@@ -282,7 +282,7 @@ def test_tables_of_another_token_count_are_refused(tiny1d, tinygrid):
     with pytest.raises(CodecError, match="the model has a token grid"):
         VitokCodec(tinygrid[0], tables)
     # the defaults: temporal and spatial contexts for grid models, channel contexts for 1D models
-    assert tinygrid[1].contexts == 12 * 14 and (tables.contexts, tables.channel_radius) == (36, 2)
+    assert tinygrid[1].contexts == 12 * 14 and (tables.contexts, tables.channel_radius) == (216, 2)
 
 
 def _with_meta(data: bytes, **changes) -> bytes:
