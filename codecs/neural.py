@@ -596,8 +596,9 @@ class VitokCodec(Codec):
         chunk before, each setting is weighed coded after the chunk before's same setting, so one setting for every
         chunk costs exactly what was weighed. The allocation's pick is then coded in turn from the latents (they
         wait in a spill file): a chunk whose setting follows another costs other bytes than weighed, and its PSNR
-        goes unmeasured. The allocation tightens until the real bytes fit, and the best single setting that fits
-        stands in when the allocation's picks decode worse."""
+        goes unmeasured (one coded after the contexts it was weighed after, as contexts read them, came out as
+        weighed: its integers, payload and distortion depend on nothing else). The allocation tightens until the
+        real bytes fit, and the best single setting that fits stands in when the allocation's picks decode worse."""
         import torch
 
         budget = target_bytes - header_bytes
@@ -609,16 +610,14 @@ class VitokCodec(Codec):
                 options.append([Cost(cand.nbytes + framing_bytes(cand.nbytes), cand.sse) for cand, _ in pairs])
                 carries = [code.carry for _, code in pairs]
                 kept.append(_Weighed(spill.put_array(tokens_of[0].cpu().numpy()), tokens_of[1], chunk.shape[0],
-                                     chunk.size, [_digest(code.payload) for _, code in pairs],
-                                     [self._context_digest(c) for c in carries]))
+                                     chunk.size, [self._context_digest(c) for c in carries]))
 
             def coded_in_turn(pick: list[int]) -> tuple[list[tuple[Spilled, ChunkCode]], int]:
                 coded, prev = [], None
                 for c, (weighed, i) in enumerate(zip(kept, pick)):
                     z = torch.from_numpy(spill.get_array(weighed.latents)).to(self.tok.device)
                     code = self._code_tokens((z, weighed.unit_grid), weighed.frames, *grid[i], prev)
-                    as_weighed = _digest(code.payload) == weighed.payloads[i] and \
-                        self._context_digest(prev) == (kept[c - 1].carries[i] if c else None)
+                    as_weighed = self._context_digest(prev) == (kept[c - 1].carries[i] if c else None)
                     psnr = psnr_from_sse(options[c][i].sse, weighed.pixels) if as_weighed else None
                     prev = code.carry
                     coded.append((spill.put(code.payload), replace(code, q=None, payload=b"", carry=None, psnr=psnr)))
@@ -657,7 +656,7 @@ class VitokCodec(Codec):
         if carry is None:
             return None
         r = self.tables.context_radius
-        return _digest(np.clip(carry, -r, r).astype(np.int8).tobytes())
+        return hashlib.blake2b(np.clip(carry, -r, r).astype(np.int8).tobytes(), digest_size=16).digest()
 
     # ---- whole clips ----------------------------------------------------------------------------------------
     def header_meta(self, step: float | None, width: int, height: int,
@@ -933,20 +932,15 @@ def _closed_on_error(reader: VtokReader) -> Iterator[None]:
         raise
 
 
-def _digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
-
-
 @dataclass
 class _Weighed:
     """What a byte budget keeps in memory of one chunk while it allocates: where its latents wait in the spill, their
-    unit grid, its frames and pixels, and per setting digests of its payload and of the context it hands on."""
+    unit grid, its frames and pixels, and per setting a digest of the context it hands on."""
 
     latents: Spilled
     unit_grid: tuple[int, int, int] | None
     frames: int
     pixels: int
-    payloads: list[bytes]
     carries: list[bytes | None]
 
 
