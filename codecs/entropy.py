@@ -17,6 +17,10 @@ Each step of an operating set gets its tables once (calibration), and only integ
 - Channel contexts (1D models' default): a value's table depends on the values of three earlier channels of the same
   token (its ``parents``, chosen per channel at calibration), each clipped to a radius: a 1D model's channels are far
   from independent, and a token has no neighbours in time or space to lean on instead.
+- Prediction (1D models with channel contexts, when calibrated on consecutive chunks): a chunk may code each token
+  the chunk before kept as the difference from that token's integers (``Prediction``), with tables of their own
+  (``inter``, channel contexts among the differences): the same token of the next 20 frames of a shot changes
+  little, so the difference costs fewer bits than the value (carphone, bigbuckbunny: about half).
 
 Symbols ``q - median`` are coded with CompressAI's rANS coder using only the stored tables, so decoding never
 recomputes anything from floats (CompressAI #279/#309: float-derived CDFs desynchronise across machines).
@@ -92,9 +96,19 @@ TAIL_MASS = 1e-9  # probability left for the escape symbol of count-based tables
 FILENAME = "entropy.safetensors"
 Grids = Union[tuple[int, int, int], Sequence[tuple[int, int, int]], None]  # one unit grid for all, or one per unit
 UnitTokens = Union[int, Sequence[int], None]  # tokens every unit keeps (None: all), or one count per unit
-FORMAT_VERSION = 4  # 4: channel contexts, 3: spatial contexts (each written only for them, so readers before them
+FORMAT_VERSION = 5  # 5: prediction (inter) tables, 4: channel contexts, 3: spatial contexts (each written only for them, so readers before them
                     # refuse such tables by their format); 2: per-position offsets (``mean`` (K, C)) and temporal
                     # contexts; 1 is still read
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The integers a chunk's tokens are predicted with from the chunk before (1D models): ``mask`` ``(N,)`` marks
+    the tokens predicted, ``values`` ``(N, C)`` their predictions (unread elsewhere). A predicted token's values are
+    coded as ``q - values`` with the inter tables."""
+
+    mask: np.ndarray
+    values: np.ndarray
 
 
 @dataclass
@@ -158,13 +172,17 @@ class EntropyTables:
     ``channel_radius`` P > 0 instead (no temporal context), ``(2P + 2)^k`` tables per channel for ``k`` parents each:
     channel ``c`` of a token is coded with the context its parents ``parents[c]`` (earlier channels, or -1 for none)
     give, each ``clip(q[p], -P, P) + P`` or ``2P + 1`` (``parent_context``); values are coded channel by channel.
+    Channel-context tables may also hold ``inter`` tables (one ``StepTable`` per step, parents ``inter_parents``) for
+    the tokens a chunk predicts from the chunk before (``Prediction``): they code ``q - prediction``, with contexts
+    from the parent channels' differences; their rows follow the others' in coding.
     """
 
-    channel_radius, channel_parents = 0, None   # tables pickled before channel contexts have none
+    channel_radius, channel_parents, inter, inter_parents = 0, None, None, None   # tables pickled before lack them
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, tables: list[StepTable], meta: dict[str, Any] | None = None,
                  context_radius: int = 0, spatial_radius: int = 0, channel_radius: int = 0,
-                 channel_parents: Sequence[Sequence[int]] | None = None):
+                 channel_parents: Sequence[Sequence[int]] | None = None, inter: list[StepTable] | None = None,
+                 inter_parents: Sequence[Sequence[int]] | None = None):
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
         self.tables = tables
@@ -172,8 +190,9 @@ class EntropyTables:
         self.context_radius = int(context_radius)
         self.spatial_radius = int(spatial_radius)
         self.channel_radius = int(channel_radius)
-        self.channel_parents = None if channel_parents is None else tuple(tuple(int(p) for p in ps)
-                                                                          for ps in channel_parents)
+        self.channel_parents = _parents(channel_parents)
+        self.inter = None if inter is None else list(inter)
+        self.inter_parents = _parents(inter_parents)
         self._validate()
         self.table_id = self._digest()
 
@@ -188,6 +207,29 @@ class EntropyTables:
         parents = len(self.channel_parents[0]) if self.channel_parents else 0
         return context_count(self.context_radius) * context_count(self.spatial_radius) * \
             context_count(self.channel_radius) ** parents
+
+    @property
+    def inter_contexts(self) -> int:
+        """Inter tables per channel and step (0: no inter tables)."""
+        return context_count(self.channel_radius) ** len(self.inter_parents[0]) if self.inter else 0
+
+    @property
+    def predicts(self) -> bool:
+        """Whether these tables code tokens predicted from the chunk before (``Prediction``)."""
+        return bool(self.inter)
+
+    def _coding_table(self, index: int) -> StepTable:
+        """Step ``index``'s table as the coder sees it: with inter tables, their rows after the others'."""
+        if not self.inter:
+            return self.tables[index]
+        cache = self.__dict__.setdefault("_merged", {})
+        if index not in cache:
+            a, b = self.tables[index], self.inter[index]
+            cdf = np.zeros((len(a.cdf) + len(b.cdf), max(a.cdf.shape[1], b.cdf.shape[1])), np.int32)
+            cdf[:len(a.cdf), :a.cdf.shape[1]], cdf[len(a.cdf):, :b.cdf.shape[1]] = a.cdf, b.cdf
+            cache[index] = StepTable(a.step, cdf, *(np.concatenate([getattr(a, k), getattr(b, k)])
+                                                    for k in ("cdf_length", "offset", "median")))
+        return cache[index]
 
     @property
     def unit_tokens(self) -> int | None:
@@ -374,18 +416,22 @@ class EntropyTables:
         return row_offsets(self.mean, rows, tokens)
 
     # entropy coding ---------------------------------------------------------------------------------------
-    def encode(self, q: np.ndarray, index: int, grid: Grids = None, prev: np.ndarray | None = None) -> bytes:
+    def encode(self, q: np.ndarray, index: int, grid: Grids = None, prev: np.ndarray | None = None,
+               pred: Prediction | None = None) -> bytes:
         """rANS-code int32 ``(N, C)`` with table ``index``; decodable knowing only ``N``, the unit ``grid``
         ``(t, h, w)`` (needed with a temporal context: ``q`` is whole units of it, in order) and the tables. ``prev``
         (temporal contexts): the previous chunk's last latent frames (``carried_frame``), the first frame's
-        temporal neighbours instead of its own table."""
-        table = self.tables[index]
+        temporal neighbours instead of its own table. ``pred``: the tokens coded as differences from a prediction
+        (inter tables; ``can_predict`` tells whether their differences fit them)."""
+        table = self._coding_table(index)
         q = np.asarray(q)
-        lo, hi = self._channel_range(table)
+        lo, hi = self._channel_range(self.tables[index])
         if q.ndim != 2 or q.shape[1] != self.channels or (q < lo).any() or (q > hi).any():
             raise CodecError("symbols out of the coder's range: quantize with the same tables")
-        idx = self.table_rows(q, grid, prev)
-        sym = q.astype(np.int64).reshape(-1) - table.median[idx]
+        idx, v = self._coded(q, grid, prev, pred)
+        if pred is not None and not self._in_range(table, idx, v):
+            raise CodecError("predicted symbols out of the inter tables' range: code the chunk without prediction")
+        sym = v - table.median[idx]
         if self.spatial_radius:   # coded in waves, the order the decoder can rebuild the contexts in
             order = stream_order(len(q), grid, self.channels)
             idx, sym = idx[order], sym[order]
@@ -396,10 +442,12 @@ class EntropyTables:
         return RansEncoder().encode_with_indexes(np.concatenate([sym, 0 * pad]).tolist(),
                                                  np.concatenate([idx, pad]).tolist(), cdfs, lengths, offsets)
 
-    def decode(self, data: bytes, n: int, index: int, grid: Grids = None, prev: np.ndarray | None = None) -> np.ndarray:
+    def decode(self, data: bytes, n: int, index: int, grid: Grids = None, prev: np.ndarray | None = None,
+               pred: Prediction | None = None) -> np.ndarray:
         """Inverse of ``encode``: ``n`` tokens -> int32 ``(n, C)``; corrupt data gives a BitstreamError."""
-        table = self.tables[index]
+        table = self._coding_table(index)
         prev = self._carry(prev)
+        self._check_prediction(pred, n)
         c = self.channels
         count = max(n * c, MIN_SYMBOLS)
         cdfs, lengths, offsets = table.coder_args()
@@ -442,21 +490,32 @@ class EntropyTables:
                 unit += units
             q = np.concatenate(parts)
         elif self.channel_radius and n:
-            q, r = np.zeros((n, c), np.int64), self.channel_radius
+            v, r = np.zeros((n, c), np.int64), self.channel_radius
             for ch, parents in enumerate(self.channel_parents):   # contexts from the parents' values, decoded before
-                q[:, ch] = read(parent_context(q, r, parents) * c + ch)
+                rows = parent_context(v, r, parents) * c + ch
+                if pred is not None:   # predicted tokens: differences, under the inter tables
+                    rows = np.where(pred.mask, (self.contexts + parent_context(v, r, self.inter_parents[ch])) * c + ch,
+                                    rows)
+                v[:, ch] = read(rows)
+            q = v if pred is None else np.where(pred.mask[:, None], v + pred.values, v)
         else:
             q = read(np.tile(np.arange(c), n)).reshape(n, c)
         pad = np.arange(count - n * c) % c
-        lo, hi = self._channel_range(table)
+        lo, hi = self._channel_range(self.tables[index])
         if (q < lo).any() or (q > hi).any() or (read(pad) != table.median[pad]).any():
             raise BitstreamError("entropy-coded data decodes to out-of-range values (corrupt stream)")
         return q.astype(np.int32)
 
-    def estimate_bits(self, q: np.ndarray, index: int, grid: Grids = None, prev: np.ndarray | None = None) -> float:
+    def estimate_bits(self, q: np.ndarray, index: int, grid: Grids = None, prev: np.ndarray | None = None,
+                      pred: Prediction | None = None) -> float:
         """Ideal code length in bits of ``q`` under the table's probabilities (the entropy model's likelihoods)."""
-        rows = self.table_rows(np.asarray(q), grid, prev)
-        return float(self.tables[index].value_bits(rows, np.asarray(q).reshape(-1)).sum())
+        rows, v = self._coded(np.asarray(q), grid, prev, pred)
+        return float(self._coding_table(index).value_bits(rows, v).sum())
+
+    def can_predict(self, q: np.ndarray, index: int, pred: Prediction) -> bool:
+        """Whether ``q``'s predicted tokens' differences from ``pred`` fit the inter tables of step ``index``."""
+        rows, v = self._coded(np.asarray(q), None, None, pred)
+        return self._in_range(self._coding_table(index), rows, v)
 
     def table_rows(self, q: np.ndarray, grid: Grids = None, prev: np.ndarray | None = None) -> np.ndarray:
         """The table row coding each value of ``q`` ``(N, C)``, flattened (see ``table_rows``)."""
@@ -464,6 +523,28 @@ class EntropyTables:
             self._carry(prev)
             return channel_rows(q, self.channel_radius, self.channel_parents)
         return table_rows(q, grid, self.context_radius, self.spatial_radius, self._carry(prev))
+
+    def _coded(self, q: np.ndarray, grid: Grids, prev: np.ndarray | None, pred: Prediction | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The row and the integer coded for each value of ``q`` (flattened): the value itself, or for a predicted
+        token its difference from the prediction, under the inter rows (after the others)."""
+        v = np.asarray(q, np.int64)
+        if pred is None:
+            return self.table_rows(v, grid, prev), v.reshape(-1)
+        self._check_prediction(pred, len(v))
+        v = np.where(pred.mask[:, None], v - pred.values, v)
+        inter = self.contexts * self.channels + channel_rows(v, self.channel_radius, self.inter_parents)
+        rows = np.where(np.repeat(pred.mask, self.channels), inter, self.table_rows(v, grid, prev))
+        return rows, v.reshape(-1)
+
+    def _check_prediction(self, pred: Prediction | None, n: int) -> None:
+        if pred is not None and (not self.inter or pred.mask.shape != (n,) or pred.values.shape != (n, self.channels)):
+            raise CodecError("a prediction needs tables with inter tables and one mask entry and value row per token")
+
+    @staticmethod
+    def _in_range(table: StepTable, rows: np.ndarray, v: np.ndarray) -> bool:
+        lo, hi = table.value_range()
+        return bool(((v >= lo[rows]) & (v <= hi[rows])).all())
 
     def _carry(self, prev: np.ndarray | None) -> np.ndarray | None:
         """``prev`` where these tables have a temporal context to carry it in; refused for others."""
@@ -478,9 +559,10 @@ class EntropyTables:
     # storage ----------------------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"mean": torch.from_numpy(self.mean.copy()), "std": torch.from_numpy(self.std.copy())}
-        for i, t in enumerate(self.tables):
-            for key in ("cdf", "cdf_length", "offset", "median"):
-                out[f"step{i}.{key}"] = torch.from_numpy(np.ascontiguousarray(getattr(t, key), np.int32))
+        for kind, tables in (("step", self.tables), ("inter", self.inter or [])):
+            for i, t in enumerate(tables):
+                for key in ("cdf", "cdf_length", "offset", "median"):
+                    out[f"{kind}{i}.{key}"] = torch.from_numpy(np.ascontiguousarray(getattr(t, key), np.int32))
         return out
 
     def save(self, path: str | Path) -> Path:
@@ -489,12 +571,14 @@ class EntropyTables:
 
         path = Path(path)
         path = path / FILENAME if path.is_dir() else path
-        meta = {**self.meta, "format": 4 if self.channel_radius else 3 if self.spatial_radius else 2,
+        meta = {**self.meta, "format": 5 if self.inter else 4 if self.channel_radius else 3 if self.spatial_radius
+                else 2,
                 "steps": self.steps, "precision": PRECISION, "table_id": self.table_id,
                 "context_radius": self.context_radius,
                 **({"spatial_radius": self.spatial_radius} if self.spatial_radius else {}),
                 **({"channel_radius": self.channel_radius,
-                    "channel_parents": [list(ps) for ps in self.channel_parents]} if self.channel_radius else {})}
+                    "channel_parents": [list(ps) for ps in self.channel_parents]} if self.channel_radius else {}),
+                **({"inter_parents": [list(ps) for ps in self.inter_parents]} if self.inter else {})}
         with atomic_path(path) as tmp:
             save_safetensors(self.tensors(), tmp, metadata={"vitok_entropy": json.dumps(meta)})
         return path
@@ -510,33 +594,39 @@ class EntropyTables:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["vitok_entropy"])
                 t = {k: f.get_tensor(k).numpy() for k in f.keys()}
-            if meta.get("format") not in (1, 2, 3, FORMAT_VERSION) or meta.get("precision") != PRECISION:
+            if meta.get("format") not in (1, 2, 3, 4, FORMAT_VERSION) or meta.get("precision") != PRECISION:
                 raise ValueError(f"unsupported format {meta.get('format')} / precision {meta.get('precision')}")
-            tables = [StepTable(float(s), *(t[f"step{i}.{k}"].astype(np.int32)
-                                            for k in ("cdf", "cdf_length", "offset", "median")))
-                      for i, s in enumerate(meta["steps"])]
+            channel, parents = meta.get("channel_radius", 0), meta.get("channel_parents")
+            inter_parents = meta.get("inter_parents")
+            tables, inter = ([StepTable(float(s), *(t[f"{kind}{i}.{k}"].astype(np.int32)
+                                                    for k in ("cdf", "cdf_length", "offset", "median")))
+                              for i, s in enumerate(meta["steps"])] if kind == "step" or inter_parents else None
+                             for kind in ("step", "inter"))
+            for ps in (parents, inter_parents):
+                if ps is not None and not (isinstance(ps, list) and all(
+                        isinstance(p, list) and all(type(x) is int for x in p) for p in ps)):
+                    raise ValueError(f"channel parents must be a list of lists of integers, got {repr(ps)[:40]}")
             radius, spatial = meta.get("context_radius", 0), meta.get("spatial_radius", 0)
             if any(type(r) is not int for r in (radius, spatial)):
                 raise ValueError(f"context radii must be integers, got {radius!r} and {spatial!r}")
             if (meta["format"] == 3) != (spatial > 0):
                 raise ValueError(f"format {meta['format']} with spatial radius {spatial} (format 3 is for tables "
                                  f"with spatial contexts)")
-            channel, parents = meta.get("channel_radius", 0), meta.get("channel_parents")
-            if type(channel) is not int or (parents is not None and not (isinstance(parents, list) and all(
-                    isinstance(ps, list) and all(type(p) is int for p in ps) for ps in parents))):
-                raise ValueError(f"channel contexts must be an integer radius and a list of lists of integers, got "
-                                 f"{channel!r} and {repr(parents)[:40]}")
-            if (meta["format"] == 4) != (channel > 0):
-                raise ValueError(f"format {meta['format']} with channel radius {channel} (format 4 is for tables "
-                                 f"with channel contexts)")
+            if type(channel) is not int:
+                raise ValueError(f"channel contexts must have an integer radius, got {channel!r}")
+            if (meta["format"] in (4, 5)) != (channel > 0) or (meta["format"] == 5) != (inter_parents is not None):
+                raise ValueError(f"format {meta['format']} with channel radius {channel} and "
+                                 f"{'' if inter_parents else 'no '}inter tables (format 4 is for tables with channel "
+                                 f"contexts, 5 for those with inter tables too)")
             if "deadzone" in meta and "rd_lambda" not in meta:
                 warnings.warn(f"{path}: 'deadzone' (an earlier vitok's rounding) is no longer used: these tables round "
                               f"to nearest; set rate-distortion rounding with tools/rdoq.py --write", stacklevel=2)
             meta = {k: v for k, v in meta.items() if k not in ("format", "steps", "precision", "table_id",
                                                                "context_radius", "spatial_radius", "channel_radius",
-                                                               "channel_parents")}
+                                                               "channel_parents", "inter_parents")}
             return cls(t["mean"], t["std"], tables, meta, context_radius=radius, spatial_radius=spatial,
-                       channel_radius=channel, channel_parents=parents)
+                       channel_radius=channel, channel_parents=parents, inter=inter,
+                       inter_parents=inter_parents)
         except (OSError, SafetensorError, KeyError, ValueError, TypeError, OverflowError, json.JSONDecodeError) as e:
             raise CodecError(f"cannot read entropy tables {path}: {e}") from None
         except RecursionError:
@@ -555,15 +645,23 @@ class EntropyTables:
             raise ValueError(f"entropy tables: bad context radius {self.context_radius}")
         if not 0 <= self.spatial_radius <= 64 or (self.spatial_radius and not self.context_radius):
             raise ValueError(f"entropy tables: bad spatial radius {self.spatial_radius} (it needs a context radius)")
-        parents = self.channel_parents
-        if not 0 <= self.channel_radius <= 64 or (self.channel_radius > 0) != (parents is not None) or \
-                (self.channel_radius and (self.context_radius or len(parents) != c or
-                                          len({len(ps) for ps in parents}) != 1 or not 1 <= len(parents[0]) <= 3 or
-                                          self.contexts > MAX_CHANNEL_CONTEXTS or
-                                          any(not -1 <= p < i for i, ps in enumerate(parents) for p in ps))):
-            raise ValueError(f"entropy tables: bad channel contexts (radius {self.channel_radius}, parents "
-                             f"{parents}): every channel has the same number (1 to 3) of parents, each -1 or an "
-                             f"earlier channel, at most {MAX_CHANNEL_CONTEXTS} contexts, without a temporal context")
+        for parents in (self.channel_parents, self.inter_parents):
+            if parents is None:
+                continue
+            if not 0 < self.channel_radius <= 64 or self.context_radius or len(parents) != c or \
+                    len({len(ps) for ps in parents}) != 1 or not 1 <= len(parents[0]) <= 3 or \
+                    context_count(self.channel_radius) ** len(parents[0]) > MAX_CHANNEL_CONTEXTS or \
+                    any(not -1 <= p < i for i, ps in enumerate(parents) for p in ps):
+                raise ValueError(f"entropy tables: bad channel contexts (radius {self.channel_radius}, parents "
+                                 f"{parents}): every channel has the same number (1 to 3) of parents, each -1 or an "
+                                 f"earlier channel, at most {MAX_CHANNEL_CONTEXTS} contexts, without a temporal "
+                                 f"context")
+        if not 0 <= self.channel_radius <= 64 or (self.channel_radius > 0) != (self.channel_parents is not None):
+            raise ValueError(f"entropy tables: channel radius {self.channel_radius} with parents {self.channel_parents}")
+        if (self.inter is not None) != (self.inter_parents is not None) or (self.inter is not None and (
+                not self.channel_radius or [t.step for t in self.inter] != self.steps)):
+            raise ValueError("entropy tables: inter tables need channel contexts, their parents and one table per "
+                             "step, at the same steps")
         lam = self.meta.get("rd_lambda", 0.0)
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam <= 100:
             raise ValueError(f"entropy tables: rd_lambda must be a number in [0, 100], got {repr(lam)[:40]}")
@@ -571,14 +669,15 @@ class EntropyTables:
         if w is not None and not (isinstance(w, list) and len(w) == c and all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1e6 for x in w) and sum(w) > 0):
             raise ValueError(f"entropy tables: distortion_weights must be {c} numbers in [0, 1e6), not all 0")
-        rows = c * self.contexts
-        for t in self.tables:
+        for t, contexts in [(t, self.contexts) for t in self.tables] + [(t, self.inter_contexts)
+                                                                        for t in self.inter or []]:
+            rows = c * contexts
             if t.cdf.ndim != 2 or t.cdf.shape[0] != rows or any(a.shape != (rows,) for a in (t.cdf_length, t.offset,
                                                                                            t.median)):
                 raise ValueError(f"entropy tables: bad shapes for step {t.step}")
             if not (math.isfinite(t.step) and t.step > 0) or (t.offset > 0).any():
                 raise ValueError(f"entropy tables: bad step/offset for step {t.step}")
-            shared = [a.reshape(self.contexts, c) for a in (t.cdf_length, t.offset, t.median)]
+            shared = [a.reshape(contexts, c) for a in (t.cdf_length, t.offset, t.median)]
             if any((a != a[:1]).any() for a in shared):
                 raise ValueError(f"entropy tables: the contexts of a channel differ in range for step {t.step}")
             if t.cdf.shape[1] < 3:
@@ -601,11 +700,17 @@ class EntropyTables:
         if self.channel_radius:
             head["channel_radius"] = self.channel_radius
             head["channel_parents"] = [list(ps) for ps in self.channel_parents]
+        if self.inter:
+            head["inter_parents"] = [list(ps) for ps in self.inter_parents]
         h = hashlib.sha256(json.dumps(head).encode())
         for k, v in self.tensors().items():
             h.update(k.encode())
             h.update(v.numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def _parents(parents: Sequence[Sequence[int]] | None) -> tuple[tuple[int, ...], ...] | None:
+    return None if parents is None else tuple(tuple(int(p) for p in ps) for ps in parents)
 
 
 def row_offsets(mean: np.ndarray, rows: int, tokens: UnitTokens = None) -> np.ndarray:
@@ -846,7 +951,8 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
                        *, mean: np.ndarray, std: np.ndarray, radius: int = CONTEXT_RADIUS,
                        prior: float = CONTEXT_PRIOR, meta: dict[str, Any] | None = None, rd_lambda: float = 0.0,
                        weights: Sequence[float] | None = None, spatial: int = 0, channel: int = 0,
-                       parents: Sequence[Sequence[int]] | None = None) -> EntropyTables:
+                       parents: Sequence[Sequence[int]] | None = None,
+                       pairs: Sequence[tuple[int, int]] = ()) -> EntropyTables:
     """Context tables from counts: per step, channel and context (see ``EntropyTables``) the histogram of the
     quantized values, shrunk towards the channel's histogram by ``prior`` pseudo-counts and frozen with CompressAI's
     ``pmf_to_quantized_cdf``. ``units``: ``(z (N, C), (t, h, w))``, whole units in order (1D models: ``(K, 1, 1)``,
@@ -858,7 +964,9 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
     A value's context is the value one step back, so counting the discrete values directly is exact where a smooth
     density (the factorized ``EntropyBottleneck``) would have to be fitted once per context. With ``rd_lambda`` > 0
     the tables code with that rate-distortion rounding (and ``weights``), and are counted twice: the second time on
-    the integers that rounding gives under the first count, rather than on rounding to nearest.
+    the integers that rounding gives under the first count, rather than on rounding to nearest. ``pairs`` (channel
+    contexts): ``(a, b)`` indices of units where unit ``b`` is the chunk after unit ``a`` (the same tiles): inter tables
+    are counted on the differences ``q_b - q_a`` at each step, with parents of their own.
     """
     _, pmf_to_quantized_cdf = _import_compressai()
     units = [(torch.as_tensor(z, dtype=torch.float64).numpy(), tuple(g)) for z, g in units]
@@ -886,42 +994,36 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
     def rows_of(y: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
         return channel_rows(y, channel, parents) if channel else table_rows(y, grid, radius, spatial)
 
-    def counted(integers: Callable[[float, int], list[np.ndarray]], meta: dict[str, Any] | None
-                ) -> tuple[EntropyTables, list[float]]:
-        """Tables counted on ``integers(step, index)`` (one int array per unit), and each step's bits under them."""
-        tables, float_bits = [], []
-        for index, step in enumerate(steps):
-            ys = integers(step, index)
-            flat = np.concatenate(ys)
-            med = np.median(flat, axis=0).round().astype(np.int64)
-            lo = np.maximum(flat.min(0), med - MAX_TABLE_HALF)
-            width = np.minimum(flat.max(0), med + MAX_TABLE_HALF) - lo + 1
-            counts = np.zeros((n_ctx, c, int(width.max())))
-            for y, (_, grid) in zip(ys, units):
-                rows = rows_of(y, grid)
-                v = y.reshape(-1) - lo[rows % c]
-                keep = (v >= 0) & (v < width[rows % c])  # values past the table are escapes
-                counts += np.bincount(rows[keep] * counts.shape[-1] + v[keep],
-                                      minlength=counts.size).reshape(counts.shape)
-            inside = np.arange(counts.shape[-1])[None, :] < width[:, None]
-            marginal = counts.sum(0) + 0.5 * inside
-            marginal /= marginal.sum(-1, keepdims=True)
-            pmf = (counts + prior * marginal) / (counts.sum(-1, keepdims=True) + prior)
-            float_bits.append(float(-(counts * np.log2(np.maximum(pmf, 1e-300))).sum()))
-            cdf = np.zeros((n_ctx * c, counts.shape[-1] + 2), np.int32)
-            for k in range(n_ctx):
-                for ch in range(c):
-                    w = int(width[ch])
-                    probs = np.append(pmf[k, ch, :w] * (1 - TAIL_MASS), TAIL_MASS)
-                    cdf[k * c + ch, :w + 2] = pmf_to_quantized_cdf(probs.tolist(), PRECISION)
-            tables.append(StepTable(step, cdf, np.tile(width + 2, n_ctx).astype(np.int32),
-                                    np.tile(lo - med, n_ctx).astype(np.int32), np.tile(med, n_ctx).astype(np.int32)))
-        return EntropyTables(mean, std, tables, meta, context_radius=radius, spatial_radius=spatial,
-                             channel_radius=channel, channel_parents=parents if channel else None), float_bits
-
     def nearest(step: float, _: int) -> list[np.ndarray]:
         return [np.rint((z - row_offsets(mean, len(z))) / (std.astype(np.float64) * step)).astype(np.int64)
                 for z, _ in units]
+
+    pairs = [(a, b) for a, b in pairs if units[a][0].shape == units[b][0].shape] if channel else []
+    inter_parents = None
+    if pairs:
+        middle = nearest(steps[len(steps) // 2], 0)
+        inter_parents = pick_parents(np.concatenate([middle[b] - middle[a] for a, b in pairs]), channel)
+
+    def counted(integers: Callable[[float, int], list[np.ndarray]], meta: dict[str, Any] | None
+                ) -> tuple[EntropyTables, list[float]]:
+        """Tables counted on ``integers(step, index)`` (one int array per unit), and each step's bits under them;
+        with ``pairs``, inter tables counted on the differences of nearest rounding."""
+        tables, float_bits, inter = [], [], []
+        for index, step in enumerate(steps):
+            ys = integers(step, index)
+            table, bits = _counted_table(step, [(y, rows_of(y, grid)) for y, (_, grid) in zip(ys, units)], n_ctx, c,
+                                         prior, pmf_to_quantized_cdf)
+            tables.append(table)
+            float_bits.append(bits)
+            if pairs:
+                ys = nearest(step, index)
+                diffs = [ys[b] - ys[a] for a, b in pairs]
+                inter.append(_counted_table(step, [(d, channel_rows(d, channel, inter_parents)) for d in diffs],
+                                            context_count(channel) ** len(inter_parents[0]), c, prior,
+                                            pmf_to_quantized_cdf)[0])
+        return EntropyTables(mean, std, tables, meta, context_radius=radius, spatial_radius=spatial,
+                             channel_radius=channel, channel_parents=parents if channel else None,
+                             inter=inter or None, inter_parents=inter_parents), float_bits
 
 
     out, float_bits = counted(nearest, meta)
@@ -930,6 +1032,34 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
         out, float_bits = counted(lambda step, index: [rounding.quantize(z, step, index, grid=grid).astype(np.int64)
                                                        for z, grid in units], rounding.meta)
     return _with_report(out, units, float_bits)
+
+
+def _counted_table(step: float, coded: list[tuple[np.ndarray, np.ndarray]], n_ctx: int, c: int, prior: float,
+                   pmf_to_quantized_cdf: Callable) -> tuple[StepTable, float]:
+    """One step's table from integers and the rows coding them (``coded``: ``(y (N, C), rows (N * C,))``), each
+    context's histogram shrunk towards its channel's by ``prior`` pseudo-counts; and the bits the counts cost."""
+    flat = np.concatenate([y for y, _ in coded])
+    med = np.median(flat, axis=0).round().astype(np.int64)
+    lo = np.maximum(flat.min(0), med - MAX_TABLE_HALF)
+    width = np.minimum(flat.max(0), med + MAX_TABLE_HALF) - lo + 1
+    counts = np.zeros((n_ctx, c, int(width.max())))
+    for y, rows in coded:
+        v = y.reshape(-1) - lo[rows % c]
+        keep = (v >= 0) & (v < width[rows % c])  # values past the table are escapes
+        counts += np.bincount(rows[keep] * counts.shape[-1] + v[keep], minlength=counts.size).reshape(counts.shape)
+    inside = np.arange(counts.shape[-1])[None, :] < width[:, None]
+    marginal = counts.sum(0) + 0.5 * inside
+    marginal /= marginal.sum(-1, keepdims=True)
+    pmf = (counts + prior * marginal) / (counts.sum(-1, keepdims=True) + prior)
+    bits = float(-(counts * np.log2(np.maximum(pmf, 1e-300))).sum())
+    cdf = np.zeros((n_ctx * c, counts.shape[-1] + 2), np.int32)
+    for k in range(n_ctx):
+        for ch in range(c):
+            w = int(width[ch])
+            probs = np.append(pmf[k, ch, :w] * (1 - TAIL_MASS), TAIL_MASS)
+            cdf[k * c + ch, :w + 2] = pmf_to_quantized_cdf(probs.tolist(), PRECISION)
+    return StepTable(step, cdf, np.tile(width + 2, n_ctx).astype(np.int32), np.tile(lo - med, n_ctx).astype(np.int32),
+                     np.tile(med, n_ctx).astype(np.int32)), bits
 
 
 def _with_report(out: EntropyTables, parts: list[tuple[Any, tuple[int, int, int] | None]],
@@ -1003,7 +1133,8 @@ def _likelihood_bits(eb, ys: torch.Tensor) -> np.ndarray:
 
 def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = STEPS, iters: int = 300,
                       seed: int = 0, context_radius: int | None = None, rd_lambda: float = 0.0,
-                      spatial_radius: int | None = None, channel_radius: int | None = None) -> EntropyTables:
+                      spatial_radius: int | None = None, channel_radius: int | None = None,
+                      follows: Sequence[bool] | None = None) -> EntropyTables:
     """Encode calibration clips with ``tok`` and fit tables; the quantizer scale is the model's latent statistics,
     the offset its latent mean (grid models) or the clips' mean per token position (1D models).
 
@@ -1016,7 +1147,9 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     table depends on three earlier channels of its token, each clipped to that radius (``pick_parents`` picks them).
     ``spatial_radius`` > 0 (default ``SPATIAL_RADIUS`` for grid models with a context, else 0) also conditions each
     table on the value's left and upper neighbours in its latent frame (README, "How latents become bytes").
-    ``clips``: uint8 ``(T,H,W,3)`` arrays or float ``(B,3,T,H,W)`` tensors in [-1, 1].
+    ``clips``: uint8 ``(T,H,W,3)`` arrays or float ``(B,3,T,H,W)`` tensors in [-1, 1]; ``follows[i]``: clip ``i`` (a
+    chunk) is the one after clip ``i - 1`` in a video, which with channel contexts adds inter tables, fitted on the
+    differences between such chunks' integers (``Prediction``).
     Runs on one torch thread: float sums change with the thread count, which would change a few quantized values
     and so the tables and their id, which every ``.vtok`` names; on one thread a machine fits the same tables
     whatever thread count it runs with. Another instruction set (AVX-512 or AVX2 kernels) may still fit other
@@ -1027,14 +1160,15 @@ def calibrate_entropy(tok: Any, clips: Iterable[Any], steps: Iterable[float] = S
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _calibrate(tok, clips, steps, iters, seed, context_radius, rd_lambda, spatial_radius, channel_radius)
+        return _calibrate(tok, clips, steps, iters, seed, context_radius, rd_lambda, spatial_radius, channel_radius,
+                          follows)
     finally:
         torch.set_num_threads(threads)
 
 
 def _calibrate(tok: Any, clips: Iterable[Any], steps: Iterable[float], iters: int, seed: int,
                context_radius: int | None, rd_lambda: float, spatial_radius: int | None,
-               channel_radius: int | None = None) -> EntropyTables:
+               channel_radius: int | None = None, follows: Sequence[bool] | None = None) -> EntropyTables:
     from vitok.data.convert import frames_to_tensor
 
     if context_radius is None:
@@ -1053,11 +1187,15 @@ def _calibrate(tok: Any, clips: Iterable[Any], steps: Iterable[float], iters: in
     if channel_radius and context_radius:
         raise CodecError("channel contexts are instead of a temporal context: give a context radius or a channel "
                          "radius, not both")
-    units, clips = [], list(clips)
+    units, clips, pairs = [], list(clips), []
+    if follows is not None and len(follows) != len(clips):
+        raise CodecError(f"follows names {len(follows)} clips, {len(clips)} given")
     with torch.no_grad():
-        for clip in clips:
+        for i, clip in enumerate(clips):
             x = frames_to_tensor(clip) if isinstance(clip, np.ndarray) else clip
             lat = tok.encode(x.to(_device(tok)))  # all tokens: the posterior mean, what the codec quantizes
+            if follows is not None and follows[i] and i and len(lat.z) == 1:
+                pairs.append((len(units) - 1, len(units)))
             units += [(z, context_grid(lat.grid, tok.max_tokens)) for z in lat.z.float().cpu()]
     if not units:
         raise CodecError("calibration needs at least one clip")
@@ -1077,7 +1215,7 @@ def _calibrate(tok: Any, clips: Iterable[Any], steps: Iterable[float], iters: in
     if context_radius or channel_radius:
         return fit_context_tables(units, steps, mean=mean.numpy(), std=std.numpy(), radius=context_radius, meta=meta,
                                   rd_lambda=rd_lambda, weights=weights, spatial=spatial_radius,
-                                  channel=channel_radius)
+                                  channel=channel_radius, pairs=pairs)
     tables = fit_tables(z, steps, mean=mean.numpy(), std=std.numpy(), iters=iters, seed=seed, meta=meta)
     return tables.with_rdoq(rd_lambda, weights) if rd_lambda else tables
 
@@ -1122,7 +1260,7 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
     import vitok
 
     tok = vitok.load(model_dir)
-    chunks = calibration_chunks(tok, clips)
+    chunks, follows = calibration_chunks(tok, clips)
     old = Path(model_dir) / FILENAME
     try:
         before = EntropyTables.load(old) if old.is_file() else None
@@ -1137,7 +1275,8 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
             spatial_radius = before.spatial_radius if spatial_radius is None else spatial_radius
             channel_radius = before.channel_radius if channel_radius is None else channel_radius
     tables = calibrate_entropy(tok, chunks, steps=steps, iters=iters, context_radius=context_radius,
-                               rd_lambda=rd_lambda, spatial_radius=spatial_radius, channel_radius=channel_radius)
+                               rd_lambda=rd_lambda, spatial_radius=spatial_radius, channel_radius=channel_radius,
+                               follows=follows)
     if before is not None and before.table_id != tables.table_id:
         if before.meta.get("weights_hash") == tok.weights_hash:   # streams coded with them still decode
             before.save(Path(model_dir) / kept_name(before.table_id))
@@ -1148,15 +1287,19 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
     return tables
 
 
-def calibration_chunks(tok: Any, clips: Iterable[np.ndarray] | None = None) -> list[np.ndarray]:
-    """``clips`` (default: the sample clips' training segments at their own size) cut into chunks of the model's
-    ``clip_frames``, as the codec cuts them."""
+def calibration_chunks(tok: Any, clips: Iterable[np.ndarray] | None = None) -> tuple[list[np.ndarray], list[bool]]:
+    """``clips`` (default: each sample clip's training segments at their own size, in order) cut into chunks of the
+    model's ``clip_frames``, as the codec cuts them; and per chunk whether it follows the one before in its clip."""
     if clips is None:
         from vitok.data.samples import train_segments
 
-        clips = [frames for _, frames in train_segments(num_frames=tok.clip_frames, size=None)]
+        segments: dict[str, list[np.ndarray]] = {}
+        for name, frames in train_segments(num_frames=tok.clip_frames, size=None):   # consecutive within a clip
+            segments.setdefault(name.split(":")[0], []).append(frames)
+        clips = [np.concatenate(parts) for parts in segments.values()]
     n = tok.clip_frames
-    return [clip[i:i + n] for clip in clips for i in range(0, len(clip), n)]
+    cut = [(clip[i:i + n], i > 0) for clip in clips for i in range(0, len(clip), n)]
+    return [c for c, _ in cut], [f for _, f in cut]
 
 
 def kept_name(table_id: str) -> str:

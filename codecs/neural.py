@@ -2,7 +2,8 @@
 
 Each chunk of ``tok.clip_frames`` frames is tokenized on its own; with temporal context tables (grid models) a chunk
 after the first continues the entropy contexts of the one before (its first latent frame's temporal neighbours are
-the previous chunk's last). Knobs: ``step``
+the previous chunk's last); with inter tables (1D models) it may code the tokens the chunk before kept as differences
+from their integers there, when that takes fewer bytes than coding them alone. Knobs: ``step``
 (quantization step in units of each channel's latent std; the main rate knob) and, for 1D models, ``tokens``
 (tokens kept per unit). Rate control (``bytes=``, ``psnr=``) picks the token count per chunk, and per tile when a
 1D model cuts frames into several (``adapt_units``); grid models: the step per chunk. Files are written and read
@@ -29,8 +30,8 @@ import numpy as np
 from vitok.codecs.base import Codec, check_frames
 from vitok.codecs.container import (VERSION, ChunkInfo, VtokHeader, VtokReader, VtokWriter, framing_bytes,
                                     sar_record)
-from vitok.codecs.entropy import (DEFAULT_STEP, FILENAME as ENTROPY_FILE, EntropyTables, carried_frame,
-                                  context_grid, load_entropy_tables, load_kept_tables)
+from vitok.codecs.entropy import (DEFAULT_STEP, FILENAME as ENTROPY_FILE, EntropyTables, Prediction,
+                                  carried_frame, context_grid, load_entropy_tables, load_kept_tables)
 from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names, find_bundled
 from vitok.codecs.payload import CONTINUES, ChunkTokens, header_size, pack_chunk, parse_chunk
@@ -78,7 +79,40 @@ class ChunkCode:
     frames: int
     estimated_bits: float
     psnr: float | None = None  # dB over the chunk, when rate control decoded it to choose
-    carry: np.ndarray | None = None   # its last latent frame per unit, the next chunk's temporal context (or None)
+    carry: "np.ndarray | TokenCarry | None" = None   # what the next chunk continues from (``VitokCodec.carry_of``)
+
+
+@dataclass(frozen=True)
+class TokenCarry:
+    """What a 1D model's chunk hands the next, which predicts its tokens from it: the integers of every unit
+    ``(units, K, C)`` (zeros past a unit's count), the tokens each unit kept, and the step."""
+
+    q: np.ndarray
+    counts: tuple[int, ...]
+    step: float
+
+    @classmethod
+    def of(cls, q: np.ndarray, tokens: int | tuple[int, ...], step: float, max_tokens: int) -> "TokenCarry":
+        counts = tokens if isinstance(tokens, tuple) else (int(tokens),) * (len(q) // int(tokens))
+        full = np.zeros((len(counts), max_tokens, q.shape[1]), np.int64)
+        full[np.arange(max_tokens)[None] < np.asarray(counts)[:, None]] = q
+        return cls(full, tuple(int(k) for k in counts), float(step))
+
+    def prediction(self, tokens: int | tuple[int, ...], step: float) -> Prediction | None:
+        """The prediction of a chunk keeping ``tokens`` per unit at ``step``: each token this chunk's unit kept, its
+        integers rescaled to ``step`` (None: the chunks' units differ, nothing is predicted)."""
+        counts = tokens if isinstance(tokens, tuple) else (int(tokens),) * len(self.counts)
+        if len(counts) != len(self.counts):
+            return None
+        q = self.q if step == self.step else np.rint(self.q * (self.step / step)).astype(np.int64)
+        mask = np.concatenate([np.arange(k) < kept for k, kept in zip(counts, self.counts)])
+        values = np.concatenate([q[u, :k] for u, k in enumerate(counts)])
+        return Prediction(mask, values) if mask.any() else None
+
+    def digest(self) -> bytes:
+        h = hashlib.blake2b(self.q.astype(np.int64).tobytes(), digest_size=16)
+        h.update(repr((self.counts, self.step)).encode())
+        return h.digest()
 
 
 @dataclass
@@ -308,7 +342,7 @@ class VitokCodec(Codec):
         return (z.view(lat.units, -1, z.shape[-1]) if self.is_1d else z), lat.grid
 
     def _code_tokens(self, tokens_of: tuple[Any, tuple[int, int, int] | None], frames: int, tokens: int | None,
-                     step: float, prev: np.ndarray | None = None) -> ChunkCode:
+                     step: float, prev: "np.ndarray | TokenCarry | None" = None) -> ChunkCode:
         """Code a chunk from ``_tokens_of``'s output, keeping ``tokens`` per unit (1D; None: all) at ``step``."""
         z, grid = tokens_of
         if self.is_1d:
@@ -318,24 +352,44 @@ class VitokCodec(Codec):
 
     @property
     def carries(self) -> bool:
-        """Whether a chunk's temporal contexts continue from the chunk before (grid models with temporal tables)."""
-        return not self.is_1d and bool(self.tables.context_radius)
+        """Whether a chunk may continue from the chunk before: grid models with temporal tables continue its
+        contexts, 1D models with inter tables predict its tokens."""
+        return self.tables.predicts if self.is_1d else bool(self.tables.context_radius)
 
     def _code(self, z: Any, tokens: int | tuple[int, ...] | None, step: float, grid: tuple[int, int, int] | None,
-              frames: int, prev: np.ndarray | None = None) -> ChunkCode:
+              frames: int, prev: "np.ndarray | TokenCarry | None" = None) -> ChunkCode:
         """Quantize and entropy-code a chunk's kept tokens ``z`` (N, C) at ``step`` as the stream stores it
-        (float32), the first latent frame's temporal contexts from ``prev`` when given."""
+        (float32), continuing from ``prev`` (the chunk before's ``carry``) when given: a grid model's first latent
+        frame's temporal contexts come from it; a 1D model predicts its tokens from it when that takes fewer bytes."""
         tables, step = self.tables, float(np.float32(step))
         index = tables.table_index(step)
         if isinstance(tokens, tuple) and len(set(tokens)) == 1:
             tokens = tokens[0]
         grids = context_grid(grid, tokens)
+        if self.is_1d:
+            q = tables.quantize(z, step, index, tokens=tokens, grid=grids)
+            pred = None if prev is None or not self.carries else prev.prediction(tokens, step)
+            data, pred = self._smaller(q, index, grids, pred)
+            carry = TokenCarry.of(q, tokens, step, self.tok.max_tokens) if self.carries else None
+            payload = pack_chunk(index | (0 if pred is None else CONTINUES), step, tokens, data)
+            return ChunkCode(payload, q, tokens, step, index, frames,
+                             tables.estimate_bits(q, index, grids, pred=pred), carry=carry)
         q = tables.quantize(z, step, index, tokens=tokens, grid=grids, prev=prev)
         flag = 0 if prev is None else CONTINUES
         payload = pack_chunk(index | flag, step, tokens or 0, tables.encode(q, index, grids, prev))
         carry = carried_frame(q, grid) if self.carries else None
         return ChunkCode(payload, q, tokens, step, index, frames, tables.estimate_bits(q, index, grids, prev),
                          carry=carry)
+
+    def _smaller(self, q: np.ndarray, index: int, grids: Any, pred: Prediction | None
+                 ) -> tuple[bytes, Prediction | None]:
+        """A 1D chunk's entropy-coded integers, predicted by ``pred`` or not, whichever is shorter (and the
+        prediction used, or None)."""
+        alone = self.tables.encode(q, index, grids)
+        if pred is None or not self.tables.can_predict(q, index, pred):
+            return alone, None
+        predicted = self.tables.encode(q, index, grids, pred=pred)
+        return (predicted, pred) if len(predicted) < len(alone) else (alone, None)
 
     def decode_symbols(self, payload: bytes, frames: int, height: int, width: int,
                        prev: np.ndarray | None = None) -> tuple[np.ndarray, int | None, float]:
@@ -344,11 +398,11 @@ class VitokCodec(Codec):
         index, step, tokens, data = parse_chunk(payload)
         continues, index = bool(index & CONTINUES), index & ~CONTINUES
         if continues and not self.carries:
-            raise BitstreamError("chunk continues the temporal contexts of the chunk before, which this model never "
-                                 "does (a 1D model, or tables without a temporal context)")
+            raise BitstreamError("chunk continues from the chunk before, which these tables never do (no temporal "
+                                 "context, or a 1D model's tables without inter tables)")
         if continues and prev is None:
-            raise BitstreamError("chunk continues the temporal contexts of the chunk before: decode it after that "
-                                 "chunk (its carry_of), or from the stream's start")
+            raise BitstreamError("chunk continues from the chunk before: decode it after that chunk (its carry_of), "
+                                 "or from the stream's start")
         if index >= len(self.tables.tables):
             raise BitstreamError(f"chunk uses entropy table {index}, the model has {len(self.tables.tables)}")
         k, g = self.tok.max_tokens, self.plan(frames, height, width)
@@ -360,13 +414,25 @@ class VitokCodec(Codec):
             raise BitstreamError(f"chunk gives token counts for {len(tokens)} units, its frames make {g.units}")
         tokens = tokens or None
         grid = context_grid(self.tok.unit_grid(*g.unit_size), tokens)
+        if self.is_1d:
+            pred = None
+            if continues:
+                pred = prev.prediction(tokens, step)
+                if pred is None:
+                    raise BitstreamError("chunk predicts its tokens from the chunk before, whose tiles differ")
+            return self.tables.decode(data, self._coded(g, tokens), index, grid, pred=pred), tokens, step
         q = self.tables.decode(data, self._coded(g, tokens), index, grid, prev if continues else None)
         return q, tokens, step
 
-    def carry_of(self, q: np.ndarray, frames: int, height: int, width: int) -> np.ndarray | None:
-        """A decoded chunk's last latent frame per unit, the next chunk's temporal context (None: nothing carries)."""
+    def carry_of(self, q: np.ndarray, frames: int, height: int, width: int, tokens: int | tuple[int, ...] | None = None,
+                 step: float | None = None) -> "np.ndarray | TokenCarry | None":
+        """What the chunk after a decoded chunk continues from (None: nothing carries): its last latent frame per
+        unit (grid models, the next chunk's temporal context), or its integers, token counts and ``step`` (1D models,
+        the next chunk's prediction; ``tokens`` and ``step`` as ``decode_symbols`` gives them)."""
         if not self.carries:
             return None
+        if self.is_1d:
+            return TokenCarry.of(q, tokens, step, self.tok.max_tokens)
         return carried_frame(q, self.tok.unit_grid(*self.plan(frames, height, width).unit_size))
 
     def coded_tokens(self, frames: int, height: int, width: int, tokens: int | tuple[int, ...] | None) -> int:
@@ -483,21 +549,24 @@ class VitokCodec(Codec):
                 sse[u, c] = float((err.square() * weight).sum())
         return UnitCosts(counts, bits, sse, frames.size), z
 
-    def _code_units(self, z: Any, tokens: tuple[int, ...], step: float, frames: int) -> ChunkCode:
-        """Code the first ``tokens[u]`` of each unit's K tokens ``z`` ``(units * K, C)``."""
+    def _code_units(self, z: Any, tokens: tuple[int, ...], step: float, frames: int,
+                    prev: TokenCarry | None = None) -> ChunkCode:
+        """Code the first ``tokens[u]`` of each unit's K tokens ``z`` ``(units * K, C)`` (predicted from ``prev``
+        when that is shorter)."""
         import torch
 
         kept = z.reshape(len(tokens), self.tok.max_tokens, -1)
-        return self._code(torch.cat([kept[u, :k] for u, k in enumerate(tokens)]), tokens, step, None, frames)
+        return self._code(torch.cat([kept[u, :k] for u, k in enumerate(tokens)]), tokens, step, None, frames, prev)
 
-    def _units_to_psnr(self, frames: np.ndarray, step: float, target: float) -> ChunkCode:
+    def _units_to_psnr(self, frames: np.ndarray, step: float, target: float,
+                       prev: TokenCarry | None = None) -> ChunkCode:
         """The chunk's cheapest per-unit token counts reaching ``target`` dB (``units_for_psnr``), each setting
-        tried coded and decoded once."""
+        tried coded and decoded once (predicted from ``prev`` where shorter: the bytes, not the pixels, change)."""
         costs, z = self._unit_costs(frames, step)
         tried: dict[tuple[int, ...], ChunkCode] = {}
 
         def measure(tokens: tuple[int, ...]) -> tuple[float, int]:
-            code = self._code_units(z, tokens, step, frames.shape[0])
+            code = self._code_units(z, tokens, step, frames.shape[0], prev)
             rec = self.reconstruct(code.q, code.tokens, step, *frames.shape[:3])
             code.psnr = psnr_from_sse(_sse(rec, frames), frames.size)
             tried[tokens] = code
@@ -525,12 +594,13 @@ class VitokCodec(Codec):
             floor = cheapest_bytes(options)
             target = max(target, floor)   # below the estimates' floor, the fewest tokens are coded to tell
             for attempt in range(8):
-                pick, coded, at = allocate_bytes(options, target), [], 0
+                pick, coded, at, prev = allocate_bytes(options, target), [], 0, None
                 for frames, costs, latents in evaluated:
                     units = len(costs.bits)
                     z = torch.from_numpy(spill.get_array(latents)).to(self.tok.device)
-                    code = self._code_units(z, costs.tokens(pick[at:at + units]), step, frames)
-                    coded.append((spill.put(code.payload), replace(code, q=None, payload=b"")))
+                    code = self._code_units(z, costs.tokens(pick[at:at + units]), step, frames, prev)
+                    prev = code.carry
+                    coded.append((spill.put(code.payload), replace(code, q=None, payload=b"", carry=None)))
                     at += units
                 real = sum(item.nbytes + framing_bytes(item.nbytes) for item, _ in coded)
                 if real <= budget:
@@ -567,8 +637,11 @@ class VitokCodec(Codec):
         if adapt_units and self.is_1d and self.plan(*first.shape[:3]).units > 1:  # a token count per tile
             unit_step = float(np.float32(DEFAULT_STEP if step is None else step))   # as _code codes it
             if psnr is not None:
+                prev = None
                 for chunk in chunks:
-                    yield self._units_to_psnr(chunk, unit_step, psnr)
+                    code = self._units_to_psnr(chunk, unit_step, psnr, prev)
+                    prev = code.carry
+                    yield code
             else:
                 yield from self._units_to_bytes(chunks, unit_step, target_bytes, header_bytes)
             return
@@ -651,10 +724,12 @@ class VitokCodec(Codec):
             for item, code in best_coded or coded_in_turn(best)[0]:
                 yield replace(code, payload=spill.get(item))
 
-    def _context_digest(self, carry: np.ndarray | None) -> bytes | None:
-        """A digest of a carried frame as the next chunk's contexts read it (clipped to the temporal radius)."""
+    def _context_digest(self, carry: "np.ndarray | TokenCarry | None") -> bytes | None:
+        """A digest of a carry as the next chunk reads it (a carried frame clipped to the temporal radius)."""
         if carry is None:
             return None
+        if isinstance(carry, TokenCarry):
+            return carry.digest()
         r = self.tables.context_radius
         return hashlib.blake2b(np.clip(carry, -r, r).astype(np.int8).tobytes(), digest_size=16).digest()
 
@@ -774,7 +849,7 @@ class VitokCodec(Codec):
                     q, tokens, step = coder.decode_symbols(payload, info.frames, h.height, h.width, prev)
                 except BitstreamError as e:
                     raise BitstreamError(f"{r.name}: chunk {info.index}: {e}") from None
-                prev = coder.carry_of(q, info.frames, h.height, h.width)
+                prev = coder.carry_of(q, info.frames, h.height, h.width, tokens, step)
                 if info.index >= skip:
                     yield info, q, tokens, step
 

@@ -79,7 +79,7 @@ def main() -> None:
     for lam in args.lambdas:
         tables = codec.tables.with_rdoq(lam, weights)
         if args.refit and lam:
-            tables = calibrate_entropy(codec.tok, calibration_chunks(codec.tok), steps=tables.steps,
+            tables = calibrate_entropy(codec.tok, calibration_chunks(codec.tok)[0], steps=tables.steps,
                                        context_radius=tables.context_radius, rd_lambda=lam,
                                        spatial_radius=tables.spatial_radius, channel_radius=tables.channel_radius)
         test = curves(codec, tables, segs)

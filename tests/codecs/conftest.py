@@ -69,3 +69,16 @@ def stream1d(codec1d, clip) -> bytes:
     """A real 3-chunk .vtok of the clip (20 frames, chunks of 8)."""
     frames, fps = clip
     return codec1d.encode(frames, fps, tokens=8)
+
+
+@pytest.fixture(scope="session")
+def codec1d_inter(tiny1d, clip):
+    """The tiny 1D model with tables calibrated on two consecutive chunks: inter tables, so chunks predict."""
+    from vitok.codecs.entropy import calibrate_entropy
+    from vitok.codecs.neural import VitokCodec
+
+    tok, _, _ = tiny1d
+    frames, _ = clip
+    tables = calibrate_entropy(tok, [frames[:8], frames[8:16]], steps=STEPS, follows=[False, True])
+    assert tables.predicts
+    return VitokCodec(tok, tables)

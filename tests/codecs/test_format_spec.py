@@ -16,6 +16,7 @@ from safetensors import safe_open
 import vitok
 from vitok.codecs import VitokCodec
 from vitok.codecs.container import VtokHeader, read_vtok, write_vtok
+from vitok.codecs.payload import CONTINUES, pack_chunk
 from vitok.registry import PRETRAINED_DIR
 
 BUNDLED = ["vitok-grid", "vitok-cnn", "vitok-1d"]
@@ -104,8 +105,11 @@ def test_table_id_follows_the_spec(name):
                 head[key] = meta[key]
         if meta.get("channel_radius"):
             head["channel_parents"] = meta["channel_parents"]
+        if "inter_parents" in meta:
+            head["inter_parents"] = meta["inter_parents"]
         h = hashlib.sha256(json.dumps(head, separators=(", ", ": ")).encode())
-        order = ["mean", "std"] + [f"step{i}.{k}" for i in range(len(meta["steps"]))
+        order = ["mean", "std"] + [f"{kind}{i}.{k}" for kind in ("step", "inter") if kind == "step" or
+                                   "inter_parents" in meta for i in range(len(meta["steps"]))
                                    for k in ("cdf", "cdf_length", "offset", "median")]
         assert sorted(order) == sorted(f.keys())
         for key in order:
@@ -314,8 +318,10 @@ def test_spatial_context_chunks_decode_by_the_spec(name):
 
 
 def test_channel_context_chunks_decode_by_the_spec(tmp_path):
-    """A 1D model's chunk coded with channel context tables (1D models' default) decodes by FORMAT.md's text alone:
-    channel by channel, each token's context from its parent channels' integers (one decode_stream call a channel)."""
+    """A 1D model's chunks coded with channel context tables (1D models' default) decode by FORMAT.md's text alone:
+    channel by channel, each token's context from its parent channels' integers (one decode_stream call a channel);
+    the second chunk predicts its tokens from the first's (inter tables: differences, their own parents and rows after
+    the others'), the first 16 of them at another step."""
     import shutil
 
     from compressai.ans import RansDecoder
@@ -325,32 +331,55 @@ def test_channel_context_chunks_decode_by_the_spec(tmp_path):
 
     d = tmp_path / "vitok-1d"
     shutil.copytree(PRETRAINED_DIR / "vitok-1d", d)
-    frames = np.ascontiguousarray(load_sample("carphone", "train")[:20, :128, :128])
+    frames = np.ascontiguousarray(load_sample("carphone", "train")[:40, :128, :128])
     tables_made = calibrate_model_dir(d, [frames], steps=(0.5, 1.0), channel_radius=2)
-    assert tables_made.channel_radius == 2
+    assert tables_made.channel_radius == 2 and tables_made.predicts
     codec = VitokCodec(str(d))
-    data = codec.encode(frames, 25, tokens=24)
+    first = codec.encode_chunk(frames[:20], step=0.5, tokens=16)
+    second = codec.encode_chunk(frames[20:], step=1.0, tokens=24)
+    data = VitokCodec(str(d)).encode(frames, 25, tokens=24)
     _, payloads = _spec_file(data)
+    # chunks an encoder may write (vitok's predicts only where that is shorter, which calibration on two chunks
+    # seldom makes it): the second predicted from the first, at another step and token count
+    predicted = codec.tables.encode(second.q, second.table, pred=first.carry.prediction(24, 1.0))
+    payloads[0], payloads[1] = first.payload, pack_chunk(second.table | CONTINUES, 1.0, 24, predicted)
+    assert np.array_equal(codec.decode_symbols(payloads[1], 20, 128, 128, first.carry)[0], second.q)
     with safe_open(str(d / "entropy.safetensors"), "np") as f:
         tables = {k: f.get_tensor(k) for k in f.keys()}
         meta = json.loads(f.metadata()["vitok_entropy"])
-    assert meta["format"] == 4
-    P, parents, C = meta["channel_radius"], meta["channel_parents"], len(tables["std"])
-    for payload, (_, q, _, _) in zip(payloads, codec.iter_symbols(data)):
-        index, tokens = payload[0], struct.unpack_from("<H", payload, 5)[0]
-        cdf, length, offset, median = (tables[f"step{index}.{k}"] for k in ("cdf", "cdf_length", "offset", "median"))
+    assert meta["format"] == 5 and [p[0] >> 7 for p in payloads] == [0, 1]
+    P, C = meta["channel_radius"], len(tables["std"])
+    before = None
+    for payload, q in zip(payloads, (first.q, second.q)):
+        index, continues = payload[0] & 0x7F, payload[0] >> 7
+        step, tokens = struct.unpack_from("<fH", payload, 1)
+        parts = [tables[f"step{index}.{k}"] for k in ("cdf", "cdf_length", "offset", "median")]
+        inter = [tables[f"inter{index}.{k}"] for k in ("cdf", "cdf_length", "offset", "median")]
+        cdfs = [row[:m].tolist() for row, m in zip(parts[0], parts[1])] + \
+            [row[:m].tolist() for row, m in zip(inter[0], inter[1])]
+        length, offset, median = (np.concatenate([a, b]) for a, b in zip(parts[1:], inter[1:]))
         n = tokens   # one unit: a 128 px tile
+        k, pred = 0, None
+        if continues:   # tokens the chunk before kept: predicted from its integers, rescaled to this step
+            b_step, b_q = before
+            pred = b_q if b_step == step else np.rint(b_q * (np.float64(b_step) / np.float64(step)))
+            k = min(n, len(b_q))
+        predicted = np.arange(n) < k
         dec = RansDecoder()
         dec.set_stream(payload[7:] + bytes(8 * n * C + 4096))
-        spec = np.zeros((n, C), np.int64)
+        v = np.zeros((n, C), np.int64)
         for c in range(C):
             rows = []
             for i in range(n):
+                parents, base = (meta["inter_parents"], len(parts[0])) if predicted[i] else (meta["channel_parents"], 0)
                 ctx = 0
                 for p in parents[c]:   # the first parent's digit the most significant, base 2P + 2
-                    ctx = ctx * (2 * P + 2) + (2 * P + 1 if p < 0 else min(max(int(spec[i, p]), -P), P) + P)
-                rows.append(ctx * C + c)
-            sym = dec.decode_stream(rows, [row[:m].tolist() for row, m in zip(cdf, length)], length.tolist(),
-                                    offset.tolist())
-            spec[:, c] = np.asarray(sym) + median[rows]
+                    ctx = ctx * (2 * P + 2) + (2 * P + 1 if p < 0 else min(max(int(v[i, p]), -P), P) + P)
+                rows.append(base + ctx * C + c)
+            sym = dec.decode_stream(rows, cdfs, length.tolist(), offset.tolist())
+            v[:, c] = np.asarray(sym) + median[rows]
+        spec = v.copy()
+        if k:
+            spec[:k] += pred[:k].astype(np.int64)
         assert np.array_equal(spec, q)
+        before = (step, spec)

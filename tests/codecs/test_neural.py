@@ -19,6 +19,7 @@ from vitok.codecs.container import VERSION, VtokReader, frame_chunk, framing_byt
 from vitok.codecs.entropy import EntropyTables
 from vitok.codecs.neural import VitokCodec
 from vitok.codecs.payload import parse_chunk
+from vitok.data.convert import tensor_to_frames
 
 
 def test_integers_round_trip_exactly(codec1d, clip):
@@ -49,7 +50,7 @@ def test_clip_round_trip_1d_and_grid(codec1d, tinygrid, clip):
         mid = codec.reconstruct(q, tokens, step, chunks[1][0].frames, header.height, header.width)
         assert np.array_equal(mid, out[8:16])
         if not codec.is_1d:
-            with pytest.raises(BitstreamError, match="continues the temporal contexts of the chunk before: decode it"):
+            with pytest.raises(BitstreamError, match="continues from the chunk before: decode it"):
                 codec.decode_chunk(chunks[1][1], chunks[1][0].frames, header.height, header.width)
             assert np.array_equal(codec.decode_chunk(chunks[1][1], chunks[1][0].frames, header.height, header.width,
                                                      prev), mid)
@@ -406,11 +407,11 @@ def test_chunks_after_the_first_continue_its_temporal_contexts(codec1d, stream1d
     assert sum(info.nbytes for info, _ in chunks) < 0.97 * alone
     assert codec.identity.endswith(f"-continued-v{VERSION}") and "-continued" not in codec1d.identity   # RD caches
     first = _edit_payload(data, 0, bytes([chunks[0][1][0] | 0x80]) + chunks[0][1][1:])
-    with pytest.raises(BitstreamError, match="chunk 0: chunk continues the temporal contexts of the chunk before: "):
+    with pytest.raises(BitstreamError, match="chunk 0: chunk continues from the chunk before: "):
         codec.decode(first)
     _, oned = read_vtok(stream1d)
     flagged = _edit_payload(stream1d, 1, bytes([oned[1][1][0] | 0x80]) + oned[1][1][1:])
-    with pytest.raises(BitstreamError, match=r"chunk 1: .*which this model never does \(a 1D model"):
+    with pytest.raises(BitstreamError, match=r"chunk 1: .*which these tables never do \(no temporal context, or a 1D model"):
         codec1d.decode(flagged)
 
 
@@ -742,3 +743,66 @@ def test_rd_rounding_changes_the_encoder_and_its_identity_not_the_decoder(codec1
     ones = VitokCodec(codec1d.tok, tables.with_rdoq(0.5, [1] * tables.channels))   # the same rounding as no weights
     assert ones.identity == rd.identity
     assert codec1d.decode(rounded)[0].shape == frames.shape
+
+
+def test_a_1d_chunk_predicts_the_tokens_the_chunk_before_kept(codec1d, codec1d_inter, clip):
+    """With inter tables a 1D chunk codes the tokens the chunk before kept as differences from them when that is
+    shorter (flagged as continuing): the integers and frames are those coded alone, in fewer bytes; such a chunk
+    needs the chunk before to decode; other token counts and steps predict what they can."""
+    from vitok.codecs.neural import TokenCarry
+
+    frames, fps = clip
+    still = np.concatenate([frames[:8]] * 3)   # three chunks with the same tokens
+    inter, alone = codec1d_inter.encode(still, fps, step=0.5), codec1d.encode(still, fps, step=0.5)
+    header, chunks = read_vtok(inter)
+    assert [parse_chunk(p)[0] >> 7 for _, p in chunks] == [0, 1, 1] and codec1d_inter.carries
+    sizes, before = [len(p) for _, p in chunks], [len(p) for _, p in read_vtok(alone)[1]]
+    assert sizes[0] == before[0] and all(a < b for a, b in zip(sizes[1:], before[1:]))
+    assert np.array_equal(codec1d_inter.decode(inter)[0], codec1d.decode(alone)[0])
+    assert [q.tolist() for _, q, _, _ in codec1d_inter.iter_symbols(inter)] == \
+        [q.tolist() for _, q, _, _ in codec1d.iter_symbols(alone)]
+    with pytest.raises(BitstreamError, match="continues from the chunk before: decode it after that chunk"):
+        codec1d_inter.decode_chunk(chunks[1][1], 8, header.height, header.width)
+    whole = codec1d_inter.encode(frames, fps)   # a real clip: whatever each chunk chose, the same frames
+    assert np.array_equal(codec1d_inter.decode(whole)[0], codec1d.decode(codec1d.encode(frames, fps))[0])
+    first = codec1d_inter.encode_chunk(still[:8], step=0.5, tokens=5)
+    carry = first.carry
+    assert isinstance(carry, TokenCarry) and carry.counts == (5,) and carry.q.shape == (1, 16, first.q.shape[1])
+    pred = carry.prediction(8, 2.0)   # more tokens than the chunk before kept, at another step
+    assert pred.mask.tolist() == [True] * 5 + [False] * 3
+    assert np.array_equal(pred.values[:5], np.rint(first.q * 0.25))
+    for tokens, step in ((8, 2.0), (3, 0.5), (5, 0.5)):
+        code = codec1d_inter.encode_chunk(still[:8], step=step, tokens=tokens, prev=carry)
+        q, got_tokens, got_step = codec1d_inter.decode_symbols(code.payload, 8, header.height, header.width, carry)
+        assert np.array_equal(q, code.q) and (got_tokens, got_step) == (tokens, step)
+    full = codec1d_inter.encode_chunk(still[:8], step=0.5, tokens=16)
+    again = codec1d_inter.encode_chunk(still[:8], step=0.5, tokens=16, prev=full.carry)
+    assert parse_chunk(again.payload)[0] >> 7 == 1 and len(again.payload) < len(full.payload)   # the same tokens
+
+
+def test_predicting_streams_decode_ranges_latents_and_rate_control(codec1d_inter, codec1d, clip, monkeypatch):
+    """A stream whose chunks predict decodes a range exactly (the chunks before entropy-decoded, not through the
+    model), gives its latents, and byte budgets and PSNR targets code and decode with prediction."""
+    frames, fps = clip
+    still = np.concatenate([frames[:8]] * 2 + [frames[:4]])
+    data = codec1d_inter.encode(still, fps, tokens=12)
+    whole, _ = codec1d_inter.decode(data)
+    calls = {"n": 0}
+    real = VitokCodec.reconstruct
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(VitokCodec, "reconstruct", counted)
+    assert np.array_equal(np.concatenate(list(codec1d_inter.iter_decode(data, start=9, frames=4))), whole[9:13])
+    assert calls["n"] == 1
+    monkeypatch.undo()
+    lat = [lat for _, lat in codec1d_inter.iter_latents(data)]
+    assert np.array_equal(tensor_to_frames(codec1d_inter.tok.decode(lat[1])[0]), whole[8:16])
+    for knobs in ({"bytes": 400}, {"psnr": 20.0}):
+        out, stats = codec1d_inter.encode_with_stats(still, fps, **knobs)
+        assert codec1d_inter.decode(out)[0].shape == still.shape
+        assert [parse_chunk(p)[0] >> 7 for _, p in read_vtok(out)[1]][1] == 1, knobs
+        if "bytes" in knobs:
+            assert len(out) <= 400
