@@ -88,15 +88,19 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
         warnings.warn("--iters is ignored: these tables are counted per context, not optimised (--context-radius 0 "
                       "--channel-radius 0 fits factorized tables)", stacklevel=1)
     report = tables.meta["calibration"]
-    rows = [f"{step:>6}  {r['real_bits']:.3f}" for step, r in report["bits_per_symbol"].items()]
+    inter = tables.predicts and "predicted_bits" in next(iter(report["bits_per_symbol"].values()))
+    rows = [f"{step:>6}  {r['real_bits']:.3f}" + (f"  {r['alone_bits']:>10.3f}  {r['predicted_bits']:.3f}" if inter else "")
+            for step, r in report["bits_per_symbol"].items()]
     offset = f"an offset per token position ({tables.unit_tokens} x {tables.channels})" if tables.unit_tokens \
         else f"an offset per channel ({tables.channels})"
     radii = f" (context radius {tables.context_radius}, spatial radius {tables.spatial_radius})" \
         if tables.context_radius else f" (channel radius {tables.channel_radius})" if tables.channel_radius else ""
     model = f"{offset}, {tables.contexts} table(s) per channel and step{radii}"
+    if tables.predicts:
+        model += f", {tables.inter_contexts} inter table(s) per channel and step for predicted tokens"
     text = "\n".join([f"wrote {out}: tables {tables.table_id}, {report['tokens']} calibration tokens, {model}",
                       *(f"kept the tables replaced as {name}: streams coded with them still decode" for name in kept),
-                      "  step  bits/value", *rows])
+                      "  step  bits/value" + ("  (chunks after the first: alone, as coded)" if inter else ""), *rows])
     emit({"path": str(out), "table_id": tables.table_id, "unit_tokens": tables.unit_tokens,
           "channels": tables.channels, "contexts": tables.contexts, "context_radius": tables.context_radius,
           "spatial_radius": tables.spatial_radius, "channel_radius": tables.channel_radius,

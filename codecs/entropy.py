@@ -1031,7 +1031,7 @@ def fit_context_tables(units: Iterable[tuple[torch.Tensor, tuple[int, int, int]]
         rounding = out.with_rdoq(rd_lambda, weights)
         out, float_bits = counted(lambda step, index: [rounding.quantize(z, step, index, grid=grid).astype(np.int64)
                                                        for z, grid in units], rounding.meta)
-    return _with_report(out, units, float_bits)
+    return _with_report(out, units, float_bits, pairs)
 
 
 def _counted_table(step: float, coded: list[tuple[np.ndarray, np.ndarray]], n_ctx: int, c: int, prior: float,
@@ -1063,10 +1063,12 @@ def _counted_table(step: float, coded: list[tuple[np.ndarray, np.ndarray]], n_ct
 
 
 def _with_report(out: EntropyTables, parts: list[tuple[Any, tuple[int, int, int] | None]],
-                 float_bits: list[float]) -> EntropyTables:
+                 float_bits: list[float], pairs: Sequence[tuple[int, int]] = ()) -> EntropyTables:
     """``out`` with its calibration report: per step, bits per value on the calibration latents ``parts``
     (``(z, grid)``, each coded as one stream) under the fitted model (``float_bits``, totals), under the integer
-    tables, and from real rANS output."""
+    tables, and from real rANS output; with inter tables also, over the second part of each of ``pairs``, real bits
+    per value coded alone (``alone_bits``) and as the codec codes it (``predicted_bits``: predicted from the first,
+    every token, where that is shorter)."""
     total = sum(int(np.prod(z.shape)) for z, _ in parts)
     report = {}
     for i, step in enumerate(out.steps):
@@ -1075,6 +1077,14 @@ def _with_report(out: EntropyTables, parts: list[tuple[Any, tuple[int, int, int]
         table = sum(out.estimate_bits(q, i, grid) for q, grid in coded)
         report[str(step)] = {"float_bits": round(float_bits[i] / total, 4), "table_bits": round(table / total, 4),
                              "real_bits": round(real / total, 4)}
+        if out.inter and pairs:
+            values, alone, chosen = 0, 0, 0
+            for a, b in pairs:
+                (q, grid), pred = coded[b], Prediction(np.ones(len(coded[b][0]), bool), coded[a][0])
+                bits = 8 * len(out.encode(q, i, grid))
+                values, alone = values + q.size, alone + bits
+                chosen += min(bits, 8 * len(out.encode(q, i, grid, pred=pred))) if out.can_predict(q, i, pred) else bits
+            report[str(step)].update(alone_bits=round(alone / values, 4), predicted_bits=round(chosen / values, 4))
     out.meta["calibration"] = {"tokens": total // out.channels, "bits_per_symbol": report}
     return out
 
@@ -1252,7 +1262,8 @@ def calibrate_model_dir(model_dir: str | Path, clips: Iterable[np.ndarray] | Non
     """Load the model saved in ``model_dir``, calibrate tables and write ``entropy.safetensors`` beside it.
 
     ``clips``: uint8 ``(T,H,W,3)`` videos, cut into chunks of the model's ``clip_frames`` as the codec cuts them
-    (default: the sample clips' training segments at their own size; never the eval ones). Tables replaced for the
+    (default: the sample clips' training segments at their own size; never the eval ones); with channel contexts, a
+    clip's consecutive chunks fit inter tables (``Prediction``). Tables replaced for the
     same weights stay beside the model as ``entropy-<id>.safetensors``, so the streams coded with them still decode;
     the rate-distortion rounding they coded with carries over (its weights measured again), and so do their context
     radii: both when neither is given, the temporal one when only ``spatial_radius`` is (a given ``context_radius``

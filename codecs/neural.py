@@ -671,7 +671,9 @@ class VitokCodec(Codec):
         wait in a spill file): a chunk whose setting follows another costs other bytes than weighed, and its PSNR
         goes unmeasured (one coded after the contexts it was weighed after, as contexts read them, came out as
         weighed: its integers, payload and distortion depend on nothing else). The allocation tightens until the
-        real bytes fit, and the best single setting that fits stands in when the allocation's picks decode worse."""
+        real bytes fit, and the best single setting that fits stands in when the allocation's picks decode worse. (A
+        1D model's chunk predicted from another chunk than weighed after costs other bytes, but its integers and so
+        its PSNR are what was weighed.)"""
         import torch
 
         budget = target_bytes - header_bytes
@@ -691,7 +693,8 @@ class VitokCodec(Codec):
                     z = torch.from_numpy(spill.get_array(weighed.latents)).to(self.tok.device)
                     code = self._code_tokens((z, weighed.unit_grid), weighed.frames, *grid[i], prev)
                     as_weighed = self._context_digest(prev) == (kept[c - 1].carries[i] if c else None)
-                    psnr = psnr_from_sse(options[c][i].sse, weighed.pixels) if as_weighed else None
+                    # a 1D model's integers never depend on the chunk before (its prediction changes bytes alone)
+                    psnr = psnr_from_sse(options[c][i].sse, weighed.pixels) if as_weighed or self.is_1d else None
                     prev = code.carry
                     coded.append((spill.put(code.payload), replace(code, q=None, payload=b"", carry=None, psnr=psnr)))
                 return coded, sum(item.nbytes + framing_bytes(item.nbytes) for item, _ in coded)

@@ -36,6 +36,8 @@ STREAMS = {   # name: (model, knobs); 9 frames of carphone's eval split, 48x64 o
     "1d-ch": ("vitok-1d", {"tokens": 8}),   # b21289e35b1ddd32, channel contexts, coded channel by channel
     "1d-tiles-ch": ("vitok-1d", {"psnr": 20.0}),   # likewise
     "grid-tiles": ("vitok-grid", {"overlap": 32}),   # 48x272 of bikes: two tiles overlapping as until 8af0cdb
+    "1d-pred": ("vitok-1d", {"step": 0.5}),   # 97653f98d9e9e77c, inter tables: the second of 40 frames' chunks
+    # predicts its tokens from the first's
     "grid-cc": ("vitok-grid", {}),   # 25 frames: the second chunk continues the first's temporal contexts
     "cnn-cc": ("vitok-cnn", {"step": 1.0}),   # 25 frames: chunks of 17 and 8, likewise
 }
@@ -45,7 +47,7 @@ def golden_frames(name: str) -> np.ndarray:
     """The frames stream ``name`` codes (the test cuts the same from the sample clip)."""
     if name == "grid-tiles":
         return np.ascontiguousarray(load_sample("bikes", "eval")[:9, 112:160, 184:456])
-    frames = load_sample("carphone", "eval")[:25 if name.endswith("-cc") else 9]
+    frames = load_sample("carphone", "eval")[:40 if name == "1d-pred" else 25 if name.endswith("-cc") else 9]
     return np.ascontiguousarray(frames if name.startswith("1d-tiles") else frames[:, 40:88, 56:120])
 
 
