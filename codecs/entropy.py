@@ -104,8 +104,8 @@ FORMAT_VERSION = 5  # 5: prediction (inter) tables, 4: channel contexts, 3: spat
 @dataclass(frozen=True)
 class Prediction:
     """The integers a chunk's tokens are predicted with from the chunk before (1D models): ``mask`` ``(N,)`` marks
-    the tokens predicted, ``values`` ``(N, C)`` their predictions (unread elsewhere). A predicted token's values are
-    coded as ``q - values`` with the inter tables."""
+    the tokens predicted, ``values`` ``(N, C)`` their predictions (rows of tokens not predicted are ignored). A
+    predicted token's values are coded as ``q - values`` with the inter tables."""
 
     mask: np.ndarray
     values: np.ndarray
@@ -428,7 +428,7 @@ class EntropyTables:
         lo, hi = self._channel_range(self.tables[index])
         if q.ndim != 2 or q.shape[1] != self.channels or (q < lo).any() or (q > hi).any():
             raise CodecError("symbols out of the coder's range: quantize with the same tables")
-        idx, v = self._coded(q, grid, prev, pred)
+        idx, v = self._rows_values(q, grid, prev, pred)
         if pred is not None and not self._in_range(table, idx, v):
             raise CodecError("predicted symbols out of the inter tables' range: code the chunk without prediction")
         sym = v - table.median[idx]
@@ -509,12 +509,12 @@ class EntropyTables:
     def estimate_bits(self, q: np.ndarray, index: int, grid: Grids = None, prev: np.ndarray | None = None,
                       pred: Prediction | None = None) -> float:
         """Ideal code length in bits of ``q`` under the table's probabilities (the entropy model's likelihoods)."""
-        rows, v = self._coded(np.asarray(q), grid, prev, pred)
+        rows, v = self._rows_values(np.asarray(q), grid, prev, pred)
         return float(self._coding_table(index).value_bits(rows, v).sum())
 
     def can_predict(self, q: np.ndarray, index: int, pred: Prediction) -> bool:
         """Whether ``q``'s predicted tokens' differences from ``pred`` fit the inter tables of step ``index``."""
-        rows, v = self._coded(np.asarray(q), None, None, pred)
+        rows, v = self._rows_values(np.asarray(q), None, None, pred)
         return self._in_range(self._coding_table(index), rows, v)
 
     def table_rows(self, q: np.ndarray, grid: Grids = None, prev: np.ndarray | None = None) -> np.ndarray:
@@ -524,7 +524,7 @@ class EntropyTables:
             return channel_rows(q, self.channel_radius, self.channel_parents)
         return table_rows(q, grid, self.context_radius, self.spatial_radius, self._carry(prev))
 
-    def _coded(self, q: np.ndarray, grid: Grids, prev: np.ndarray | None, pred: Prediction | None
+    def _rows_values(self, q: np.ndarray, grid: Grids, prev: np.ndarray | None, pred: Prediction | None
                ) -> tuple[np.ndarray, np.ndarray]:
         """The row and the integer coded for each value of ``q`` (flattened): the value itself, or for a predicted
         token its difference from the prediction, under the inter rows (after the others)."""

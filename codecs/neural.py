@@ -104,7 +104,12 @@ class TokenCarry:
         counts = tokens if isinstance(tokens, tuple) else (int(tokens),) * len(self.counts)
         if len(counts) != len(self.counts):
             return None
-        q = self.q if step == self.step else np.rint(self.q * (self.step / step)).astype(np.int64)
+        if step == self.step:
+            q = self.q
+        else:   # a tampered step may overflow: such a prediction decodes to out-of-range values, told as corrupt
+            with np.errstate(all="ignore"):
+                scaled = np.nan_to_num(np.rint(self.q * (self.step / step)), nan=0.0)
+            q = np.clip(scaled, -2 ** 40, 2 ** 40).astype(np.int64)
         mask = np.concatenate([np.arange(k) < kept for k, kept in zip(counts, self.counts)])
         values = np.concatenate([q[u, :k] for u, k in enumerate(counts)])
         return Prediction(mask, values) if mask.any() else None
@@ -327,7 +332,7 @@ class VitokCodec(Codec):
     def encode_chunk(self, frames: np.ndarray, *, step: float = DEFAULT_STEP, tokens: int | None = None,
                      prev: np.ndarray | None = None) -> ChunkCode:
         """Tokenize, quantize and entropy-code one chunk (at most ``clip_frames`` frames); ``prev``: the previous
-        chunk's ``carry``, whose last latent frame the first one's temporal contexts continue from."""
+        chunk's ``carry``, which it continues from (``_code``)."""
         self.tables.table_index(_float32_step(step))   # a step the stream cannot store is refused before encoding
         tokens = self._check_tokens(tokens)
         return self._code_tokens(self._tokens_of(frames), frames.shape[0], tokens, step, prev)
@@ -392,7 +397,7 @@ class VitokCodec(Codec):
         return (predicted, pred) if len(predicted) < len(alone) else (alone, None)
 
     def decode_symbols(self, payload: bytes, frames: int, height: int, width: int,
-                       prev: np.ndarray | None = None) -> tuple[np.ndarray, int | None, float]:
+                       prev: "np.ndarray | TokenCarry | None" = None) -> tuple[np.ndarray, int | None, float]:
         """Entropy-decode one chunk payload to its integers ``(tokens, C)``, its token count and step; ``prev``: the
         chunk before's ``carry_of``, which a chunk that continues its temporal contexts needs."""
         index, step, tokens, data = parse_chunk(payload)
@@ -417,6 +422,9 @@ class VitokCodec(Codec):
         if self.is_1d:
             pred = None
             if continues:
+                if not isinstance(prev, TokenCarry):
+                    raise CodecError("a 1D model's chunk predicted from the chunk before needs that chunk's carry_of "
+                                     "(a TokenCarry)")
                 pred = prev.prediction(tokens, step)
                 if pred is None:
                     raise BitstreamError("chunk predicts its tokens from the chunk before, whose tiles differ")
@@ -432,6 +440,8 @@ class VitokCodec(Codec):
         if not self.carries:
             return None
         if self.is_1d:
+            if tokens is None or step is None:
+                raise CodecError("a 1D model's carry needs the chunk's tokens and step (as decode_symbols gives them)")
             return TokenCarry.of(q, tokens, step, self.tok.max_tokens)
         return carried_frame(q, self.tok.unit_grid(*self.plan(frames, height, width).unit_size))
 
@@ -469,7 +479,7 @@ class VitokCodec(Codec):
                                 tile_overlap=self._tile_overlap)
 
     def decode_chunk(self, payload: bytes, frames: int, height: int, width: int,
-                     prev: np.ndarray | None = None) -> np.ndarray:
+                     prev: "np.ndarray | TokenCarry | None" = None) -> np.ndarray:
         """Decode one chunk to uint8 frames; ``prev``: the chunk before's ``carry_of`` when this one continues it."""
         q, tokens, step = self.decode_symbols(payload, frames, height, width, prev)
         return self.reconstruct(q, tokens, step, frames, height, width)
@@ -577,8 +587,9 @@ class VitokCodec(Codec):
     def _units_to_bytes(self, chunks: Iterable[np.ndarray], step: float, target_bytes: int,
                         header_bytes: int) -> Iterator[ChunkCode]:
         """Token counts for every unit of every chunk so the file fits ``target_bytes`` with the least total
-        distortion (allocation on the entropy model's estimates, tightened until the real payloads fit). Each
-        chunk's latents and payloads wait in a spill file, so memory does not grow with the video."""
+        distortion (allocation on the entropy model's estimates of chunks coded alone, tightened until the real
+        payloads fit, and loosened while they leave bytes unspent, as predicted chunks do). Each chunk's latents and
+        payloads wait in a spill file, so memory does not grow with the video."""
         import torch
 
         with Spill() as spill:
@@ -591,8 +602,9 @@ class VitokCodec(Codec):
             # room for framing and for chunk headers with a count per unit (distinct counts: header_size's longest)
             target = budget - sum(framing_bytes(max(budget, 0)) + header_size(range(1, len(costs.bits) + 1))
                                   for _, costs, _ in evaluated)
-            floor = cheapest_bytes(options)
+            floor, ceiling = cheapest_bytes(options), sum(max(c.nbytes for c in o) for o in options)
             target = max(target, floor)   # below the estimates' floor, the fewest tokens are coded to tell
+            best, fit, over = None, None, None
             for attempt in range(8):
                 pick, coded, at, prev = allocate_bytes(options, target), [], 0, None
                 for frames, costs, latents in evaluated:
@@ -603,18 +615,33 @@ class VitokCodec(Codec):
                     coded.append((spill.put(code.payload), replace(code, q=None, payload=b"", carry=None)))
                     at += units
                 real = sum(item.nbytes + framing_bytes(item.nbytes) for item, _ in coded)
-                if real <= budget:
-                    for item, code in coded:
-                        yield replace(code, payload=spill.get(item))
-                    return
                 estimated = sum(opts[i].nbytes for opts, i in zip(options, pick))
-                if estimated <= floor:
+                if real <= budget:
+                    error = sum(o[i].sse for o, i in zip(options, pick))
+                    if best is None or error < best[0]:
+                        best = (error, coded)
+                    fit = target
+                    if target >= ceiling or real >= 0.99 * budget:
+                        break
+                elif estimated <= floor:
                     break
-                # aim the estimate below this pick's by what the real bytes ran over (doubled each round), so every
-                # round picks fewer tokens; the last round tries the fewest
-                target = floor if attempt == 6 else max(floor, estimated - (real - budget) * 2 ** attempt)
-        raise CodecError(f"byte budget too small: {target_bytes} bytes; the cheapest setting takes "
-                         f"{real + target_bytes - budget}")
+                else:
+                    over = target
+                if fit is None:   # aim the estimate below this pick's by what the real bytes ran over (doubled each
+                    # round), so every round picks fewer tokens; the last round tries the fewest
+                    target = floor if attempt == 6 else max(floor, estimated - (real - budget) * 2 ** attempt)
+                elif over is None:   # it fit with bytes to spare (chunks predicted from the one before cost less
+                    # than estimated): aim higher by what is left, doubled each round
+                    target = min(ceiling, target + (budget - real) * 2 ** attempt)
+                elif over - fit < 1:
+                    break
+                else:
+                    target = (fit + over) / 2
+            if best is None:
+                raise CodecError(f"byte budget too small: {target_bytes} bytes; the cheapest setting takes "
+                                 f"{real + target_bytes - budget}")
+            for item, code in best[1]:
+                yield replace(code, payload=spill.get(item))
 
     def _code_chunks(self, chunks: Iterable[np.ndarray], step: float | None, tokens: int | None,
                      target_bytes: int | None, psnr: float | None, header_bytes: int,

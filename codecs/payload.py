@@ -13,7 +13,8 @@ from vitok.codecs.errors import BitstreamError, CodecError
 CHUNK_HEAD = struct.Struct("<BfH")  # table index, quantization step (float32), tokens per unit (0 = all, grid)
 PER_UNIT = 0xFFFF  # the tokens field's mark: a u16 unit count and one u16 token count per unit follow
 COUNT = struct.Struct("<H")
-CONTINUES = 0x80   # in the table byte: the chunk's first latent frame continues the previous chunk's contexts
+CONTINUES = 0x80   # in the table byte: the chunk continues from the chunk before (a grid model's first latent frame
+# its contexts; a 1D model's tokens predicted from its integers)
 
 ChunkTokens = int | tuple[int, ...]  # 0 (grid: all tokens), the tokens every unit keeps, or one count per unit
 

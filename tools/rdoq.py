@@ -79,9 +79,11 @@ def main() -> None:
     for lam in args.lambdas:
         tables = codec.tables.with_rdoq(lam, weights)
         if args.refit and lam:
-            tables = calibrate_entropy(codec.tok, calibration_chunks(codec.tok)[0], steps=tables.steps,
-                                       context_radius=tables.context_radius, rd_lambda=lam,
-                                       spatial_radius=tables.spatial_radius, channel_radius=tables.channel_radius)
+            chunks, follows = calibration_chunks(codec.tok)
+            tables = calibrate_entropy(codec.tok, chunks, steps=tables.steps, context_radius=tables.context_radius,
+                                       rd_lambda=lam, spatial_radius=tables.spatial_radius,
+                                       channel_radius=tables.channel_radius,
+                                       follows=follows if tables.predicts else None)
         test = curves(codec, tables, segs)
         per = [bd_rate(a, b) for a, b in zip(base, test)]
         dpsnr = np.mean([p["psnr"] for c in test for p in c]) - np.mean([p["psnr"] for c in base for p in c])

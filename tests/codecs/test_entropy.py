@@ -720,7 +720,7 @@ def test_inter_tables_code_the_next_chunk_as_differences_in_fewer_bits(following
         assert len(data) < 0.8 * len(inter.encode(qb, i)), step
         assert abs(8 * len(data) - inter.estimate_bits(qb, i, pred=pred)) < 0.03 * 8 * len(data) + 96
     q, p = inter.quantize(b[:3], 0.5, 0), inter.quantize(a[:3], 0.5, 0)
-    rows, values = inter._coded(q, None, None, Prediction(np.array([True, False, True]), p))
+    rows, values = inter._rows_values(q, None, None, Prediction(np.array([True, False, True]), p))
     d = np.where(np.array([True, False, True])[:, None], q - p, q)
     expect = np.where(np.repeat([True, False, True], 4), 216 * 4 + channel_rows(d, 2, inter.inter_parents),
                       channel_rows(d, 2, inter.channel_parents))

@@ -806,3 +806,35 @@ def test_predicting_streams_decode_ranges_latents_and_rate_control(codec1d_inter
         assert [parse_chunk(p)[0] >> 7 for _, p in read_vtok(out)[1]][1] == 1, knobs
         if "bytes" in knobs:   # and every chunk's PSNR is known: a 1D chunk's integers do not depend on the one before
             assert len(out) <= 400 and None not in stats.chunk_psnr
+
+
+def test_a_per_tile_byte_budget_spends_what_prediction_saves(codec1d_inter, tiled_clip):
+    """Per-tile counts are allocated on estimates of chunks coded alone; chunks predicted from the one before cost
+    less, so the allocation is loosened until the real bytes come close to the budget (never over it)."""
+    frames, fps = tiled_clip
+    still = np.concatenate([frames[:8]] * 3)   # 3 chunks of 2x2 tiles, the later two predicted
+    budget = len(codec1d_inter.encode(still, fps, tokens=12))
+    data, stats = codec1d_inter.encode_with_stats(still, fps, bytes=budget)
+    assert 0.9 * budget <= len(data) <= budget, (len(data), budget, stats.tokens)
+    assert [parse_chunk(p)[0] >> 7 for _, p in read_vtok(data)[1]] == [0, 1, 1]
+
+
+def test_a_1d_carry_and_a_tampered_prediction_are_told(codec1d_inter, clip):
+    """A 1D carry needs the chunk's tokens and step, a predicted chunk needs a TokenCarry, and a step tampered to
+    overflow the rescaled prediction is a corrupt stream, without a numpy warning."""
+    import warnings
+
+    frames, fps = clip
+    still = np.concatenate([frames[:8]] * 2)
+    data = codec1d_inter.encode(still, fps, step=0.5)
+    header, chunks = read_vtok(data)
+    q = codec1d_inter.decode_symbols(chunks[0][1], 8, header.height, header.width)[0]
+    with pytest.raises(CodecError, match="needs the chunk's tokens and step"):
+        codec1d_inter.carry_of(q, 8, header.height, header.width)
+    with pytest.raises(CodecError, match="needs that chunk's carry_of"):
+        codec1d_inter.decode_symbols(chunks[1][1], 8, header.height, header.width, q)
+    tampered = _edit_payload(data, 1, chunks[1][1][:1] + struct.pack("<f", 1e-30) + chunks[1][1][5:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(BitstreamError, match="chunk 1: .*out-of-range values"):
+            codec1d_inter.decode(tampered)
