@@ -229,7 +229,8 @@ def check(data: bytes, codec=None, *, pixels: bool = False, max_seconds: float =
 
 
 def make_corpus(seed: int = 0):
-    """A tiny calibrated 1D model and a few real streams of a sample clip (1 and 3 chunks, full and few tokens)."""
+    """A tiny calibrated 1D model (with inter tables) and a few real streams of a sample clip (1 and 3 chunks, full
+    and few tokens, and a second chunk predicted from the first)."""
     import torch
 
     import vitok
@@ -242,10 +243,11 @@ def make_corpus(seed: int = 0):
     tok = vitok.create_model("vit1d-tiny").freeze()
     frames, info = read_video(sample_path("carphone"), num_frames=20)
     frames = np.ascontiguousarray(frames[:, 40:88, 48:112])
-    tables = calibrate_entropy(tok, [frames[:8], frames[8:16]], steps=(0.5, 2.0), iters=40, seed=seed)
+    tables = calibrate_entropy(tok, [frames[:8], frames[8:16]], steps=(0.5, 2.0), iters=40, seed=seed,
+                               follows=[False, True])   # inter tables: chunks may predict
     codec = VitokCodec(tok, tables)
     corpus = [codec.encode(frames[:5], info.fps), codec.encode(frames, info.fps, tokens=4),
-              codec.encode(frames, info.fps, step=2.0)]
+              codec.encode(frames, info.fps, step=2.0), codec.encode(np.concatenate([frames[:8]] * 2), info.fps)]
     corpus.append(as_version_1(corpus[1]))
     return codec, corpus
 

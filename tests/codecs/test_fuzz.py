@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -35,6 +36,25 @@ def test_mutants_decode_or_raise_bitstream_error(corpus, codec1d, seed):
     mutator = rng.choice([fuzz.m_payload, fuzz.m_meta, fuzz.m_chunk_field, fuzz.m_header_field, fuzz.m_bitflip])
     mutant = mutator(streams[1], layouts[1], rng)
     assert fuzz.check(mutant, codec1d, pixels=seed % 4 == 0, max_seconds=5.0) in ("ok", "rejected")
+
+
+@pytest.fixture(scope="module")
+def predicting(codec1d_inter, clip):
+    """Three chunks of the same frames at step 0.5, the later two predicted from the one before, and its layout."""
+    frames, fps = clip
+    stream = codec1d_inter.encode(np.concatenate([frames[:8]] * 3), fps, step=0.5)
+    return stream, fuzz.layout(stream)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_mutants_of_a_predicting_stream_decode_or_raise_bitstream_error(predicting, codec1d_inter, seed):
+    stream, layout = predicting
+    rng = random.Random(seed)
+    mutator = rng.choice([fuzz.m_payload, fuzz.m_chunk_field, fuzz.m_bitflip])
+    mutant = mutator(stream, layout, rng)
+    assert fuzz.check(mutant, codec1d_inter, pixels=seed % 4 == 0, max_seconds=5.0) in ("ok", "rejected")
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
