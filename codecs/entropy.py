@@ -512,6 +512,15 @@ class EntropyTables:
         rows, v = self._rows_values(np.asarray(q), grid, prev, pred)
         return float(self._coding_table(index).value_bits(rows, v).sum())
 
+    def value_costs(self, q: np.ndarray, index: int, grid: Grids = None, pred: Prediction | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per value of ``q`` (flattened, token-major): the bits ``estimate_bits`` sums, and whether the coded
+        integer (with ``pred``, a predicted token's difference) lies in its table row's range."""
+        rows, v = self._rows_values(np.asarray(q), grid, None, pred)
+        table = self._coding_table(index)
+        lo, hi = table.value_range()
+        return table.value_bits(rows, v), (v >= lo[rows]) & (v <= hi[rows])
+
     def can_predict(self, q: np.ndarray, index: int, pred: Prediction) -> bool:
         """Whether ``q``'s predicted tokens' differences from ``pred`` fit the inter tables of step ``index``."""
         rows, v = self._rows_values(np.asarray(q), None, None, pred)

@@ -374,7 +374,7 @@ class VitokCodec(Codec):
         if self.is_1d:
             q = tables.quantize(z, step, index, tokens=tokens, grid=grids)
             pred = None if prev is None or not self.carries else prev.prediction(tokens, step)
-            data, pred = self._smaller(q, index, grids, pred)
+            data, pred = self._smaller(q, index, grids, tokens, pred)
             carry = TokenCarry.of(q, tokens, step, self.tok.max_tokens) if self.carries else None
             payload = pack_chunk(index | (0 if pred is None else CONTINUES), step, tokens, data)
             return ChunkCode(payload, q, tokens, step, index, frames,
@@ -386,14 +386,26 @@ class VitokCodec(Codec):
         return ChunkCode(payload, q, tokens, step, index, frames, tables.estimate_bits(q, index, grids, prev),
                          carry=carry)
 
-    def _smaller(self, q: np.ndarray, index: int, grids: Any, pred: Prediction | None
-                 ) -> tuple[bytes, Prediction | None]:
-        """A 1D chunk's entropy-coded integers, predicted by ``pred`` or not, whichever is shorter (and the
-        prediction used, or None)."""
+    def _smaller(self, q: np.ndarray, index: int, grids: Any, tokens: int | tuple[int, ...],
+                 pred: Prediction | None) -> tuple[bytes, Prediction | None]:
+        """A 1D chunk's coded integers, predicted by ``pred`` or not, whichever is shorter, and the prediction used
+        (None: coded alone). Only the units (tiles) whose tokens the estimates say cost less predicted, and whose
+        differences fit the inter tables, are predicted; with more than one unit their map comes first."""
         alone = self.tables.encode(q, index, grids)
-        if pred is None or not self.tables.can_predict(q, index, pred):
+        if pred is None:
             return alone, None
-        predicted = self.tables.encode(q, index, grids, pred=pred)
+        counts = tokens if isinstance(tokens, tuple) else (tokens,) * (len(q) // tokens)
+        starts = np.cumsum((0,) + tuple(counts[:-1]))
+        by_token = [(bits.reshape(len(q), -1).sum(1), fits.reshape(len(q), -1).all(1))
+                    for bits, fits in (self.tables.value_costs(q, index, grids, p) for p in (None, pred))]
+        (bits, _), (bits_pred, fits) = by_token
+        keep = (np.add.reduceat(bits_pred, starts) < np.add.reduceat(bits, starts)) & \
+            np.logical_and.reduceat(fits, starts) & np.logical_or.reduceat(pred.mask, starts)
+        if not keep.any():
+            return alone, None
+        pred = Prediction(pred.mask & np.repeat(keep, counts), pred.values)
+        head = unit_map(keep) if len(counts) > 1 else b""
+        predicted = head + self.tables.encode(q, index, grids, pred=pred)
         return (predicted, pred) if len(predicted) < len(alone) else (alone, None)
 
     def decode_symbols(self, payload: bytes, frames: int, height: int, width: int,
@@ -428,6 +440,10 @@ class VitokCodec(Codec):
                 pred = prev.prediction(tokens, step)
                 if pred is None:
                     raise BitstreamError("chunk predicts its tokens from the chunk before, whose tiles differ")
+                if g.units > 1:   # which units are predicted: a bit each, first in the data
+                    keep, data = read_unit_map(data, g.units)
+                    counts = tokens if isinstance(tokens, tuple) else (tokens,) * g.units
+                    pred = Prediction(pred.mask & np.repeat(keep, counts), pred.values)
             return self.tables.decode(data, self._coded(g, tokens), index, grid, pred=pred), tokens, step
         q = self.tables.decode(data, self._coded(g, tokens), index, grid, prev if continues else None)
         return q, tokens, step
@@ -1055,6 +1071,23 @@ def _valid_tiling(record: Any, stride: int) -> bool:
     return (isinstance(record, dict) and set(record) == {"fit", "overlap", "tile"} and isinstance(record["fit"], bool)
             and (record["tile"] is None or type(record["tile"]) is int and record["tile"] >= 2 * stride)
             and type(record["overlap"]) in (int, float) and 0 <= record["overlap"] <= MAX_TILE_OVERLAP)
+
+
+def unit_map(keep: np.ndarray) -> bytes:
+    """The units a 1D chunk predicts, a bit each (unit ``u``: bit ``u % 8`` of byte ``u // 8``, low bit first)."""
+    return np.packbits(np.asarray(keep, bool), bitorder="little").tobytes()
+
+
+def read_unit_map(data: bytes, units: int) -> tuple[np.ndarray, bytes]:
+    """``unit_map``'s bits for ``units`` units at the start of ``data``, and the data after it; a map that is cut
+    short, names no unit or sets bits past the last is a BitstreamError."""
+    n = (units + 7) // 8
+    if len(data) < n:
+        raise BitstreamError(f"chunk data too short for its map of {units} predicted units")
+    bits = np.unpackbits(np.frombuffer(data[:n], np.uint8), bitorder="little").astype(bool)
+    if not bits[:units].any() or bits[units:].any():
+        raise BitstreamError("chunk's map of predicted units names none, or units it does not have")
+    return bits[:units], data[n:]
 
 
 def _counts_text(tokens: ChunkTokens) -> str:

@@ -320,18 +320,19 @@ def test_spatial_context_chunks_decode_by_the_spec(name):
 def test_channel_context_chunks_decode_by_the_spec(tmp_path):
     """A 1D model's chunks coded with channel context tables (1D models' default) decode by FORMAT.md's text alone:
     channel by channel, each token's context from its parent channels' integers (one decode_stream call a channel);
-    the second chunk predicts its tokens from the first's (inter tables: differences, their own parents and rows after
-    the others'), the first 16 of them at another step."""
+    the second chunk predicts the tokens of its second unit (tile) from the first chunk's (a map of predicted units,
+    then inter tables: differences, their own parents and rows after the others'), 16 of its 24 at another step."""
     import shutil
 
     from compressai.ans import RansDecoder
 
-    from vitok.codecs.entropy import calibrate_model_dir
+    from vitok.codecs.entropy import Prediction, calibrate_model_dir
+    from vitok.codecs.neural import unit_map
     from vitok.data.samples import load_sample
 
     d = tmp_path / "vitok-1d"
     shutil.copytree(PRETRAINED_DIR / "vitok-1d", d)
-    frames = np.ascontiguousarray(load_sample("carphone", "train")[:40, :128, :128])
+    frames = np.ascontiguousarray(load_sample("carphone", "train")[:40, :128, :176])   # two 128 px tiles
     tables_made = calibrate_model_dir(d, [frames], steps=(0.5, 1.0), channel_radius=2)
     assert tables_made.channel_radius == 2 and tables_made.predicts
     codec = VitokCodec(str(d))
@@ -340,15 +341,17 @@ def test_channel_context_chunks_decode_by_the_spec(tmp_path):
     data = VitokCodec(str(d)).encode(frames, 25, tokens=24)
     _, payloads = _spec_file(data)
     # chunks an encoder may write (vitok's predicts only where that is shorter, which calibration on two chunks
-    # seldom makes it): the second predicted from the first, at another step and token count
-    predicted = codec.tables.encode(second.q, second.table, pred=first.carry.prediction(24, 1.0))
+    # seldom makes it): the second unit of the second chunk predicted from the first chunk, at another step and count
+    whole = first.carry.prediction(24, 1.0)
+    pred = Prediction(whole.mask & (np.arange(48) >= 24), whole.values)
+    predicted = unit_map(np.array([False, True])) + codec.tables.encode(second.q, second.table, pred=pred)
     payloads[0], payloads[1] = first.payload, pack_chunk(second.table | CONTINUES, 1.0, 24, predicted)
-    assert np.array_equal(codec.decode_symbols(payloads[1], 20, 128, 128, first.carry)[0], second.q)
+    assert np.array_equal(codec.decode_symbols(payloads[1], 20, 128, 176, first.carry)[0], second.q)
     with safe_open(str(d / "entropy.safetensors"), "np") as f:
         tables = {k: f.get_tensor(k) for k in f.keys()}
         meta = json.loads(f.metadata()["vitok_entropy"])
     assert meta["format"] == 5 and [p[0] >> 7 for p in payloads] == [0, 1]
-    P, C = meta["channel_radius"], len(tables["std"])
+    P, C, units = meta["channel_radius"], len(tables["std"]), 2
     before = None
     for payload, q in zip(payloads, (first.q, second.q)):
         index, continues = payload[0] & 0x7F, payload[0] >> 7
@@ -358,28 +361,29 @@ def test_channel_context_chunks_decode_by_the_spec(tmp_path):
         cdfs = [row[:m].tolist() for row, m in zip(parts[0], parts[1])] + \
             [row[:m].tolist() for row, m in zip(inter[0], inter[1])]
         length, offset, median = (np.concatenate([a, b]) for a, b in zip(parts[1:], inter[1:]))
-        n = tokens   # one unit: a 128 px tile
-        k, pred = 0, None
-        if continues:   # tokens the chunk before kept: predicted from its integers, rescaled to this step
-            b_step, b_q = before
-            pred = b_q if b_step == step else np.rint(b_q * (np.float64(b_step) / np.float64(step)))
-            k = min(n, len(b_q))
-        predicted = np.arange(n) < k
+        n, rans = units * tokens, payload[7:]
+        predicted, p = np.zeros(n, bool), np.zeros((n, C), np.int64)
+        if continues:   # the map, then: a mapped unit's tokens the chunk before kept, predicted from its integers
+            mapped, rans = [bool(rans[0] >> u & 1) for u in range(units)], rans[1:]
+            b_step, b_q, b_tokens = before
+            scaled = b_q if b_step == step else np.rint(b_q * (np.float64(b_step) / np.float64(step)))
+            for i in range(n):
+                u, j = divmod(i, tokens)
+                if mapped[u] and j < b_tokens:
+                    predicted[i], p[i] = True, scaled[u * b_tokens + j]
         dec = RansDecoder()
-        dec.set_stream(payload[7:] + bytes(8 * n * C + 4096))
+        dec.set_stream(rans + bytes(8 * n * C + 4096))
         v = np.zeros((n, C), np.int64)
         for c in range(C):
             rows = []
             for i in range(n):
                 parents, base = (meta["inter_parents"], len(parts[0])) if predicted[i] else (meta["channel_parents"], 0)
                 ctx = 0
-                for p in parents[c]:   # the first parent's digit the most significant, base 2P + 2
-                    ctx = ctx * (2 * P + 2) + (2 * P + 1 if p < 0 else min(max(int(v[i, p]), -P), P) + P)
+                for par in parents[c]:   # the first parent's digit the most significant, base 2P + 2
+                    ctx = ctx * (2 * P + 2) + (2 * P + 1 if par < 0 else min(max(int(v[i, par]), -P), P) + P)
                 rows.append(base + ctx * C + c)
             sym = dec.decode_stream(rows, cdfs, length.tolist(), offset.tolist())
             v[:, c] = np.asarray(sym) + median[rows]
-        spec = v.copy()
-        if k:
-            spec[:k] += pred[:k].astype(np.int64)
+        spec = v + p   # p is 0 where nothing is predicted
         assert np.array_equal(spec, q)
-        before = (step, spec)
+        before = (step, spec, tokens)

@@ -838,3 +838,25 @@ def test_a_1d_carry_and_a_tampered_prediction_are_told(codec1d_inter, clip):
         warnings.simplefilter("error")
         with pytest.raises(BitstreamError, match="chunk 1: .*out-of-range values"):
             codec1d_inter.decode(tampered)
+
+
+def test_a_chunk_of_several_tiles_predicts_the_tiles_that_gain(codec1d_inter, codec1d, tiled_clip):
+    """A 1D chunk spanning tiles predicts only the tiles whose tokens cost less so (a map of them leads its data): a
+    tile turned to noise is coded alone beside a predicted one; the integers are those coded alone; a map that names
+    no tile, a tile past the last, or is cut off is a corrupt stream."""
+    frames, fps = tiled_clip
+    noisy = frames[:8].copy()
+    noisy[:, 36:, 48:] = np.random.default_rng(0).integers(0, 255, noisy[:, 36:, 48:].shape)
+    video = np.concatenate([frames[:8], noisy, noisy])
+    data = codec1d_inter.encode(video, fps, step=0.5)
+    _, chunks = read_vtok(data)
+    flags = [(p[0] >> 7, p[7] if p[0] >> 7 else None) for _, p in chunks]
+    assert flags[1][0] == 1 and flags[1][1] not in (0, 15), flags   # some of the 4 tiles predicted, not all
+    assert [q.tolist() for _, q, _, _ in codec1d_inter.iter_symbols(data)] == \
+        [q.tolist() for _, q, _, _ in codec1d.iter_symbols(codec1d.encode(video, fps, step=0.5))]
+    payload = chunks[1][1]
+    for map_byte, match in ((0, "names none"), (flags[1][1] | 0x20, "units it does not have")):
+        with pytest.raises(BitstreamError, match=f"chunk 1: .*{match}"):
+            codec1d_inter.decode(_edit_payload(data, 1, payload[:7] + bytes([map_byte]) + payload[8:]))
+    with pytest.raises(BitstreamError, match="chunk 1: chunk data too short for its map of 4 predicted units"):
+        codec1d_inter.decode(_edit_payload(data, 1, payload[:7]))
