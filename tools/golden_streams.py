@@ -38,6 +38,7 @@ STREAMS = {   # name: (model, knobs); 9 frames of carphone's eval split, 48x64 o
     "grid-tiles": ("vitok-grid", {"overlap": 32}),   # 48x272 of bikes: two tiles overlapping as until 8af0cdb
     "1d-pred": ("vitok-1d", {"step": 0.5}),   # 97653f98d9e9e77c, inter tables: the second of 40 frames' chunks
     # predicts its tokens from the first's
+    "1d-tiles-pred": ("vitok-1d", {"step": 0.5}),   # likewise, 2x2 tiles: a map of the tiles predicted
     "grid-cc": ("vitok-grid", {}),   # 25 frames: the second chunk continues the first's temporal contexts
     "cnn-cc": ("vitok-cnn", {"step": 1.0}),   # 25 frames: chunks of 17 and 8, likewise
 }
@@ -47,7 +48,7 @@ def golden_frames(name: str) -> np.ndarray:
     """The frames stream ``name`` codes (the test cuts the same from the sample clip)."""
     if name == "grid-tiles":
         return np.ascontiguousarray(load_sample("bikes", "eval")[:9, 112:160, 184:456])
-    frames = load_sample("carphone", "eval")[:40 if name == "1d-pred" else 25 if name.endswith("-cc") else 9]
+    frames = load_sample("carphone", "eval")[:40 if name.endswith("-pred") else 25 if name.endswith("-cc") else 9]
     return np.ascontiguousarray(frames if name.startswith("1d-tiles") else frames[:, 40:88, 56:120])
 
 
