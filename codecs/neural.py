@@ -411,7 +411,7 @@ class VitokCodec(Codec):
     def decode_symbols(self, payload: bytes, frames: int, height: int, width: int,
                        prev: "np.ndarray | TokenCarry | None" = None) -> tuple[np.ndarray, int | None, float]:
         """Entropy-decode one chunk payload to its integers ``(tokens, C)``, its token count and step; ``prev``: the
-        chunk before's ``carry_of``, which a chunk that continues its temporal contexts needs."""
+        chunk before's ``carry_of``, which a chunk that continues from it (its ``continues`` bit) needs."""
         index, step, tokens, data = parse_chunk(payload)
         continues, index = bool(index & CONTINUES), index & ~CONTINUES
         if continues and not self.carries:
