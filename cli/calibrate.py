@@ -89,8 +89,8 @@ def calibrate(model_dir: str, clips: tuple[str, ...], frames: int | None, contex
                       "--channel-radius 0 fits factorized tables)", stacklevel=1)
     report = tables.meta["calibration"]
     inter = tables.predicts and "predicted_bits" in next(iter(report["bits_per_symbol"].values()))
-    rows = [f"{step:>6}  {r['real_bits']:.3f}" + (f"  {r['alone_bits']:>10.3f}  {r['predicted_bits']:.3f}" if inter else "")
-            for step, r in report["bits_per_symbol"].items()]
+    rows = [f"{step:>6}  {r['real_bits']:.3f}" + (f"  {r['alone_bits']:>10.3f}  {r['predicted_bits']:.3f}"
+                                                  if inter else "") for step, r in report["bits_per_symbol"].items()]
     offset = f"an offset per token position ({tables.unit_tokens} x {tables.channels})" if tables.unit_tokens \
         else f"an offset per channel ({tables.channels})"
     radii = f" (context radius {tables.context_radius}, spatial radius {tables.spatial_radius})" \

@@ -96,9 +96,9 @@ TAIL_MASS = 1e-9  # probability left for the escape symbol of count-based tables
 FILENAME = "entropy.safetensors"
 Grids = Union[tuple[int, int, int], Sequence[tuple[int, int, int]], None]  # one unit grid for all, or one per unit
 UnitTokens = Union[int, Sequence[int], None]  # tokens every unit keeps (None: all), or one count per unit
-FORMAT_VERSION = 5  # 5: prediction (inter) tables, 4: channel contexts, 3: spatial contexts (each written only for them, so readers before them
-                    # refuse such tables by their format); 2: per-position offsets (``mean`` (K, C)) and temporal
-                    # contexts; 1 is still read
+FORMAT_VERSION = 5  # 5: prediction (inter) tables, 4: channel contexts, 3: spatial contexts (each written only for
+                    # them, so readers before them refuse such tables by their format); 2: per-position offsets
+                    # (``mean`` (K, C)) and temporal contexts; 1 is still read
 
 
 @dataclass(frozen=True)
@@ -534,7 +534,7 @@ class EntropyTables:
         return table_rows(q, grid, self.context_radius, self.spatial_radius, self._carry(prev))
 
     def _rows_values(self, q: np.ndarray, grid: Grids, prev: np.ndarray | None, pred: Prediction | None
-               ) -> tuple[np.ndarray, np.ndarray]:
+                     ) -> tuple[np.ndarray, np.ndarray]:
         """The row and the integer coded for each value of ``q`` (flattened): the value itself, or for a predicted
         token its difference from the prediction, under the inter rows (after the others)."""
         v = np.asarray(q, np.int64)
@@ -607,14 +607,17 @@ class EntropyTables:
                 raise ValueError(f"unsupported format {meta.get('format')} / precision {meta.get('precision')}")
             channel, parents = meta.get("channel_radius", 0), meta.get("channel_parents")
             inter_parents = meta.get("inter_parents")
-            tables, inter = ([StepTable(float(s), *(t[f"{kind}{i}.{k}"].astype(np.int32)
-                                                    for k in ("cdf", "cdf_length", "offset", "median")))
-                              for i, s in enumerate(meta["steps"])] if kind == "step" or inter_parents else None
-                             for kind in ("step", "inter"))
+
+            def step_tables(kind: str) -> list[StepTable]:
+                return [StepTable(float(s), *(t[f"{kind}{i}.{k}"].astype(np.int32)
+                                              for k in ("cdf", "cdf_length", "offset", "median")))
+                        for i, s in enumerate(meta["steps"])]
+
             for ps in (parents, inter_parents):
                 if ps is not None and not (isinstance(ps, list) and all(
                         isinstance(p, list) and all(type(x) is int for x in p) for p in ps)):
                     raise ValueError(f"channel parents must be a list of lists of integers, got {repr(ps)[:40]}")
+            tables, inter = step_tables("step"), step_tables("inter") if inter_parents is not None else None
             radius, spatial = meta.get("context_radius", 0), meta.get("spatial_radius", 0)
             if any(type(r) is not int for r in (radius, spatial)):
                 raise ValueError(f"context radii must be integers, got {radius!r} and {spatial!r}")
@@ -666,7 +669,8 @@ class EntropyTables:
                                  f"earlier channel, at most {MAX_CHANNEL_CONTEXTS} contexts, without a temporal "
                                  f"context")
         if not 0 <= self.channel_radius <= 64 or (self.channel_radius > 0) != (self.channel_parents is not None):
-            raise ValueError(f"entropy tables: channel radius {self.channel_radius} with parents {self.channel_parents}")
+            raise ValueError(f"entropy tables: channel radius {self.channel_radius} with parents "
+                             f"{self.channel_parents}")
         if (self.inter is not None) != (self.inter_parents is not None) or (self.inter is not None and (
                 not self.channel_radius or [t.step for t in self.inter] != self.steps)):
             raise ValueError("entropy tables: inter tables need channel contexts, their parents and one table per "

@@ -709,6 +709,8 @@ def test_inter_tables_code_the_next_chunk_as_differences_in_fewer_bits(following
 
     alone, inter, (a, b) = following
     assert alone.inter is None and inter.predicts and inter.inter_contexts == 216
+    report = inter.meta["calibration"]["bits_per_symbol"]   # the calibration chunks after the first, as coded
+    assert all(r["predicted_bits"] < 0.8 * r["alone_bits"] for r in report.values()), report
     assert len(inter.inter_parents) == 4 and inter.table_id != alone.table_id
     for i, step in enumerate(inter.steps):
         qa, qb = inter.quantize(a, step, i), inter.quantize(b, step, i)

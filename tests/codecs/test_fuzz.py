@@ -32,10 +32,15 @@ def test_mutants_parse_or_raise_bitstream_error(corpus, seed, which):
 @given(seed=st.integers(0, 2**32 - 1))
 def test_mutants_decode_or_raise_bitstream_error(corpus, codec1d, seed):
     streams, layouts = corpus
+    _decodes_or_is_rejected(streams[1], layouts[1], codec1d, seed,
+                            [fuzz.m_payload, fuzz.m_meta, fuzz.m_chunk_field, fuzz.m_header_field, fuzz.m_bitflip])
+
+
+def _decodes_or_is_rejected(stream: bytes, layout, codec, seed: int, mutators: list) -> None:
+    """One of ``mutators`` (picked by ``seed``) applied to ``stream`` decodes with ``codec`` or is rejected."""
     rng = random.Random(seed)
-    mutator = rng.choice([fuzz.m_payload, fuzz.m_meta, fuzz.m_chunk_field, fuzz.m_header_field, fuzz.m_bitflip])
-    mutant = mutator(streams[1], layouts[1], rng)
-    assert fuzz.check(mutant, codec1d, pixels=seed % 4 == 0, max_seconds=5.0) in ("ok", "rejected")
+    mutant = rng.choice(mutators)(stream, layout, rng)
+    assert fuzz.check(mutant, codec, pixels=seed % 4 == 0, max_seconds=5.0) in ("ok", "rejected")
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +55,7 @@ def predicting(codec1d_inter, clip):
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1))
 def test_mutants_of_a_predicting_stream_decode_or_raise_bitstream_error(predicting, codec1d_inter, seed):
-    stream, layout = predicting
-    rng = random.Random(seed)
-    mutator = rng.choice([fuzz.m_payload, fuzz.m_chunk_field, fuzz.m_bitflip])
-    mutant = mutator(stream, layout, rng)
-    assert fuzz.check(mutant, codec1d_inter, pixels=seed % 4 == 0, max_seconds=5.0) in ("ok", "rejected")
+    _decodes_or_is_rejected(*predicting, codec1d_inter, seed, [fuzz.m_payload, fuzz.m_chunk_field, fuzz.m_bitflip])
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
