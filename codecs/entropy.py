@@ -110,6 +110,10 @@ class Prediction:
     mask: np.ndarray
     values: np.ndarray
 
+    def for_units(self, keep: np.ndarray, counts: Sequence[int]) -> "Prediction":
+        """This prediction for the units ``keep`` marks alone (``counts``: the tokens of each unit, in order)."""
+        return Prediction(self.mask & np.repeat(keep, counts), self.values)
+
 
 @dataclass
 class StepTable:

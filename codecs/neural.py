@@ -403,7 +403,7 @@ class VitokCodec(Codec):
             np.logical_and.reduceat(fits, starts) & np.logical_or.reduceat(pred.mask, starts)
         if not keep.any():
             return alone, None
-        pred = Prediction(pred.mask & np.repeat(keep, counts), pred.values)
+        pred = pred.for_units(keep, counts)
         head = unit_map(keep) if len(counts) > 1 else b""
         predicted = head + self.tables.encode(q, index, grids, pred=pred)
         return (predicted, pred) if len(predicted) < len(alone) else (alone, None)
@@ -442,8 +442,7 @@ class VitokCodec(Codec):
                     raise BitstreamError("chunk predicts its tokens from the chunk before, whose tiles differ")
                 if g.units > 1:   # which units are predicted: a bit each, first in the data
                     keep, data = read_unit_map(data, g.units)
-                    counts = tokens if isinstance(tokens, tuple) else (tokens,) * g.units
-                    pred = Prediction(pred.mask & np.repeat(keep, counts), pred.values)
+                    pred = pred.for_units(keep, tokens if isinstance(tokens, tuple) else (tokens,) * g.units)
             return self.tables.decode(data, self._coded(g, tokens), index, grid, pred=pred), tokens, step
         q = self.tables.decode(data, self._coded(g, tokens), index, grid, prev if continues else None)
         return q, tokens, step
