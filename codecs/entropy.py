@@ -20,7 +20,7 @@ Each step of an operating set gets its tables once (calibration), and only integ
 - Prediction (1D models with channel contexts, when calibrated on consecutive chunks): a chunk may code each token
   the chunk before kept as the difference from that token's integers (``Prediction``), with tables of their own
   (``inter``, channel contexts among the differences): the same token of the next 20 frames of a shot changes
-  little, so the difference costs fewer bits than the value (carphone, bigbuckbunny: about half).
+  little, so the difference often costs fewer bits than the value (README, "How latents become bytes").
 
 Symbols ``q - median`` are coded with CompressAI's rANS coder using only the stored tables, so decoding never
 recomputes anything from floats (CompressAI #279/#309: float-derived CDFs desynchronise across machines).
