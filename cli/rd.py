@@ -139,7 +139,8 @@ def _plot_options(f):
 @click.option("--frames", "max_frames", type=click.IntRange(min=1), default=None,
               help="Use at most this many frames of each file clip.")
 @click.option("--fresh", is_flag=True,
-              help="Measure every point again; its records replace the cached ones once the sweep finishes.")
+              help="Measure this sweep's points again; their records replace the cached ones once the sweep "
+                   "finishes (the cache keeps other codecs', clips' and points' records).")
 @click.option("--rate-control/--no-rate-control", "rate_control", default=True, show_default=True,
               help="For 1D vitok models swept without --op, also run PSNR-target rate control (token study).")
 @overwrite_option

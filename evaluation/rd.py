@@ -133,9 +133,9 @@ def _append_cache(cache_dir: str | os.PathLike, record: dict, name: str = CACHE_
 
 @contextmanager
 def fresh_cache(cache_dir: str | os.PathLike) -> Iterator[str]:
-    """The cache file name for sweeps that measure everything again: over an existing cache, a file aside that
-    replaces the cache only when the block ends without error, so a failed or interrupted fresh run keeps the old
-    records usable."""
+    """The cache file name for sweeps that measure their points again: over an existing cache, a file aside that
+    replaces those points' records only when the block ends without error, so a failed or interrupted fresh run
+    keeps the old records usable. The cache's other records (other codecs, clips or points) stay."""
     cache = Path(cache_dir) / CACHE_FILE
     if not cache.is_file():   # no records to keep: write the cache itself
         yield CACHE_FILE
@@ -147,6 +147,12 @@ def fresh_cache(cache_dir: str | os.PathLike) -> Iterator[str]:
     except BaseException:
         aside.unlink(missing_ok=True)
         raise
+    measured = set(load_cache(cache_dir, FRESH_FILE))
+    kept = [rec for key, rec in load_cache(cache_dir).items() if key not in measured]
+    with open(aside, "ab") as f:   # the fresh records first in the file, then the others': one rename
+        f.writelines((json.dumps(rec) + "\n").encode() for rec in kept)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(aside, cache)
 
 

@@ -473,8 +473,25 @@ def test_rd_fresh_keeps_the_old_cache_until_its_sweep_finishes(tmp_path, small_c
         m.setattr(rd_mod, "run_job", lambda job: pytest.fail("re-encoded"))
         _invoke([*run, "--op", "h264:crf=30"])   # the old cache still serves the plain run
     assert not (out / rd_mod.FRESH_FILE).exists()   # and the plain run cleared the leftover
+    _invoke([*run, "--op", "h264:crf=40"])
+    before = rd_mod.load_cache(out)
     _invoke([*run, "--op", "h264:crf=40", "--fresh"])
-    assert [r["op"] for r in rd_mod.load_cache(out).values()] == [{"crf": 40}]
+    after = rd_mod.load_cache(out)
+    assert [r["op"] for r in after.values()] == [{"crf": 40}, {"crf": 30}]
+    (key30, rec30), = ((k, r) for k, r in before.items() if r["op"] == {"crf": 30})
+    assert after[key30] == rec30   # a point the fresh sweep did not cover keeps its record
+
+
+def test_rd_fresh_keeps_other_codecs_records(tmp_path, small_clip, monkeypatch):
+    """A fresh sweep of one codec dropped every other codec's records from the folder's cache."""
+    out = tmp_path / "rd"
+    run = ["rd", str(small_clip), "--frames", "3", "-o", str(out), "-q"]
+    _invoke([*run, "--codec", "h264", "--op", "h264:crf=30", "--codec", "h265", "--op", "h265:crf=30"])
+    _invoke([*run, "--codec", "h265", "--op", "h265:crf=30", "--fresh"])
+    with monkeypatch.context() as m:   # both codecs' points are served from the cache
+        m.setattr(rd_mod, "run_job", lambda job: pytest.fail("re-encoded"))
+        _invoke([*run, "--codec", "h264", "--op", "h264:crf=30", "--codec", "h265", "--op", "h265:crf=30"])
+    assert sorted(r["codec"] for r in rd_mod.load_cache(out).values()) == ["h264", "h265"]
 
 
 def test_a_failed_rd_run_leaves_no_folder_it_made(tmp_path, small_clip, cli_error):
