@@ -450,7 +450,7 @@ def test_precision_bf16_autocasts_on_cpu(make_cfg, metrics, tmp_path):
 def test_compile_trains_the_same_model(make_cfg, metrics, tmp_path, monkeypatch):
     """compile=true runs the training forward through torch.compile (inductor on CPU: about 40 s cold on one
     thread): the first step's loss is the eager one's (same weights and batch; within 1 %, since random draws inside
-    a compiled graph come from inductor's own generator), the run continues finite and its export loads as the eager one's."""
+    a compiled graph come from inductor's own generator), the run stays finite and exports what an eager run does."""
     compiled = []
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, *a, **kw: compiled.append(fn) or real(fn, *a, **kw))
