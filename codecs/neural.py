@@ -37,6 +37,7 @@ from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names, find_
 from vitok.codecs.payload import CONTINUES, ChunkTokens, header_size, pack_chunk, parse_chunk
 from vitok.codecs.ratecontrol import (Candidate, Cost, UnitCosts, allocate_bytes, cheapest_bytes, pick_psnr,
                                      psnr_from_sse, token_grid, units_for_psnr)
+from vitok.codecs.refine import check_refine, refine_tokens
 from vitok.codecs.spill import Spill, Spilled
 from vitok.config import MAX_TILE_OVERLAP
 
@@ -178,7 +179,7 @@ class VitokCodec(Codec):
     and they load once, on first use."""
 
     suffix = ".vtok"
-    knobs = ("step", "tokens", "bytes", "psnr", "adapt_units", "overlap")
+    knobs = ("step", "tokens", "bytes", "psnr", "adapt_units", "overlap", "refine")
 
     def __init__(self, model: Any = DEFAULT_MODEL, tables: EntropyTables | None = None, device: str = "cpu") -> None:
         self.device, self._loading, self._earlier = device, threading.RLock(), {}
@@ -192,6 +193,7 @@ class VitokCodec(Codec):
                 raise CodecError("VitokCodec(tokenizer) needs its EntropyTables (see calibrate_entropy)")
         self._tables = None if tables is None else self._fitting(tables)
         self._tile_overlap: float | None = None   # the model's; else what with_overlap set or a stream's header says
+        self._refine = 0   # Adam steps on each chunk's tokens before they are quantized (with_refinement)
         self.name = f"vitok:{self.model_ref}"
 
     # model and tables load on first use (once, whichever thread asks first), so listing codecs stays cheap
@@ -262,6 +264,17 @@ class VitokCodec(Codec):
             raise CodecError(f"overlap of {pixels} pixels is more than {MAX_TILE_OVERLAP:g} of {self.model_ref}'s "
                              f"{tile}-pixel tiles (at most {int(MAX_TILE_OVERLAP * tile) // stride * stride})")
         return self._overlapping(pixels / tile)
+
+    def with_refinement(self, steps: int) -> "VitokCodec":
+        """This codec refining each chunk's tokens by ``steps`` Adam steps through the frozen decoder before it
+        quantizes them (``vitok.codecs.refine``): better pixels for the same tokens, at ``steps`` decoder passes and
+        their gradients per chunk (1D models: per token count tried). Streams decode as any other."""
+        steps = check_refine(steps)
+        if steps == self._refine:
+            return self
+        twin = copy.copy(self)
+        twin._refine = steps
+        return twin
 
     def _overlapping(self, fraction: float) -> "VitokCodec":
         """A twin of this codec whose tiles overlap by ``fraction`` of the tile size (itself if that is its own)."""
@@ -335,16 +348,37 @@ class VitokCodec(Codec):
         chunk's ``carry``, which it continues from (``_code``)."""
         self.tables.table_index(_float32_step(step))   # a step the stream cannot store is refused before encoding
         tokens = self._check_tokens(tokens)
-        return self._code_tokens(self._tokens_of(frames), frames.shape[0], tokens, step, prev)
+        tokens_of = self._for_count(frames, self._tokens_of(frames), tokens)
+        return self._code_tokens(tokens_of, frames.shape[0], tokens, step, prev)
 
     def _tokens_of(self, frames: np.ndarray) -> tuple[Any, tuple[int, int, int] | None]:
         """A chunk's tokens, every one (1D models: ``(units, K, C)``, whose prefixes are what ``encode`` keeps for
-        fewer tokens), and the unit grid (None for 1D): rate control codes many settings from one encoder pass."""
+        fewer tokens), and the unit grid (None for 1D): rate control codes many settings from one encoder pass.
+        A grid model's tokens come refined when the codec refines (one refinement serves every step); a 1D model's
+        are refined per token count (``_for_count``)."""
         from vitok.data.convert import frames_to_tensor
 
-        lat = self.tok.encode(frames_to_tensor(frames, device=self.tok.device), tile_overlap=self._tile_overlap)
+        x = frames_to_tensor(frames, device=self.tok.device)
+        lat = self.tok.encode(x, tile_overlap=self._tile_overlap)
         z = lat.z[0].float()
-        return (z.view(lat.units, -1, z.shape[-1]) if self.is_1d else z), lat.grid
+        if self.is_1d:
+            return z.view(lat.units, -1, z.shape[-1]), lat.grid
+        return refine_tokens(self.tok, x, z, self._refine, tile_overlap=self._tile_overlap,
+                             scale=self.tables.std), lat.grid
+
+    def _for_count(self, frames: np.ndarray, tokens_of: tuple[Any, tuple[int, int, int] | None],
+                   tokens: int | None) -> tuple[Any, tuple[int, int, int] | None]:
+        """``_tokens_of``'s tokens as a chunk keeping ``tokens`` per unit codes them: a 1D model's refined for that
+        count when the codec refines (the decoder renders the kept prefix alone), else as they are."""
+        if not (self.is_1d and self._refine):
+            return tokens_of
+        from vitok.data.convert import frames_to_tensor
+
+        z, grid = tokens_of
+        x = frames_to_tensor(frames, device=self.tok.device)
+        flat = refine_tokens(self.tok, x, z.reshape(-1, z.shape[-1]), self._refine, tokens, self._tile_overlap,
+                             self.tables.std)
+        return flat.view(z.shape), grid
 
     def _code_tokens(self, tokens_of: tuple[Any, tuple[int, int, int] | None], frames: int, tokens: int | None,
                      step: float, prev: "np.ndarray | TokenCarry | None" = None) -> ChunkCode:
@@ -534,8 +568,8 @@ class VitokCodec(Codec):
 
     def _evaluate(self, frames: np.ndarray, tokens: int | None, step: float,
                   tokens_of: tuple[Any, Any], prev: np.ndarray | None = None) -> tuple[Candidate, ChunkCode]:
-        """Code one setting of a chunk from its ``_tokens_of`` (continuing ``prev``'s contexts) and decode it: its
-        candidate (bytes, distortion) and code."""
+        """Code one setting of a chunk from its ``_tokens_of`` (``_for_count``'s for ``tokens``; continuing
+        ``prev``'s contexts) and decode it: its candidate (bytes, distortion) and code."""
         code = self._code_tokens(tokens_of, frames.shape[0], tokens, step, prev)
         h, w = frames.shape[1:3]
         rec = self.reconstruct(code.q, code.tokens, code.step, frames.shape[0], h, w)
@@ -677,6 +711,9 @@ class VitokCodec(Codec):
             return
         chunks = itertools.chain([first], chunks)
         if adapt_units and self.is_1d and self.plan(*first.shape[:3]).units > 1:  # a token count per tile
+            if self._refine:
+                raise CodecError("refine with bytes/psnr on a 1D model whose frames span several tiles: choose one "
+                                 "token count per chunk (--per-chunk) or leave refine out")
             unit_step = float(np.float32(DEFAULT_STEP if step is None else step))   # as _code codes it
             if psnr is not None:
                 prev = None
@@ -694,7 +731,8 @@ class VitokCodec(Codec):
                 tokens_of = self._tokens_of(chunk)
 
                 def evaluate(i: int, chunk=chunk, codes=codes, tokens_of=tokens_of, prev=prev) -> Candidate:
-                    cand, codes[i] = self._evaluate(chunk, *grid[i], tokens_of, prev)
+                    counted = self._for_count(chunk, tokens_of, grid[i][0])
+                    cand, codes[i] = self._evaluate(chunk, *grid[i], counted, prev)
                     return cand
 
                 chosen = pick_psnr(len(grid), evaluate, psnr)
@@ -723,16 +761,22 @@ class VitokCodec(Codec):
             options, kept, carries = [], [], [None] * len(grid)
             for chunk in chunks:
                 tokens_of = self._tokens_of(chunk)
-                pairs = [self._evaluate(chunk, *g, tokens_of, carries[i]) for i, g in enumerate(grid)]
+                counted = [self._for_count(chunk, tokens_of, g[0]) for g in grid]   # the same, unless refined
+                pairs = [self._evaluate(chunk, *g, counted[i], carries[i]) for i, g in enumerate(grid)]
                 options.append([Cost(cand.nbytes + framing_bytes(cand.nbytes), cand.sse) for cand, _ in pairs])
                 carries = [code.carry for _, code in pairs]
-                kept.append(_Weighed(spill.put_array(tokens_of[0].cpu().numpy()), tokens_of[1], chunk.shape[0],
-                                     chunk.size, [self._context_digest(c) for c in carries]))
+                spilled: dict[int, Spilled] = {}   # each distinct tokens once
+                for z, _ in counted:
+                    if id(z) not in spilled:
+                        spilled[id(z)] = spill.put_array(z.cpu().numpy())
+                latents = [spilled[id(z)] for z, _ in counted]
+                kept.append(_Weighed(latents, tokens_of[1], chunk.shape[0], chunk.size,
+                                     [self._context_digest(c) for c in carries]))
 
             def coded_in_turn(pick: list[int]) -> tuple[list[tuple[Spilled, ChunkCode]], int]:
                 coded, prev = [], None
                 for c, (weighed, i) in enumerate(zip(kept, pick)):
-                    z = torch.from_numpy(spill.get_array(weighed.latents)).to(self.tok.device)
+                    z = torch.from_numpy(spill.get_array(weighed.latents[i])).to(self.tok.device)
                     code = self._code_tokens((z, weighed.unit_grid), weighed.frames, *grid[i], prev)
                     as_weighed = self._context_digest(prev) == (kept[c - 1].carries[i] if c else None)
                     # a 1D model's integers never depend on the chunk before (its prediction changes bytes alone)
@@ -796,11 +840,14 @@ class VitokCodec(Codec):
         return meta
 
     def check_knobs(self, step: float | None = None, tokens: int | None = None, bytes: int | None = None,
-                    psnr: float | None = None, adapt_units: bool = True, overlap: int | None = None) -> None:
+                    psnr: float | None = None, adapt_units: bool = True, overlap: int | None = None,
+                    refine: int | None = None) -> None:
         """Refuse knobs this model would refuse, naming the bad one, before any frame is coded (`vitok rd` checks
         its operating points with it before any work)."""
         if overlap is not None:
             self.with_overlap(overlap)
+        if refine is not None:
+            check_refine(refine)
         if step is not None:
             self.tables.table_index(_float32_step(step))
         if bytes is not None and (isinstance(bytes, bool) or not isinstance(bytes, (int, np.integer)) or bytes <= 0):
@@ -817,14 +864,16 @@ class VitokCodec(Codec):
     def encode_stream(self, chunks: Iterable[np.ndarray], fps: Fraction, out: BinaryIO, *,
                       step: float | None = None, tokens: int | None = None, bytes: int | None = None,
                       psnr: float | None = None, adapt_units: bool = True, overlap: int | None = None,
-                      on_chunk: Callable[[int], None] | None = None,
+                      refine: int | None = None, on_chunk: Callable[[int], None] | None = None,
                       sample_aspect_ratio: Fraction = Fraction(1)) -> EncodeStats:
         """Encode frames arriving in arrays of any length into ``out`` (a seekable binary file), chunk by chunk.
         ``adapt_units``: with ``bytes``/``psnr``, a 1D model whose frames span several tiles picks a token count
         per tile (else one per chunk). ``overlap``: tiles overlap by this many pixels (``with_overlap``).
+        ``refine``: Adam steps on each chunk's tokens through the decoder before quantizing (``with_refinement``).
         ``sample_aspect_ratio``: the source's pixel shape, kept in the header for the decoded video."""
-        if overlap is not None:
-            return self.with_overlap(overlap).encode_stream(
+        if overlap is not None or refine is not None:
+            twin = self if overlap is None else self.with_overlap(overlap)
+            return (twin if refine is None else twin.with_refinement(refine)).encode_stream(
                 chunks, fps, out, step=step, tokens=tokens, bytes=bytes, psnr=psnr, adapt_units=adapt_units,
                 on_chunk=on_chunk, sample_aspect_ratio=sample_aspect_ratio)
         t0 = time.perf_counter()
@@ -1054,10 +1103,11 @@ def _closed_on_error(reader: VtokReader) -> Iterator[None]:
 
 @dataclass
 class _Weighed:
-    """What a byte budget keeps in memory of one chunk while it allocates: where its latents wait in the spill, their
-    unit grid, its frames and pixels, and per setting a digest of the context it hands on."""
+    """What a byte budget keeps in memory of one chunk while it allocates: where each setting's latents wait in the
+    spill (one file entry for them all, unless refinement made them differ), their unit grid, its frames and pixels,
+    and per setting a digest of the context it hands on."""
 
-    latents: Spilled
+    latents: list[Spilled]
     unit_grid: tuple[int, int, int] | None
     frames: int
     pixels: int

@@ -1,0 +1,72 @@
+"""Encoder-side latent refinement: a chunk's tokens, as the encoder gives them, take a few Adam steps towards tokens
+the frozen decoder renders closer to the chunk's frames. An encoder network leaves part of what its decoder could
+render on the table (the amortization gap: README, "Against the project's aims"); a few steps of gradient descent
+close some of it. Only encoding takes longer: the decoder, the entropy tables and the stream format stay as they are.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from vitok.codecs.errors import CodecError
+
+if TYPE_CHECKING:
+    import torch
+
+LEARNING_RATE = 0.02   # Adam's step on the tokens, in units of each channel's scale (the quantizer's std)
+MAX_STEPS = 10_000      # a bound that keeps a typo from running for days
+TILES_PER_BATCH = 8    # tiles refined together: memory for the decoder's activations stays bounded
+
+
+def check_refine(steps: Any) -> int:
+    """``steps`` as a refinement step count, or a one-line error naming the bad value."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= MAX_STEPS:
+        raise CodecError(f"refine must be a whole number of steps in 0..{MAX_STEPS}, got {steps!r}")
+    return steps
+
+
+def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, tokens: int | None = None,
+                  tile_overlap: float | None = None, scale: Sequence[float] | None = None) -> torch.Tensor:
+    """``z`` ``(units * n, C)``, the tokens ``tok.encode`` gives the one-chunk ``video`` ``(1, 3, T, H, W)``, after
+    ``steps`` Adam steps on each tile's squared error over the frame's real pixels, weighed by the tile's blend
+    weights (the sum bounds the blended frame's error, and tiles are refined independently, a few at a time). 1D
+    models: the decoder sees each unit's first ``tokens`` (None: all K); the tokens after them are left as given.
+    ``scale``: each channel's unit for Adam's steps, the entropy tables' std, which quantization steps count in
+    (default: the model's latent std)."""
+    import torch
+
+    from vitok.geometry import blend_weights, pad_chunk
+
+    if steps <= 0:
+        return z
+    g = tok.plan(*video.shape[2:], tile_overlap=tile_overlap)
+    if g.chunks != 1:
+        raise ValueError(f"refine_tokens takes one chunk of at most {g.unit_frames} frames, got {video.shape[2]}")
+    n = tok.tokens_per_unit(*g.unit_size)
+    unit = scale if scale is not None else tok.config.latent_std or [1.0] * z.shape[-1]
+    std = torch.as_tensor(np.asarray(unit, np.float32), device=z.device)
+    ref = pad_chunk(video.to(z.device, torch.float32), g.unit_frames, g.rows.padded, g.cols.padded)[0]
+    real = torch.zeros(g.unit_frames, g.rows.padded, g.cols.padded, device=z.device)
+    real[:g.frames, :g.height, :g.width] = 1
+    tiles = g.tiles()
+    units = z.detach().float().reshape(len(tiles), n, -1) / std   # Adam steps in std units, whatever the channel
+    out = units.clone()
+    for first in range(0, len(tiles), TILES_PER_BATCH):
+        batch = tiles[first:first + TILES_PER_BATCH]
+        boxes = [(slice(None), slice(y0, y0 + g.rows.tile), slice(x0, x0 + g.cols.tile)) for _, _, y0, x0 in batch]
+        target = torch.stack([ref[(slice(None), *box)] for box in boxes])
+        weight = torch.stack([real[box] * blend_weights(g, i, j, z.device) for (i, j, _, _), box in zip(batch, boxes)])
+        mask = tok.token_mask(len(batch), tokens, z.device) if tokens is not None else None
+        u = units[first:first + len(batch)].clone().requires_grad_(True)
+        opt = torch.optim.Adam([u], lr=LEARNING_RATE)
+        for _ in range(steps):
+            rendered = tok.decode_unit((u * std).to(tok.dtype), mask, g.unit_size).float()
+            loss = ((rendered - target).square() * weight[:, None]).sum() / weight.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        out[first:first + len(batch)] = u.detach()
+    if tokens is not None:   # tokens past the count never reached the decoder: as the encoder gave them
+        out[:, tokens:] = units[:, tokens:]
+    return (out * std).reshape(z.shape).to(z.dtype)
