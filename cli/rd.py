@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import click
 
 from vitok.cli.common import json_option, overwrite_option, quiet_option
+from vitok.codecs.refine import MAX_STEPS as MAX_REFINE_STEPS
 from vitok.data.errors import VitokError
 
 METRIC_CHOICE = click.Choice(["psnr", "psnr_y", "ssim", "ms_ssim", "lpips"])
@@ -143,11 +144,14 @@ def _plot_options(f):
                    "finishes (the cache keeps other codecs', clips' and points' records).")
 @click.option("--rate-control/--no-rate-control", "rate_control", default=True, show_default=True,
               help="For 1D vitok models swept without --op, also run PSNR-target rate control (token study).")
+@click.option("--refine", type=click.IntRange(min=1, max=MAX_REFINE_STEPS), default=None, metavar="STEPS",
+              help="Also sweep every vitok codec's points with its tokens refined by STEPS Adam steps through the "
+                   "decoder (as `vitok encode --refine`): a curve of its own, named CODEC+refineSTEPS.")
 @overwrite_option
 @quiet_option
 @json_option
-def run(clips, codecs, ops, metrics, x, anchor, method, output, workers, max_frames, fresh, rate_control, overwrite,
-        quiet, as_json) -> None:
+def run(clips, codecs, ops, metrics, x, anchor, method, output, workers, max_frames, fresh, rate_control, refine,
+        overwrite, quiet, as_json) -> None:
     """Sweep CLIPS (video files, folders, `eval` or eval segment ids) with each codec and report.
 
     Writes records.csv/.json, plots/ (RD curves per clip and mean, PNG+SVG; side-by-side frames; token budget),
@@ -162,20 +166,29 @@ def run(clips, codecs, ops, metrics, x, anchor, method, output, workers, max_fra
         (out / FRESH_FILE).unlink(missing_ok=True)   # what a killed fresh run measured: never to be used
     codec_list = list(codecs) or _default_codecs()
     op_map = parse_ops(ops, codec_list)
+    given = set(op_map)   # codecs whose points --op chose
+    if refine:
+        from vitok.codecs import get_codec
+
+        for c in codec_list:
+            if c.startswith("vitok:"):
+                points = op_map.get(c) or get_codec(c).operating_points()
+                op_map[c] = [*points, *({**op, "refine": refine} for op in points)]
     with fresh_cache(out) if fresh else nullcontext(CACHE_FILE) as cache_name:  # the old cache stays until the end
         kw = dict(workers=workers, cache_dir=out, cache_name=cache_name, progress=not quiet, max_frames=max_frames)
-        records = _sweep(list(clips), codec_list, op_map, rate_control, kw)
+        records = _sweep(list(clips), codec_list, op_map, rate_control, kw, given)
     _report(records, out, metrics, x, anchor, method, as_json)
 
 
 def _sweep(clips: list[str], codecs: list[str], op_map: dict[str, list[dict]], rate_control: bool,
-           kw: dict[str, Any]) -> list[dict]:
+           kw: dict[str, Any], given: set[str]) -> list[dict]:
     """The sweep's records; with ``rate_control``, a second pass adds PSNR-target rate control for the 1D vitok
-    codecs swept at their own points, at qualities their fixed-token points reached."""
+    codecs swept at their own points (not ``given`` theirs by --op), at qualities their fixed-token points
+    reached."""
     from vitok.evaluation.rd import rate_control_ops, rd_sweep
 
     records = rd_sweep(clips, codecs, op_map or None, **kw)
-    rc = {c: rate_control_ops(records, c) for c in codecs if rate_control and c not in op_map}
+    rc = {c: rate_control_ops(records, c) for c in codecs if rate_control and c not in given}
     rc = {c: v for c, v in rc.items() if v}
     if rc:
         records += rd_sweep(clips, list(rc), rc, **kw)

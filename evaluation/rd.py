@@ -80,6 +80,13 @@ def _ops_for(codec: Any, obj: Any, operating_points: Any) -> list[dict]:
     return ops
 
 
+def curve_name(codec: str, op: dict) -> str:
+    """The curve a record belongs to: its codec's name, with ``+refineN`` for points whose tokens were refined by N
+    steps (another encoder of the same decoder and streams)."""
+    steps = op.get("refine")
+    return f"{codec}+refine{steps}" if steps else codec
+
+
 def codec_identity(codec: Any) -> str:
     """What makes a codec's output change besides its name (``Codec.identity``: a vitok model's weights and entropy
     tables, a classical codec's FFmpeg build); "" for codec objects that do not say."""
@@ -274,7 +281,7 @@ def run_job(job: _Job) -> dict:
     seconds = t / float(fps)
     rate = codec.rate_bytes(data)
     rec: dict[str, Any] = {
-        "key": job.key, "clip": job.clip.name, "codec": codec_name(job.codec), "op": job.op,
+        "key": job.key, "clip": job.clip.name, "codec": curve_name(codec_name(job.codec), job.op), "op": job.op,
         "bytes": rate, "file_bytes": len(data), "stream_bytes": int(codec.stream_bytes(data)),
         "bpp": rate * 8 / (t * h * w), "kbps": rate * 8 / seconds / 1000,
     }

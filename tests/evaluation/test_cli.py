@@ -513,3 +513,23 @@ def test_a_cache_line_that_is_not_utf8_is_skipped(tmp_path, small_clip, monkeypa
         f.write(b"\xff\n")
     monkeypatch.setattr(rd_mod, "run_job", lambda job: pytest.fail("re-encoded"))
     assert "wrote" in _invoke(run)
+
+
+def test_rd_refine_adds_a_refined_curve_of_each_vitok_codec(tmp_path, small_clip, tiny_model):
+    """--refine N sweeps each vitok codec's points twice, as given and refined, the refined ones as their own curve
+    CODEC+refineN (rate control stays with the points as given); h264 is swept once."""
+    neural = f"vitok:{tiny_model}"
+    out = tmp_path / "rd"
+    ops = [f"{neural}:tokens={k},step=1" for k in (2, 8, 16)]
+    text = _invoke(["rd", str(small_clip), "--codec", "h264", *H264_OPS, "--codec", neural,
+                    *(a for op in ops for a in ("--op", op)), "--refine", "2", "--frames", "3", "-o", str(out), "-q"])
+    assert f"{neural}+refine2" in text
+    records = json.loads((out / "records.json").read_text())
+    curves = {}
+    for r in records:
+        curves.setdefault(r["codec"], []).append(r["op"])
+    assert sorted(curves) == sorted(["h264", neural, f"{neural}+refine2"])
+    assert curves[f"{neural}+refine2"] == [{**op, "refine": 2} for op in curves[neural]]
+    assert len(curves[neural]) == 3
+    r = CliRunner().invoke(cli, ["rd", str(small_clip), "--refine", "0", "-o", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "0 is not in the range" in r.output
