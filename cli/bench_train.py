@@ -29,7 +29,8 @@ def bench_train(config: str, sets: tuple[str, ...], steps: int, warmup: int, dev
         cfg["device"] = device
     r = run_bench(cfg, steps=steps, warmup=warmup)
     text = (f"{r['config']} ({r['model']}, {r['params'] / 1e6:.2f}M params) on {r['device']} "
-            f"({count(r['threads'], 'thread')}, {r['precision']}{', GAN included' if r['gan'] else ''}): "
+            f"({count(r['threads'], 'thread')}, {r['precision']}{', torch.compile' if r['compiled'] else ''}"
+            f"{', GAN included' if r['gan'] else ''}): "
             f"{r['clips_per_s']:.2f} clips/s "
             f"(batch {r['batch_size']} of {'x'.join(map(str, r['clip']))}; step {r['step_s']:.3f} s, "
             f"data {r['data_s']:.3f} s); one data worker makes {r['worker_clips_per_s']:.1f} clips/s")

@@ -52,7 +52,8 @@ def bench_train(cfg: dict[str, Any], steps: int = 5, warmup: int = 2) -> dict[st
     mean_step = sum(step_s) / len(step_s)
     mean_data = sum(data_s) / len(data_s)
     return {"config": cfg["name"], "model": cfg["model"]["name"], "device": str(trainer.device),
-            "threads": torch.get_num_threads(), "precision": trainer.precision, "batch_size": b,
+            "threads": torch.get_num_threads(), "precision": trainer.precision, "compiled": bool(cfg["compile"]),
+            "batch_size": b,
             "clip": [trainer.num_frames, cfg["data"]["size"], cfg["data"]["size"]],
             "params": sum(p.numel() for p in trainer.tok.parameters()), "steps": steps,
             "step_s": mean_step, "data_s": mean_data, "clips_per_s": b / (mean_step + mean_data),
