@@ -1,6 +1,6 @@
 """Encoder-side latent refinement: a chunk's tokens, as the encoder gives them, take a few Adam steps towards tokens
 the frozen decoder renders closer to the chunk's frames. An encoder network leaves part of what its decoder could
-render on the table (the amortization gap: README, "Against the project's aims"); a few steps of gradient descent
+render on the table (the amortization gap: README, "Bundled models"); a few steps of gradient descent
 close some of it. Only encoding takes longer: the decoder, the entropy tables and the stream format stay as they are.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ TILES_PER_BATCH = 8    # tiles refined together: memory for the decoder's activa
 
 def check_refine(steps: Any) -> int:
     """``steps`` as a refinement step count, or a one-line error naming the bad value."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= MAX_STEPS:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 0 <= steps <= MAX_STEPS:
         raise CodecError(f"refine must be a whole number of steps in 0..{MAX_STEPS}, got {steps!r}")
-    return steps
+    return int(steps)
 
 
 def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, tokens: int | None = None,

@@ -67,6 +67,7 @@ def test_refine_zero_codes_as_before_and_refined_streams_decode_anywhere(codec1d
     assert codec1d.encode(frames, fps, tokens=8, refine=0) == plain
     refined = codec1d.encode(frames, fps, tokens=8, refine=5)
     assert refined != plain and codec1d.with_refinement(5) is not codec1d
+    assert codec1d.encode(frames, fps, tokens=8, refine=np.int64(5)) == refined
     rec_plain, _ = codec1d.decode(plain)
     rec, _ = codec1d.decode(refined)   # a codec that never refines decodes it
     assert _psnr(rec, frames) > _psnr(rec_plain, frames)
