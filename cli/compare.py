@@ -8,6 +8,7 @@ import click
 from vitok.cli.common import (check_output, count, device_option, emit, json_option, overwrite_option, resolve_device,
                               set_threads, threads_option)
 from vitok.codecs.models import DEFAULT_MODEL
+from vitok.codecs.refine import MAX_STEPS as MAX_REFINE_STEPS
 from vitok.data.errors import VitokError
 
 
@@ -18,13 +19,15 @@ from vitok.data.errors import VitokError
 @click.option("--codec", "codecs", multiple=True, default=("h264",), show_default=True,
               help="Classical codec(s) to match in PSNR by bisection over CRF (repeatable).")
 @click.option("--frames", type=click.IntRange(min=1), default=17, show_default=True, help="Frames to code.")
+@click.option("--refine", type=click.IntRange(min=0, max=MAX_REFINE_STEPS), default=0, show_default=True,
+              metavar="STEPS", help="Refine vitok's tokens through its decoder first (as `vitok encode --refine`).")
 @click.option("-o", "--output", default=None,
               help="Side-by-side PNG [default: <clip name>_compare.png in the current folder].")
 @device_option
 @threads_option
 @overwrite_option
 @json_option
-def compare(input, model, codecs, frames, output, device, threads, overwrite, as_json) -> None:
+def compare(input, model, codecs, frames, refine, output, device, threads, overwrite, as_json) -> None:
     """Encode INPUT (file or sample name) with vitok, then each codec at the CRF that matches vitok's PSNR."""
     from vitok.evaluation.clips import load_clip
     from vitok.evaluation.compare import compare_codecs, unmatched_note
@@ -40,7 +43,8 @@ def compare(input, model, codecs, frames, output, device, threads, overwrite, as
     set_threads(threads)
     name, video, fps = load_clip(input, frames)
     out = check_output(output or f"{Path(name).name.replace(':', '_')}_compare.png", overwrite, inputs=[input])
-    rows, shown, _ = compare_codecs(video, fps, model=model, codecs=codecs, device=resolve_device(device))
+    rows, shown, _ = compare_codecs(video, fps, model=model, codecs=codecs, device=resolve_device(device),
+                                    model_op={"refine": refine} if refine else None)
     for r in rows:
         r["label"] = f"{r['codec']} {op_label(r['op'])}"
     labels = {r["codec"]: f"{r['codec']}\n{r['bytes']} B, {r['psnr']:.2f} dB" for r in rows}

@@ -533,3 +533,11 @@ def test_rd_refine_adds_a_refined_curve_of_each_vitok_codec(tmp_path, small_clip
     assert len(curves[neural]) == 3
     r = CliRunner().invoke(cli, ["rd", str(small_clip), "--refine", "0", "-o", str(tmp_path / "bad")])
     assert r.exit_code == 2 and "0 is not in the range" in r.output
+
+
+def test_compare_refine_codes_vitok_refined(tmp_path, small_clip, tiny_model):
+    """`vitok compare --refine N` encodes vitok's side with its tokens refined (its row says so); h264 is matched to
+    that PSNR as before."""
+    result = json.loads(_invoke(["compare", str(small_clip), "--model", tiny_model, "--frames", "8", "--refine", "2",
+                                 "-o", str(tmp_path / "cmp.png"), "--json"]))
+    assert result["rows"][0]["op"] == {"refine": 2} and "crf" in result["rows"][1]["op"]
