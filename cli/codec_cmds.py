@@ -65,7 +65,7 @@ def _check_input(path: str) -> None:
               metavar="STEPS",
               help="Refine each chunk's tokens by STEPS Adam steps through the decoder before quantizing: better "
                    "pixels for a few more bytes, at STEPS decoder passes and their gradients per chunk (20 is a "
-                   "good start; the 1D model gains, the grid and CNN models barely). The file decodes as any other.")
+                   "good start; the 1D model gains, the grid and CNN models do not). The file decodes as any other.")
 @click.option("--frames", "num_frames", type=click.IntRange(min=1), default=None, help="Encode at most N frames.")
 @click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First frame to encode.")
 @click.option("--size", callback=_size, default=None,

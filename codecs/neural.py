@@ -219,7 +219,7 @@ class VitokCodec(Codec):
         return {k: v for k, v in self.__dict__.items() if k != "_loading"}   # a lock does not pickle
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"_earlier": {}, "_in_folder": False, "_tile_overlap": None, **state},
+        self.__dict__.update({"_earlier": {}, "_in_folder": False, "_tile_overlap": None, "_refine": 0, **state},
                              _loading=threading.RLock())
 
     def for_stream(self, header: VtokHeader) -> "VitokCodec":
@@ -274,6 +274,7 @@ class VitokCodec(Codec):
             return self
         twin = copy.copy(self)
         twin._refine = steps
+        twin.name = self.name.split("+refine")[0] + (f"+refine{steps}" if steps else "")   # rd curves tell them apart
         return twin
 
     def _overlapping(self, fraction: float) -> "VitokCodec":
@@ -287,6 +288,8 @@ class VitokCodec(Codec):
             from vitok.geometry import overlap_pixels
 
             twin.name += f" (overlap {overlap_pixels(self.tok.config.tile_size, fraction, self.tok.spatial_stride)} px)"
+        if twin._refine:
+            twin.name += f"+refine{twin._refine}"
         return twin
 
     @property
@@ -322,8 +325,9 @@ class VitokCodec(Codec):
         rounding = self.tables.encoder_setting
         overlap = "" if self._tile_overlap is None else f"-overlap{self._tile_overlap:g}"
         carry = "-continued" if self.carries else ""   # chunks after the first code otherwise than before
+        refine = f"-refine{self._refine}" if self._refine else ""
         return (f"{self.tok.weights_hash[:16]}-{self.tok.config.digest()[:12]}-{self.tables.table_id}"
-                f"{'-' + rounding if rounding else ''}{overlap}{carry}-v{VERSION}")
+                f"{'-' + rounding if rounding else ''}{overlap}{refine}{carry}-v{VERSION}")
 
     def load(self) -> "VitokCodec":
         """Load the model and its tables now (errors surface before any video is read)."""
@@ -711,9 +715,6 @@ class VitokCodec(Codec):
             return
         chunks = itertools.chain([first], chunks)
         if adapt_units and self.is_1d and self.plan(*first.shape[:3]).units > 1:  # a token count per tile
-            if self._refine:
-                raise CodecError("refine with bytes/psnr on a 1D model whose frames span several tiles: choose one "
-                                 "token count per chunk (--per-chunk) or leave refine out")
             unit_step = float(np.float32(DEFAULT_STEP if step is None else step))   # as _code codes it
             if psnr is not None:
                 prev = None
@@ -885,6 +886,10 @@ class VitokCodec(Codec):
         if first is None:
             raise BitstreamError("empty input video: no frames to encode")
         h, w = first.shape[1:3]
+        if self._refine and (bytes is not None or psnr is not None) and adapt_units and self.is_1d and \
+                self.plan(*first.shape[:3]).units > 1:   # before the header is written
+            raise CodecError("refine with bytes/psnr on a 1D model whose frames span several tiles: choose one token "
+                             "count per chunk (--per-chunk; adapt_units=False) or leave refine out")
         asked = DEFAULT_STEP if step is None and bytes is None and psnr is None else step
         header = VtokHeader(w, h, fps, self.tok.clip_frames, meta=self.header_meta(asked, w, h, sample_aspect_ratio))
         writer = VtokWriter(out, header)   # packing the header checks it, before anything is written

@@ -31,42 +31,51 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
     """``z`` ``(units * n, C)``, the tokens ``tok.encode`` gives the one-chunk ``video`` ``(1, 3, T, H, W)``, after
     ``steps`` Adam steps on each tile's squared error over the frame's real pixels, weighed by the tile's blend
     weights (the sum bounds the blended frame's error, and tiles are refined independently, a few at a time). 1D
-    models: the decoder sees each unit's first ``tokens`` (None: all K); the tokens after them are left as given.
+    models: the decoder sees each unit's first ``tokens`` (None: all K); the tokens after them are returned as given.
     ``scale``: each channel's unit for Adam's steps, the entropy tables' std, which quantization steps count in
-    (default: the model's latent std)."""
+    (default: the model's latent std). Gradients reach the tokens alone, whatever the caller's grad mode: the model
+    is left as it was."""
     import torch
 
-    from vitok.geometry import blend_weights, pad_chunk
+    from vitok.geometry import blend_weights, pad_region
 
     if steps <= 0:
         return z
     g = tok.plan(*video.shape[2:], tile_overlap=tile_overlap)
     if g.chunks != 1:
         raise ValueError(f"refine_tokens takes one chunk of at most {g.unit_frames} frames, got {video.shape[2]}")
-    n = tok.tokens_per_unit(*g.unit_size)
-    unit = scale if scale is not None else tok.config.latent_std or [1.0] * z.shape[-1]
-    std = torch.as_tensor(np.asarray(unit, np.float32), device=z.device)
-    ref = pad_chunk(video.to(z.device, torch.float32), g.unit_frames, g.rows.padded, g.cols.padded)[0]
-    real = torch.zeros(g.unit_frames, g.rows.padded, g.cols.padded, device=z.device)
-    real[:g.frames, :g.height, :g.width] = 1
     tiles = g.tiles()
-    units = z.detach().float().reshape(len(tiles), n, -1) / std   # Adam steps in std units, whatever the channel
-    out = units.clone()
-    for first in range(0, len(tiles), TILES_PER_BATCH):
-        batch = tiles[first:first + TILES_PER_BATCH]
-        boxes = [(slice(None), slice(y0, y0 + g.rows.tile), slice(x0, x0 + g.cols.tile)) for _, _, y0, x0 in batch]
-        target = torch.stack([ref[(slice(None), *box)] for box in boxes])
-        weight = torch.stack([real[box] * blend_weights(g, i, j, z.device) for (i, j, _, _), box in zip(batch, boxes)])
-        mask = tok.token_mask(len(batch), tokens, z.device) if tokens is not None else None
-        u = units[first:first + len(batch)].clone().requires_grad_(True)
-        opt = torch.optim.Adam([u], lr=LEARNING_RATE)
-        for _ in range(steps):
-            rendered = tok.decode_unit((u * std).to(tok.dtype), mask, g.unit_size).float()
-            loss = ((rendered - target).square() * weight[:, None]).sum() / weight.sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        out[first:first + len(batch)] = u.detach()
-    if tokens is not None:   # tokens past the count never reached the decoder: as the encoder gave them
-        out[:, tokens:] = units[:, tokens:]
-    return (out * std).reshape(z.shape).to(z.dtype)
+    with torch.inference_mode(False), torch.enable_grad():
+        given = z.detach().clone().float().reshape(len(tiles), tok.tokens_per_unit(*g.unit_size), -1)
+        unit = scale if scale is not None else tok.config.latent_std or [1.0] * given.shape[-1]
+        std = torch.as_tensor(np.asarray(unit, np.float32), device=given.device)
+        frames = video.detach().clone()
+        out = given.clone()
+        for first in range(0, len(tiles), TILES_PER_BATCH):
+            batch = tiles[first:first + TILES_PER_BATCH]
+            target = torch.cat([pad_region(frames, g.unit_frames, g.rows.padded, g.cols.padded, y0, x0, g.rows.tile,
+                                           g.cols.tile) for _, _, y0, x0 in batch]).to(given.device, torch.float32)
+            weight = torch.stack([_real(g, y0, x0, given.device) * blend_weights(g, i, j, given.device)
+                                  for i, j, y0, x0 in batch])[:, None]
+            mask = None if tokens is None else tok.token_mask(len(batch), tokens, given.device)
+            u = (given[first:first + len(batch)] / std).requires_grad_(True)
+            opt = torch.optim.Adam([u], lr=LEARNING_RATE)
+            for _ in range(steps):
+                rendered = tok.decode_unit((u * std).to(tok.dtype), mask, g.unit_size).float()
+                loss = ((rendered - target).square() * weight).sum() / weight.sum().clamp_min(1)
+                u.grad, = torch.autograd.grad(loss, [u])   # the model's parameters collect nothing
+                opt.step()
+            out[first:first + len(batch)] = u.detach() * std
+        if tokens is not None:   # never seen by the decoder: exactly as the encoder gave them
+            out[:, tokens:] = given[:, tokens:]
+        return out.reshape(z.shape).to(z.dtype)
+
+
+def _real(g: Any, y0: int, x0: int, device: Any) -> torch.Tensor:
+    """1 where a tile starting at ``(y0, x0)`` of plan ``g`` covers the video's real frames and pixels, else 0
+    (padding)."""
+    import torch
+
+    real = torch.zeros(g.unit_frames, g.rows.tile, g.cols.tile, device=device)
+    real[:g.frames, :max(0, g.height - y0), :max(0, g.width - x0)] = 1
+    return real

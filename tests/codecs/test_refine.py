@@ -103,9 +103,14 @@ def test_a_byte_budget_codes_each_count_from_its_own_refined_tokens(codec1d, cli
 
 
 def test_refine_with_per_tile_rate_control_is_refused(codec1d, tiled):
+    """Refused before the header is written: a caller's stream holds nothing."""
+    import io
+
     fps = Fraction(25)
+    out = io.BytesIO()
     with pytest.raises(CodecError, match=r"refine with bytes/psnr .* several tiles: .*--per-chunk"):
-        codec1d.encode(tiled, fps, psnr=20.0, refine=2)
+        codec1d.encode_stream([tiled], fps, out, psnr=20.0, refine=2)
+    assert out.getvalue() == b""
     data = codec1d.encode(tiled, fps, psnr=20.0, refine=2, adapt_units=False)
     assert len(codec1d.decode(data)[0]) == len(tiled)
 
@@ -148,3 +153,32 @@ def test_encode_refine_on_the_command_line(tmp_path, clip, tinygrid, tiny1d, cap
         main(["encode", str(video), "-o", str(tmp_path / "tiles.vtok"), "--model", str(tiny1d[2]), "--size", "96x72",
               "--bytes", "5000", "--refine", "2"])
     assert e.value.code == 1 and "several tiles" in capsys.readouterr().err and not (tmp_path / "tiles.vtok").exists()
+
+
+def test_refine_leaves_the_model_alone_in_any_grad_mode(tiny1d, clip):
+    """Refining under torch.no_grad or inference_mode (how a caller may run its encodes) works and gives the same
+    bytes; an unfrozen model's parameters collect no gradients from it."""
+    import vitok
+    from vitok.codecs.neural import VitokCodec
+
+    frames, fps = clip
+    tok, tables, _ = tiny1d
+    codec = VitokCodec(tok, tables)
+    data = codec.encode(frames[:8], fps, tokens=8, refine=2)
+    with torch.no_grad():
+        assert codec.encode(frames[:8], fps, tokens=8, refine=2) == data
+    with torch.inference_mode():
+        assert codec.encode(frames[:8], fps, tokens=8, refine=2) == data
+    torch.manual_seed(0)
+    live = vitok.create_model("vit1d-tiny")   # not frozen: its parameters require grad
+    live.load_state_dict(tok.state_dict())
+    VitokCodec(live, tables).encode(frames[:8], fps, tokens=8, refine=2)
+    assert all(p.grad is None for p in live.parameters())
+
+
+def test_a_refining_codec_is_named_and_identified_apart(codec1d):
+    """rd tables and caches take a codec's name and identity: a refining twin has its own."""
+    twin = codec1d.with_refinement(3)
+    assert twin.name == codec1d.name + "+refine3" and twin.identity != codec1d.identity
+    assert twin.with_refinement(0).name == codec1d.name and twin.with_refinement(0).identity == codec1d.identity
+    assert twin.with_refinement(5).name == codec1d.name + "+refine5"

@@ -515,7 +515,7 @@ def test_a_cache_line_that_is_not_utf8_is_skipped(tmp_path, small_clip, monkeypa
     assert "wrote" in _invoke(run)
 
 
-def test_rd_refine_adds_a_refined_curve_of_each_vitok_codec(tmp_path, small_clip, tiny_model):
+def test_rd_refine_adds_a_refined_curve_of_each_vitok_codec(tmp_path, small_clip, tiny_model, cli_error):
     """--refine N sweeps each vitok codec's points twice, as given and refined, the refined ones as their own curve
     CODEC+refineN (rate control stays with the points as given); h264 is swept once."""
     neural = f"vitok:{tiny_model}"
@@ -533,6 +533,19 @@ def test_rd_refine_adds_a_refined_curve_of_each_vitok_codec(tmp_path, small_clip
     assert len(curves[neural]) == 3
     r = CliRunner().invoke(cli, ["rd", str(small_clip), "--refine", "0", "-o", str(tmp_path / "bad")])
     assert r.exit_code == 2 and "0 is not in the range" in r.output
+    assert "select one with --codec vitok:NAME" in cli_error(["rd", str(small_clip), "--codec", "h264", "--refine",
+                                                              "2", "-o", str(tmp_path / "bad")])
+
+
+def test_rd_refine_codes_rate_control_points_per_chunk(tmp_path, small_clip, tiny_model):
+    """A PSNR-target point on frames of several tiles, refined, codes one count per chunk (per-tile rate control
+    refuses refinement), so the sweep finishes."""
+    neural = f"vitok:{tiny_model}"
+    out = tmp_path / "rd"
+    _invoke(["rd", str(small_clip), "--codec", neural, "--op", f"{neural}:psnr=12", "--refine", "2", "--frames", "3",
+             "--anchor", neural, "-o", str(out), "-q"])
+    records = json.loads((out / "records.json").read_text())
+    assert [r["op"] for r in records] == [{"psnr": 12}, {"psnr": 12, "refine": 2, "adapt_units": False}]
 
 
 def test_compare_refine_codes_vitok_refined(tmp_path, small_clip, tiny_model):

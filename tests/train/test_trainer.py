@@ -447,6 +447,8 @@ def test_precision_bf16_autocasts_on_cpu(make_cfg, metrics, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
+                    reason="torch.compile's inductor needs a C++ compiler")
 def test_compile_trains_the_same_model(make_cfg, metrics, tmp_path, monkeypatch):
     """compile=true runs the training forward through torch.compile (inductor on CPU: about 40 s cold on one
     thread): the first step's loss is the eager one's (same weights and batch; within 1 %, since random draws inside
