@@ -194,7 +194,6 @@ class VitokCodec(Codec):
         self._tables = None if tables is None else self._fitting(tables)
         self._tile_overlap: float | None = None   # the model's; else what with_overlap set or a stream's header says
         self._refine = 0   # Adam steps on each chunk's tokens before they are quantized (with_refinement)
-        self.name = f"vitok:{self.model_ref}"
 
     # model and tables load on first use (once, whichever thread asks first), so listing codecs stays cheap
     @property
@@ -246,7 +245,7 @@ class VitokCodec(Codec):
                 if kept is not None and kept.meta.get("weights_hash") in (None, self.tok.weights_hash):
                     twin = copy.copy(self)   # with the model's tiling: for_stream sets the stream's
                     twin._tables, twin._earlier = self._fitting(kept), {}
-                    twin._tile_overlap, twin.name = None, f"vitok:{self.model_ref}"
+                    twin._tile_overlap = None
                 self._earlier[wanted] = twin
         return self._earlier[wanted] or self
 
@@ -274,7 +273,6 @@ class VitokCodec(Codec):
             return self
         twin = copy.copy(self)
         twin._refine = steps
-        twin.name = self.name.split("+refine")[0] + (f"+refine{steps}" if steps else "")   # rd curves tell them apart
         return twin
 
     def _overlapping(self, fraction: float) -> "VitokCodec":
@@ -283,14 +281,19 @@ class VitokCodec(Codec):
             return self
         twin = copy.copy(self)
         twin._tile_overlap = None if fraction == self.tok.config.tile_overlap else float(fraction)
-        twin.name = f"vitok:{self.model_ref}"
-        if twin._tile_overlap is not None:   # rd tables and caches tell it from the model's own tiling
+        return twin
+
+    @property
+    def name(self) -> str:
+        """``vitok:MODEL``, with the tiles' overlap when it is not the model's and ``+refineN`` when refining: rd
+        tables and caches tell such twins from the plain codec."""
+        name = f"vitok:{self.model_ref}"
+        if self._tile_overlap is not None:
             from vitok.geometry import overlap_pixels
 
-            twin.name += f" (overlap {overlap_pixels(self.tok.config.tile_size, fraction, self.tok.spatial_stride)} px)"
-        if twin._refine:
-            twin.name += f"+refine{twin._refine}"
-        return twin
+            tok = self.tok
+            name += f" (overlap {overlap_pixels(tok.config.tile_size, self._tile_overlap, tok.spatial_stride)} px)"
+        return name + (f"+refine{self._refine}" if self._refine else "")
 
     @property
     def tiling(self) -> dict[str, Any]:
@@ -584,10 +587,8 @@ class VitokCodec(Codec):
     def _unit_costs(self, frames: np.ndarray, step: float) -> tuple[UnitCosts, Any]:
         """Tokenize a chunk once (1D model) and, for every candidate token count, code and decode it to get each
         unit's estimated bits and blend-weighted squared error; also returns the tokens ``(units * K, C)``."""
-        import torch
-
         from vitok.data.convert import frames_to_tensor
-        from vitok.geometry import blend_weights, pad_chunk
+        from vitok.geometry import pad_chunk, real_blend_weights
 
         tok, tables = self.tok, self.tables
         index, K = tables.table_index(step), tok.max_tokens
@@ -595,8 +596,6 @@ class VitokCodec(Codec):
         z = tok.encode(x, tile_overlap=self._tile_overlap).z[0].float()
         g = self.plan(*x.shape[2:])
         ref = pad_chunk(x, g.unit_frames, g.rows.padded, g.cols.padded)[0].float()
-        real = torch.zeros(g.unit_frames, g.rows.padded, g.cols.padded, device=ref.device)
-        real[:g.frames, :g.height, :g.width] = 1
         counts = token_grid(K)
         bits, sse = np.zeros((g.units, len(counts))), np.zeros((g.units, len(counts)))
         for c, k in enumerate(counts):
@@ -606,9 +605,9 @@ class VitokCodec(Codec):
                 bits[u, c] = tables.estimate_bits(q[u * k:(u + 1) * k], index, context_grid(None, k))
             lat = self._latents(q, k, step, *x.shape[2:])
             for u, (_, (i, j, y0, x0), tile) in enumerate(tok.decode_tiles(lat)):
-                box = (slice(None), slice(y0, y0 + g.rows.tile), slice(x0, x0 + g.cols.tile))
-                weight = real[box] * blend_weights(g, i, j, ref.device)
-                err = (tile[0].float().clamp(-1, 1) - ref[(slice(None), *box)]) * 127.5
+                box = (slice(None), slice(None), slice(y0, y0 + g.rows.tile), slice(x0, x0 + g.cols.tile))
+                weight = real_blend_weights(g, i, j, y0, x0, ref.device)
+                err = (tile[0].float().clamp(-1, 1) - ref[box]) * 127.5
                 sse[u, c] = float((err.square() * weight).sum())
         return UnitCosts(counts, bits, sse, frames.size), z
 
@@ -696,6 +695,11 @@ class VitokCodec(Codec):
             for item, code in best[1]:
                 yield replace(code, payload=spill.get(item))
 
+    def _per_tile(self, frames: np.ndarray, adapt_units: bool) -> bool:
+        """Whether rate control picks a token count per tile for chunks like ``frames``: asked to (``adapt_units``),
+        on a 1D model whose frames span several tiles."""
+        return adapt_units and self.is_1d and self.plan(*frames.shape[:3]).units > 1
+
     def _code_chunks(self, chunks: Iterable[np.ndarray], step: float | None, tokens: int | None,
                      target_bytes: int | None, psnr: float | None, header_bytes: int,
                      adapt_units: bool = True) -> Iterator[ChunkCode]:
@@ -714,7 +718,7 @@ class VitokCodec(Codec):
         if first is None:
             return
         chunks = itertools.chain([first], chunks)
-        if adapt_units and self.is_1d and self.plan(*first.shape[:3]).units > 1:  # a token count per tile
+        if self._per_tile(first, adapt_units):
             unit_step = float(np.float32(DEFAULT_STEP if step is None else step))   # as _code codes it
             if psnr is not None:
                 prev = None
@@ -886,8 +890,8 @@ class VitokCodec(Codec):
         if first is None:
             raise BitstreamError("empty input video: no frames to encode")
         h, w = first.shape[1:3]
-        if self._refine and (bytes is not None or psnr is not None) and adapt_units and self.is_1d and \
-                self.plan(*first.shape[:3]).units > 1:   # before the header is written
+        if self._refine and (bytes is not None or psnr is not None) and self._per_tile(first, adapt_units):
+            # refused before the header is written
             raise CodecError("refine with bytes/psnr on a 1D model whose frames span several tiles: choose one token "
                              "count per chunk (--per-chunk; adapt_units=False) or leave refine out")
         asked = DEFAULT_STEP if step is None and bytes is None and psnr is None else step

@@ -37,7 +37,7 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
     is left as it was."""
     import torch
 
-    from vitok.geometry import blend_weights, pad_region
+    from vitok.geometry import pad_region, real_blend_weights
 
     if steps <= 0:
         return z
@@ -55,8 +55,7 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
             batch = tiles[first:first + TILES_PER_BATCH]
             target = torch.cat([pad_region(frames, g.unit_frames, g.rows.padded, g.cols.padded, y0, x0, g.rows.tile,
                                            g.cols.tile) for _, _, y0, x0 in batch]).to(given.device, torch.float32)
-            weight = torch.stack([_real(g, y0, x0, given.device) * blend_weights(g, i, j, given.device)
-                                  for i, j, y0, x0 in batch])[:, None]
+            weight = torch.stack([real_blend_weights(g, i, j, y0, x0, given.device) for i, j, y0, x0 in batch])[:, None]
             mask = None if tokens is None else tok.token_mask(len(batch), tokens, given.device)
             u = (given[first:first + len(batch)] / std).requires_grad_(True)
             opt = torch.optim.Adam([u], lr=LEARNING_RATE)
@@ -70,12 +69,3 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
             out[:, tokens:] = given[:, tokens:]
         return out.reshape(z.shape).to(z.dtype)
 
-
-def _real(g: Any, y0: int, x0: int, device: Any) -> torch.Tensor:
-    """1 where a tile starting at ``(y0, x0)`` of plan ``g`` covers the video's real frames and pixels, else 0
-    (padding)."""
-    import torch
-
-    real = torch.zeros(g.unit_frames, g.rows.tile, g.cols.tile, device=device)
-    real[:g.frames, :max(0, g.height - y0), :max(0, g.width - x0)] = 1
-    return real

@@ -162,3 +162,13 @@ def ramp(axis: Axis, index: int, device: torch.device | str | None = None) -> to
 def blend_weights(geo: Geometry, i: int, j: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(tile_h, tile_w) weights of tile (i, j); summed over all tiles they are 1 at every padded pixel."""
     return ramp(geo.rows, i, device)[:, None] * ramp(geo.cols, j, device)[None, :]
+
+
+def real_blend_weights(geo: Geometry, i: int, j: int, y0: int, x0: int,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+    """(unit_frames, tile_h, tile_w) weights of tile (i, j) at ``(y0, x0)`` over the video's real frames and pixels,
+    0 on padding: what a tile's squared error is weighed by where tiles are costed or refined alone (summed over
+    the tiles, their weighted errors bound the blended frame's)."""
+    real = torch.zeros(geo.unit_frames, geo.rows.tile, geo.cols.tile, device=device)
+    real[:geo.frames, :max(0, geo.height - y0), :max(0, geo.width - x0)] = 1
+    return real * blend_weights(geo, i, j, device)
