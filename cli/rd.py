@@ -147,9 +147,8 @@ def _plot_options(f):
               help="For 1D vitok models swept without --op, also run PSNR-target rate control (token study).")
 @click.option("--refine", type=click.IntRange(min=1, max=MAX_REFINE_STEPS), default=None, metavar="STEPS",
               help="Also sweep every vitok codec's points with its tokens refined by STEPS Adam steps through the "
-                   "decoder (as `vitok encode --refine`): a curve of its own, named CODEC+refineSTEPS. Refined "
-                   "--psnr/--bytes points choose one token count per chunk (adapt_units=false); the PSNR-target "
-                   "rate-control pass runs on the points as given only.")
+                   "decoder (as `vitok encode --refine`): a curve of its own, named CODEC+refineSTEPS. The "
+                   "PSNR-target rate-control pass runs on the points as given only.")
 @overwrite_option
 @quiet_option
 @json_option
@@ -178,18 +177,11 @@ def run(clips, codecs, ops, metrics, x, anchor, method, output, workers, max_fra
             raise VitokError("--refine refines vitok codecs' tokens: select one with --codec vitok:NAME")
         for c in neural:
             points = op_map.get(c) or get_codec(c).operating_points()
-            op_map[c] = [*points, *(_refined(op, refine) for op in points)]
+            op_map[c] = [*points, *({**op, "refine": refine} for op in points)]
     with fresh_cache(out) if fresh else nullcontext(CACHE_FILE) as cache_name:  # the old cache stays until the end
         kw = dict(workers=workers, cache_dir=out, cache_name=cache_name, progress=not quiet, max_frames=max_frames)
         records = _sweep(list(clips), codec_list, op_map, rate_control, kw, given)
     _report(records, out, metrics, x, anchor, method, as_json)
-
-
-def _refined(op: dict, steps: int) -> dict:
-    """An operating point with its tokens refined; a rate-control point codes one token count per chunk, as
-    refinement needs (per-tile rate control refuses it)."""
-    rate_controlled = ("psnr" in op or "bytes" in op) and "adapt_units" not in op
-    return {**op, "refine": steps, **({"adapt_units": False} if rate_controlled else {})}
 
 
 def _sweep(clips: list[str], codecs: list[str], op_map: dict[str, list[dict]], rate_control: bool,

@@ -383,9 +383,11 @@ class VitokCodec(Codec):
 
         z, grid = tokens_of
         x = frames_to_tensor(frames, device=self.tok.device)
-        flat = refine_tokens(self.tok, x, z.reshape(-1, z.shape[-1]), self._refine, tokens, self._tile_overlap,
-                             self.tables.std)
-        return flat.view(z.shape), grid
+        return self._refined(x, z.reshape(-1, z.shape[-1]), tokens).view(z.shape), grid
+
+    def _refined(self, x: Any, z: Any, tokens: int | None) -> Any:
+        """A 1D chunk's tokens ``z`` ``(units * K, C)`` refined for ``tokens`` per unit (every tile alone)."""
+        return refine_tokens(self.tok, x, z, self._refine, tokens, self._tile_overlap, self.tables.std)
 
     def _code_tokens(self, tokens_of: tuple[Any, tuple[int, int, int] | None], frames: int, tokens: int | None,
                      step: float, prev: "np.ndarray | TokenCarry | None" = None) -> ChunkCode:
@@ -586,7 +588,11 @@ class VitokCodec(Codec):
 
     def _unit_costs(self, frames: np.ndarray, step: float) -> tuple[UnitCosts, Any]:
         """Tokenize a chunk once (1D model) and, for every candidate token count, code and decode it to get each
-        unit's estimated bits and blend-weighted squared error; also returns the tokens ``(units * K, C)``."""
+        unit's estimated bits and blend-weighted squared error; also returns the tokens ``(n, units * K, C)``: n=1,
+        or, when the codec refines, one set per candidate count, refined for it (tiles are refined apart, so a tile's
+        tokens for a count do not depend on the other tiles' counts)."""
+        import torch
+
         from vitok.data.convert import frames_to_tensor
         from vitok.geometry import pad_chunk, real_blend_weights
 
@@ -597,9 +603,10 @@ class VitokCodec(Codec):
         g = self.plan(*x.shape[2:])
         ref = pad_chunk(x, g.unit_frames, g.rows.padded, g.cols.padded)[0].float()
         counts = token_grid(K)
+        per_count = [self._refined(x, z, k) for k in counts] if self._refine else [z]
         bits, sse = np.zeros((g.units, len(counts))), np.zeros((g.units, len(counts)))
         for c, k in enumerate(counts):
-            zk = z.reshape(g.units, K, -1)[:, :k].reshape(g.units * k, -1)
+            zk = (per_count[c] if self._refine else z).reshape(g.units, K, -1)[:, :k].reshape(g.units * k, -1)
             q = tables.quantize(zk, step, index, tokens=k, grid=context_grid(None, k))
             for u in range(g.units):
                 bits[u, c] = tables.estimate_bits(q[u * k:(u + 1) * k], index, context_grid(None, k))
@@ -609,16 +616,19 @@ class VitokCodec(Codec):
                 weight = real_blend_weights(g, i, j, y0, x0, ref.device)
                 err = (tile[0].float().clamp(-1, 1) - ref[box]) * 127.5
                 sse[u, c] = float((err.square() * weight).sum())
-        return UnitCosts(counts, bits, sse, frames.size), z
+        return UnitCosts(counts, bits, sse, frames.size), torch.stack(per_count)
 
     def _code_units(self, z: Any, tokens: tuple[int, ...], step: float, frames: int,
                     prev: TokenCarry | None = None) -> ChunkCode:
-        """Code the first ``tokens[u]`` of each unit's K tokens ``z`` ``(units * K, C)`` (predicted from ``prev``
-        when that is shorter)."""
+        """Code the first ``tokens[u]`` of each unit's K tokens, from ``_unit_costs``' ``z`` ``(n, units * K, C)``
+        (refined: the set for that count), predicted from ``prev`` when that is shorter."""
         import torch
 
-        kept = z.reshape(len(tokens), self.tok.max_tokens, -1)
-        return self._code(torch.cat([kept[u, :k] for u, k in enumerate(tokens)]), tokens, step, None, frames, prev)
+        K = self.tok.max_tokens
+        kept = z.reshape(len(z), len(tokens), K, -1)
+        which = {k: 0 for k in tokens} if len(z) == 1 else {k: token_grid(K).index(k) for k in tokens}
+        return self._code(torch.cat([kept[which[k], u, :k] for u, k in enumerate(tokens)]), tokens, step, None,
+                          frames, prev)
 
     def _units_to_psnr(self, frames: np.ndarray, step: float, target: float,
                        prev: TokenCarry | None = None) -> ChunkCode:
@@ -890,10 +900,6 @@ class VitokCodec(Codec):
         if first is None:
             raise BitstreamError("empty input video: no frames to encode")
         h, w = first.shape[1:3]
-        if self._refine and (bytes is not None or psnr is not None) and self._per_tile(first, adapt_units):
-            # refused before the header is written
-            raise CodecError("refine with bytes/psnr on a 1D model whose frames span several tiles: choose one token "
-                             "count per chunk (--per-chunk; adapt_units=False) or leave refine out")
         asked = DEFAULT_STEP if step is None and bytes is None and psnr is None else step
         header = VtokHeader(w, h, fps, self.tok.clip_frames, meta=self.header_meta(asked, w, h, sample_aspect_ratio))
         writer = VtokWriter(out, header)   # packing the header checks it, before anything is written

@@ -537,15 +537,15 @@ def test_rd_refine_adds_a_refined_curve_of_each_vitok_codec(tmp_path, small_clip
                                                               "2", "-o", str(tmp_path / "bad")])
 
 
-def test_rd_refine_codes_rate_control_points_per_chunk(tmp_path, small_clip, tiny_model):
-    """A PSNR-target point on frames of several tiles, refined, codes one count per chunk (per-tile rate control
-    refuses refinement), so the sweep finishes."""
+def test_rd_refine_sweeps_rate_control_points_as_given(tmp_path, small_clip, tiny_model):
+    """A PSNR-target point, refined, is the point as given with its tokens refined (rate control refines every count
+    it weighs, per chunk or per tile)."""
     neural = f"vitok:{tiny_model}"
     out = tmp_path / "rd"
     _invoke(["rd", str(small_clip), "--codec", neural, "--op", f"{neural}:psnr=12", "--refine", "2", "--frames", "3",
              "--anchor", neural, "-o", str(out), "-q"])
     records = json.loads((out / "records.json").read_text())
-    assert [r["op"] for r in records] == [{"psnr": 12}, {"psnr": 12, "refine": 2, "adapt_units": False}]
+    assert [r["op"] for r in records] == [{"psnr": 12}, {"psnr": 12, "refine": 2}]
 
 
 def test_compare_refine_codes_vitok_refined(tmp_path, small_clip, tiny_model):
