@@ -362,7 +362,7 @@ class VitokCodec(Codec):
         """A chunk's tokens, every one (1D models: ``(units, K, C)``, whose prefixes are what ``encode`` keeps for
         fewer tokens), and the unit grid (None for 1D): rate control codes many settings from one encoder pass.
         A grid model's tokens come refined when the codec refines (one refinement serves every step); a 1D model's
-        are refined per token count (``_for_count``)."""
+        are refined per token count (``_for_count``; per tile, ``_unit_costs``)."""
         from vitok.data.convert import frames_to_tensor
 
         x = frames_to_tensor(frames, device=self.tok.device)
@@ -588,9 +588,10 @@ class VitokCodec(Codec):
 
     def _unit_costs(self, frames: np.ndarray, step: float) -> tuple[UnitCosts, Any]:
         """Tokenize a chunk once (1D model) and, for every candidate token count, code and decode it to get each
-        unit's estimated bits and blend-weighted squared error; also returns the tokens ``(n, units * K, C)``: n=1,
-        or, when the codec refines, one set per candidate count, refined for it (tiles are refined apart, so a tile's
-        tokens for a count do not depend on the other tiles' counts)."""
+        unit's estimated bits and blend-weighted squared error. Also returns the tokens ``z`` ``(units, L, C)`` and
+        ``starts``: unit u keeping k tokens codes ``z[u, starts[k]:starts[k] + k]``. Unrefined, that is the prefix
+        of its K tokens; refined, the k tokens refined for count k (tiles are refined apart, so a tile's tokens for
+        a count do not depend on the other tiles' counts)."""
         import torch
 
         from vitok.data.convert import frames_to_tensor
@@ -603,10 +604,14 @@ class VitokCodec(Codec):
         g = self.plan(*x.shape[2:])
         ref = pad_chunk(x, g.unit_frames, g.rows.padded, g.cols.padded)[0].float()
         counts = token_grid(K)
-        per_count = [self._refined(x, z, k) for k in counts] if self._refine else [z]
+        if self._refine:   # each count's prefix refined for it, side by side (the tokens after it are never coded)
+            kept = torch.cat([self._refined(x, z, k).view(g.units, K, -1)[:, :k] for k in counts], dim=1)
+            starts = dict(zip(counts, np.cumsum([0, *counts[:-1]]).tolist()))
+        else:
+            kept, starts = z.view(g.units, K, -1), dict.fromkeys(counts, 0)
         bits, sse = np.zeros((g.units, len(counts))), np.zeros((g.units, len(counts)))
         for c, k in enumerate(counts):
-            zk = (per_count[c] if self._refine else z).reshape(g.units, K, -1)[:, :k].reshape(g.units * k, -1)
+            zk = kept[:, starts[k]:starts[k] + k].reshape(g.units * k, -1)
             q = tables.quantize(zk, step, index, tokens=k, grid=context_grid(None, k))
             for u in range(g.units):
                 bits[u, c] = tables.estimate_bits(q[u * k:(u + 1) * k], index, context_grid(None, k))
@@ -616,29 +621,26 @@ class VitokCodec(Codec):
                 weight = real_blend_weights(g, i, j, y0, x0, ref.device)
                 err = (tile[0].float().clamp(-1, 1) - ref[box]) * 127.5
                 sse[u, c] = float((err.square() * weight).sum())
-        return UnitCosts(counts, bits, sse, frames.size), torch.stack(per_count)
+        return UnitCosts(counts, bits, sse, frames.size), kept, starts
 
-    def _code_units(self, z: Any, tokens: tuple[int, ...], step: float, frames: int,
+    def _code_units(self, z: Any, starts: dict[int, int], tokens: tuple[int, ...], step: float, frames: int,
                     prev: TokenCarry | None = None) -> ChunkCode:
-        """Code the first ``tokens[u]`` of each unit's K tokens, from ``_unit_costs``' ``z`` ``(n, units * K, C)``
-        (refined: the set for that count), predicted from ``prev`` when that is shorter."""
+        """Code ``tokens[u]`` tokens of each unit u, from ``_unit_costs``' ``z`` and ``starts``, predicted from
+        ``prev`` when that is shorter."""
         import torch
 
-        K = self.tok.max_tokens
-        kept = z.reshape(len(z), len(tokens), K, -1)
-        which = {k: 0 for k in tokens} if len(z) == 1 else {k: token_grid(K).index(k) for k in tokens}
-        return self._code(torch.cat([kept[which[k], u, :k] for u, k in enumerate(tokens)]), tokens, step, None,
-                          frames, prev)
+        return self._code(torch.cat([z[u, starts[k]:starts[k] + k] for u, k in enumerate(tokens)]), tokens, step,
+                          None, frames, prev)
 
     def _units_to_psnr(self, frames: np.ndarray, step: float, target: float,
                        prev: TokenCarry | None = None) -> ChunkCode:
         """The chunk's cheapest per-unit token counts reaching ``target`` dB (``units_for_psnr``), each setting
         tried coded and decoded once (predicted from ``prev`` where shorter: the bytes, not the pixels, change)."""
-        costs, z = self._unit_costs(frames, step)
+        costs, z, starts = self._unit_costs(frames, step)
         tried: dict[tuple[int, ...], ChunkCode] = {}
 
         def measure(tokens: tuple[int, ...]) -> tuple[float, int]:
-            code = self._code_units(z, tokens, step, frames.shape[0], prev)
+            code = self._code_units(z, starts, tokens, step, frames.shape[0], prev)
             rec = self.reconstruct(code.q, code.tokens, step, *frames.shape[:3])
             code.psnr = psnr_from_sse(_sse(rec, frames), frames.size)
             tried[tokens] = code
@@ -657,22 +659,22 @@ class VitokCodec(Codec):
         with Spill() as spill:
             evaluated = []
             for chunk in chunks:
-                costs, z = self._unit_costs(chunk, step)
-                evaluated.append((chunk.shape[0], costs, spill.put_array(z.cpu().numpy())))
+                costs, z, starts = self._unit_costs(chunk, step)
+                evaluated.append((chunk.shape[0], costs, spill.put_array(z.cpu().numpy()), starts))
             budget = target_bytes - header_bytes   # for the chunks, framed
-            options = [opt for _, costs, _ in evaluated for opt in costs.options()]
+            options = [opt for _, costs, _, _ in evaluated for opt in costs.options()]
             # room for framing and for chunk headers with a count per unit (distinct counts: header_size's longest)
             target = budget - sum(framing_bytes(max(budget, 0)) + header_size(range(1, len(costs.bits) + 1))
-                                  for _, costs, _ in evaluated)
+                                  for _, costs, _, _ in evaluated)
             floor, ceiling = cheapest_bytes(options), sum(max(c.nbytes for c in o) for o in options)
             target = max(target, floor)   # below the estimates' floor, the fewest tokens are coded to tell
             best, fit, over = None, None, None
             for attempt in range(8):
                 pick, coded, at, prev = allocate_bytes(options, target), [], 0, None
-                for frames, costs, latents in evaluated:
+                for frames, costs, latents, starts in evaluated:
                     units = len(costs.bits)
                     z = torch.from_numpy(spill.get_array(latents)).to(self.tok.device)
-                    code = self._code_units(z, costs.tokens(pick[at:at + units]), step, frames, prev)
+                    code = self._code_units(z, starts, costs.tokens(pick[at:at + units]), step, frames, prev)
                     prev = code.carry
                     coded.append((spill.put(code.payload), replace(code, q=None, payload=b"", carry=None)))
                     at += units

@@ -61,7 +61,9 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
             opt = torch.optim.Adam([u], lr=LEARNING_RATE)
             for _ in range(steps):
                 rendered = tok.decode_unit((u * std).to(tok.dtype), mask, g.unit_size).float()
-                loss = ((rendered - target).square() * weight).sum() / weight.sum().clamp_min(1)
+                # each tile's error over its own weight: a tile's steps do not depend on the tiles beside it
+                loss = (((rendered - target).square() * weight).flatten(1).sum(1) /
+                        weight.flatten(1).sum(1).clamp_min(1)).sum()
                 u.grad, = torch.autograd.grad(loss, [u])   # the model's parameters collect nothing
                 opt.step()
             out[first:first + len(batch)] = u.detach() * std
