@@ -586,7 +586,7 @@ class VitokCodec(Codec):
         code.psnr = cand.psnr
         return cand, code
 
-    def _unit_costs(self, frames: np.ndarray, step: float) -> tuple[UnitCosts, Any]:
+    def _unit_costs(self, frames: np.ndarray, step: float) -> tuple[UnitCosts, Any, dict[int, int]]:
         """Tokenize a chunk once (1D model) and, for every candidate token count, code and decode it to get each
         unit's estimated bits and blend-weighted squared error. Also returns the tokens ``z`` ``(units, L, C)`` and
         ``starts``: unit u keeping k tokens codes ``z[u, starts[k]:starts[k] + k]``. Unrefined, that is the prefix
