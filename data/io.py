@@ -654,11 +654,14 @@ def _limited_yuv(pix_fmt: str) -> bool:
 
 def frame_size_problem(encoder: str, width: int, height: int) -> str | None:
     """Why ``encoder`` must not be given frames of this size here, or None: x265 corrupts its heap on some frames
-    under 64x64, and SVT-AV1 never returns from frames thinner than 25 px and longer than 64 (16x80, 24x66, 100x24;
-    SIGTERM cannot stop it then)."""
+    under 64x64, SVT-AV1 in PyAV 18.1.1's FFmpeg on 2x2, 4x4 and 8x8 frames (the process aborts), and SVT-AV1
+    never returns from frames thinner than 25 px and longer than 64 (16x80, 24x66, 100x24; SIGTERM cannot stop it
+    then)."""
     short, long = sorted((width, height))
     if encoder == "libx265" and short < 64:
         return f"frames must be at least 64x64, got {width}x{height}"
+    if encoder == "libsvtav1" and short < 16:
+        return f"frames must be at least 16x16, got {width}x{height}"
     if encoder == "libsvtav1" and short < 25 and long > 64:
         return f"frames with a side under 25 px must be at most 64x64 (SVT-AV1 hangs on thin ones), got " \
                f"{width}x{height}"

@@ -262,10 +262,22 @@ def test_bad_frames_are_codec_errors(bad):
         get_codec("h264").encode(bad, 25)
 
 
-def test_an_encoder_that_will_not_open_is_a_codec_error():
-    """SVT-AV1 refuses 2x2 frames when it opens: a CodecError naming the encoder and size, not PyAV's own."""
-    with pytest.raises(CodecError, match=r"av1: libsvtav1 cannot encode these 2x2 frames: .*avcodec_open2"):
-        get_codec("av1").encode(np.zeros((2, 2, 2, 3), np.uint8), 25)
+def test_an_encoder_that_will_not_open_is_a_codec_error(monkeypatch):
+    """An encoder FFmpeg will not open (SVT-AV1 on 2x64 frames in PyAV 18.1.0) is a CodecError naming the encoder
+    and size, not PyAV's own; SVT-AV1's tiny frames, which abort the process in PyAV 18.1.1, are refused first."""
+    import av
+
+    import vitok.codecs.classical as classical
+
+    def will_not_open(*_):
+        raise av.error.FFmpegError(22, "Invalid argument", 'avcodec_open2("libx264")')
+
+    monkeypatch.setattr(classical, "flushed_packets", will_not_open)
+    with pytest.raises(CodecError, match=r"h264: libx264 cannot encode these 8x6 frames: .*avcodec_open2"):
+        get_codec("h264").encode(np.zeros((2, 6, 8, 3), np.uint8), 25)
+    for side in (2, 8, 15):
+        with pytest.raises(CodecError, match=f"av1: frames must be at least 16x16, got {side}x{side}"):
+            get_codec("av1").encode(np.zeros((2, side, side, 3), np.uint8), 25)
 
 
 @pytest.mark.parametrize("name", CLASSICAL)
