@@ -56,18 +56,17 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
             target = torch.cat([pad_region(frames, g.unit_frames, g.rows.padded, g.cols.padded, y0, x0, g.rows.tile,
                                            g.cols.tile) for _, _, y0, x0 in batch]).to(given.device, torch.float32)
             weight = torch.stack([real_blend_weights(g, i, j, y0, x0, given.device) for i, j, y0, x0 in batch])[:, None]
+            # each tile's error over its own weight: a tile's steps do not depend on the tiles beside it
+            norm = weight.flatten(1).sum(1).clamp_min(1)
             mask = None if tokens is None else tok.token_mask(len(batch), tokens, given.device)
             u = (given[first:first + len(batch)] / std).requires_grad_(True)
             opt = torch.optim.Adam([u], lr=LEARNING_RATE)
             for _ in range(steps):
                 rendered = tok.decode_unit((u * std).to(tok.dtype), mask, g.unit_size).float()
-                # each tile's error over its own weight: a tile's steps do not depend on the tiles beside it
-                loss = (((rendered - target).square() * weight).flatten(1).sum(1) /
-                        weight.flatten(1).sum(1).clamp_min(1)).sum()
+                loss = (((rendered - target).square() * weight).flatten(1).sum(1) / norm).sum()
                 u.grad, = torch.autograd.grad(loss, [u])   # the model's parameters collect nothing
                 opt.step()
             out[first:first + len(batch)] = u.detach() * std
         if tokens is not None:   # never seen by the decoder: exactly as the encoder gave them
             out[:, tokens:] = given[:, tokens:]
         return out.reshape(z.shape).to(z.dtype)
-
