@@ -328,7 +328,8 @@ class VitokCodec(Codec):
         rounding = self.tables.encoder_setting
         overlap = "" if self._tile_overlap is None else f"-overlap{self._tile_overlap:g}"
         carry = "-continued" if self.carries else ""   # chunks after the first code otherwise than before
-        refine = f"-refine{self._refine}" if self._refine else ""
+        # q: a 1D model's refinement rounds its last steps to the step coded
+        refine = f"-refine{self._refine}{'q' if self.is_1d else ''}" if self._refine else ""
         return (f"{self.tok.weights_hash[:16]}-{self.tok.config.digest()[:12]}-{self.tables.table_id}"
                 f"{'-' + rounding if rounding else ''}{overlap}{refine}{carry}-v{VERSION}")
 
@@ -355,14 +356,15 @@ class VitokCodec(Codec):
         chunk's ``carry``, which it continues from (``_code``)."""
         self.tables.table_index(_float32_step(step))   # a step the stream cannot store is refused before encoding
         tokens = self._check_tokens(tokens)
-        tokens_of = self._for_count(frames, self._tokens_of(frames), tokens)
+        tokens_of = self._for_count(frames, self._tokens_of(frames), tokens, step)
         return self._code_tokens(tokens_of, frames.shape[0], tokens, step, prev)
 
     def _tokens_of(self, frames: np.ndarray) -> tuple[Any, tuple[int, int, int] | None]:
         """A chunk's tokens, every one (1D models: ``(units, K, C)``, whose prefixes are what ``encode`` keeps for
         fewer tokens), and the unit grid (None for 1D): rate control codes many settings from one encoder pass.
-        A grid model's tokens come refined when the codec refines (one refinement serves every step); a 1D model's
-        are refined per token count (``_for_count``; per tile, ``_unit_costs``)."""
+        A grid model's tokens come refined when the codec refines (one refinement serves every step: rounding its
+        last steps to the step coded did not pay there, README "Encoder-side refinement"); a 1D model's are refined
+        per token count and step (``_for_count``; per tile, ``_unit_costs``)."""
         from vitok.data.convert import frames_to_tensor
 
         x = frames_to_tensor(frames, device=self.tok.device)
@@ -374,20 +376,23 @@ class VitokCodec(Codec):
                              scale=self.tables.std), lat.grid
 
     def _for_count(self, frames: np.ndarray, tokens_of: tuple[Any, tuple[int, int, int] | None],
-                   tokens: int | None) -> tuple[Any, tuple[int, int, int] | None]:
-        """``_tokens_of``'s tokens as a chunk keeping ``tokens`` per unit codes them: a 1D model's refined for that
-        count when the codec refines (the decoder renders the kept prefix alone), else as they are."""
+                   tokens: int | None, step: float) -> tuple[Any, tuple[int, int, int] | None]:
+        """``_tokens_of``'s tokens as a chunk keeping ``tokens`` per unit at ``step`` codes them: a 1D model's
+        refined for that count and step when the codec refines (the decoder renders the kept prefix alone), else as
+        they are."""
         if not (self.is_1d and self._refine):
             return tokens_of
         from vitok.data.convert import frames_to_tensor
 
         z, grid = tokens_of
         x = frames_to_tensor(frames, device=self.tok.device)
-        return self._refined(x, z.reshape(-1, z.shape[-1]), tokens).view(z.shape), grid
+        return self._refined(x, z.reshape(-1, z.shape[-1]), tokens, step).view(z.shape), grid
 
-    def _refined(self, x: Any, z: Any, tokens: int | None) -> Any:
-        """A 1D chunk's tokens ``z`` ``(units * K, C)`` refined for ``tokens`` per unit (every tile alone)."""
-        return refine_tokens(self.tok, x, z, self._refine, tokens, self._tile_overlap, self.tables.std)
+    def _refined(self, x: Any, z: Any, tokens: int | None, step: float) -> Any:
+        """A 1D chunk's tokens ``z`` ``(units * K, C)`` refined for ``tokens`` per unit coded at ``step`` (every
+        tile alone)."""
+        return refine_tokens(self.tok, x, z, self._refine, tokens, self._tile_overlap, self.tables.std, step,
+                             self.tables.mean)
 
     def _code_tokens(self, tokens_of: tuple[Any, tuple[int, int, int] | None], frames: int, tokens: int | None,
                      step: float, prev: "np.ndarray | TokenCarry | None" = None) -> ChunkCode:
@@ -605,7 +610,7 @@ class VitokCodec(Codec):
         ref = pad_chunk(x, g.unit_frames, g.rows.padded, g.cols.padded)[0].float()
         counts = token_grid(K)
         if self._refine:   # each count's prefix refined for it, side by side (the tokens after it are never coded)
-            kept = torch.cat([self._refined(x, z, k).view(g.units, K, -1)[:, :k] for k in counts], dim=1)
+            kept = torch.cat([self._refined(x, z, k, step).view(g.units, K, -1)[:, :k] for k in counts], dim=1)
             starts = dict(zip(counts, np.cumsum([0, *counts[:-1]]).tolist()))
         else:
             kept, starts = z.view(g.units, K, -1), dict.fromkeys(counts, 0)
@@ -748,7 +753,7 @@ class VitokCodec(Codec):
                 tokens_of = self._tokens_of(chunk)
 
                 def evaluate(i: int, chunk=chunk, codes=codes, tokens_of=tokens_of, prev=prev) -> Candidate:
-                    counted = self._for_count(chunk, tokens_of, grid[i][0])
+                    counted = self._for_count(chunk, tokens_of, *grid[i])
                     cand, codes[i] = self._evaluate(chunk, *grid[i], counted, prev)
                     return cand
 
@@ -778,7 +783,7 @@ class VitokCodec(Codec):
             options, kept, carries = [], [], [None] * len(grid)
             for chunk in chunks:
                 tokens_of = self._tokens_of(chunk)
-                counted = [self._for_count(chunk, tokens_of, g[0]) for g in grid]   # the same, unless refined
+                counted = [self._for_count(chunk, tokens_of, *g) for g in grid]   # the same, unless refined
                 pairs = [self._evaluate(chunk, *g, counted[i], carries[i]) for i, g in enumerate(grid)]
                 options.append([Cost(cand.nbytes + framing_bytes(cand.nbytes), cand.sse) for cand, _ in pairs])
                 carries = [code.carry for _, code in pairs]

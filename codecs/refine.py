@@ -1,7 +1,9 @@
 """Encoder-side latent refinement: a chunk's tokens, as the encoder gives them, take a few Adam steps towards tokens
 the frozen decoder renders closer to the chunk's frames. An encoder network leaves part of what its decoder could
 render on the table (the amortization gap: README, "Bundled models"); a few steps of gradient descent
-close some of it. Only encoding takes longer: the decoder, the entropy tables and the stream format stay as they are.
+close some of it. When the quantization step is known, the last quarter of the steps render the tokens as the decoder
+will get them, rounded to the step (straight-through gradients): tokens chosen to decode well once quantized.
+Only encoding takes longer: the decoder, the entropy tables and the stream format stay as they are.
 """
 from __future__ import annotations
 
@@ -27,14 +29,17 @@ def check_refine(steps: Any) -> int:
 
 
 def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, tokens: int | None = None,
-                  tile_overlap: float | None = None, scale: Sequence[float] | None = None) -> torch.Tensor:
+                  tile_overlap: float | None = None, scale: Sequence[float] | None = None,
+                  step: float | None = None, offset: np.ndarray | None = None) -> torch.Tensor:
     """``z`` ``(units * n, C)``, the tokens ``tok.encode`` gives the one-chunk ``video`` ``(1, 3, T, H, W)``, after
     ``steps`` Adam steps on each tile's squared error over the frame's real pixels, weighed by the tile's blend
     weights (the sum bounds the blended frame's error, and tiles are refined independently, a few at a time). 1D
     models: the decoder sees each unit's first ``tokens`` (None: all K); the tokens after them are returned as given.
     ``scale``: each channel's unit for Adam's steps, the entropy tables' std, which quantization steps count in
-    (default: the model's latent std). Gradients reach the tokens alone, whatever the caller's grad mode: the model
-    is left as it was."""
+    (default: the model's latent std). ``step``: the quantization step the tokens will be coded at (in units of
+    ``scale``, about ``offset``, the tables' ``mean``); the last ``steps // 4`` steps decode them rounded to it,
+    with the gradient passed straight through the rounding (None: never rounded). Gradients reach the tokens alone,
+    whatever the caller's grad mode: the model is left as it was."""
     import torch
 
     from vitok.geometry import pad_region, real_blend_weights
@@ -49,6 +54,9 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
         given = z.detach().clone().float().reshape(len(tiles), tok.tokens_per_unit(*g.unit_size), -1)
         unit = scale if scale is not None else tok.config.latent_std or [1.0] * given.shape[-1]
         std = torch.as_tensor(np.asarray(unit, np.float32), device=given.device)
+        centre = torch.as_tensor(np.zeros(1) if offset is None else offset, dtype=torch.float32,
+                                 device=given.device) / std
+        rounded_from = steps - (steps // 4 if step else 0)
         frames = video.detach().clone()
         out = given.clone()
         for first in range(0, len(tiles), TILES_PER_BATCH):
@@ -61,8 +69,9 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
             mask = None if tokens is None else tok.token_mask(len(batch), tokens, given.device)
             u = (given[first:first + len(batch)] / std).requires_grad_(True)
             opt = torch.optim.Adam([u], lr=LEARNING_RATE)
-            for _ in range(steps):
-                rendered = tok.decode_unit((u * std).to(tok.dtype), mask, g.unit_size).float()
+            for i in range(steps):
+                seen = u if i < rounded_from else u + _rounding(u - centre, step).detach()
+                rendered = tok.decode_unit((seen * std).to(tok.dtype), mask, g.unit_size).float()
                 loss = (((rendered - target).square() * weight).flatten(1).sum(1) / norm).sum()
                 u.grad, = torch.autograd.grad(loss, [u])   # the model's parameters collect nothing
                 opt.step()
@@ -70,3 +79,10 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
         if tokens is not None:   # never seen by the decoder: exactly as the encoder gave them
             out[:, tokens:] = given[:, tokens:]
         return out.reshape(z.shape).to(z.dtype)
+
+
+def _rounding(v: torch.Tensor, step: float) -> torch.Tensor:
+    """What rounding ``v`` to a multiple of ``step`` adds to it, as the quantizer's nearest rounding does."""
+    import torch
+
+    return torch.round(v / step) * step - v
