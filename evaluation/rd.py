@@ -87,9 +87,13 @@ def curve_name(codec: str, op: dict) -> str:
     return f"{codec}+refine{steps}" if steps else codec
 
 
-def codec_identity(codec: Any) -> str:
+def codec_identity(codec: Any, op: dict | None = None) -> str:
     """What makes a codec's output change besides its name (``Codec.identity``: a vitok model's weights and entropy
-    tables, a classical codec's FFmpeg build); "" for codec objects that do not say."""
+    tables, a classical codec's FFmpeg build); "" for codec objects that do not say. A point refined (``refine``
+    in ``op``) takes the refining codec's identity, which says how it refines."""
+    steps = (op or {}).get("refine")
+    if steps and hasattr(codec, "with_refinement"):
+        codec = codec.with_refinement(steps)
     return getattr(codec, "identity", "")
 
 
@@ -331,14 +335,13 @@ def rd_sweep(clips: Iterable, codecs: Sequence, operating_points: Any = None, *,
     cache = load_cache(cache_dir, cache_name) if cache_dir is not None else {}
     cache_str = None if cache_dir is None else str(cache_dir)
 
-    idents = {name: codec_identity(obj) for name, obj in objs.items()}
     jobs: list[_Job] = []
     once = list({codec_name(c): c for c in codecs}.values())   # a codec named twice runs once
     for clip in clip_list:
         for c in once:
             name = codec_name(c)
             for op in _ops_for(c, objs[name], operating_points):
-                key = record_key(clip, name, op, measured, max_frames, idents[name])
+                key = record_key(clip, name, op, measured, max_frames, codec_identity(objs[name], op))
                 jobs.append(_Job(clip, c, op, key, metrics, max_frames, cache_str))
     todo = [j for j in jobs if j.key not in cache]
     done: dict[str, dict] = {j.key: cache[j.key] for j in jobs if j.key in cache}

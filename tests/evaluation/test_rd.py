@@ -322,6 +322,18 @@ def test_cache_key_follows_a_vitok_models_config(tmp_path, tiny_model):
     assert rd_mod.codec_identity(a) != rd_mod.codec_identity(b)
 
 
+def test_a_refined_points_key_follows_how_the_codec_refines(tiny_model):
+    """Refined points took the unrefined codec's identity: records of an earlier refinement were reused after it
+    changed (1D models now round their last steps to the step coded)."""
+    from vitok.codecs import get_codec
+
+    codec = get_codec(f"vitok:{tiny_model}")
+    refined = rd_mod.codec_identity(codec, {"step": 0.5, "refine": 3})
+    assert refined == codec.with_refinement(3).identity != rd_mod.codec_identity(codec, {"step": 0.5})
+    assert rd_mod.codec_identity(codec, {"step": 0.5, "refine": 0}) == codec.identity
+    assert rd_mod.codec_identity(get_codec("h264"), {"crf": 30}) == get_codec("h264").identity
+
+
 def test_any_spelling_or_copy_of_a_file_names_the_same_records(tmp_path, monkeypatch):
     """A folder moved or copied elsewhere (another machine) kept its content but not its records: the key named
     the absolute path."""
