@@ -271,7 +271,7 @@ class VitokCodec(Codec):
         steps = check_refine(steps)
         if steps == self._refine:
             return self
-        twin = copy.copy(self)
+        twin = copy.copy(self.load())   # the twin shares the model and tables, loaded once
         twin._refine = steps
         return twin
 
@@ -323,8 +323,8 @@ class VitokCodec(Codec):
     @property
     def identity(self) -> str:
         """The model's weights, its config (tiling, clip length), the entropy tables (and the encoder's rounding,
-        overlap and whether chunks continue their contexts) and the ``.vtok`` version: a model retrained or
-        reconfigured in place codes differently, and another format frames it in other bytes."""
+        overlap, refinement and whether chunks continue their contexts) and the ``.vtok`` version: a model retrained
+        or reconfigured in place codes differently, and another format frames it in other bytes."""
         rounding = self.tables.encoder_setting
         overlap = "" if self._tile_overlap is None else f"-overlap{self._tile_overlap:g}"
         carry = "-continued" if self.carries else ""   # chunks after the first code otherwise than before
@@ -362,9 +362,9 @@ class VitokCodec(Codec):
     def _tokens_of(self, frames: np.ndarray) -> tuple[Any, tuple[int, int, int] | None]:
         """A chunk's tokens, every one (1D models: ``(units, K, C)``, whose prefixes are what ``encode`` keeps for
         fewer tokens), and the unit grid (None for 1D): rate control codes many settings from one encoder pass.
-        A grid model's tokens come refined when the codec refines (one refinement serves every step: rounding its
-        last steps to the step coded did not pay there, README "Encoder-side refinement"); a 1D model's are refined
-        per token count and step (``_for_count``; per tile, ``_unit_costs``)."""
+        A grid model's tokens come refined when the codec refines, unrounded (one refinement serves every step;
+        rounding its last steps to the step coded bought the grid ViT nothing); a 1D model's are refined per token
+        count and step (``_for_count``; per tile, ``_unit_costs``)."""
         from vitok.data.convert import frames_to_tensor
 
         x = frames_to_tensor(frames, device=self.tok.device)
@@ -391,8 +391,8 @@ class VitokCodec(Codec):
     def _refined(self, x: Any, z: Any, tokens: int | None, step: float) -> Any:
         """A 1D chunk's tokens ``z`` ``(units * K, C)`` refined for ``tokens`` per unit coded at ``step`` (every
         tile alone)."""
-        return refine_tokens(self.tok, x, z, self._refine, tokens, self._tile_overlap, self.tables.std, step,
-                             self.tables.mean)
+        return refine_tokens(self.tok, x, z, self._refine, tokens, self._tile_overlap, self.tables.std,
+                             float(np.float32(step)), self.tables.mean)   # the step as the stream stores it
 
     def _code_tokens(self, tokens_of: tuple[Any, tuple[int, int, int] | None], frames: int, tokens: int | None,
                      step: float, prev: "np.ndarray | TokenCarry | None" = None) -> ChunkCode:
@@ -595,8 +595,8 @@ class VitokCodec(Codec):
         """Tokenize a chunk once (1D model) and, for every candidate token count, code and decode it to get each
         unit's estimated bits and blend-weighted squared error. Also returns the tokens ``z`` ``(units, L, C)`` and
         ``starts``: unit u keeping k tokens codes ``z[u, starts[k]:starts[k] + k]``. Unrefined, that is the prefix
-        of its K tokens; refined, the k tokens refined for count k (tiles are refined apart, so a tile's tokens for
-        a count do not depend on the other tiles' counts)."""
+        of its K tokens; refined, the k tokens refined for count k at ``step`` (tiles are refined apart, so a tile's
+        tokens for a count do not depend on the other tiles' counts)."""
         import torch
 
         from vitok.data.convert import frames_to_tensor

@@ -38,7 +38,8 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
     ``scale``: each channel's unit for Adam's steps, the entropy tables' std, which quantization steps count in
     (default: the model's latent std). ``step``: the quantization step the tokens will be coded at (in units of
     ``scale``, about ``offset``, the tables' ``mean``); the last ``steps // 4`` steps decode them rounded to it,
-    with the gradient passed straight through the rounding (None: never rounded). Gradients reach the tokens alone,
+    as tables without ``rd_lambda`` round them (with it, an approximation), with the gradient passed straight
+    through the rounding (None: never rounded). Gradients reach the tokens alone,
     whatever the caller's grad mode: the model is left as it was."""
     import torch
 
@@ -46,6 +47,8 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
 
     if steps <= 0:
         return z
+    if step is not None and scale is None:
+        raise ValueError("refine_tokens rounds to a step in the entropy tables' units: give their std as scale")
     g = tok.plan(*video.shape[2:], tile_overlap=tile_overlap)
     if g.chunks != 1:
         raise ValueError(f"refine_tokens takes one chunk of at most {g.unit_frames} frames, got {video.shape[2]}")

@@ -80,6 +80,8 @@ def test_the_last_quarter_of_the_steps_render_the_tokens_rounded_to_the_step(tin
     rounded_last = refine_tokens(tok, x, z, 9, 8, scale=tables.std, step=0.5, offset=tables.mean)
     assert torch.equal(out, rounded_last) == (step is not None)   # the rounded steps moved the tokens elsewhere
     assert not torch.equal(out.view(-1, 16)[:8], z.view(-1, 16)[:8])
+    with pytest.raises(ValueError, match="scale"):   # a step in no known units
+        refine_tokens(tok, x, z, 4, 8, step=0.5)
 
 
 def test_the_bundled_1d_model_decodes_better_refined_for_its_step():
@@ -100,7 +102,7 @@ def test_the_bundled_1d_model_decodes_better_refined_for_its_step():
     psnr_plain = _psnr(codec.reconstruct(code.q, 64, 1.0, 17, 128, 128), frames)
     psnr_rounded = _psnr(codec.decode(data)[0], frames)
     assert psnr_rounded > psnr_plain + 0.4, (psnr_rounded, psnr_plain)
-    assert len(data) < 1.05 * len(code.payload) + 60, (len(data), len(code.payload))   # + the file's header
+    assert len(data) < 1.1 * len(code.payload) + 60, (len(data), len(code.payload))   # + the file's header
 
 
 def test_refine_zero_codes_as_before_and_refined_streams_decode_anywhere(codec1d, clip):
@@ -135,7 +137,7 @@ def test_a_byte_budget_codes_each_count_from_its_own_refined_tokens(codec1d, cli
     refined for it, so each chunk's PSNR is what was weighed and the budget holds."""
     frames, fps = clip
     budget = len(codec1d.encode(frames, fps, tokens=6))
-    data, stats = codec1d.encode_with_stats(frames, fps, bytes=budget, refine=3)
+    data, stats = codec1d.encode_with_stats(frames, fps, bytes=budget, refine=4)
     assert len(data) <= budget
     header, chunks = read_vtok(data)
     assert all(parse_chunk(p)[2] for _, p in chunks)
@@ -149,13 +151,13 @@ def test_per_tile_rate_control_codes_each_tile_from_tokens_refined_for_its_count
     holds when the whole chunk is coded at k (tiles are refined apart), whatever the other tiles keep. A PSNR target
     then reports the PSNR the stream decodes to, and a byte budget holds."""
     fps = Fraction(25)
-    refining = codec1d.with_refinement(2)
+    refining = codec1d.with_refinement(4)
     _, z, starts = refining._unit_costs(tiled, 0.5)
     mixed = (1, 8, 4, 8)
     code = refining._code_units(z, starts, mixed, 0.5, len(tiled))
     begins = np.cumsum((0,) + mixed)
     for k in set(mixed):
-        _, q, tokens, _ = next(refining.iter_symbols(refining.encode(tiled, fps, tokens=k, refine=2,
+        _, q, tokens, _ = next(refining.iter_symbols(refining.encode(tiled, fps, tokens=k, refine=4,
                                                                        adapt_units=False)))
         assert tokens == k
         for u, kept in enumerate(mixed):
@@ -167,12 +169,12 @@ def test_per_tile_rate_control_codes_each_tile_from_tokens_refined_for_its_count
     few, all_ = (_psnr(refining.decode(refining.encode(tiled, fps, tokens=k, adapt_units=False))[0], tiled)
                  for k in (1, refining.tok.max_tokens))
     target = (few + all_) / 2   # within reach (the random-init model's PSNR barely moves with its tokens)
-    data, stats = codec1d.encode_with_stats(tiled, fps, psnr=target, refine=2)
+    data, stats = codec1d.encode_with_stats(tiled, fps, psnr=target, refine=4)
     assert data != codec1d.encode(tiled, fps, psnr=target)   # refined
     rec, _ = codec1d.decode(data)
     assert stats.chunk_psnr[0] == pytest.approx(_psnr(rec, tiled), abs=1e-9) and stats.chunk_psnr[0] >= target
     budget = len(codec1d.encode(tiled, fps, tokens=4, adapt_units=False))
-    data = codec1d.encode(tiled, fps, bytes=budget, refine=2)
+    data = codec1d.encode(tiled, fps, bytes=budget, refine=4)
     assert len(data) <= budget and data != codec1d.encode(tiled, fps, bytes=budget)
 
 
@@ -243,7 +245,7 @@ def test_a_refining_codec_is_named_and_identified_apart(codec1d, tinygrid):
     twin = codec1d.with_refinement(3)
     assert twin.name == codec1d.name + "+refine3" and twin.identity != codec1d.identity
     assert "-refine3q-" in twin.identity   # refinement rounding its last steps: cached records of the old one rerun
-    from vitok.codecs.neural import VitokCodec   # a grid model refines as before: its cached records stand
+    from vitok.codecs.neural import VitokCodec   # a grid model refines unrounded, as before: no q
 
     assert "-refine3-" in VitokCodec(*tinygrid[:2]).with_refinement(3).identity
     assert twin.with_refinement(0).name == codec1d.name and twin.with_refinement(0).identity == codec1d.identity

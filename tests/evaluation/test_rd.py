@@ -328,6 +328,7 @@ def test_a_refined_points_key_follows_how_the_codec_refines(tiny_model):
     from vitok.codecs import get_codec
 
     codec = get_codec(f"vitok:{tiny_model}")
+    assert codec._tok is None and codec.with_refinement(3).tok is codec.tok   # one load for the key of every point
     refined = rd_mod.codec_identity(codec, {"step": 0.5, "refine": 3})
     assert refined == codec.with_refinement(3).identity != rd_mod.codec_identity(codec, {"step": 0.5})
     assert rd_mod.codec_identity(codec, {"step": 0.5, "refine": 0}) == codec.identity
