@@ -39,8 +39,8 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
     (default: the model's latent std). ``step``: the quantization step the tokens will be coded at (in units of
     ``scale``, about ``offset``, the tables' ``mean``); the last ``steps // 4`` steps decode them rounded to it,
     as tables without ``rd_lambda`` round them (with it, an approximation), with the gradient passed straight
-    through the rounding (None: never rounded). Gradients reach the tokens alone,
-    whatever the caller's grad mode: the model is left as it was."""
+    through the rounding (None: never rounded). Gradients reach the tokens alone, whatever the caller's grad mode:
+    the model is left as it was."""
     import torch
 
     from vitok.geometry import pad_region, real_blend_weights
