@@ -335,13 +335,16 @@ def rd_sweep(clips: Iterable, codecs: Sequence, operating_points: Any = None, *,
     cache = load_cache(cache_dir, cache_name) if cache_dir is not None else {}
     cache_str = None if cache_dir is None else str(cache_dir)
 
-    jobs: list[_Job] = []
     once = list({codec_name(c): c for c in codecs}.values())   # a codec named twice runs once
+    # each codec's points with their identities, the same for every clip
+    points = {codec_name(c): [(op, codec_identity(objs[codec_name(c)], op))
+                              for op in _ops_for(c, objs[codec_name(c)], operating_points)] for c in once}
+    jobs: list[_Job] = []
     for clip in clip_list:
         for c in once:
             name = codec_name(c)
-            for op in _ops_for(c, objs[name], operating_points):
-                key = record_key(clip, name, op, measured, max_frames, codec_identity(objs[name], op))
+            for op, identity in points[name]:
+                key = record_key(clip, name, op, measured, max_frames, identity)
                 jobs.append(_Job(clip, c, op, key, metrics, max_frames, cache_str))
     todo = [j for j in jobs if j.key not in cache]
     done: dict[str, dict] = {j.key: cache[j.key] for j in jobs if j.key in cache}
