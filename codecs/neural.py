@@ -36,7 +36,7 @@ from vitok.codecs.errors import BitstreamError, CodecError
 from vitok.codecs.models import DEFAULT_MODEL, bundled_dir, bundled_names, find_bundled
 from vitok.codecs.payload import CONTINUES, ChunkTokens, header_size, pack_chunk, parse_chunk
 from vitok.codecs.ratecontrol import (Candidate, Cost, UnitCosts, allocate_bytes, cheapest_bytes, pick_psnr,
-                                     psnr_from_sse, token_grid, units_for_psnr)
+                                     pick_units_psnr, psnr_from_sse, token_grid, units_for_psnr)
 from vitok.codecs.refine import check_refine, refine_tokens
 from vitok.codecs.spill import Spill, Spilled
 from vitok.config import MAX_TILE_OVERLAP
@@ -591,67 +591,112 @@ class VitokCodec(Codec):
         code.psnr = cand.psnr
         return cand, code
 
-    def _unit_costs(self, frames: np.ndarray, step: float) -> tuple[UnitCosts, Any, dict[int, int]]:
-        """Tokenize a chunk once (1D model) and, for every candidate token count, code and decode it to get each
-        unit's estimated bits and blend-weighted squared error. Also returns the tokens ``z`` ``(units, L, C)`` and
-        ``starts``: unit u keeping k tokens codes ``z[u, starts[k]:starts[k] + k]``. Unrefined, that is the prefix
-        of its K tokens; refined, the k tokens refined for count k at ``step`` (tiles are refined apart, so a tile's
-        tokens for a count do not depend on the other tiles' counts)."""
+    def _unit_costs(self, frames: np.ndarray, step: float) -> "_UnitChoices":
+        """Tokenize a chunk once (1D model) and, for every candidate token count, code and decode each unit (tile)
+        to get its estimated bits and blend-weighted squared error, from the tokens as the encoder gives them. A
+        refining codec lays each count's tokens out apart, to be refined where rate control looks (``_refine_picks``;
+        tiles are refined apart, so a tile's tokens for a count do not depend on the other tiles' counts)."""
         import torch
 
         from vitok.data.convert import frames_to_tensor
-        from vitok.geometry import pad_chunk, real_blend_weights
 
-        tok, tables = self.tok, self.tables
-        index, K = tables.table_index(step), tok.max_tokens
-        x = frames_to_tensor(frames, device=tok.device)
-        z = tok.encode(x, tile_overlap=self._tile_overlap).z[0].float()
-        g = self.plan(*x.shape[2:])
-        ref = pad_chunk(x, g.unit_frames, g.rows.padded, g.cols.padded)[0].float()
-        counts = token_grid(K)
-        if self._refine:   # each count's prefix refined for it, side by side (the tokens after it are never coded)
-            kept = torch.cat([self._refined(x, z, k, step).view(g.units, K, -1)[:, :k] for k in counts], dim=1)
+        K, counts = self.tok.max_tokens, token_grid(self.tok.max_tokens)
+        x = frames_to_tensor(frames, device=self.tok.device)
+        z = self.tok.encode(x, tile_overlap=self._tile_overlap).z[0].float()
+        units = z.shape[0] // K
+        z = z.view(units, K, -1)
+        if self._refine:   # room for each count's own tokens, side by side (the tokens after a count are not coded)
+            kept = torch.cat([z[:, :k] for k in counts], dim=1)
             starts = dict(zip(counts, np.cumsum([0, *counts[:-1]]).tolist()))
         else:
-            kept, starts = z.view(g.units, K, -1), dict.fromkeys(counts, 0)
-        bits, sse = np.zeros((g.units, len(counts))), np.zeros((g.units, len(counts)))
+            kept, starts = z, dict.fromkeys(counts, 0)
+        choices = _UnitChoices(UnitCosts(counts, np.zeros((units, len(counts))), np.zeros((units, len(counts))),
+                                         frames.size), kept, starts, np.zeros((units, len(counts)), bool))
         for c, k in enumerate(counts):
-            zk = kept[:, starts[k]:starts[k] + k].reshape(g.units * k, -1)
-            q = tables.quantize(zk, step, index, tokens=k, grid=context_grid(None, k))
-            for u in range(g.units):
-                bits[u, c] = tables.estimate_bits(q[u * k:(u + 1) * k], index, context_grid(None, k))
-            lat = self._latents(q, k, step, *x.shape[2:])
-            for u, (_, (i, j, y0, x0), tile) in enumerate(tok.decode_tiles(lat)):
-                box = (slice(None), slice(None), slice(y0, y0 + g.rows.tile), slice(x0, x0 + g.cols.tile))
-                weight = real_blend_weights(g, i, j, y0, x0, ref.device)
-                err = (tile[0].float().clamp(-1, 1) - ref[box]) * 127.5
-                sse[u, c] = float((err.square() * weight).sum())
-        return UnitCosts(counts, bits, sse, frames.size), kept, starts
+            for u in range(units):
+                self._cost_unit(x, choices, u, c, step)
+        return choices
 
-    def _code_units(self, z: Any, starts: dict[int, int], tokens: tuple[int, ...], step: float, frames: int,
+    def _cost_unit(self, x: Any, choices: "_UnitChoices", u: int, c: int, step: float) -> None:
+        """Set unit ``u``'s estimated bits and blend-weighted squared error (on the frame's real pixels) for its
+        ``c``-th candidate count, coded from ``choices.kept`` at ``step``: decoded as ``decode`` decodes the unit."""
+        import torch
+
+        from vitok.geometry import pad_region, real_blend_weights
+
+        tok, tables = self.tok, self.tables
+        k = choices.costs.counts[c]
+        grid, index = context_grid(None, k), tables.table_index(step)
+        q = tables.quantize(choices.tokens(u, k), step, index, tokens=k, grid=grid)
+        choices.costs.bits[u, c] = tables.estimate_bits(q, index, grid)
+        z = torch.zeros(tok.max_tokens, q.shape[1], device=tok.device, dtype=tok.dtype)
+        z[:k] = tables.dequantize(q, step, tokens=k).to(tok.device, tok.dtype)
+        g = tok.plan(*x.shape[2:], tile_overlap=self._tile_overlap)
+        i, j, y0, x0 = g.tiles()[u]
+        with torch.inference_mode():
+            tile = tok.decode_unit(z[None], tok.token_mask(1, k, tok.device), g.unit_size)
+        ref = pad_region(x, g.unit_frames, g.rows.padded, g.cols.padded, y0, x0, g.rows.tile, g.cols.tile)
+        err = (tile[0].float().clamp(-1, 1) - ref[0].float()) * 127.5
+        choices.costs.sse[u, c] = float((err.square() * real_blend_weights(g, i, j, y0, x0, ref.device)).sum())
+
+    def _refine_picks(self, chunks: list["_UnitChoices"], choose: Callable[[list[UnitCosts]], list[list[int]]],
+                      step: float, opened: Callable[[int], Any]) -> None:
+        """Refine, where rate control looks, the tokens of a refining codec's ``chunks`` (``_unit_costs``' choices):
+        every unit's count that ``choose`` picks (over every chunk's costs as they stand) and the count below it,
+        until the picks are refined ones. Refinement makes a count decode better, so picks move down from the counts
+        the encoder's tokens need; refining those counts alone, not every one, is several times quicker.
+        ``opened(n)``: a context giving chunk n's frames and its choices with their tokens in memory."""
+        from vitok.data.convert import frames_to_tensor
+
+        while self._refine:
+            picks, refined = choose([c.costs for c in chunks]), False
+            for n, (chunk, pick) in enumerate(zip(chunks, picks)):
+                jobs = [(u, c) for u, p in enumerate(pick) for c in (p - 1, p) if c >= 0 and not chunk.refined[u, c]]
+                if not jobs:
+                    continue
+                refined, counts = True, chunk.costs.counts
+                with opened(n) as (frames, choices):
+                    x = frames_to_tensor(frames, device=self.tok.device)
+                    z = choices.kept.new_zeros(len(jobs), self.tok.max_tokens, choices.kept.shape[-1])
+                    for j, (u, c) in enumerate(jobs):
+                        z[j, :counts[c]] = choices.tokens(u, counts[c])
+                    out = refine_tokens(self.tok, x, z.reshape(-1, z.shape[-1]), self._refine,
+                                        [counts[c] for _, c in jobs], self._tile_overlap, self.tables.std,
+                                        float(np.float32(step)), self.tables.mean, tiles=[u for u, _ in jobs])
+                    for j, (u, c) in enumerate(jobs):
+                        choices.tokens(u, counts[c])[:] = out.view(z.shape)[j, :counts[c]]
+                        choices.refined[u, c] = True
+                        self._cost_unit(x, choices, u, c, step)
+            if not refined:
+                return
+
+    def _code_units(self, choices: "_UnitChoices", tokens: tuple[int, ...], step: float, frames: int,
                     prev: TokenCarry | None = None) -> ChunkCode:
-        """Code ``tokens[u]`` tokens of each unit u, from ``_unit_costs``' ``z`` and ``starts``, predicted from
+        """Code ``tokens[u]`` tokens of each unit u, as ``choices`` (``_unit_costs``') hold them, predicted from
         ``prev`` when that is shorter."""
         import torch
 
-        return self._code(torch.cat([z[u, starts[k]:starts[k] + k] for u, k in enumerate(tokens)]), tokens, step,
-                          None, frames, prev)
+        return self._code(torch.cat([choices.tokens(u, k) for u, k in enumerate(tokens)]), tokens, step, None,
+                          frames, prev)
 
     def _units_to_psnr(self, frames: np.ndarray, step: float, target: float,
                        prev: TokenCarry | None = None) -> ChunkCode:
         """The chunk's cheapest per-unit token counts reaching ``target`` dB (``units_for_psnr``), each setting
         tried coded and decoded once (predicted from ``prev`` where shorter: the bytes, not the pixels, change)."""
-        costs, z, starts = self._unit_costs(frames, step)
+        choices = self._unit_costs(frames, step)
         tried: dict[tuple[int, ...], ChunkCode] = {}
 
+        self._refine_picks([choices], lambda every: [pick_units_psnr(every[0], target)], step,
+                           lambda _: contextlib.nullcontext((frames, choices)))
+
         def measure(tokens: tuple[int, ...]) -> tuple[float, int]:
-            code = self._code_units(z, starts, tokens, step, frames.shape[0], prev)
+            code = self._code_units(choices, tokens, step, frames.shape[0], prev)
             rec = self.reconstruct(code.q, code.tokens, step, *frames.shape[:3])
             code.psnr = psnr_from_sse(_sse(rec, frames), frames.size)
             tried[tokens] = code
             return code.psnr, len(code.payload)
 
-        return tried[units_for_psnr(costs, target, measure)]
+        return tried[units_for_psnr(choices.costs, target, measure)]
 
     def _units_to_bytes(self, chunks: Iterable[np.ndarray], step: float, target_bytes: int,
                         header_bytes: int) -> Iterator[ChunkCode]:
@@ -662,24 +707,52 @@ class VitokCodec(Codec):
         import torch
 
         with Spill() as spill:
+            # per chunk: its frame count, its frames (refining: spilled, refined later), its choices with their
+            # tokens spilled (``loaded`` brings them back while they are used)
             evaluated = []
             for chunk in chunks:
-                costs, z, starts = self._unit_costs(chunk, step)
-                evaluated.append((chunk.shape[0], costs, spill.put_array(z.cpu().numpy()), starts))
+                choices = self._unit_costs(chunk, step)
+                evaluated.append([chunk.shape[0], spill.put_array(chunk) if self._refine else None,
+                                  replace(choices, kept=spill.put_array(choices.kept.cpu().numpy()))])
+            costs = [choices.costs for _, _, choices in evaluated]
             budget = target_bytes - header_bytes   # for the chunks, framed
-            options = [opt for _, costs, _, _ in evaluated for opt in costs.options()]
             # room for framing and for chunk headers with a count per unit (distinct counts: header_size's longest)
-            target = budget - sum(framing_bytes(max(budget, 0)) + header_size(range(1, len(costs.bits) + 1))
-                                  for _, costs, _, _ in evaluated)
+            room = budget - sum(framing_bytes(max(budget, 0)) + header_size(range(1, len(c.bits) + 1)) for c in costs)
+
+            def aimed(every: list[UnitCosts]) -> tuple[list[list[Cost]], float]:
+                """Every unit's options and the estimates' target (below their floor, the fewest tokens are coded
+                to tell)."""
+                options = [opt for c in every for opt in c.options()]
+                return options, max(room, cheapest_bytes(options))
+
+            def choose(every: list[UnitCosts]) -> list[list[int]]:
+                pick, at = allocate_bytes(*aimed(every)), np.cumsum([0] + [len(c.bits) for c in every])
+                return [pick[a:b] for a, b in zip(at, at[1:])]
+
+            @contextlib.contextmanager
+            def loaded(entry: list, changing: bool = False) -> Iterator[_UnitChoices]:
+                """A chunk's choices with their tokens in memory while used (spilled again after when ``changing``)."""
+                stored = entry[2]
+                held = replace(stored, kept=torch.from_numpy(spill.get_array(stored.kept)).to(self.tok.device))
+                yield held
+                if changing:
+                    entry[2] = replace(stored, kept=spill.put_array(held.kept.cpu().numpy()))
+
+            @contextlib.contextmanager
+            def refinable(n: int) -> Iterator[tuple[np.ndarray, _UnitChoices]]:
+                with loaded(evaluated[n], changing=True) as held:
+                    yield spill.get_array(evaluated[n][1]), held
+
+            self._refine_picks([entry[2] for entry in evaluated], choose, step, refinable)
+            options, target = aimed(costs)
             floor, ceiling = cheapest_bytes(options), sum(max(c.nbytes for c in o) for o in options)
-            target = max(target, floor)   # below the estimates' floor, the fewest tokens are coded to tell
             best, fit, over = None, None, None
             for attempt in range(8):
                 pick, coded, at, prev = allocate_bytes(options, target), [], 0, None
-                for frames, costs, latents, starts in evaluated:
-                    units = len(costs.bits)
-                    z = torch.from_numpy(spill.get_array(latents)).to(self.tok.device)
-                    code = self._code_units(z, starts, costs.tokens(pick[at:at + units]), step, frames, prev)
+                for entry in evaluated:
+                    frames, units = entry[0], len(entry[2].costs.bits)
+                    with loaded(entry) as held:
+                        code = self._code_units(held, held.costs.tokens(pick[at:at + units]), step, frames, prev)
                     prev = code.carry
                     coded.append((spill.put(code.payload), replace(code, q=None, payload=b"", carry=None)))
                     at += units
@@ -1134,6 +1207,22 @@ class _Weighed:
     frames: int
     pixels: int
     carries: list[bytes | None]
+
+
+@dataclass
+class _UnitChoices:
+    """One chunk's options for per-unit (tile) rate control: ``costs`` of every candidate count, and the tokens each
+    count codes: unit u keeping k tokens codes ``kept[u, starts[k]:starts[k] + k]``, the encoder's first k until
+    ``refined[u, c]`` (c: k's index in ``costs.counts``) says they were refined for k."""
+
+    costs: UnitCosts
+    kept: Any
+    starts: dict[int, int]
+    refined: np.ndarray
+
+    def tokens(self, u: int, k: int) -> Any:
+        """The k tokens ``(k, C)`` unit u codes when it keeps k."""
+        return self.kept[u, self.starts[k]:self.starts[k] + k]
 
 
 def _valid_tiling(record: Any, stride: int) -> bool:

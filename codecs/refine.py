@@ -28,13 +28,16 @@ def check_refine(steps: Any) -> int:
     return int(steps)
 
 
-def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, tokens: int | None = None,
-                  tile_overlap: float | None = None, scale: Sequence[float] | None = None,
-                  step: float | None = None, offset: np.ndarray | None = None) -> torch.Tensor:
+def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int,
+                  tokens: int | Sequence[int] | None = None, tile_overlap: float | None = None,
+                  scale: Sequence[float] | None = None, step: float | None = None, offset: np.ndarray | None = None,
+                  tiles: Sequence[int] | None = None) -> torch.Tensor:
     """``z`` ``(units * n, C)``, the tokens ``tok.encode`` gives the one-chunk ``video`` ``(1, 3, T, H, W)``, after
     ``steps`` Adam steps on each tile's squared error over the frame's real pixels, weighed by the tile's blend
     weights (the sum bounds the blended frame's error, and tiles are refined independently, a few at a time). 1D
-    models: the decoder sees each unit's first ``tokens`` (None: all K); the tokens after them are returned as given.
+    models: the decoder sees each unit's first ``tokens`` (None: all K; a sequence: one count per unit); the tokens
+    after them are returned as given. ``tiles``: which of the chunk's tiles (``plan(...).tiles()`` indices) the units
+    of ``z`` are, a tile possibly more than once, as for several counts (default: every tile, in order).
     ``scale``: each channel's unit for Adam's steps, the entropy tables' std, which quantization steps count in
     (default: the model's latent std). ``step``: the quantization step the tokens will be coded at (in units of
     ``scale``, about ``offset``, the tables' ``mean``); the last ``steps // 4`` steps decode them rounded to it,
@@ -52,7 +55,11 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
     g = tok.plan(*video.shape[2:], tile_overlap=tile_overlap)
     if g.chunks != 1:
         raise ValueError(f"refine_tokens takes one chunk of at most {g.unit_frames} frames, got {video.shape[2]}")
-    tiles = g.tiles()
+    every = g.tiles()
+    tiles = every if tiles is None else [every[t] for t in tiles]
+    counts = list(tokens) if isinstance(tokens, Sequence) else [tokens] * len(tiles)
+    if len(counts) != len(tiles):
+        raise ValueError(f"refine_tokens got {len(counts)} token counts for {len(tiles)} units")
     with torch.inference_mode(False), torch.enable_grad():
         given = z.detach().clone().float().reshape(len(tiles), tok.tokens_per_unit(*g.unit_size), -1)
         unit = scale if scale is not None else tok.config.latent_std or [1.0] * given.shape[-1]
@@ -69,7 +76,7 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
             weight = torch.stack([real_blend_weights(g, i, j, y0, x0, given.device) for i, j, y0, x0 in batch])[:, None]
             # each tile's error over its own weight: a tile's steps do not depend on the tiles beside it
             norm = weight.flatten(1).sum(1).clamp_min(1)
-            mask = None if tokens is None else tok.token_mask(len(batch), tokens, given.device)
+            mask = _prefix_mask(tok, counts[first:first + len(batch)], given.device)
             u = (given[first:first + len(batch)] / std).requires_grad_(True)
             opt = torch.optim.Adam([u], lr=LEARNING_RATE)
             for i in range(steps):
@@ -79,9 +86,22 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int, to
                 u.grad, = torch.autograd.grad(loss, [u])   # the model's parameters collect nothing
                 opt.step()
             out[first:first + len(batch)] = u.detach() * std
-        if tokens is not None:   # never seen by the decoder: exactly as the encoder gave them
-            out[:, tokens:] = given[:, tokens:]
+        for u, k in enumerate(counts):   # never seen by the decoder: exactly as the encoder gave them
+            if k is not None:
+                out[u, k:] = given[u, k:]
         return out.reshape(z.shape).to(z.dtype)
+
+
+def _prefix_mask(tok: Any, counts: Sequence[int | None], device: Any) -> torch.Tensor | None:
+    """The (units, K) mask of each unit's first ``counts[u]`` tokens (``tok.token_mask`` checks every count);
+    None when every unit keeps all of its tokens."""
+    import torch
+
+    rows = [tok.token_mask(1, k, device) for k in counts]
+    if all(row is None for row in rows):
+        return None
+    every = torch.ones(1, tok.max_tokens, dtype=torch.bool, device=device)
+    return torch.cat([every if row is None else row for row in rows])
 
 
 def _rounding(v: torch.Tensor, step: float) -> torch.Tensor:
