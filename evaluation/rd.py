@@ -97,6 +97,14 @@ def codec_identity(codec: Any, op: dict | None = None) -> str:
     return getattr(codec, "identity", "")
 
 
+def _point_identity(name: str, codec: Any, op: dict) -> str:
+    """``codec_identity`` of one point of a sweep; a point it cannot make (a bad ``refine``) is named in the error."""
+    try:
+        return codec_identity(codec, op)
+    except VitokError as e:
+        raise EvaluationError(f"{name} {op}: {e}") from None
+
+
 def record_key(clip: Clip, codec: str, op: dict, metrics: Sequence[str], max_frames: int | None,
                identity: str = "") -> str:
     """Cache key of one record: changes with the clip's name and content (``signature``; not where it lies, so a
@@ -337,7 +345,7 @@ def rd_sweep(clips: Iterable, codecs: Sequence, operating_points: Any = None, *,
 
     once = list({codec_name(c): c for c in codecs}.values())   # a codec named twice runs once
     # each codec's points with their identities, the same for every clip
-    points = {codec_name(c): [(op, codec_identity(objs[codec_name(c)], op))
+    points = {codec_name(c): [(op, _point_identity(codec_name(c), objs[codec_name(c)], op))
                               for op in _ops_for(c, objs[codec_name(c)], operating_points)] for c in once}
     jobs: list[_Job] = []
     for clip in clip_list:

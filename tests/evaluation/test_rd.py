@@ -335,6 +335,18 @@ def test_a_refined_points_key_follows_how_the_codec_refines(tiny_model):
     assert rd_mod.codec_identity(get_codec("h264"), {"crf": 30}) == get_codec("h264").identity
 
 
+def test_a_point_with_a_bad_refine_is_named_before_any_work(tmp_path, tiny_model, carphone9, monkeypatch):
+    """A programmatic sweep whose point asks for a bad ``refine`` fails while keying the points, before any clip
+    is coded, with one line naming the codec, the point and the bad value."""
+    monkeypatch.setattr(rd_mod, "run_job", lambda *a, **k: pytest.fail("a point ran"))
+    codec = f"vitok:{tiny_model}"
+    with pytest.raises(rd_mod.EvaluationError) as err:
+        rd_sweep([("carphone", *carphone9)], [codec], {codec: [{"step": 0.5}, {"step": 0.5, "refine": -2}]},
+                 cache_dir=tmp_path, progress=False, metrics=("psnr",))
+    assert str(err.value) == (f"{codec} {{'step': 0.5, 'refine': -2}}: refine must be a whole number of steps in "
+                              "0..10000, got -2")
+
+
 def test_any_spelling_or_copy_of_a_file_names_the_same_records(tmp_path, monkeypatch):
     """A folder moved or copied elsewhere (another machine) kept its content but not its records: the key named
     the absolute path."""
