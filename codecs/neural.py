@@ -267,7 +267,8 @@ class VitokCodec(Codec):
     def with_refinement(self, steps: int) -> "VitokCodec":
         """This codec refining each chunk's tokens by ``steps`` Adam steps through the frozen decoder before it
         quantizes them (``vitok.codecs.refine``): better pixels for the same tokens, at ``steps`` decoder passes and
-        their gradients per chunk (1D models: per token count tried). Streams decode as any other."""
+        their gradients per chunk (1D models: per token count tried, or per tile and count). Streams decode as any
+        other."""
         steps = check_refine(steps)
         if steps == self._refine:
             return self
@@ -642,19 +643,23 @@ class VitokCodec(Codec):
     def _refine_picks(self, chunks: list["_UnitChoices"], choose: Callable[[list[UnitCosts]], list[list[int]]],
                       step: float, opened: Callable[[int], Any]) -> None:
         """Refine, where rate control looks, the tokens of a refining codec's ``chunks`` (``_unit_costs``' choices):
-        every unit's count that ``choose`` picks (over every chunk's costs as they stand) and the count below it,
-        until the picks are refined ones. Refinement makes a count decode better, so picks move down from the counts
-        the encoder's tokens need; refining those counts alone, not every one, is several times quicker.
-        ``opened(n)``: a context giving chunk n's frames and its choices with their tokens in memory."""
+        every unit's count that ``choose`` picks (over every chunk's costs as they stand), the two counts below it
+        and the one above, until the picks and their neighbours are refined ones. Refinement makes most counts
+        decode better, so picks move down from the counts the encoder's tokens need, and up where a tile's given
+        tokens gained nothing from a few more (its refined ones do); refining around the picks alone, not every
+        count, is about twice as quick. ``opened(n)``: a context giving chunk n's frames and its choices with their
+        tokens in memory."""
         from vitok.data.convert import frames_to_tensor
 
         while self._refine:
             picks, refined = choose([c.costs for c in chunks]), False
             for n, (chunk, pick) in enumerate(zip(chunks, picks)):
-                jobs = [(u, c) for u, p in enumerate(pick) for c in (p - 1, p) if c >= 0 and not chunk.refined[u, c]]
+                counts = chunk.costs.counts
+                jobs = [(u, c) for u, p in enumerate(pick) for c in range(max(p - 2, 0), min(p + 2, len(counts)))
+                        if not chunk.refined[u, c]]
                 if not jobs:
                     continue
-                refined, counts = True, chunk.costs.counts
+                refined = True
                 with opened(n) as (frames, choices):
                     x = frames_to_tensor(frames, device=self.tok.device)
                     z = choices.kept.new_zeros(len(jobs), self.tok.max_tokens, choices.kept.shape[-1])
