@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 LEARNING_RATE = 0.02   # Adam's step on the tokens, in units of each channel's scale (the quantizer's std)
 MAX_STEPS = 10_000      # a bound that keeps a typo from running for days
-TILES_PER_BATCH = 8    # tiles refined together: memory for the decoder's activations stays bounded
+TILES_PER_BATCH = 4    # tiles refined together: memory for the decoder's activations stays bounded (on 2 CPU
+# threads 4 took 10-20 % less time than 8 and a third less memory)
 
 
 def check_refine(steps: Any) -> int:
