@@ -389,11 +389,12 @@ class VitokCodec(Codec):
         x = frames_to_tensor(frames, device=self.tok.device)
         return self._refined(x, z.reshape(-1, z.shape[-1]), tokens, step).view(z.shape), grid
 
-    def _refined(self, x: Any, z: Any, tokens: int | None, step: float) -> Any:
-        """A 1D chunk's tokens ``z`` ``(units * K, C)`` refined for ``tokens`` per unit coded at ``step`` (every
-        tile alone)."""
+    def _refined(self, x: Any, z: Any, tokens: int | list[int] | None, step: float,
+                 tiles: list[int] | None = None) -> Any:
+        """A 1D chunk's tokens ``z`` ``(units * K, C)`` refined for ``tokens`` per unit (or one count per unit)
+        coded at ``step``, every tile alone; ``tiles``: which tiles the units are (``refine_tokens``)."""
         return refine_tokens(self.tok, x, z, self._refine, tokens, self._tile_overlap, self.tables.std,
-                             float(np.float32(step)), self.tables.mean)   # the step as the stream stores it
+                             float(np.float32(step)), self.tables.mean, tiles)   # the step as the stream stores it
 
     def _code_tokens(self, tokens_of: tuple[Any, tuple[int, int, int] | None], frames: int, tokens: int | None,
                      step: float, prev: "np.ndarray | TokenCarry | None" = None) -> ChunkCode:
@@ -632,7 +633,7 @@ class VitokCodec(Codec):
         choices.costs.bits[u, c] = tables.estimate_bits(q, index, grid)
         z = torch.zeros(tok.max_tokens, q.shape[1], device=tok.device, dtype=tok.dtype)
         z[:k] = tables.dequantize(q, step, tokens=k).to(tok.device, tok.dtype)
-        g = tok.plan(*x.shape[2:], tile_overlap=self._tile_overlap)
+        g = self.plan(*x.shape[2:])
         i, j, y0, x0 = g.tiles()[u]
         with torch.inference_mode():
             tile = tok.decode_unit(z[None], tok.token_mask(1, k, tok.device), g.unit_size)
@@ -649,31 +650,39 @@ class VitokCodec(Codec):
         tokens gained nothing from a few more (its refined ones do); refining around the picks alone, not every
         count, is about twice as quick. ``opened(n)``: a context giving chunk n's frames and its choices with their
         tokens in memory."""
+        if not self._refine:
+            return
+        while True:
+            worked = False
+            for n, (chunk, pick) in enumerate(zip(chunks, choose([c.costs for c in chunks]))):
+                reach = [(u, c) for u, p in enumerate(pick) for c in range(max(p - 2, 0), p + 2)]
+                worked = self._refine_units(chunk, reach, step, lambda n=n: opened(n)) or worked
+            if not worked:
+                return
+
+    def _refine_units(self, chunk: "_UnitChoices", wanted: Iterable[tuple[int, int]], step: float,
+                      opened: Callable[[], Any]) -> bool:
+        """Refine the (unit, candidate index) pairs of ``wanted`` that ``chunk`` has not refined yet (indices past
+        its counts are skipped), cost them again, and say whether there were any. ``opened()``: a context giving the
+        chunk's frames and its choices with their tokens in memory."""
         from vitok.data.convert import frames_to_tensor
 
-        while self._refine:
-            picks, refined = choose([c.costs for c in chunks]), False
-            for n, (chunk, pick) in enumerate(zip(chunks, picks)):
-                counts = chunk.costs.counts
-                jobs = [(u, c) for u, p in enumerate(pick) for c in range(max(p - 2, 0), min(p + 2, len(counts)))
-                        if not chunk.refined[u, c]]
-                if not jobs:
-                    continue
-                refined = True
-                with opened(n) as (frames, choices):
-                    x = frames_to_tensor(frames, device=self.tok.device)
-                    z = choices.kept.new_zeros(len(jobs), self.tok.max_tokens, choices.kept.shape[-1])
-                    for j, (u, c) in enumerate(jobs):
-                        z[j, :counts[c]] = choices.tokens(u, counts[c])
-                    out = refine_tokens(self.tok, x, z.reshape(-1, z.shape[-1]), self._refine,
-                                        [counts[c] for _, c in jobs], self._tile_overlap, self.tables.std,
-                                        float(np.float32(step)), self.tables.mean, tiles=[u for u, _ in jobs])
-                    for j, (u, c) in enumerate(jobs):
-                        choices.tokens(u, counts[c])[:] = out.view(z.shape)[j, :counts[c]]
-                        choices.refined[u, c] = True
-                        self._cost_unit(x, choices, u, c, step)
-            if not refined:
-                return
+        counts = chunk.costs.counts
+        jobs = sorted({(u, c) for u, c in wanted if c < len(counts) and not chunk.refined[u, c]})
+        if not self._refine or not jobs:
+            return False
+        with opened() as (frames, choices):
+            x = frames_to_tensor(frames, device=self.tok.device)
+            z = choices.kept.new_zeros(len(jobs), self.tok.max_tokens, choices.kept.shape[-1])
+            for j, (u, c) in enumerate(jobs):
+                z[j, :counts[c]] = choices.tokens(u, counts[c])
+            out = self._refined(x, z.reshape(-1, z.shape[-1]), [counts[c] for _, c in jobs], step,
+                                [u for u, _ in jobs]).view(z.shape)
+            for j, (u, c) in enumerate(jobs):
+                choices.tokens(u, counts[c])[:] = out[j, :counts[c]]
+                choices.refined[u, c] = True
+                self._cost_unit(x, choices, u, c, step)
+        return True
 
     def _code_units(self, choices: "_UnitChoices", tokens: tuple[int, ...], step: float, frames: int,
                     prev: TokenCarry | None = None) -> ChunkCode:
@@ -691,10 +700,14 @@ class VitokCodec(Codec):
         choices = self._unit_costs(frames, step)
         tried: dict[tuple[int, ...], ChunkCode] = {}
 
-        self._refine_picks([choices], lambda every: [pick_units_psnr(every[0], target)], step,
-                           lambda _: contextlib.nullcontext((frames, choices)))
+        def opened(*_: Any) -> Any:
+            return contextlib.nullcontext((frames, choices))
+
+        self._refine_picks([choices], lambda every: [pick_units_psnr(every[0], target)], step, opened)
 
         def measure(tokens: tuple[int, ...]) -> tuple[float, int]:
+            # an aim below the target may pick counts not refined yet: every count coded is a refined one
+            self._refine_units(choices, enumerate(map(choices.costs.counts.index, tokens)), step, opened)
             code = self._code_units(choices, tokens, step, frames.shape[0], prev)
             rec = self.reconstruct(code.q, code.tokens, step, *frames.shape[:3])
             code.psnr = psnr_from_sse(_sse(rec, frames), frames.size)
@@ -708,7 +721,9 @@ class VitokCodec(Codec):
         """Token counts for every unit of every chunk so the file fits ``target_bytes`` with the least total
         distortion (allocation on the entropy model's estimates of chunks coded alone, tightened until the real
         payloads fit, and loosened while they leave bytes unspent, as predicted chunks do). Each chunk's latents and
-        payloads wait in a spill file, so memory does not grow with the video."""
+        payloads wait in a spill file, so memory does not grow with the video. A refining codec spills each chunk's
+        frames too (refined once every chunk is costed: a minute of 1080p at 30 fps is about 11 GB of the temporary
+        folder), and its tokens again each time more of them are refined."""
         import torch
 
         with Spill() as spill:
@@ -730,9 +745,14 @@ class VitokCodec(Codec):
                 options = [opt for c in every for opt in c.options()]
                 return options, max(room, cheapest_bytes(options))
 
-            def choose(every: list[UnitCosts]) -> list[list[int]]:
-                pick, at = allocate_bytes(*aimed(every)), np.cumsum([0] + [len(c.bits) for c in every])
-                return [pick[a:b] for a, b in zip(at, at[1:])]
+            def choose(target: float | None = None) -> Callable[[list[UnitCosts]], list[list[int]]]:
+                """Every chunk's picks at ``target`` (None: the estimates' target)."""
+                def picks(every: list[UnitCosts]) -> list[list[int]]:
+                    options, aim = aimed(every)
+                    pick = allocate_bytes(options, aim if target is None else target)
+                    at = np.cumsum([0] + [len(c.bits) for c in every])
+                    return [pick[a:b] for a, b in zip(at, at[1:])]
+                return picks
 
             @contextlib.contextmanager
             def loaded(entry: list, changing: bool = False) -> Iterator[_UnitChoices]:
@@ -748,11 +768,14 @@ class VitokCodec(Codec):
                 with loaded(evaluated[n], changing=True) as held:
                     yield spill.get_array(evaluated[n][1]), held
 
-            self._refine_picks([entry[2] for entry in evaluated], choose, step, refinable)
-            options, target = aimed(costs)
-            floor, ceiling = cheapest_bytes(options), sum(max(c.nbytes for c in o) for o in options)
+            self._refine_picks([entry[2] for entry in evaluated], choose(), step, refinable)
+            target = aimed(costs)[1]
             best, fit, over = None, None, None
             for attempt in range(8):
+                # another target may pick counts not refined yet: refine around them, so every count coded is
+                self._refine_picks([entry[2] for entry in evaluated], choose(target), step, refinable)   # refined
+                options = aimed(costs)[0]
+                floor, ceiling = cheapest_bytes(options), sum(max(c.nbytes for c in o) for o in options)
                 pick, coded, at, prev = allocate_bytes(options, target), [], 0, None
                 for entry in evaluated:
                     frames, units = entry[0], len(entry[2].costs.bits)

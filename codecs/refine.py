@@ -18,8 +18,7 @@ if TYPE_CHECKING:
 
 LEARNING_RATE = 0.02   # Adam's step on the tokens, in units of each channel's scale (the quantizer's std)
 MAX_STEPS = 10_000      # a bound that keeps a typo from running for days
-TILES_PER_BATCH = 4    # tiles refined together: memory for the decoder's activations stays bounded (on 2 CPU
-# threads 4 took 10-20 % less time than 8 and a third less memory)
+TILES_PER_BATCH = 4    # tiles refined together, so the decoder's activations stay bounded (2 CPU threads: 8 took longer)
 
 
 def check_refine(steps: Any) -> int:
@@ -58,7 +57,7 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int,
         raise ValueError(f"refine_tokens takes one chunk of at most {g.unit_frames} frames, got {video.shape[2]}")
     every = g.tiles()
     tiles = every if tiles is None else [every[t] for t in tiles]
-    counts = list(tokens) if isinstance(tokens, Sequence) else [tokens] * len(tiles)
+    counts = list(tokens) if isinstance(tokens, (Sequence, np.ndarray)) else [tokens] * len(tiles)
     if len(counts) != len(tiles):
         raise ValueError(f"refine_tokens got {len(counts)} token counts for {len(tiles)} units")
     with torch.inference_mode(False), torch.enable_grad():
@@ -87,9 +86,9 @@ def refine_tokens(tok: Any, video: torch.Tensor, z: torch.Tensor, steps: int,
                 u.grad, = torch.autograd.grad(loss, [u])   # the model's parameters collect nothing
                 opt.step()
             out[first:first + len(batch)] = u.detach() * std
-        for u, k in enumerate(counts):   # never seen by the decoder: exactly as the encoder gave them
+        for unit, k in enumerate(counts):   # never seen by the decoder: exactly as the encoder gave them
             if k is not None:
-                out[u, k:] = given[u, k:]
+                out[unit, k:] = given[unit, k:]
         return out.reshape(z.shape).to(z.dtype)
 
 
