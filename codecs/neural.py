@@ -614,7 +614,7 @@ class VitokCodec(Codec):
             kept, starts = z, dict.fromkeys(counts, 0)
         choices = _UnitChoices(UnitCosts(counts, np.zeros((units, len(counts))), np.zeros((units, len(counts))),
                                          frames.size), kept, starts, np.zeros((units, len(counts)), bool))
-        for c, k in enumerate(counts):
+        for c in range(len(counts)):
             for u in range(units):
                 self._cost_unit(x, choices, u, c, step)
         return choices
@@ -642,23 +642,25 @@ class VitokCodec(Codec):
         choices.costs.sse[u, c] = float((err.square() * real_blend_weights(g, i, j, y0, x0, ref.device)).sum())
 
     def _refine_picks(self, chunks: list["_UnitChoices"], choose: Callable[[list[UnitCosts]], list[list[int]]],
-                      step: float, opened: Callable[[int], Any]) -> None:
+                      step: float, opened: Callable[[int], Any]) -> bool:
         """Refine, where rate control looks, the tokens of a refining codec's ``chunks`` (``_unit_costs``' choices):
         every unit's count that ``choose`` picks (over every chunk's costs as they stand), the two counts below it
         and the one above, until the picks and their neighbours are refined ones. Refinement makes most counts
         decode better, so picks move down from the counts the encoder's tokens need, and up where a tile's given
         tokens gained nothing from a few more (its refined ones do); refining around the picks alone, not every
         count, is about twice as quick. ``opened(n)``: a context giving chunk n's frames and its choices with their
-        tokens in memory."""
+        tokens in memory. Says whether anything was refined."""
         if not self._refine:
-            return
+            return False
+        refined = False
         while True:
             worked = False
             for n, (chunk, pick) in enumerate(zip(chunks, choose([c.costs for c in chunks]))):
                 reach = [(u, c) for u, p in enumerate(pick) for c in range(max(p - 2, 0), p + 2)]
                 worked = self._refine_units(chunk, reach, step, lambda n=n: opened(n)) or worked
             if not worked:
-                return
+                return refined
+            refined = True
 
     def _refine_units(self, chunk: "_UnitChoices", wanted: Iterable[tuple[int, int]], step: float,
                       opened: Callable[[], Any]) -> bool:
@@ -739,17 +741,16 @@ class VitokCodec(Codec):
             # room for framing and for chunk headers with a count per unit (distinct counts: header_size's longest)
             room = budget - sum(framing_bytes(max(budget, 0)) + header_size(range(1, len(c.bits) + 1)) for c in costs)
 
-            def aimed(every: list[UnitCosts]) -> tuple[list[list[Cost]], float]:
-                """Every unit's options and the estimates' target (below their floor, the fewest tokens are coded
-                to tell)."""
+            def weighed(every: list[UnitCosts]) -> tuple[list[list[Cost]], float, float]:
+                """Every unit's options, and the estimates of the cheapest and the dearest picks."""
                 options = [opt for c in every for opt in c.options()]
-                return options, max(room, cheapest_bytes(options))
+                return options, cheapest_bytes(options), sum(max(c.nbytes for c in o) for o in options)
 
             def choose(target: float | None = None) -> Callable[[list[UnitCosts]], list[list[int]]]:
-                """Every chunk's picks at ``target`` (None: the estimates' target)."""
+                """Every chunk's picks at ``target`` (None: the estimates' target, as below)."""
                 def picks(every: list[UnitCosts]) -> list[list[int]]:
-                    options, aim = aimed(every)
-                    pick = allocate_bytes(options, aim if target is None else target)
+                    options, floor, _ = weighed(every)
+                    pick = allocate_bytes(options, max(room, floor) if target is None else target)
                     at = np.cumsum([0] + [len(c.bits) for c in every])
                     return [pick[a:b] for a, b in zip(at, at[1:])]
                 return picks
@@ -769,13 +770,13 @@ class VitokCodec(Codec):
                     yield spill.get_array(evaluated[n][1]), held
 
             self._refine_picks([entry[2] for entry in evaluated], choose(), step, refinable)
-            target = aimed(costs)[1]
+            options, floor, ceiling = weighed(costs)
+            target = max(room, floor)   # below the estimates' floor, the fewest tokens are coded to tell
             best, fit, over = None, None, None
             for attempt in range(8):
-                # another target may pick counts not refined yet: refine around them, so every count coded is
-                self._refine_picks([entry[2] for entry in evaluated], choose(target), step, refinable)   # refined
-                options = aimed(costs)[0]
-                floor, ceiling = cheapest_bytes(options), sum(max(c.nbytes for c in o) for o in options)
+                # another target may pick counts not refined yet: refine around them, so every count coded is refined
+                if self._refine_picks([entry[2] for entry in evaluated], choose(target), step, refinable):
+                    options, floor, ceiling = weighed(costs)
                 pick, coded, at, prev = allocate_bytes(options, target), [], 0, None
                 for entry in evaluated:
                     frames, units = entry[0], len(entry[2].costs.bits)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 LEARNING_RATE = 0.02   # Adam's step on the tokens, in units of each channel's scale (the quantizer's std)
 MAX_STEPS = 10_000      # a bound that keeps a typo from running for days
-TILES_PER_BATCH = 4    # tiles refined together, so the decoder's activations stay bounded (2 CPU threads: 8 took longer)
+TILES_PER_BATCH = 4    # tiles refined together: the decoder's activations stay bounded (8 was slower on 2 CPUs)
 
 
 def check_refine(steps: Any) -> int:
