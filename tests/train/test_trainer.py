@@ -653,11 +653,12 @@ def test_checkpoint_and_evaluation_time_is_logged_and_counted(make_cfg, metrics,
     assert [s for s, _ in ckpt] == [1, 2, 3, 4] and all(t >= 0.4 for _, t in ckpt)
     assert [r["step"] for r in recs if "eval_s" in r and r["eval_s"] > 0] == [2, 4]
     info = json.loads((run / "train_info.json").read_text())
-    # the steps' own time (log_every is 1: batch / clips_per_s each), the evaluation at step 2 and checkpoints 1-3:
-    # a machine of any speed, as each is measured on it
+    # the evaluation at step 2 and checkpoints 1-3 lie inside train_seconds (rounded to 0.1 s) on a machine of any
+    # speed; the steps' windows (log_every is 1: batch / clips_per_s each) also hold a little loop bookkeeping that
+    # train_seconds does not, so they only bound it from above, where checkpoint 4 (>= 0.4 s) would break the bound
     steps = sum(2 / r["clips_per_s"] for r in recs if "loss" in r)
-    evals = sum(r["eval_s"] for r in recs if r.get("eval_s") and r["step"] < 4)
-    assert info["train_seconds"] >= steps + evals + sum(t for _, t in ckpt[:3]) - 0.05
+    counted = sum(r["eval_s"] for r in recs if r.get("eval_s") and r["step"] < 4) + sum(t for _, t in ckpt[:3])
+    assert counted - 0.05 <= info["train_seconds"] <= counted + steps + 0.3
     assert info["sessions"][0]["seconds"] == info["train_seconds"]
 
 
