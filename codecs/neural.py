@@ -859,7 +859,17 @@ class VitokCodec(Codec):
                     cand, codes[i] = self._evaluate(chunk, *grid[i], counted, prev)
                     return cand
 
-                chosen = pick_psnr(len(grid), evaluate, psnr)
+                plains: dict[int, float] = {}
+
+                def plain(i: int, chunk=chunk, tokens_of=tokens_of, seen=plains) -> float:
+                    """A count's PSNR from the encoder's tokens: a refining 1D codec's guess of its refined one."""
+                    if i not in seen:
+                        seen[i] = self._evaluate(chunk, *grid[i], tokens_of)[0].psnr
+                    return seen[i]
+
+                # refining a count costs a forward and a backward pass per step, coding it plain one decode: the
+                # plain counts say where to look (carphone, 17 counts, 20 steps: 0.7x the refinements of bisection)
+                chosen = pick_psnr(len(grid), evaluate, psnr, plain if self.is_1d and self._refine else None)
                 code = next(c for c in codes.values() if c.payload is chosen.payload)
                 prev = code.carry
                 yield code
@@ -877,15 +887,19 @@ class VitokCodec(Codec):
         weighed: its integers, payload and distortion depend on nothing else). The allocation tightens until the
         real bytes fit, and the best single setting that fits stands in when the allocation's picks decode worse. (A
         1D model's chunk predicted from another chunk than weighed after costs other bytes, but its integers and so
-        its PSNR are what was weighed.)"""
+        its PSNR are what was weighed.) A refining 1D codec weighs every setting from the encoder's tokens first and
+        refines where the allocation looks, as per-tile rate control does (``_refine_picks``): each chunk's pick,
+        the two settings below it and the one above, until the picks rest on refined settings, which are all it
+        codes; its frames wait in the spill meanwhile."""
         import torch
 
         budget = target_bytes - header_bytes
+        lazy = self.is_1d and bool(self._refine)   # a 1D chunk is refined per count: only the counts looked at
         with Spill() as spill:
             options, kept, carries = [], [], [None] * len(grid)
             for chunk in chunks:
                 tokens_of = self._tokens_of(chunk)
-                counted = [self._for_count(chunk, tokens_of, *g) for g in grid]   # the same, unless refined
+                counted = [tokens_of if lazy else self._for_count(chunk, tokens_of, *g) for g in grid]
                 pairs = [self._evaluate(chunk, *g, counted[i], carries[i]) for i, g in enumerate(grid)]
                 options.append([Cost(cand.nbytes + framing_bytes(cand.nbytes), cand.sse) for cand, _ in pairs])
                 carries = [code.carry for _, code in pairs]
@@ -895,13 +909,47 @@ class VitokCodec(Codec):
                         spilled[id(z)] = spill.put_array(z.cpu().numpy())
                 latents = [spilled[id(z)] for z, _ in counted]
                 kept.append(_Weighed(latents, tokens_of[1], chunk.shape[0], chunk.size,
-                                     [self._context_digest(c) for c in carries]))
+                                     [self._context_digest(c) for c in carries], [not lazy] * len(grid),
+                                     spill.put_array(chunk) if lazy else None))
+
+            def tokens(c: int, i: int) -> tuple[Any, tuple[int, int, int] | None]:
+                """Chunk c's tokens for setting i, as ``_tokens_of`` gives them."""
+                return torch.from_numpy(spill.get_array(kept[c].latents[i])).to(self.tok.device), kept[c].unit_grid
+
+            def carry(c: int, i: int) -> Any:
+                """What chunk c hands the next at setting i (None: nothing carries, or there is no chunk c)."""
+                if c < 0 or not self.carries:
+                    return None
+                return self._code_tokens(tokens(c, i), kept[c].frames, *grid[i]).carry
+
+            def refine(pick: list[int]) -> bool:
+                """Refine each chunk's picked setting, the two below it and the one above, where not refined yet, and
+                weigh again the bytes of a setting coded after one the chunk before changed; says whether any was."""
+                refined, stale = False, set()   # stale: (chunk, setting) weighed after a carry since refined
+                for c, (weighed, p) in enumerate(zip(kept, pick)):
+                    todo = [i for i in range(max(p - 2, 0), min(p + 2, len(grid))) if not weighed.refined[i]]
+                    if not todo:
+                        continue
+                    frames, given = spill.get_array(weighed.source), tokens(c, todo[0])   # the encoder's tokens
+                    for i in todo:
+                        counted = self._for_count(frames, given, *grid[i])
+                        cand, code = self._evaluate(frames, *grid[i], counted, carry(c - 1, i))
+                        options[c][i] = Cost(cand.nbytes + framing_bytes(cand.nbytes), cand.sse)
+                        weighed.latents[i] = spill.put_array(counted[0].cpu().numpy())
+                        weighed.carries[i], weighed.refined[i] = self._context_digest(code.carry), True
+                        stale.discard((c, i))
+                        if self.carries and c + 1 < len(kept):
+                            stale.add((c + 1, i))
+                    refined = True
+                for c, i in stale:
+                    n = len(self._code_tokens(tokens(c, i), kept[c].frames, *grid[i], carry(c - 1, i)).payload)
+                    options[c][i] = Cost(n + framing_bytes(n), options[c][i].sse)
+                return refined
 
             def coded_in_turn(pick: list[int]) -> tuple[list[tuple[Spilled, ChunkCode]], int]:
                 coded, prev = [], None
                 for c, (weighed, i) in enumerate(zip(kept, pick)):
-                    z = torch.from_numpy(spill.get_array(weighed.latents[i])).to(self.tok.device)
-                    code = self._code_tokens((z, weighed.unit_grid), weighed.frames, *grid[i], prev)
+                    code = self._code_tokens(tokens(c, i), weighed.frames, *grid[i], prev)
                     as_weighed = self._context_digest(prev) == (kept[c - 1].carries[i] if c else None)
                     # a 1D model's integers never depend on the chunk before (its prediction changes bytes alone)
                     psnr = psnr_from_sse(options[c][i].sse, weighed.pixels) if as_weighed or self.is_1d else None
@@ -912,11 +960,26 @@ class VitokCodec(Codec):
             def sse(pick: list[int]) -> float:
                 return sum(o[i].sse for o, i in zip(options, pick))
 
+            def single() -> list[int] | None:
+                """The best setting for every chunk that fits the budget as weighed (refined ones alone)."""
+                fitting = [[i] * len(kept) for i in range(len(grid))
+                           if all(w.refined[i] for w in kept) and sum(o[i].nbytes for o in options) <= budget]
+                return min(fitting, key=sse, default=None)
+
+            if lazy and cheapest_bytes(options) > budget:   # refined, the fewest tokens may cost less
+                refine([0] * len(kept))
             floor = cheapest_bytes(options)
-            single = [[i] * len(kept) for i in range(len(grid)) if sum(o[i].nbytes for o in options) <= budget]
-            best, best_coded, real = min(single, key=sse, default=None), None, None
+            best, best_coded, real = single(), None, None
             target, fit, over = budget, None, None
             for attempt in range(8):
+                # refine around this target's picks until they rest on refined settings: every setting coded is one
+                moved = False
+                while lazy and refine(allocate_bytes(options, target, reserved=header_bytes)):
+                    moved = True
+                if moved:
+                    floor, alone = cheapest_bytes(options), single()
+                    if alone is not None and (best is None or sse(alone) < sse(best)):
+                        best, best_coded = alone, None
                 pick = allocate_bytes(options, target, reserved=header_bytes)
                 if best is not None and sse(pick) >= sse(best):
                     fit = target   # no better than what fits already: only more bytes could help
@@ -1229,13 +1292,16 @@ def _closed_on_error(reader: VtokReader) -> Iterator[None]:
 class _Weighed:
     """What a byte budget keeps in memory of one chunk while it allocates: where each setting's latents wait in the
     spill (one file entry for them all, unless refinement made them differ), their unit grid, its frames and pixels,
-    and per setting a digest of the context it hands on."""
+    per setting a digest of the context it hands on and whether it is refined (or needs no refinement), and where
+    the frames wait (``source``: a refining 1D codec's, refined later)."""
 
     latents: list[Spilled]
     unit_grid: tuple[int, int, int] | None
     frames: int
     pixels: int
     carries: list[bytes | None]
+    refined: list[bool]
+    source: Spilled | None
 
 
 @dataclass

@@ -57,9 +57,13 @@ def token_grid(max_tokens: int) -> list[int]:
     return grid + [max_tokens]
 
 
-def pick_psnr(n: int, evaluate: Callable[[int], Candidate], target: float) -> Candidate:
+def pick_psnr(n: int, evaluate: Callable[[int], Candidate], target: float,
+              estimate: Callable[[int], float] | None = None) -> Candidate:
     """The cheapest of ``n`` candidates (ordered by rising rate) whose PSNR reaches ``target``, by bisection;
-    the richest one when none does. ``evaluate(i)`` codes candidate ``i``."""
+    the richest one when none does. ``evaluate(i)`` codes candidate ``i``. ``estimate(i)``: a cheap guess of
+    candidate i's PSNR (before refinement, say): each probe then goes to the cheapest candidate whose guesses, from
+    the dearest untried one down and shifted by the last probe's miss, all reach the target, not to the middle
+    (bisection takes over after log2(n) + 1 such probes, should the guesses mislead)."""
     seen: dict[int, Candidate] = {}
 
     def get(i: int) -> Candidate:
@@ -67,16 +71,26 @@ def pick_psnr(n: int, evaluate: Callable[[int], Candidate], target: float) -> Ca
             seen[i] = evaluate(i)
         return seen[i]
 
-    lo, hi = 0, n - 1
-    if get(hi).psnr < target:
-        return get(hi)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if get(mid).psnr >= target:
-            hi = mid
+    lo, hi, reaches, shift = 0, n - 1, False, 0.0   # the answer lies in lo..hi; whether hi is known to reach
+    guided = n.bit_length() + 1 if estimate is not None else 0
+    while lo < hi or not reaches:
+        top = hi - 1 if reaches else hi   # the dearest candidate not tried
+        if guided:
+            i, guided = top, guided - 1
+            while i > lo and estimate(i - 1) + shift >= target:
+                i -= 1
         else:
-            lo = mid + 1
-    return get(lo)
+            i = (lo + hi) // 2 if reaches else hi   # the richest first: does any reach?
+        cand = get(i)
+        if estimate is not None:
+            shift = cand.psnr - estimate(i)
+        if cand.psnr >= target:
+            hi, reaches = i, True
+        elif i == n - 1:
+            return cand
+        else:
+            lo = i + 1
+    return get(hi)
 
 
 def cheapest_bytes(options: Sequence[Sequence[Option]]) -> float:

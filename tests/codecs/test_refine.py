@@ -3,6 +3,7 @@ from streams any decoder reads, and bad settings are refused before any work."""
 from __future__ import annotations
 
 from fractions import Fraction
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -265,6 +266,64 @@ def test_a_refining_byte_budget_codes_refined_counts_in_every_chunk_and_tile(cod
     data = refining.encode(frames, fps, bytes=budget)
     assert len(data) <= budget and len(coded) >= 2 and all(all(tiles) for tiles in coded), coded
     assert len(codec1d.decode(data)[0]) == 12
+
+
+def _counting_refinements(codec, monkeypatch) -> list:
+    """The token counts ``codec`` refines whole chunks for (``_for_count``), recorded from now on."""
+    counts, real = [], codec._for_count
+    monkeypatch.setattr(codec, "_for_count", lambda frames, given, k, step: counts.append(k) or real(frames, given, k,
+                                                                                                     step))
+    return counts
+
+
+def test_a_per_chunk_psnr_target_searches_refined_counts_where_plain_ones_say(codec1d, tiled, monkeypatch):
+    """Per-chunk rate control under a PSNR target probes refined counts where the counts coded plain (cheap) say
+    the target lies: it picks the cheapest refined count reaching the target, as bisection did, refining fewer
+    counts (here 3 against bisection's 4), and codes that count's refined tokens. The tiny model's pixels hardly
+    depend on its tokens, so its PSNRs are stood in for: a rising ladder, plain counts 1.5 dB short of it."""
+    from dataclasses import replace
+
+    fps, refining = Fraction(25), codec1d.with_refinement(2)
+    grid = [k for k, _ in refining._rate_candidates(None)]
+    ladder = {k: 20.0 + 2 * i for i, k in enumerate(grid)}   # each count's refined PSNR
+    given, real_tokens, real_evaluate = [], refining._tokens_of, refining._evaluate
+
+    def evaluate(frames, tokens, step, tokens_of, prev=None):
+        cand, code = real_evaluate(frames, tokens, step, tokens_of, prev)
+        psnr = ladder[tokens] - (1.5 if tokens_of is given[-1] else 0.0)   # the encoder's tokens: plain
+        cand = replace(cand, sse=frames.size * 255.0 ** 2 / 10 ** (psnr / 10))
+        code.psnr = cand.psnr
+        return cand, code
+
+    monkeypatch.setattr(refining, "_tokens_of", lambda frames: given.append(real_tokens(frames)) or given[-1])
+    monkeypatch.setattr(refining, "_evaluate", evaluate)
+    counts = _counting_refinements(refining, monkeypatch)
+    for target in (20.5, 25.0, 33.0, 35.0):
+        counts.clear()
+        data, stats = refining.encode_with_stats(tiled, fps, psnr=target, adapt_units=False)
+        expected = min((k for k in grid if ladder[k] >= target), default=grid[-1])
+        assert stats.tokens == [expected] and stats.chunk_psnr[0] == pytest.approx(ladder[expected])
+        assert expected in counts and len(counts) == len(set(counts)) <= 3, (target, counts)
+        _, q, *_ = next(refining.iter_symbols(data))
+        _, alone, *_ = next(refining.iter_symbols(refining.encode(tiled, fps, tokens=expected, adapt_units=False)))
+        assert np.array_equal(q, alone)
+
+
+def test_a_per_chunk_byte_budget_refines_around_its_picks_and_codes_refined_counts(codec1d_inter, clip, monkeypatch):
+    """Per-chunk rate control under a byte budget (chunks of one tile, predicted from the chunk before) weighs
+    every count from the encoder's tokens and refines around its picks only; each chunk's integers are those of
+    the chunk coded alone at its count, refined, and the budget holds."""
+    frames, fps = clip
+    refining = codec1d_inter.with_refinement(2)
+    grid = refining._rate_candidates(None)
+    for budget in (len(codec1d_inter.encode(frames, fps, tokens=k)) for k in (2, 6)):
+        counts = _counting_refinements(refining, monkeypatch)
+        data = refining.encode(frames, fps, bytes=budget)
+        assert len(data) <= budget and len(counts) < 3 * len(grid), counts
+        monkeypatch.undo()
+        for (_, q, tokens, step), chunk in zip(refining.iter_symbols(data), (frames[:8], frames[8:16], frames[16:])):
+            _, alone, *_ = next(refining.iter_symbols(refining.encode(chunk, fps, tokens=tokens, step=step)))
+            assert np.array_equal(q, alone), tokens
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "3", 10_001])
