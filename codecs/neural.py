@@ -750,7 +750,7 @@ class VitokCodec(Codec):
                 """Every chunk's picks at ``target`` (None: the estimates' target, as below)."""
                 def picks(every: list[UnitCosts]) -> list[list[int]]:
                     options, floor, _ = weighed(every)
-                    pick = allocate_bytes(options, max(room, floor) if target is None else target)
+                    pick = allocate_bytes(options, max(room if target is None else target, floor))
                     at = np.cumsum([0] + [len(c.bits) for c in every])
                     return [pick[a:b] for a, b in zip(at, at[1:])]
                 return picks
@@ -777,6 +777,7 @@ class VitokCodec(Codec):
                 # another target may pick counts not refined yet: refine around them, so every count coded is refined
                 if self._refine_picks([entry[2] for entry in evaluated], choose(target), step, refinable):
                     options, floor, ceiling = weighed(costs)
+                    target = max(target, floor)   # refined counts may cost more than the floor it was aimed at
                 pick, coded, at, prev = allocate_bytes(options, target), [], 0, None
                 for entry in evaluated:
                     frames, units = entry[0], len(entry[2].costs.bits)
@@ -973,11 +974,12 @@ class VitokCodec(Codec):
             target, fit, over = budget, None, None
             for attempt in range(8):
                 # refine around this target's picks until they rest on refined settings: every setting coded is one
-                moved = False
-                while lazy and refine(allocate_bytes(options, target, reserved=header_bytes)):
+                moved = False   # (refined counts may cost more: a target the floor passed allocates the floor)
+                while lazy and refine(allocate_bytes(options, max(target, cheapest_bytes(options)))):
                     moved = True
                 if moved:
                     floor, alone = cheapest_bytes(options), single()
+                    target = max(target, floor)
                     if alone is not None and (best is None or sse(alone) < sse(best)):
                         best, best_coded = alone, None
                 pick = allocate_bytes(options, target, reserved=header_bytes)
