@@ -869,7 +869,7 @@ class VitokCodec(Codec):
                     return seen[i]
 
                 # refining a count costs a forward and a backward pass per step, coding it plain one decode: the
-                # plain counts say where to look (carphone, 17 counts, 20 steps: 0.7x the refinements of bisection)
+                # plain counts say where to look
                 chosen = pick_psnr(len(grid), evaluate, psnr, plain if self.is_1d and self._refine else None)
                 code = next(c for c in codes.values() if c.payload is chosen.payload)
                 prev = code.carry

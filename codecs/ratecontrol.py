@@ -61,9 +61,9 @@ def pick_psnr(n: int, evaluate: Callable[[int], Candidate], target: float,
               estimate: Callable[[int], float] | None = None) -> Candidate:
     """The cheapest of ``n`` candidates (ordered by rising rate) whose PSNR reaches ``target``, by bisection;
     the richest one when none does. ``evaluate(i)`` codes candidate ``i``. ``estimate(i)``: a cheap guess of
-    candidate i's PSNR (before refinement, say): each probe then goes to the cheapest candidate whose guesses, from
-    the dearest untried one down and shifted by the last probe's miss, all reach the target, not to the middle
-    (bisection takes over after log2(n) + 1 such probes, should the guesses mislead)."""
+    candidate i's PSNR (before refinement, say): each probe then walks down from the dearest untried candidate while
+    the guess below, shifted by what the last probe's guess missed, still reaches the target, instead of going to
+    the middle (bisection takes over after ``n.bit_length() + 1`` such probes, should the guesses mislead)."""
     seen: dict[int, Candidate] = {}
 
     def get(i: int) -> Candidate:
@@ -82,8 +82,9 @@ def pick_psnr(n: int, evaluate: Callable[[int], Candidate], target: float,
         else:
             i = (lo + hi) // 2 if reaches else hi   # the richest first: does any reach?
         cand = get(i)
-        if estimate is not None:
-            shift = cand.psnr - estimate(i)
+        if guided:   # (a lossless candidate and its guess are both infinite: no shift)
+            missed = cand.psnr - estimate(i)
+            shift = missed if math.isfinite(missed) else 0.0
         if cand.psnr >= target:
             hi, reaches = i, True
         elif i == n - 1:

@@ -128,9 +128,11 @@ def test_psnr_floor_guided_by_estimates():
     """Guided by cheap estimates of every candidate's PSNR (here 1.5 dB short of it, as a 1D count before
     refinement), the search finds what bisection finds in at most three evaluations (bisection of 16: five); with
     estimates that mislead (in reverse order), it still does, bisecting after log2(n) + 1 guided probes."""
-    ladder = _options([(10 * (i + 1), 1000.0 / (i + 1)) for i in range(16)])   # PSNR rises with every candidate
+    ladder = [Candidate(i + 1, 0.5, bytes(10 * (i + 1)), 1000.0 / (i + 1), PIXELS) for i in range(16)]   # rising
     for target in [ladder[0].psnr - 1, *(c.psnr for c in ladder), ladder[-1].psnr + 1]:
-        answer = pick_psnr(len(ladder), lambda i: ladder[i], target)
+        bisected = []
+        answer = pick_psnr(len(ladder), lambda i: bisected.append(i) or ladder[i], target)
+        assert len(bisected) <= 5
         for estimate, most in ((lambda i: ladder[i].psnr - 1.5, 3), (lambda i: ladder[-1 - i].psnr, 6 + 5)):
             calls = []
             assert pick_psnr(len(ladder), lambda i: calls.append(i) or ladder[i], target, estimate) is answer

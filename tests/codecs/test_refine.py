@@ -3,7 +3,6 @@ from streams any decoder reads, and bad settings are refused before any work."""
 from __future__ import annotations
 
 from fractions import Fraction
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -268,11 +267,17 @@ def test_a_refining_byte_budget_codes_refined_counts_in_every_chunk_and_tile(cod
     assert len(codec1d.decode(data)[0]) == 12
 
 
-def _counting_refinements(codec, monkeypatch) -> list:
-    """The token counts ``codec`` refines whole chunks for (``_for_count``), recorded from now on."""
+def _counting_refinements(codec, monkeypatch, chunks=None) -> list:
+    """The token counts ``codec`` refines whole chunks for (``_for_count``), recorded from now on; with ``chunks``
+    (their frames), as (chunk index, count)."""
     counts, real = [], codec._for_count
-    monkeypatch.setattr(codec, "_for_count", lambda frames, given, k, step: counts.append(k) or real(frames, given, k,
-                                                                                                     step))
+
+    def counting(frames, given, k, step):
+        which = [n for n, c in enumerate(chunks) if np.array_equal(c, frames)] if chunks else None
+        counts.append((*which, k) if chunks else k)
+        return real(frames, given, k, step)
+
+    monkeypatch.setattr(codec, "_for_count", counting)
     return counts
 
 
@@ -311,19 +316,55 @@ def test_a_per_chunk_psnr_target_searches_refined_counts_where_plain_ones_say(co
 
 def test_a_per_chunk_byte_budget_refines_around_its_picks_and_codes_refined_counts(codec1d_inter, clip, monkeypatch):
     """Per-chunk rate control under a byte budget (chunks of one tile, predicted from the chunk before) weighs
-    every count from the encoder's tokens and refines around its picks only; each chunk's integers are those of
-    the chunk coded alone at its count, refined, and the budget holds."""
+    every count from the encoder's tokens and refines only around the picks it looks at (each pick, two counts
+    below and one above); each chunk's integers are those of the chunk coded alone at its count, refined, and the
+    budget holds."""
+    import vitok.codecs.neural as neural
+
     frames, fps = clip
+    chunks = (frames[:8], frames[8:16], frames[16:])
     refining = codec1d_inter.with_refinement(2)
-    grid = refining._rate_candidates(None)
+    grid, real = refining._rate_candidates(None), neural.allocate_bytes
     for budget in (len(codec1d_inter.encode(frames, fps, tokens=k)) for k in (2, 6)):
-        counts = _counting_refinements(refining, monkeypatch)
+        picks = []
+        monkeypatch.setattr(neural, "allocate_bytes", lambda *a, **k: picks.append(real(*a, **k)) or picks[-1])
+        refined = _counting_refinements(refining, monkeypatch, chunks)
         data = refining.encode(frames, fps, bytes=budget)
-        assert len(data) <= budget and len(counts) < 3 * len(grid), counts
+        assert len(data) <= budget and len(refined) == len(set(refined)) < 3 * len(grid), refined
+        near = {(c, i) for pick in picks for c, p in enumerate(pick) for i in range(p - 2, p + 2)}
+        assert {(c, [k for k, _ in grid].index(k)) for c, k in refined} <= near, (refined, picks)
         monkeypatch.undo()
-        for (_, q, tokens, step), chunk in zip(refining.iter_symbols(data), (frames[:8], frames[8:16], frames[16:])):
+        for (_, q, tokens, step), chunk in zip(refining.iter_symbols(data), chunks):
             _, alone, *_ = next(refining.iter_symbols(refining.encode(chunk, fps, tokens=tokens, step=step)))
             assert np.array_equal(q, alone), tokens
+
+
+def test_a_per_chunk_byte_budget_weighs_a_count_again_once_the_chunk_before_refines_it(codec1d_inter, clip,
+                                                                                        monkeypatch):
+    """A chunk's count is weighed coded after the chunk before's tokens for that count, from which it is predicted:
+    when the chunk before is refined at a count after the chunk was, the chunk's bytes for it are weighed again, so
+    they are those of the two chunks coded at that count, refined. (The first picks are set: chunk 1 at 12 tokens,
+    then chunk 0 too, so chunk 1's counts from 6 to 16 are refined first. The chunks repeat one, so a chunk is
+    predicted from the one before.)"""
+    import vitok.codecs.neural as neural
+    from vitok.codecs.container import framing_bytes
+    from vitok.codecs.payload import CONTINUES
+
+    frames, fps = np.concatenate([clip[0][:8]] * 3), clip[1]
+    refining = codec1d_inter.with_refinement(2)
+    grid, real, weighed = refining._rate_candidates(None), neural.allocate_bytes, []
+    set_picks = iter([[0, 6, 0], [6, 6, 0]])
+
+    def allocate(options, budget, reserved=0):
+        weighed.append(options)
+        return next(set_picks, None) or real(options, budget, reserved)
+
+    monkeypatch.setattr(neural, "allocate_bytes", allocate)
+    refining.encode(frames, fps, bytes=len(refining.encode(frames, fps, tokens=8)))
+    for i in range(4, 8):
+        _, (_, (_, second)) = read_vtok(refining.encode(frames[:16], fps, tokens=grid[i][0]))
+        assert parse_chunk(second)[0] & CONTINUES   # predicted: its bytes depend on the chunk before
+        assert weighed[-1][1][i].nbytes == len(second) + framing_bytes(len(second)), grid[i]
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "3", 10_001])
