@@ -656,7 +656,7 @@ class VitokCodec(Codec):
         while True:
             worked = False
             for n, (chunk, pick) in enumerate(zip(chunks, choose([c.costs for c in chunks]))):
-                reach = [(u, c) for u, p in enumerate(pick) for c in range(max(p - 2, 0), p + 2)]
+                reach = [(u, c) for u, p in enumerate(pick) for c in _around(p, len(chunk.costs.counts))]
                 worked = self._refine_units(chunk, reach, step, lambda n=n: opened(n)) or worked
             if not worked:
                 return refined
@@ -928,7 +928,7 @@ class VitokCodec(Codec):
                 weigh again the bytes of a setting coded after one the chunk before changed; says whether any was."""
                 refined, stale = False, set()   # stale: (chunk, setting) weighed after a carry since refined
                 for c, (weighed, p) in enumerate(zip(kept, pick)):
-                    todo = [i for i in range(max(p - 2, 0), min(p + 2, len(grid))) if not weighed.refined[i]]
+                    todo = [i for i in _around(p, len(grid)) if not weighed.refined[i]]
                     if not todo:
                         continue
                     frames, given = spill.get_array(weighed.source), tokens(c, todo[0])   # the encoder's tokens
@@ -1320,6 +1320,11 @@ class _UnitChoices:
     def tokens(self, u: int, k: int) -> Any:
         """The k tokens ``(k, C)`` unit u codes when it keeps k."""
         return self.kept[u, self.starts[k]:self.starts[k] + k]
+
+
+def _around(pick: int, n: int) -> range:
+    """The candidates (of ``n``) refinement looks at around a pick: the pick, the two below it and the one above."""
+    return range(max(pick - 2, 0), min(pick + 2, n))
 
 
 def _valid_tiling(record: Any, stride: int) -> bool:
