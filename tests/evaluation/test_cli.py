@@ -538,8 +538,8 @@ def test_rd_refine_adds_a_refined_curve_of_each_vitok_codec(tmp_path, small_clip
 
 
 def test_rd_refine_sweeps_rate_control_points_as_given(tmp_path, small_clip, tiny_model):
-    """A PSNR-target point, refined, is the point as given with its tokens refined (rate control refines the counts
-    it weighs per chunk, or per tile those it picks)."""
+    """A PSNR-target point, refined, is the point as given with its tokens refined (rate control refines, per chunk
+    or per tile, the counts it looks at)."""
     neural = f"vitok:{tiny_model}"
     out = tmp_path / "rd"
     _invoke(["rd", str(small_clip), "--codec", neural, "--op", f"{neural}:psnr=12", "--refine", "2", "--frames", "3",
